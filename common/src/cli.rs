@@ -1,0 +1,131 @@
+//! The single entry point of every tool: parse, run, print `tool: error: ...`, exit.
+
+use std::{ffi::OsString, io::Write, process};
+
+use clap::{ArgMatches, Command, FromArgMatches};
+
+use crate::{Error, Exit, Result};
+
+/// Flags every tool takes: `-v` (more, repeatable) and `-q` (less) diagnostics on stderr.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct Verbosity {
+    /// More diagnostics on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Fewer diagnostics on stderr: errors only
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl Verbosity {
+    fn level(self) -> log::LevelFilter {
+        if self.quiet {
+            return log::LevelFilter::Error;
+        }
+        match self.verbose {
+            0 => log::LevelFilter::Warn,
+            1 => log::LevelFilter::Info,
+            2 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        }
+    }
+
+    /// Start logging on stderr as `tool: level: message`, no timestamps. `RUST_LOG`,
+    /// when set, wins over the flags.
+    pub fn init_logging(self, tool: &'static str) {
+        let mut b = env_logger::Builder::new();
+        b.filter_level(self.level())
+            .format(move |buf, rec| {
+                let level = rec.level().as_str().to_ascii_lowercase();
+                writeln!(buf, "{tool}: {level}: {}", rec.args())
+            })
+            .target(env_logger::Target::Stderr);
+        if let Ok(spec) = std::env::var("RUST_LOG") {
+            b.parse_filters(&spec);
+        }
+        // A second init (tests calling run twice in one process) is harmless.
+        let _ = b.try_init();
+    }
+}
+
+/// Parse `args` with `cmd`, turning clap's help and version into output and clap's
+/// errors into a one-line usage error (exit 64).
+pub fn parse<T: FromArgMatches>(cmd: Command, args: Vec<OsString>) -> Result<T> {
+    let matches = parse_matches(cmd, args)?;
+    T::from_arg_matches(&matches).map_err(clap_error)
+}
+
+fn parse_matches(cmd: Command, args: Vec<OsString>) -> Result<ArgMatches> {
+    cmd.try_get_matches_from(args).map_err(clap_error)
+}
+
+/// Help and version requests are "errors" in clap: they print and exit 0.
+fn clap_error(err: clap::Error) -> Error {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            Error::new(Exit::Ok, SHOWN)
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            Error::usage(SHOWN)
+        }
+        _ => {
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            Error::usage(format!("{first} (see --help)"))
+        }
+    }
+}
+
+/// Marker message for errors whose text clap already printed.
+const SHOWN: &str = "\u{0}shown";
+
+/// Run a tool: `main` gets the arguments and returns a result; this prints the one error
+/// line and exits with its code. A broken pipe on stdout counts as success.
+pub fn main(tool: &'static str, main: fn(Vec<OsString>) -> Result<()>) -> ! {
+    let code = match main(std::env::args_os().collect()) {
+        Ok(()) => 0,
+        Err(e) if e.is_broken_pipe() => 0,
+        Err(e) => {
+            if e.message() != SHOWN {
+                eprintln!("{tool}: error: {e}");
+            }
+            e.code()
+        }
+    };
+    // Output went through locked, flushed writers already; nothing is buffered here.
+    process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "t")]
+    struct Args {
+        #[arg(long)]
+        n: u32,
+        #[command(flatten)]
+        v: Verbosity,
+    }
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn clap_errors_become_one_line_usage_errors() {
+        use clap::CommandFactory;
+        let e = parse::<Args>(Args::command(), args(&["t", "--n", "x"])).unwrap_err();
+        assert_eq!(e.exit(), Exit::Usage);
+        assert!(!e.message().contains('\n'), "{e}");
+        assert!(e.message().contains("--n"), "{e}");
+        let ok = parse::<Args>(Args::command(), args(&["t", "--n", "3", "-vv"])).unwrap();
+        assert_eq!((ok.n, ok.v.level()), (3, log::LevelFilter::Debug));
+    }
+}

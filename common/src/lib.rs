@@ -1,0 +1,13 @@
+//! What every ve-net tool shares: the exit-code table, the error type, the entry point,
+//! logging, stdout formats, and the container naming rule.
+
+pub mod cli;
+mod error;
+mod exit;
+pub mod name;
+pub mod output;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{Context, Error, Result};
+pub use exit::Exit;

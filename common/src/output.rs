@@ -1,0 +1,184 @@
+//! Everything that reaches stdout: env-file lines, JSON, aligned tables; and the
+//! env-file reader that takes one tool's output as the next tool's input.
+//!
+//! Architecture invariant: tools write results to stdout only through this module.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
+
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// Write `text` to stdout and flush. A vanished reader shows up as a broken-pipe error,
+/// which `cli::main` treats as success.
+pub fn print(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Render `KEY=value` lines: the NixOS container conf format and a valid systemd
+/// `EnvironmentFile`, which `eval` in a POSIX shell also accepts. Values that contain
+/// anything but plain characters are single-quoted.
+pub fn env_lines<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
+    let mut s = String::new();
+    for (k, v) in pairs {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        debug_assert!(is_env_key(k), "bad env key {k:?}");
+        s.push_str(k);
+        s.push('=');
+        if v.chars().all(is_plain) {
+            s.push_str(v);
+        } else {
+            s.push('\'');
+            s.push_str(&v.replace('\'', r"'\''"));
+            s.push('\'');
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_.:/@%+,-".contains(c)
+}
+
+fn is_env_key(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// One JSON document on one line.
+pub fn json_line<T: Serialize>(value: &T) -> Result<String> {
+    let mut s = serde_json::to_string(value)?;
+    s.push('\n');
+    Ok(s)
+}
+
+/// Aligned columns for people: a header row, then one row per record, separated by two
+/// spaces; empty cells show as `-`.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let cell = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell(c).chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            out.push_str(c);
+            if i < last {
+                let pad = w - c.chars().count() + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.iter().map(|c| cell(c)).collect());
+    }
+    out
+}
+
+/// Parse env-file text: `KEY=value` lines, blank lines and `#` comments ignored, an
+/// optional `export ` prefix, values optionally in single or double quotes. Later keys
+/// win. `origin` names the input in error messages.
+pub fn parse_env(text: &str, origin: &str) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let bad = || Error::data(format!("{origin}:{}: not a KEY=value line: {raw:?}", n + 1));
+        let (k, v) = line.split_once('=').ok_or_else(bad)?;
+        if !is_env_key(k) {
+            return Err(bad());
+        }
+        let v = unquote(v.trim()).ok_or_else(bad)?;
+        map.insert(k.to_string(), v);
+    }
+    Ok(map)
+}
+
+fn unquote(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    if b.len() >= 2 && b[0] == b'\'' && b[b.len() - 1] == b'\'' {
+        // Undo env_lines' '\'' escape.
+        return Some(v[1..v.len() - 1].replace(r"'\''", "'"));
+    }
+    if b.len() >= 2 && b[0] == b'"' && b[b.len() - 1] == b'"' {
+        return Some(
+            v[1..v.len() - 1]
+                .replace("\\\"", "\"")
+                .replace("\\\\", "\\"),
+        );
+    }
+    if v.contains(['\'', '"']) || v.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lines_round_trip() {
+        let text = env_lines(&[
+            ("HOST_ADDRESS", "10.233.0.2"),
+            ("LOCAL_ADDRESS6", "fd42::3"),
+            ("ODD", "a b'c"),
+        ]);
+        assert_eq!(
+            text,
+            "HOST_ADDRESS=10.233.0.2\nLOCAL_ADDRESS6=fd42::3\nODD='a b'\\''c'\n"
+        );
+        let map = parse_env(&text, "-").unwrap();
+        assert_eq!(map["HOST_ADDRESS"], "10.233.0.2");
+        assert_eq!(map["LOCAL_ADDRESS6"], "fd42::3");
+        assert_eq!(map["ODD"], "a b'c");
+    }
+
+    #[test]
+    fn parse_env_accepts_nixos_conf_and_rejects_garbage() {
+        let conf = "# generated\nPRIVATE_NETWORK=1\nexport HOST_ADDRESS=\"10.233.1.1\"\n\nLOCAL_ADDRESS=10.233.1.2/24\n";
+        let map = parse_env(conf, "foo.conf").unwrap();
+        assert_eq!(map["HOST_ADDRESS"], "10.233.1.1");
+        assert_eq!(map["LOCAL_ADDRESS"], "10.233.1.2/24");
+        let e = parse_env("HOST_ADDRESS 10.0.0.1\n", "foo.conf").unwrap_err();
+        assert_eq!(e.code(), 65);
+        assert!(e.to_string().starts_with("foo.conf:1:"), "{e}");
+        assert!(parse_env("X=a b\n", "-").is_err());
+        assert!(parse_env("1X=a\n", "-").is_err());
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(
+            &["NAME", "ADDR"],
+            &[
+                vec!["a".into(), "10.0.0.1".into()],
+                vec!["long".into(), String::new()],
+            ],
+        );
+        assert_eq!(t, "NAME  ADDR\na     10.0.0.1\nlong  -\n");
+    }
+}

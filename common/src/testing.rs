@@ -1,0 +1,179 @@
+//! Test support (feature `testing`): privilege gates and throwaway network namespaces.
+//!
+//! Tests never touch the machine's own network namespace. A [`Sandbox`] hands out
+//! namespaces with a unique name prefix, so tests run in parallel, and deletes them,
+//! with every process still inside, when dropped, also when the test panics.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Set (to anything) by `cargo xtask test`: a privileged test that cannot run fails
+/// instead of skipping.
+pub const REQUIRE_PRIVILEGED: &str = "VE_TEST_REQUIRE_PRIVILEGED";
+
+/// Whether a privileged test can run. Without root it prints why and returns false (so
+/// `cargo test` works for contributors), unless [`REQUIRE_PRIVILEGED`] is set, in which
+/// case it panics: under the README's test command nothing skips silently.
+pub fn privileged(test: &str, commands: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    for c in commands {
+        if !have_command(c) {
+            missing.push(format!("the `{c}` command"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("{test} needs {}", missing.join(" and "));
+    if std::env::var_os(REQUIRE_PRIVILEGED).is_some() {
+        panic!("{why}; {REQUIRE_PRIVILEGED} is set, so this is a failure, not a skip");
+    }
+    eprintln!("SKIPPED: {why} (run `cargo xtask test` as root to include it)");
+    false
+}
+
+/// Whether `cmd` is on PATH (or in /usr/sbin and /sbin, where root's tools live).
+pub fn have_command(cmd: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|d| std::path::Path::new(d).join(cmd).is_file());
+    found
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A set of network namespaces owned by one test.
+#[derive(Debug)]
+pub struct Sandbox {
+    prefix: String,
+    made: Vec<String>,
+}
+
+impl Sandbox {
+    /// A new, empty sandbox whose namespaces are named `vt<pid>x<n>-...`.
+    pub fn new() -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        Sandbox {
+            prefix: format!("vt{}x{n}", std::process::id()),
+            made: Vec::new(),
+        }
+    }
+
+    /// The unique prefix of this sandbox (useful for naming other things uniquely).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Create namespace `<prefix>-<role>` with `lo` up.
+    pub fn netns(&mut self, role: &str) -> Netns {
+        let name = format!("{}-{role}", self.prefix);
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        self.made.push(name.clone());
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for name in self.made.iter().rev() {
+            kill_all_in(name);
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Kill every process whose network namespace is `name`, so deleting it frees it.
+fn kill_all_in(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: plain syscall; a vanished pid just yields ESRCH.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// One namespace of a sandbox, known by name under /run/netns.
+#[derive(Debug, Clone)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <name> ARGS`, which must succeed; returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -j -n <name> ARGS` parsed as JSON.
+    pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = run_ok(Command::new("ip").args(["-j", "-n", &self.name]).args(args));
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A command that runs `program` inside this namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// `sh -c SCRIPT` inside the namespace; must succeed; returns stdout.
+    pub fn sh(&self, script: &str) -> String {
+        let out = run_ok(self.command("sh").args(["-c", script]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `sh -c SCRIPT` inside the namespace, success or not.
+    pub fn sh_output(&self, script: &str) -> Output {
+        self.command("sh")
+            .args(["-c", script])
+            .output()
+            .expect("spawning sh")
+    }
+}
+
+/// Run a command that must succeed; panics with its stderr otherwise.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
