@@ -1,0 +1,49 @@
+//! `cargo xtask <task>`: the project's development tasks, in Rust instead of shell glue.
+
+mod bench;
+mod demo;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  test [--allow-skip]   install the Debian packages the tests need (as root, when
+                        missing), then fmt check, clippy, and every test, privileged
+                        ones included (a privileged test that cannot run fails unless
+                        --allow-skip)
+  demo                  the main job: the tools at work in a throwaway sandbox
+  bench [WHAT] [opts]   benchmarks; WHAT is one of: alloc (default: all)
+                        see `cargo xtask bench --help`
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((t, r)) => (t.as_str(), r),
+        None => {
+            eprint!("{USAGE}");
+            return ExitCode::from(64);
+        }
+    };
+    let result = match task {
+        "test" => test::run(rest),
+        "demo" => demo::run(rest),
+        "bench" => bench::run(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task {other:?}\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
