@@ -1,7 +1,35 @@
 //! `cargo xtask bench`: the tools measured next to what users would pick instead.
 
+mod alloc;
+mod stats;
+
 use crate::util::Result;
 
-pub fn run(_args: &[String]) -> Result {
-    Err("bench: not yet written".into())
+const USAGE: &str = "\
+usage: cargo xtask bench [WHAT] [options]
+
+WHAT:
+  alloc   ve-alloc per process at growing lease counts, and the CNI host-local plugin
+          options: --runs K (timed allocations per point, default 100)
+                   --sizes N,N,...  (default 100,1000,10000,30000)
+                   --host-local-sizes N,...  (default 1000,10000)
+  all     everything above (the default)
+
+Results: a table on stdout and CSV files under target/bench/.
+";
+
+pub fn run(args: &[String]) -> Result {
+    let (what, rest) = match args.split_first() {
+        Some((w, r)) if !w.starts_with('-') => (w.as_str(), r),
+        _ => ("all", args),
+    };
+    match what {
+        "alloc" => alloc::run(rest),
+        "all" => alloc::run(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("bench: unknown benchmark {other:?}\n{USAGE}")),
+    }
 }
