@@ -15,6 +15,9 @@ use crate::util::{self, cargo, ensure_debian_packages, Result};
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 
+/// Median and p90 of one measurement point.
+type Stat = (Duration, Duration);
+
 pub fn run(args: &[String]) -> Result {
     let runs: usize = opt(args, "--runs")?.unwrap_or(100);
     let sizes = list_opt(args, "--sizes", &[100, 1000, 10_000, 30_000])?;
@@ -32,11 +35,7 @@ pub fn run(args: &[String]) -> Result {
         "bench alloc: {runs} timed allocations per point on {}",
         machine()
     );
-    let mut rows: Vec<(
-        usize,
-        Option<(Duration, Duration)>,
-        Option<(Duration, Duration)>,
-    )> = Vec::new();
+    let mut rows: Vec<(usize, Option<Stat>, Option<Stat>)> = Vec::new();
     for &n in &sizes {
         let t = ve_alloc_at(&bin, &work.join(format!("va-{n}")), n, runs)?;
         eprintln!("  ve-alloc   at {n:>6} leases: median {} ms", ms(t.0));
@@ -57,9 +56,8 @@ pub fn run(args: &[String]) -> Result {
     rows.sort_by_key(|r| r.0);
     let _ = std::fs::remove_dir_all(&work);
 
-    let cell = |t: Option<(Duration, Duration)>| {
-        t.map_or("-".to_string(), |(m, p)| format!("{} / {}", ms(m), ms(p)))
-    };
+    let cell =
+        |t: Option<Stat>| t.map_or("-".to_string(), |(m, p)| format!("{} / {}", ms(m), ms(p)));
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -138,7 +136,7 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
 /// `ve-alloc alloc` at `n` existing leases: the store is filled with `n` leases through
 /// `ve-alloc import` (NixOS conf files, as a migrating host would), then `runs` new
 /// containers are allocated and released again so the count stays at `n`.
-fn ve_alloc_at(bin: &Path, dir: &Path, n: usize, runs: usize) -> Result<(Duration, Duration)> {
+fn ve_alloc_at(bin: &Path, dir: &Path, n: usize, runs: usize) -> Result<Stat> {
     let confs = dir.join("confs");
     std::fs::create_dir_all(&confs).map_err(|e| e.to_string())?;
     for i in 0..n {
@@ -174,7 +172,7 @@ fn ve_alloc_at(bin: &Path, dir: &Path, n: usize, runs: usize) -> Result<(Duratio
 /// host-local ADD at `n` existing leases, invoked as a CNI runtime does. The store is
 /// filled by writing host-local's own files (one per address: container id, CRLF,
 /// interface), which is what `n` ADDs would leave, without waiting for them.
-fn host_local_at(dir: &Path, n: usize, runs: usize) -> Result<(Duration, Duration)> {
+fn host_local_at(dir: &Path, n: usize, runs: usize) -> Result<Stat> {
     let data = dir.join("data");
     let net = data.join("benchnet");
     std::fs::create_dir_all(&net).map_err(|e| e.to_string())?;
