@@ -13,7 +13,7 @@ use std::{
 };
 
 use rusqlite::{
-    config::DbConfig, ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension,
+    ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension,
     TransactionBehavior,
 };
 
@@ -125,11 +125,7 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous=FULL")
             .map_err(|e| self.err(e))?;
-        // Every ve-alloc process is usually the store's last connection, and SQLite
-        // checkpoints and deletes the log when the last connection closes: two fsyncs
-        // and a log re-creation per call. Leave that to the automatic checkpoint.
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(|e| self.err(e))?;
+
         if self.schema_ok(conn)? {
             return Ok(());
         }
