@@ -12,7 +12,7 @@ use std::{ffi::OsString, path::PathBuf};
 use clap::{CommandFactory, Parser};
 use common::{cli::Verbosity, output, Error, Result};
 
-pub use nm::{Bus, Device, Nm, STATE_UNMANAGED};
+pub use nm::{connect, Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED};
 pub use persist::{DEFAULT_CONF_DIR, DROP_IN};
 pub use spec::{Pattern, DEFAULT_PATTERNS};
 pub use unmanage::{unmanage_added, unmanage_existing, Cause, Unmanaged};

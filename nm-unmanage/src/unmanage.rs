@@ -99,10 +99,10 @@ pub async fn unmanage_added<N: Nm>(
 /// just those that NetworkManager managed before).
 pub fn render(done: &[Unmanaged], json: bool, changed_only: bool) -> Result<String> {
     let mut out = String::new();
-    for u in done {
+    for u in done.iter().filter(|u| u.was_managed || !changed_only) {
         if json {
             out.push_str(&common::output::json_line(u)?);
-        } else if u.was_managed || !changed_only {
+        } else {
             out.push_str(&u.interface);
             out.push('\n');
         }
