@@ -27,6 +27,19 @@ pub struct Device {
     pub state: u32,
 }
 
+impl Device {
+    /// From the properties of the `org.freedesktop.NetworkManager.Device` interface.
+    pub fn from_properties(path: &str, mut props: HashMap<String, OwnedVariant>) -> Option<Device> {
+        let mut take = |k: &str| props.remove(k);
+        Some(Device {
+            path: path.to_string(),
+            interface: String::try_from(take("Interface")?).ok()?,
+            managed: bool::try_from(take("Managed")?).ok()?,
+            state: u32::try_from(take("State")?).ok()?,
+        })
+    }
+}
+
 /// The NetworkManager operations the tool performs. A device that disappears while it
 /// is being looked at (a container stopping) is not an error: `device` returns `None`
 /// and `set_unmanaged` returns `false`.
@@ -130,25 +143,17 @@ impl Nm for Bus {
             Err(e) if is_gone(&e) => return Ok(None),
             Err(e) => return Err(dbus_error(&format!("reading device {path}"), e)),
         };
-        let mut props: HashMap<String, OwnedVariant> = reply
+        let props: HashMap<String, OwnedVariant> = reply
             .body()
             .deserialize()
             .map_err(|e| dbus_error(&format!("reading device {path}"), e))?;
-        let mut take = |k: &str| props.remove(k);
-        let interface = take("Interface").and_then(|v| String::try_from(v).ok());
-        let managed = take("Managed").and_then(|v| bool::try_from(v).ok());
-        let state = take("State").and_then(|v| u32::try_from(v).ok());
-        match (interface, managed, state) {
-            (Some(interface), Some(managed), Some(state)) => Ok(Some(Device {
-                path: path.to_string(),
-                interface,
-                managed,
-                state,
-            })),
-            _ => Err(Error::unavailable(format!(
-                "device {path}: NetworkManager did not report Interface, Managed and State"
-            ))),
-        }
+        Device::from_properties(path, props)
+            .map(Some)
+            .ok_or_else(|| {
+                Error::unavailable(format!(
+                    "device {path}: NetworkManager did not report Interface, Managed and State"
+                ))
+            })
     }
 
     async fn set_unmanaged(&self, path: &str) -> Result<bool> {

@@ -85,12 +85,22 @@ pub async fn unmanage_added<N: Nm>(
     let Some(d) = nm.device(path).await? else {
         return Ok(None);
     };
+    unmanage_announced(nm, d, patterns).await
+}
+
+/// A device NetworkManager announced together with its properties (`InterfacesAdded`):
+/// unmanage it when it matches, with no round trip to ask what it is.
+pub async fn unmanage_announced<N: Nm>(
+    nm: &N,
+    d: Device,
+    patterns: &[Pattern],
+) -> Result<Option<Unmanaged>> {
     if !any_matches(patterns, &d.interface) {
-        log::debug!("{} ({path}) does not match; left alone", d.interface);
+        log::debug!("{} ({}) does not match; left alone", d.interface, d.path);
         return Ok(None);
     }
     Ok(nm
-        .set_unmanaged(path)
+        .set_unmanaged(&d.path)
         .await?
         .then(|| Unmanaged::new(&d, Cause::Added)))
 }

@@ -296,7 +296,7 @@ fn watch_catches_twenty_recreations_in_time() {
     let (sm, sx) = median_max(from_signal);
     eprintln!(
         "watch: {CYCLES} re-creations: link creation -> unmanaged median {cm:?}, worst {cx:?}; \
-         DeviceAdded -> unmanaged median {sm:?}, worst {sx:?}; \
+         announcement (InterfacesAdded/DeviceAdded) -> unmanaged median {sm:?}, worst {sx:?}; \
          {leaked} DHCP DISCOVERs got out, in {cycles_leaking} of {CYCLES} cycles"
     );
     let status = w.stop();
