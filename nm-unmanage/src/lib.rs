@@ -60,7 +60,8 @@ pub struct Args {
     #[arg(long)]
     pub if_running: bool,
 
-    /// One JSON object per device on stdout instead of interface names
+    /// One JSON object per device on stdout instead of its interface name (the same
+    /// devices: those changed; with --watch, every device acted on)
     #[arg(long)]
     pub json: bool,
 
