@@ -251,3 +251,37 @@ fn exit_for(e: &zbus::Error) -> Exit {
         _ => Exit::Unavailable,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{io, sync::Arc};
+
+    use super::*;
+
+    #[test]
+    fn bus_errors_map_to_exit_codes() {
+        let io_err = |kind| zbus::Error::InputOutput(Arc::new(io::Error::from(kind)));
+        let e = dbus_error("connecting", io_err(io::ErrorKind::PermissionDenied));
+        assert_eq!(e.exit(), Exit::NoPerm);
+        assert!(
+            e.to_string().starts_with("connecting: permission denied"),
+            "{e}"
+        );
+        let e = dbus_error("connecting", io_err(io::ErrorKind::NotFound));
+        assert_eq!(e.exit(), Exit::Unavailable);
+        let e = dbus_error("connecting", io_err(io::ErrorKind::ConnectionRefused));
+        assert_eq!(e.exit(), Exit::Unavailable);
+        let e = dbus_error("connecting", zbus::Error::Handshake("rejected".into()));
+        assert_eq!(e.exit(), Exit::NoPerm);
+        let e = dbus_error("x", zbus::Error::Address("bad".into()));
+        assert_eq!(e.exit(), Exit::Usage);
+        let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("no".into())));
+        assert_eq!(dbus_error("x", denied).exit(), Exit::NoPerm);
+        let unknown = zbus::Error::FDO(Box::new(zbus::fdo::Error::ServiceUnknown("no".into())));
+        let e = dbus_error("x", unknown);
+        assert_eq!(e.exit(), Exit::Unavailable);
+        assert!(e.to_string().contains("is NetworkManager running"), "{e}");
+        let gone = zbus::Error::FDO(Box::new(zbus::fdo::Error::UnknownObject("gone".into())));
+        assert!(is_gone(&gone));
+    }
+}
