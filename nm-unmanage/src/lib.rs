@@ -141,7 +141,12 @@ async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
     let bus = match reached {
         Reach::Up(bus) => bus,
         Reach::Absent(e) if args.if_running => {
-            log::warn!("{e}; nothing to do (--if-running)");
+            let rest = if args.persist || args.remove {
+                "the drop-in takes effect when it starts"
+            } else {
+                "nothing to do (--if-running)"
+            };
+            log::warn!("{e}; {rest}");
             return Ok(());
         }
         Reach::Absent(e) if args.persist || args.remove => {
