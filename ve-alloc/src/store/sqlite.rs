@@ -13,8 +13,7 @@ use std::{
 };
 
 use rusqlite::{
-    ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension,
-    TransactionBehavior,
+    ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior,
 };
 
 use common::{Error, Exit, Result};

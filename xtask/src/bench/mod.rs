@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the tools measured next to what users would pick instead.
 
 mod alloc;
+mod nm;
 mod stats;
 
 use crate::util::Result;
@@ -13,7 +14,10 @@ WHAT:
           options: --runs K (timed allocations per point, default 100)
                    --sizes N,N,...  (default 100,1000,10000,30000)
                    --host-local-sizes N,...  (default 1000,10000)
-  all     everything above (the default)
+  nm      nm-unmanage --watch and --persist against a sandboxed NetworkManager:
+          time from veth creation to unmanaged, DHCP DISCOVERs that got out
+          options: see `cargo xtask bench nm --help`
+  all     everything above with default options (the default)
 
 Results: a table on stdout and CSV files under target/bench/.
 ";
@@ -25,7 +29,8 @@ pub fn run(args: &[String]) -> Result {
     };
     match what {
         "alloc" => alloc::run(rest),
-        "all" => alloc::run(rest),
+        "nm" => nm::run(rest),
+        "all" => alloc::run(&[]).and_then(|()| nm::run(&[])),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
