@@ -147,7 +147,7 @@ impl Pool {
         }
         let off = to_u128(host) - self.base();
         let i = match self.layout {
-            Layout::Pairs if off % 2 == 0 => (off / 2).checked_sub(1)?,
+            Layout::Pairs if off.is_multiple_of(2) => (off / 2).checked_sub(1)?,
             Layout::Nixos if off % 256 == 1 => (off / 256).checked_sub(1)?,
             _ => return None,
         };
