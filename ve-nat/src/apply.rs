@@ -246,12 +246,13 @@ pub mod fake {
     use super::*;
 
     type Tables = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+    type Invariant = Box<dyn Fn(&Tables)>;
 
     pub struct Fake {
         pub tables: RefCell<Tables>,
         pub ops: RefCell<Vec<String>>,
         /// Called after every change with the tables; panics to fail a test.
-        pub invariant: Option<Box<dyn Fn(&Tables)>>,
+        pub invariant: Option<Invariant>,
     }
 
     pub const BUILTIN: [(&str, &str); 4] = [
@@ -260,6 +261,12 @@ pub mod fake {
         ("nat", "OUTPUT"),
         ("filter", "FORWARD"),
     ];
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
 
     impl Fake {
         pub fn new() -> Fake {

@@ -117,7 +117,8 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub fn len(self) -> u32 {
+    /// How many ports (never zero).
+    pub fn count(self) -> u32 {
         u32::from(self.last - self.first) + 1
     }
 
@@ -218,7 +219,7 @@ impl FromStr for Forward {
         };
         check_unicast(&addr).map_err(ctx)?;
         let ports: Ports = ports.parse().map_err(ctx)?;
-        if ports.len() != host_ports.len() {
+        if ports.count() != host_ports.count() {
             return Err(ctx(Error::data(format!(
                 "host ports {host_ports} and destination ports {ports} differ in length"
             ))));
@@ -466,7 +467,7 @@ mod tests {
         assert_eq!(f.to_string(), "tcp:8080:10.233.1.2:80");
         let f: Forward = "udp:5000-5009:[fd00::2]:6000-6009".parse().unwrap();
         assert_eq!(f.family(), Family::Ipv6);
-        assert_eq!(f.ports.len(), 10);
+        assert_eq!(f.ports.count(), 10);
         for bad in [
             "tcp:80:10.0.0.1:80 -j ACCEPT",
             "tcp:80:10.0.0.1:80'",
