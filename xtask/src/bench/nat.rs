@@ -196,7 +196,10 @@ const UP: &[&str] = &[
 /// Median times of ve-nat up (fresh), up (unchanged), up (changed), check, down.
 fn up_down(sb: &mut Sandbox, bin: &Path, backend: &str, runs: usize) -> Result<String> {
     let ns = sb.netns(&[format!("updown-{backend}")])?.remove(0);
-    ip_batch(Some(&ns), "link add up0 type veth peer name up1\nlink set up0 up\n")?;
+    ip_batch(
+        Some(&ns),
+        "link add up0 type veth peer name up1\nlink set up0 up\n",
+    )?;
     let with = |base: &[&str]| -> Vec<String> {
         base.iter()
             .map(|s| s.to_string())
@@ -260,7 +263,10 @@ fn per_container(sb: &mut Sandbox, bin: &Path, n: usize) -> Result<String> {
 
     // ve-nat: installed once; a container is a veth matching ve-+, and no rule changes.
     let host = sb.netns(&["venat-host".into()])?.remove(0);
-    ip_batch(Some(&host), "link add up0 type veth peer name up1\nlink set up0 up\n")?;
+    ip_batch(
+        Some(&host),
+        "link add up0 type veth peer name up1\nlink set up0 up\n",
+    )?;
     in_ns(&host, bin, UP)?;
     let rules0 = rule_count(&host, "iptables-save")?;
     let mut check = UP.to_vec();
@@ -281,7 +287,9 @@ fn per_container(sb: &mut Sandbox, bin: &Path, n: usize) -> Result<String> {
             ms(t)
         ));
         if rules != rules0 {
-            return Err(format!("ve-nat rules changed with containers: {rules0} -> {rules}"));
+            return Err(format!(
+                "ve-nat rules changed with containers: {rules0} -> {rules}"
+            ));
         }
     }
 
@@ -354,9 +362,7 @@ fn cni_add(host: &str, ptp: &Path, conf: &str, id: &str, ctr: &str) -> Result<Du
         .expect("piped")
         .write_all(conf.as_bytes())
         .map_err(|e| format!("ptp stdin: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("ptp: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("ptp: {e}"))?;
     let took = start.elapsed();
     if !out.status.success() {
         return Err(format!(
