@@ -333,6 +333,7 @@ both_backends!(
     external_ip_snat,
     ipv6,
     idempotent_and_down_restores,
+    replace_without_gap,
     injection_rejected,
 );
 
@@ -574,6 +575,64 @@ fn idempotent_and_down_restores(b: &'static str) {
     );
     t.nat_ok(&["down"]);
     assert_eq!(t.save(), before);
+}
+
+fn replace_without_gap(b: &'static str) {
+    if !gate("replace_without_gap", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+    let a = ["up", "--external", "up0"];
+    let bb = [
+        "up",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:8080:10.233.1.2:80",
+    ];
+    t.nat_ok(&a);
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+
+    // New connections without pause while `up` replaces the chains back and forth:
+    // each NAT decision is taken when a connection starts, so a moment without our
+    // masquerade rule would show up as the container's own address.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let client = in_netns(&t.ctrs[0], move || {
+        let addr: SocketAddr = "192.0.2.2:7777".parse().unwrap();
+        let mut seen = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(4)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            seen.push(text.split(' ').next().unwrap_or("").to_string());
+        }
+        seen
+    });
+    for _ in 0..3 {
+        t.nat_ok(&bb);
+        t.nat_ok(&a);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = client.join().unwrap();
+    assert!(seen.len() >= 10, "only {} connections", seen.len());
+    let bad: Vec<&String> = seen.iter().filter(|s| *s != "192.0.2.1").collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} un-NATed: {bad:?}",
+        bad.len(),
+        seen.len()
+    );
+    let rules = t.save();
+    for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
+        let n = rules
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {hook} -j ve-nat-")))
+            .count();
+        assert_eq!(n, 1, "jumps from {hook}:\n{rules}");
+    }
 }
 
 fn injection_rejected(b: &'static str) {
