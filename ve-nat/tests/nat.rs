@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     process::Output,
     sync::{
@@ -78,6 +78,67 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
+}
+
+/// A UDP server that answers every datagram with the sender's address.
+struct UdpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpServer {
+    fn start(ns: &Netns, addr: &str) -> UdpServer {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = in_netns(ns, move || {
+            let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server did not start");
+        UdpServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Send a datagram from `ns` to `addr` (a few tries) and return the answer.
+fn udp_ask(ns: &Netns, addr: &str) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_netns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.connect(addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        for _ in 0..4 {
+            s.send(b"?").map_err(|e| e.to_string())?;
+            if let Ok(n) = s.recv(&mut buf) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        Err(format!("no answer from {addr}"))
+    })
+    .join()
+    .unwrap()
 }
 
 /// Connect from `ns` to `addr` and read the answer: `Ok("PEER_IP PORT")` or why not.
@@ -387,10 +448,8 @@ fn port_forward(b: &'static str) {
     let _web = Server::start(&t.ctrs[0], "10.233.1.2:80");
     let _r0 = Server::start(&t.ctrs[0], "10.233.1.2:7000");
     let _r1 = Server::start(&t.ctrs[0], "10.233.1.2:7001");
-    assert!(
-        fetch(&t.out, "192.0.2.1:8080").is_err(),
-        "reachable before up"
-    );
+    let _dns = UdpServer::start(&t.ctrs[0], "10.233.1.2:53");
+    assert!(blocked(&t.out, "192.0.2.1:8080"), "reachable before up");
 
     t.nat_ok(&[
         "up",
@@ -400,6 +459,8 @@ fn port_forward(b: &'static str) {
         "tcp:8080:10.233.1.2:80",
         "--forward",
         "tcp:9000-9001:10.233.1.2:7000-7001",
+        "--forward",
+        "udp:5353:10.233.1.2:53",
     ]);
     // From outside: the container sees the real client.
     assert_eq!(fetch(&t.out, "192.0.2.1:8080").unwrap(), "192.0.2.2 80");
@@ -415,6 +476,10 @@ fn port_forward(b: &'static str) {
     assert_eq!(seen(&t.ctrs[1], "10.233.2.1:8080"), "10.233.1.1");
     // The container itself, through the host.
     assert!(fetch(&t.ctrs[0], "192.0.2.1:8080").is_ok());
+    // UDP from outside.
+    assert_eq!(udp_ask(&t.out, "192.0.2.1:5353").unwrap(), "192.0.2.2");
+    // Documented limit: loopback is not forwarded (it would need route_localnet).
+    assert!(blocked(&t.host, "127.0.0.1:8080"));
 }
 
 fn forward_policy_drop(b: &'static str) {
@@ -427,7 +492,7 @@ fn forward_policy_drop(b: &'static str) {
     let _srv = Server::start(&t.out, "192.0.2.2:7777");
     let _web = Server::start(&t.ctrs[0], "10.233.1.2:80");
     assert!(
-        fetch(&t.ctrs[0], "192.0.2.2:7777").is_err(),
+        blocked(&t.ctrs[0], "192.0.2.2:7777"),
         "DROP policy lets through"
     );
 
