@@ -145,10 +145,7 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
         }
     }
     if let Some(fw) = &other {
-        if apply::installed(fw)?
-            .iter()
-            .any(|i| i.exists || !i.jumps.is_empty())
-        {
+        if ours_in_unused(fw).is_some_and(|have| has_any(&have)) {
             log::info!("IPv6: removing rules of an earlier --ipv6");
             joined(apply::down(fw))?;
         }
@@ -159,6 +156,26 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
         sys.enable_forwarding(fw.family)?;
     }
     Ok(())
+}
+
+/// What is installed of ours in a family the request does not use. A failure to
+/// list (IPv6 disabled, no ip6 nat table in the kernel) means none can be there.
+fn ours_in_unused(fw: &Iptables) -> Option<Vec<apply::Installed>> {
+    match apply::installed(fw) {
+        Ok(have) => Some(have),
+        Err(e) => {
+            log::warn!(
+                "{}: cannot list rules, assuming none of ours: {e}",
+                fw.family
+            );
+            None
+        }
+    }
+}
+
+fn has_any(have: &[apply::Installed]) -> bool {
+    have.iter()
+        .any(|i| i.exists || i.staging_left || !i.jumps.is_empty())
 }
 
 /// One error from several: every message, the first one's exit code.
@@ -182,7 +199,9 @@ fn down(backend: Option<Backend>) -> Result<()> {
     let v4 = Iptables::open(backend, Family::Ipv4)?;
     errors.extend(apply::down(&v4));
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
-        errors.extend(apply::down(&v6).into_iter().map(|e| e.context("IPv6")));
+        if ours_in_unused(&v6).is_some_and(|have| has_any(&have)) {
+            errors.extend(apply::down(&v6).into_iter().map(|e| e.context("IPv6")));
+        }
     }
     joined(errors)
 }
@@ -200,9 +219,9 @@ fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
             diffs.push(format!("{} is not 1", Sysctl::name(fw.family)));
         }
     }
-    if let Some(fw) = &other {
-        for d in apply::differences(&apply::installed(fw)?, None) {
-            diffs.push(format!("{}: {d}", fw.family));
+    if let Some(have) = other.as_ref().and_then(ours_in_unused) {
+        for d in apply::differences(&have, None) {
+            diffs.push(format!("IPv6: {d}"));
         }
     }
     if diffs.is_empty() {
@@ -285,11 +304,14 @@ fn family_status(fw: &Iptables) -> Result<FamilyStatus> {
 }
 
 fn status(backend: Option<Backend>, json: bool) -> Result<()> {
-    let mut fws = vec![Iptables::open(backend, Family::Ipv4)?];
-    fws.extend(Iptables::open_optional(backend, Family::Ipv6)?);
-    let st = Status {
-        families: fws.iter().map(family_status).collect::<Result<_>>()?,
-    };
+    let mut families = vec![family_status(&Iptables::open(backend, Family::Ipv4)?)?];
+    if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
+        match family_status(&v6) {
+            Ok(st) => families.push(st),
+            Err(e) => log::warn!("IPv6: cannot list rules: {e}"),
+        }
+    }
+    let st = Status { families };
     if json {
         return output::print(&output::json_line(&st)?);
     }

@@ -228,8 +228,14 @@ impl Topo {
     /// Container i (from 1): ve-c<i> 10.233.i.1 on the host, eth0 10.233.i.2 inside.
     fn add_container(&mut self) -> Netns {
         let i = self.ctrs.len() + 1;
+        self.add_container_on(&format!("ve-c{i}"))
+    }
+
+    /// Container i with the host end of its veth named `ve`.
+    fn add_container_on(&mut self, ve: &str) -> Netns {
+        let i = self.ctrs.len() + 1;
         let ctr = self.sb.netns(&format!("c{i}"));
-        let ve = format!("ve-c{i}");
+        let ve = ve.to_string();
         self.host.ip(&[
             "link",
             "add",
@@ -392,6 +398,7 @@ both_backends!(
     port_forward,
     forward_policy_drop,
     external_ip_snat,
+    internal_patterns_and_networks,
     ipv6,
     idempotent_and_down_restores,
     replace_without_gap,
@@ -525,6 +532,30 @@ fn external_ip_snat(b: &'static str) {
         1,
         "check ignores --external-ip"
     );
+}
+
+fn internal_patterns_and_networks(b: &'static str) {
+    if !gate("internal_patterns_and_networks", b) {
+        return;
+    }
+    let mut t = Topo::new(b, 1, false);
+    t.forwarding_on();
+    // Containers whose host interfaces do not match ve-+.
+    let vb = t.add_container_on("vb-c2");
+    let other = t.add_container_on("xy-c3");
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+
+    t.nat_ok(&["up", "--external", "up0", "--internal", "vb-*"]);
+    assert_eq!(seen(&vb, "192.0.2.2:7777"), "192.0.2.1");
+    // Only the given pattern: ve-c1 is routed, not NATed, now.
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "10.233.1.2");
+    assert_eq!(seen(&other, "192.0.2.2:7777"), "10.233.3.2");
+
+    // By source network instead of by interface.
+    t.nat_ok(&["up", "--external", "up0", "--internal-ip", "10.233.3.0/24"]);
+    assert_eq!(seen(&other, "192.0.2.2:7777"), "192.0.2.1");
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+    assert_eq!(seen(&vb, "192.0.2.2:7777"), "10.233.2.2");
 }
 
 fn ipv6(b: &'static str) {
