@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod config;
 pub mod firewall;
+mod lock;
 pub mod rules;
 pub mod sysctl;
 
@@ -134,8 +135,12 @@ fn open(req: &Request, backend: Option<Backend>) -> Result<(Vec<Iptables>, Optio
     Ok((fws, other))
 }
 
+/// How long `up` and `down` wait for another ve-nat in the same namespace.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
     let (fws, other) = open(req, backend)?;
+    let _lock = lock::acquire(LOCK_WAIT)?;
     for fw in &fws {
         let want = rules::wanted(req, fw.family);
         if apply::up(fw, &want).map_err(|e| e.context(format!("{} rules", fw.family)))? {
@@ -197,6 +202,7 @@ fn joined(errors: Vec<Error>) -> Result<()> {
 fn down(backend: Option<Backend>) -> Result<()> {
     let mut errors = Vec::new();
     let v4 = Iptables::open(backend, Family::Ipv4)?;
+    let _lock = lock::acquire(LOCK_WAIT)?;
     errors.extend(apply::down(&v4));
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
         if ours_in_unused(&v6).is_some_and(|have| has_any(&have)) {

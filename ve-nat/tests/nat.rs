@@ -402,6 +402,7 @@ both_backends!(
     ipv6,
     idempotent_and_down_restores,
     replace_without_gap,
+    concurrent_ups,
     injection_rejected,
 );
 
@@ -721,6 +722,55 @@ fn replace_without_gap(b: &'static str) {
         bad.len(),
         seen.len()
     );
+    let rules = t.save();
+    for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
+        let n = rules
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {hook} -j ve-nat-")))
+            .count();
+        assert_eq!(n, 1, "jumps from {hook}:\n{rules}");
+    }
+}
+
+fn concurrent_ups(b: &'static str) {
+    if !gate("concurrent_ups", b) {
+        return;
+    }
+    let t = Topo::new(b, 0, false);
+    let a: &[&str] = &["up", "--external", "up0"];
+    let bb: &[&str] = &[
+        "up",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:80:10.233.1.2:80",
+    ];
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            t.host
+                .command(BIN)
+                .args(if i % 2 == 0 { a } else { bb })
+                .args(["--backend", b])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut checks = [a, bb].map(|args| {
+        let mut c = args.to_vec();
+        c[0] = "check";
+        code(&t.nat(&c))
+    });
+    checks.sort();
+    assert_eq!(checks, [0, 1], "exactly one request is installed");
     let rules = t.save();
     for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
         let n = rules
