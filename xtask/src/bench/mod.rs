@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the tools measured next to what users would pick instead.
 
 mod alloc;
+mod nat;
 mod nm;
 mod stats;
 
@@ -30,6 +31,7 @@ pub fn run(args: &[String]) -> Result {
     match what {
         "alloc" => alloc::run(rest),
         "nm" => nm::run(rest),
+        "nat" => nat::run(rest),
         "all" => alloc::run(&[]).and_then(|()| nm::run(&[])),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

@@ -1,0 +1,321 @@
+//! All rule text ve-nat ever writes is built here, from validated values only.
+//!
+//! Architecture invariant: no other module formats an iptables rule. Every rule is in
+//! the canonical form `iptables -S` prints (checked against both backends by the
+//! privileged tests), so "installed equals wanted" is a plain string comparison.
+//!
+//! Design: connections entering from a container interface (or an `--internal-ip`
+//! source) get a mark bit in nat PREROUTING; POSTROUTING masquerades marked
+//! connections leaving on the external interface. The wildcard `ve-+` makes a new
+//! container need no rule at all. Port forwards DNAT any local destination address
+//! (`addrtype LOCAL`) in PREROUTING (outside and other containers) and OUTPUT (the host
+//! itself, loopback excluded); a hairpinned connection (from a container, DNATed back
+//! into a container) is masqueraded so replies come back through the host.
+
+use std::net::IpAddr;
+
+use crate::config::{Family, Forward, Request};
+
+/// The nat and filter tables.
+pub const NAT: &str = "nat";
+pub const FILTER: &str = "filter";
+
+/// One chain of ours and the built-in chain that jumps to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainId {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub hook: &'static str,
+    /// Name used while replacing the chain's contents (see `apply`).
+    pub staging: &'static str,
+}
+
+pub const PRE: ChainId = ChainId {
+    table: NAT,
+    chain: "ve-nat-pre",
+    hook: "PREROUTING",
+    staging: "ve-nat-pre-new",
+};
+pub const POST: ChainId = ChainId {
+    table: NAT,
+    chain: "ve-nat-post",
+    hook: "POSTROUTING",
+    staging: "ve-nat-post-new",
+};
+pub const OUT: ChainId = ChainId {
+    table: NAT,
+    chain: "ve-nat-out",
+    hook: "OUTPUT",
+    staging: "ve-nat-out-new",
+};
+pub const FWD: ChainId = ChainId {
+    table: FILTER,
+    chain: "ve-nat-fwd",
+    hook: "FORWARD",
+    staging: "ve-nat-fwd-new",
+};
+
+/// Every chain of ours, in the order `up` installs them: filter first, so forwarded
+/// traffic is accepted before anything is NATed.
+pub const CHAINS: [ChainId; 4] = [FWD, PRE, OUT, POST];
+
+/// The contents of one chain: rule specifications without the `-A CHAIN` prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainRules {
+    pub id: ChainId,
+    pub rules: Vec<String>,
+}
+
+/// The unconditional jump from a built-in chain to ours.
+pub fn jump(chain: &str) -> String {
+    format!("-j {chain}")
+}
+
+/// What `req` wants in each chain of `family`, in `CHAINS` order.
+pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
+    let mark = format!("0x{:x}/0x{:x}", req.mark, req.mark);
+    let nets: Vec<String> = req
+        .internal_ips
+        .iter()
+        .filter(|n| {
+            matches!(
+                (n, family),
+                (ipnet::IpNet::V4(_), Family::Ipv4) | (ipnet::IpNet::V6(_), Family::Ipv6)
+            )
+        })
+        .map(|n| n.to_string())
+        .collect();
+    let fwds: Vec<&Forward> = req
+        .forwards
+        .iter()
+        .filter(|f| f.family() == family)
+        .collect();
+    let ext = req.external.as_str();
+    let loopback = match family {
+        Family::Ipv4 => "127.0.0.0/8",
+        Family::Ipv6 => "::1/128",
+    };
+
+    let mut pre = Vec::new();
+    for p in &req.internal {
+        pre.push(format!("-i {} -j MARK --set-xmark {mark}", p.as_str()));
+    }
+    for n in &nets {
+        pre.push(format!("-s {n} -j MARK --set-xmark {mark}"));
+    }
+    for f in &fwds {
+        pre.push(dnat(f, None));
+    }
+
+    let mut out = Vec::new();
+    for f in &fwds {
+        out.push(dnat(f, Some(loopback)));
+    }
+
+    let mut post = Vec::new();
+    let snat = req
+        .external_ips
+        .iter()
+        .find(|a| Family::of(a) == family)
+        .map(|a| format!("-j SNAT --to-source {a}"))
+        .unwrap_or_else(|| "-j MASQUERADE".to_string());
+    post.push(format!("-o {ext} -m mark --mark {mark} {snat}"));
+    if !fwds.is_empty() {
+        for p in &req.internal {
+            post.push(format!(
+                "-o {} -m mark --mark {mark} -m conntrack --ctstate DNAT -j MASQUERADE",
+                p.as_str()
+            ));
+        }
+    }
+
+    let mut fwd = Vec::new();
+    for p in &req.internal {
+        fwd.push(format!("-i {} -o {ext} -j ACCEPT", p.as_str()));
+        fwd.push(format!(
+            "-o {} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            p.as_str()
+        ));
+    }
+    for n in &nets {
+        fwd.push(format!("-s {n} -o {ext} -j ACCEPT"));
+        fwd.push(format!(
+            "-d {n} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ));
+    }
+    for f in &fwds {
+        let p = f.proto.as_str();
+        fwd.push(format!(
+            "-d {} -p {p} -m {p} --dport {} -m conntrack --ctstate DNAT -j ACCEPT",
+            host_cidr(&f.addr),
+            port_match(f.ports.first, f.ports.last)
+        ));
+    }
+
+    vec![
+        ChainRules {
+            id: FWD,
+            rules: fwd,
+        },
+        ChainRules {
+            id: PRE,
+            rules: pre,
+        },
+        ChainRules {
+            id: OUT,
+            rules: out,
+        },
+        ChainRules {
+            id: POST,
+            rules: post,
+        },
+    ]
+}
+
+/// The DNAT rule of a port forward; `not_dst` excludes a destination (loopback, in
+/// OUTPUT: a DNATed packet from 127.0.0.1 could not leave the host).
+fn dnat(f: &Forward, not_dst: Option<&str>) -> String {
+    let p = f.proto.as_str();
+    let to = match (f.addr, f.ports) {
+        (a, ports) if ports.is_single() => format!("{}:{}", bracket(a), ports.first),
+        // Same ports on both sides: leaving the port out keeps it.
+        (a, ports) if ports == f.host_ports => a.to_string(),
+        // A shifted range: `/BASE` maps host port BASE+i to first+i (kernel >= 5.6).
+        (a, ports) => format!(
+            "{}:{}-{}/{}",
+            bracket(a),
+            ports.first,
+            ports.last,
+            f.host_ports.first
+        ),
+    };
+    let neg = not_dst.map(|d| format!("! -d {d} ")).unwrap_or_default();
+    format!(
+        "{neg}-p {p} -m addrtype --dst-type LOCAL -m {p} --dport {} -j DNAT --to-destination {to}",
+        port_match(f.host_ports.first, f.host_ports.last)
+    )
+}
+
+fn port_match(first: u16, last: u16) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}:{last}")
+    }
+}
+
+fn bracket(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+fn host_cidr(a: &IpAddr) -> String {
+    match a {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+/// Defence in depth: a rule is split on spaces by the iptables crate, so a token with
+/// a quote, a control character or an empty token would change its meaning. Validated
+/// input never produces one; refuse to run if it ever does.
+pub fn is_safe(rule: &str) -> bool {
+    !rule.is_empty()
+        && rule.split(' ').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\'')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(fwd: &[&str], ipv6: bool, ext_ip: &[&str], nets: &[&str]) -> Request {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        Request::new("up0", &[], &s(nets), &s(ext_ip), &s(fwd), ipv6, None).unwrap()
+    }
+
+    #[test]
+    fn minimal_request() {
+        let w = wanted(&req(&[], false, &[], &[]), Family::Ipv4);
+        let by = |id: ChainId| w.iter().find(|c| c.id == id).unwrap().rules.clone();
+        assert_eq!(by(PRE), ["-i ve-+ -j MARK --set-xmark 0x2000/0x2000"]);
+        assert_eq!(
+            by(POST),
+            ["-o up0 -m mark --mark 0x2000/0x2000 -j MASQUERADE"]
+        );
+        assert!(by(OUT).is_empty());
+        assert_eq!(
+            by(FWD),
+            [
+                "-i ve-+ -o up0 -j ACCEPT",
+                "-o ve-+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            ]
+        );
+    }
+
+    #[test]
+    fn forwards_snat_and_families() {
+        let r = req(
+            &[
+                "tcp:8080:10.233.1.2:80",
+                "udp:5000-5001:[fd00::2]:6000-6001",
+                "tcp:9000-9001:10.233.1.2:9000-9001",
+            ],
+            true,
+            &["192.0.2.10"],
+            &["10.233.0.0/16", "fd00::/64"],
+        );
+        let w4 = wanted(&r, Family::Ipv4);
+        let by =
+            |w: &[ChainRules], id: ChainId| w.iter().find(|c| c.id == id).unwrap().rules.clone();
+        assert_eq!(
+            by(&w4, PRE)[2],
+            "-p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 -j DNAT --to-destination 10.233.1.2:80"
+        );
+        assert_eq!(
+            by(&w4, PRE)[3],
+            "-p tcp -m addrtype --dst-type LOCAL -m tcp --dport 9000:9001 -j DNAT --to-destination 10.233.1.2"
+        );
+        assert!(by(&w4, OUT)[0].starts_with("! -d 127.0.0.0/8 -p tcp "));
+        assert_eq!(
+            by(&w4, POST)[0],
+            "-o up0 -m mark --mark 0x2000/0x2000 -j SNAT --to-source 192.0.2.10"
+        );
+        assert_eq!(by(&w4, POST).len(), 2);
+        let w6 = wanted(&r, Family::Ipv6);
+        assert_eq!(
+            by(&w6, PRE)[1],
+            "-s fd00::/64 -j MARK --set-xmark 0x2000/0x2000"
+        );
+        assert_eq!(
+            by(&w6, PRE)[2],
+            "-p udp -m addrtype --dst-type LOCAL -m udp --dport 5000:5001 -j DNAT --to-destination [fd00::2]:6000-6001/5000"
+        );
+        assert_eq!(
+            by(&w6, POST)[0],
+            "-o up0 -m mark --mark 0x2000/0x2000 -j MASQUERADE"
+        );
+        assert!(by(&w6, FWD).contains(
+            &"-d fd00::2/128 -p udp -m udp --dport 6000:6001 -m conntrack --ctstate DNAT -j ACCEPT"
+                .to_string()
+        ));
+        for c in w4.iter().chain(&w6) {
+            for rule in &c.rules {
+                assert!(is_safe(rule), "{rule}");
+            }
+        }
+    }
+
+    #[test]
+    fn unsafe_text_is_caught() {
+        assert!(!is_safe("-o a\"b -j ACCEPT"));
+        assert!(!is_safe("-o a  -j ACCEPT"));
+        assert!(!is_safe(""));
+        assert!(is_safe("-j ve-nat-pre"));
+    }
+}

@@ -1,0 +1,874 @@
+//! ve-nat against real iptables (both backends) with real traffic, in sandbox
+//! namespaces: ctr -- host -- out, the tool running in `host`.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    process::Output,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use common::testing::{privileged, Netns, Sandbox};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
+
+/// Run `f` on a new thread inside `ns`'s network namespace (sockets it opens belong
+/// there; the rest of the test process stays where it was).
+fn in_netns<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // SAFETY: plain syscall on a valid fd; it only changes this thread's namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// A TCP server that answers every connection with `PEER_IP LOCAL_PORT` and closes.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &Netns, addr: &str) -> Server {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = in_netns(ns, move || {
+            let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        let _ = s.set_nonblocking(false);
+                        let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
+                        let _ = write!(s, "{} {local}", peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server did not start");
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP server that answers every datagram with the sender's address.
+struct UdpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpServer {
+    fn start(ns: &Netns, addr: &str) -> UdpServer {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = in_netns(ns, move || {
+            let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server did not start");
+        UdpServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Send a datagram from `ns` to `addr` (a few tries) and return the answer.
+fn udp_ask(ns: &Netns, addr: &str) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_netns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.connect(addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        for _ in 0..4 {
+            s.send(b"?").map_err(|e| e.to_string())?;
+            if let Ok(n) = s.recv(&mut buf) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        Err(format!("no answer from {addr}"))
+    })
+    .join()
+    .unwrap()
+}
+
+/// Connect from `ns` to `addr` and read the answer: `Ok("PEER_IP PORT")` or why not.
+/// Generous: neighbour discovery on fresh links can take a retransmit under load.
+fn fetch(ns: &Netns, addr: &str) -> Result<String, String> {
+    fetch_within(ns, addr, Duration::from_secs(4))
+}
+
+/// For connections that must fail: a short wait.
+fn blocked(ns: &Netns, addr: &str) -> bool {
+    fetch_within(ns, addr, Duration::from_millis(1500)).is_err()
+}
+
+fn fetch_within(ns: &Netns, addr: &str, wait: Duration) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_netns(ns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&addr, wait).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text)
+            .map_err(|e| format!("read {addr}: {e}"))?;
+        Ok(text)
+    })
+    .join()
+    .unwrap()
+}
+
+/// The peer address a server reported.
+fn seen(ns: &Netns, addr: &str) -> String {
+    let text = fetch(ns, addr).unwrap_or_else(|e| panic!("{e}"));
+    text.split(' ').next().unwrap_or("").to_string()
+}
+
+struct Topo {
+    sb: Sandbox,
+    host: Netns,
+    out: Netns,
+    ctrs: Vec<Netns>,
+    backend: &'static str,
+    v6: bool,
+}
+
+impl Topo {
+    /// host (up0 192.0.2.1) -- out (up1 192.0.2.2, routes back to the containers),
+    /// plus `n` containers.
+    fn new(backend: &'static str, n: usize, v6: bool) -> Topo {
+        let mut sb = Sandbox::new();
+        let host = sb.netns("host");
+        let out = sb.netns("out");
+        host.ip(&[
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up1",
+            "netns",
+            out.name(),
+        ]);
+        host.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        host.ip(&["link", "set", "up0", "up"]);
+        out.ip(&["addr", "add", "192.0.2.2/24", "dev", "up1"]);
+        out.ip(&["link", "set", "up1", "up"]);
+        out.ip(&["route", "add", "10.233.0.0/16", "via", "192.0.2.1"]);
+        if v6 {
+            host.ip(&["addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"]);
+            out.ip(&["addr", "add", "2001:db8::2/64", "dev", "up1", "nodad"]);
+            out.ip(&["route", "add", "fd00::/16", "via", "2001:db8::1"]);
+        }
+        let mut t = Topo {
+            sb,
+            host,
+            out,
+            ctrs: Vec::new(),
+            backend,
+            v6,
+        };
+        for _ in 0..n {
+            t.add_container();
+        }
+        t
+    }
+
+    /// Container i (from 1): ve-c<i> 10.233.i.1 on the host, eth0 10.233.i.2 inside.
+    fn add_container(&mut self) -> Netns {
+        let i = self.ctrs.len() + 1;
+        self.add_container_on(&format!("ve-c{i}"))
+    }
+
+    /// Container i with the host end of its veth named `ve`.
+    fn add_container_on(&mut self, ve: &str) -> Netns {
+        let i = self.ctrs.len() + 1;
+        let ctr = self.sb.netns(&format!("c{i}"));
+        let ve = ve.to_string();
+        self.host.ip(&[
+            "link",
+            "add",
+            &ve,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ctr.name(),
+        ]);
+        self.host
+            .ip(&["addr", "add", &format!("10.233.{i}.1/24"), "dev", &ve]);
+        self.host.ip(&["link", "set", &ve, "up"]);
+        ctr.ip(&["addr", "add", &format!("10.233.{i}.2/24"), "dev", "eth0"]);
+        ctr.ip(&["link", "set", "eth0", "up"]);
+        ctr.ip(&["route", "add", "default", "via", &format!("10.233.{i}.1")]);
+        if self.v6 {
+            let h = format!("fd00:{i}::1/64");
+            self.host.ip(&["addr", "add", &h, "dev", &ve, "nodad"]);
+            ctr.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:{i}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            ctr.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:{i}::1"),
+            ]);
+        }
+        self.ctrs.push(ctr.clone());
+        ctr
+    }
+
+    /// `ve-nat ARGS --backend B` in the host namespace.
+    fn nat(&self, args: &[&str]) -> Output {
+        let out = self
+            .host
+            .command(BIN)
+            .args(args)
+            .args(["--backend", self.backend])
+            .output()
+            .expect("running ve-nat");
+        eprintln!(
+            "ve-nat {args:?}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        out
+    }
+
+    fn nat_ok(&self, args: &[&str]) -> String {
+        let out = self.nat(args);
+        assert!(out.status.success(), "ve-nat {args:?} failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `iptables-B ARGS` (and `ip6tables-B` with `six`) in the host namespace.
+    fn ipt(&self, six: bool, args: &[&str]) {
+        let bin = format!(
+            "{}-{}",
+            if six { "ip6tables" } else { "iptables" },
+            self.backend
+        );
+        let out = self.host.command(&bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{bin} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Both families' rules, as `*-save` prints them, without comments and counters,
+    /// tables sorted by name, and without tables that hold nothing (the legacy
+    /// backend shows a table once anyone has looked at it: not a rule change).
+    fn save(&self) -> String {
+        let mut all = String::new();
+        for fam in ["iptables", "ip6tables"] {
+            let bin = format!("{fam}-{}-save", self.backend);
+            let out = self.host.command(&bin).output().unwrap();
+            assert!(out.status.success(), "{bin}");
+            let mut tables: Vec<String> = Vec::new();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if line.starts_with('#') {
+                    continue;
+                }
+                if line.starts_with('*') {
+                    tables.push(String::new());
+                }
+                let line = match line.rfind(" [") {
+                    Some(i) if line.starts_with(':') => &line[..i],
+                    _ => line,
+                };
+                if let Some(t) = tables.last_mut() {
+                    t.push_str(line);
+                    t.push('\n');
+                }
+            }
+            tables.retain(|t| {
+                t.lines()
+                    .any(|l| l.starts_with("-A") || (l.starts_with(':') && !l.ends_with(" ACCEPT")))
+            });
+            tables.sort();
+            all.push_str(&tables.concat());
+            all.push_str("--\n");
+        }
+        all
+    }
+
+    fn forwarding_on(&self) {
+        self.host.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
+        if self.v6 {
+            self.host
+                .sh("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
+        }
+    }
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn gate(test: &str, backend: &str) -> bool {
+    privileged(
+        test,
+        &[
+            "ip",
+            &format!("iptables-{backend}"),
+            &format!("ip6tables-{backend}"),
+        ],
+    )
+}
+
+/// Each scenario runs once per backend, each in its own namespaces.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn nft() {
+                super::$name("nft")
+            }
+            #[test]
+            fn legacy() {
+                super::$name("legacy")
+            }
+        }
+    )*};
+}
+
+both_backends!(
+    masquerade,
+    port_forward,
+    forward_policy_drop,
+    external_ip_snat,
+    internal_patterns_and_networks,
+    ipv6,
+    idempotent_and_down_restores,
+    replace_without_gap,
+    concurrent_ups,
+    injection_rejected,
+);
+
+fn masquerade(b: &'static str) {
+    if !gate("masquerade", b) {
+        return;
+    }
+    let mut t = Topo::new(b, 1, false);
+    t.forwarding_on();
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+    // Negative control: routed, not NATed, the server sees the container.
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "10.233.1.2");
+
+    t.nat_ok(&["up", "--external", "up0"]);
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+    assert_eq!(code(&t.nat(&["check", "--external", "up0"])), 0);
+
+    // A container started afterwards: no rule change, and it is NATed too.
+    let rules = t.save();
+    let c2 = t.add_container();
+    assert_eq!(t.save(), rules, "adding a container changed rules");
+    assert_eq!(seen(&c2, "192.0.2.2:7777"), "192.0.2.1");
+
+    let st: serde_json::Value = serde_json::from_str(&t.nat_ok(&["status", "--json"])).unwrap();
+    let v4 = &st["families"][0];
+    assert_eq!(v4["family"], "ipv4");
+    assert_eq!(v4["forwarding"], true);
+    let post = v4["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["chain"] == "ve-nat-post")
+        .unwrap();
+    assert_eq!(post["jumps"], 1);
+    let masq = &post["rules"][0];
+    assert!(masq["rule"].as_str().unwrap().ends_with("-j MASQUERADE"));
+    // Two connections (one per container), one NAT decision each.
+    assert_eq!(masq["packets"], 2, "{post}");
+    let table = t.nat_ok(&["status"]);
+    assert!(
+        table.contains("ve-nat-post") && table.contains("MASQUERADE"),
+        "{table}"
+    );
+}
+
+fn port_forward(b: &'static str) {
+    if !gate("port_forward", b) {
+        return;
+    }
+    let t = Topo::new(b, 2, false);
+    let _web = Server::start(&t.ctrs[0], "10.233.1.2:80");
+    let _r0 = Server::start(&t.ctrs[0], "10.233.1.2:7000");
+    let _r1 = Server::start(&t.ctrs[0], "10.233.1.2:7001");
+    let _dns = UdpServer::start(&t.ctrs[0], "10.233.1.2:53");
+    assert!(blocked(&t.out, "192.0.2.1:8080"), "reachable before up");
+
+    t.nat_ok(&[
+        "up",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:8080:10.233.1.2:80",
+        "--forward",
+        "tcp:9000-9001:10.233.1.2:7000-7001",
+        "--forward",
+        "udp:5353:10.233.1.2:53",
+    ]);
+    // From outside: the container sees the real client.
+    assert_eq!(fetch(&t.out, "192.0.2.1:8080").unwrap(), "192.0.2.2 80");
+    // A shifted range maps one to one.
+    assert_eq!(fetch(&t.out, "192.0.2.1:9000").unwrap(), "192.0.2.2 7000");
+    assert_eq!(fetch(&t.out, "192.0.2.1:9001").unwrap(), "192.0.2.2 7001");
+    // From the host itself, through its own uplink address (OUTPUT DNAT).
+    assert_eq!(seen(&t.host, "192.0.2.1:8080"), "192.0.2.1");
+    // From another container (hairpin): masqueraded to the host's address on ve-c1,
+    // so the reply goes back through the host.
+    assert_eq!(seen(&t.ctrs[1], "192.0.2.1:8080"), "10.233.1.1");
+    // ... and through the host's address on its own side.
+    assert_eq!(seen(&t.ctrs[1], "10.233.2.1:8080"), "10.233.1.1");
+    // The container itself, through the host.
+    assert!(fetch(&t.ctrs[0], "192.0.2.1:8080").is_ok());
+    // UDP from outside.
+    assert_eq!(udp_ask(&t.out, "192.0.2.1:5353").unwrap(), "192.0.2.2");
+    // Documented limit: loopback is not forwarded (it would need route_localnet).
+    assert!(blocked(&t.host, "127.0.0.1:8080"));
+}
+
+fn forward_policy_drop(b: &'static str) {
+    if !gate("forward_policy_drop", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    t.forwarding_on();
+    t.ipt(false, &["-P", "FORWARD", "DROP"]);
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+    let _web = Server::start(&t.ctrs[0], "10.233.1.2:80");
+    assert!(
+        blocked(&t.ctrs[0], "192.0.2.2:7777"),
+        "DROP policy lets through"
+    );
+
+    t.nat_ok(&[
+        "up",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:8080:10.233.1.2:80",
+    ]);
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+    assert_eq!(seen(&t.out, "192.0.2.1:8080"), "192.0.2.2");
+    // Only ours went: the policy stays DROP after down.
+    t.nat_ok(&["down"]);
+    assert!(t.save().contains(":FORWARD DROP"));
+    assert!(blocked(&t.ctrs[0], "192.0.2.2:7777"));
+}
+
+fn external_ip_snat(b: &'static str) {
+    if !gate("external_ip_snat", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    t.host.ip(&["addr", "add", "192.0.2.10/24", "dev", "up0"]);
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+    t.nat_ok(&["up", "--external", "up0", "--external-ip", "192.0.2.10"]);
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.10");
+    assert_eq!(
+        code(&t.nat(&["check", "--external", "up0"])),
+        1,
+        "check ignores --external-ip"
+    );
+}
+
+fn internal_patterns_and_networks(b: &'static str) {
+    if !gate("internal_patterns_and_networks", b) {
+        return;
+    }
+    let mut t = Topo::new(b, 1, false);
+    t.forwarding_on();
+    // Containers whose host interfaces do not match ve-+.
+    let vb = t.add_container_on("vb-c2");
+    let other = t.add_container_on("xy-c3");
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+
+    t.nat_ok(&["up", "--external", "up0", "--internal", "vb-*"]);
+    assert_eq!(seen(&vb, "192.0.2.2:7777"), "192.0.2.1");
+    // Only the given pattern: ve-c1 is routed, not NATed, now.
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "10.233.1.2");
+    assert_eq!(seen(&other, "192.0.2.2:7777"), "10.233.3.2");
+
+    // By source network instead of by interface.
+    t.nat_ok(&["up", "--external", "up0", "--internal-ip", "10.233.3.0/24"]);
+    assert_eq!(seen(&other, "192.0.2.2:7777"), "192.0.2.1");
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+    assert_eq!(seen(&vb, "192.0.2.2:7777"), "10.233.2.2");
+}
+
+fn ipv6(b: &'static str) {
+    if !gate("ipv6", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, true);
+    t.forwarding_on();
+    let _srv = Server::start(&t.out, "[2001:db8::2]:7777");
+    let _web = Server::start(&t.ctrs[0], "[fd00:1::2]:80");
+    assert_eq!(seen(&t.ctrs[0], "[2001:db8::2]:7777"), "fd00:1::2");
+
+    let args = [
+        "--external",
+        "up0",
+        "--ipv6",
+        "--forward",
+        "tcp:8080:[fd00:1::2]:80",
+    ];
+    t.nat_ok(&[&["up"][..], &args].concat());
+    assert_eq!(seen(&t.ctrs[0], "[2001:db8::2]:7777"), "2001:db8::1");
+    assert_eq!(seen(&t.out, "[2001:db8::1]:8080"), "2001:db8::2");
+    assert_eq!(seen(&t.host, "[2001:db8::1]:8080"), "2001:db8::1");
+    // IPv4 is NATed as well.
+    let _srv4 = Server::start(&t.out, "192.0.2.2:7777");
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+    assert_eq!(code(&t.nat(&[&["check"][..], &args].concat())), 0);
+
+    // Without --ipv6 the IPv6 rules go again.
+    t.nat_ok(&["up", "--external", "up0"]);
+    assert_eq!(seen(&t.ctrs[0], "[2001:db8::2]:7777"), "fd00:1::2");
+    assert_eq!(code(&t.nat(&["check", "--external", "up0"])), 0);
+}
+
+fn idempotent_and_down_restores(b: &'static str) {
+    if !gate("idempotent_and_down_restores", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    // Other programs' rules, before ve-nat.
+    t.ipt(
+        false,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "198.51.100.0/24",
+            "-o",
+            "up0",
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+    t.ipt(false, &["-N", "other"]);
+    t.ipt(false, &["-A", "other", "-i", "foo", "-j", "DROP"]);
+    t.ipt(false, &["-I", "FORWARD", "1", "-j", "other"]);
+    t.ipt(true, &["-A", "FORWARD", "-i", "foo", "-j", "DROP"]);
+    let before = t.save();
+
+    let a = ["--external", "up0", "--forward", "tcp:8080:10.233.1.2:80"];
+    t.nat_ok(&[&["up"][..], &a].concat());
+    let once = t.save();
+    assert_ne!(once, before);
+    t.nat_ok(&[&["up"][..], &a].concat());
+    assert_eq!(t.save(), once, "second up changed rules");
+    assert_eq!(code(&t.nat(&[&["check"][..], &a].concat())), 0);
+
+    // Someone else's rule after ve-nat, then ve-nat with other arguments.
+    t.ipt(
+        false,
+        &["-t", "nat", "-A", "PREROUTING", "-i", "foo", "-j", "ACCEPT"],
+    );
+    let bb = [
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:8080:10.233.1.2:80",
+        "--forward",
+        "udp:5353:10.233.1.2:53",
+        "--internal-ip",
+        "10.99.0.0/16",
+    ];
+    t.nat_ok(&[&["up"][..], &bb].concat());
+    assert_eq!(code(&t.nat(&[&["check"][..], &bb].concat())), 0);
+    assert_eq!(code(&t.nat(&[&["check"][..], &a].concat())), 1);
+    let changed = t.save();
+    for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
+        let n = changed
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {hook} -j ve-nat-")))
+            .count();
+        assert_eq!(n, 1, "jumps from {hook}:\n{changed}");
+    }
+    assert!(!changed.contains("-new"), "{changed}");
+    assert!(changed.contains("-A PREROUTING -i foo -j ACCEPT"));
+    assert!(changed.contains("--dport 5353"));
+
+    t.nat_ok(&["down"]);
+    assert_eq!(code(&t.nat(&[&["check"][..], &bb].concat())), 1);
+    let after = t.save();
+    assert!(after.contains("-A PREROUTING -i foo -j ACCEPT"), "{after}");
+    assert!(!after.contains("ve-nat"), "{after}");
+    t.ipt(
+        false,
+        &["-t", "nat", "-D", "PREROUTING", "-i", "foo", "-j", "ACCEPT"],
+    );
+    assert_eq!(
+        t.save(),
+        before,
+        "down did not restore the rules from before up"
+    );
+    t.nat_ok(&["down"]);
+    assert_eq!(t.save(), before);
+}
+
+fn replace_without_gap(b: &'static str) {
+    if !gate("replace_without_gap", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+    let a = ["up", "--external", "up0"];
+    let bb = [
+        "up",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:8080:10.233.1.2:80",
+    ];
+    t.nat_ok(&a);
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+
+    // New connections without pause while `up` replaces the chains back and forth:
+    // each NAT decision is taken when a connection starts, so a moment without our
+    // masquerade rule would show up as the container's own address.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let client = in_netns(&t.ctrs[0], move || {
+        let addr: SocketAddr = "192.0.2.2:7777".parse().unwrap();
+        let mut seen = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(4)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            seen.push(text.split(' ').next().unwrap_or("").to_string());
+        }
+        seen
+    });
+    for _ in 0..3 {
+        t.nat_ok(&bb);
+        t.nat_ok(&a);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = client.join().unwrap();
+    assert!(seen.len() >= 10, "only {} connections", seen.len());
+    let bad: Vec<&String> = seen.iter().filter(|s| *s != "192.0.2.1").collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} un-NATed: {bad:?}",
+        bad.len(),
+        seen.len()
+    );
+    let rules = t.save();
+    for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
+        let n = rules
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {hook} -j ve-nat-")))
+            .count();
+        assert_eq!(n, 1, "jumps from {hook}:\n{rules}");
+    }
+}
+
+fn concurrent_ups(b: &'static str) {
+    if !gate("concurrent_ups", b) {
+        return;
+    }
+    let t = Topo::new(b, 0, false);
+    let a: &[&str] = &["up", "--external", "up0"];
+    let bb: &[&str] = &[
+        "up",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:80:10.233.1.2:80",
+    ];
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            t.host
+                .command(BIN)
+                .args(if i % 2 == 0 { a } else { bb })
+                .args(["--backend", b])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut checks = [a, bb].map(|args| {
+        let mut c = args.to_vec();
+        c[0] = "check";
+        code(&t.nat(&c))
+    });
+    checks.sort();
+    assert_eq!(checks, [0, 1], "exactly one request is installed");
+    let rules = t.save();
+    for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
+        let n = rules
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {hook} -j ve-nat-")))
+            .count();
+        assert_eq!(n, 1, "jumps from {hook}:\n{rules}");
+    }
+}
+
+fn injection_rejected(b: &'static str) {
+    if !gate("injection_rejected", b) {
+        return;
+    }
+    let t = Topo::new(b, 0, false);
+    t.ipt(
+        false,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "up0",
+            "-j",
+            "RETURN",
+        ],
+    );
+    let before = t.save();
+    let bad: &[&[&str]] = &[
+        &["up", "--external", "eth0 -j ACCEPT"],
+        &["up", "--external", "up0", "--internal", "ve- +"],
+        &["up", "--external", "up0", "--internal", "ve-\"x+"],
+        &["up", "--external", "up0", "--internal", "ve-'x"],
+        &["up", "--external", "up0", "--internal", "!ve-+"],
+        &["up", "--external", "up0", "--internal", "ve-+ ! -s 1.2.3.4"],
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--internal-ip",
+            "10.0.0.0/8 -j ACCEPT",
+        ],
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--external-ip",
+            "192.0.2.1 --random",
+        ],
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--forward",
+            "tcp:80:10.233.1.2:80 -j ACCEPT",
+        ],
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--forward",
+            "tcp:80:10.233.1.2:80'",
+        ],
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--forward",
+            "tcp:8080:[fd00::1]:80",
+        ],
+        &["up", "--external", "up0", "--mark", "0x2000 -j DROP"],
+        &["check", "--external", "up0 -j DROP"],
+    ];
+    for args in bad {
+        let out = t.nat(args);
+        assert_eq!(code(&out), 65, "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("ve-nat: error: "), "{err}");
+    }
+    assert_eq!(t.save(), before, "a rejected request changed rules");
+
+    // No iptables at all: exit 69, nothing changed.
+    let out = t
+        .host
+        .command("env")
+        .args([
+            "PATH=/nonexistent",
+            BIN,
+            "up",
+            "--external",
+            "up0",
+            "--backend",
+            b,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(t.save(), before);
+}
