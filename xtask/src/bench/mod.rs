@@ -18,6 +18,8 @@ WHAT:
   nm      nm-unmanage --watch and --persist against a sandboxed NetworkManager:
           time from veth creation to unmanaged, DHCP DISCOVERs that got out
           options: see `cargo xtask bench nm --help`
+  nat     ve-nat up/down and the per-container NAT cost, against CNI ptp with ipMasq
+          options: --containers N, --runs R
   all     everything above with default options (the default)
 
 Results: a table on stdout and CSV files under target/bench/.
@@ -32,7 +34,9 @@ pub fn run(args: &[String]) -> Result {
         "alloc" => alloc::run(rest),
         "nm" => nm::run(rest),
         "nat" => nat::run(rest),
-        "all" => alloc::run(&[]).and_then(|()| nm::run(&[])),
+        "all" => alloc::run(&[])
+            .and_then(|()| nat::run(&[]))
+            .and_then(|()| nm::run(&[])),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
