@@ -196,10 +196,7 @@ mod tests {
             NetnsSpec::parse("foo").unwrap().path(),
             PathBuf::from("/run/netns/foo")
         );
-        assert_eq!(
-            NetnsSpec::Pid(42).path(),
-            PathBuf::from("/proc/42/ns/net")
-        );
+        assert_eq!(NetnsSpec::Pid(42).path(), PathBuf::from("/proc/42/ns/net"));
         for bad in ["", "..", ".", "a\nb"] {
             assert_eq!(NetnsSpec::parse(bad).unwrap_err().code(), 65, "{bad:?}");
         }

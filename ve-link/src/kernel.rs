@@ -14,9 +14,7 @@ use common::{netns::Netns, Error, Result};
 use futures_util::{future, StreamExt};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope},
-    link::{
-        InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, Prop,
-    },
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, Prop},
     nsid::{NsidAttribute, NsidMessage},
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -69,7 +67,11 @@ pub fn step_error(step: impl std::fmt::Display, e: io::Error) -> Error {
 
 impl Nl {
     /// Send one request; collect the replies; turn a NACK into its errno.
-    async fn request(&self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    async fn request(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = flags;
         let mut handle = self.handle.clone();
@@ -90,7 +92,9 @@ impl Nl {
     }
 
     async fn ack(&self, msg: RouteNetlinkMessage, extra: u16) -> io::Result<()> {
-        self.request(msg, NLM_F_REQUEST | NLM_F_ACK | extra).await.map(drop)
+        self.request(msg, NLM_F_REQUEST | NLM_F_ACK | extra)
+            .await
+            .map(drop)
     }
 
     async fn dump(&self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
@@ -101,9 +105,14 @@ impl Nl {
     pub async fn link_by_name(&self, name: &str) -> io::Result<Option<Link>> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST).await {
+        match self
+            .request(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST)
+            .await
+        {
             Ok(v) => Ok(v.into_iter().find_map(as_link)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -126,7 +135,9 @@ impl Nl {
         m.header.index = index;
         let mut out = Vec::new();
         for r in self.dump(RouteNetlinkMessage::GetAddress(m)).await? {
-            let RouteNetlinkMessage::NewAddress(a) = r else { continue };
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
             if a.header.index != index || a.header.scope != AddressScope::Universe {
                 continue;
             }
@@ -157,7 +168,9 @@ impl Nl {
             m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
             m.attributes.push(RouteAttribute::Oif(index));
             for r in self.dump(RouteNetlinkMessage::GetRoute(m)).await? {
-                let RouteNetlinkMessage::NewRoute(r) = r else { continue };
+                let RouteNetlinkMessage::NewRoute(r) = r else {
+                    continue;
+                };
                 if u8::from(r.header.protocol) != ROUTE_PROTOCOL
                     || r.header.table != RouteHeader::RT_TABLE_MAIN
                 {
@@ -192,9 +205,14 @@ impl Nl {
         let mut m = addr_message(index, ip, len);
         if ip.is_ipv6() {
             // No duplicate address detection: the address is usable at once.
-            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        self.ack(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_REPLACE).await
+        self.ack(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .await
     }
 
     pub async fn del_addr(&self, index: u32, (ip, len): Addr) -> io::Result<()> {
@@ -205,7 +223,11 @@ impl Nl {
     pub async fn add_route(&self, index: u32, r: &Route) -> io::Result<()> {
         let m = route_message(index, r);
         // Replace: a default route of someone else's is taken over, as asked.
-        self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_REPLACE).await
+        self.ack(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .await
     }
 
     pub async fn del_route(&self, index: u32, r: &Route) -> io::Result<()> {
@@ -230,7 +252,8 @@ impl Nl {
         // The peer cannot be set up in the same request (the kernel says ENOTCONN).
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
-        p.attributes.push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+        p.attributes
+            .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
         p.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
         let mut m = LinkMessage::default();
         m.header.flags = LinkFlags::Up;
@@ -249,7 +272,8 @@ impl Nl {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
-        self.ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).await
+        self.ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .await
     }
 
     /// Set the alias (the ve-link marker) on a link.
@@ -264,8 +288,16 @@ impl Nl {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes
-            .push(LinkAttribute::PropList(vec![Prop::AltIfName(name.to_string())]));
-        match self.ack(RouteNetlinkMessage::NewLinkProp(m), NLM_F_CREATE | NLM_F_EXCL).await {
+            .push(LinkAttribute::PropList(vec![Prop::AltIfName(
+                name.to_string(),
+            )]));
+        match self
+            .ack(
+                RouteNetlinkMessage::NewLinkProp(m),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .await
+        {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             r => r,
         }
@@ -291,7 +323,14 @@ impl Nl {
     }
 
     pub async fn set_up(&self, index: u32) -> io::Result<()> {
-        self.fix_link(index, &LinkFix { up: true, ..Default::default() }).await
+        self.fix_link(
+            index,
+            &LinkFix {
+                up: true,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Delete one link (a veth takes its peer along). Already gone is success.
@@ -319,8 +358,11 @@ impl Nl {
     /// The id this namespace gives the namespace `ns`, if one is assigned.
     pub async fn nsid_of(&self, ns: &impl AsFd) -> io::Result<Option<i32>> {
         let mut m = NsidMessage::default();
-        m.attributes.push(NsidAttribute::Fd(ns.as_fd().as_raw_fd() as u32));
-        let replies = self.request(RouteNetlinkMessage::GetNsId(m), NLM_F_REQUEST).await?;
+        m.attributes
+            .push(NsidAttribute::Fd(ns.as_fd().as_raw_fd() as u32));
+        let replies = self
+            .request(RouteNetlinkMessage::GetNsId(m), NLM_F_REQUEST)
+            .await?;
         Ok(replies.into_iter().find_map(|r| match r {
             RouteNetlinkMessage::NewNsId(n) => n.attributes.into_iter().find_map(|a| match a {
                 NsidAttribute::Id(id) if id >= 0 => Some(id),
@@ -336,7 +378,10 @@ fn ignore_gone(r: io::Result<()>) -> io::Result<()> {
         Err(e)
             if matches!(
                 e.raw_os_error(),
-                Some(libc::ENODEV) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL) | Some(libc::ENOENT)
+                Some(libc::ENODEV)
+                    | Some(libc::ESRCH)
+                    | Some(libc::EADDRNOTAVAIL)
+                    | Some(libc::ENOENT)
             ) =>
         {
             Ok(())
@@ -355,7 +400,11 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
 
 fn addr_message(index: u32, ip: IpAddr, len: u8) -> AddressMessage {
     let mut m = AddressMessage::default();
-    m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.family = if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     m.header.prefix_len = len;
     m.header.index = index;
     m.attributes.push(AddressAttribute::Local(ip));
@@ -367,14 +416,23 @@ fn addr_message(index: u32, ip: IpAddr, len: u8) -> AddressMessage {
 pub fn route_message(index: u32, r: &Route) -> RouteMessage {
     let mut m = RouteMessage::default();
     let v4 = r.dst.is_ipv4();
-    m.header.address_family = if v4 { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.address_family = if v4 {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     m.header.destination_prefix_length = r.len;
     m.header.table = RouteHeader::RT_TABLE_MAIN;
     m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
-    m.header.scope = if v4 && r.via.is_none() { RouteScope::Link } else { RouteScope::Universe };
+    m.header.scope = if v4 && r.via.is_none() {
+        RouteScope::Link
+    } else {
+        RouteScope::Universe
+    };
     m.header.kind = RouteType::Unicast;
     if r.len > 0 {
-        m.attributes.push(RouteAttribute::Destination(route_addr(r.dst)));
+        m.attributes
+            .push(RouteAttribute::Destination(route_addr(r.dst)));
     }
     if let Some(gw) = r.via {
         m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
@@ -391,7 +449,9 @@ fn route_addr(a: IpAddr) -> RouteAddress {
 }
 
 fn as_link(m: RouteNetlinkMessage) -> Option<Link> {
-    let RouteNetlinkMessage::NewLink(m) = m else { return None };
+    let RouteNetlinkMessage::NewLink(m) = m else {
+        return None;
+    };
     let mut l = Link {
         index: m.header.index,
         up: m.header.flags.contains(LinkFlags::Up),
@@ -468,8 +528,10 @@ impl CtrConn {
         let thread = ns.spawn("ve-link-netns", move || {
             let rt = runtime()?;
             rt.block_on(async move {
-                let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()
-                    .map_err(|e| Error::io("opening a netlink socket in the container namespace", e))?;
+                let (conn, handle, _) =
+                    rtnetlink::new_connection_with_strict_check().map_err(|e| {
+                        Error::io("opening a netlink socket in the container namespace", e)
+                    })?;
                 let _ = tx.send(handle);
                 future::select(Box::pin(conn), stopped).await;
                 Ok(())

@@ -57,7 +57,12 @@ struct UpArgs {
     /// Container name
     name: String,
     /// Container network namespace: a path, or a name under /run/netns
-    #[arg(long, value_name = "NS", required_unless_present = "pid", conflicts_with = "pid")]
+    #[arg(
+        long,
+        value_name = "NS",
+        required_unless_present = "pid",
+        conflicts_with = "pid"
+    )]
     netns: Option<String>,
     /// Use the network namespace of this process
     #[arg(long, value_name = "PID")]
@@ -174,7 +179,10 @@ mod tests {
     fn usage_errors_are_64_and_bad_data_65_before_any_syscall() {
         let e = run(args(&["ve-link", "up", "foo"])).unwrap_err();
         assert_eq!(e.code(), 64, "{e}");
-        let e = run(args(&["ve-link", "up", "foo", "--netns", "x", "--pid", "3"])).unwrap_err();
+        let e = run(args(&[
+            "ve-link", "up", "foo", "--netns", "x", "--pid", "3",
+        ]))
+        .unwrap_err();
         assert_eq!(e.code(), 64, "{e}");
         let e = run(args(&["ve-link", "up", "a b", "--netns", "x"])).unwrap_err();
         assert_eq!(e.code(), 65, "{e}");
@@ -182,8 +190,16 @@ mod tests {
         assert_eq!(e.code(), 64, "{e}");
         let e = run(args(&["ve-link", "down", "a/b"])).unwrap_err();
         assert_eq!(e.code(), 65, "{e}");
-        let e = run(args(&["ve-link", "up", "foo", "--netns", "x", "--addresses", "/nonexistent/f"]))
-            .unwrap_err();
+        let e = run(args(&[
+            "ve-link",
+            "up",
+            "foo",
+            "--netns",
+            "x",
+            "--addresses",
+            "/nonexistent/f",
+        ]))
+        .unwrap_err();
         assert_eq!(e.code(), 66, "{e}");
     }
 }

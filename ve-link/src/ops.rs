@@ -41,7 +41,10 @@ pub fn require_privilege(setns: bool) -> Result<()> {
     } else {
         Err(Error::new(
             Exit::NoPerm,
-            format!("not enough privilege: needs {} (run as root)", missing.join(" and ")),
+            format!(
+                "not enough privilege: needs {} (run as root)",
+                missing.join(" and ")
+            ),
         ))
     }
 }
@@ -74,7 +77,9 @@ async fn observe(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> std::io::R
 }
 
 async fn side(nl: &Nl, link: Option<Link>) -> std::io::Result<Side> {
-    let Some(l) = link else { return Ok(Side::default()) };
+    let Some(l) = link else {
+        return Ok(Side::default());
+    };
     let (a, r) = future::join(nl.addrs(l.index), nl.routes(l.index)).await;
     Ok(Side {
         link: Some(l),
@@ -121,10 +126,9 @@ impl Up<'_> {
             Change::Create => self.create(have).await?,
             Change::AddAltname => {
                 let alt = req.altname.as_deref().unwrap_or_default();
-                self.host
-                    .add_altname(self.hidx, alt)
-                    .await
-                    .map_err(|e| step_error(format!("adding altname {alt} to {}", req.host_ifname), e))?;
+                self.host.add_altname(self.hidx, alt).await.map_err(|e| {
+                    step_error(format!("adding altname {alt} to {}", req.host_ifname), e)
+                })?;
             }
             Change::FixLink { side, fix, .. } => {
                 let (nl, idx, name) = self.nl(*side);
@@ -133,7 +137,9 @@ impl Up<'_> {
                     .map_err(|e| step_error(format!("configuring {side} link {name}"), e))?;
             }
             Change::LoUp => {
-                let lo = have.ctr_lo.ok_or_else(|| Error::data("the container namespace has no lo"))?;
+                let lo = have
+                    .ctr_lo
+                    .ok_or_else(|| Error::data("the container namespace has no lo"))?;
                 self.ctr
                     .set_up(lo)
                     .await
@@ -141,16 +147,22 @@ impl Up<'_> {
             }
             Change::AddAddr(side, a) => {
                 let (nl, idx, name) = self.nl(*side);
-                nl.add_addr(idx, *a)
-                    .await
-                    .map_err(|e| step_error(format!("adding address {}/{} to {side} link {name}", a.0, a.1), e))?;
+                nl.add_addr(idx, *a).await.map_err(|e| {
+                    step_error(
+                        format!("adding address {}/{} to {side} link {name}", a.0, a.1),
+                        e,
+                    )
+                })?;
                 self.journal.push(Undo::Addr(*side, idx, *a));
             }
             Change::DelAddr(side, a) => {
                 let (nl, idx, name) = self.nl(*side);
-                nl.del_addr(idx, *a)
-                    .await
-                    .map_err(|e| step_error(format!("removing address {}/{} from {side} link {name}", a.0, a.1), e))?;
+                nl.del_addr(idx, *a).await.map_err(|e| {
+                    step_error(
+                        format!("removing address {}/{} from {side} link {name}", a.0, a.1),
+                        e,
+                    )
+                })?;
             }
             Change::AddRoute(side, r) => {
                 let (nl, idx, name) = self.nl(*side);
@@ -175,7 +187,11 @@ impl Up<'_> {
             "creating veth {} with {} in network namespace {}",
             req.host_ifname, req.peer_ifname, req.netns
         );
-        let master = if req.bridge.is_some() { have.bridge } else { None };
+        let master = if req.bridge.is_some() {
+            have.bridge
+        } else {
+            None
+        };
         self.host
             .create_veth(
                 &req.host_ifname,
@@ -203,10 +219,12 @@ impl Up<'_> {
             .ok_or_else(|| Error::internal(format!("{step}: {} vanished", req.peer_ifname)))?;
         self.hidx = h.index;
         self.cidx = c.index;
-        self.ctr
-            .set_up(c.index)
-            .await
-            .map_err(|e| step_error(format!("setting {} up in the container", req.peer_ifname), e))?;
+        self.ctr.set_up(c.index).await.map_err(|e| {
+            step_error(
+                format!("setting {} up in the container", req.peer_ifname),
+                e,
+            )
+        })?;
         if h.alias.as_deref() != Some(req.alias().as_str()) {
             // Older kernels ignore IFLA_IFALIAS on creation.
             self.host
@@ -215,10 +233,9 @@ impl Up<'_> {
                 .map_err(|e| step_error(format!("marking {} as ve-link's", req.host_ifname), e))?;
         }
         if let Some(alt) = &req.altname {
-            self.host
-                .add_altname(h.index, alt)
-                .await
-                .map_err(|e| step_error(format!("adding altname {alt} to {}", req.host_ifname), e))?;
+            self.host.add_altname(h.index, alt).await.map_err(|e| {
+                step_error(format!("adding altname {alt} to {}", req.host_ifname), e)
+            })?;
         }
         Ok(())
     }
@@ -277,7 +294,11 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
             .map_err(|e| step_error("reading the current links", e))?;
         let p = plan(req, &have);
         if let Some(b) = p.blockers.first() {
-            let exit = if b.starts_with("bridge") { Exit::NoInput } else { Exit::CantCreate };
+            let exit = if b.starts_with("bridge") {
+                Exit::NoInput
+            } else {
+                Exit::CantCreate
+            };
             return Err(Error::new(exit, format!("up {}: {b}", req.name)));
         }
         let mut run = Up {
@@ -356,7 +377,11 @@ pub fn check(req: &UpRequest, json: bool) -> Result<()> {
     } else {
         Err(Error::new(
             Exit::Differs,
-            format!("{}: {} difference(s) from the request", req.name, diffs.len()),
+            format!(
+                "{}: {} difference(s) from the request",
+                req.name,
+                diffs.len()
+            ),
         ))
     }
 }
@@ -374,7 +399,10 @@ fn managed(links: Vec<Link>) -> Vec<Managed> {
             let c = container_of(l.alias.as_deref())?.to_string();
             // The marker and the naming rule must agree: both are ours.
             let ours = l.name == name::host_ifname(&c) || l.name == name::bridge_ifname(&c);
-            (ours && l.veth).then_some(Managed { link: l, container: c })
+            (ours && l.veth).then_some(Managed {
+                link: l,
+                container: c,
+            })
         })
         .collect()
 }
@@ -390,7 +418,10 @@ pub fn down(names: &[String], all: bool) -> Result<()> {
         let nl = &host.nl;
         let mut victims = Vec::new();
         if all {
-            let links = nl.links().await.map_err(|e| step_error("listing links", e))?;
+            let links = nl
+                .links()
+                .await
+                .map_err(|e| step_error("listing links", e))?;
             victims = managed(links).into_iter().map(|m| m.link).collect();
         } else {
             let lookups = names.iter().flat_map(|n| {
@@ -429,7 +460,10 @@ fn first_of(mut errors: Vec<Error>) -> Option<Error> {
     if rest.is_empty() {
         Some(first)
     } else {
-        Some(Error::new(first.exit(), format!("{first}; {}", rest.join("; "))))
+        Some(Error::new(
+            first.exit(),
+            format!("{first}; {}", rest.join("; ")),
+        ))
     }
 }
 
@@ -460,10 +494,19 @@ async fn delete_batch(nl: &Nl, victims: Vec<Link>) -> Result<()> {
         }
     }
     // Only delete the group when nothing but our links is in it.
-    let links = nl.links().await.map_err(|e| step_error("listing links", e))?;
+    let links = nl
+        .links()
+        .await
+        .map_err(|e| step_error("listing links", e))?;
     let ours: HashSet<u32> = grouped.iter().map(|l| l.index).collect();
-    let clean = links.iter().all(|l| l.group != group || ours.contains(&l.index));
-    let r = if clean { nl.del_group(group).await } else { Err(std::io::Error::other("group in use")) };
+    let clean = links
+        .iter()
+        .all(|l| l.group != group || ours.contains(&l.index));
+    let r = if clean {
+        nl.del_group(group).await
+    } else {
+        Err(std::io::Error::other("group in use"))
+    };
     if let Err(e) = r {
         log::warn!("batch delete failed ({e}); deleting one by one");
         for l in grouped {
@@ -510,11 +553,15 @@ async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
         }
     }
     for (path, label) in candidates {
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
         if !seen.insert((meta.dev(), meta.ino())) {
             continue;
         }
-        let Ok(f) = fs::File::open(&path) else { continue };
+        let Ok(f) = fs::File::open(&path) else {
+            continue;
+        };
         if let Ok(Some(id)) = nl.nsid_of(&f).await {
             out.entry(id).or_insert(label);
         }
@@ -528,7 +575,10 @@ pub fn gc(dry_run: bool) -> Result<()> {
     let host = HostConn::open()?;
     host.rt.block_on(async {
         let nl = &host.nl;
-        let links = nl.links().await.map_err(|e| step_error("listing links", e))?;
+        let links = nl
+            .links()
+            .await
+            .map_err(|e| step_error("listing links", e))?;
         let live = live_nsids(nl).await;
         let stale: Vec<Link> = managed(links)
             .into_iter()
@@ -559,7 +609,10 @@ pub fn list(json: bool) -> Result<()> {
     let host = HostConn::open()?;
     let rows = host.rt.block_on(async {
         let nl = &host.nl;
-        let links = nl.links().await.map_err(|e| step_error("listing links", e))?;
+        let links = nl
+            .links()
+            .await
+            .map_err(|e| step_error("listing links", e))?;
         let live = live_nsids(nl).await;
         let mut rows = Vec::new();
         for m in managed(links) {
@@ -572,14 +625,24 @@ pub fn list(json: bool) -> Result<()> {
                 None => "-".into(),
             };
             rows.push(ListRow {
-                mode: if m.link.name.starts_with(name::BRIDGE_PREFIX) { "bridge" } else { "routed" },
+                mode: if m.link.name.starts_with(name::BRIDGE_PREFIX) {
+                    "bridge"
+                } else {
+                    "routed"
+                },
                 name: m.container,
                 iface: m.link.name,
                 netns,
                 state: if m.link.up { "up" } else { "down" },
                 addresses: addrs
                     .iter()
-                    .map(|(a, l)| if *l == full_len(*a) { a.to_string() } else { format!("{a}/{l}") })
+                    .map(|(a, l)| {
+                        if *l == full_len(*a) {
+                            a.to_string()
+                        } else {
+                            format!("{a}/{l}")
+                        }
+                    })
                     .collect(),
             });
         }
@@ -606,6 +669,9 @@ pub fn list(json: bool) -> Result<()> {
                 ]
             })
             .collect();
-        output::print(&output::table(&["NAME", "IFACE", "MODE", "NETNS", "STATE", "ADDRESSES"], &cells))
+        output::print(&output::table(
+            &["NAME", "IFACE", "MODE", "NETNS", "STATE", "ADDRESSES"],
+            &cells,
+        ))
     }
 }

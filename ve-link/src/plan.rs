@@ -76,12 +76,19 @@ pub struct LinkFix {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Delete our stale host end (its peer is not the requested container end).
-    RemoveStale { index: u32, why: String },
+    RemoveStale {
+        index: u32,
+        why: String,
+    },
     /// Create the pair: host end up, peer made directly in the container namespace.
     Create,
     /// The host end lacks its unshortened name as altname.
     AddAltname,
-    FixLink { side: Where, fix: LinkFix, why: String },
+    FixLink {
+        side: Where,
+        fix: LinkFix,
+        why: String,
+    },
     LoUp,
     AddAddr(Where, Addr),
     DelAddr(Where, Addr),
@@ -156,7 +163,8 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     }
     if fresh {
         if have.ctr.link.is_some() {
-            p.blockers.push(format!("{} already exists in {ns}", req.peer_ifname));
+            p.blockers
+                .push(format!("{} already exists in {ns}", req.peer_ifname));
         }
         p.changes.push(Change::Create);
         if !have.ctr_lo_up {
@@ -185,7 +193,11 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
             p.changes.push(Change::AddAltname);
         }
     }
-    let master = if req.bridge.is_some() { have.bridge } else { None };
+    let master = if req.bridge.is_some() {
+        have.bridge
+    } else {
+        None
+    };
     if let Some(fix) = link_fix(h, req.mtu, &req.host_mac, master, req.bridge.is_some()) {
         p.changes.push(fix_change(Where::Host, h, fix));
     }
@@ -195,10 +207,38 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     if !have.ctr_lo_up {
         p.changes.push(Change::LoUp);
     }
-    diff(&mut p, Where::Host, &want.host_addrs, &have.host.addrs, Change::AddAddr, Change::DelAddr);
-    diff(&mut p, Where::Host, &want.host_routes, &have.host.routes, Change::AddRoute, Change::DelRoute);
-    diff(&mut p, Where::Container, &want.ctr_addrs, &have.ctr.addrs, Change::AddAddr, Change::DelAddr);
-    diff(&mut p, Where::Container, &want.ctr_routes, &have.ctr.routes, Change::AddRoute, Change::DelRoute);
+    diff(
+        &mut p,
+        Where::Host,
+        &want.host_addrs,
+        &have.host.addrs,
+        Change::AddAddr,
+        Change::DelAddr,
+    );
+    diff(
+        &mut p,
+        Where::Host,
+        &want.host_routes,
+        &have.host.routes,
+        Change::AddRoute,
+        Change::DelRoute,
+    );
+    diff(
+        &mut p,
+        Where::Container,
+        &want.ctr_addrs,
+        &have.ctr.addrs,
+        Change::AddAddr,
+        Change::DelAddr,
+    );
+    diff(
+        &mut p,
+        Where::Container,
+        &want.ctr_routes,
+        &have.ctr.routes,
+        Change::AddRoute,
+        Change::DelRoute,
+    );
     p
 }
 
@@ -219,7 +259,13 @@ fn diff<T: PartialEq + Copy>(
     }
 }
 
-fn link_fix(l: &Link, mtu: Option<u32>, mac: &[u8; 6], master: Option<u32>, bridged: bool) -> Option<LinkFix> {
+fn link_fix(
+    l: &Link,
+    mtu: Option<u32>,
+    mac: &[u8; 6],
+    master: Option<u32>,
+    bridged: bool,
+) -> Option<LinkFix> {
     let fix = LinkFix {
         up: !l.up,
         mtu: mtu.filter(|m| *m != l.mtu),
@@ -238,7 +284,12 @@ fn fix_change(side: Where, l: &Link, fix: LinkFix) -> Change {
         why.push(format!("{} has mtu {}, not {m}", l.name, l.mtu));
     }
     if let Some(m) = fix.mac {
-        why.push(format!("{} has MAC {}, not {}", l.name, mac_text(&l.mac), mac_text(&m)));
+        why.push(format!(
+            "{} has MAC {}, not {}",
+            l.name,
+            mac_text(&l.mac),
+            mac_text(&m)
+        ));
     }
     if fix.master.is_some() {
         why.push(format!("{} is not attached to the bridge", l.name));
@@ -338,7 +389,10 @@ mod tests {
                 Change::AddRoute(Where::Container, r.want().ctr_routes[1]),
             ]
         );
-        assert_eq!(p.changes[2].to_string(), "container: route default via 10.0.0.1 missing");
+        assert_eq!(
+            p.changes[2].to_string(),
+            "container: route default via 10.0.0.1 missing"
+        );
     }
 
     #[test]
@@ -348,7 +402,10 @@ mod tests {
         have.ctr = Side::default();
         let p = plan(&r, &have);
         assert!(p.blockers.is_empty());
-        assert!(matches!(p.changes[0], Change::RemoveStale { index: 10, .. }));
+        assert!(matches!(
+            p.changes[0],
+            Change::RemoveStale { index: 10, .. }
+        ));
         assert_eq!(p.changes[1], Change::Create);
     }
 
@@ -372,7 +429,11 @@ mod tests {
         have.ctr.link.as_mut().unwrap().up = false;
         let p = plan(&r, &have);
         assert_eq!(p.changes.len(), 2);
-        assert!(p.changes[1].to_string().contains("eth0 is down"), "{}", p.changes[1]);
+        assert!(
+            p.changes[1].to_string().contains("eth0 is down"),
+            "{}",
+            p.changes[1]
+        );
         assert!(p.changes[0].to_string().contains("mtu 1500, not 1400"));
     }
 }

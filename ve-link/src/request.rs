@@ -50,16 +50,12 @@ impl Addresses {
     /// Set one address from its env key and text (`10.0.0.1` or `10.0.0.1/24`).
     pub fn set(&mut self, key: &str, text: &str) -> Result<()> {
         let bare = strip_prefix_len(key, text)?;
-        let bad = |family: &str| {
-            Error::data(format!("{key}: {text:?} is not an {family} address"))
-        };
+        let bad = |family: &str| Error::data(format!("{key}: {text:?} is not an {family} address"));
         match key {
             "HOST_ADDRESS" => self.host_address = Some(bare.parse().map_err(|_| bad("IPv4"))?),
             "LOCAL_ADDRESS" => self.local_address = Some(bare.parse().map_err(|_| bad("IPv4"))?),
             "HOST_ADDRESS6" => self.host_address6 = Some(bare.parse().map_err(|_| bad("IPv6"))?),
-            "LOCAL_ADDRESS6" => {
-                self.local_address6 = Some(bare.parse().map_err(|_| bad("IPv6"))?)
-            }
+            "LOCAL_ADDRESS6" => self.local_address6 = Some(bare.parse().map_err(|_| bad("IPv6"))?),
             _ => return Err(Error::internal(format!("unknown address key {key}"))),
         }
         Ok(())
@@ -176,8 +172,7 @@ impl UpRequest {
             name::validate_ifname(br)?;
         }
         if let Some(mtu) = input.mtu {
-            let min = if addresses.host_address6.is_some() || addresses.local_address6.is_some()
-            {
+            let min = if addresses.host_address6.is_some() || addresses.local_address6.is_some() {
                 1280
             } else {
                 68
@@ -298,9 +293,7 @@ fn validate_addresses(a: &Addresses, bridge: bool) -> Result<()> {
                 "{hk} and {lk} are the same address {h}"
             ))),
             (Some(_), None) => Err(Error::data(format!("{hk} given without {lk}"))),
-            (None, Some(_)) if !bridge => {
-                Err(Error::data(format!("{lk} given without {hk}")))
-            }
+            (None, Some(_)) if !bridge => Err(Error::data(format!("{lk} given without {hk}"))),
             _ => Ok(()),
         }
     };
@@ -436,22 +429,49 @@ mod tests {
         assert_eq!(r.altname, None);
         assert_eq!(r.peer_ifname, "eth0");
         assert_eq!(r.netns, NetnsSpec::Path("/run/netns/x".into()));
-        assert_eq!(r.addresses.local_address, Some("10.233.0.2".parse().unwrap()));
+        assert_eq!(
+            r.addresses.local_address,
+            Some("10.233.0.2".parse().unwrap())
+        );
         let w = r.want();
-        assert_eq!(w.host_addrs, vec![("10.233.0.1".parse().unwrap(), 32), ("fd42::1".parse().unwrap(), 128)]);
-        assert_eq!(w.host_routes, vec![Route::to("10.233.0.2".parse().unwrap()), Route::to("fd42::2".parse().unwrap())]);
-        assert_eq!(w.ctr_addrs, vec![("10.233.0.2".parse().unwrap(), 32), ("fd42::2".parse().unwrap(), 128)]);
+        assert_eq!(
+            w.host_addrs,
+            vec![
+                ("10.233.0.1".parse().unwrap(), 32),
+                ("fd42::1".parse().unwrap(), 128)
+            ]
+        );
+        assert_eq!(
+            w.host_routes,
+            vec![
+                Route::to("10.233.0.2".parse().unwrap()),
+                Route::to("fd42::2".parse().unwrap())
+            ]
+        );
+        assert_eq!(
+            w.ctr_addrs,
+            vec![
+                ("10.233.0.2".parse().unwrap(), 32),
+                ("fd42::2".parse().unwrap(), 128)
+            ]
+        );
         assert_eq!(w.ctr_routes.len(), 4);
         assert_eq!(w.ctr_routes[1].to_string(), "default via 10.233.0.1");
         assert_eq!(w.ctr_routes[3].to_string(), "default via fd42::1");
         let out = common::output::env_lines(&r.output_pairs());
-        assert!(out.starts_with("HOST_IFACE=ve-foo\nLOCAL_IFACE=eth0\nHOST_ADDRESS=10.233.0.1\n"), "{out}");
+        assert!(
+            out.starts_with("HOST_IFACE=ve-foo\nLOCAL_IFACE=eth0\nHOST_ADDRESS=10.233.0.1\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn flags_win_over_env_input() {
         let mut i = input("foo");
-        i.env = Some(("HOST_ADDRESS=10.0.0.1\nLOCAL_ADDRESS=10.0.0.2\n".into(), "f".into()));
+        i.env = Some((
+            "HOST_ADDRESS=10.0.0.1\nLOCAL_ADDRESS=10.0.0.2\n".into(),
+            "f".into(),
+        ));
         i.local_address = Some("10.0.0.9".into());
         let r = UpRequest::build(i).unwrap();
         assert_eq!(r.addresses.local_address, Some("10.0.0.9".parse().unwrap()));
@@ -462,34 +482,114 @@ mod tests {
         let cases: Vec<(UpInput, i32, &str)> = vec![
             (input("-bad"), 65, "container name"),
             (
-                UpInput { host_address: Some("10.0.0.300".into()), local_address: Some("10.0.0.2".into()), ..input("a") },
+                UpInput {
+                    host_address: Some("10.0.0.300".into()),
+                    local_address: Some("10.0.0.2".into()),
+                    ..input("a")
+                },
                 65,
                 "HOST_ADDRESS",
             ),
-            (UpInput { host_address: Some("10.0.0.1".into()), ..input("a") }, 65, "without LOCAL_ADDRESS"),
             (
-                UpInput { host_address: Some("10.0.0.1".into()), local_address: Some("10.0.0.1".into()), ..input("a") },
+                UpInput {
+                    host_address: Some("10.0.0.1".into()),
+                    ..input("a")
+                },
+                65,
+                "without LOCAL_ADDRESS",
+            ),
+            (
+                UpInput {
+                    host_address: Some("10.0.0.1".into()),
+                    local_address: Some("10.0.0.1".into()),
+                    ..input("a")
+                },
                 65,
                 "same address",
             ),
             (
-                UpInput { host_address6: Some("fe80::1".into()), local_address6: Some("fd00::2".into()), ..input("a") },
+                UpInput {
+                    host_address6: Some("fe80::1".into()),
+                    local_address6: Some("fd00::2".into()),
+                    ..input("a")
+                },
                 65,
                 "unicast",
             ),
-            (UpInput { host_address: Some("fd00::1".into()), ..input("a") }, 65, "IPv4"),
-            (UpInput { ifname: Some("eth0 up".into()), ..input("a") }, 65, "interface name"),
-            (UpInput { bridge: Some("br/0".into()), ..input("a") }, 65, "interface name"),
-            (UpInput { mtu: Some(40), ..input("a") }, 65, "--mtu"),
             (
-                UpInput { mtu: Some(1000), host_address6: Some("fd00::1".into()), local_address6: Some("fd00::2".into()), ..input("a") },
+                UpInput {
+                    host_address: Some("fd00::1".into()),
+                    ..input("a")
+                },
+                65,
+                "IPv4",
+            ),
+            (
+                UpInput {
+                    ifname: Some("eth0 up".into()),
+                    ..input("a")
+                },
+                65,
+                "interface name",
+            ),
+            (
+                UpInput {
+                    bridge: Some("br/0".into()),
+                    ..input("a")
+                },
+                65,
+                "interface name",
+            ),
+            (
+                UpInput {
+                    mtu: Some(40),
+                    ..input("a")
+                },
+                65,
+                "--mtu",
+            ),
+            (
+                UpInput {
+                    mtu: Some(1000),
+                    host_address6: Some("fd00::1".into()),
+                    local_address6: Some("fd00::2".into()),
+                    ..input("a")
+                },
                 65,
                 "1280",
             ),
-            (UpInput { netns: None, ..input("a") }, 64, "--pid"),
-            (UpInput { pid: Some(3), ..input("a") }, 64, "--pid"),
-            (UpInput { env: Some(("HOST_ADDRESS 1\n".into(), "in".into())), ..input("a") }, 65, "in:1"),
-            (UpInput { env: Some(("LOCAL_ADDRESS=10.0.0.2/40\n".into(), "in".into())), ..input("a") }, 65, "prefix"),
+            (
+                UpInput {
+                    netns: None,
+                    ..input("a")
+                },
+                64,
+                "--pid",
+            ),
+            (
+                UpInput {
+                    pid: Some(3),
+                    ..input("a")
+                },
+                64,
+                "--pid",
+            ),
+            (
+                UpInput {
+                    env: Some(("HOST_ADDRESS 1\n".into(), "in".into())),
+                    ..input("a")
+                },
+                65,
+                "in:1",
+            ),
+            (
+                UpInput {
+                    env: Some(("LOCAL_ADDRESS=10.0.0.2/40\n".into(), "in".into())),
+                    ..input("a")
+                },
+                65,
+                "prefix",
+            ),
         ];
         for (i, code, text) in cases {
             let e = UpRequest::build(i.clone()).unwrap_err();
@@ -519,7 +619,10 @@ mod tests {
         let b = UpRequest::build(input(&format!("{}{}", "x".repeat(20), "b".repeat(20)))).unwrap();
         assert_ne!(a.host_ifname, b.host_ifname);
         assert!(a.host_ifname.len() <= 15);
-        assert_eq!(a.altname.as_deref(), Some(format!("ve-{}", a.name).as_str()));
+        assert_eq!(
+            a.altname.as_deref(),
+            Some(format!("ve-{}", a.name).as_str())
+        );
         assert_ne!(a.host_mac, b.host_mac);
     }
 
