@@ -150,7 +150,7 @@ fn up_plumbs_both_sides_and_tcp_flows_both_ways() {
     assert_eq!(h["ifalias"], "ve-link:foo");
     assert_eq!(h["linkinfo"]["info_kind"], "veth");
     assert!(is_up(&h), "{h}");
-    assert_eq!(h["link_netnsid"].as_i64().is_some(), true);
+    assert!(h["link_netnsid"].as_i64().is_some());
     let c = link(&ctr, "eth0").expect("container end");
     assert!(is_up(&c), "{c}");
     assert!(is_up(&link(&ctr, "lo").unwrap()));

@@ -1,7 +1,12 @@
 //! `cargo xtask bench`: the tools measured next to what users would pick instead.
 
+mod link;
+
 use crate::util::Result;
 
-pub fn run(_args: &[String]) -> Result {
-    Err("bench: not yet written".into())
+pub fn run(args: &[String]) -> Result {
+    match args.first().map(String::as_str) {
+        Some("link") => link::run(&args[1..]),
+        _ => Err("bench: not yet written".into()),
+    }
 }
