@@ -416,38 +416,52 @@ pub fn down(names: &[String], all: bool) -> Result<()> {
     let host = HostConn::open()?;
     host.rt.block_on(async {
         let nl = &host.nl;
-        let mut victims = Vec::new();
-        if all {
-            let links = nl
-                .links()
-                .await
-                .map_err(|e| step_error("listing links", e))?;
-            victims = managed(links).into_iter().map(|m| m.link).collect();
-        } else {
-            let lookups = names.iter().flat_map(|n| {
-                [name::host_ifname(n), name::bridge_ifname(n)]
-                    .into_iter()
-                    .map(move |ifname| async move { (n, nl.link_by_name(&ifname).await) })
-            });
+        if let [n] = names {
+            // One pair: two lookups by name and one delete, no dump.
             let mut errors = Vec::new();
-            for (n, found) in future::join_all(lookups).await {
-                match found {
-                    Ok(Some(l)) if container_of(l.alias.as_deref()) == Some(n.as_str()) => {
-                        victims.push(l)
-                    }
-                    Ok(Some(l)) => log::warn!("{} is not managed by ve-link; left alone", l.name),
+            let mut victims = Vec::new();
+            for ifname in [name::host_ifname(n), name::bridge_ifname(n)] {
+                match nl.link_by_name(&ifname).await {
+                    Ok(Some(l)) => victims.extend(select(l, n)),
                     Ok(None) => {}
-                    Err(e) => errors.push(step_error(format!("looking up links of {n}"), e)),
+                    Err(e) => errors.push(step_error(format!("looking up {ifname}"), e)),
                 }
             }
-            if let Some(e) = first_of(errors) {
-                // Still remove what was found: teardown is best effort.
-                delete_batch(nl, victims).await?;
-                return Err(e);
+            for l in victims {
+                if let Err(e) = nl.del_link(l.index).await {
+                    errors.push(step_error(format!("removing {}", l.name), e));
+                }
             }
+            return first_of(errors).map_or(Ok(()), Err);
         }
-        delete_batch(nl, victims).await
+        let links = nl
+            .links()
+            .await
+            .map_err(|e| step_error("listing links", e))?;
+        let victims: Vec<Link> = if all {
+            managed(links.clone()).into_iter().map(|m| m.link).collect()
+        } else {
+            let wanted: BTreeMap<String, &String> = names
+                .iter()
+                .flat_map(|n| [(name::host_ifname(n), n), (name::bridge_ifname(n), n)])
+                .collect();
+            links
+                .iter()
+                .filter_map(|l| select(l.clone(), wanted.get(&l.name)?))
+                .collect()
+        };
+        delete_batch(nl, victims, &links).await
     })
+}
+
+/// `l` if it is the managed host end of container `n`; a warning otherwise.
+fn select(l: Link, n: &str) -> Option<Link> {
+    if container_of(l.alias.as_deref()) == Some(n) && l.veth {
+        Some(l)
+    } else {
+        log::warn!("{} is not managed by ve-link; left alone", l.name);
+        None
+    }
 }
 
 fn first_of(mut errors: Vec<Error>) -> Option<Error> {
@@ -468,8 +482,9 @@ fn first_of(mut errors: Vec<Error>) -> Option<Error> {
 }
 
 /// Delete `victims` (host ends of managed pairs), paying the kernel's teardown cost once:
-/// they are moved into a fresh interface group, which is deleted in one request.
-async fn delete_batch(nl: &Nl, victims: Vec<Link>) -> Result<()> {
+/// they are moved into an interface group no link of `all` (a fresh dump) is in, and
+/// that group is deleted in one request.
+async fn delete_batch(nl: &Nl, victims: Vec<Link>, all: &[Link]) -> Result<()> {
     let mut errors = Vec::new();
     match victims.len() {
         0 => return Ok(()),
@@ -483,7 +498,8 @@ async fn delete_batch(nl: &Nl, victims: Vec<Link>) -> Result<()> {
         }
         _ => {}
     }
-    let group = batch_group();
+    let used: HashSet<u32> = all.iter().map(|l| l.group).collect();
+    let group = batch_group(&used);
     let moved = future::join_all(victims.iter().map(|l| nl.set_group(l.index, group))).await;
     let mut grouped = Vec::new();
     for (l, r) in victims.iter().zip(moved) {
@@ -493,21 +509,7 @@ async fn delete_batch(nl: &Nl, victims: Vec<Link>) -> Result<()> {
             Err(e) => errors.push(step_error(format!("removing {}", l.name), e)),
         }
     }
-    // Only delete the group when nothing but our links is in it.
-    let links = nl
-        .links()
-        .await
-        .map_err(|e| step_error("listing links", e))?;
-    let ours: HashSet<u32> = grouped.iter().map(|l| l.index).collect();
-    let clean = links
-        .iter()
-        .all(|l| l.group != group || ours.contains(&l.index));
-    let r = if clean {
-        nl.del_group(group).await
-    } else {
-        Err(std::io::Error::other("group in use"))
-    };
-    if let Err(e) = r {
+    if let Err(e) = nl.del_group(group).await {
         log::warn!("batch delete failed ({e}); deleting one by one");
         for l in grouped {
             if let Err(e) = nl.del_link(l.index).await {
@@ -517,19 +519,20 @@ async fn delete_batch(nl: &Nl, victims: Vec<Link>) -> Result<()> {
     } else {
         log::info!("removed {} links in one batch", grouped.len());
     }
-    match first_of(errors) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    first_of(errors).map_or(Ok(()), Err)
 }
 
-/// A group number unlikely to be anyone's (checked before use anyway).
-fn batch_group() -> u32 {
+/// A group number in no use, from a range nobody configures by hand.
+fn batch_group(used: &HashSet<u32>) -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    0x7600_0000 | ((std::process::id() ^ t.rotate_left(7)) & 0x00ff_ffff)
+    let mut g = 0x7600_0000 | ((std::process::id() ^ t.rotate_left(7)) & 0x00ff_ffff);
+    while used.contains(&g) {
+        g = 0x7600_0000 | (g.wrapping_add(1) & 0x00ff_ffff);
+    }
+    g
 }
 
 /// The ids the host gives every namespace still in use (named under /run/netns or
@@ -580,14 +583,14 @@ pub fn gc(dry_run: bool) -> Result<()> {
             .await
             .map_err(|e| step_error("listing links", e))?;
         let live = live_nsids(nl).await;
-        let stale: Vec<Link> = managed(links)
+        let stale: Vec<Link> = managed(links.clone())
             .into_iter()
             .filter(|m| !m.link.peer_nsid.is_some_and(|id| live.contains_key(&id)))
             .map(|m| m.link)
             .collect();
         let text: String = stale.iter().map(|l| format!("{}\n", l.name)).collect();
         if !dry_run {
-            delete_batch(nl, stale).await?;
+            delete_batch(nl, stale, &links).await?;
         }
         output::print(&text)
     })
@@ -605,7 +608,6 @@ struct ListRow {
 
 /// `ve-link list`: the links this tool manages.
 pub fn list(json: bool) -> Result<()> {
-    require_privilege(false)?;
     let host = HostConn::open()?;
     let rows = host.rt.block_on(async {
         let nl = &host.nl;

@@ -434,8 +434,10 @@ fn down_twice_and_only_managed_links_go() {
     };
     let ctr2 = sb.netns("ctr2");
     let ctr3 = sb.netns("ctr3");
+    let ctr4 = sb.netns("ctr4");
     ok(&ve_link(&host, &["up", "foo", "--netns", ctr.name()]));
     ok(&ve_link(&host, &["up", "baz", "--netns", ctr3.name()]));
+    ok(&ve_link(&host, &["up", "qux", "--netns", ctr4.name()]));
     // Someone else's veth that happens to be called like ours.
     host.ip(&[
         "link",
@@ -453,15 +455,33 @@ fn down_twice_and_only_managed_links_go() {
     assert!(link(&host, "ve-foo").is_none());
     assert!(link(&ctr, "eth0").is_none());
     ok(&ve_link(&host, &["down", "foo"]));
-    let out = ok(&ve_link(&host, &["down", "bar"]));
-    assert!(out.is_empty());
+    let out = ve_link(&host, &["down", "bar"]);
+    assert!(ok(&out).is_empty());
+    assert!(
+        stderr(&out).contains("ve-bar is not managed by ve-link"),
+        "{}",
+        stderr(&out)
+    );
     assert!(link(&host, "ve-bar").is_some(), "foreign link removed");
-    ok(&ve_link(&host, &["down", "--all"]));
+    // Several names: one batch, the foreign one still left alone, a missing one is fine.
+    ok(&ve_link(&host, &["down", "bar", "baz", "nothere"]));
     assert!(link(&host, "ve-baz").is_none());
+    assert!(link(&ctr3, "eth0").is_none());
+    assert!(
+        link(&host, "ve-bar").is_some(),
+        "foreign link removed by a batch"
+    );
+    assert!(
+        link(&host, "ve-qux").is_some(),
+        "unnamed link removed by a batch"
+    );
+    ok(&ve_link(&host, &["down", "--all"]));
+    assert!(link(&host, "ve-qux").is_none());
     assert!(
         link(&host, "ve-bar").is_some(),
         "foreign link removed by --all"
     );
+    ok(&ve_link(&host, &["down", "--all"]));
     let out = ve_link(&host, &["up", "bar", "--netns", ctr.name()]);
     assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
     assert!(stderr(&out).contains("not made by ve-link"));
