@@ -113,17 +113,38 @@ impl Up<'_> {
         }
     }
 
-    async fn apply(&mut self, c: &Change, have: &Observed) -> Result<()> {
-        let req = self.req;
+    /// Remove a stale pair and create the new one: the steps both sides wait for.
+    async fn prepare(&mut self, c: &Change, have: &Observed) -> Result<()> {
         match c {
             Change::RemoveStale { index, why } => {
                 log::info!("replacing stale link: {why}");
                 self.host
                     .del_link(*index)
                     .await
-                    .map_err(|e| step_error(format!("removing stale {}", req.host_ifname), e))?;
+                    .map_err(|e| step_error(format!("removing stale {}", self.req.host_ifname), e))
             }
-            Change::Create => self.create(have).await?,
+            Change::Create => self.create(have).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Apply the changes of one side in order; what was added is recorded for rollback.
+    async fn side(&self, changes: &[&Change], have: &Observed) -> (Vec<Undo>, Result<()>) {
+        let mut undo = Vec::new();
+        for c in changes {
+            log::debug!("{}: {c}", self.req.name);
+            match self.apply(c, have).await {
+                Ok(u) => undo.extend(u),
+                Err(e) => return (undo, Err(e)),
+            }
+        }
+        (undo, Ok(()))
+    }
+
+    async fn apply(&self, c: &Change, have: &Observed) -> Result<Option<Undo>> {
+        let req = self.req;
+        match c {
+            Change::RemoveStale { .. } | Change::Create => {}
             Change::AddAltname => {
                 let alt = req.altname.as_deref().unwrap_or_default();
                 self.host.add_altname(self.hidx, alt).await.map_err(|e| {
@@ -153,7 +174,7 @@ impl Up<'_> {
                         e,
                     )
                 })?;
-                self.journal.push(Undo::Addr(*side, idx, *a));
+                return Ok(Some(Undo::Addr(*side, idx, *a)));
             }
             Change::DelAddr(side, a) => {
                 let (nl, idx, name) = self.nl(*side);
@@ -169,7 +190,7 @@ impl Up<'_> {
                 nl.add_route(idx, r)
                     .await
                     .map_err(|e| step_error(format!("adding {side} route {r} dev {name}"), e))?;
-                self.journal.push(Undo::Route(*side, idx, *r));
+                return Ok(Some(Undo::Route(*side, idx, *r)));
             }
             Change::DelRoute(side, r) => {
                 let (nl, idx, name) = self.nl(*side);
@@ -178,7 +199,7 @@ impl Up<'_> {
                     .map_err(|e| step_error(format!("removing {side} route {r} dev {name}"), e))?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn create(&mut self, have: &Observed) -> Result<()> {
@@ -219,25 +240,33 @@ impl Up<'_> {
             .ok_or_else(|| Error::internal(format!("{step}: {} vanished", req.peer_ifname)))?;
         self.hidx = h.index;
         self.cidx = c.index;
-        self.ctr.set_up(c.index).await.map_err(|e| {
-            step_error(
-                format!("setting {} up in the container", req.peer_ifname),
-                e,
-            )
-        })?;
-        if h.alias.as_deref() != Some(req.alias().as_str()) {
-            // Older kernels ignore IFLA_IFALIAS on creation.
-            self.host
-                .set_alias(h.index, &req.alias())
-                .await
-                .map_err(|e| step_error(format!("marking {} as ve-link's", req.host_ifname), e))?;
-        }
-        if let Some(alt) = &req.altname {
-            self.host.add_altname(h.index, alt).await.map_err(|e| {
-                step_error(format!("adding altname {alt} to {}", req.host_ifname), e)
-            })?;
-        }
-        Ok(())
+        let ctr_up = async {
+            self.ctr.set_up(c.index).await.map_err(|e| {
+                step_error(
+                    format!("setting {} up in the container", req.peer_ifname),
+                    e,
+                )
+            })
+        };
+        let mark = async {
+            if h.alias.as_deref() != Some(req.alias().as_str()) {
+                // The kernel ignores IFLA_IFALIAS when creating a link.
+                self.host
+                    .set_alias(h.index, &req.alias())
+                    .await
+                    .map_err(|e| {
+                        step_error(format!("marking {} as ve-link's", req.host_ifname), e)
+                    })?;
+            }
+            if let Some(alt) = &req.altname {
+                self.host.add_altname(h.index, alt).await.map_err(|e| {
+                    step_error(format!("adding altname {alt} to {}", req.host_ifname), e)
+                })?;
+            }
+            Ok(())
+        };
+        let (a, b) = future::join(ctr_up, mark).await;
+        a.and(b)
     }
 
     async fn rollback(&mut self) -> Vec<String> {
@@ -310,17 +339,40 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
             cidx: have.ctr.link.as_ref().map_or(0, |l| l.index),
             journal: Vec::new(),
         };
-        for c in &p.changes {
+        // Stale removal and creation first; then both sides at once.
+        let mut result = Ok(());
+        for c in p.changes.iter().filter(|c| c.side().is_none()) {
             log::debug!("{}: {c}", req.name);
-            if let Err(e) = run.apply(c, &have).await {
-                let errors = run.rollback().await;
-                let tail = if errors.is_empty() {
-                    "; rolled back".to_string()
-                } else {
-                    format!("; rollback incomplete: {}", errors.join("; "))
-                };
-                return Err(Error::new(e.exit(), format!("up {}: {e}{tail}", req.name)));
+            result = run.prepare(c, &have).await;
+            if result.is_err() {
+                break;
             }
+        }
+        if result.is_ok() {
+            let of = |w| {
+                p.changes
+                    .iter()
+                    .filter(|c| c.side() == Some(w))
+                    .collect::<Vec<_>>()
+            };
+            let (host_changes, ctr_changes) = (of(Where::Host), of(Where::Container));
+            let ((hu, hr), (cu, cr)) = future::join(
+                run.side(&host_changes, &have),
+                run.side(&ctr_changes, &have),
+            )
+            .await;
+            run.journal.extend(hu);
+            run.journal.extend(cu);
+            result = hr.and(cr);
+        }
+        if let Err(e) = result {
+            let errors = run.rollback().await;
+            let tail = if errors.is_empty() {
+                "; rolled back".to_string()
+            } else {
+                format!("; rollback incomplete: {}", errors.join("; "))
+            };
+            return Err(Error::new(e.exit(), format!("up {}: {e}{tail}", req.name)));
         }
         Ok(p.changes)
     })?;

@@ -96,6 +96,22 @@ pub enum Change {
     DelRoute(Where, Route),
 }
 
+impl Change {
+    /// The side a change acts on; None for the pair as a whole (removal, creation).
+    pub fn side(&self) -> Option<Where> {
+        match self {
+            Change::RemoveStale { .. } | Change::Create => None,
+            Change::AddAltname => Some(Where::Host),
+            Change::LoUp => Some(Where::Container),
+            Change::FixLink { side, .. }
+            | Change::AddAddr(side, _)
+            | Change::DelAddr(side, _)
+            | Change::AddRoute(side, _)
+            | Change::DelRoute(side, _) => Some(*side),
+        }
+    }
+}
+
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
