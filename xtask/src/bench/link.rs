@@ -6,8 +6,8 @@
 //! there directly (as on a real host, with no namespace switch), and one namespace per
 //! container. The `ip` sequence does the same work as `ve-link up` (IPv4): veth with the
 //! peer made in the container namespace, host end up, host address and route, then in
-//! the container (`ip -n NS -batch -`, one process) lo up, eth0 up, address, route to
-//! the host and default route.
+//! the container lo up, eth0 up, address, route to the host and default route: once
+//! with one `ip -n NS` process per command, once all five in one `ip -n NS -batch -`.
 
 use std::{
     io::Write,
@@ -25,8 +25,8 @@ usage: cargo xtask bench link [--containers N] [--samples S]
   --samples S     timed runs per measurement at each checkpoint (default 5, median shown)
 ";
 
-/// Twin namespaces per sample: 3 checkpoints, 2 tools.
-const TWINS: usize = 6;
+/// Twin namespaces per sample: 3 checkpoints, 3 ways of doing it.
+const TWINS: usize = 9;
 
 struct Opts {
     containers: usize,
@@ -220,8 +220,9 @@ impl Ctx<'_> {
         ]))
     }
 
-    /// The NixOS sequence, host side with bare `ip`, container side in one `ip -n`.
-    fn ip_up(&self, name: &str, ns: &str, k: usize) -> Result<Duration> {
+    /// The NixOS sequence: host side with bare `ip`; container side one `ip -n` per
+    /// command (`batched`: all five in one `ip -n NS -batch -`, the cheapest way).
+    fn ip_up(&self, name: &str, ns: &str, k: usize, batched: bool) -> Result<Duration> {
         let (h, l) = addrs(k);
         let dev = format!("ve-{name}");
         let t = Instant::now();
@@ -234,7 +235,13 @@ impl Ctx<'_> {
         let script = format!(
             "link set lo up\nlink set eth0 up\naddr add {l}/32 dev eth0\nroute add {h}/32 dev eth0\nroute add default via {h} dev eth0\n"
         );
-        batch(&["-n", ns], &script)?;
+        if batched {
+            batch(&["-n", ns], &script)?;
+        } else {
+            for line in script.lines() {
+                timed(Command::new("ip").args(["-n", ns]).args(line.split(' ')))?;
+            }
+        }
         Ok(t.elapsed())
     }
 }
@@ -276,13 +283,20 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
             let mut ve = vec![cx.ve_up(&name, &ns, k)?];
             let mut ve_twins = Vec::new();
             let mut ip_twins = Vec::new();
-            let mut ipt = Vec::new();
+            let (mut ipt, mut ipb) = (Vec::new(), Vec::new());
             for j in 0..s {
-                let tn = format!("it{twin}");
-                ipt.push(cx.ip_up(&tn, &cx.ns("t", twin), k + 1)?);
-                ip_twins.push(format!("ve-{tn}"));
-                twin += 1;
-                k += 1;
+                for batched in [false, true] {
+                    let tn = format!("it{twin}");
+                    let d = cx.ip_up(&tn, &cx.ns("t", twin), k + 1, batched)?;
+                    if batched {
+                        ipb.push(d)
+                    } else {
+                        ipt.push(d)
+                    }
+                    ip_twins.push(format!("ve-{tn}"));
+                    twin += 1;
+                    k += 1;
+                }
                 if j + 1 < s {
                     let tn = format!("t{twin}");
                     ve.push(cx.ve_up(&tn, &cx.ns("t", twin), k + 1)?);
@@ -291,13 +305,14 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
                     k += 1;
                 }
             }
-            let (v, p) = (median(ve), median(ipt));
+            let (v, p, b) = (median(ve), median(ipt), median(ipb));
             eprintln!(
-                "xtask: container {i}: ve-link up {} / ip sequence {}",
+                "xtask: container {i}: ve-link up {} / ip sequence {} / batched {}",
                 ms(v),
-                ms(p)
+                ms(p),
+                ms(b)
             );
-            rows.push((i, v, p));
+            rows.push((i, v, p, b));
             // Back to exactly i containers on the host.
             if !ve_twins.is_empty() {
                 timed(Command::new(bin).arg("down").args(&ve_twins))?;
@@ -349,12 +364,18 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
     );
     println!("| measurement | ve-link | ip | ip / ve-link |");
     println!("|---|---|---|---|");
-    for (i, v, p) in &rows {
+    for (i, v, p, b) in &rows {
         println!(
-            "| up, container #{i} | {} | {} | {:.1}x |",
+            "| up, container #{i} (ip: one process per command) | {} | {} | {:.1}x |",
             ms(*v),
             ms(*p),
             p.as_secs_f64() / v.as_secs_f64()
+        );
+        println!(
+            "| up, container #{i} (ip: container side in one `ip -n -batch`) | {} | {} | {:.1}x |",
+            ms(*v),
+            ms(*b),
+            b.as_secs_f64() / v.as_secs_f64()
         );
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
