@@ -36,7 +36,10 @@ impl Verbosity {
         let mut b = env_logger::Builder::new();
         b.filter_level(self.level())
             .format(move |buf, rec| {
-                let level = rec.level().as_str().to_ascii_lowercase();
+                let level = match rec.level() {
+                    log::Level::Warn => "warning".to_string(),
+                    l => l.as_str().to_ascii_lowercase(),
+                };
                 writeln!(buf, "{tool}: {level}: {}", rec.args())
             })
             .target(env_logger::Target::Stderr);
@@ -72,10 +75,17 @@ fn clap_error(err: clap::Error) -> Error {
             Error::usage(SHOWN)
         }
         _ => {
+            // clap's message runs until the first blank line (then usage and tips);
+            // some messages put the offending arguments on lines of their own.
             let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            Error::usage(format!("{first} (see --help)"))
+            let words: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let msg = words.join(" ");
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+            Error::usage(format!("{msg} (see --help)"))
         }
     }
 }
@@ -125,6 +135,9 @@ mod tests {
         assert_eq!(e.exit(), Exit::Usage);
         assert!(!e.message().contains('\n'), "{e}");
         assert!(e.message().contains("--n"), "{e}");
+        let e = parse::<Args>(Args::command(), args(&["t"])).unwrap_err();
+        assert!(e.message().contains("--n <N>"), "{e}");
+        assert!(!e.message().contains('\n'), "{e}");
         let ok = parse::<Args>(Args::command(), args(&["t", "--n", "3", "-vv"])).unwrap();
         assert_eq!((ok.n, ok.v.level()), (3, log::LevelFilter::Debug));
     }

@@ -1,0 +1,287 @@
+//! The NetworkManager D-Bus calls the tool needs, behind a small trait, and their zbus
+//! implementation on a connection to the system bus.
+
+use std::collections::HashMap;
+
+use common::{Error, Exit, Result};
+use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
+
+pub const NM_NAME: &str = "org.freedesktop.NetworkManager";
+pub const NM_PATH: &str = "/org/freedesktop/NetworkManager";
+pub const NM_IFACE: &str = "org.freedesktop.NetworkManager";
+pub const DEVICE_IFACE: &str = "org.freedesktop.NetworkManager.Device";
+const PROPS_IFACE: &str = "org.freedesktop.DBus.Properties";
+
+/// `NMDeviceState` value of an unmanaged device.
+pub const STATE_UNMANAGED: u32 = 10;
+
+/// `Reload` flag: re-read NetworkManager.conf and conf.d only (not DNS).
+const RELOAD_CONF: u32 = 0x1;
+
+/// What the tool needs to know about one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub path: String,
+    pub interface: String,
+    pub managed: bool,
+    pub state: u32,
+}
+
+impl Device {
+    /// From the properties of the `org.freedesktop.NetworkManager.Device` interface.
+    pub fn from_properties(path: &str, mut props: HashMap<String, OwnedVariant>) -> Option<Device> {
+        let mut take = |k: &str| props.remove(k);
+        Some(Device {
+            path: path.to_string(),
+            interface: String::try_from(take("Interface")?).ok()?,
+            managed: bool::try_from(take("Managed")?).ok()?,
+            state: u32::try_from(take("State")?).ok()?,
+        })
+    }
+}
+
+/// The NetworkManager operations the tool performs. A device that disappears while it
+/// is being looked at (a container stopping) is not an error: `device` returns `None`
+/// and `set_unmanaged` returns `false`.
+#[allow(async_fn_in_trait)]
+pub trait Nm {
+    /// Every realized device.
+    async fn devices(&self) -> Result<Vec<Device>>;
+    /// One device by object path.
+    async fn device(&self, path: &str) -> Result<Option<Device>>;
+    /// Set `Managed=false`; `false` when the device is gone.
+    async fn set_unmanaged(&self, path: &str) -> Result<bool>;
+    /// Ask NetworkManager to re-read its configuration files.
+    async fn reload_config(&self) -> Result<()>;
+}
+
+/// NetworkManager over a zbus connection.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    conn: Connection,
+}
+
+/// Connect to the bus at `address`. Failing to reach the bus is "unavailable" (69), a
+/// refusal "permission denied" (77).
+pub async fn connect(address: &str) -> Result<Connection> {
+    let doing = || format!("connecting to the system bus at {address}");
+    zbus::connection::Builder::address(address)
+        .build()
+        .await
+        .map_err(|e| dbus_error(&doing(), e))
+}
+
+impl Bus {
+    pub fn new(conn: Connection) -> Bus {
+        Bus { conn }
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Whether NetworkManager owns its name on this bus.
+    pub async fn nm_running(&self) -> Result<bool> {
+        let reply = self
+            .conn
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "NameHasOwner",
+                &(NM_NAME,),
+            )
+            .await
+            .map_err(|e| dbus_error("asking the bus for NetworkManager", e))?;
+        reply
+            .body()
+            .deserialize::<bool>()
+            .map_err(|e| dbus_error("reading NameHasOwner", e))
+    }
+
+    async fn call<B>(
+        &self,
+        path: &str,
+        iface: &str,
+        method: &str,
+        body: &B,
+    ) -> zbus::Result<zbus::Message>
+    where
+        B: serde::Serialize + zbus::DynamicType,
+    {
+        self.conn
+            .call_method(Some(NM_NAME), path, Some(iface), method, body)
+            .await
+    }
+}
+
+impl Nm for Bus {
+    async fn devices(&self) -> Result<Vec<Device>> {
+        let reply = self
+            .call(NM_PATH, NM_IFACE, "GetDevices", &())
+            .await
+            .map_err(|e| dbus_error("listing NetworkManager devices", e))?;
+        let paths: Vec<OwnedObjectPath> = reply
+            .body()
+            .deserialize()
+            .map_err(|e| dbus_error("reading GetDevices", e))?;
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            if let Some(d) = self.device(p.as_str()).await? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn device(&self, path: &str) -> Result<Option<Device>> {
+        let reply = match self
+            .call(path, PROPS_IFACE, "GetAll", &(DEVICE_IFACE,))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(dbus_error(&format!("reading device {path}"), e)),
+        };
+        let props: HashMap<String, OwnedVariant> = reply
+            .body()
+            .deserialize()
+            .map_err(|e| dbus_error(&format!("reading device {path}"), e))?;
+        Device::from_properties(path, props)
+            .map(Some)
+            .ok_or_else(|| {
+                Error::unavailable(format!(
+                    "device {path}: NetworkManager did not report Interface, Managed and State"
+                ))
+            })
+    }
+
+    async fn set_unmanaged(&self, path: &str) -> Result<bool> {
+        let value = Variant::from(false);
+        match self
+            .call(path, PROPS_IFACE, "Set", &(DEVICE_IFACE, "Managed", &value))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_gone(&e) => Ok(false),
+            Err(e) => Err(dbus_error(&format!("setting Managed=false on {path}"), e)),
+        }
+    }
+
+    async fn reload_config(&self) -> Result<()> {
+        self.call(NM_PATH, NM_IFACE, "Reload", &(RELOAD_CONF,))
+            .await
+            .map(drop)
+            .map_err(|e| dbus_error("asking NetworkManager to reload its configuration", e))
+    }
+}
+
+/// The D-Bus error name of a method error, if it is one.
+fn error_name(e: &zbus::Error) -> Option<String> {
+    match e {
+        zbus::Error::MethodError(name, _, _) => Some(name.as_str().to_string()),
+        zbus::Error::FDO(f) => Some(zbus::DBusError::name(f.as_ref()).as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// The device object vanished between the signal or listing and our call.
+fn is_gone(e: &zbus::Error) -> bool {
+    matches!(
+        error_name(e).as_deref(),
+        Some(
+            "org.freedesktop.DBus.Error.UnknownObject"
+                | "org.freedesktop.DBus.Error.UnknownMethod"
+                | "org.freedesktop.DBus.Error.UnknownInterface"
+        )
+    )
+}
+
+/// Turn a zbus error into the tool's error with the right exit code: refusals are 77,
+/// a missing bus or NetworkManager is 69.
+pub fn dbus_error(doing: &str, e: zbus::Error) -> Error {
+    let exit = exit_for(&e);
+    let text = match &e {
+        zbus::Error::MethodError(name, Some(msg), _) => format!("{msg} ({name})"),
+        zbus::Error::MethodError(name, None, _) => name.to_string(),
+        zbus::Error::InputOutput(io) | zbus::Error::Connection(io, _) => {
+            Error::from(std::io::Error::new(io.kind(), io.to_string()))
+                .message()
+                .to_string()
+        }
+        other => other.to_string(),
+    };
+    let hint = if exit == Exit::Unavailable && is_missing_service(&e) {
+        " (is NetworkManager running on this bus?)"
+    } else {
+        ""
+    };
+    Error::new(exit, format!("{doing}: {text}{hint}"))
+}
+
+fn is_missing_service(e: &zbus::Error) -> bool {
+    matches!(
+        error_name(e).as_deref(),
+        Some(
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner"
+        )
+    )
+}
+
+fn exit_for(e: &zbus::Error) -> Exit {
+    if let Some(name) = error_name(e) {
+        return match name.as_str() {
+            "org.freedesktop.DBus.Error.AccessDenied"
+            | "org.freedesktop.DBus.Error.AuthFailed"
+            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+            | "org.freedesktop.NetworkManager.PermissionDenied" => Exit::NoPerm,
+            _ => Exit::Unavailable,
+        };
+    }
+    match e {
+        zbus::Error::InputOutput(io) | zbus::Error::Connection(io, _)
+            if io.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Exit::NoPerm
+        }
+        // The bus refused our credentials.
+        zbus::Error::Handshake(_) => Exit::NoPerm,
+        zbus::Error::Address(_) => Exit::Usage,
+        _ => Exit::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io, sync::Arc};
+
+    use super::*;
+
+    #[test]
+    fn bus_errors_map_to_exit_codes() {
+        let io_err = |kind| zbus::Error::InputOutput(Arc::new(io::Error::from(kind)));
+        let e = dbus_error("connecting", io_err(io::ErrorKind::PermissionDenied));
+        assert_eq!(e.exit(), Exit::NoPerm);
+        assert!(
+            e.to_string().starts_with("connecting: permission denied"),
+            "{e}"
+        );
+        let e = dbus_error("connecting", io_err(io::ErrorKind::NotFound));
+        assert_eq!(e.exit(), Exit::Unavailable);
+        let e = dbus_error("connecting", io_err(io::ErrorKind::ConnectionRefused));
+        assert_eq!(e.exit(), Exit::Unavailable);
+        let e = dbus_error("connecting", zbus::Error::Handshake("rejected".into()));
+        assert_eq!(e.exit(), Exit::NoPerm);
+        let e = dbus_error("x", zbus::Error::Address("bad".into()));
+        assert_eq!(e.exit(), Exit::Usage);
+        let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("no".into())));
+        assert_eq!(dbus_error("x", denied).exit(), Exit::NoPerm);
+        let unknown = zbus::Error::FDO(Box::new(zbus::fdo::Error::ServiceUnknown("no".into())));
+        let e = dbus_error("x", unknown);
+        assert_eq!(e.exit(), Exit::Unavailable);
+        assert!(e.to_string().contains("is NetworkManager running"), "{e}");
+        let gone = zbus::Error::FDO(Box::new(zbus::fdo::Error::UnknownObject("gone".into())));
+        assert!(is_gone(&gone));
+    }
+}

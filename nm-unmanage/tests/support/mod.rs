@@ -1,0 +1,527 @@
+//! A real NetworkManager on a private D-Bus bus inside throwaway namespaces, a D-Bus
+//! client to inspect it, and a DHCP listener that counts what leaks onto the wire.
+//!
+//! NetworkManager runs in the sandbox's `host` namespace with a private mount
+//! namespace (`ip netns exec`): `/sys` remounted read-only (no-udev mode, otherwise it
+//! never finishes starting), scratch directories bound over `/run` and
+//! `/var/lib/NetworkManager`, every path on its command line pointing into the scratch
+//! directory. dbus-daemon runs in the same namespace with a private config. Both are
+//! killed, and the namespaces and the scratch directory removed, on drop.
+
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::UdpSocket,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::testing::{privileged, run_ok, Netns, Sandbox};
+use nm_unmanage::{Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH};
+
+/// The tool under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_nm-unmanage");
+
+/// A sandboxed NetworkManager and its bus.
+pub struct NmSandbox {
+    pub host: Netns,
+    dir: PathBuf,
+    dbus: Child,
+    nm: Option<Child>,
+    client: Option<Client>,
+    // Dropped last: deletes the namespaces with anything still inside.
+    sandbox: Sandbox,
+}
+
+impl NmSandbox {
+    /// Gate on privileges, then start dbus-daemon and NetworkManager and wait until
+    /// NetworkManager has finished starting. `None` when the test is skipped.
+    pub fn start(test: &str) -> Option<NmSandbox> {
+        if !privileged(test, &["ip", "dbus-daemon", "NetworkManager", "mount"]) {
+            return None;
+        }
+        let mut sb = NmSandbox::bus_only();
+        sb.start_nm();
+        Some(sb)
+    }
+
+    /// Only the private bus, no NetworkManager on it (the caller has gated).
+    pub fn bus_only() -> NmSandbox {
+        let mut sandbox = Sandbox::new();
+        let host = sandbox.netns("host");
+        let dir = std::env::temp_dir().join(format!("nmu-{}", sandbox.prefix()));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in ["run", "varlib", "conf.d", "sysconf.d", "conns"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // Traversable for the unprivileged-client test.
+        run_ok(Command::new("chmod").arg("755").arg(&dir));
+        fs::write(dir.join("bus.conf"), bus_conf(&dir)).unwrap();
+        fs::write(dir.join("nm.conf"), nm_conf(&dir)).unwrap();
+        let log = fs::File::create(dir.join("dbus.log")).unwrap();
+        let dbus = host
+            .command("dbus-daemon")
+            .arg(format!("--config-file={}", dir.join("bus.conf").display()))
+            .args(["--nofork", "--nopidfile"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning dbus-daemon");
+        let sb = NmSandbox {
+            host,
+            dir,
+            dbus,
+            nm: None,
+            client: None,
+            sandbox,
+        };
+        wait_until("the private bus socket", Duration::from_secs(5), || {
+            sb.dir.join("bus").exists().then_some(())
+        });
+        sb
+    }
+
+    /// `unix:path=DIR/bus`.
+    pub fn bus_address(&self) -> String {
+        format!("unix:path={}", self.dir.join("bus").display())
+    }
+
+    /// The conf.d directory NetworkManager reads (for `--persist --conf-dir`).
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.join("conf.d")
+    }
+
+    /// A new namespace of this sandbox (a "container").
+    pub fn netns(&mut self, role: &str) -> Netns {
+        self.sandbox.netns(role)
+    }
+
+    /// Start NetworkManager and wait until its `Startup` property is false.
+    pub fn start_nm(&mut self) {
+        assert!(self.nm.is_none(), "NetworkManager already running");
+        let d = self.dir.display();
+        let script = format!(
+            "mount -o remount,ro /sys && mount --bind {d}/run /run && \
+             mount --bind {d}/varlib /var/lib/NetworkManager && \
+             exec NetworkManager --no-daemon --config={d}/nm.conf --config-dir={d}/conf.d \
+             --system-config-dir={d}/sysconf.d --intern-config={d}/intern.conf \
+             --state-file={d}/state --pid-file=/run/nm.pid"
+        );
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("nm.log"))
+            .unwrap();
+        let child = self
+            .host
+            .command("sh")
+            .args(["-c", &script])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning NetworkManager");
+        self.nm = Some(child);
+        let client = self.client();
+        wait_until(
+            "NetworkManager to finish starting",
+            Duration::from_secs(20),
+            || (client.nm_running() && !client.starting()).then_some(()),
+        );
+    }
+
+    /// Stop NetworkManager (SIGTERM, then SIGKILL after 5 s) and wait until its name
+    /// has left the bus.
+    pub fn stop_nm(&mut self) {
+        if let Some(child) = self.nm.take() {
+            stop(child);
+        }
+        let client = self.client();
+        wait_until(
+            "NetworkManager to leave the bus",
+            Duration::from_secs(5),
+            || (!client.nm_running()).then_some(()),
+        );
+    }
+
+    pub fn restart_nm(&mut self) {
+        self.stop_nm();
+        self.start_nm();
+    }
+
+    /// A D-Bus client of this bus (kept, so repeated calls are cheap).
+    pub fn client(&mut self) -> Client {
+        if self.client.is_none() {
+            self.client = Some(Client::new(&self.bus_address()));
+        }
+        self.client.clone().unwrap()
+    }
+
+    /// The tool with the bus address in its environment.
+    pub fn tool(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    /// Create veth `ifname` in the host namespace with `peer_name` in `peer`, both up,
+    /// as `ve-link` does. Returns right after the kernel created the link.
+    pub fn add_veth(&self, ifname: &str, peer: &Netns, peer_name: &str) {
+        self.host.ip(&[
+            "link",
+            "add",
+            ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name(),
+        ]);
+        peer.ip(&["link", "set", peer_name, "up"]);
+        self.host.ip(&["link", "set", ifname, "up"]);
+    }
+
+    pub fn del_link(&self, ifname: &str) {
+        self.host.ip(&["link", "del", ifname]);
+    }
+
+    /// The last lines of NetworkManager's log, for failure messages.
+    pub fn nm_log_tail(&self) -> String {
+        let text = fs::read_to_string(self.dir.join("nm.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for NmSandbox {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("--- NetworkManager log (tail) ---\n{}", self.nm_log_tail());
+        }
+        self.client = None;
+        if let Some(child) = self.nm.take() {
+            stop(child);
+        }
+        let _ = self.dbus.kill();
+        let _ = self.dbus.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+        // `sandbox` drops next: namespaces deleted with any process left inside.
+    }
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Root may do everything; anyone else may connect and talk to the bus itself but not
+/// to NetworkManager (the permission-denied test). No service directories: nothing
+/// gets activated.
+fn bus_conf(dir: &Path) -> String {
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+    <deny own="*"/>
+    <deny send_destination="org.freedesktop.NetworkManager"/>
+  </policy>
+  <policy user="root">
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+        dir.display()
+    )
+}
+
+/// `vz-keep` is the administrator's own unmanaged device: `--persist` must add to it,
+/// not replace it.
+fn nm_conf(dir: &Path) -> String {
+    format!(
+        "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=none\n\
+         [connectivity]\nenabled=false\n\
+         [keyfile]\npath={}/conns\nunmanaged-devices=interface-name:vz-keep\n",
+        dir.display()
+    )
+}
+
+/// Poll `f` every 5 ms until it returns `Some`, or panic after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A blocking D-Bus client for assertions.
+#[derive(Clone)]
+pub struct Client {
+    rt: Arc<tokio::runtime::Runtime>,
+    bus: Bus,
+}
+
+impl Client {
+    pub fn new(address: &str) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = rt
+            .block_on(nm_unmanage::connect(address))
+            .expect("connecting");
+        Client {
+            rt: Arc::new(rt),
+            bus: Bus::new(conn),
+        }
+    }
+
+    pub fn nm_running(&self) -> bool {
+        self.rt.block_on(self.bus.nm_running()).unwrap()
+    }
+
+    fn starting(&self) -> bool {
+        let r = self.rt.block_on(self.bus.connection().call_method(
+            Some(NM_NAME),
+            NM_PATH,
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &(NM_IFACE, "Startup"),
+        ));
+        match r {
+            Ok(m) => m
+                .body()
+                .deserialize::<zbus::OwnedVariant>()
+                .ok()
+                .and_then(|v| bool::try_from(v).ok())
+                .unwrap_or(true),
+            Err(_) => true,
+        }
+    }
+
+    /// The device NetworkManager has for `ifname`, if any.
+    pub fn device(&self, ifname: &str) -> Option<Device> {
+        self.rt.block_on(async {
+            let m = self
+                .bus
+                .connection()
+                .call_method(
+                    Some(NM_NAME),
+                    NM_PATH,
+                    Some(NM_IFACE),
+                    "GetDeviceByIpIface",
+                    &(ifname,),
+                )
+                .await
+                .ok()?;
+            let path: zbus::OwnedObjectPath = m.body().deserialize().ok()?;
+            self.bus.device(path.as_str()).await.ok().flatten()
+        })
+    }
+
+    /// The `NMDeviceState` of `ifname`'s device.
+    pub fn state(&self, ifname: &str) -> Option<u32> {
+        self.device(ifname).map(|d| d.state)
+    }
+}
+
+/// Collects DHCP DISCOVERs arriving on UDP port 67 in one namespace.
+pub struct DhcpListener {
+    seen: Arc<Mutex<Vec<Instant>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl DhcpListener {
+    /// Bind 0.0.0.0:67 inside `ns` (a thread that enters the namespace first, so the
+    /// socket belongs to it) and record the arrival time of every DISCOVER.
+    pub fn start(ns: &Netns) -> DhcpListener {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let path = ns.path();
+        let (s2, st2) = (seen.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let f = fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only; the fd is valid for the call.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let sock = UdpSocket::bind("0.0.0.0:67").expect("binding UDP 67");
+            sock.set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 1500];
+            while !st2.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    if is_discover(&buf[..n]) {
+                        s2.lock().unwrap().push(Instant::now());
+                    }
+                }
+            }
+        });
+        ready_rx.recv().expect("listener thread started");
+        DhcpListener {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Arrival times of all DISCOVERs so far.
+    pub fn discovers(&self) -> Vec<Instant> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for DhcpListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A BOOTP request carrying DHCP option 53 (message type) = 1 (DISCOVER).
+fn is_discover(p: &[u8]) -> bool {
+    if p.len() < 240 || p[0] != 1 || p[236..240] != [99, 130, 83, 99] {
+        return false;
+    }
+    let mut i = 240;
+    while i < p.len() {
+        match p[i] {
+            0 => i += 1,
+            255 => return false,
+            code => {
+                let Some(&len) = p.get(i + 1) else {
+                    return false;
+                };
+                if code == 53 && len >= 1 {
+                    return p.get(i + 2) == Some(&1);
+                }
+                i += 2 + len as usize;
+            }
+        }
+    }
+    false
+}
+
+/// `nm-unmanage --watch --json` running in the background; its stdout lines arrive on
+/// a channel with their arrival time.
+pub struct Watcher {
+    child: Child,
+    lines: mpsc::Receiver<(Instant, serde_json::Value)>,
+}
+
+impl Watcher {
+    pub fn start(sb: &NmSandbox, extra: &[&str]) -> Watcher {
+        let mut child = sb
+            .tool()
+            .args(["--watch", "--json", "-v"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the watcher");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        Watcher { child, lines: rx }
+    }
+
+    /// The next record for `ifname`, waiting up to `timeout`.
+    pub fn next_for(
+        &self,
+        ifname: &str,
+        timeout: Duration,
+    ) -> Option<(Instant, serde_json::Value)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let (t, v) = self.lines.recv_timeout(left).ok()?;
+            if v["interface"] == ifname {
+                return Some((t, v));
+            }
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "watcher ignored SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Median and maximum of a list of durations.
+pub fn median_max(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], *v.last().unwrap())
+}

@@ -1,0 +1,385 @@
+//! The lease store in SQLite: one file, transactions, crash safety (write-ahead log) and
+//! multi-process locking, inspectable with `sqlite3`.
+//!
+//! Tables: `leases` (one row per container), `addresses` (one row per leased address,
+//! whose primary key makes a duplicate address impossible even if the allocator had a
+//! bug) and `meta` (round-robin cursors). `PRAGMA user_version` is the schema version and
+//! `PRAGMA application_id` marks the file as ours.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use rusqlite::{
+    ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior,
+};
+
+use common::{Error, Exit, Result};
+
+use super::{Store, Txn};
+use crate::lease::Lease;
+
+/// The schema this build reads and writes.
+const SCHEMA_VERSION: i64 = 1;
+/// "ven1": tells our store apart from any other SQLite file.
+const APPLICATION_ID: i64 = 0x7665_6e31;
+/// The database file inside the store directory.
+pub const DB_FILE: &str = "leases.db";
+
+const SCHEMA: &str = "
+CREATE TABLE leases (
+    name    TEXT PRIMARY KEY,
+    host4   TEXT,
+    local4  TEXT,
+    host6   TEXT,
+    local6  TEXT,
+    static  INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL DEFAULT (strftime('%s', 'now'))
+) WITHOUT ROWID;
+CREATE TABLE addresses (
+    addr TEXT PRIMARY KEY,
+    name TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX addresses_by_name ON addresses (name);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+pub struct SqliteStore {
+    dir: PathBuf,
+    db: PathBuf,
+    wait: Duration,
+    conn: Option<Connection>,
+}
+
+impl SqliteStore {
+    /// A store in directory `dir`; nothing is opened until first use. Writers wait up to
+    /// `wait` for a busy store before giving up with exit 75.
+    pub fn new(dir: &Path, wait: Duration) -> Self {
+        SqliteStore {
+            dir: dir.to_path_buf(),
+            db: dir.join(DB_FILE),
+            wait,
+            conn: None,
+        }
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        sql_error(&self.db, self.wait, e)
+    }
+
+    /// Open (and for writers create) the database, checking that it is ours.
+    fn open(&mut self, create: bool) -> Result<Option<&mut Connection>> {
+        if self.conn.is_none() {
+            if !create && !self.db.exists() {
+                return Ok(None);
+            }
+            if create {
+                std::fs::create_dir_all(&self.dir)
+                    .map_err(|e| Error::io(format!("creating store {}", self.dir.display()), e))?;
+                // Surface permission problems as such (SQLite only says "unable to open").
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&self.db)
+                    .map_err(|e| Error::io(format!("opening store {}", self.db.display()), e))?;
+            }
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(&self.db, flags).map_err(|e| self.err(e))?;
+            conn.busy_timeout(self.wait).map_err(|e| self.err(e))?;
+            self.prepare(&conn)?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut())
+    }
+
+    /// Write-ahead logging (readers never block the writer; a killed writer's partial
+    /// transaction is simply not in the log), full sync, and the schema.
+    fn prepare(&self, conn: &Connection) -> Result<()> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            // Switching the journal mode takes a lock the busy handler does not always
+            // wait for: retry by hand while another process initialises the file.
+            let r = conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0));
+            let r = match r {
+                Ok(mode) if mode.eq_ignore_ascii_case("wal") => Ok(()),
+                Ok(_) => conn
+                    .query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL")
+            .map_err(|e| self.err(e))?;
+
+        if self.schema_ok(conn)? {
+            return Ok(());
+        }
+        // First use: create the schema, once, whoever gets there first.
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        let r = (|| {
+            if !self.schema_ok(conn)? {
+                let tables: i64 = conn
+                    .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                    .map_err(|e| self.err(e))?;
+                if tables > 0 {
+                    return Err(self.not_ours());
+                }
+                conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
+                conn.execute_batch(&format!(
+                    "PRAGMA user_version={SCHEMA_VERSION}; PRAGMA application_id={APPLICATION_ID};"
+                ))
+                .map_err(|e| self.err(e))?;
+            }
+            Ok(())
+        })();
+        let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let e2 = conn.execute_batch(end).map_err(|e| self.err(e));
+        r.and(e2)
+    }
+
+    /// True when the file carries our current schema; false when it is brand new; an
+    /// error for anything else.
+    fn schema_ok(&self, conn: &Connection) -> Result<bool> {
+        let pragma = |p: &str| -> Result<i64> {
+            conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+                .map_err(|e| self.err(e))
+        };
+        let (version, app) = (pragma("user_version")?, pragma("application_id")?);
+        match (version, app) {
+            (0, 0) => Ok(false),
+            (SCHEMA_VERSION, APPLICATION_ID) => Ok(true),
+            (v, APPLICATION_ID) if v > SCHEMA_VERSION => Err(Error::config(format!(
+                "store {} was written by a newer ve-alloc (schema {v}; this one knows {SCHEMA_VERSION}); refusing to touch it",
+                self.db.display()
+            ))),
+            _ => Err(self.not_ours()),
+        }
+    }
+
+    fn not_ours(&self) -> Error {
+        Error::config(format!(
+            "{} is not a ve-alloc store (unknown schema); refusing to touch it",
+            self.db.display()
+        ))
+    }
+
+    fn run<T>(
+        &mut self,
+        create: bool,
+        behavior: TransactionBehavior,
+        f: impl FnOnce(&mut dyn Txn) -> Result<T>,
+    ) -> Result<T> {
+        let (db, wait) = (self.db.clone(), self.wait);
+        let fail = |e| sql_error(&db, wait, e);
+        let mut scratch;
+        let conn = match self.open(create)? {
+            Some(c) => c,
+            None => {
+                // No store yet: read an empty one without creating anything on disk.
+                scratch = Connection::open_in_memory().map_err(fail)?;
+                scratch.execute_batch(SCHEMA).map_err(fail)?;
+                &mut scratch
+            }
+        };
+        let tx = conn.transaction_with_behavior(behavior).map_err(fail)?;
+        let out = f(&mut SqlTxn {
+            tx: &tx,
+            db: &db,
+            wait,
+        })?;
+        if matches!(behavior, TransactionBehavior::Immediate) {
+            tx.commit().map_err(fail)?;
+        }
+        Ok(out)
+    }
+}
+
+impl Store for SqliteStore {
+    fn read<T>(&mut self, f: impl FnOnce(&mut dyn Txn) -> Result<T>) -> Result<T> {
+        self.run(false, TransactionBehavior::Deferred, f)
+    }
+
+    fn write<T>(&mut self, f: impl FnOnce(&mut dyn Txn) -> Result<T>) -> Result<T> {
+        self.run(true, TransactionBehavior::Immediate, f)
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Turn a SQLite error into a one-line message with the right exit code.
+fn sql_error(db: &Path, wait: Duration, e: rusqlite::Error) -> Error {
+    let db = db.display();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::new(
+            Exit::TempFail,
+            format!(
+                "store {db} stayed locked by another process for {:.1} s; try again",
+                wait.as_secs_f64()
+            ),
+        ),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::new(
+            Exit::IoErr,
+            format!("store {db} is corrupt or not a SQLite database ({e}); it was left as it is"),
+        ),
+        Some(
+            ErrorCode::ReadOnly
+            | ErrorCode::PermissionDenied
+            | ErrorCode::AuthorizationForStatementDenied,
+        ) => Error::new(Exit::NoPerm, format!("store {db}: {e}")),
+        Some(ErrorCode::ConstraintViolation) => Error::internal(format!(
+            "store {db}: {e} (an address would be leased twice)"
+        )),
+        _ => Error::new(Exit::IoErr, format!("store {db}: {e}")),
+    }
+}
+
+struct SqlTxn<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    db: &'a Path,
+    wait: Duration,
+}
+
+impl SqlTxn<'_> {
+    fn err(&self, e: rusqlite::Error) -> Error {
+        sql_error(self.db, self.wait, e)
+    }
+}
+
+fn addr<T: std::str::FromStr>(v: Option<String>) -> rusqlite::Result<Option<T>> {
+    v.map(|s| {
+        s.parse().map_err(|_| {
+            rusqlite::Error::SqliteFailure(
+                ffi::Error::new(ffi::SQLITE_CORRUPT),
+                Some(format!("bad address {s:?} in store")),
+            )
+        })
+    })
+    .transpose()
+}
+
+fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        name: r.get(0)?,
+        host_address: addr(r.get(1)?)?,
+        local_address: addr(r.get(2)?)?,
+        host_address6: addr(r.get(3)?)?,
+        local_address6: addr(r.get(4)?)?,
+        fixed: r.get(5)?,
+    })
+}
+
+const LEASE_COLUMNS: &str = "name, host4, local4, host6, local6, static";
+
+fn cursor_key(v6: bool) -> &'static str {
+    if v6 {
+        "cursor6"
+    } else {
+        "cursor4"
+    }
+}
+
+impl Txn for SqlTxn<'_> {
+    fn get(&mut self, name: &str) -> Result<Option<Lease>> {
+        self.tx
+            .prepare_cached(&format!(
+                "SELECT {LEASE_COLUMNS} FROM leases WHERE name = ?1"
+            ))
+            .and_then(|mut s| s.query_row([name], lease_row).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    fn all(&mut self) -> Result<Vec<Lease>> {
+        self.tx
+            .prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases ORDER BY name"))
+            .and_then(|mut s| s.query_map([], lease_row)?.collect())
+            .map_err(|e| self.err(e))
+    }
+
+    fn holder(&mut self, addr: IpAddr) -> Result<Option<String>> {
+        self.tx
+            .prepare_cached("SELECT name FROM addresses WHERE addr = ?1")
+            .and_then(|mut s| s.query_row([addr.to_string()], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    fn put(&mut self, l: &Lease) -> Result<()> {
+        let r = (|| {
+            self.tx
+                .prepare_cached("DELETE FROM addresses WHERE name = ?1")?
+                .execute([&l.name])?;
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO leases (name, host4, local4, host6, local6, static)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (name) DO UPDATE SET host4 = excluded.host4,
+                       local4 = excluded.local4, host6 = excluded.host6,
+                       local6 = excluded.local6, static = excluded.static",
+                )?
+                .execute(params![
+                    l.name,
+                    l.host_address.map(|a| a.to_string()),
+                    l.local_address.map(|a| a.to_string()),
+                    l.host_address6.map(|a| a.to_string()),
+                    l.local_address6.map(|a| a.to_string()),
+                    l.fixed
+                ])?;
+            let mut ins = self
+                .tx
+                .prepare_cached("INSERT INTO addresses (addr, name) VALUES (?1, ?2)")?;
+            for a in l.addresses() {
+                ins.execute(params![a.to_string(), l.name])?;
+            }
+            Ok(())
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    fn remove(&mut self, name: &str) -> Result<bool> {
+        let r = (|| {
+            self.tx
+                .prepare_cached("DELETE FROM addresses WHERE name = ?1")?
+                .execute([name])?;
+            self.tx
+                .prepare_cached("DELETE FROM leases WHERE name = ?1")?
+                .execute([name])
+        })();
+        r.map(|n| n > 0).map_err(|e| self.err(e))
+    }
+
+    fn cursor(&mut self, v6: bool) -> Result<Option<IpAddr>> {
+        let v: Option<String> = self
+            .tx
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut s| s.query_row([cursor_key(v6)], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        addr(v).map_err(|e| self.err(e))
+    }
+
+    fn set_cursor(&mut self, v6: bool, host: IpAddr) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![cursor_key(v6), host.to_string()]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+}

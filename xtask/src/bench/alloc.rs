@@ -1,0 +1,229 @@
+//! `cargo xtask bench alloc`: one `ve-alloc alloc` process, the way users call it, at
+//! growing numbers of existing leases, next to the CNI `host-local` IPAM plugin doing the
+//! same allocation on the same machine.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::stats::{list_opt, machine, median_p90, ms, opt, out_dir};
+use crate::util::{self, cargo, ensure_debian_packages, Result};
+
+const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
+
+/// Median and p90 of one measurement point.
+type Stat = (Duration, Duration);
+
+pub fn run(args: &[String]) -> Result {
+    let runs: usize = opt(args, "--runs")?.unwrap_or(100);
+    let sizes = list_opt(args, "--sizes", &[100, 1000, 10_000, 30_000])?;
+    let hl_sizes = list_opt(args, "--host-local-sizes", &[1000, 10_000])?;
+    if util::is_root() {
+        ensure_debian_packages(&["containernetworking-plugins"])?;
+    }
+    util::run(cargo().args(["build", "--release", "--quiet", "-p", "ve-alloc"]))?;
+    let bin = util::root().join("target/release/ve-alloc");
+    let work = out_dir()?.join("alloc-work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+
+    eprintln!(
+        "bench alloc: {runs} timed allocations per point on {}",
+        machine()
+    );
+    let mut rows: Vec<(usize, Option<Stat>, Option<Stat>)> = Vec::new();
+    for &n in &sizes {
+        let t = ve_alloc_at(&bin, &work.join(format!("va-{n}")), n, runs)?;
+        eprintln!("  ve-alloc   at {n:>6} leases: median {} ms", ms(t.0));
+        rows.push((n, Some(t), None));
+    }
+    if Path::new(HOST_LOCAL).exists() {
+        for &n in &hl_sizes {
+            let t = host_local_at(&work.join(format!("hl-{n}")), n, runs)?;
+            eprintln!("  host-local at {n:>6} leases: median {} ms", ms(t.0));
+            match rows.iter_mut().find(|r| r.0 == n) {
+                Some(r) => r.2 = Some(t),
+                None => rows.push((n, None, Some(t))),
+            }
+        }
+    } else {
+        eprintln!("bench alloc: {HOST_LOCAL} missing; host-local not measured");
+    }
+    rows.sort_by_key(|r| r.0);
+    let _ = std::fs::remove_dir_all(&work);
+
+    let cell =
+        |t: Option<Stat>| t.map_or("-".to_string(), |(m, p)| format!("{} / {}", ms(m), ms(p)));
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "allocation per process, ms (median / p90 of {runs}), {}",
+        machine()
+    );
+    let _ = writeln!(
+        table,
+        "{:>8}  {:>17}  {:>17}",
+        "leases", "ve-alloc alloc", "host-local ADD"
+    );
+    let mut csv = String::from("leases,tool,median_ms,p90_ms\n");
+    for (n, va, hl) in &rows {
+        let _ = writeln!(table, "{n:>8}  {:>17}  {:>17}", cell(*va), cell(*hl));
+        for (tool, t) in [("ve-alloc", va), ("host-local", hl)] {
+            if let Some((m, p)) = t {
+                let _ = writeln!(csv, "{n},{tool},{},{}", ms(*m), ms(*p));
+            }
+        }
+    }
+    let med = |n: usize, hl: bool| {
+        rows.iter()
+            .find(|r| r.0 == n)
+            .and_then(|r| if hl { r.2 } else { r.1 })
+            .map(|t| t.0.as_secs_f64())
+    };
+    if let (Some(lo), Some(hi)) = (
+        sizes.iter().min().and_then(|&n| med(n, false)),
+        sizes.iter().max().and_then(|&n| med(n, false)),
+    ) {
+        let _ = writeln!(
+            table,
+            "flatness: ve-alloc at {} leases costs {:.2}x its cost at {} (target <= 1.5x)",
+            sizes.iter().max().copied().unwrap_or(0),
+            hi / lo,
+            sizes.iter().min().copied().unwrap_or(0)
+        );
+    }
+    for &n in &hl_sizes {
+        if let (Some(va), Some(hl)) = (med(n, false), med(n, true)) {
+            let _ = writeln!(
+                table,
+                "speed-up: ve-alloc is {:.2}x faster than host-local at {n} leases{}",
+                hl / va,
+                if n == 1000 { " (target >= 2x)" } else { "" }
+            );
+        }
+    }
+    print!("{table}");
+    let dir = out_dir()?;
+    std::fs::write(dir.join("alloc.csv"), csv).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("alloc.txt"), table).map_err(|e| e.to_string())?;
+    eprintln!("bench alloc: wrote {}", dir.join("alloc.csv").display());
+    Ok(())
+}
+
+/// Time one process run.
+fn timed(cmd: &mut Command) -> Result<Duration> {
+    let t = Instant::now();
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running {}: {e}", util::show(cmd)))?;
+    let d = t.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            util::show(cmd),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(d)
+}
+
+/// `ve-alloc alloc` at `n` existing leases: the store is filled with `n` leases through
+/// `ve-alloc import` (NixOS conf files, as a migrating host would), then `runs` new
+/// containers are allocated and released again so the count stays at `n`.
+fn ve_alloc_at(bin: &Path, dir: &Path, n: usize, runs: usize) -> Result<Stat> {
+    let confs = dir.join("confs");
+    std::fs::create_dir_all(&confs).map_err(|e| e.to_string())?;
+    for i in 0..n {
+        // Pair i of 10.233.0.0/16: host 10.233.0.0 + 2(i+1), container +1.
+        let h = 0x0ae9_0000u32 + 2 * (i as u32 + 1);
+        let text = format!(
+            "HOST_ADDRESS={}\nLOCAL_ADDRESS={}\n",
+            std::net::Ipv4Addr::from(h),
+            std::net::Ipv4Addr::from(h + 1)
+        );
+        std::fs::write(confs.join(format!("c{i}.conf")), text).map_err(|e| e.to_string())?;
+    }
+    let store = dir.join("store");
+    let va = |args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.env("VE_ALLOC_STORE", &store)
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .args(args);
+        c
+    };
+    timed(&mut va(&["import", confs.to_str().unwrap_or_default()]))?;
+    // The first allocation after an import walks past the imported block once.
+    timed(&mut va(&["alloc", "warm-up"]))?;
+    timed(&mut va(&["release", "warm-up"]))?;
+    let mut samples = Vec::with_capacity(runs);
+    for j in 0..runs {
+        samples.push(timed(&mut va(&["alloc", &format!("bench-{j}")]))?);
+        timed(&mut va(&["release", &format!("bench-{j}")]))?;
+    }
+    Ok(median_p90(&mut samples))
+}
+
+/// host-local ADD at `n` existing leases, invoked as a CNI runtime does. The store is
+/// filled by writing host-local's own files (one per address: container id, CRLF,
+/// interface), which is what `n` ADDs would leave, without waiting for them.
+fn host_local_at(dir: &Path, n: usize, runs: usize) -> Result<Stat> {
+    let data = dir.join("data");
+    let net = data.join("benchnet");
+    std::fs::create_dir_all(&net).map_err(|e| e.to_string())?;
+    for i in 0..n {
+        let a = std::net::Ipv4Addr::from(0x0ae9_0002u32 + i as u32);
+        std::fs::write(net.join(a.to_string()), format!("pre-{i}\r\neth0"))
+            .map_err(|e| e.to_string())?;
+    }
+    let conf = format!(
+        r#"{{"cniVersion":"0.4.0","name":"benchnet","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.233.0.0/16"}}]],"dataDir":"{}"}}}}"#,
+        data.display()
+    );
+    let call = |command: &str, id: &str| -> Result<Duration> {
+        let mut c = Command::new(HOST_LOCAL);
+        c.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", "/var/run/netns/bench")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let t = Instant::now();
+        let mut child = c.spawn().map_err(|e| format!("running host-local: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(conf.as_bytes())
+                .map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let d = t.elapsed();
+        if !out.status.success() {
+            return Err(format!(
+                "host-local {command} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(d)
+    };
+    call("ADD", "warm-up")?;
+    call("DEL", "warm-up")?;
+    let mut samples = Vec::with_capacity(runs);
+    for j in 0..runs {
+        samples.push(call("ADD", &format!("bench-{j}"))?);
+        call("DEL", &format!("bench-{j}"))?;
+    }
+    let leased = std::fs::read_dir(&net).map_err(|e| e.to_string())?.count();
+    if leased < n {
+        return Err(format!(
+            "host-local store holds {leased} files, expected {n}+"
+        ));
+    }
+    Ok(median_p90(&mut samples))
+}

@@ -1,0 +1,550 @@
+//! `cargo xtask bench nm`: how fast `nm-unmanage` keeps a real NetworkManager off a
+//! re-created container veth, and how many DHCP DISCOVERs get out first; with `--watch`
+//! and with `--persist`, next to a baseline with no tool at all.
+//!
+//! Everything runs in throwaway namespaces: NetworkManager and dbus-daemon on a private
+//! bus in a `host` namespace (read-only /sys, scratch dirs over /run and
+//! /var/lib/NetworkManager, as the tests do), the container end in a `ctr` namespace
+//! where a UDP :67 listener (this program again, re-executed inside it) counts
+//! DISCOVERs.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::UdpSocket,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::util::{self, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask bench nm [--cycles N]
+
+Re-creates a veth `ve-test` N times (default 100) next to a sandboxed NetworkManager:
+first 10 times with no tool (when does the first DHCP DISCOVER leave?), then N times
+with `nm-unmanage --watch` (creation -> Managed=false, DISCOVERs leaked), then N times
+after `nm-unmanage --persist` (devices left unmanaged, DISCOVERs leaked). Needs root.";
+
+/// How long NetworkManager gets to (not) take a new device over: it activates ~0.25 s
+/// after a veth appears.
+const HOLD: Duration = Duration::from_millis(400);
+
+pub fn run(args: &[String]) -> Result {
+    let mut cycles = 100usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--udp67-listener" => return udp67_listener(),
+            "--cycles" => {
+                cycles = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--cycles needs a positive number")?
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("bench nm: unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if !util::is_root() {
+        return Err("bench nm needs root (network namespaces, NetworkManager)".into());
+    }
+    for cmd in ["ip", "dbus-daemon", "dbus-send", "NetworkManager"] {
+        if !on_path(cmd) {
+            return Err(format!(
+                "bench nm needs `{cmd}` (run `cargo xtask test` once to install the test packages)"
+            ));
+        }
+    }
+    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "nm-unmanage"]))?;
+    let bin = target_dir().join("release/nm-unmanage");
+
+    let lab = Lab::start()?;
+    let version = Command::new("NetworkManager")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "nm-unmanage bench: veth re-creations next to NetworkManager {version} on a private bus"
+    );
+
+    // Baseline: nothing keeps NetworkManager off.
+    let base_n = cycles.min(10);
+    let mut first = Vec::new();
+    for _ in 0..base_n {
+        let t0 = Instant::now();
+        lab.add_veth("ve-test")?;
+        let deadline = t0 + Duration::from_secs(3);
+        while Instant::now() < deadline && lab.discovers_since(t0).is_empty() {
+            thread::sleep(Duration::from_millis(2));
+        }
+        if let Some(t) = lab.discovers_since(t0).first() {
+            first.push(*t - t0);
+        }
+        lab.del_veth("ve-test")?;
+    }
+    println!(
+        "baseline, no tool ({base_n} re-creations): a DHCP DISCOVER left in {} of {base_n}; \
+         the first one {} after link creation",
+        first.len(),
+        stats(&first)
+    );
+
+    // --watch.
+    lab.add_veth("vb-ready")?;
+    let watcher = Watcher::start(&bin, &lab.bus_address())?;
+    watcher
+        .next_for("vb-ready", Duration::from_secs(10))
+        .ok_or("the watcher did not start")?;
+    lab.del_veth("vb-ready")?;
+    let (mut from_creation, mut from_signal) = (Vec::new(), Vec::new());
+    let (mut leaked, mut leaky_cycles, mut late, mut missed) = (0, 0, 0, 0);
+    for _ in 0..cycles {
+        let t0 = Instant::now();
+        lab.add_veth("ve-test")?;
+        match watcher.next_for("ve-test", Duration::from_secs(5)) {
+            Some((acked, line)) => {
+                from_creation.push(acked - t0);
+                if let Some(us) = json_u64(&line, "after_signal_us") {
+                    from_signal.push(Duration::from_micros(us));
+                }
+                thread::sleep(HOLD);
+                let seen = lab.discovers_since(t0);
+                leaked += seen.len();
+                leaky_cycles += usize::from(!seen.is_empty());
+                late += seen
+                    .iter()
+                    .filter(|t| **t > acked + Duration::from_millis(20))
+                    .count();
+            }
+            None => missed += 1,
+        }
+        lab.del_veth("ve-test")?;
+    }
+    drop(watcher);
+    println!(
+        "--watch ({cycles} re-creations): link creation -> Managed=false {}; \
+         NetworkManager's announcement -> Managed=false {}; \
+         DHCP DISCOVERs that got out first: {leaked} (in {leaky_cycles} of {cycles}); \
+         DISCOVERs after Managed=false: {late}; devices missed: {missed}",
+        stats(&from_creation),
+        stats(&from_signal)
+    );
+
+    // --persist.
+    let out = Command::new(&bin)
+        .args(["--persist", "--conf-dir"])
+        .arg(lab.dir.join("conf.d"))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", lab.bus_address())
+        .output()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nm-unmanage --persist failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let (mut leaked, mut managed) = (0, 0);
+    for _ in 0..cycles {
+        let t0 = Instant::now();
+        lab.add_veth("ve-test")?;
+        thread::sleep(HOLD);
+        leaked += lab.discovers_since(t0).len();
+        if lab.device_state("ve-test") != Some(10) {
+            managed += 1;
+        }
+        lab.del_veth("ve-test")?;
+    }
+    println!(
+        "--persist ({cycles} re-creations, no watcher): left unmanaged {} of {cycles}; \
+         DHCP DISCOVERs that got out: {leaked}",
+        cycles - managed
+    );
+    Ok(())
+}
+
+/// `median X ms, worst Y ms` of `v`.
+fn stats(v: &[Duration]) -> String {
+    if v.is_empty() {
+        return "n/a".into();
+    }
+    let mut v = v.to_vec();
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "median {:.2} ms, worst {:.2} ms",
+        ms(v[v.len() / 2]),
+        ms(v[v.len() - 1])
+    )
+}
+
+fn json_u64(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn on_path(cmd: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|d| std::path::Path::new(d).join(cmd).is_file());
+    found
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| util::root().join("target"))
+}
+
+/// Run inside the container namespace: print one line per DHCP DISCOVER on UDP 67.
+fn udp67_listener() -> Result {
+    let sock = UdpSocket::bind("0.0.0.0:67").map_err(|e| format!("binding UDP 67: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        if is_discover(&buf[..n]) && writeln!(out, "D").and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// A BOOTP request with DHCP option 53 (message type) = 1 (DISCOVER).
+fn is_discover(p: &[u8]) -> bool {
+    if p.len() < 240 || p[0] != 1 || p[236..240] != [99, 130, 83, 99] {
+        return false;
+    }
+    let mut i = 240;
+    while i + 1 < p.len() {
+        match p[i] {
+            0 => i += 1,
+            255 => return false,
+            53 => return p[i + 1] >= 1 && p.get(i + 2) == Some(&1),
+            _ => i += 2 + p[i + 1] as usize,
+        }
+    }
+    false
+}
+
+/// Namespaces, the private bus, NetworkManager and the DISCOVER listener; all of it
+/// torn down on drop.
+struct Lab {
+    host: String,
+    ctr: String,
+    dir: PathBuf,
+    children: Vec<Child>,
+    discovers: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Lab {
+    fn start() -> Result<Lab> {
+        let prefix = format!("nmbench{}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let mut lab = Lab {
+            host: format!("{prefix}-host"),
+            ctr: format!("{prefix}-ctr"),
+            dir,
+            children: Vec::new(),
+            discovers: Arc::default(),
+        };
+        for ns in [&lab.host, &lab.ctr] {
+            util::run(Command::new("ip").args(["netns", "add", ns]))?;
+        }
+        let d = lab.dir.clone();
+        let _ = fs::remove_dir_all(&d);
+        for sub in ["run", "varlib", "conf.d", "sysconf.d", "conns"] {
+            fs::create_dir_all(d.join(sub)).map_err(|e| e.to_string())?;
+        }
+        let ds = d.display();
+        fs::write(
+            d.join("bus.conf"),
+            format!(
+                "<busconfig><type>system</type><listen>unix:path={ds}/bus</listen>\
+                 <auth>EXTERNAL</auth><policy user=\"root\"><allow own=\"*\"/>\
+                 <allow send_destination=\"*\"/><allow receive_sender=\"*\"/></policy>\
+                 </busconfig>\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        fs::write(
+            d.join("nm.conf"),
+            format!(
+                "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=none\n\
+                 [connectivity]\nenabled=false\n[keyfile]\npath={ds}/conns\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let dbus = lab
+            .in_ns(&lab.host, "dbus-daemon")
+            .arg(format!("--config-file={ds}/bus.conf"))
+            .args(["--nofork", "--nopidfile"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting dbus-daemon: {e}"))?;
+        lab.children.push(dbus);
+        lab.wait("the private bus", || d.join("bus").exists())?;
+        let script = format!(
+            "mount -o remount,ro /sys && mount --bind {ds}/run /run && \
+             mount --bind {ds}/varlib /var/lib/NetworkManager && \
+             exec NetworkManager --no-daemon --config={ds}/nm.conf --config-dir={ds}/conf.d \
+             --system-config-dir={ds}/sysconf.d --intern-config={ds}/intern.conf \
+             --state-file={ds}/state --pid-file=/run/nm.pid"
+        );
+        let log = fs::File::create(d.join("nm.log")).map_err(|e| e.to_string())?;
+        let nm = lab
+            .in_ns(&lab.host, "sh")
+            .args(["-c", &script])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", lab.bus_address())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting NetworkManager: {e}"))?;
+        lab.children.push(nm);
+        lab.wait("NetworkManager to finish starting", || {
+            lab.nm_get(
+                "/org/freedesktop/NetworkManager",
+                "org.freedesktop.NetworkManager",
+                "Startup",
+            )
+            .as_deref()
+                == Some("false")
+        })?;
+        // The DISCOVER counter, inside the container namespace.
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut listener = lab
+            .in_ns(&lab.ctr, &exe.to_string_lossy())
+            .args(["bench", "nm", "--udp67-listener"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the DHCP listener: {e}"))?;
+        let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+        lab.children.push(listener);
+        match lines.next() {
+            Some(Ok(l)) if l == "ready" => {}
+            _ => return Err("the DHCP listener did not start".into()),
+        }
+        let seen = lab.discovers.clone();
+        thread::spawn(move || {
+            for line in lines {
+                if line.is_err() {
+                    break;
+                }
+                seen.lock().unwrap().push(Instant::now());
+            }
+        });
+        Ok(lab)
+    }
+
+    fn bus_address(&self) -> String {
+        format!("unix:path={}/bus", self.dir.display())
+    }
+
+    fn in_ns(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]).stdin(Stdio::null());
+        c
+    }
+
+    fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) -> Result {
+        let t = Instant::now();
+        while !ok() {
+            if t.elapsed() > Duration::from_secs(20) {
+                return Err(format!("timed out waiting for {what}"));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn ip(&self, ns: &str, args: &[&str]) -> Result {
+        let out = Command::new("ip")
+            .args(["-n", ns])
+            .args(args)
+            .output()
+            .map_err(|e| format!("running ip: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip -n {ns} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// A container veth as `ve-link` makes it: created, both ends up.
+    fn add_veth(&self, ifname: &str) -> Result {
+        let peer = if ifname == "ve-test" { "eth0" } else { "eth1" };
+        self.ip(
+            &self.host,
+            &[
+                "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", &self.ctr,
+            ],
+        )?;
+        self.ip(&self.ctr, &["link", "set", peer, "up"])?;
+        self.ip(&self.host, &["link", "set", ifname, "up"])
+    }
+
+    /// Delete and give NetworkManager a moment to drop the device.
+    fn del_veth(&self, ifname: &str) -> Result {
+        self.ip(&self.host, &["link", "del", ifname])?;
+        thread::sleep(Duration::from_millis(100));
+        Ok(())
+    }
+
+    fn discovers_since(&self, t: Instant) -> Vec<Instant> {
+        let seen = self.discovers.lock().unwrap();
+        seen.iter().copied().filter(|d| *d >= t).collect()
+    }
+
+    /// `dbus-send` a call to NetworkManager; the reply's last word.
+    fn nm_call(&self, path: &str, method: &str, args: &[&str]) -> Option<String> {
+        let out = Command::new("dbus-send")
+            .args([
+                "--system",
+                "--print-reply=literal",
+                "--dest=org.freedesktop.NetworkManager",
+                path,
+                method,
+            ])
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .last()
+            .map(str::to_string)
+    }
+
+    fn nm_get(&self, path: &str, iface: &str, prop: &str) -> Option<String> {
+        self.nm_call(
+            path,
+            "org.freedesktop.DBus.Properties.Get",
+            &[&format!("string:{iface}"), &format!("string:{prop}")],
+        )
+    }
+
+    /// The `NMDeviceState` of `ifname`'s device.
+    fn device_state(&self, ifname: &str) -> Option<u32> {
+        let path = self.nm_call(
+            "/org/freedesktop/NetworkManager",
+            "org.freedesktop.NetworkManager.GetDeviceByIpIface",
+            &[&format!("string:{ifname}")],
+        )?;
+        self.nm_get(&path, "org.freedesktop.NetworkManager.Device", "State")?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.ctr, &self.host] {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `nm-unmanage --watch --json` with its stdout lines timestamped on arrival.
+struct Watcher {
+    child: Child,
+    lines: mpsc::Receiver<(Instant, String)>,
+}
+
+impl Watcher {
+    fn start(bin: &std::path::Path, bus: &str) -> Result<Watcher> {
+        let mut child = Command::new(bin)
+            .args(["--watch", "--json"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Watcher { child, lines: rx })
+    }
+
+    fn next_for(&self, ifname: &str, timeout: Duration) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        let key = format!("\"interface\":\"{ifname}\"");
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let (t, line) = self.lines.recv_timeout(left).ok()?;
+            if line.contains(&key) {
+                return Some((t, line));
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_numbers_from_json_lines() {
+        let l = r#"{"interface":"ve-test","after_signal_us":1234,"x":1}"#;
+        assert_eq!(json_u64(l, "after_signal_us"), Some(1234));
+        assert_eq!(json_u64(l, "missing"), None);
+    }
+
+    #[test]
+    fn stats_are_median_and_worst() {
+        let v: Vec<_> = [3, 1, 2]
+            .iter()
+            .map(|&m| Duration::from_millis(m))
+            .collect();
+        assert_eq!(stats(&v), "median 2.00 ms, worst 3.00 ms");
+        assert_eq!(stats(&[]), "n/a");
+    }
+}

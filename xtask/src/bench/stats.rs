@@ -1,0 +1,69 @@
+//! Timing helpers for the benchmarks: medians, percentiles, options, output files.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::util::{root, Result};
+
+/// Median and 90th percentile of `samples` (sorted in place).
+pub fn median_p90(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort_unstable();
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// The value of `--name V` in `args`, parsed.
+pub fn opt<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{name} needs a valid value")),
+    }
+}
+
+/// A comma-separated list option.
+pub fn list_opt(args: &[String], name: &str, default: &[usize]) -> Result<Vec<usize>> {
+    match opt::<String>(args, name)? {
+        None => Ok(default.to_vec()),
+        Some(v) => v
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .map_err(|_| format!("{name}: bad number {n:?}"))
+            })
+            .collect(),
+    }
+}
+
+/// target/bench/, created.
+pub fn out_dir() -> Result<PathBuf> {
+    let d = root().join("target").join("bench");
+    std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    Ok(d)
+}
+
+/// The machine, for the record: CPU model, cores, kernel.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
