@@ -324,6 +324,9 @@ impl Nl {
         if let Some(br) = fix.master {
             m.attributes.push(LinkAttribute::Controller(br));
         }
+        if let Some(a) = &fix.alias {
+            m.attributes.push(LinkAttribute::IfAlias(a.clone()));
+        }
         self.ack(RouteNetlinkMessage::SetLink(m), 0).await
     }
 

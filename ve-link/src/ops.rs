@@ -56,11 +56,19 @@ async fn observe(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> std::io::R
             None => Ok(None),
         }
     };
-    let (h, c, lo, br, nsid) = future::join5(
+    let other_name = req.other_mode_ifname();
+    // Host end first, then the container end and the namespace id: a pair created in
+    // between by a concurrent `up` then shows as "container end only", never as a
+    // host end without its peer, which would be taken for stale.
+    let (h, other, br) = future::join3(
         host.link_by_name(&req.host_ifname),
+        host.link_by_name(&other_name),
+        bridge,
+    )
+    .await;
+    let (c, lo, nsid) = future::join3(
         ctr.link_by_name(&req.peer_ifname),
         ctr.link_by_name("lo"),
-        bridge,
         host.nsid_of(ns),
     )
     .await;
@@ -73,6 +81,7 @@ async fn observe(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> std::io::R
         ctr_lo: lo.map(|l| l.index),
         ctr_nsid: nsid?,
         bridge: br?.map(|b| b.index),
+        other: other?,
     })
 }
 
@@ -225,7 +234,13 @@ impl Up<'_> {
                 master,
             )
             .await
-            .map_err(|e| step_error(&step, e))?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) && have.host.link.is_none() {
+                    Error::new(Exit::TempFail, format!("{step}: {RACED}"))
+                } else {
+                    step_error(&step, e)
+                }
+            })?;
         let (h, c) = future::join(
             self.host.link_by_name(&req.host_ifname),
             self.ctr.link_by_name(&req.peer_ifname),
@@ -311,6 +326,9 @@ struct UpOutput<'a> {
     changes: Vec<String>,
 }
 
+/// Marks the error of a create that lost a race with another `up` of the same name.
+const RACED: &str = "created concurrently by another ve-link up";
+
 /// `ve-link up`.
 pub fn up(req: &UpRequest, json: bool) -> Result<()> {
     let ns = req.netns.open()?;
@@ -318,63 +336,15 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
     let host = HostConn::open()?;
     let ctr = CtrConn::open(&ns)?;
     let changes = host.rt.block_on(async {
-        let have = observe(req, &ns, &host.nl, &ctr.nl)
-            .await
-            .map_err(|e| step_error("reading the current links", e))?;
-        let p = plan(req, &have);
-        if let Some(b) = p.blockers.first() {
-            let exit = if b.starts_with("bridge") {
-                Exit::NoInput
-            } else {
-                Exit::CantCreate
-            };
-            return Err(Error::new(exit, format!("up {}: {b}", req.name)));
-        }
-        let mut run = Up {
-            req,
-            ns: &ns,
-            host: &host.nl,
-            ctr: &ctr.nl,
-            hidx: have.host.link.as_ref().map_or(0, |l| l.index),
-            cidx: have.ctr.link.as_ref().map_or(0, |l| l.index),
-            journal: Vec::new(),
-        };
-        // Stale removal and creation first; then both sides at once.
-        let mut result = Ok(());
-        for c in p.changes.iter().filter(|c| c.side().is_none()) {
-            log::debug!("{}: {c}", req.name);
-            result = run.prepare(c, &have).await;
-            if result.is_err() {
-                break;
+        match up_once(req, &ns, &host.nl, &ctr.nl).await {
+            // Another `up` of this container made the pair between our look and our
+            // create: look again and converge what it made.
+            Err(e) if e.message().contains(RACED) => {
+                log::info!("{}: {RACED}; converging", req.name);
+                up_once(req, &ns, &host.nl, &ctr.nl).await
             }
+            r => r,
         }
-        if result.is_ok() {
-            let of = |w| {
-                p.changes
-                    .iter()
-                    .filter(|c| c.side() == Some(w))
-                    .collect::<Vec<_>>()
-            };
-            let (host_changes, ctr_changes) = (of(Where::Host), of(Where::Container));
-            let ((hu, hr), (cu, cr)) = future::join(
-                run.side(&host_changes, &have),
-                run.side(&ctr_changes, &have),
-            )
-            .await;
-            run.journal.extend(hu);
-            run.journal.extend(cu);
-            result = hr.and(cr);
-        }
-        if let Err(e) = result {
-            let errors = run.rollback().await;
-            let tail = if errors.is_empty() {
-                "; rolled back".to_string()
-            } else {
-                format!("; rollback incomplete: {}", errors.join("; "))
-            };
-            return Err(Error::new(e.exit(), format!("up {}: {e}{tail}", req.name)));
-        }
-        Ok(p.changes)
     })?;
     if changes.is_empty() {
         log::info!("{}: already up, nothing changed", req.name);
@@ -392,6 +362,78 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
     } else {
         output::print(&output::env_lines(&req.output_pairs()))
     }
+}
+
+/// One look-plan-apply round of `up`, rolled back on failure.
+async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec<Change>> {
+    let mut have = observe(req, ns, host, ctr)
+        .await
+        .map_err(|e| step_error("reading the current links", e))?;
+    let mut p = plan(req, &have);
+    if !p.blockers.is_empty() {
+        // The two ends are looked up at once; a pair another `up` created in between
+        // shows only its container end. A second look sees both.
+        have = observe(req, ns, host, ctr)
+            .await
+            .map_err(|e| step_error("reading the current links", e))?;
+        p = plan(req, &have);
+    }
+    if let Some(b) = p.blockers.first() {
+        let exit = if b.starts_with("bridge") {
+            Exit::NoInput
+        } else {
+            Exit::CantCreate
+        };
+        return Err(Error::new(exit, format!("up {}: {b}", req.name)));
+    }
+    let mut run = Up {
+        req,
+        ns,
+        host,
+        ctr,
+        hidx: have.host.link.as_ref().map_or(0, |l| l.index),
+        cidx: have.ctr.link.as_ref().map_or(0, |l| l.index),
+        journal: Vec::new(),
+    };
+    // Stale removal and creation first; then both sides at once.
+    let mut result = Ok(());
+    for c in p.changes.iter().filter(|c| c.side().is_none()) {
+        log::debug!("{}: {c}", req.name);
+        result = run.prepare(c, &have).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() {
+        let of = |w| {
+            p.changes
+                .iter()
+                .filter(|c| c.side() == Some(w))
+                .collect::<Vec<_>>()
+        };
+        let (host_changes, ctr_changes) = (of(Where::Host), of(Where::Container));
+        let ((hu, hr), (cu, cr)) = future::join(
+            run.side(&host_changes, &have),
+            run.side(&ctr_changes, &have),
+        )
+        .await;
+        run.journal.extend(hu);
+        run.journal.extend(cu);
+        result = hr.and(cr);
+    }
+    if let Err(e) = result {
+        if e.message().contains(RACED) {
+            return Err(e);
+        }
+        let errors = run.rollback().await;
+        let tail = if errors.is_empty() {
+            "; rolled back".to_string()
+        } else {
+            format!("; rollback incomplete: {}", errors.join("; "))
+        };
+        return Err(Error::new(e.exit(), format!("up {}: {e}{tail}", req.name)));
+    }
+    Ok(p.changes)
 }
 
 #[derive(Serialize)]
@@ -508,7 +550,9 @@ pub fn down(names: &[String], all: bool) -> Result<()> {
 
 /// `l` if it is the managed host end of container `n`; a warning otherwise.
 fn select(l: Link, n: &str) -> Option<Link> {
-    if container_of(l.alias.as_deref()) == Some(n) && l.veth {
+    // No alias yet but the name's MAC: an `up` is between creating and marking it.
+    let fresh = l.alias.is_none() && l.mac == crate::request::mac_for(n, "host");
+    if (container_of(l.alias.as_deref()) == Some(n) || fresh) && l.veth {
         Some(l)
     } else {
         log::warn!("{} is not managed by ve-link; left alone", l.name);

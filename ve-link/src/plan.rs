@@ -46,6 +46,9 @@ pub struct Observed {
     pub ctr_nsid: Option<i32>,
     /// The bridge's ifindex, in bridge mode.
     pub bridge: Option<u32>,
+    /// A link named as the host end of the other mode (`vb-` when routed, `ve-` when
+    /// bridged).
+    pub other: Option<Link>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,8 @@ impl fmt::Display for Where {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkFix {
     pub up: bool,
+    /// The ve-link marker, missing when a concurrent `up` has not set it yet.
+    pub alias: Option<String>,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub master: Option<u32>,
@@ -136,9 +141,39 @@ pub struct Plan {
     pub blockers: Vec<String>,
 }
 
+/// The container a host-end link belongs to: its alias says so, or, in the moment
+/// between creation and the alias (the kernel ignores IFLA_IFALIAS on creation), the
+/// MAC derived from the requested container's name, set in the creating request.
+pub fn owner<'a>(l: &'a Link, req: &'a UpRequest) -> Option<&'a str> {
+    match container_of(l.alias.as_deref()) {
+        Some(n) => Some(n),
+        None if l.alias.is_none() && l.veth && l.mac == req.host_mac => Some(&req.name),
+        None => None,
+    }
+}
+
 /// Compare `have` with what `req` asks for.
 pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     let mut p = Plan::default();
+    // Our pair from an `up` in the other mode goes first, its container end with it.
+    let mut have = have;
+    let without_other;
+    if let Some(o) = &have.other {
+        if container_of(o.alias.as_deref()) == Some(req.name.as_str()) && o.veth {
+            p.changes.push(Change::RemoveStale {
+                index: o.index,
+                why: format!("{} is left from an up in the other mode", o.name),
+            });
+            if let Some(c) = &have.ctr.link {
+                if c.peer == Some(o.index) && o.peer == Some(c.index) {
+                    let mut h = have.clone();
+                    h.ctr = Side::default();
+                    without_other = h;
+                    have = &without_other;
+                }
+            }
+        }
+    }
     let want = req.want();
     let ns = req.netns.to_string();
     if req.bridge.is_some() && have.bridge.is_none() {
@@ -160,7 +195,7 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     };
     let mut fresh = true;
     if let Some(h) = &have.host.link {
-        match container_of(h.alias.as_deref()) {
+        match owner(h, req) {
             None => p.blockers.push(format!(
                 "{} exists and was not made by ve-link (no {:?} alias); not touching it",
                 h.name,
@@ -214,7 +249,12 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     } else {
         None
     };
-    if let Some(fix) = link_fix(h, req.mtu, &req.host_mac, master, req.bridge.is_some()) {
+    if let Some(mut fix) = link_fix(h, req.mtu, &req.host_mac, master, req.bridge.is_some())
+        .or_else(|| (h.alias.is_none()).then(LinkFix::default))
+    {
+        if h.alias.is_none() {
+            fix.alias = Some(req.alias());
+        }
         p.changes.push(fix_change(Where::Host, h, fix));
     }
     if let Some(fix) = link_fix(c, req.mtu, &req.peer_mac, None, false) {
@@ -287,6 +327,7 @@ fn link_fix(
         mtu: mtu.filter(|m| *m != l.mtu),
         mac: (l.mac != mac).then_some(*mac),
         master: master.filter(|m| bridged && l.master != Some(*m)),
+        alias: None,
     };
     (fix != LinkFix::default()).then_some(fix)
 }
@@ -309,6 +350,9 @@ fn fix_change(side: Where, l: &Link, fix: LinkFix) -> Change {
     }
     if fix.master.is_some() {
         why.push(format!("{} is not attached to the bridge", l.name));
+    }
+    if fix.alias.is_some() {
+        why.push(format!("{} lacks the ve-link alias", l.name));
     }
     Change::FixLink {
         side,
@@ -370,6 +414,7 @@ mod tests {
             ctr_lo: Some(1),
             ctr_nsid: Some(0),
             bridge: None,
+            other: None,
         }
     }
 
@@ -426,15 +471,65 @@ mod tests {
     }
 
     #[test]
+    fn a_pair_from_the_other_mode_is_replaced() {
+        let r = req();
+        let mut have = in_place(&r);
+        let mut old = have.host.link.take().unwrap();
+        old.name = "vb-foo".into();
+        have.other = Some(old);
+        have.host = Side::default();
+        let p = plan(&r, &have);
+        assert!(p.blockers.is_empty(), "{p:?}");
+        assert!(matches!(
+            p.changes[0],
+            Change::RemoveStale { index: 10, .. }
+        ));
+        assert_eq!(p.changes[1], Change::Create);
+        // Someone else's vb-foo is not ours to remove.
+        have.other.as_mut().unwrap().alias = None;
+        let p = plan(&r, &have);
+        assert!(!p
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::RemoveStale { .. })));
+        assert!(p.blockers[0].contains("eth0 already exists"));
+    }
+
+    #[test]
     fn foreign_links_block() {
         let r = req();
         let mut have = in_place(&r);
         have.host.link.as_mut().unwrap().alias = None;
+        have.host.link.as_mut().unwrap().mac = vec![2, 0, 0, 0, 0, 1];
+        assert!(plan(&r, &have).blockers[0].contains("not made by ve-link"));
+        // Same MAC but some other alias: still not ours.
+        let mut have = in_place(&r);
+        have.host.link.as_mut().unwrap().alias = Some("uplink".into());
         assert!(plan(&r, &have).blockers[0].contains("not made by ve-link"));
         let mut have = in_place(&r);
         have.host.link = None;
         let p = plan(&r, &have);
         assert!(p.blockers[0].contains("eth0 already exists"), "{p:?}");
+    }
+
+    #[test]
+    fn a_pair_being_marked_by_a_concurrent_up_is_ours() {
+        let r = req();
+        let mut have = in_place(&r);
+        have.host.link.as_mut().unwrap().alias = None;
+        let p = plan(&r, &have);
+        assert!(p.blockers.is_empty(), "{p:?}");
+        match &p.changes[..] {
+            [Change::FixLink {
+                side: Where::Host,
+                fix,
+                why,
+            }] => {
+                assert_eq!(fix.alias.as_deref(), Some("ve-link:foo"));
+                assert!(why.contains("lacks the ve-link alias"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -235,6 +235,16 @@ impl UpRequest {
         w
     }
 
+    /// The host-end name of the other mode (`vb-` when routed, `ve-` when bridged): a
+    /// managed link by that name is left from an earlier `up` in the other mode.
+    pub fn other_mode_ifname(&self) -> String {
+        if self.bridge.is_some() {
+            name::host_ifname(&self.name)
+        } else {
+            name::bridge_ifname(&self.name)
+        }
+    }
+
     /// The alias that marks the host end as ours and names its container.
     pub fn alias(&self) -> String {
         alias_for(&self.name)

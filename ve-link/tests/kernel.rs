@@ -391,6 +391,43 @@ fn bridge_mode_attaches_to_the_bridge_without_host_address() {
             "192.0.2.10",
         ],
     ));
+    // Switching the same container to routed mode replaces the bridged pair.
+    let routed = [
+        "up",
+        "web",
+        "--netns",
+        ctr.name(),
+        "--ifname",
+        "host0",
+        "--host-address",
+        "10.233.7.1",
+        "--local-address",
+        "10.233.7.2",
+    ];
+    ok(&ve_link(&host, &routed));
+    assert!(link(&host, "vb-web").is_none(), "bridged pair left behind");
+    assert!(link(&host, "ve-web").is_some());
+    assert_eq!(addrs(&ctr, "host0"), ["10.233.7.2/32"]);
+    ok(&ve_link(&host, &[&["check"][..], &routed[1..]].concat()));
+    let out = ok(&ve_link(
+        &host,
+        &[
+            "up",
+            "web",
+            "--netns",
+            ctr.name(),
+            "--bridge",
+            "br0",
+            "--ifname",
+            "host0",
+            "--host-address",
+            "192.0.2.1",
+            "--local-address",
+            "192.0.2.10",
+        ],
+    ));
+    assert!(out.starts_with("HOST_IFACE=vb-web\n"), "{out}");
+    assert!(link(&host, "ve-web").is_none(), "routed pair left behind");
     // A missing bridge is missing input, and changes nothing.
     let out = ve_link(
         &host,
@@ -536,6 +573,33 @@ fn fifty_parallel_ups_all_succeed_and_one_down_removes_them() {
         stderr(&out)
     );
     assert!(ok(&ve_link(&host, &["list", "--json"])).is_empty());
+}
+
+#[test]
+fn concurrent_ups_of_one_container_all_succeed() {
+    let Some((_sb, host, ctr)) = setup("concurrent_same") else {
+        return;
+    };
+    let args = [&["up", "same", "--netns", ctr.name()][..], &ADDRS].concat();
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            host.command(BIN)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    ok(&ve_link(
+        &host,
+        &[&["check", "same", "--netns", ctr.name()][..], &ADDRS].concat(),
+    ));
+    assert_eq!(addrs(&ctr, "eth0"), ["10.233.0.2/32", "fd42::2/128"]);
 }
 
 #[test]
