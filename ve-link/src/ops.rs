@@ -130,7 +130,7 @@ impl Up<'_> {
                 self.host
                     .del_link(*index)
                     .await
-                    .map_err(|e| step_error(format!("removing stale {}", self.req.host_ifname), e))
+                    .map_err(|e| step_error(format!("removing a stale link ({why})"), e))
             }
             Change::Create => self.create(have).await,
             _ => Ok(()),
