@@ -121,6 +121,24 @@ impl Nl {
         }
     }
 
+    /// Link `index` of the namespace this one knows as `nsid` (IFLA_TARGET_NETNSID).
+    pub async fn link_at(&self, index: u32, nsid: i32) -> io::Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::IfNetnsId(nsid));
+        m.attributes.push(skip_stats());
+        match self
+            .request(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST)
+            .await
+        {
+            Ok(v) => Ok(v.into_iter().find_map(as_link)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every link of the namespace.
     pub async fn links(&self) -> io::Result<Vec<Link>> {
         let mut m = LinkMessage::default();
@@ -136,8 +154,17 @@ impl Nl {
     /// Global-scope addresses on link `index` (needs a strict-check socket to filter in
     /// the kernel; filtered here too).
     pub async fn addrs(&self, index: u32) -> io::Result<Vec<Addr>> {
+        self.addrs_at(index, None).await
+    }
+
+    /// Like [`Nl::addrs`], for a link in the namespace this one knows as `nsid`
+    /// (IFA_TARGET_NETNSID: no need to enter it).
+    pub async fn addrs_at(&self, index: u32, nsid: Option<i32>) -> io::Result<Vec<Addr>> {
         let mut m = AddressMessage::default();
         m.header.index = index;
+        if let Some(id) = nsid {
+            m.attributes.push(AddressAttribute::TargetNetNsId(id));
+        }
         let mut out = Vec::new();
         for r in self.dump(RouteNetlinkMessage::GetAddress(m)).await? {
             let RouteNetlinkMessage::NewAddress(a) = r else {

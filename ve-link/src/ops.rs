@@ -698,8 +698,25 @@ struct ListRow {
     iface: String,
     mode: &'static str,
     netns: String,
+    /// The container end's name.
+    peer: String,
     state: &'static str,
+    /// Host-end addresses.
     addresses: Vec<String>,
+    container_addresses: Vec<String>,
+}
+
+fn show_addrs(addrs: &[Addr]) -> Vec<String> {
+    addrs
+        .iter()
+        .map(|(a, l)| {
+            if *l == full_len(*a) {
+                a.to_string()
+            } else {
+                format!("{a}/{l}")
+            }
+        })
+        .collect()
 }
 
 /// `ve-link list`: the links this tool manages.
@@ -715,6 +732,15 @@ pub fn list(json: bool) -> Result<()> {
         let mut rows = Vec::new();
         for m in managed(links) {
             let addrs = nl.addrs(m.link.index).await.unwrap_or_default();
+            // The container end, read through the namespace id (best effort: needs
+            // privilege over the container namespace).
+            let (mut peer, mut ctr_addrs) = (String::new(), Vec::new());
+            if let (Some(id), Some(pi)) = (m.link.peer_nsid, m.link.peer) {
+                if let Ok(Some(p)) = nl.link_at(pi, id).await {
+                    peer = p.name;
+                }
+                ctr_addrs = nl.addrs_at(pi, Some(id)).await.unwrap_or_default();
+            }
             let netns = match m.link.peer_nsid {
                 Some(id) => match live.get(&id) {
                     Some(label) => label.clone(),
@@ -731,17 +757,10 @@ pub fn list(json: bool) -> Result<()> {
                 name: m.container,
                 iface: m.link.name,
                 netns,
+                peer,
                 state: if m.link.up { "up" } else { "down" },
-                addresses: addrs
-                    .iter()
-                    .map(|(a, l)| {
-                        if *l == full_len(*a) {
-                            a.to_string()
-                        } else {
-                            format!("{a}/{l}")
-                        }
-                    })
-                    .collect(),
+                addresses: show_addrs(&addrs),
+                container_addresses: show_addrs(&ctr_addrs),
             });
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name));
@@ -762,13 +781,24 @@ pub fn list(json: bool) -> Result<()> {
                     r.iface.clone(),
                     r.mode.to_string(),
                     r.netns.clone(),
+                    r.peer.clone(),
                     r.state.to_string(),
                     r.addresses.join(","),
+                    r.container_addresses.join(","),
                 ]
             })
             .collect();
         output::print(&output::table(
-            &["NAME", "IFACE", "MODE", "NETNS", "STATE", "ADDRESSES"],
+            &[
+                "NAME",
+                "IFACE",
+                "MODE",
+                "NETNS",
+                "PEER",
+                "STATE",
+                "HOST",
+                "CONTAINER",
+            ],
             &cells,
         ))
     }

@@ -192,6 +192,17 @@ fn up_plumbs_both_sides_and_tcp_flows_both_ways() {
         row["addresses"],
         serde_json::json!(["10.233.0.1", "fd42::1"])
     );
+    assert_eq!(row["peer"], "eth0");
+    assert_eq!(
+        row["container_addresses"],
+        serde_json::json!(["10.233.0.2", "fd42::2"])
+    );
+    let table = ok(&ve_link(&host, &["list"]));
+    assert!(table.starts_with("NAME  IFACE   MODE    NETNS"), "{table}");
+    assert!(
+        table.contains("10.233.0.1,fd42::1  10.233.0.2,fd42::2"),
+        "{table}"
+    );
 }
 
 /// Administratively up with carrier (operstate follows later, from the linkwatch queue).
