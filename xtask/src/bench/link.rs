@@ -22,7 +22,7 @@ const USAGE: &str = "\
 usage: cargo xtask bench link [--containers N] [--samples S]
   --containers N  containers on the host at the end (default 1000); checkpoints are the
                   1st, 100th and 1,000th container that exist within N
-  --samples S     timed runs per measurement at each checkpoint (default 5, median shown)
+  --samples S     timed runs per measurement at each checkpoint (default 7, median shown)
 ";
 
 /// Twin namespaces per sample: 3 checkpoints, 3 ways of doing it.
@@ -36,7 +36,7 @@ struct Opts {
 fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>)> {
     let mut o = Opts {
         containers: 1000,
-        samples: 5,
+        samples: 7,
     };
     let mut inner = None;
     let mut it = args.iter();
@@ -55,10 +55,7 @@ fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>)> {
                 let b = it.next().ok_or("--inner needs PREFIX BIN")?.clone();
                 inner = Some((p, b));
             }
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Err("help shown".into());
-            }
+            "-h" | "--help" => return Ok((o, Some((String::new(), String::new())))),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
@@ -68,6 +65,10 @@ fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>)> {
 pub fn run(args: &[String]) -> Result {
     let (opts, inner) = parse(args)?;
     if let Some((prefix, bin)) = inner {
+        if prefix.is_empty() {
+            print!("{USAGE}");
+            return Ok(());
+        }
         return inner_run(&opts, &prefix, &PathBuf::from(bin));
     }
     if !util::is_root() {

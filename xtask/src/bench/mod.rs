@@ -19,7 +19,7 @@ WHAT:
           time from veth creation to unmanaged, DHCP DISCOVERs that got out
           options: see `cargo xtask bench nm --help`
   link    ve-link up/down against the NixOS `ip` sequence, 1st/100th/1000th container
-          options: --containers N (default 1000), --samples S (default 5)
+          options: --containers N (default 1000), --samples S (default 7)
   all     everything above with default options (the default)
 
 Results: a table on stdout and CSV files under target/bench/.
