@@ -5,6 +5,7 @@ pub mod cli;
 mod error;
 mod exit;
 pub mod name;
+pub mod netns;
 pub mod output;
 #[cfg(feature = "testing")]
 pub mod testing;

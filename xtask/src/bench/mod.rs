@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the tools measured next to what users would pick instead.
 
 mod alloc;
+mod link;
 mod nat;
 mod nm;
 mod stats;
@@ -20,6 +21,8 @@ WHAT:
           options: see `cargo xtask bench nm --help`
   nat     ve-nat up/down and the per-container NAT cost, against CNI ptp with ipMasq
           options: --containers N, --runs R
+  link    ve-link up/down against the NixOS `ip` sequence, 1st/100th/1000th container
+          options: --containers N (default 1000), --samples S (default 7)
   all     everything above with default options (the default)
 
 Results: a table on stdout and CSV files under target/bench/.
@@ -34,7 +37,9 @@ pub fn run(args: &[String]) -> Result {
         "alloc" => alloc::run(rest),
         "nm" => nm::run(rest),
         "nat" => nat::run(rest),
+        "link" => link::run(rest),
         "all" => alloc::run(&[])
+            .and_then(|()| link::run(&[]))
             .and_then(|()| nat::run(&[]))
             .and_then(|()| nm::run(&[])),
         "help" | "-h" | "--help" => {

@@ -1,0 +1,205 @@
+//! `ve-link`: plumbs a container's network namespace in one go over rtnetlink: a veth
+//! pair with its peer made directly inside the namespace, addresses and routes on both
+//! sides; idempotent, converging, rolled back on failure; torn down in batches.
+
+use std::{ffi::OsString, io::Read};
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use common::{cli::Verbosity, Error, Result};
+
+pub mod kernel;
+mod ops;
+pub mod plan;
+pub mod request;
+
+use request::{UpInput, UpRequest};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ve-link",
+    version,
+    about = "Plumb a container's network namespace: veth pair, addresses, routes",
+    after_help = "Exit codes: 0 ok, 1 check found differences, 64 usage, 65 bad input, \
+                  66 namespace (or bridge) missing, 73 a foreign link is in the way, \
+                  77 not enough privilege."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    #[command(flatten)]
+    verbosity: Verbosity,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create (or converge) the veth pair of container NAME and configure both sides
+    Up(UpArgs),
+    /// Exit 0 when everything `up` would make is in place, else 1 listing what differs
+    Check(UpArgs),
+    /// Remove the pairs of the named containers (already gone is success)
+    Down(DownArgs),
+    /// Remove managed links whose container namespace is gone; prints their names
+    Gc {
+        /// Only print what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The links ve-link manages, with peer namespace, state and host addresses
+    List {
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Container name
+    name: String,
+    /// Container network namespace: a path, or a name under /run/netns
+    #[arg(
+        long,
+        value_name = "NS",
+        required_unless_present = "pid",
+        conflicts_with = "pid"
+    )]
+    netns: Option<String>,
+    /// Use the network namespace of this process
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Read addresses from an env file (HOST_ADDRESS, LOCAL_ADDRESS, HOST_ADDRESS6,
+    /// LOCAL_ADDRESS6); `-` for stdin. Flags win over the file
+    #[arg(long, value_name = "FILE")]
+    addresses: Option<String>,
+    /// IPv4 address of the host end
+    #[arg(long, value_name = "ADDR")]
+    host_address: Option<String>,
+    /// IPv4 address of the container end
+    #[arg(long, value_name = "ADDR")]
+    local_address: Option<String>,
+    /// IPv6 address of the host end
+    #[arg(long, value_name = "ADDR")]
+    host_address6: Option<String>,
+    /// IPv6 address of the container end
+    #[arg(long, value_name = "ADDR")]
+    local_address6: Option<String>,
+    /// Name of the container end inside the namespace
+    #[arg(long, value_name = "IFNAME", default_value = request::DEFAULT_IFNAME)]
+    ifname: String,
+    /// MTU of both ends
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Bridge mode: attach the host end (vb-NAME) to this existing bridge; no host
+    /// address or route
+    #[arg(long, value_name = "BR")]
+    bridge: Option<String>,
+    /// JSON output
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    /// Container names
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    names: Vec<String>,
+    /// Every link ve-link manages (host shutdown)
+    #[arg(long)]
+    all: bool,
+}
+
+/// The clap definition (for man pages and completions too).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Entry point: parse, validate, act.
+pub fn run(args: Vec<OsString>) -> Result<()> {
+    let cli: Cli = common::cli::parse(command(), args)?;
+    cli.verbosity.init_logging("ve-link");
+    match cli.cmd {
+        Cmd::Up(a) => {
+            let json = a.json;
+            ops::up(&build(a)?, json)
+        }
+        Cmd::Check(a) => {
+            let json = a.json;
+            ops::check(&build(a)?, json)
+        }
+        Cmd::Down(a) => ops::down(&a.names, a.all),
+        Cmd::Gc { dry_run } => ops::gc(dry_run),
+        Cmd::List { json } => ops::list(json),
+    }
+}
+
+fn build(a: UpArgs) -> Result<UpRequest> {
+    let env = match &a.addresses {
+        None => None,
+        Some(f) if f == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Error::io("reading addresses from stdin", e))?;
+            Some((s, "stdin".to_string()))
+        }
+        Some(f) => {
+            let s = std::fs::read_to_string(f).map_err(|e| Error::io(format!("reading {f}"), e))?;
+            Some((s, f.clone()))
+        }
+    };
+    UpRequest::build(UpInput {
+        name: a.name,
+        netns: a.netns,
+        pid: a.pid,
+        env,
+        host_address: a.host_address,
+        local_address: a.local_address,
+        host_address6: a.host_address6,
+        local_address6: a.local_address6,
+        ifname: Some(a.ifname),
+        mtu: a.mtu,
+        bridge: a.bridge,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn command_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_are_64_and_bad_data_65_before_any_syscall() {
+        let e = run(args(&["ve-link", "up", "foo"])).unwrap_err();
+        assert_eq!(e.code(), 64, "{e}");
+        let e = run(args(&[
+            "ve-link", "up", "foo", "--netns", "x", "--pid", "3",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.code(), 64, "{e}");
+        let e = run(args(&["ve-link", "up", "a b", "--netns", "x"])).unwrap_err();
+        assert_eq!(e.code(), 65, "{e}");
+        let e = run(args(&["ve-link", "down", "-x"])).unwrap_err();
+        assert_eq!(e.code(), 64, "{e}");
+        let e = run(args(&["ve-link", "down", "a/b"])).unwrap_err();
+        assert_eq!(e.code(), 65, "{e}");
+        let e = run(args(&[
+            "ve-link",
+            "up",
+            "foo",
+            "--netns",
+            "x",
+            "--addresses",
+            "/nonexistent/f",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.code(), 66, "{e}");
+    }
+}

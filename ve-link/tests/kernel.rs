@@ -1,0 +1,731 @@
+//! ve-link against the real kernel, in throwaway namespaces: one plays the host (the tool
+//! runs inside it with `ip netns exec`), others play containers.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use common::{
+    netns::NetnsSpec,
+    testing::{privileged, Netns, Sandbox},
+};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ve-link");
+
+const ADDRS: [&str; 8] = [
+    "--host-address",
+    "10.233.0.1",
+    "--local-address",
+    "10.233.0.2",
+    "--host-address6",
+    "fd42::1",
+    "--local-address6",
+    "fd42::2",
+];
+
+fn ve_link(host: &Netns, args: &[&str]) -> Output {
+    host.command(BIN)
+        .args(args)
+        .output()
+        .expect("running ve-link")
+}
+
+#[track_caller]
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "ve-link failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn setup(test: &str) -> Option<(Sandbox, Netns, Netns)> {
+    if !privileged(test, &["ip"]) {
+        return None;
+    }
+    let mut sb = Sandbox::new();
+    let host = sb.netns("host");
+    let ctr = sb.netns("ctr");
+    Some((sb, host, ctr))
+}
+
+fn link(ns: &Netns, name: &str) -> Option<Value> {
+    let v = ns.ip_json(&["-d", "link", "show"]);
+    v.as_array()?.iter().find(|l| l["ifname"] == name).cloned()
+}
+
+fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    let v = ns.ip_json(&["addr", "show", "dev", dev, "scope", "global"]);
+    v[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| Some(format!("{}/{}", i["local"].as_str()?, i["prefixlen"])))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn routes(ns: &Netns, family: &str) -> Vec<String> {
+    let v = ns.ip_json(&[family, "route", "show", "proto", "118"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let mut s = format!(
+                "{} dev {}",
+                r["dst"].as_str().unwrap(),
+                r["dev"].as_str().unwrap()
+            );
+            if let Some(gw) = r["gateway"].as_str() {
+                s.push_str(&format!(" via {gw}"));
+            }
+            s
+        })
+        .collect()
+}
+
+/// Accept one connection inside `server` and answer with what the client sent, then
+/// connect from `client` and check the echo: proves routing both ways.
+fn tcp_roundtrip(server: &Netns, client: &Netns, addr: IpAddr) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let srv = NetnsSpec::Path(server.path()).open().unwrap();
+    let s = srv
+        .spawn("listener", move || {
+            let l = TcpListener::bind(SocketAddr::new(addr, 0))
+                .map_err(|e| common::Error::io("bind", e))?;
+            tx.send(l.local_addr().unwrap().port()).unwrap();
+            let (mut c, peer) = l.accept().map_err(|e| common::Error::io("accept", e))?;
+            let mut buf = [0u8; 5];
+            c.read_exact(&mut buf).unwrap();
+            c.write_all(&buf).unwrap();
+            Ok(peer.ip())
+        })
+        .unwrap();
+    let port = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listener up");
+    let cli = NetnsSpec::Path(client.path()).open().unwrap();
+    let c = cli
+        .spawn("client", move || {
+            let mut c =
+                TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(5))
+                    .map_err(|e| common::Error::io(format!("connecting to {addr}"), e))?;
+            c.write_all(b"hello").unwrap();
+            let mut buf = [0u8; 5];
+            c.read_exact(&mut buf).unwrap();
+            Ok(buf)
+        })
+        .unwrap();
+    assert_eq!(&c.join().unwrap().unwrap(), b"hello");
+    s.join().unwrap().unwrap();
+}
+
+#[test]
+fn up_plumbs_both_sides_and_tcp_flows_both_ways() {
+    let Some((_sb, host, ctr)) = setup("up_plumbs_both_sides") else {
+        return;
+    };
+    let ns = ctr.path();
+    let out = ok(&ve_link(
+        &host,
+        &[&["up", "foo", "--netns", ns.to_str().unwrap()][..], &ADDRS].concat(),
+    ));
+    assert_eq!(
+        out,
+        "HOST_IFACE=ve-foo\nLOCAL_IFACE=eth0\nHOST_ADDRESS=10.233.0.1\nLOCAL_ADDRESS=10.233.0.2\nHOST_ADDRESS6=fd42::1\nLOCAL_ADDRESS6=fd42::2\n"
+    );
+    let h = link(&host, "ve-foo").expect("host end");
+    assert_eq!(h["ifalias"], "ve-link:foo");
+    assert_eq!(h["linkinfo"]["info_kind"], "veth");
+    assert!(is_up(&h), "{h}");
+    assert!(h["link_netnsid"].as_i64().is_some());
+    let c = link(&ctr, "eth0").expect("container end");
+    assert!(is_up(&c), "{c}");
+    assert!(is_up(&link(&ctr, "lo").unwrap()));
+    // Stable, locally administered MACs.
+    assert_eq!(h["address"].as_str().unwrap(), common_mac("foo", "host"));
+    assert_eq!(addrs(&host, "ve-foo"), ["10.233.0.1/32", "fd42::1/128"]);
+    assert_eq!(addrs(&ctr, "eth0"), ["10.233.0.2/32", "fd42::2/128"]);
+    let v6 = ctr.ip_json(&["-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+    assert_eq!(v6[0]["addr_info"][0]["nodad"], true);
+    assert_eq!(routes(&host, "-4"), ["10.233.0.2 dev ve-foo"]);
+    assert_eq!(routes(&host, "-6"), ["fd42::2 dev ve-foo"]);
+    assert_eq!(
+        routes(&ctr, "-4"),
+        ["default dev eth0 via 10.233.0.1", "10.233.0.1 dev eth0"]
+    );
+    assert_eq!(
+        routes(&ctr, "-6"),
+        ["fd42::1 dev eth0", "default dev eth0 via fd42::1"]
+    );
+    // Nothing leaked into the namespace the tests run in.
+    assert!(Command::new("ip")
+        .args(["link", "show", "ve-foo"])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap()
+        .stdout
+        .is_empty());
+
+    tcp_roundtrip(&host, &ctr, "10.233.0.1".parse().unwrap());
+    tcp_roundtrip(&ctr, &host, "10.233.0.2".parse().unwrap());
+    tcp_roundtrip(&host, &ctr, "fd42::1".parse().unwrap());
+    tcp_roundtrip(&ctr, &host, "fd42::2".parse().unwrap());
+
+    let json = ok(&ve_link(&host, &["list", "--json"]));
+    let row: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(row["name"], "foo");
+    assert_eq!(row["netns"], ctr.name());
+    assert_eq!(
+        row["addresses"],
+        serde_json::json!(["10.233.0.1", "fd42::1"])
+    );
+    assert_eq!(row["peer"], "eth0");
+    assert_eq!(
+        row["container_addresses"],
+        serde_json::json!(["10.233.0.2", "fd42::2"])
+    );
+    let table = ok(&ve_link(&host, &["list"]));
+    assert!(table.starts_with("NAME  IFACE   MODE    NETNS"), "{table}");
+    assert!(
+        table.contains("10.233.0.1,fd42::1  10.233.0.2,fd42::2"),
+        "{table}"
+    );
+}
+
+/// Administratively up with carrier (operstate follows later, from the linkwatch queue).
+fn is_up(l: &Value) -> bool {
+    let flags = l["flags"].as_array().unwrap();
+    flags.iter().any(|f| f == "UP") && flags.iter().any(|f| f == "LOWER_UP")
+}
+
+fn common_mac(name: &str, side: &str) -> String {
+    ve_link::request::mac_text(&ve_link::request::mac_for(name, side))
+}
+
+#[test]
+fn up_is_idempotent_and_converges_and_reads_env_input() {
+    let Some((_sb, host, ctr)) = setup("up_is_idempotent") else {
+        return;
+    };
+    let env = "HOST_ADDRESS=10.233.0.1/32\nLOCAL_ADDRESS=10.233.0.2/24\nHOST_ADDRESS6=fd42::1\nLOCAL_ADDRESS6=fd42::2/64\n";
+    let up = |env: &str, extra: &[&str]| {
+        let mut c = host.command(BIN);
+        c.args(["up", "foo", "--netns", ctr.name(), "--addresses", "-"])
+            .args(extra);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(env.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    ok(&up(env, &[]));
+    let before = link(&host, "ve-foo").unwrap()["ifindex"].clone();
+    let again: Value = serde_json::from_str(&ok(&up(env, &["--json"]))).unwrap();
+    assert_eq!(again["changes"], serde_json::json!([]), "{again}");
+    assert_eq!(
+        link(&host, "ve-foo").unwrap()["ifindex"],
+        before,
+        "second up recreated the link"
+    );
+    ok(&ve_link(
+        &host,
+        &[
+            "check",
+            "foo",
+            "--netns",
+            ctr.name(),
+            "--addresses",
+            "/dev/null",
+            "--host-address",
+            "10.233.0.1",
+            "--local-address",
+            "10.233.0.2",
+            "--host-address6",
+            "fd42::1",
+            "--local-address6",
+            "fd42::2",
+        ],
+    ));
+
+    // New addresses, new MTU: converge in place.
+    let env2 = "HOST_ADDRESS=10.233.5.1\nLOCAL_ADDRESS=10.233.5.2\n";
+    let out: Value = serde_json::from_str(&ok(&up(env2, &["--json", "--mtu", "1400"]))).unwrap();
+    assert!(!out["changes"].as_array().unwrap().is_empty());
+    assert_eq!(link(&host, "ve-foo").unwrap()["ifindex"], before);
+    assert_eq!(addrs(&host, "ve-foo"), ["10.233.5.1/32"]);
+    assert_eq!(addrs(&ctr, "eth0"), ["10.233.5.2/32"]);
+    assert_eq!(routes(&host, "-4"), ["10.233.5.2 dev ve-foo"]);
+    assert!(routes(&host, "-6").is_empty());
+    assert_eq!(
+        routes(&ctr, "-4"),
+        ["default dev eth0 via 10.233.5.1", "10.233.5.1 dev eth0"]
+    );
+    assert!(routes(&ctr, "-6").is_empty());
+    assert_eq!(link(&ctr, "eth0").unwrap()["mtu"], 1400);
+    assert_eq!(link(&host, "ve-foo").unwrap()["mtu"], 1400);
+    tcp_roundtrip(&host, &ctr, "10.233.5.1".parse().unwrap());
+}
+
+#[test]
+fn rollback_when_the_container_already_has_eth0() {
+    let Some((mut sb, host, ctr)) = setup("rollback_eth0") else {
+        return;
+    };
+    ctr.ip(&["link", "add", "eth0", "type", "bridge"]);
+    let out = ve_link(
+        &host,
+        &[&["up", "foo", "--netns", ctr.name()][..], &ADDRS].concat(),
+    );
+    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("eth0 already exists"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(link(&host, "ve-foo").is_none());
+    assert_eq!(
+        link(&ctr, "eth0").unwrap()["linkinfo"]["info_kind"],
+        "bridge"
+    );
+
+    // A failure after the pair exists: IPv6 is off in the container, so its address
+    // step fails, and everything made so far goes.
+    let ctr2 = sb.netns("ctr2");
+    ctr2.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    let out = ve_link(
+        &host,
+        &[&["up", "bar", "--netns", ctr2.name()][..], &ADDRS].concat(),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("adding address fd42::2/128 to container link eth0"),
+        "{err}"
+    );
+    assert!(err.contains("rolled back"), "{err}");
+    assert!(link(&host, "ve-bar").is_none(), "host end left behind");
+    assert!(link(&ctr2, "eth0").is_none(), "container end left behind");
+    assert!(routes(&host, "-4").is_empty());
+}
+
+#[test]
+fn long_names_get_distinct_valid_interfaces_with_altnames() {
+    let Some((mut sb, host, ctr)) = setup("long_names") else {
+        return;
+    };
+    let ctr2 = sb.netns("ctr2");
+    let a = format!("{}{}", "shared-prefix-twenty", "-aaaaaaaaaaaaaaaaaaa");
+    let b = format!("{}{}", "shared-prefix-twenty", "-bbbbbbbbbbbbbbbbbbb");
+    assert_eq!(a.len(), 40);
+    let ia = ok(&ve_link(&host, &["up", &a, "--netns", ctr.name()]));
+    let ib = ok(&ve_link(&host, &["up", &b, "--netns", ctr2.name()]));
+    let ifa = common::output::parse_env(&ia, "a").unwrap()["HOST_IFACE"].clone();
+    let ifb = common::output::parse_env(&ib, "b").unwrap()["HOST_IFACE"].clone();
+    assert_ne!(ifa, ifb);
+    for (ifn, name) in [(&ifa, &a), (&ifb, &b)] {
+        assert!(ifn.len() <= 15, "{ifn}");
+        let l = link(&host, ifn).expect("link exists");
+        assert_eq!(l["altnames"], serde_json::json!([format!("ve-{name}")]));
+        // The altname finds the link too.
+        host.ip(&["link", "show", &format!("ve-{name}")]);
+    }
+    ok(&ve_link(&host, &["up", &a, "--netns", ctr.name()]));
+    ok(&ve_link(&host, &["check", &a, "--netns", ctr.name()]));
+    ok(&ve_link(&host, &["down", &a, &b]));
+    assert!(link(&host, &ifa).is_none() && link(&host, &ifb).is_none());
+}
+
+#[test]
+fn bridge_mode_attaches_to_the_bridge_without_host_address() {
+    let Some((_sb, host, ctr)) = setup("bridge_mode") else {
+        return;
+    };
+    host.ip(&["link", "add", "br0", "type", "bridge"]);
+    host.ip(&["addr", "add", "192.0.2.1/24", "dev", "br0"]);
+    host.ip(&["link", "set", "br0", "up"]);
+    let out = ok(&ve_link(
+        &host,
+        &[
+            "up",
+            "web",
+            "--netns",
+            ctr.name(),
+            "--bridge",
+            "br0",
+            "--host-address",
+            "192.0.2.1",
+            "--local-address",
+            "192.0.2.10/24",
+        ],
+    ));
+    assert!(
+        out.starts_with("HOST_IFACE=vb-web\nLOCAL_IFACE=eth0\nHOST_BRIDGE=br0\n"),
+        "{out}"
+    );
+    let l = link(&host, "vb-web").unwrap();
+    assert_eq!(l["master"], "br0");
+    assert!(addrs(&host, "vb-web").is_empty());
+    assert!(routes(&host, "-4").is_empty());
+    assert_eq!(addrs(&ctr, "eth0"), ["192.0.2.10/32"]);
+    tcp_roundtrip(&host, &ctr, "192.0.2.1".parse().unwrap());
+    ok(&ve_link(
+        &host,
+        &[
+            "check",
+            "web",
+            "--netns",
+            ctr.name(),
+            "--bridge",
+            "br0",
+            "--host-address",
+            "192.0.2.1",
+            "--local-address",
+            "192.0.2.10",
+        ],
+    ));
+    // Switching the same container to routed mode replaces the bridged pair.
+    let routed = [
+        "up",
+        "web",
+        "--netns",
+        ctr.name(),
+        "--ifname",
+        "host0",
+        "--host-address",
+        "10.233.7.1",
+        "--local-address",
+        "10.233.7.2",
+    ];
+    ok(&ve_link(&host, &routed));
+    assert!(link(&host, "vb-web").is_none(), "bridged pair left behind");
+    assert!(link(&host, "ve-web").is_some());
+    assert_eq!(addrs(&ctr, "host0"), ["10.233.7.2/32"]);
+    ok(&ve_link(&host, &[&["check"][..], &routed[1..]].concat()));
+    let out = ok(&ve_link(
+        &host,
+        &[
+            "up",
+            "web",
+            "--netns",
+            ctr.name(),
+            "--bridge",
+            "br0",
+            "--ifname",
+            "host0",
+            "--host-address",
+            "192.0.2.1",
+            "--local-address",
+            "192.0.2.10",
+        ],
+    ));
+    assert!(out.starts_with("HOST_IFACE=vb-web\n"), "{out}");
+    assert!(link(&host, "ve-web").is_none(), "routed pair left behind");
+    // A missing bridge is missing input, and changes nothing.
+    let out = ve_link(
+        &host,
+        &["up", "other", "--netns", ctr.name(), "--bridge", "br9"],
+    );
+    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    assert!(link(&host, "vb-other").is_none());
+    ok(&ve_link(&host, &["down", "web"]));
+    assert!(link(&host, "vb-web").is_none());
+    assert!(link(&host, "br0").is_some(), "the bridge is not ours");
+}
+
+#[test]
+fn check_reports_a_deleted_route_and_up_repairs_it() {
+    let Some((_sb, host, ctr)) = setup("check_route") else {
+        return;
+    };
+    let args = [&["--netns", ctr.name()][..], &ADDRS].concat();
+    ok(&ve_link(&host, &[&["up", "foo"][..], &args].concat()));
+    ok(&ve_link(&host, &[&["check", "foo"][..], &args].concat()));
+    ctr.ip(&["route", "del", "default", "via", "10.233.0.1"]);
+    host.ip(&["-6", "route", "del", "fd42::2/128", "dev", "ve-foo"]);
+    let out = ve_link(&host, &[&["check", "foo"][..], &args].concat());
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "host: route fd42::2/128 missing\ncontainer: route default via 10.233.0.1 missing\n"
+    );
+    let out = ve_link(&host, &[&["check", "foo", "--json"][..], &args].concat());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    ok(&ve_link(&host, &[&["up", "foo"][..], &args].concat()));
+    ok(&ve_link(&host, &[&["check", "foo"][..], &args].concat()));
+}
+
+#[test]
+fn down_twice_and_only_managed_links_go() {
+    let Some((mut sb, host, ctr)) = setup("down_twice") else {
+        return;
+    };
+    let ctr2 = sb.netns("ctr2");
+    let ctr3 = sb.netns("ctr3");
+    let ctr4 = sb.netns("ctr4");
+    ok(&ve_link(&host, &["up", "foo", "--netns", ctr.name()]));
+    ok(&ve_link(&host, &["up", "baz", "--netns", ctr3.name()]));
+    ok(&ve_link(&host, &["up", "qux", "--netns", ctr4.name()]));
+    // Someone else's veth that happens to be called like ours.
+    host.ip(&[
+        "link",
+        "add",
+        "ve-bar",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ctr2.name(),
+    ]);
+    ok(&ve_link(&host, &["down", "foo"]));
+    assert!(link(&host, "ve-foo").is_none());
+    assert!(link(&ctr, "eth0").is_none());
+    ok(&ve_link(&host, &["down", "foo"]));
+    let out = ve_link(&host, &["down", "bar"]);
+    assert!(ok(&out).is_empty());
+    assert!(
+        stderr(&out).contains("ve-bar is not managed by ve-link"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(link(&host, "ve-bar").is_some(), "foreign link removed");
+    // Several names: one batch, the foreign one still left alone, a missing one is fine.
+    ok(&ve_link(&host, &["down", "bar", "baz", "nothere"]));
+    assert!(link(&host, "ve-baz").is_none());
+    assert!(link(&ctr3, "eth0").is_none());
+    assert!(
+        link(&host, "ve-bar").is_some(),
+        "foreign link removed by a batch"
+    );
+    assert!(
+        link(&host, "ve-qux").is_some(),
+        "unnamed link removed by a batch"
+    );
+    ok(&ve_link(&host, &["down", "--all"]));
+    assert!(link(&host, "ve-qux").is_none());
+    assert!(
+        link(&host, "ve-bar").is_some(),
+        "foreign link removed by --all"
+    );
+    ok(&ve_link(&host, &["down", "--all"]));
+    let out = ve_link(&host, &["up", "bar", "--netns", ctr.name()]);
+    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not made by ve-link"));
+}
+
+#[test]
+fn fifty_parallel_ups_all_succeed_and_one_down_removes_them() {
+    let Some((mut sb, host, _ctr)) = setup("fifty_parallel") else {
+        return;
+    };
+    let ctrs: Vec<Netns> = (0..50).map(|i| sb.netns(&format!("c{i}"))).collect();
+    let children: Vec<_> = ctrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = format!("par{i}");
+            let (h, l) = (format!("10.234.{i}.1"), format!("10.234.{i}.2"));
+            host.command(BIN)
+                .args([
+                    "up",
+                    &name,
+                    "--netns",
+                    c.name(),
+                    "--host-address",
+                    &h,
+                    "--local-address",
+                    &l,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let rows = ok(&ve_link(&host, &["list", "--json"]));
+    assert_eq!(rows.lines().count(), 50);
+    for (i, c) in ctrs.iter().enumerate() {
+        assert_eq!(addrs(c, "eth0"), [format!("10.234.{i}.2/32")]);
+    }
+    let names: Vec<String> = (0..50).map(|i| format!("par{i}")).collect();
+    let mut args = vec!["down".to_string()];
+    args.extend(names);
+    let out = host.command(BIN).args(&args).arg("-v").output().unwrap();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("removed 50 links in one batch"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(ok(&ve_link(&host, &["list", "--json"])).is_empty());
+}
+
+#[test]
+fn concurrent_ups_of_one_container_all_succeed() {
+    let Some((_sb, host, ctr)) = setup("concurrent_same") else {
+        return;
+    };
+    let args = [&["up", "same", "--netns", ctr.name()][..], &ADDRS].concat();
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            host.command(BIN)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    ok(&ve_link(
+        &host,
+        &[&["check", "same", "--netns", ctr.name()][..], &ADDRS].concat(),
+    ));
+    assert_eq!(addrs(&ctr, "eth0"), ["10.233.0.2/32", "fd42::2/128"]);
+}
+
+#[test]
+fn missing_namespace_is_66_and_no_privilege_is_77_with_no_change() {
+    let Some((_sb, host, ctr)) = setup("exit_codes") else {
+        return;
+    };
+    let out = ve_link(
+        &host,
+        &["up", "foo", "--netns", "/run/netns/ve-link-test-none"],
+    );
+    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"));
+    let out = ve_link(&host, &["up", "foo", "--pid", "999999999"]);
+    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    let out = ve_link(
+        &host,
+        &[
+            "up",
+            "foo",
+            "--netns",
+            ctr.name(),
+            "--host-address",
+            "10.0.0.1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    // As nobody, with no capabilities.
+    let out = host
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+            "up",
+            "foo",
+            "--netns",
+            ctr.name(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert!(host.ip_json(&["link", "show"]).as_array().unwrap().len() == 1);
+}
+
+#[test]
+fn stale_links_are_replaced_by_up_and_removed_by_gc() {
+    let Some((mut sb, host, ctr)) = setup("stale") else {
+        return;
+    };
+    let ctr2 = sb.netns("ctr2");
+    ok(&ve_link(
+        &host,
+        &[
+            "up",
+            "foo",
+            "--netns",
+            ctr.name(),
+            "--host-address",
+            "10.233.0.1",
+            "--local-address",
+            "10.233.0.2",
+        ],
+    ));
+    // The container restarts in a new namespace (given by pid this time): the old pair is
+    // stale and is replaced.
+    let mut sleeper = ctr2.command("sleep").arg("30").spawn().unwrap();
+    // `ip netns exec` execs sleep in place: the child's pid is in ctr2.
+    let pid = sleeper.id().to_string();
+    std::thread::sleep(Duration::from_millis(50));
+    ok(&ve_link(
+        &host,
+        &[
+            "up",
+            "foo",
+            "--pid",
+            &pid,
+            "--host-address",
+            "10.233.0.1",
+            "--local-address",
+            "10.233.0.2",
+        ],
+    ));
+    assert!(link(&ctr, "eth0").is_none(), "old peer still there");
+    assert_eq!(addrs(&ctr2, "eth0"), ["10.233.0.2/32"]);
+    ok(&ve_link(
+        &host,
+        &[
+            "check",
+            "foo",
+            "--netns",
+            ctr2.name(),
+            "--host-address",
+            "10.233.0.1",
+            "--local-address",
+            "10.233.0.2",
+        ],
+    ));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+
+    // A namespace kept alive by nothing but an open fd is gone for gc: no name, no process.
+    ok(&ve_link(&host, &["up", "bar", "--netns", ctr.name()]));
+    let held = std::fs::File::open(ctr.path()).unwrap();
+    Command::new("ip")
+        .args(["netns", "del", ctr.name()])
+        .status()
+        .unwrap();
+    assert!(link(&host, "ve-bar").is_some());
+    assert_eq!(ok(&ve_link(&host, &["gc", "--dry-run"])), "ve-bar\n");
+    assert!(link(&host, "ve-bar").is_some());
+    assert_eq!(ok(&ve_link(&host, &["gc"])), "ve-bar\n");
+    assert!(link(&host, "ve-bar").is_none());
+    assert!(link(&host, "ve-foo").is_some(), "gc removed a live link");
+    drop(held);
+}
