@@ -652,7 +652,10 @@ fn plot(res: &BTreeMap<String, Samples>, n: usize) -> Result {
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(1f64..n.max(2) as f64, ((lo * 0.8)..(hi * 3.0)).log_scale())
+        .build_cartesian_2d(
+            1f64..n.max(2) as f64,
+            ((10f64.powf((lo * 0.8).log10().floor()))..(hi * 3.0)).log_scale(),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
