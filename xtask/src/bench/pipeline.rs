@@ -1031,3 +1031,56 @@ impl Host<'_> {
         Ok(vec![("bulk-down", n, down), ("bulk-release", n, release)])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_the_checkpoints_that_exist() {
+        let w: Vec<(String, usize, usize)> = windows(1000)
+            .into_iter()
+            .map(|w| (w.label, w.lo, w.hi))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                ("1st-10th".to_string(), 1, 10),
+                ("~100th".to_string(), 91, 110),
+                ("~500th".to_string(), 491, 510),
+                ("~1,000th".to_string(), 981, 1000),
+            ]
+        );
+        let w: Vec<(usize, usize)> = windows(50).iter().map(|w| (w.lo, w.hi)).collect();
+        assert_eq!(w, [(1, 10), (31, 50)]);
+        assert_eq!(windows(10).len(), 1);
+        assert_eq!(windows(3)[0].hi, 3);
+    }
+
+    #[test]
+    fn samples_come_back_in_container_order() {
+        let mut s = Samples::default();
+        for line in [
+            "teardown 2 2000000",
+            "teardown 1 1000000",
+            "teardown 3 5000000",
+        ] {
+            s.push_line(line).unwrap();
+        }
+        let ms: Vec<u128> = s.get("teardown").iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [1, 2, 5]);
+        assert_eq!(s.total("teardown"), Some(Duration::from_millis(8)));
+        assert!(s.total("setup").is_none());
+        let w = Window {
+            label: String::new(),
+            lo: 1,
+            hi: 3,
+        };
+        assert_eq!(
+            s.window("teardown", &w),
+            Some((Duration::from_millis(2), Duration::from_millis(5)))
+        );
+        assert!(s.push_line("setup x 1").is_err());
+        assert!(s.push_line("setup 1").is_err());
+    }
+}
