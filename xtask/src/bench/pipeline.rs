@@ -482,16 +482,31 @@ fn pipeline_report(res: &BTreeMap<String, Samples>, n: usize, load: &str) -> Res
         }
     }
     if let Some(s) = ve {
+        let split: Vec<String> = ws
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}: ve-link down {} + ve-alloc release {}",
+                    w.label,
+                    cell(s.window("teardown-link", w)),
+                    cell(s.window("teardown-release", w))
+                )
+            })
+            .collect();
+        let _ = writeln!(r, "\nve teardown, ms (median / p90): {}", split.join("; "));
         let _ = writeln!(
             r,
-            "\nve phases with {n} containers present, median of {PHASE_SAMPLES}: `sh -c true` {} ms, \
+            "ve phases with {n} containers present, median of {PHASE_SAMPLES}: `sh -c true` {} ms, \
              `ve-alloc alloc` {} ms, `ve-link up` (flags) {} ms, `ve-link down` {} ms, \
-             `ve-alloc release` {} ms",
+             `ve-alloc release` {} ms; with the store on tmpfs (no fsync cost): \
+             `ve-alloc alloc` {} ms, `ve-alloc release` {} ms",
             ms(median(s.get("phase-sh"))),
             ms(median(s.get("phase-alloc"))),
             ms(median(s.get("phase-up"))),
             ms(median(s.get("phase-down"))),
             ms(median(s.get("phase-release"))),
+            ms(median(s.get("phase-alloc-tmpfs"))),
+            ms(median(s.get("phase-release-tmpfs"))),
         );
     }
 
@@ -1017,7 +1032,27 @@ impl Host<'_> {
             figs.push(("phase-down", j, d));
             figs.push(("phase-release", j, r));
         }
-        Ok(figs)
+        // The same store on tmpfs, where fsync costs nothing: what the disk adds.
+        let shm = PathBuf::from(format!("/dev/shm/{}-store", self.prefix));
+        let on_shm = |args: &[&str]| {
+            timed(
+                self.tool("ve-alloc").env("VE_ALLOC_STORE", &shm).args(args),
+                None,
+            )
+        };
+        let copied = std::fs::create_dir_all(&shm)
+            .and_then(|()| std::fs::copy(self.work.join("store/leases.db"), shm.join("leases.db")));
+        let result = copied.map_err(|e| format!("copying the store to {}: {e}", shm.display()));
+        let result = result.and_then(|_| {
+            for j in 0..PHASE_SAMPLES {
+                let name = format!("x{j}");
+                figs.push(("phase-alloc-tmpfs", j, on_shm(&["alloc", &name])?));
+                figs.push(("phase-release-tmpfs", j, on_shm(&["release", &name])?));
+            }
+            Ok(())
+        });
+        let _ = std::fs::remove_dir_all(&shm);
+        result.map(|()| figs)
     }
 
     /// Host shutdown: all n up again, then removed with one call per tool.
