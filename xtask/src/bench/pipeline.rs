@@ -165,22 +165,11 @@ pub fn run(args: &[String]) -> Result {
         .collect();
     let mut servers = Vec::new();
     for sys in &systems {
-        let roles: Vec<String> = (0..n)
-            .map(|i| format!("{sys}-c{i}"))
-            .chain((0..PHASE_SAMPLES).map(|i| format!("{sys}-x{i}")))
-            .chain([format!("{sys}-host")])
-            .collect();
-        let names = sb.netns(&roles)?;
-        let host = names.last().expect("a host namespace").clone();
+        let host = sb.netns(&[format!("{sys}-host")])?.remove(0);
         let prefix = host.trim_end_matches("-host").to_string();
-        let script: String = names
-            .iter()
-            .map(|c| format!("netns exec {c} ip link set lo up\n"))
-            .collect();
-        nat::ip_batch(None, &script)?;
         nat::ip_batch(
             Some(&host),
-            "link add up0 type veth peer name up1\nlink set up0 up\n",
+            "link set lo up\nlink add up0 type veth peer name up1\nlink set up0 up\n",
         )?;
         let work = sb.tmp.join(sys);
         std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
@@ -189,6 +178,7 @@ pub fn run(args: &[String]) -> Result {
 
     // Lockstep: container i of every system before container i+1 of any, the order
     // rotating, so that a busy moment on the machine hits all systems alike.
+    let _leftovers = Leftovers(sb.tmp.file_name().map(|f| f.to_string_lossy().into_owned()));
     let t = Instant::now();
     let k = servers.len();
     for i in 0..n {
@@ -252,6 +242,28 @@ pub fn run(args: &[String]) -> Result {
         dir.display()
     );
     Ok(())
+}
+
+/// Container namespaces live in the servers' private mount namespaces and go with them;
+/// a server that dies leaves only empty mountpoint files under /run/netns, removed here.
+struct Leftovers(Option<String>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let Some(prefix) = &self.0 else { return };
+        let Ok(dir) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        let script: String = dir
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{prefix}-")) && !n.ends_with("-host"))
+            .map(|n| format!("netns del {n}\n"))
+            .collect();
+        if !script.is_empty() {
+            let _ = nat::ip_batch(None, &script);
+        }
+    }
 }
 
 /// This program re-run inside one system's host namespace, taking commands on stdin.
@@ -929,8 +941,11 @@ fn inner_run(inner: &Inner, n: usize) -> Result {
         let (cmd, arg) = line.split_once(' ').unwrap_or((&line, ""));
         let i: usize = arg.parse().unwrap_or(0);
         reply(match cmd {
-            "up" => h.up(i).map(|d| vec![("setup", i + 1, d)]),
-            "down" => h.down(i),
+            "up" => h
+                .make_netns(&[h.ns(i)])
+                .and_then(|()| h.up(i))
+                .map(|d| vec![("setup", i + 1, d)]),
+            "down" => h.down(i).and_then(|f| h.del_netns(&[h.ns(i)]).map(|()| f)),
             "phases" => h.phases(),
             "bulk" => h.bulk(n),
             other => Err(format!("unknown command {other:?}")),
@@ -946,6 +961,23 @@ impl Host<'_> {
     fn with_cni_conf(mut self) -> Self {
         self.cni_conf = self.cni_conf();
         self
+    }
+
+    /// Container namespaces, made (untimed) just before their container is set up, in
+    /// this process's own mount namespace (`ip netns exec` gave it one): the host sees
+    /// as many of them as it has containers, as a real host would, and they go away
+    /// with this process.
+    fn make_netns(&self, names: &[String]) -> Result {
+        let script: String = names
+            .iter()
+            .map(|n| format!("netns add {n}\nnetns exec {n} ip link set lo up\n"))
+            .collect();
+        nat::ip_batch(None, &script)
+    }
+
+    fn del_netns(&self, names: &[String]) -> Result {
+        let script: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
+        nat::ip_batch(None, &script)
     }
 
     fn prepare(&self) -> Result {
@@ -998,6 +1030,16 @@ impl Host<'_> {
 
     /// Where a ve setup's time goes, with the containers present: each process alone.
     fn phases(&self) -> Result<Vec<Fig>> {
+        let xs: Vec<String> = (0..PHASE_SAMPLES)
+            .map(|j| format!("{}-x{j}", self.prefix))
+            .collect();
+        self.make_netns(&xs)?;
+        let figs = self.phases_in();
+        self.del_netns(&xs)?;
+        figs
+    }
+
+    fn phases_in(&self) -> Result<Vec<Fig>> {
         let mut figs = Vec::new();
         for j in 0..PHASE_SAMPLES {
             let (name, ns) = (format!("x{j}"), format!("{}-x{j}", self.prefix));
@@ -1057,12 +1099,15 @@ impl Host<'_> {
 
     /// Host shutdown: all n up again, then removed with one call per tool.
     fn bulk(&self, n: usize) -> Result<Vec<Fig>> {
+        let all: Vec<String> = (0..n).map(|i| self.ns(i)).collect();
+        self.make_netns(&all)?;
         for i in 0..n {
             self.up(i)?;
         }
         let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
         let down = timed(self.tool("ve-link").args(["down", "--all"]), None)?;
         let release = timed(self.tool("ve-alloc").arg("release").args(&names), None)?;
+        self.del_netns(&all)?;
         Ok(vec![("bulk-down", n, down), ("bulk-release", n, release)])
     }
 }
