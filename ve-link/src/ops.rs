@@ -326,12 +326,26 @@ struct UpOutput<'a> {
     changes: Vec<String>,
 }
 
+/// The container namespace must not be the one ve-link runs in: the container end,
+/// its addresses and its default route would land on the host (`--pid 1`, a pid that
+/// has not entered its namespace yet, `/proc/self/ns/net`).
+fn refuse_own_namespace(ns: &Netns) -> Result<()> {
+    if ns.id()? == Netns::current()?.id()? {
+        return Err(Error::data(format!(
+            "network namespace {} is the one ve-link runs in, not a container's",
+            ns.label()
+        )));
+    }
+    Ok(())
+}
+
 /// Marks the error of a create that lost a race with another `up` of the same name.
 const RACED: &str = "created concurrently by another ve-link up";
 
 /// `ve-link up`.
 pub fn up(req: &UpRequest, json: bool) -> Result<()> {
     let ns = req.netns.open()?;
+    refuse_own_namespace(&ns)?;
     require_privilege(true)?;
     let host = HostConn::open()?;
     let ctr = CtrConn::open(&ns)?;
@@ -631,8 +645,10 @@ fn batch_group(used: &HashSet<u32>) -> u32 {
     g
 }
 
-/// The ids the host gives every namespace still in use (named under /run/netns or
-/// entered by some process), by the namespace's file identity.
+/// The ids the host gives every namespace still in use, by the namespace's file
+/// identity: named under /run/netns, bind-mounted anywhere (Docker's, a user's,
+/// whatever path was given to `--netns`), or entered by some process or thread. A
+/// namespace that only a stray file descriptor keeps alive is a container that is gone.
 async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
     let mut seen = HashSet::new();
     let mut out = BTreeMap::new();
@@ -643,11 +659,21 @@ async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
             candidates.push((e.path(), n));
         }
     }
+    candidates.extend(nsfs_mounts());
     if let Ok(d) = fs::read_dir("/proc") {
         for e in d.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.bytes().all(|b| b.is_ascii_digit()) {
-                candidates.push((e.path().join("ns/net"), format!("pid {n}")));
+            if !n.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            // Every thread: one may have entered a namespace its process has not.
+            match fs::read_dir(e.path().join("task")) {
+                Ok(tasks) => {
+                    for t in tasks.flatten() {
+                        candidates.push((t.path().join("ns/net"), format!("pid {n}")));
+                    }
+                }
+                Err(_) => candidates.push((e.path().join("ns/net"), format!("pid {n}"))),
             }
         }
     }
@@ -668,6 +694,45 @@ async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
     out
 }
 
+/// Mount points of namespace files (`nsfs`) in this mount namespace, from
+/// /proc/self/mountinfo: `ID PARENT DEV ROOT MOUNTPOINT OPTIONS ... - FSTYPE ...`, with
+/// spaces and the like in paths written as octal escapes.
+fn nsfs_mounts() -> Vec<(std::path::PathBuf, String)> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split(' ').next() != Some("nsfs") {
+                return None;
+            }
+            let point = unescape_mount_path(left.split(' ').nth(4)?);
+            Some((std::path::PathBuf::from(&point), point))
+        })
+        .collect()
+}
+
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `ve-link gc`: remove managed links whose container namespace is gone.
 pub fn gc(dry_run: bool) -> Result<()> {
     require_privilege(false)?;
@@ -681,7 +746,8 @@ pub fn gc(dry_run: bool) -> Result<()> {
         let live = live_nsids(nl).await;
         let stale: Vec<Link> = managed(links.clone())
             .into_iter()
-            .filter(|m| !m.link.peer_nsid.is_some_and(|id| live.contains_key(&id)))
+            // No peer namespace id: the peer is in this namespace, not a container's.
+            .filter(|m| m.link.peer_nsid.is_some_and(|id| !live.contains_key(&id)))
             .map(|m| m.link)
             .collect();
         let text: String = stale.iter().map(|l| format!("{}\n", l.name)).collect();
