@@ -577,6 +577,13 @@ fn ipv6(b: &'static str) {
         "tcp:8080:[fd00:1::2]:80",
     ];
     t.nat_ok(&[&["up"][..], &args].concat());
+    // A forwarding host still takes router advertisements on its uplink.
+    assert_eq!(
+        t.host
+            .sh("cat /proc/sys/net/ipv6/conf/up0/accept_ra")
+            .trim(),
+        "2"
+    );
     assert_eq!(seen(&t.ctrs[0], "[2001:db8::2]:7777"), "2001:db8::1");
     assert_eq!(seen(&t.out, "[2001:db8::1]:8080"), "2001:db8::2");
     assert_eq!(seen(&t.host, "[2001:db8::1]:8080"), "2001:db8::1");
