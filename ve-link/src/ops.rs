@@ -100,8 +100,12 @@ async fn side(nl: &Nl, link: Option<Link>) -> std::io::Result<Side> {
 /// What `up` undoes when a later step fails.
 enum Undo {
     Link(u32),
+    /// An address or route this run added: remove it.
     Addr(Where, u32, Addr),
     Route(Where, u32, Route),
+    /// An address or route this run removed while converging: put it back.
+    Readd(Where, u32, Addr),
+    Reroute(Where, u32, Route),
 }
 
 struct Up<'a> {
@@ -193,6 +197,7 @@ impl Up<'_> {
                         e,
                     )
                 })?;
+                return Ok(Some(Undo::Readd(*side, idx, *a)));
             }
             Change::AddRoute(side, r) => {
                 let (nl, idx, name) = self.nl(*side);
@@ -206,6 +211,7 @@ impl Up<'_> {
                 nl.del_route(idx, r)
                     .await
                     .map_err(|e| step_error(format!("removing {side} route {r} dev {name}"), e))?;
+                return Ok(Some(Undo::Reroute(*side, idx, *r)));
             }
         }
         Ok(None)
@@ -284,7 +290,7 @@ impl Up<'_> {
         a.and(b)
     }
 
-    async fn rollback(&mut self) -> Vec<String> {
+    async fn rollback(&mut self, before: &Observed) -> Vec<String> {
         let mut errors = Vec::new();
         let link = self.journal.iter().find_map(|u| match u {
             Undo::Link(i) => Some(*i),
@@ -304,9 +310,36 @@ impl Up<'_> {
                 Undo::Addr(Where::Container, i, a) => self.ctr.del_addr(i, a).await,
                 Undo::Route(Where::Host, i, r) => self.host.del_route(i, &r).await,
                 Undo::Route(Where::Container, i, r) => self.ctr.del_route(i, &r).await,
+                Undo::Readd(Where::Host, i, a) => self.host.add_addr(i, a).await,
+                Undo::Readd(Where::Container, i, a) => self.ctr.add_addr(i, a).await,
+                Undo::Reroute(Where::Host, i, r) => self.host.add_route(i, &r).await,
+                Undo::Reroute(Where::Container, i, r) => self.ctr.add_route(i, &r).await,
             };
             if let Err(e) = r {
                 errors.push(e.to_string());
+            }
+        }
+        // Removing an address also makes the kernel drop the routes that use it as
+        // their source: put back every route of ours that was there before.
+        for (side, idx, routes) in [
+            (Where::Host, self.hidx, &before.host.routes),
+            (Where::Container, self.cidx, &before.ctr.routes),
+        ] {
+            let nl = if side == Where::Host {
+                self.host
+            } else {
+                self.ctr
+            };
+            // Routes to the neighbour first: a route via it needs one.
+            let (direct, via): (Vec<&Route>, Vec<&Route>) =
+                routes.iter().partition(|r| r.via.is_none());
+            for r in direct.into_iter().chain(via) {
+                match nl.add_route(idx, r).await {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                        errors.push(format!("restoring {side} route {r}: {e}"));
+                    }
+                    _ => {}
+                }
             }
         }
         errors
@@ -439,7 +472,7 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         if e.message().contains(RACED) {
             return Err(e);
         }
-        let errors = run.rollback().await;
+        let errors = run.rollback(&have).await;
         let tail = if errors.is_empty() {
             "; rolled back".to_string()
         } else {

@@ -327,6 +327,42 @@ fn rollback_when_the_container_already_has_eth0() {
     assert!(link(&host, "ve-bar").is_none(), "host end left behind");
     assert!(link(&ctr2, "eth0").is_none(), "container end left behind");
     assert!(routes(&host, "-4").is_empty());
+
+    // A converging `up` that fails half-way puts back what it had removed.
+    let ctr3 = sb.netns("ctr3");
+    let old = [
+        "--host-address",
+        "10.233.0.5",
+        "--local-address",
+        "10.233.0.6",
+    ];
+    ok(&ve_link(
+        &host,
+        &[&["up", "baz", "--netns", ctr3.name()][..], &old].concat(),
+    ));
+    let (addrs_before, routes_before) = (addrs(&ctr3, "eth0"), routes(&ctr3, "-4"));
+    let host_before = routes(&host, "-4");
+    ctr3.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.eth0.disable_ipv6=1");
+    let new = [
+        "--host-address",
+        "10.233.0.7",
+        "--local-address",
+        "10.233.0.8",
+        "--host-address6",
+        "fd42::7",
+        "--local-address6",
+        "fd42::8",
+    ];
+    let out = ve_link(
+        &host,
+        &[&["up", "baz", "--netns", ctr3.name()][..], &new].concat(),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    assert_eq!(addrs(&ctr3, "eth0"), addrs_before);
+    assert_eq!(routes(&ctr3, "-4"), routes_before);
+    assert_eq!(routes(&host, "-4"), host_before);
+    tcp_roundtrip(&host, &ctr3, "10.233.0.5".parse().unwrap());
 }
 
 #[test]
