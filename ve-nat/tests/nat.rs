@@ -167,9 +167,18 @@ fn fetch_within(ns: &Netns, addr: &str, wait: Duration) -> Result<String, String
     .unwrap()
 }
 
-/// The peer address a server reported.
+/// The peer address a server reported. Where a connection is expected to work, a
+/// first failure is retried for a few seconds: on a loaded machine IPv6 neighbour
+/// discovery in a namespace made a moment ago can still be under way.
 fn seen(ns: &Netns, addr: &str) -> String {
-    let text = fetch(ns, addr).unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        match fetch(ns, addr) {
+            Ok(t) => break t,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
     text.split(' ').next().unwrap_or("").to_string()
 }
 
