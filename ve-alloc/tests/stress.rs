@@ -193,3 +193,21 @@ fn sigkill_at_random_moments_loses_nothing_printed_and_duplicates_nothing() {
         all.len()
     );
 }
+
+#[test]
+fn the_log_stays_small_across_many_processes() {
+    // Each call is its own process; without trimming, the write-ahead log would grow
+    // forever and every process would pay for reading it.
+    let dir = TempDir::new("va-log");
+    let store = dir.path().join("store");
+    for i in 0..200 {
+        let o = va(&store)
+            .args(["alloc", &format!("c{i}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let wal = std::fs::metadata(store.join("leases.db-wal")).map_or(0, |m| m.len());
+    assert!(wal < 3 << 19, "log is {wal} bytes after 200 allocations");
+    assert_eq!(leases(&store).len(), 200);
+}
