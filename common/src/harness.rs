@@ -139,6 +139,21 @@ pub fn http_get(ns: &Path, addr: SocketAddr, timeout: Duration) -> Result<String
         .map_err(|e| format!("entering {}: {e}", ns.display()))?
 }
 
+/// [`http_get`], retried for up to `within` while it fails: for a connection that must
+/// work, where a loaded machine may still be resolving neighbours in a namespace made a
+/// moment ago. The last error when it never worked.
+pub fn http_get_within(ns: &Path, addr: SocketAddr, within: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match http_get(ns, addr, left.max(Duration::from_millis(500))) {
+            Ok(body) => return Ok(body),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let fail = |e: io::Error| format!("GET http://{addr}/: {e}");
     let mut conn = TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;

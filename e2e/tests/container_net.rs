@@ -7,7 +7,10 @@ mod support;
 
 use std::time::Duration;
 
-use common::{harness::http_get, harness::HttpServer, testing::privileged};
+use common::{
+    harness::{http_get_within, HttpServer},
+    testing::privileged,
+};
 use support::*;
 
 const CONTAINERS: usize = 20;
@@ -83,10 +86,10 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
 
     // Every container reaches the outside; the server sees the host's uplink address.
     for c in &containers {
-        let saw = http_get(
+        let saw = http_get_within(
             &c.netns_path(),
             outside(SERVER_PORT),
-            Duration::from_secs(3),
+            Duration::from_secs(5),
         )
         .unwrap_or_else(|e| {
             let nm = h.nm.as_ref().unwrap();
@@ -124,7 +127,7 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
         "ve-nat",
         &["up", "--external", "up0", "--forward", &forward],
     );
-    let answer = http_get(&h.out.path(), uplink(FORWARD_PORT), Duration::from_secs(3))
+    let answer = http_get_within(&h.out.path(), uplink(FORWARD_PORT), Duration::from_secs(5))
         .expect("the port forward answers");
     assert_eq!(answer, format!("ct00 saw {OUTSIDE}"));
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{
-    harness::{http_get, HttpServer, NetworkManager},
+    harness::{http_get_within, HttpServer, NetworkManager},
     testing::{have_command, Netns, Sandbox, REQUIRE_PRIVILEGED},
 };
 
@@ -392,7 +392,7 @@ fn in_sandbox(
     })
     .map_err(|e| format!("starting the HTTP server in ct1: {e}"))?;
     for (ns, row) in &mut rows {
-        let got = http_get(&ns.path(), server_addr, Duration::from_secs(3));
+        let got = http_get_within(&ns.path(), server_addr, Duration::from_secs(5));
         println!(
             "  {:<5} GET http://{server_addr}/  ->  {}",
             row.name,
@@ -418,7 +418,7 @@ fn in_sandbox(
         }
     }
     let fwd_addr: SocketAddr = format!("{HOST_UPLINK}:{FORWARD_PORT}").parse().unwrap();
-    let got = http_get(&out.path(), fwd_addr, Duration::from_secs(3));
+    let got = http_get_within(&out.path(), fwd_addr, Duration::from_secs(5));
     println!(
         "  outside GET http://{fwd_addr}/  ->  {}",
         got.as_deref().map(str::trim).unwrap_or_else(|e| e.as_str())
