@@ -218,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_pattern_is_a_usage_error_before_any_bus_access() {
+    fn bad_pattern_is_a_data_error_before_any_bus_access() {
         let v = [
             "nm-unmanage",
             "--bus-address",
@@ -226,7 +226,8 @@ mod tests {
             "mac:aa",
         ];
         let e = run(v.iter().map(OsString::from).collect()).unwrap_err();
-        assert_eq!(e.code(), 64, "{e}");
+        assert_eq!(e.code(), 65, "{e}");
+        assert!(e.to_string().contains("invalid pattern \"mac:aa\""), "{e}");
     }
 
     #[test]
