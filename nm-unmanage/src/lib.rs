@@ -15,7 +15,7 @@ use common::{cli::Verbosity, output, Error, Result};
 pub use nm::{connect, Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED};
 pub use persist::{DEFAULT_CONF_DIR, DROP_IN};
 pub use spec::{Pattern, DEFAULT_PATTERNS};
-pub use unmanage::{unmanage_added, unmanage_existing, Cause, Unmanaged};
+pub use unmanage::{unmanage_added, unmanage_existing, Cause, Outcome, Unmanaged};
 
 /// Where the system bus is when DBUS_SYSTEM_BUS_ADDRESS is not set.
 const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";

@@ -99,6 +99,30 @@ impl Bus {
             .map_err(|e| dbus_error("reading NameHasOwner", e))
     }
 
+    /// The unique name that owns NetworkManager's name on this bus now, if any.
+    pub async fn nm_owner(&self) -> Result<Option<String>> {
+        let reply = match self
+            .conn
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "GetNameOwner",
+                &(NM_NAME,),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_missing_service(&e) => return Ok(None),
+            Err(e) => return Err(dbus_error("asking the bus for NetworkManager", e)),
+        };
+        reply
+            .body()
+            .deserialize::<String>()
+            .map(Some)
+            .map_err(|e| dbus_error("reading GetNameOwner", e))
+    }
+
     async fn call<B>(
         &self,
         path: &str,

@@ -343,6 +343,63 @@ fn watch_survives_a_network_manager_restart() {
     assert!(status.success(), "watcher exit on SIGTERM: {status}");
 }
 
+/// The number at the end of a NetworkManager device path.
+fn device_number(path: &str) -> u32 {
+    path.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn watch_ignores_forged_announcements() {
+    const AHEAD: u32 = 12;
+    let Some(mut sb) = NmSandbox::start("watch_forged") else {
+        return;
+    };
+    let (a, b) = (sb.netns("a"), sb.netns("b"));
+    sb.add_veth("ve-a", &a, "eth0");
+    let c = sb.client();
+    wait_managed(&c, "ve-a");
+    let w = Watcher::start(&sb, &[]);
+    let (_, v) = w
+        .next_for("ve-a", Duration::from_secs(10))
+        .expect("ve-a caught at start");
+    let last = device_number(v["path"].as_str().unwrap());
+    let watcher = c
+        .unique_name_of(w.pid())
+        .expect("the watcher's connection on the bus");
+
+    // Another client (any local user may do this) announces the device paths
+    // NetworkManager will give out next: broadcast and straight to the watcher, as
+    // DeviceAdded and as InterfacesAdded (naming a device that does not match). A watcher
+    // that believed them, or remembered the paths before NetworkManager confirmed them,
+    // would then skip the real device.
+    for n in last + 1..=last + AHEAD {
+        let path = format!("/org/freedesktop/NetworkManager/Devices/{n}");
+        for to in [None, Some(watcher.as_str())] {
+            c.forge_device_added(to, &path);
+            c.forge_interfaces_added(to, &path, "vz-forged");
+        }
+    }
+    // Let the watcher take them all in before the real device comes.
+    thread::sleep(Duration::from_millis(300));
+
+    sb.add_veth("ve-b", &b, "eth0");
+    let (_, v) = w
+        .next_for("ve-b", Duration::from_secs(5))
+        .expect("the watcher skipped ve-b after forged announcements");
+    assert_eq!(v["cause"], "added");
+    let n = device_number(v["path"].as_str().unwrap());
+    assert!(
+        (last + 1..=last + AHEAD).contains(&n),
+        "ve-b got path number {n}, outside the forged {}..={}: the test proved nothing",
+        last + 1,
+        last + AHEAD
+    );
+    thread::sleep(HOLD);
+    assert_unmanaged(&c, "ve-b");
+    let status = w.stop();
+    assert!(status.success(), "watcher exit on SIGTERM: {status}");
+}
+
 #[test]
 fn persist_holds_across_recreation_and_restart_and_remove_undoes_it() {
     let Some(mut sb) = NmSandbox::start("persist") else {

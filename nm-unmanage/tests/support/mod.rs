@@ -357,6 +357,85 @@ impl Client {
         })
     }
 
+    /// The unique bus name of the connection that process `pid` holds, if any.
+    pub fn unique_name_of(&self, pid: u32) -> Option<String> {
+        self.rt.block_on(async {
+            let conn = self.bus.connection();
+            let dbus = |method: &'static str, name: Option<String>| async move {
+                let r = match name {
+                    Some(n) => {
+                        conn.call_method(
+                            Some("org.freedesktop.DBus"),
+                            "/org/freedesktop/DBus",
+                            Some("org.freedesktop.DBus"),
+                            method,
+                            &(n,),
+                        )
+                        .await
+                    }
+                    None => {
+                        conn.call_method(
+                            Some("org.freedesktop.DBus"),
+                            "/org/freedesktop/DBus",
+                            Some("org.freedesktop.DBus"),
+                            method,
+                            &(),
+                        )
+                        .await
+                    }
+                };
+                r.ok()
+            };
+            let names: Vec<String> = dbus("ListNames", None).await?.body().deserialize().ok()?;
+            for n in names.into_iter().filter(|n| n.starts_with(':')) {
+                let Some(m) = dbus("GetConnectionUnixProcessID", Some(n.clone())).await else {
+                    continue;
+                };
+                if m.body().deserialize::<u32>().ok() == Some(pid) {
+                    return Some(n);
+                }
+            }
+            None
+        })
+    }
+
+    /// Announce, as if this client were NetworkManager, that device `path` was added
+    /// (DeviceAdded), broadcast or sent to `to` only.
+    pub fn forge_device_added(&self, to: Option<&str>, path: &str) {
+        let path = zbus::ObjectPath::try_from(path).unwrap();
+        self.rt
+            .block_on(self.bus.connection().emit_signal(
+                to,
+                NM_PATH,
+                NM_IFACE,
+                "DeviceAdded",
+                &(path,),
+            ))
+            .expect("emitting DeviceAdded");
+    }
+
+    /// The same with the ObjectManager's InterfacesAdded, for a device called `ifname`.
+    pub fn forge_interfaces_added(&self, to: Option<&str>, path: &str, ifname: &str) {
+        use std::collections::HashMap;
+        use zbus::{ObjectPath, Variant as Value};
+        let path = ObjectPath::try_from(path).unwrap();
+        let props: HashMap<&str, Value> = HashMap::from([
+            ("Interface", Value::from(ifname)),
+            ("Managed", Value::from(true)),
+            ("State", Value::from(100u32)),
+        ]);
+        let ifaces = HashMap::from([("org.freedesktop.NetworkManager.Device", props)]);
+        self.rt
+            .block_on(self.bus.connection().emit_signal(
+                to,
+                "/org/freedesktop",
+                "org.freedesktop.DBus.ObjectManager",
+                "InterfacesAdded",
+                &(path, ifaces),
+            ))
+            .expect("emitting InterfacesAdded");
+    }
+
     /// The `NMDeviceState` of `ifname`'s device.
     pub fn state(&self, ifname: &str) -> Option<u32> {
         self.device(ifname).map(|d| d.state)
@@ -493,6 +572,15 @@ impl Watcher {
                 return Some((t, v));
             }
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the watcher is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// SIGTERM, and the exit status.
