@@ -110,7 +110,7 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
             msg = announced.next() => {
                 let msg = next_message(msg)?;
                 let received = Instant::now();
-                if !state.from_nm(&msg) {
+                if !state.sent_by_nm(&msg) {
                     continue;
                 }
                 let Some(device) = announced_device(&msg) else {
@@ -122,7 +122,7 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
             msg = added.next() => {
                 let msg = next_message(msg)?;
                 let received = Instant::now();
-                if !state.from_nm(&msg) {
+                if !state.sent_by_nm(&msg) {
                     continue;
                 }
                 let path: OwnedObjectPath = match msg.body().deserialize() {
@@ -185,7 +185,7 @@ struct State {
 
 impl State {
     /// Whether `msg` comes from NetworkManager as the bus knows it now.
-    fn from_nm(&self, msg: &zbus::Message) -> bool {
+    fn sent_by_nm(&self, msg: &zbus::Message) -> bool {
         let header = msg.header();
         let sender = header.sender().map(|s| s.as_str());
         let ok = self.owner.is_some() && sender == self.owner.as_deref();
@@ -358,16 +358,16 @@ mod tests {
     #[test]
     fn signals_count_only_from_network_managers_current_owner() {
         let st = state(Some(":1.7"));
-        assert!(st.from_nm(&device_added(":1.7")));
+        assert!(st.sent_by_nm(&device_added(":1.7")));
         // Anyone else on the bus: a forgery.
-        assert!(!st.from_nm(&device_added(":1.8")));
+        assert!(!st.sent_by_nm(&device_added(":1.8")));
         // NetworkManager is not on the bus: nobody speaks for it.
-        assert!(!state(None).from_nm(&device_added(":1.7")));
+        assert!(!state(None).sent_by_nm(&device_added(":1.7")));
         // After a restart, only the new owner.
         let mut st = st;
         st.new_owner(Some(":1.9".into()));
-        assert!(!st.from_nm(&device_added(":1.7")));
-        assert!(st.from_nm(&device_added(":1.9")));
+        assert!(!st.sent_by_nm(&device_added(":1.7")));
+        assert!(st.sent_by_nm(&device_added(":1.9")));
     }
 
     #[test]
