@@ -451,7 +451,9 @@ pub struct DhcpListener {
 
 impl DhcpListener {
     /// Bind 0.0.0.0:67 inside `ns` (a thread that enters the namespace first, so the
-    /// socket belongs to it) and record the arrival time of every DISCOVER.
+    /// socket belongs to it) and record the arrival time of every DISCOVER. The time is
+    /// the kernel's receive timestamp (SO_TIMESTAMPNS), so a listener thread that is
+    /// scheduled late on a busy machine does not make a packet look late.
     pub fn start(ns: &Netns) -> DhcpListener {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -464,14 +466,27 @@ impl DhcpListener {
             let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             let sock = UdpSocket::bind("0.0.0.0:67").expect("binding UDP 67");
-            sock.set_read_timeout(Some(Duration::from_millis(20)))
+            let on: libc::c_int = 1;
+            // SAFETY: setsockopt on our own socket with a c_int option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_TIMESTAMPNS,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
+            // Blocking receive; the timeout only bounds how long a stop takes.
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             ready_tx.send(()).unwrap();
             let mut buf = [0u8; 1500];
             while !st2.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if let Some((n, at)) = recv_stamped(&sock, &mut buf) {
                     if is_discover(&buf[..n]) {
-                        s2.lock().unwrap().push(Instant::now());
+                        s2.lock().unwrap().push(at);
                     }
                 }
             }
@@ -501,6 +516,47 @@ impl Drop for DhcpListener {
             let _ = t.join();
         }
     }
+}
+
+/// Receive one datagram into `buf`: its length and when the kernel received it, as an
+/// `Instant` (the kernel stamps CLOCK_REALTIME; its age now is subtracted from
+/// `Instant::now()`). `None` on timeout or error.
+fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Instant)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one control message (u64 for alignment).
+    let mut control = [0u64; 16];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: recvmsg on our socket with buffers that live across the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    if n < 0 {
+        return None;
+    }
+    let mut at = now;
+    // SAFETY: walking the control messages the kernel wrote into `control`, with the
+    // libc CMSG helpers and the lengths recvmsg returned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let stamp =
+                    std::time::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+                let age = wall.duration_since(stamp).unwrap_or_default();
+                at = now.checked_sub(age).unwrap_or(now);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((n as usize, at))
 }
 
 /// A BOOTP request carrying DHCP option 53 (message type) = 1 (DISCOVER).
