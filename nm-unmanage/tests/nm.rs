@@ -473,17 +473,13 @@ fn persist_holds_across_recreation_and_restart_and_remove_undoes_it() {
 }
 
 #[test]
-fn no_network_manager_is_exit_69_or_0_with_if_running() {
+fn no_network_manager_is_exit_69_or_0_with_if_running_but_a_watcher_waits() {
     if !privileged("no_network_manager", &["ip", "dbus-daemon"]) {
         return;
     }
     let sb = NmSandbox::bus_only();
     let conf_dir = sb.conf_dir().display().to_string();
-    for extra in [
-        &[][..],
-        &["--watch"],
-        &["--persist", "--conf-dir", &conf_dir],
-    ] {
+    for extra in [&[][..], &["--persist", "--conf-dir", &conf_dir]] {
         let out = sb.tool().args(extra).output().unwrap();
         assert_eq!(out.status.code(), Some(69), "{extra:?}: {}", stderr(&out));
         assert!(
@@ -497,13 +493,71 @@ fn no_network_manager_is_exit_69_or_0_with_if_running() {
     }
     // --persist wrote its drop-in all the same: it takes effect when NetworkManager starts.
     assert!(sb.conf_dir().join(nm_unmanage::DROP_IN).exists());
-    // No bus at all.
-    let out = sb
-        .tool()
-        .args(["--bus-address", "unix:path=/nonexistent/bus"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    // A watcher (a service started at boot before NetworkManager) waits for it instead,
+    // with or without --if-running, and still stops cleanly.
+    for extra in [&[][..], &["--if-running"]] {
+        let mut w = Watcher::start(&sb, extra);
+        assert!(
+            w.logged("waiting for it", Duration::from_secs(5)),
+            "{extra:?}: no note that the watcher waits"
+        );
+        thread::sleep(Duration::from_millis(300));
+        assert!(w.running(), "{extra:?}: the watcher gave up");
+        let status = w.stop();
+        assert!(
+            status.success(),
+            "{extra:?}: watcher exit on SIGTERM: {status}"
+        );
+    }
+    // No bus at all: 69, also for a watcher (there is nothing to wait on).
+    for extra in [&[][..], &["--watch"]] {
+        let out = sb
+            .tool()
+            .args(["--bus-address", "unix:path=/nonexistent/bus"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(69), "{extra:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn watch_started_before_network_manager_acts_once_it_appears() {
+    if !privileged(
+        "watch_before_nm",
+        &["ip", "dbus-daemon", "NetworkManager", "mount"],
+    ) {
+        return;
+    }
+    let mut sb = NmSandbox::bus_only();
+    let ctr = sb.netns("ctr");
+    let w = Watcher::start(&sb, &[]);
+    assert!(
+        w.logged("waiting for it", Duration::from_secs(5)),
+        "no note that the watcher waits"
+    );
+    sb.start_nm();
+    assert!(
+        w.logged("NetworkManager is on the bus", Duration::from_secs(5)),
+        "the watcher did not notice NetworkManager"
+    );
+    let dhcp = DhcpListener::start(&ctr);
+    sb.add_veth("ve-test", &ctr, "eth0");
+    let (acked, v) = w
+        .next_for("ve-test", Duration::from_secs(5))
+        .expect("ve-test caught once NetworkManager is there");
+    assert_eq!(v["cause"], "added", "{v}");
+    let c = sb.client();
+    thread::sleep(HOLD);
+    assert_unmanaged(&c, "ve-test");
+    let late = dhcp
+        .discovers()
+        .iter()
+        .filter(|t| **t > acked + LATE)
+        .count();
+    assert_eq!(late, 0, "DHCP from ve-test after it was unmanaged");
+    let status = w.stop();
+    assert!(status.success(), "watcher exit on SIGTERM: {status}");
 }
 
 #[test]

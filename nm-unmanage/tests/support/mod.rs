@@ -588,6 +588,8 @@ fn is_discover(p: &[u8]) -> bool {
 pub struct Watcher {
     child: Child,
     lines: mpsc::Receiver<(Instant, serde_json::Value)>,
+    /// Its stderr, line by line (also passed on to the test's stderr).
+    log: mpsc::Receiver<String>,
 }
 
 impl Watcher {
@@ -597,9 +599,19 @@ impl Watcher {
             .args(["--watch", "--json", "-v"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawning the watcher");
+        let err = child.stderr.take().unwrap();
+        let (log_tx, log) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                // The test may have stopped listening; keep draining the pipe.
+                let _ = log_tx.send(line);
+            }
+        });
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -611,7 +623,26 @@ impl Watcher {
                 }
             }
         });
-        Watcher { child, lines: rx }
+        Watcher {
+            child,
+            lines: rx,
+            log,
+        }
+    }
+
+    /// Wait up to `timeout` for a stderr line containing `text`.
+    pub fn logged(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// The next record for `ifname`, waiting up to `timeout`.
