@@ -53,6 +53,8 @@ pub trait Nm {
     async fn set_unmanaged(&self, path: &str) -> Result<bool>;
     /// Ask NetworkManager to re-read its configuration files.
     async fn reload_config(&self) -> Result<()>;
+    /// The unique bus name that owns NetworkManager's name now, if any (the bus's answer).
+    async fn owner(&self) -> Result<Option<String>>;
 }
 
 /// NetworkManager over a zbus connection.
@@ -141,10 +143,16 @@ impl Bus {
 
 impl Nm for Bus {
     async fn devices(&self) -> Result<Vec<Device>> {
-        let reply = self
-            .call(NM_PATH, NM_IFACE, "GetDevices", &())
-            .await
-            .map_err(|e| dbus_error("listing NetworkManager devices", e))?;
+        let reply = match self.call(NM_PATH, NM_IFACE, "GetDevices", &()).await {
+            Ok(r) => r,
+            // It owns its name but has not exported its objects yet.
+            Err(e) if is_gone(&e) => {
+                return Err(Error::unavailable(
+                    "listing NetworkManager devices: NetworkManager is still starting",
+                ))
+            }
+            Err(e) => return Err(dbus_error("listing NetworkManager devices", e)),
+        };
         let paths: Vec<OwnedObjectPath> = reply
             .body()
             .deserialize()
@@ -197,6 +205,10 @@ impl Nm for Bus {
             .await
             .map(drop)
             .map_err(|e| dbus_error("asking NetworkManager to reload its configuration", e))
+    }
+
+    async fn owner(&self) -> Result<Option<String>> {
+        self.nm_owner().await
     }
 }
 

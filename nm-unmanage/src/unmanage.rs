@@ -147,6 +147,8 @@ pub(crate) mod tests {
         pub fail_set_on: Option<String>,
         /// Fail this many Sets, whatever the device (a transient error).
         pub fail_sets: RefCell<u32>,
+        /// Who owns NetworkManager's name, as the bus would say.
+        pub owner: RefCell<Option<String>>,
     }
 
     impl FakeNm {
@@ -209,6 +211,9 @@ pub(crate) mod tests {
         async fn reload_config(&self) -> Result<()> {
             *self.reloads.borrow_mut() += 1;
             Ok(())
+        }
+        async fn owner(&self) -> Result<Option<String>> {
+            Ok(self.owner.borrow().clone())
         }
     }
 

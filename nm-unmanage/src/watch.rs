@@ -90,8 +90,12 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     if state.owner.is_some() {
-        let done = unmanage_existing(bus, patterns).await?;
-        emit(&done, json, false)?;
+        match unmanage_existing(bus, patterns).await {
+            Ok(done) => emit(&done, json, false)?,
+            // Gone or still starting: it announces its devices when it is there.
+            Err(e) if e.exit() == common::Exit::Unavailable => log::warn!("{e}"),
+            Err(e) => return Err(e),
+        }
         log::info!("watching for new devices matching {specs}");
     } else {
         log::warn!("NetworkManager is not on the bus yet; waiting for it, to keep it off {specs}");
@@ -110,7 +114,7 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
             msg = announced.next() => {
                 let msg = next_message(msg)?;
                 let received = Instant::now();
-                if !state.sent_by_nm(&msg) {
+                if !state.sent_by_nm(bus, &msg).await {
                     continue;
                 }
                 let Some(device) = announced_device(&msg) else {
@@ -122,7 +126,7 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
             msg = added.next() => {
                 let msg = next_message(msg)?;
                 let received = Instant::now();
-                if !state.sent_by_nm(&msg) {
+                if !state.sent_by_nm(bus, &msg).await {
                     continue;
                 }
                 let path: OwnedObjectPath = match msg.body().deserialize() {
@@ -153,6 +157,8 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
                 );
                 match unmanage_existing(bus, patterns).await {
                     Ok(done) => emit(&done, json, false)?,
+                    // Still starting: it announces its devices as it sets them up.
+                    Err(e) if e.exit() == common::Exit::Unavailable => log::info!("{e}"),
                     Err(e) => log::error!("{e}"),
                 }
             }
@@ -184,27 +190,41 @@ struct State {
 }
 
 impl State {
-    /// Whether `msg` comes from NetworkManager as the bus knows it now.
-    fn sent_by_nm(&self, msg: &zbus::Message) -> bool {
+    /// Whether `msg` comes from NetworkManager as the bus knows it now. A sender other
+    /// than the owner we know may be the new one, announced in a NameOwnerChanged not
+    /// processed yet (the streams are polled in no fixed order): then the bus is asked.
+    async fn sent_by_nm<N: Nm>(&mut self, nm: &N, msg: &zbus::Message) -> bool {
         let header = msg.header();
-        let sender = header.sender().map(|s| s.as_str());
-        let ok = self.owner.is_some() && sender == self.owner.as_deref();
-        if !ok {
-            log::debug!(
-                "ignoring {} from {}, not NetworkManager ({})",
-                header.member().map(|m| m.as_str()).unwrap_or("a signal"),
-                sender.unwrap_or("nobody"),
-                self.owner.as_deref().unwrap_or("not on the bus")
-            );
+        let Some(sender) = header.sender().map(|s| s.as_str()) else {
+            return false;
+        };
+        if self.owner.as_deref() == Some(sender) {
+            return true;
         }
-        ok
+        match nm.owner().await {
+            Ok(Some(owner)) if owner == sender => {
+                log::debug!("NetworkManager is on the bus as {owner}");
+                self.new_owner(Some(owner));
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("{e}"),
+        }
+        log::debug!(
+            "ignoring {} from {sender}: not NetworkManager ({})",
+            header.member().map(|m| m.as_str()).unwrap_or("a signal"),
+            self.owner.as_deref().unwrap_or("not on the bus")
+        );
+        false
     }
 
     /// NetworkManager's name changed owner (`None`: it left). A new NetworkManager
     /// numbers its devices from 1 again, so nothing seen before counts.
     fn new_owner(&mut self, owner: Option<String>) {
+        if self.owner != owner {
+            self.seen = Seen::default();
+        }
         self.owner = owner;
-        self.seen = Seen::default();
     }
 
     /// Act on one announcement unless the device is already settled. The device is
@@ -357,17 +377,43 @@ mod tests {
 
     #[test]
     fn signals_count_only_from_network_managers_current_owner() {
-        let st = state(Some(":1.7"));
-        assert!(st.sent_by_nm(&device_added(":1.7")));
+        let nm = FakeNm::default();
+        *nm.owner.borrow_mut() = Some(":1.7".into());
+        let mut st = state(Some(":1.7"));
+        let from =
+            |st: &mut State, sender: &str| block_on(st.sent_by_nm(&nm, &device_added(sender)));
+        assert!(from(&mut st, ":1.7"));
         // Anyone else on the bus: a forgery.
-        assert!(!st.sent_by_nm(&device_added(":1.8")));
+        assert!(!from(&mut st, ":1.8"));
+        assert_eq!(st.owner.as_deref(), Some(":1.7"));
         // NetworkManager is not on the bus: nobody speaks for it.
-        assert!(!state(None).sent_by_nm(&device_added(":1.7")));
+        *nm.owner.borrow_mut() = None;
+        assert!(!from(&mut state(None), ":1.7"));
         // After a restart, only the new owner.
-        let mut st = st;
         st.new_owner(Some(":1.9".into()));
-        assert!(!st.sent_by_nm(&device_added(":1.7")));
-        assert!(st.sent_by_nm(&device_added(":1.9")));
+        *nm.owner.borrow_mut() = Some(":1.9".into());
+        assert!(!from(&mut st, ":1.7"));
+        assert!(from(&mut st, ":1.9"));
+    }
+
+    #[test]
+    fn a_new_owner_is_believed_before_its_name_owner_changed_is_processed() {
+        let nm = FakeNm::default();
+        let mut st = state(Some(":1.7"));
+        st.seen.insert("/org/freedesktop/NetworkManager/Devices/3");
+        // NetworkManager restarted as :1.9; its DeviceAdded is polled first.
+        *nm.owner.borrow_mut() = Some(":1.9".into());
+        assert!(block_on(st.sent_by_nm(&nm, &device_added(":1.9"))));
+        assert_eq!(st.owner.as_deref(), Some(":1.9"));
+        assert!(!st
+            .seen
+            .contains("/org/freedesktop/NetworkManager/Devices/3"));
+        // Its NameOwnerChanged, processed later, changes nothing more.
+        st.seen.insert("/org/freedesktop/NetworkManager/Devices/1");
+        st.new_owner(Some(":1.9".into()));
+        assert!(st
+            .seen
+            .contains("/org/freedesktop/NetworkManager/Devices/1"));
     }
 
     #[test]
