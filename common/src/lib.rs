@@ -4,6 +4,8 @@
 pub mod cli;
 mod error;
 mod exit;
+#[cfg(feature = "testing")]
+pub mod harness;
 pub mod name;
 pub mod netns;
 pub mod output;

@@ -15,7 +15,7 @@ use common::{cli::Verbosity, output, Error, Result};
 pub use nm::{connect, Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED};
 pub use persist::{DEFAULT_CONF_DIR, DROP_IN};
 pub use spec::{Pattern, DEFAULT_PATTERNS};
-pub use unmanage::{unmanage_added, unmanage_existing, Cause, Unmanaged};
+pub use unmanage::{unmanage_added, unmanage_existing, Cause, Outcome, Unmanaged};
 
 /// Where the system bus is when DBUS_SYSTEM_BUS_ADDRESS is not set.
 const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
@@ -24,8 +24,10 @@ const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 ///
 /// Sets Managed=false on every NetworkManager device whose interface name matches a
 /// pattern and prints the ones it changed. --watch keeps doing so as devices appear and
-/// after NetworkManager restarts; --persist also writes a conf.d drop-in so that
-/// NetworkManager itself leaves them alone, without a restart.
+/// after NetworkManager restarts, and waits for NetworkManager when it is not running
+/// yet; --persist also writes a conf.d drop-in so that NetworkManager itself leaves them
+/// alone, without a restart. Without NetworkManager on the bus, everything but --watch
+/// exits 69 (0 with --if-running).
 #[derive(Debug, Parser)]
 #[command(name = "nm-unmanage", version)]
 pub struct Args {
@@ -35,7 +37,8 @@ pub struct Args {
     pub patterns: Vec<String>,
 
     /// Keep running: unmanage matching devices as NetworkManager announces them, and
-    /// again after it restarts; stops on SIGTERM or SIGINT
+    /// again after it restarts; started before NetworkManager, wait for it to appear;
+    /// stops on SIGTERM or SIGINT
     #[arg(long)]
     pub watch: bool,
 
@@ -56,7 +59,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDRESS", env = "DBUS_SYSTEM_BUS_ADDRESS", default_value = DEFAULT_BUS)]
     pub bus_address: String,
 
-    /// Exit 0 with a note, instead of 69, when NetworkManager is not on the bus
+    /// Exit 0 with a note, instead of 69, when NetworkManager is not on the bus (with
+    /// --watch, which waits for NetworkManager: when the bus itself is not there)
     #[arg(long)]
     pub if_running: bool,
 
@@ -96,28 +100,32 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
 /// NetworkManager on the bus, or why not.
 enum Reach {
     Up(Bus),
-    Absent(Error),
+    /// The bus is there, NetworkManager is not (yet).
+    NoNm(Bus, Error),
+    /// The bus itself cannot be reached.
+    NoBus(Error),
 }
 
 async fn reach(address: &str) -> Result<Reach> {
     let conn = match nm::connect(address).await {
         Ok(c) => c,
-        Err(e) if e.exit() == common::Exit::Unavailable => return Ok(Reach::Absent(e)),
+        Err(e) if e.exit() == common::Exit::Unavailable => return Ok(Reach::NoBus(e)),
         Err(e) => return Err(e),
     };
     let bus = Bus::new(conn);
     if bus.nm_running().await? {
         Ok(Reach::Up(bus))
     } else {
-        Ok(Reach::Absent(Error::unavailable(format!(
+        let e = Error::unavailable(format!(
             "NetworkManager is not running on the bus at {address}"
-        ))))
+        ));
+        Ok(Reach::NoNm(bus, e))
     }
 }
 
 async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
     let reached = reach(&args.bus_address).await?;
-    let absent = matches!(reached, Reach::Absent(_));
+    let absent = !matches!(reached, Reach::Up(_));
     if args.remove {
         let path = persist::drop_in_path(&args.conf_dir);
         if persist::remove(&args.conf_dir)? {
@@ -140,7 +148,14 @@ async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
     }
     let bus = match reached {
         Reach::Up(bus) => bus,
-        Reach::Absent(e) if args.if_running => {
+        // A watcher started before NetworkManager (at boot) waits for it to appear.
+        Reach::NoNm(bus, e) if args.watch => {
+            if args.persist {
+                log::info!("{e}; the drop-in takes effect when it starts");
+            }
+            return watch::watch(&bus, patterns, args.json).await;
+        }
+        Reach::NoNm(_, e) | Reach::NoBus(e) if args.if_running => {
             let rest = if args.persist || args.remove {
                 "the drop-in takes effect when it starts"
             } else {
@@ -149,10 +164,10 @@ async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
             log::warn!("{e}; {rest}");
             return Ok(());
         }
-        Reach::Absent(e) if args.persist || args.remove => {
+        Reach::NoNm(_, e) | Reach::NoBus(e) if args.persist || args.remove => {
             return Err(e.context("the drop-in is updated, but NetworkManager did not reload it"))
         }
-        Reach::Absent(e) => return Err(e),
+        Reach::NoNm(_, e) | Reach::NoBus(e) => return Err(e),
     };
     if args.persist || args.remove {
         bus.reload_config().await?;
@@ -218,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_pattern_is_a_usage_error_before_any_bus_access() {
+    fn bad_pattern_is_a_data_error_before_any_bus_access() {
         let v = [
             "nm-unmanage",
             "--bus-address",
@@ -226,16 +241,24 @@ mod tests {
             "mac:aa",
         ];
         let e = run(v.iter().map(OsString::from).collect()).unwrap_err();
-        assert_eq!(e.code(), 64, "{e}");
+        assert_eq!(e.code(), 65, "{e}");
+        assert!(e.to_string().contains("invalid pattern \"mac:aa\""), "{e}");
     }
 
     #[test]
     fn missing_bus_is_unavailable_unless_if_running() {
         let base = ["nm-unmanage", "--bus-address", "unix:path=/nonexistent/bus"];
-        let e = run(base.iter().map(OsString::from).collect()).unwrap_err();
-        assert_eq!(e.code(), 69, "{e}");
-        let mut ok: Vec<OsString> = base.iter().map(OsString::from).collect();
-        ok.push("--if-running".into());
-        run(ok).unwrap();
+        for extra in [&[][..], &["--watch"], &["--watch", "--persist"]] {
+            let mut args: Vec<OsString> = base.iter().map(OsString::from).collect();
+            args.extend(extra.iter().map(OsString::from));
+            // No bus at all: nothing to wait on, not even for a watcher.
+            let e = run(args.clone()).unwrap_err();
+            assert_eq!(e.code(), 69, "{extra:?}: {e}");
+            args.push("--if-running".into());
+            if extra.contains(&"--persist") {
+                args.extend(["--conf-dir".into(), "/nonexistent/conf.d".into()]);
+            }
+            run(args).unwrap();
+        }
     }
 }

@@ -53,6 +53,8 @@ pub trait Nm {
     async fn set_unmanaged(&self, path: &str) -> Result<bool>;
     /// Ask NetworkManager to re-read its configuration files.
     async fn reload_config(&self) -> Result<()>;
+    /// The unique bus name that owns NetworkManager's name now, if any (the bus's answer).
+    async fn owner(&self) -> Result<Option<String>>;
 }
 
 /// NetworkManager over a zbus connection.
@@ -99,6 +101,30 @@ impl Bus {
             .map_err(|e| dbus_error("reading NameHasOwner", e))
     }
 
+    /// The unique name that owns NetworkManager's name on this bus now, if any.
+    pub async fn nm_owner(&self) -> Result<Option<String>> {
+        let reply = match self
+            .conn
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "GetNameOwner",
+                &(NM_NAME,),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_missing_service(&e) => return Ok(None),
+            Err(e) => return Err(dbus_error("asking the bus for NetworkManager", e)),
+        };
+        reply
+            .body()
+            .deserialize::<String>()
+            .map(Some)
+            .map_err(|e| dbus_error("reading GetNameOwner", e))
+    }
+
     async fn call<B>(
         &self,
         path: &str,
@@ -117,10 +143,16 @@ impl Bus {
 
 impl Nm for Bus {
     async fn devices(&self) -> Result<Vec<Device>> {
-        let reply = self
-            .call(NM_PATH, NM_IFACE, "GetDevices", &())
-            .await
-            .map_err(|e| dbus_error("listing NetworkManager devices", e))?;
+        let reply = match self.call(NM_PATH, NM_IFACE, "GetDevices", &()).await {
+            Ok(r) => r,
+            // It owns its name but has not exported its objects yet.
+            Err(e) if is_gone(&e) => {
+                return Err(Error::unavailable(
+                    "listing NetworkManager devices: NetworkManager is still starting",
+                ))
+            }
+            Err(e) => return Err(dbus_error("listing NetworkManager devices", e)),
+        };
         let paths: Vec<OwnedObjectPath> = reply
             .body()
             .deserialize()
@@ -150,7 +182,7 @@ impl Nm for Bus {
         Device::from_properties(path, props)
             .map(Some)
             .ok_or_else(|| {
-                Error::unavailable(format!(
+                Error::internal(format!(
                     "device {path}: NetworkManager did not report Interface, Managed and State"
                 ))
             })
@@ -174,13 +206,34 @@ impl Nm for Bus {
             .map(drop)
             .map_err(|e| dbus_error("asking NetworkManager to reload its configuration", e))
     }
+
+    async fn owner(&self) -> Result<Option<String>> {
+        self.nm_owner().await
+    }
 }
 
 /// The D-Bus error name of a method error, if it is one.
 fn error_name(e: &zbus::Error) -> Option<String> {
+    name_and_detail(e).map(|(name, _)| name)
+}
+
+/// The D-Bus error name of a method error and its description, if it is one.
+fn name_and_detail(e: &zbus::Error) -> Option<(String, Option<String>)> {
     match e {
-        zbus::Error::MethodError(name, _, _) => Some(name.as_str().to_string()),
-        zbus::Error::FDO(f) => Some(zbus::DBusError::name(f.as_ref()).as_str().to_string()),
+        zbus::Error::MethodError(name, detail, _) => {
+            Some((name.as_str().to_string(), detail.clone()))
+        }
+        zbus::Error::FDO(f) => {
+            let f: &dyn zbus::DBusError = f.as_ref();
+            Some((
+                f.name().as_str().to_string(),
+                f.description().map(str::to_string),
+            ))
+        }
+        zbus::Error::DBus(d) => Some((
+            d.name().as_str().to_string(),
+            d.description().map(str::to_string),
+        )),
         _ => None,
     }
 }
@@ -197,20 +250,22 @@ fn is_gone(e: &zbus::Error) -> bool {
     )
 }
 
-/// Turn a zbus error into the tool's error with the right exit code: refusals are 77,
-/// a missing bus or NetworkManager is 69.
+/// Turn a zbus error into the tool's error with the right exit code (see [`exit_for`]).
+/// A method error's message names the D-Bus error.
 pub fn dbus_error(doing: &str, e: zbus::Error) -> Error {
     let exit = exit_for(&e);
-    let text = match &e {
-        zbus::Error::MethodError(name, Some(msg), _) => format!("{msg} ({name})"),
-        zbus::Error::MethodError(name, None, _) => name.to_string(),
-        zbus::Error::InputOutput(io) | zbus::Error::Connection(io, _) => {
+    let text = match (&e, name_and_detail(&e)) {
+        (_, Some((name, Some(detail)))) if !detail.is_empty() => format!("{detail} ({name})"),
+        (_, Some((name, _))) => name,
+        (zbus::Error::InputOutput(io) | zbus::Error::Connection(io, _), None) => {
             Error::from(std::io::Error::new(io.kind(), io.to_string()))
                 .message()
                 .to_string()
         }
-        other => other.to_string(),
+        (other, None) => other.to_string(),
     };
+    // One line, whatever the peer put into its error description.
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let hint = if exit == Exit::Unavailable && is_missing_service(&e) {
         " (is NetworkManager running on this bus?)"
     } else {
@@ -229,14 +284,37 @@ fn is_missing_service(e: &zbus::Error) -> bool {
     )
 }
 
+/// The exit code for a D-Bus failure:
+/// - 69: NetworkManager (or the bus) is not there or does not answer: no such name,
+///   service unknown, no reply, disconnected, a broken connection;
+/// - 77: refused: the bus policy, polkit, NetworkManager's own permission checks, or
+///   the bus rejecting our credentials;
+/// - 70: any other error of the D-Bus protocol family (`org.freedesktop.DBus.Error.*`,
+///   e.g. InvalidArgs, UnknownMethod) or a reply we cannot read: we and NetworkManager
+///   disagree about the interface;
+/// - 71: any other error NetworkManager raised itself (e.g.
+///   `org.freedesktop.NetworkManager.Failed`): the operation failed on its side;
+/// - 64: a malformed bus address.
 fn exit_for(e: &zbus::Error) -> Exit {
     if let Some(name) = error_name(e) {
         return match name.as_str() {
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+            | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            | "org.freedesktop.DBus.Error.NoReply"
+            | "org.freedesktop.DBus.Error.Timeout"
+            | "org.freedesktop.DBus.Error.TimedOut"
+            | "org.freedesktop.DBus.Error.Disconnected"
+            | "org.freedesktop.DBus.Error.NoServer" => Exit::Unavailable,
             "org.freedesktop.DBus.Error.AccessDenied"
             | "org.freedesktop.DBus.Error.AuthFailed"
-            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
-            | "org.freedesktop.NetworkManager.PermissionDenied" => Exit::NoPerm,
-            _ => Exit::Unavailable,
+            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Exit::NoPerm,
+            n if n.starts_with("org.freedesktop.NetworkManager")
+                && n.ends_with(".PermissionDenied") =>
+            {
+                Exit::NoPerm
+            }
+            n if n.starts_with("org.freedesktop.DBus.Error.") => Exit::Software,
+            _ => Exit::OsErr,
         };
     }
     match e {
@@ -245,10 +323,12 @@ fn exit_for(e: &zbus::Error) -> Exit {
         {
             Exit::NoPerm
         }
+        zbus::Error::InputOutput(_) | zbus::Error::Connection(..) => Exit::Unavailable,
         // The bus refused our credentials.
         zbus::Error::Handshake(_) => Exit::NoPerm,
         zbus::Error::Address(_) => Exit::Usage,
-        _ => Exit::Unavailable,
+        // A reply of the wrong shape, or zbus refusing what we asked of it.
+        _ => Exit::Software,
     }
 }
 
@@ -283,5 +363,79 @@ mod tests {
         assert!(e.to_string().contains("is NetworkManager running"), "{e}");
         let gone = zbus::Error::FDO(Box::new(zbus::fdo::Error::UnknownObject("gone".into())));
         assert!(is_gone(&gone));
+    }
+
+    /// A method error as zbus returns it from a call: name, description.
+    fn method_error(name: &str, detail: &str) -> zbus::Error {
+        let call = zbus::Message::method_call("/x", "Get")
+            .sender(":1.1")
+            .build(&())
+            .unwrap();
+        let reply = zbus::Message::error(&call.header(), name)
+            .build(&(detail,))
+            .unwrap();
+        zbus::Error::from(reply)
+    }
+
+    #[test]
+    fn method_errors_map_by_name() {
+        for (name, exit) in [
+            (
+                "org.freedesktop.DBus.Error.ServiceUnknown",
+                Exit::Unavailable,
+            ),
+            (
+                "org.freedesktop.DBus.Error.NameHasNoOwner",
+                Exit::Unavailable,
+            ),
+            ("org.freedesktop.DBus.Error.NoReply", Exit::Unavailable),
+            ("org.freedesktop.DBus.Error.Disconnected", Exit::Unavailable),
+            ("org.freedesktop.DBus.Error.AccessDenied", Exit::NoPerm),
+            (
+                "org.freedesktop.NetworkManager.PermissionDenied",
+                Exit::NoPerm,
+            ),
+            (
+                "org.freedesktop.NetworkManager.Settings.PermissionDenied",
+                Exit::NoPerm,
+            ),
+            ("org.freedesktop.DBus.Error.InvalidArgs", Exit::Software),
+            ("org.freedesktop.DBus.Error.UnknownMethod", Exit::Software),
+            (
+                "org.freedesktop.DBus.Error.PropertyReadOnly",
+                Exit::Software,
+            ),
+            ("org.freedesktop.NetworkManager.Failed", Exit::OsErr),
+            (
+                "org.freedesktop.NetworkManager.Device.NotAllowed",
+                Exit::OsErr,
+            ),
+        ] {
+            let e = dbus_error("setting Managed=false", method_error(name, "it said\nno"));
+            assert_eq!(e.exit(), exit, "{name}: {e}");
+            // One line, with the D-Bus error name in it.
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("setting Managed=false: it said no ({name})")),
+                "{text}"
+            );
+            assert!(!text.contains('\n'), "{text}");
+        }
+        // The same names from zbus's own error types.
+        let bad = zbus::Error::FDO(Box::new(zbus::fdo::Error::InvalidArgs("nope".into())));
+        let e = dbus_error("x", bad);
+        assert_eq!(e.exit(), Exit::Software);
+        assert!(
+            e.to_string()
+                .contains("org.freedesktop.DBus.Error.InvalidArgs"),
+            "{e}"
+        );
+        let no_reply = zbus::Error::FDO(Box::new(zbus::fdo::Error::NoReply("late".into())));
+        assert_eq!(dbus_error("x", no_reply).exit(), Exit::Unavailable);
+        // A reply we cannot read is our problem, not a missing service.
+        assert_eq!(
+            dbus_error("reading GetDevices", zbus::Error::IncorrectType).exit(),
+            Exit::Software
+        );
     }
 }

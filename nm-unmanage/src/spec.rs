@@ -20,8 +20,9 @@ impl Pattern {
     /// Parse `interface-name:GLOB`, `interface-name:=NAME` or a bare `GLOB`. Only the
     /// characters of interface names plus `*` and `?` are accepted, so a pattern can go
     /// into a NetworkManager config list (`;` and `,` separate entries there) unquoted.
+    /// A pattern is data, not syntax: a bad one is exit 65.
     pub fn parse(spec: &str) -> Result<Pattern> {
-        let bad = |why: &str| Err(Error::usage(format!("invalid pattern {spec:?}: {why}")));
+        let bad = |why: &str| Err(Error::data(format!("invalid pattern {spec:?}: {why}")));
         let (body, literal) = match spec.split_once(':') {
             None => (spec, false),
             Some(("interface-name", rest)) => match rest.strip_prefix('=') {
@@ -172,7 +173,7 @@ mod tests {
             "ve-this-is-far-too-long",
         ] {
             let e = Pattern::parse(bad).unwrap_err();
-            assert_eq!(e.code(), 64, "{bad:?}: {e}");
+            assert_eq!(e.code(), 65, "{bad:?}: {e}");
         }
     }
 

@@ -76,33 +76,45 @@ pub async fn unmanage_existing<N: Nm>(nm: &N, patterns: &[Pattern]) -> Result<Ve
     }
 }
 
+/// What became of a device NetworkManager announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It matched and is now unmanaged.
+    Unmanaged(Unmanaged),
+    /// It does not match: left alone.
+    NoMatch,
+    /// NetworkManager has no such device (any more, or not yet).
+    Gone,
+}
+
+impl Outcome {
+    /// Whether NetworkManager confirmed the device and it has been dealt with for good:
+    /// only then may a later announcement of the same path be ignored.
+    pub fn settled(&self) -> bool {
+        !matches!(self, Outcome::Gone)
+    }
+}
+
 /// A device NetworkManager just announced: unmanage it when it matches.
-pub async fn unmanage_added<N: Nm>(
-    nm: &N,
-    path: &str,
-    patterns: &[Pattern],
-) -> Result<Option<Unmanaged>> {
+pub async fn unmanage_added<N: Nm>(nm: &N, path: &str, patterns: &[Pattern]) -> Result<Outcome> {
     let Some(d) = nm.device(path).await? else {
-        return Ok(None);
+        return Ok(Outcome::Gone);
     };
     unmanage_announced(nm, d, patterns).await
 }
 
 /// A device NetworkManager announced together with its properties (`InterfacesAdded`):
 /// unmanage it when it matches, with no round trip to ask what it is.
-pub async fn unmanage_announced<N: Nm>(
-    nm: &N,
-    d: Device,
-    patterns: &[Pattern],
-) -> Result<Option<Unmanaged>> {
+pub async fn unmanage_announced<N: Nm>(nm: &N, d: Device, patterns: &[Pattern]) -> Result<Outcome> {
     if !any_matches(patterns, &d.interface) {
         log::debug!("{} ({}) does not match; left alone", d.interface, d.path);
-        return Ok(None);
+        return Ok(Outcome::NoMatch);
     }
-    Ok(nm
-        .set_unmanaged(&d.path)
-        .await?
-        .then(|| Unmanaged::new(&d, Cause::Added)))
+    Ok(if nm.set_unmanaged(&d.path).await? {
+        Outcome::Unmanaged(Unmanaged::new(&d, Cause::Added))
+    } else {
+        Outcome::Gone
+    })
 }
 
 /// The stdout text for `done`: JSON lines, or interface names (with `changed_only`,
@@ -133,6 +145,10 @@ pub(crate) mod tests {
         pub sets: RefCell<Vec<String>>,
         pub reloads: RefCell<u32>,
         pub fail_set_on: Option<String>,
+        /// Fail this many Sets, whatever the device (a transient error).
+        pub fail_sets: RefCell<u32>,
+        /// Who owns NetworkManager's name, as the bus would say.
+        pub owner: RefCell<Option<String>>,
     }
 
     impl FakeNm {
@@ -183,6 +199,11 @@ pub(crate) mod tests {
             if self.fail_set_on.as_deref() == Some(d.interface.as_str()) {
                 return Err(Error::new(common::Exit::NoPerm, "not allowed"));
             }
+            let mut fail = self.fail_sets.borrow_mut();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(Error::new(common::Exit::OsErr, "transient failure"));
+            }
             d.managed = false;
             d.state = 10;
             Ok(true)
@@ -190,6 +211,9 @@ pub(crate) mod tests {
         async fn reload_config(&self) -> Result<()> {
             *self.reloads.borrow_mut() += 1;
             Ok(())
+        }
+        async fn owner(&self) -> Result<Option<String>> {
+            Ok(self.owner.borrow().clone())
         }
     }
 
@@ -250,18 +274,21 @@ pub(crate) mod tests {
     fn added_devices_are_checked_against_the_patterns() {
         let nm = FakeNm::with(&[("ve-new", false), ("eth1", true)]);
         let pats = Pattern::defaults();
-        let u = block_on(unmanage_added(&nm, &nm.path_of("ve-new"), &pats))
-            .unwrap()
-            .unwrap();
+        let Outcome::Unmanaged(u) =
+            block_on(unmanage_added(&nm, &nm.path_of("ve-new"), &pats)).unwrap()
+        else {
+            panic!("ve-new not unmanaged");
+        };
         assert_eq!((u.interface.as_str(), u.cause), ("ve-new", Cause::Added));
-        assert!(block_on(unmanage_added(&nm, &nm.path_of("eth1"), &pats))
-            .unwrap()
-            .is_none());
+        let o = block_on(unmanage_added(&nm, &nm.path_of("eth1"), &pats)).unwrap();
+        assert_eq!(o, Outcome::NoMatch);
+        assert!(o.settled());
         assert!(nm.managed("eth1"));
-        // Vanished before we looked: nothing to do, no error.
-        assert!(block_on(unmanage_added(&nm, "/gone", &pats))
-            .unwrap()
-            .is_none());
+        // Vanished before we looked (or not there yet): nothing to do, no error, and
+        // not settled.
+        let o = block_on(unmanage_added(&nm, "/gone", &pats)).unwrap();
+        assert_eq!(o, Outcome::Gone);
+        assert!(!o.settled());
         // Custom patterns.
         let only_eth = [Pattern::parse("interface-name:eth*").unwrap()];
         block_on(unmanage_added(&nm, &nm.path_of("eth1"), &only_eth)).unwrap();

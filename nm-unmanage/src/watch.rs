@@ -14,23 +14,33 @@ use common::{Error, Result};
 
 use crate::{
     emit,
-    nm::{dbus_error, Bus, Device, DEVICE_IFACE, NM_IFACE, NM_NAME, NM_PATH},
+    nm::{dbus_error, Bus, Device, Nm, DEVICE_IFACE, NM_IFACE, NM_NAME, NM_PATH},
     spec::Pattern,
-    unmanage::{unmanage_added, unmanage_announced, unmanage_existing, Unmanaged},
+    unmanage::{unmanage_added, unmanage_announced, unmanage_existing, Outcome, Unmanaged},
 };
 
 /// Where NetworkManager's ObjectManager lives.
 const OM_PATH: &str = "/org/freedesktop";
 
-/// Run until SIGTERM or SIGINT. Failures on single devices are logged and the watch
-/// goes on; losing the bus connection ends it with exit 69.
+/// The bus daemon's own name: the sender of `NameOwnerChanged`.
+const BUS_NAME: &str = "org.freedesktop.DBus";
+
+/// Run until SIGTERM or SIGINT. NetworkManager need not be on the bus yet: the watch
+/// starts as soon as it appears. Failures on single devices are logged and the watch
+/// goes on (a later announcement of the device retries it); losing the bus connection
+/// ends it with exit 69.
 pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
     let conn = bus.connection();
     let rule_err = |e| dbus_error("subscribing to NetworkManager's signals", e);
-    // No sender in this rule: a restarting NetworkManager may announce devices before
-    // it owns its well-known name again.
+    // Any local client may broadcast a DeviceAdded (or send one, or any other signal,
+    // straight to us), so every signal is believed only from its rightful sender, checked
+    // here against the message header: NetworkManager's current unique name (tracked
+    // through NameOwnerChanged), or the bus itself. A restarting NetworkManager that
+    // announces devices before it owns its name again loses nothing: when it takes the
+    // name, every device it has is listed anyway.
     let added_rule = MatchRule::builder()
         .msg_type(Type::Signal)
+        .sender(NM_NAME)
         .interface(NM_IFACE)
         .member("DeviceAdded")
         .path(NM_PATH)
@@ -38,8 +48,7 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
         .map_err(rule_err)?;
     // NetworkManager announces a new device with its properties in the ObjectManager's
     // InterfacesAdded just before DeviceAdded: acting on it saves the round trip that
-    // asks for the interface name. The properties are believed only from the sender
-    // that owns NetworkManager's name (the bus checks that).
+    // asks for the interface name.
     let props_rule = MatchRule::builder()
         .msg_type(Type::Signal)
         .sender(NM_NAME)
@@ -50,14 +59,14 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
         .map_err(rule_err)?;
     let owner_rule = MatchRule::builder()
         .msg_type(Type::Signal)
-        .sender("org.freedesktop.DBus")
-        .interface("org.freedesktop.DBus")
+        .sender(BUS_NAME)
+        .interface(BUS_NAME)
         .member("NameOwnerChanged")
         .add_arg(NM_NAME)
         .build()
         .map_err(rule_err)?;
-    // Subscribe first, list second: a device created in between is then announced to us
-    // rather than missed.
+    // Subscribe first, look second: a device created (or a NetworkManager started) in
+    // between is then announced to us rather than missed.
     let mut added = MessageStream::for_match_rule(added_rule, conn, None)
         .await
         .map_err(rule_err)?;
@@ -71,18 +80,27 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
 
-    let done = unmanage_existing(bus, patterns).await?;
-    emit(&done, json, false)?;
-    log::info!(
-        "watching for new devices matching {}",
-        patterns
-            .iter()
-            .map(Pattern::nm_spec)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let mut state = State {
+        owner: bus.nm_owner().await?,
+        seen: Seen::default(),
+    };
+    let specs = patterns
+        .iter()
+        .map(Pattern::nm_spec)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if state.owner.is_some() {
+        match unmanage_existing(bus, patterns).await {
+            Ok(done) => emit(&done, json, false)?,
+            // Gone or still starting: it announces its devices when it is there.
+            Err(e) if e.exit() == common::Exit::Unavailable => log::warn!("{e}"),
+            Err(e) => return Err(e),
+        }
+        log::info!("watching for new devices matching {specs}");
+    } else {
+        log::warn!("NetworkManager is not on the bus yet; waiting for it, to keep it off {specs}");
+    }
 
-    let mut seen = Seen::default();
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -96,18 +114,21 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
             msg = announced.next() => {
                 let msg = next_message(msg)?;
                 let received = Instant::now();
+                if !state.sent_by_nm(bus, &msg).await {
+                    continue;
+                }
                 let Some(device) = announced_device(&msg) else {
                     continue;
                 };
-                if !seen.insert(&device.path) {
-                    continue;
-                }
-                let result = unmanage_announced(bus, device, patterns).await;
+                let result = state.handle(bus, Announced::Device(device), patterns).await;
                 report_added(result, received, "InterfacesAdded", json)?;
             }
             msg = added.next() => {
                 let msg = next_message(msg)?;
                 let received = Instant::now();
+                if !state.sent_by_nm(bus, &msg).await {
+                    continue;
+                }
                 let path: OwnedObjectPath = match msg.body().deserialize() {
                     Ok(p) => p,
                     Err(e) => {
@@ -115,36 +136,144 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
                         continue;
                     }
                 };
-                if !seen.insert(path.as_str()) {
-                    continue;
-                }
-                let result = unmanage_added(bus, path.as_str(), patterns).await;
+                let result = state.handle(bus, Announced::Path(path.to_string()), patterns).await;
                 report_added(result, received, "DeviceAdded", json)?;
             }
             msg = owners.next() => {
                 let msg = next_message(msg)?;
-                let (_, _, new): (String, String, String) = match msg.body().deserialize() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        log::warn!("ignoring a malformed NameOwnerChanged signal: {e}");
-                        continue;
-                    }
+                let Some(owner) = owner_change(&msg) else {
+                    continue;
                 };
-                if new.is_empty() {
+                let back = owner.is_some();
+                state.new_owner(owner);
+                if !back {
                     log::warn!("NetworkManager left the bus; waiting for it to come back");
                     continue;
                 }
-                // A new NetworkManager knows nothing of the Managed=false we set before,
-                // and numbers its devices from 1 again.
-                seen = Seen::default();
-                log::info!("NetworkManager is back on the bus as {new}; unmanaging again");
+                // A new NetworkManager knows nothing of the Managed=false we set before.
+                log::info!(
+                    "NetworkManager is on the bus as {}; unmanaging {specs}",
+                    state.owner.as_deref().unwrap_or_default()
+                );
                 match unmanage_existing(bus, patterns).await {
                     Ok(done) => emit(&done, json, false)?,
+                    // Still starting: it announces its devices as it sets them up.
+                    Err(e) if e.exit() == common::Exit::Unavailable => log::info!("{e}"),
                     Err(e) => log::error!("{e}"),
                 }
             }
         }
     }
+}
+
+/// A device announcement: its path alone (`DeviceAdded`) or the device with its
+/// properties (`InterfacesAdded`).
+enum Announced {
+    Path(String),
+    Device(Device),
+}
+
+impl Announced {
+    fn path(&self) -> &str {
+        match self {
+            Announced::Path(p) => p,
+            Announced::Device(d) => &d.path,
+        }
+    }
+}
+
+/// What the watcher knows: who NetworkManager is on the bus, and the devices settled.
+struct State {
+    /// NetworkManager's unique name, while it is on the bus.
+    owner: Option<String>,
+    seen: Seen,
+}
+
+impl State {
+    /// Whether `msg` comes from NetworkManager as the bus knows it now. A sender other
+    /// than the owner we know may be the new one, announced in a NameOwnerChanged not
+    /// processed yet (the streams are polled in no fixed order): then the bus is asked.
+    async fn sent_by_nm<N: Nm>(&mut self, nm: &N, msg: &zbus::Message) -> bool {
+        let header = msg.header();
+        let Some(sender) = header.sender().map(|s| s.as_str()) else {
+            return false;
+        };
+        if self.owner.as_deref() == Some(sender) {
+            return true;
+        }
+        match nm.owner().await {
+            Ok(Some(owner)) if owner == sender => {
+                log::debug!("NetworkManager is on the bus as {owner}");
+                self.new_owner(Some(owner));
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("{e}"),
+        }
+        log::debug!(
+            "ignoring {} from {sender}: not NetworkManager ({})",
+            header.member().map(|m| m.as_str()).unwrap_or("a signal"),
+            self.owner.as_deref().unwrap_or("not on the bus")
+        );
+        false
+    }
+
+    /// NetworkManager's name changed owner (`None`: it left). A new NetworkManager
+    /// numbers its devices from 1 again, so nothing seen before counts.
+    fn new_owner(&mut self, owner: Option<String>) {
+        if self.owner != owner {
+            self.seen = Seen::default();
+        }
+        self.owner = owner;
+    }
+
+    /// Act on one announcement unless the device is already settled. The device is
+    /// remembered only once NetworkManager confirmed it and it was dealt with; a
+    /// failure, or a path NetworkManager does not know, leaves the next announcement of
+    /// the same path free to try again.
+    async fn handle<N: Nm>(
+        &mut self,
+        nm: &N,
+        what: Announced,
+        patterns: &[Pattern],
+    ) -> Result<Option<Unmanaged>> {
+        let path = what.path().to_string();
+        if self.seen.contains(&path) {
+            return Ok(None);
+        }
+        let outcome = match what {
+            Announced::Path(p) => unmanage_added(nm, &p, patterns).await?,
+            Announced::Device(d) => unmanage_announced(nm, d, patterns).await?,
+        };
+        if outcome.settled() {
+            self.seen.insert(&path);
+        }
+        Ok(match outcome {
+            Outcome::Unmanaged(u) => Some(u),
+            Outcome::NoMatch | Outcome::Gone => None,
+        })
+    }
+}
+
+/// The new owner of NetworkManager's name from a `NameOwnerChanged` that the bus itself
+/// sent (`Some(None)`: it left the bus); `None` for anything else.
+fn owner_change(msg: &zbus::Message) -> Option<Option<String>> {
+    let header = msg.header();
+    if header.sender().map(|s| s.as_str()) != Some(BUS_NAME) {
+        log::debug!("ignoring a NameOwnerChanged not sent by the bus");
+        return None;
+    }
+    let (name, _, new): (String, String, String) = match msg.body().deserialize() {
+        Ok(t) => t,
+        Err(e) => {
+            log::warn!("ignoring a malformed NameOwnerChanged signal: {e}");
+            return None;
+        }
+    };
+    if name != NM_NAME {
+        return None;
+    }
+    Some((!new.is_empty()).then_some(new))
 }
 
 /// Report the outcome for one announced device; a failure is logged, not fatal.
@@ -184,9 +313,13 @@ fn announced_device(msg: &zbus::Message) -> Option<Device> {
 struct Seen(VecDeque<String>);
 
 impl Seen {
-    /// Whether `path` is new (and remember it).
+    fn contains(&self, path: &str) -> bool {
+        self.0.iter().any(|p| p == path)
+    }
+
+    /// Remember `path`; whether it was new.
     fn insert(&mut self, path: &str) -> bool {
-        if self.0.iter().any(|p| p == path) {
+        if self.contains(path) {
             return false;
         }
         if self.0.len() == 256 {
@@ -208,16 +341,145 @@ fn next_message(msg: Option<zbus::Result<zbus::Message>>) -> Result<zbus::Messag
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unmanage::tests::{block_on, FakeNm};
 
     #[test]
     fn seen_remembers_recent_paths_only() {
         let mut s = Seen::default();
         assert!(s.insert("/a"));
         assert!(!s.insert("/a"));
+        assert!(s.contains("/a"));
         for i in 0..256 {
             s.insert(&format!("/n{i}"));
         }
-        assert!(s.insert("/a"), "forgotten after 256 newer ones");
+        assert!(!s.contains("/a"), "forgotten after 256 newer ones");
+        assert!(s.insert("/a"));
         assert_eq!(s.0.len(), 256);
+    }
+
+    fn state(owner: Option<&str>) -> State {
+        State {
+            owner: owner.map(str::to_string),
+            seen: Seen::default(),
+        }
+    }
+
+    fn signal_from(sender: &str, iface: &str, member: &str, body: &str) -> zbus::Message {
+        zbus::Message::signal(NM_PATH, iface, member)
+            .sender(sender)
+            .build(&(body,))
+            .unwrap()
+    }
+
+    fn device_added(sender: &str) -> zbus::Message {
+        signal_from(sender, NM_IFACE, "DeviceAdded", "/x")
+    }
+
+    #[test]
+    fn signals_count_only_from_network_managers_current_owner() {
+        let nm = FakeNm::default();
+        *nm.owner.borrow_mut() = Some(":1.7".into());
+        let mut st = state(Some(":1.7"));
+        let from =
+            |st: &mut State, sender: &str| block_on(st.sent_by_nm(&nm, &device_added(sender)));
+        assert!(from(&mut st, ":1.7"));
+        // Anyone else on the bus: a forgery.
+        assert!(!from(&mut st, ":1.8"));
+        assert_eq!(st.owner.as_deref(), Some(":1.7"));
+        // NetworkManager is not on the bus: nobody speaks for it.
+        *nm.owner.borrow_mut() = None;
+        assert!(!from(&mut state(None), ":1.7"));
+        // After a restart, only the new owner.
+        st.new_owner(Some(":1.9".into()));
+        *nm.owner.borrow_mut() = Some(":1.9".into());
+        assert!(!from(&mut st, ":1.7"));
+        assert!(from(&mut st, ":1.9"));
+    }
+
+    #[test]
+    fn a_new_owner_is_believed_before_its_name_owner_changed_is_processed() {
+        let nm = FakeNm::default();
+        let mut st = state(Some(":1.7"));
+        st.seen.insert("/org/freedesktop/NetworkManager/Devices/3");
+        // NetworkManager restarted as :1.9; its DeviceAdded is polled first.
+        *nm.owner.borrow_mut() = Some(":1.9".into());
+        assert!(block_on(st.sent_by_nm(&nm, &device_added(":1.9"))));
+        assert_eq!(st.owner.as_deref(), Some(":1.9"));
+        assert!(!st
+            .seen
+            .contains("/org/freedesktop/NetworkManager/Devices/3"));
+        // Its NameOwnerChanged, processed later, changes nothing more.
+        st.seen.insert("/org/freedesktop/NetworkManager/Devices/1");
+        st.new_owner(Some(":1.9".into()));
+        assert!(st
+            .seen
+            .contains("/org/freedesktop/NetworkManager/Devices/1"));
+    }
+
+    #[test]
+    fn owner_changes_are_believed_from_the_bus_only() {
+        let noc = |sender: &str, name: &str, new: &str| {
+            zbus::Message::signal("/org/freedesktop/DBus", BUS_NAME, "NameOwnerChanged")
+                .sender(sender)
+                .build(&(name, "", new))
+                .unwrap()
+        };
+        assert_eq!(
+            owner_change(&noc(BUS_NAME, NM_NAME, ":1.4")),
+            Some(Some(":1.4".to_string()))
+        );
+        assert_eq!(owner_change(&noc(BUS_NAME, NM_NAME, "")), Some(None));
+        assert_eq!(owner_change(&noc(":1.8", NM_NAME, ":1.8")), None);
+        assert_eq!(
+            owner_change(&noc(BUS_NAME, "org.example.Other", ":1.8")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_path_is_settled_only_after_network_manager_confirmed_it() {
+        let nm = FakeNm::with(&[("eth0", true)]);
+        let pats = Pattern::defaults();
+        let mut st = state(Some(":1.1"));
+        let next = "/org/freedesktop/NetworkManager/Devices/2";
+        // Announced before NetworkManager has it (a forgery, or a lookup that raced):
+        // nothing done, nothing remembered.
+        let r = block_on(st.handle(&nm, Announced::Path(next.into()), &pats)).unwrap();
+        assert!(r.is_none());
+        assert!(!st.seen.contains(next));
+        // The real device under that path is then handled.
+        let ve = FakeNm::with(&[("eth0", true), ("ve-new", true)]);
+        assert_eq!(ve.path_of("ve-new"), next);
+        // A transient failure: reported, not remembered ...
+        *ve.fail_sets.borrow_mut() = 1;
+        block_on(st.handle(&ve, Announced::Path(next.into()), &pats)).unwrap_err();
+        assert!(ve.managed("ve-new"));
+        assert!(!st.seen.contains(next));
+        // ... so the next announcement (DeviceAdded after InterfacesAdded) retries.
+        let u = block_on(st.handle(&ve, Announced::Path(next.into()), &pats))
+            .unwrap()
+            .expect("unmanaged on the retry");
+        assert_eq!(u.interface, "ve-new");
+        assert!(!ve.managed("ve-new"));
+        assert!(st.seen.contains(next));
+        // Settled: further announcements cost nothing.
+        let sets = ve.sets.borrow().len();
+        let dev = ve.devices.borrow()[next].clone();
+        assert!(block_on(st.handle(&ve, Announced::Device(dev), &pats))
+            .unwrap()
+            .is_none());
+        assert_eq!(ve.sets.borrow().len(), sets);
+        // A device that does not match is settled too (looked at once).
+        let eth = ve.path_of("eth0");
+        assert!(
+            block_on(st.handle(&ve, Announced::Path(eth.clone()), &pats))
+                .unwrap()
+                .is_none()
+        );
+        assert!(st.seen.contains(&eth));
+        assert!(ve.managed("eth0"));
+        // A new NetworkManager forgets everything.
+        st.new_owner(Some(":1.2".into()));
+        assert!(!st.seen.contains(next));
     }
 }

@@ -100,8 +100,12 @@ async fn side(nl: &Nl, link: Option<Link>) -> std::io::Result<Side> {
 /// What `up` undoes when a later step fails.
 enum Undo {
     Link(u32),
+    /// An address or route this run added: remove it.
     Addr(Where, u32, Addr),
     Route(Where, u32, Route),
+    /// An address or route this run removed while converging: put it back.
+    Readd(Where, u32, Addr),
+    Reroute(Where, u32, Route),
 }
 
 struct Up<'a> {
@@ -193,6 +197,7 @@ impl Up<'_> {
                         e,
                     )
                 })?;
+                return Ok(Some(Undo::Readd(*side, idx, *a)));
             }
             Change::AddRoute(side, r) => {
                 let (nl, idx, name) = self.nl(*side);
@@ -206,6 +211,7 @@ impl Up<'_> {
                 nl.del_route(idx, r)
                     .await
                     .map_err(|e| step_error(format!("removing {side} route {r} dev {name}"), e))?;
+                return Ok(Some(Undo::Reroute(*side, idx, *r)));
             }
         }
         Ok(None)
@@ -284,7 +290,7 @@ impl Up<'_> {
         a.and(b)
     }
 
-    async fn rollback(&mut self) -> Vec<String> {
+    async fn rollback(&mut self, before: &Observed) -> Vec<String> {
         let mut errors = Vec::new();
         let link = self.journal.iter().find_map(|u| match u {
             Undo::Link(i) => Some(*i),
@@ -304,9 +310,36 @@ impl Up<'_> {
                 Undo::Addr(Where::Container, i, a) => self.ctr.del_addr(i, a).await,
                 Undo::Route(Where::Host, i, r) => self.host.del_route(i, &r).await,
                 Undo::Route(Where::Container, i, r) => self.ctr.del_route(i, &r).await,
+                Undo::Readd(Where::Host, i, a) => self.host.add_addr(i, a).await,
+                Undo::Readd(Where::Container, i, a) => self.ctr.add_addr(i, a).await,
+                Undo::Reroute(Where::Host, i, r) => self.host.add_route(i, &r).await,
+                Undo::Reroute(Where::Container, i, r) => self.ctr.add_route(i, &r).await,
             };
             if let Err(e) = r {
                 errors.push(e.to_string());
+            }
+        }
+        // Removing an address also makes the kernel drop the routes that use it as
+        // their source: put back every route of ours that was there before.
+        for (side, idx, routes) in [
+            (Where::Host, self.hidx, &before.host.routes),
+            (Where::Container, self.cidx, &before.ctr.routes),
+        ] {
+            let nl = if side == Where::Host {
+                self.host
+            } else {
+                self.ctr
+            };
+            // Routes to the neighbour first: a route via it needs one.
+            let (direct, via): (Vec<&Route>, Vec<&Route>) =
+                routes.iter().partition(|r| r.via.is_none());
+            for r in direct.into_iter().chain(via) {
+                match nl.add_route(idx, r).await {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                        errors.push(format!("restoring {side} route {r}: {e}"));
+                    }
+                    _ => {}
+                }
             }
         }
         errors
@@ -326,12 +359,26 @@ struct UpOutput<'a> {
     changes: Vec<String>,
 }
 
+/// The container namespace must not be the one ve-link runs in: the container end,
+/// its addresses and its default route would land on the host (`--pid 1`, a pid that
+/// has not entered its namespace yet, `/proc/self/ns/net`).
+fn refuse_own_namespace(ns: &Netns) -> Result<()> {
+    if ns.id()? == Netns::current()?.id()? {
+        return Err(Error::data(format!(
+            "network namespace {} is the one ve-link runs in, not a container's",
+            ns.label()
+        )));
+    }
+    Ok(())
+}
+
 /// Marks the error of a create that lost a race with another `up` of the same name.
 const RACED: &str = "created concurrently by another ve-link up";
 
 /// `ve-link up`.
 pub fn up(req: &UpRequest, json: bool) -> Result<()> {
     let ns = req.netns.open()?;
+    refuse_own_namespace(&ns)?;
     require_privilege(true)?;
     let host = HostConn::open()?;
     let ctr = CtrConn::open(&ns)?;
@@ -425,7 +472,7 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         if e.message().contains(RACED) {
             return Err(e);
         }
-        let errors = run.rollback().await;
+        let errors = run.rollback(&have).await;
         let tail = if errors.is_empty() {
             "; rolled back".to_string()
         } else {
@@ -631,8 +678,10 @@ fn batch_group(used: &HashSet<u32>) -> u32 {
     g
 }
 
-/// The ids the host gives every namespace still in use (named under /run/netns or
-/// entered by some process), by the namespace's file identity.
+/// The ids the host gives every namespace still in use, by the namespace's file
+/// identity: named under /run/netns, bind-mounted anywhere (Docker's, a user's,
+/// whatever path was given to `--netns`), or entered by some process or thread. A
+/// namespace that only a stray file descriptor keeps alive is a container that is gone.
 async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
     let mut seen = HashSet::new();
     let mut out = BTreeMap::new();
@@ -643,11 +692,21 @@ async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
             candidates.push((e.path(), n));
         }
     }
+    candidates.extend(nsfs_mounts());
     if let Ok(d) = fs::read_dir("/proc") {
         for e in d.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.bytes().all(|b| b.is_ascii_digit()) {
-                candidates.push((e.path().join("ns/net"), format!("pid {n}")));
+            if !n.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            // Every thread: one may have entered a namespace its process has not.
+            match fs::read_dir(e.path().join("task")) {
+                Ok(tasks) => {
+                    for t in tasks.flatten() {
+                        candidates.push((t.path().join("ns/net"), format!("pid {n}")));
+                    }
+                }
+                Err(_) => candidates.push((e.path().join("ns/net"), format!("pid {n}"))),
             }
         }
     }
@@ -668,6 +727,45 @@ async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
     out
 }
 
+/// Mount points of namespace files (`nsfs`) in this mount namespace, from
+/// /proc/self/mountinfo: `ID PARENT DEV ROOT MOUNTPOINT OPTIONS ... - FSTYPE ...`, with
+/// spaces and the like in paths written as octal escapes.
+fn nsfs_mounts() -> Vec<(std::path::PathBuf, String)> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split(' ').next() != Some("nsfs") {
+                return None;
+            }
+            let point = unescape_mount_path(left.split(' ').nth(4)?);
+            Some((std::path::PathBuf::from(&point), point))
+        })
+        .collect()
+}
+
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `ve-link gc`: remove managed links whose container namespace is gone.
 pub fn gc(dry_run: bool) -> Result<()> {
     require_privilege(false)?;
@@ -681,7 +779,8 @@ pub fn gc(dry_run: bool) -> Result<()> {
         let live = live_nsids(nl).await;
         let stale: Vec<Link> = managed(links.clone())
             .into_iter()
-            .filter(|m| !m.link.peer_nsid.is_some_and(|id| live.contains_key(&id)))
+            // No peer namespace id: the peer is in this namespace, not a container's.
+            .filter(|m| m.link.peer_nsid.is_some_and(|id| !live.contains_key(&id)))
             .map(|m| m.link)
             .collect();
         let text: String = stale.iter().map(|l| format!("{}\n", l.name)).collect();

@@ -152,7 +152,24 @@ impl UpRequest {
             _ => return Err(Error::usage("give exactly one of --netns and --pid")),
         };
         let mut addresses = match &input.env {
-            Some((text, origin)) => Addresses::from_env(text, origin)?,
+            Some((text, origin)) => {
+                let a = Addresses::from_env(text, origin)?;
+                // An empty pipe means the command before it failed (`ve-alloc alloc X |
+                // ve-link up X ...`): making a pair without addresses would hide that.
+                let flags = [
+                    &input.host_address,
+                    &input.local_address,
+                    &input.host_address6,
+                    &input.local_address6,
+                ];
+                if a.pairs().is_empty() && flags.iter().all(|f| f.is_none()) {
+                    return Err(Error::data(format!(
+                        "{origin}: no {} in the address input (did the command before the pipe fail?)",
+                        KEYS.join(", ")
+                    )));
+                }
+                a
+            }
             None => Addresses::default(),
         };
         for (key, flag) in [
@@ -473,6 +490,17 @@ mod tests {
             out.starts_with("HOST_IFACE=ve-foo\nLOCAL_IFACE=eth0\nHOST_ADDRESS=10.233.0.1\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn empty_address_input_is_refused() {
+        for text in ["", "\n", "# nothing\nNAME=foo\n"] {
+            let mut i = input("foo");
+            i.env = Some((text.into(), "-".into()));
+            let e = UpRequest::build(i).unwrap_err();
+            assert_eq!(e.code(), 65, "{text:?}");
+            assert!(e.to_string().contains("command before the pipe"), "{e}");
+        }
     }
 
     #[test]

@@ -4,13 +4,15 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
     process::{Command, Output, Stdio},
     time::Duration,
 };
 
 use common::{
     netns::NetnsSpec,
-    testing::{privileged, Netns, Sandbox},
+    testing::{privileged, Netns, Sandbox, TempDir},
 };
 use serde_json::Value;
 
@@ -51,7 +53,7 @@ fn stderr(out: &Output) -> String {
 }
 
 fn setup(test: &str) -> Option<(Sandbox, Netns, Netns)> {
-    if !privileged(test, &["ip"]) {
+    if !privileged(test, &["ip", "setpriv"]) {
         return None;
     }
     let mut sb = Sandbox::new();
@@ -325,6 +327,42 @@ fn rollback_when_the_container_already_has_eth0() {
     assert!(link(&host, "ve-bar").is_none(), "host end left behind");
     assert!(link(&ctr2, "eth0").is_none(), "container end left behind");
     assert!(routes(&host, "-4").is_empty());
+
+    // A converging `up` that fails half-way puts back what it had removed.
+    let ctr3 = sb.netns("ctr3");
+    let old = [
+        "--host-address",
+        "10.233.0.5",
+        "--local-address",
+        "10.233.0.6",
+    ];
+    ok(&ve_link(
+        &host,
+        &[&["up", "baz", "--netns", ctr3.name()][..], &old].concat(),
+    ));
+    let (addrs_before, routes_before) = (addrs(&ctr3, "eth0"), routes(&ctr3, "-4"));
+    let host_before = routes(&host, "-4");
+    ctr3.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.eth0.disable_ipv6=1");
+    let new = [
+        "--host-address",
+        "10.233.0.7",
+        "--local-address",
+        "10.233.0.8",
+        "--host-address6",
+        "fd42::7",
+        "--local-address6",
+        "fd42::8",
+    ];
+    let out = ve_link(
+        &host,
+        &[&["up", "baz", "--netns", ctr3.name()][..], &new].concat(),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    assert_eq!(addrs(&ctr3, "eth0"), addrs_before);
+    assert_eq!(routes(&ctr3, "-4"), routes_before);
+    assert_eq!(routes(&host, "-4"), host_before);
+    tcp_roundtrip(&host, &ctr3, "10.233.0.5".parse().unwrap());
 }
 
 #[test]
@@ -656,6 +694,28 @@ fn missing_namespace_is_66_and_no_privilege_is_77_with_no_change() {
         .unwrap();
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
     assert!(host.ip_json(&["link", "show"]).as_array().unwrap().len() == 1);
+    // The namespace ve-link runs in is no container's: refused, nothing made.
+    for own in [
+        vec!["--netns", "/proc/self/ns/net"],
+        vec!["--netns", host.name()],
+    ] {
+        let mut args = vec!["up", "foo"];
+        args.extend(own);
+        args.extend([
+            "--host-address",
+            "10.233.0.1",
+            "--local-address",
+            "10.233.0.2",
+        ]);
+        let out = ve_link(&host, &args);
+        assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("the one ve-link runs in"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(host.ip_json(&["link", "show"]).as_array().unwrap().len() == 1);
+    }
 }
 
 #[test]
@@ -682,7 +742,21 @@ fn stale_links_are_replaced_by_up_and_removed_by_gc() {
     let mut sleeper = ctr2.command("sleep").arg("30").spawn().unwrap();
     // `ip netns exec` execs sleep in place: the child's pid is in ctr2.
     let pid = sleeper.id().to_string();
-    std::thread::sleep(Duration::from_millis(50));
+    // Until `ip netns exec` has entered ctr2, the child is in the test's own namespace,
+    // the machine's: wait until it is really in ctr2 (ve-link also refuses its own).
+    let want = std::fs::metadata(ctr2.path()).unwrap().ino();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| m.ino())
+        .ok()
+        != Some(want)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sleeper never entered ctr2"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     ok(&ve_link(
         &host,
         &[
@@ -714,7 +788,8 @@ fn stale_links_are_replaced_by_up_and_removed_by_gc() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 
-    // A namespace kept alive by nothing but an open fd is gone for gc: no name, no process.
+    // A namespace kept alive by nothing but an open fd is gone for gc: no name, no
+    // mount, no process or thread in it.
     ok(&ve_link(&host, &["up", "bar", "--netns", ctr.name()]));
     let held = std::fs::File::open(ctr.path()).unwrap();
     Command::new("ip")
@@ -728,4 +803,67 @@ fn stale_links_are_replaced_by_up_and_removed_by_gc() {
     assert!(link(&host, "ve-bar").is_none());
     assert!(link(&host, "ve-foo").is_some(), "gc removed a live link");
     drop(held);
+}
+
+/// A bind mount of a namespace file, unmounted on drop (also when the test panics).
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn gc_keeps_links_of_namespaces_mounted_elsewhere_or_entered_by_a_thread_only() {
+    let Some((_sb, host, ctr)) = setup("gc_keeps_live") else {
+        return;
+    };
+    ok(&ve_link(&host, &["up", "baz", "--netns", ctr.name()]));
+    // Mounted somewhere other than /run/netns, as Docker and others do, and unnamed.
+    let tmp = TempDir::new("ve-link-bind");
+    let point = tmp.path().join("ns");
+    std::fs::write(&point, b"").unwrap();
+    let status = Command::new("mount")
+        .arg("--bind")
+        .arg(ctr.path())
+        .arg(&point)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mount = BindMount(point.clone());
+    Command::new("ip")
+        .args(["netns", "del", ctr.name()])
+        .status()
+        .unwrap();
+    assert!(link(&host, "ve-baz").is_some());
+    assert_eq!(
+        ok(&ve_link(&host, &["gc"])),
+        "",
+        "gc removed a live container's link"
+    );
+    assert!(link(&host, "ve-baz").is_some());
+
+    // Entered by one thread of a process only: also alive.
+    let held = std::fs::File::open(&point).unwrap();
+    drop(mount);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(held.as_raw_fd(), libc::CLONE_NEWNET) };
+        drop(held);
+        tx.send(rc).unwrap();
+        let _ = done_rx.recv();
+    });
+    assert_eq!(rx.recv().unwrap(), 0);
+    assert_eq!(
+        ok(&ve_link(&host, &["gc"])),
+        "",
+        "gc removed a link whose namespace a thread is in"
+    );
+    assert!(link(&host, "ve-baz").is_some());
+    drop(done_tx);
+    t.join().unwrap();
 }

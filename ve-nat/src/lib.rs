@@ -158,6 +158,9 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
     // Forwarding only once the rules are there, so nothing leaves un-NATed.
     let sys = Sysctl::default();
     for fw in &fws {
+        if fw.family == Family::Ipv6 {
+            sys.keep_router_advertisements(req.external.as_str())?;
+        }
         sys.enable_forwarding(fw.family)?;
     }
     Ok(())

@@ -57,6 +57,26 @@ impl Sysctl {
         }
     }
 
+    /// A host that forwards IPv6 ignores router advertisements on an interface whose
+    /// `accept_ra` is 1 (the default), and so would lose the IPv6 default route it
+    /// learnt by SLAAC on the uplink. Set 2 ("even when forwarding") where it is 1;
+    /// 0 (the administrator's "never") is left alone. Returns whether it changed.
+    pub fn keep_router_advertisements(&self, iface: &str) -> Result<bool> {
+        let p = self.root.join(format!("net/ipv6/conf/{iface}/accept_ra"));
+        match std::fs::read_to_string(&p) {
+            Ok(v) if v.trim() == "1" => {
+                std::fs::write(&p, "2\n")
+                    .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+                log::info!("net.ipv6.conf.{iface}.accept_ra = 2 (keeps router advertisements while forwarding)");
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            // No such interface or no IPv6 on it: nothing to keep.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
+        }
+    }
+
     /// Turn forwarding on; returns whether it was off.
     pub fn enable_forwarding(&self, family: Family) -> Result<bool> {
         let p = self.path(family);
@@ -91,6 +111,27 @@ mod tests {
         assert!(!s.enable_forwarding(Family::Ipv4).unwrap());
         assert_eq!(s.forwarding(Family::Ipv6).unwrap(), None);
         assert_eq!(s.enable_forwarding(Family::Ipv6).unwrap_err().code(), 69);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn router_advertisements_kept_on_the_uplink_unless_refused() {
+        let dir = std::env::temp_dir().join(format!("ve-nat-ra-{}", std::process::id()));
+        for (iface, v) in [("up0", "1"), ("up1", "0"), ("up2", "2")] {
+            std::fs::create_dir_all(dir.join(format!("net/ipv6/conf/{iface}"))).unwrap();
+            std::fs::write(dir.join(format!("net/ipv6/conf/{iface}/accept_ra")), v).unwrap();
+        }
+        let s = Sysctl::at(&dir);
+        assert!(s.keep_router_advertisements("up0").unwrap());
+        let read = |i: &str| {
+            std::fs::read_to_string(dir.join(format!("net/ipv6/conf/{i}/accept_ra"))).unwrap()
+        };
+        assert_eq!(read("up0").trim(), "2");
+        assert!(!s.keep_router_advertisements("up0").unwrap(), "idempotent");
+        assert!(!s.keep_router_advertisements("up1").unwrap());
+        assert_eq!(read("up1").trim(), "0", "an administrator's 0 stays");
+        assert!(!s.keep_router_advertisements("up2").unwrap());
+        assert!(!s.keep_router_advertisements("nope").unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,172 +1,610 @@
-//! `cargo xtask demo`: the README's main command. Runs the real tools, built from this
-//! workspace, against scratch state only, and checks what they do.
+//! `cargo xtask demo`: the README's main command. The real tools, built from this
+//! workspace, give containers their network inside a sandbox of network namespaces that
+//! stands for a host; every step is checked, everything is torn down, and the machine's
+//! own network is compared with how it was before.
 
 use std::{
+    collections::HashSet,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    harness::{http_get_within, HttpServer, NetworkManager},
+    testing::{have_command, Netns, Sandbox, REQUIRE_PRIVILEGED},
 };
 
 use crate::util::{self, cargo, Result};
 
+const USAGE: &str = "\
+usage: cargo xtask demo [--count N] [--allocs N]
+
+  --count N    containers in the pipeline sandbox (default 3)
+  --allocs N   parallel allocations in the ve-alloc tour (default 300)
+";
+
+const HOST_UPLINK: &str = "192.0.2.1";
+const OUTSIDE: &str = "192.0.2.2";
+const FORWARD_PORT: u16 = 8080;
+const TOOLS: [&str; 4] = ["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"];
+
 pub fn run(args: &[String]) -> Result {
-    let mut count = 300usize;
+    let mut count = 3usize;
+    let mut allocs = 300usize;
     let mut it = args.iter();
+    let number = |what: &str, v: Option<&String>| -> Result<usize> {
+        v.and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or(format!("demo: {what} needs a positive number\n{USAGE}"))
+    };
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--count" => {
-                count = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--count needs a number")?;
+            "--count" => count = number("--count", it.next())?,
+            "--allocs" => allocs = number("--allocs", it.next())?,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(());
             }
-            other => return Err(format!("demo: unknown option {other:?}")),
+            other => return Err(format!("demo: unknown option {other:?}\n{USAGE}")),
         }
     }
-    util::run(cargo().args(["build", "--quiet", "-p", "ve-alloc"]))?;
-    let bin = util::root().join("target/debug/ve-alloc");
+    if count > 200 {
+        return Err("demo: --count is at most 200".into());
+    }
+    let mut build = cargo();
+    build.args(["build", "--quiet"]);
+    for t in TOOLS {
+        build.args(["-p", t]);
+    }
+    util::run(&mut build)?;
+    let tools = tools_dir()?;
     let scratch = std::env::temp_dir().join(format!("ve-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    let demo = Demo {
-        bin,
-        store: scratch.join("store"),
-        checks: Vec::new(),
-    };
-    let result = demo.alloc_tour(count);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let checks = result?;
-    println!();
-    let width = checks.iter().map(|c| c.0.len()).max().unwrap_or(0);
-    let mut failed = 0;
-    for (what, ok) in &checks {
-        println!("  {what:width$}  {}", if *ok { "pass" } else { "FAIL" });
-        failed += usize::from(!ok);
-    }
-    if failed > 0 {
-        return Err(format!("demo: {failed} of {} checks failed", checks.len()));
-    }
-    println!(
-        "\ndemo: all {} checks passed; scratch state removed",
-        checks.len()
-    );
-    Ok(())
-}
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
 
-struct Demo {
-    bin: PathBuf,
-    store: PathBuf,
-    checks: Vec<(String, bool)>,
-}
-
-impl Demo {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.env("VE_ALLOC_STORE", &self.store)
-            .env("VE_ALLOC_CONFIG", "/dev/null")
-            .env("VE_ALLOC_POOL6", "fd42:ee::/64")
-            .env_remove("VE_ALLOC_POOL")
-            .args(args);
-        c
-    }
-
-    /// Run `ve-alloc ARGS`, show it like a terminal session, return (exit code, stdout).
-    fn show(&self, args: &[&str], max_lines: usize) -> Result<(i32, String)> {
-        println!("$ ve-alloc {}", args.join(" "));
-        let o = self
-            .cmd(args)
-            .output()
-            .map_err(|e| format!("running ve-alloc: {e}"))?;
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        for (i, l) in out.lines().enumerate() {
-            if i == max_lines {
-                println!("  ... ({} lines in all)", out.lines().count());
-                break;
-            }
-            println!("  {l}");
+    let mut checks = Checks::default();
+    let result = (|| -> Result {
+        if pipeline_possible()? {
+            let table = pipeline(&tools, &scratch, count, &mut checks)?;
+            section("Summary");
+            print!("{table}");
         }
+        alloc_tour(&tools, &scratch.join("tour"), allocs, &mut checks)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    checks.add("scratch state removed", !scratch.exists());
+    checks.report()
+}
+
+/// The directory of the binaries `cargo build` just made: where this xtask binary is.
+fn tools_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding xtask: {e}"))?;
+    let dir = exe.parent().ok_or("xtask has no directory")?.to_path_buf();
+    for t in TOOLS {
+        if !dir.join(t).is_file() {
+            return Err(format!("{} was not built", dir.join(t).display()));
+        }
+    }
+    Ok(dir)
+}
+
+/// The pipeline needs root (namespaces, links, rules) and iproute2 and iptables. Without
+/// root it is skipped with a note, unless privileged runs are required (CI).
+fn pipeline_possible() -> Result<bool> {
+    let mut missing: Vec<&str> = ["ip", "iptables", "iptables-save"]
+        .into_iter()
+        .filter(|c| !have_command(c))
+        .collect();
+    if !util::is_root() {
+        missing.insert(0, "root");
+    }
+    if missing.is_empty() {
+        return Ok(true);
+    }
+    let why = format!(
+        "the pipeline part of the demo needs {}",
+        missing.join(" and ")
+    );
+    if std::env::var_os(REQUIRE_PRIVILEGED).is_some() {
+        return Err(format!("{why} ({REQUIRE_PRIVILEGED} is set)"));
+    }
+    println!("SKIPPED: {why}; showing the ve-alloc tour only\n");
+    Ok(false)
+}
+
+/// Named checks, printed at the end; the demo fails if any failed.
+#[derive(Default)]
+struct Checks(Vec<(String, bool)>);
+
+impl Checks {
+    fn add(&mut self, what: impl Into<String>, ok: bool) -> bool {
+        self.0.push((what.into(), ok));
+        ok
+    }
+
+    fn report(&self) -> Result {
+        println!();
+        let width = self.0.iter().map(|c| c.0.len()).max().unwrap_or(0);
+        let mut failed = 0;
+        for (what, ok) in &self.0 {
+            println!("  {what:width$}  {}", if *ok { "pass" } else { "FAIL" });
+            failed += usize::from(!ok);
+        }
+        if failed > 0 {
+            return Err(format!("demo: {failed} of {} checks failed", self.0.len()));
+        }
+        println!(
+            "\ndemo: all {} checks passed; sandbox and scratch state removed",
+            self.0.len()
+        );
+        Ok(())
+    }
+}
+
+fn section(title: &str) {
+    println!("\n== {title}\n");
+}
+
+/// Print captured output indented, at most `max` lines.
+fn show_output(text: &str, max: usize) {
+    let n = text.lines().count();
+    for (i, l) in text.lines().enumerate() {
+        if i == max {
+            println!("  ... ({n} lines in all)");
+            break;
+        }
+        println!("  {l}");
+    }
+}
+
+/// The sandbox host: the tools run in `host` (`ip netns exec`), with the workspace's
+/// binaries first on PATH, a scratch store and, when there is one, the sandbox bus.
+struct Host<'a> {
+    tools: &'a Path,
+    store: PathBuf,
+    host: Netns,
+    bus: Option<String>,
+}
+
+impl Host<'_> {
+    /// Run a shell command line in the host, shown as a terminal session; returns its
+    /// exit code and stdout. Pipelines fail when any of their commands does.
+    fn sh(&self, line: &str, max_lines: usize) -> Result<(i32, String)> {
+        println!("host# {line}");
+        let path = format!(
+            "{}:{}",
+            self.tools.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut c = self.host.command("bash");
+        c.args(["-o", "pipefail", "-c", line])
+            .env("PATH", path)
+            .env("VE_ALLOC_STORE", &self.store)
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .env_remove("VE_ALLOC_POOL")
+            .env_remove("VE_ALLOC_POOL6")
+            .env_remove("VE_ALLOC_LAYOUT")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        match &self.bus {
+            Some(b) => c.env("DBUS_SYSTEM_BUS_ADDRESS", b),
+            None => c.env_remove("DBUS_SYSTEM_BUS_ADDRESS"),
+        };
+        let o = c
+            .output()
+            .map_err(|e| format!("running {line:?} in the sandbox host: {e}"))?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        show_output(&out, max_lines);
         for l in String::from_utf8_lossy(&o.stderr).lines() {
             println!("  (stderr) {l}");
         }
         Ok((o.status.code().unwrap_or(-1), out))
     }
-
-    fn check(&mut self, what: impl Into<String>, ok: bool) {
-        self.checks.push((what.into(), ok));
-    }
-
-    fn alloc_tour(mut self, count: usize) -> Result<Vec<(String, bool)>> {
-        println!(
-            "== ve-alloc: address pairs for containers (scratch store {})\n",
-            dir(&self.store)
-        );
-        let (code, first) = self.show(&["alloc", "web"], 10)?;
-        self.check(
-            "alloc prints HOST_ADDRESS/LOCAL_ADDRESS (+6)",
-            code == 0 && first.contains("LOCAL_ADDRESS6="),
-        );
-        let (_, again) = self.show(&["alloc", "web"], 10)?;
-        self.check("alloc of the same name is idempotent", again == first);
-        let (_, ip) = self.show(&["show-ip", "web"], 10)?;
-        self.check(
-            "show-ip prints the container address",
-            first.contains(&format!("LOCAL_ADDRESS={}", ip.trim())),
-        );
-
-        println!("\n# {count} containers at once (NixOS stops at 254)");
-        let children: Vec<_> = (0..count)
-            .map(|i| {
-                self.cmd(&["alloc", &format!("ct{i:04}")])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-            })
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| format!("spawning ve-alloc: {e}"))?;
-        let mut all_ok = true;
-        for c in children {
-            all_ok &= c
-                .wait_with_output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-        }
-        let (_, json) = self.show(&["list", "--json"], 0)?;
-        let addrs: Vec<&str> = json
-            .split('"')
-            .filter(|s| s.starts_with("10.233.") || s.starts_with("fd42:ee:"))
-            .collect();
-        let unique: std::collections::HashSet<&&str> = addrs.iter().collect();
-        self.check(
-            format!(
-                "{count} parallel allocs succeed with {} distinct addresses",
-                4 * (count + 1)
-            ),
-            all_ok && addrs.len() == 4 * (count + 1) && unique.len() == addrs.len(),
-        );
-        self.show(&["list"], 4)?;
-        let (_, hosts) = self.show(&["list", "--hosts"], 2)?;
-        self.check(
-            "list --hosts gives /etc/hosts lines",
-            hosts.lines().any(|l| l.ends_with(" web.containers")),
-        );
-
-        println!("\n# crash leftovers: only web and ct0000 still exist");
-        let (code, gone) = self.show(&["gc", "web", "ct0000"], 3)?;
-        self.check(
-            format!("gc releases the {count} others"),
-            code == 0 && gone.lines().count() == count - 1,
-        );
-        let (code, _) = self.show(&["release", "web"], 3)?;
-        let (_, list) = self.show(&["list"], 5)?;
-        self.check("release frees a lease", code == 0 && !list.contains("web"));
-        let (code, _) = self.show(&["alloc", "bad/name"], 3)?;
-        let (_, after) = self.show(&["list"], 0)?;
-        self.check(
-            "bad input: exit 65, nothing changed",
-            code == 65 && after == list,
-        );
-        Ok(self.checks)
-    }
 }
 
-fn dir(p: &Path) -> String {
-    p.display().to_string()
+/// One container's row in the summary table.
+struct Row {
+    name: String,
+    iface: String,
+    addresses: String,
+    saw: String,
+    nm: String,
+    ok: bool,
+}
+
+/// The whole pipeline in a sandbox; returns the summary table.
+fn pipeline(tools: &Path, scratch: &Path, count: usize, checks: &mut Checks) -> Result<String> {
+    let machine_before = machine_network()?;
+    let mut sandbox = Sandbox::new();
+    let prefix = sandbox.prefix().to_string();
+    let table = in_sandbox(&mut sandbox, tools, scratch, count, checks);
+    drop(sandbox);
+    let table = table?;
+
+    let left: Vec<String> = netns_list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect();
+    checks.add(
+        "every sandbox namespace deleted",
+        left.is_empty() || {
+            println!("left behind: {left:?}");
+            false
+        },
+    );
+    let machine_after = machine_network()?;
+    checks.add(
+        "the machine's own links, addresses, routes and rules are as before",
+        machine_after == machine_before,
+    );
+    Ok(table)
+}
+
+fn in_sandbox(
+    sandbox: &mut Sandbox,
+    tools: &Path,
+    scratch: &Path,
+    count: usize,
+    checks: &mut Checks,
+) -> Result<String> {
+    let host = sandbox.netns("host");
+    let out = sandbox.netns("outside");
+    let containers: Vec<(String, Netns)> = (1..=count)
+        .map(|i| {
+            let name = format!("ct{i}");
+            let ns = sandbox.netns(&name);
+            (name, ns)
+        })
+        .collect();
+    host.ip(&[
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "up1",
+        "netns",
+        out.name(),
+    ]);
+    host.ip(&["addr", "add", &format!("{HOST_UPLINK}/24"), "dev", "up0"]);
+    host.ip(&["link", "set", "up0", "up"]);
+    out.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "up1"]);
+    out.ip(&["link", "set", "up1", "up"]);
+    // A route back to the containers: without NAT the server would see their own
+    // addresses, so "the server saw the uplink address" proves NAT did its job.
+    out.ip(&["route", "add", "10.233.0.0/16", "via", HOST_UPLINK]);
+    let server_addr: SocketAddr = format!("{OUTSIDE}:80").parse().unwrap();
+    let _server = HttpServer::start(&out.path(), server_addr, |peer| format!("{}\n", peer.ip()))
+        .map_err(|e| format!("starting the outside HTTP server: {e}"))?;
+
+    let nm = if NetworkManager::available() {
+        Some(NetworkManager::start(&host, sandbox.prefix())?)
+    } else {
+        None
+    };
+
+    section("The sandbox: a host, its uplink and the outside world, all network namespaces");
+    println!(
+        "  host      {:<22} up0 {HOST_UPLINK}/24, where the tools run",
+        host.name()
+    );
+    println!(
+        "  outside   {:<22} up1 {OUTSIDE}/24, an HTTP server on :80 that answers with the address it saw",
+        out.name()
+    );
+    for (name, ns) in &containers {
+        println!(
+            "  {name:<9} {:<22} a container (an empty namespace)",
+            ns.name()
+        );
+    }
+    match &nm {
+        Some(_) => println!(
+            "  NetworkManager runs in the host on a private bus, and manages any new veth\n  \
+             it sees (there is no udev here to keep it off): the worst case"
+        ),
+        None => {
+            println!("  NOTE: network-manager is not installed: the nm-unmanage steps are skipped")
+        }
+    }
+    let h = Host {
+        tools,
+        store: scratch.join("store"),
+        host: host.clone(),
+        bus: nm.as_ref().map(|n| n.bus_address()),
+    };
+
+    if let Some(nm) = &nm {
+        section("nm-unmanage.service: keep NetworkManager off container interfaces");
+        let (code, _) = h.sh(
+            &format!(
+                "nm-unmanage --persist --conf-dir {}",
+                nm.conf_dir().display()
+            ),
+            5,
+        )?;
+        checks.add(
+            "nm-unmanage --persist: drop-in written, NetworkManager reloaded",
+            code == 0,
+        );
+    }
+
+    section("ve-net@NAME.service: lease addresses, then make the veth pair");
+    let mut rows = Vec::new();
+    for (name, ns) in &containers {
+        let (code, up) = h.sh(
+            &format!(
+                "ve-alloc alloc {name} | ve-link up {name} --netns {} --addresses -",
+                ns.name()
+            ),
+            10,
+        )?;
+        let iface = env_value(&up, "HOST_IFACE").unwrap_or_default();
+        let mut ok = checks.add(format!("{name}: ve-alloc | ve-link up"), code == 0);
+        if nm.is_some() {
+            let (code, _) = h.sh(
+                &format!("nm-unmanage --if-running interface-name:={iface}"),
+                5,
+            )?;
+            ok &= checks.add(format!("{name}: nm-unmanage"), code == 0);
+        }
+        rows.push((
+            ns.clone(),
+            Row {
+                name: name.clone(),
+                addresses: format!(
+                    "{} / {}",
+                    env_value(&up, "HOST_ADDRESS").unwrap_or_default(),
+                    env_value(&up, "LOCAL_ADDRESS").unwrap_or_default()
+                ),
+                iface,
+                saw: String::new(),
+                nm: "-".into(),
+                ok,
+            },
+        ));
+    }
+    let first_local = rows
+        .first()
+        .and_then(|(_, r)| r.addresses.split(" / ").nth(1).map(str::to_string))
+        .unwrap_or_default();
+
+    section("ve-nat.service: NAT for every container at once, and a port forward to ct1");
+    let forward = format!("tcp:{FORWARD_PORT}:{first_local}:80");
+    let (code, _) = h.sh(&format!("ve-nat up --external up0 --forward {forward}"), 5)?;
+    checks.add("ve-nat up (once, for all containers)", code == 0);
+    let (code, _) = h.sh(
+        &format!("ve-nat check --external up0 --forward {forward}"),
+        5,
+    )?;
+    checks.add("ve-nat check: installed as requested", code == 0);
+    h.sh("ve-alloc list --hosts", 10)?;
+
+    section("Traffic");
+    let (ct1_ns, _) = &rows[0];
+    let _web = HttpServer::start(&ct1_ns.path(), "0.0.0.0:80".parse().unwrap(), |peer| {
+        format!("hello from ct1, you are {}\n", peer.ip())
+    })
+    .map_err(|e| format!("starting the HTTP server in ct1: {e}"))?;
+    for (ns, row) in &mut rows {
+        let got = http_get_within(&ns.path(), server_addr, Duration::from_secs(5));
+        println!(
+            "  {:<5} GET http://{server_addr}/  ->  {}",
+            row.name,
+            got.as_deref().map(str::trim).unwrap_or_else(|e| e.as_str())
+        );
+        row.saw = got
+            .as_deref()
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "nothing".into());
+        row.ok &= checks.add(
+            format!("{}: reaches the outside through NAT", row.name),
+            row.saw == HOST_UPLINK,
+        );
+        if let Some(nm) = &nm {
+            row.nm = nm
+                .device_state(&row.iface)
+                .map(|s| s.split(['(', ')']).nth(1).unwrap_or(&s).to_string())
+                .unwrap_or_else(|| "no device".into());
+            row.ok &= checks.add(
+                format!("{}: NetworkManager leaves {} alone", row.name, row.iface),
+                row.nm == "unmanaged",
+            );
+        }
+    }
+    let fwd_addr: SocketAddr = format!("{HOST_UPLINK}:{FORWARD_PORT}").parse().unwrap();
+    let got = http_get_within(&out.path(), fwd_addr, Duration::from_secs(5));
+    println!(
+        "  outside GET http://{fwd_addr}/  ->  {}",
+        got.as_deref().map(str::trim).unwrap_or_else(|e| e.as_str())
+    );
+    let forward_ok = checks.add(
+        format!("port forward {HOST_UPLINK}:{FORWARD_PORT} -> ct1:80 answers from outside"),
+        got.as_deref()
+            .is_ok_and(|s| s.trim() == format!("hello from ct1, you are {OUTSIDE}")),
+    );
+
+    section("Teardown: ve-link down, ve-nat down, ve-alloc release");
+    let names: Vec<&str> = containers.iter().map(|(n, _)| n.as_str()).collect();
+    let names = names.join(" ");
+    let (c1, _) = h.sh(&format!("ve-link down {names}"), 5)?;
+    let (c2, _) = h.sh("ve-nat down", 5)?;
+    let (c3, _) = h.sh(&format!("ve-alloc release {names}"), 5)?;
+    checks.add("teardown commands succeed", c1 == 0 && c2 == 0 && c3 == 0);
+    let links = host.ip(&["-br", "link"]);
+    checks.add(
+        "no container link left in the host",
+        !links.lines().any(|l| l.starts_with("ve-")),
+    );
+    let (_, leases) = h.sh("ve-alloc list --json", 3)?;
+    checks.add("no lease left", leases.trim() == "[]");
+    let (_, rules) = h.sh("iptables-save | grep -c ve-nat || true", 3)?;
+    checks.add("no ve-nat rule left", rules.trim() == "0");
+
+    let mut table = String::from(
+        "CONTAINER  INTERFACE  ADDRESSES (host / container)  SERVER SAW  NETWORKMANAGER  RESULT\n",
+    );
+    for (_, r) in &rows {
+        table.push_str(&format!(
+            "{:<10} {:<10} {:<29} {:<11} {:<15} {}\n",
+            r.name,
+            r.iface,
+            r.addresses,
+            r.saw,
+            r.nm,
+            if r.ok { "pass" } else { "FAIL" }
+        ));
+    }
+    table.push_str(&format!(
+        "port forward {HOST_UPLINK}:{FORWARD_PORT} from outside -> ct1:80: {}\n",
+        if forward_ok { "pass" } else { "FAIL" }
+    ));
+    Ok(table)
+}
+
+/// Value of `key` in `KEY=value` lines (quotes removed).
+fn env_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('\'').to_string())
+}
+
+fn netns_list() -> Result<Vec<String>> {
+    let o = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map_err(|e| format!("ip netns list: {e}"))?;
+    Ok(String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect())
+}
+
+/// The machine's own network, read only: links, addresses, IPv4 routes, iptables rules.
+fn machine_network() -> Result<String> {
+    let mut s = String::new();
+    for args in [
+        &["-br", "link"][..],
+        &["-br", "addr"],
+        &["-4", "route", "show", "table", "all"],
+    ] {
+        let o = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        s.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    let o = Command::new("iptables-save")
+        .output()
+        .map_err(|e| format!("iptables-save: {e}"))?;
+    for l in String::from_utf8_lossy(&o.stdout).lines() {
+        if l.starts_with('-') {
+            s.push_str(l);
+            s.push('\n');
+        }
+    }
+    Ok(s)
+}
+
+/// ve-alloc on its own: a scratch store, many containers at once, gc, bad input.
+fn alloc_tour(tools: &Path, store: &Path, count: usize, checks: &mut Checks) -> Result {
+    let bin = tools.join("ve-alloc");
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.env("VE_ALLOC_STORE", store)
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .env("VE_ALLOC_POOL6", "fd42:ee::/64")
+            .env_remove("VE_ALLOC_POOL")
+            .env_remove("VE_ALLOC_LAYOUT")
+            .args(args);
+        c
+    };
+    let show = |args: &[&str], max: usize| -> Result<(i32, String)> {
+        println!("$ ve-alloc {}", args.join(" "));
+        let o = cmd(args)
+            .output()
+            .map_err(|e| format!("running ve-alloc: {e}"))?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        show_output(&out, max);
+        for l in String::from_utf8_lossy(&o.stderr).lines() {
+            println!("  (stderr) {l}");
+        }
+        Ok((o.status.code().unwrap_or(-1), out))
+    };
+
+    section(&format!(
+        "ve-alloc on its own: address pairs for containers (scratch store {})",
+        store.display()
+    ));
+    let (code, first) = show(&["alloc", "web"], 10)?;
+    checks.add(
+        "alloc prints HOST_ADDRESS/LOCAL_ADDRESS (+6)",
+        code == 0 && first.contains("LOCAL_ADDRESS6="),
+    );
+    let (_, again) = show(&["alloc", "web"], 10)?;
+    checks.add("alloc of the same name is idempotent", again == first);
+    let (_, ip) = show(&["show-ip", "web"], 10)?;
+    checks.add(
+        "show-ip prints the container address",
+        first.contains(&format!("LOCAL_ADDRESS={}", ip.trim())),
+    );
+
+    println!("\n# {count} containers at once (NixOS stops at 254)");
+    let children: Vec<_> = (0..count)
+        .map(|i| {
+            cmd(&["alloc", &format!("ct{i:04}")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| format!("spawning ve-alloc: {e}"))?;
+    let mut all_ok = true;
+    for c in children {
+        all_ok &= c
+            .wait_with_output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    }
+    let (_, json) = show(&["list", "--json"], 0)?;
+    let addrs: Vec<&str> = json
+        .split('"')
+        .filter(|s| s.starts_with("10.233.") || s.starts_with("fd42:ee:"))
+        .collect();
+    let unique: HashSet<&&str> = addrs.iter().collect();
+    checks.add(
+        format!(
+            "{count} parallel allocs succeed with {} distinct addresses",
+            4 * (count + 1)
+        ),
+        all_ok && addrs.len() == 4 * (count + 1) && unique.len() == addrs.len(),
+    );
+    show(&["list"], 4)?;
+    let (_, hosts) = show(&["list", "--hosts"], 2)?;
+    checks.add(
+        "list --hosts gives /etc/hosts lines",
+        hosts.lines().any(|l| l.ends_with(" web.containers")),
+    );
+
+    println!("\n# crash leftovers: only web and ct0000 still exist");
+    let (code, gone) = show(&["gc", "web", "ct0000"], 3)?;
+    checks.add(
+        format!("gc releases the {} others", count - 1),
+        code == 0 && gone.lines().count() == count - 1,
+    );
+    let (code, _) = show(&["release", "web"], 3)?;
+    let (_, list) = show(&["list"], 5)?;
+    checks.add("release frees a lease", code == 0 && !list.contains("web"));
+    let (code, _) = show(&["alloc", "bad/name"], 3)?;
+    let (_, after) = show(&["list"], 0)?;
+    checks.add(
+        "bad input: exit 65, nothing changed",
+        code == 65 && after == list,
+    );
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod test;
 mod util;
 
@@ -15,7 +16,11 @@ tasks:
                         missing), then fmt check, clippy, and every test, privileged
                         ones included (a privileged test that cannot run fails unless
                         --allow-skip)
-  demo                  the main job: the tools at work in a throwaway sandbox
+  demo [--count N]      the main job: the whole pipeline at work in a sandbox of
+                        network namespaces (N containers, default 3), then the
+                        ve-alloc tour; see `cargo xtask demo --help`
+  dist [--no-build]     release binaries, man pages, bash/zsh/fish completions and
+                        the examples in target/dist; see `cargo xtask dist --help`
   bench [WHAT] [opts]   benchmarks; WHAT is one of: alloc (default: all)
                         see `cargo xtask bench --help`
 ";
@@ -32,6 +37,7 @@ fn main() -> ExitCode {
     let result = match task {
         "test" => test::run(rest),
         "demo" => demo::run(rest),
+        "dist" => dist::run(rest),
         "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

@@ -24,6 +24,8 @@ pub fn run_tests(allow_skip: bool) -> Result {
         "-D",
         "warnings",
     ]))?;
+    // The end-to-end tests (e2e/) run the tool binaries from the target directory.
+    util::run(cargo().args(["build", "--workspace", "--bins"]))?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features"]);
     if !allow_skip {

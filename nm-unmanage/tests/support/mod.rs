@@ -357,6 +357,85 @@ impl Client {
         })
     }
 
+    /// The unique bus name of the connection that process `pid` holds, if any.
+    pub fn unique_name_of(&self, pid: u32) -> Option<String> {
+        self.rt.block_on(async {
+            let conn = self.bus.connection();
+            let dbus = |method: &'static str, name: Option<String>| async move {
+                let r = match name {
+                    Some(n) => {
+                        conn.call_method(
+                            Some("org.freedesktop.DBus"),
+                            "/org/freedesktop/DBus",
+                            Some("org.freedesktop.DBus"),
+                            method,
+                            &(n,),
+                        )
+                        .await
+                    }
+                    None => {
+                        conn.call_method(
+                            Some("org.freedesktop.DBus"),
+                            "/org/freedesktop/DBus",
+                            Some("org.freedesktop.DBus"),
+                            method,
+                            &(),
+                        )
+                        .await
+                    }
+                };
+                r.ok()
+            };
+            let names: Vec<String> = dbus("ListNames", None).await?.body().deserialize().ok()?;
+            for n in names.into_iter().filter(|n| n.starts_with(':')) {
+                let Some(m) = dbus("GetConnectionUnixProcessID", Some(n.clone())).await else {
+                    continue;
+                };
+                if m.body().deserialize::<u32>().ok() == Some(pid) {
+                    return Some(n);
+                }
+            }
+            None
+        })
+    }
+
+    /// Announce, as if this client were NetworkManager, that device `path` was added
+    /// (DeviceAdded), broadcast or sent to `to` only.
+    pub fn forge_device_added(&self, to: Option<&str>, path: &str) {
+        let path = zbus::ObjectPath::try_from(path).unwrap();
+        self.rt
+            .block_on(self.bus.connection().emit_signal(
+                to,
+                NM_PATH,
+                NM_IFACE,
+                "DeviceAdded",
+                &(path,),
+            ))
+            .expect("emitting DeviceAdded");
+    }
+
+    /// The same with the ObjectManager's InterfacesAdded, for a device called `ifname`.
+    pub fn forge_interfaces_added(&self, to: Option<&str>, path: &str, ifname: &str) {
+        use std::collections::HashMap;
+        use zbus::{ObjectPath, Variant as Value};
+        let path = ObjectPath::try_from(path).unwrap();
+        let props: HashMap<&str, Value> = HashMap::from([
+            ("Interface", Value::from(ifname)),
+            ("Managed", Value::from(true)),
+            ("State", Value::from(100u32)),
+        ]);
+        let ifaces = HashMap::from([("org.freedesktop.NetworkManager.Device", props)]);
+        self.rt
+            .block_on(self.bus.connection().emit_signal(
+                to,
+                "/org/freedesktop",
+                "org.freedesktop.DBus.ObjectManager",
+                "InterfacesAdded",
+                &(path, ifaces),
+            ))
+            .expect("emitting InterfacesAdded");
+    }
+
     /// The `NMDeviceState` of `ifname`'s device.
     pub fn state(&self, ifname: &str) -> Option<u32> {
         self.device(ifname).map(|d| d.state)
@@ -372,7 +451,9 @@ pub struct DhcpListener {
 
 impl DhcpListener {
     /// Bind 0.0.0.0:67 inside `ns` (a thread that enters the namespace first, so the
-    /// socket belongs to it) and record the arrival time of every DISCOVER.
+    /// socket belongs to it) and record the arrival time of every DISCOVER. The time is
+    /// the kernel's receive timestamp (SO_TIMESTAMPNS), so a listener thread that is
+    /// scheduled late on a busy machine does not make a packet look late.
     pub fn start(ns: &Netns) -> DhcpListener {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -385,14 +466,27 @@ impl DhcpListener {
             let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             let sock = UdpSocket::bind("0.0.0.0:67").expect("binding UDP 67");
-            sock.set_read_timeout(Some(Duration::from_millis(20)))
+            let on: libc::c_int = 1;
+            // SAFETY: setsockopt on our own socket with a c_int option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_TIMESTAMPNS,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
+            // Blocking receive; the timeout only bounds how long a stop takes.
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             ready_tx.send(()).unwrap();
             let mut buf = [0u8; 1500];
             while !st2.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if let Some((n, at)) = recv_stamped(&sock, &mut buf) {
                     if is_discover(&buf[..n]) {
-                        s2.lock().unwrap().push(Instant::now());
+                        s2.lock().unwrap().push(at);
                     }
                 }
             }
@@ -424,6 +518,47 @@ impl Drop for DhcpListener {
     }
 }
 
+/// Receive one datagram into `buf`: its length and when the kernel received it, as an
+/// `Instant` (the kernel stamps CLOCK_REALTIME; its age now is subtracted from
+/// `Instant::now()`). `None` on timeout or error.
+fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Instant)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one control message (u64 for alignment).
+    let mut control = [0u64; 16];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: recvmsg on our socket with buffers that live across the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    if n < 0 {
+        return None;
+    }
+    let mut at = now;
+    // SAFETY: walking the control messages the kernel wrote into `control`, with the
+    // libc CMSG helpers and the lengths recvmsg returned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let stamp =
+                    std::time::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+                let age = wall.duration_since(stamp).unwrap_or_default();
+                at = now.checked_sub(age).unwrap_or(now);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((n as usize, at))
+}
+
 /// A BOOTP request carrying DHCP option 53 (message type) = 1 (DISCOVER).
 fn is_discover(p: &[u8]) -> bool {
     if p.len() < 240 || p[0] != 1 || p[236..240] != [99, 130, 83, 99] {
@@ -453,6 +588,8 @@ fn is_discover(p: &[u8]) -> bool {
 pub struct Watcher {
     child: Child,
     lines: mpsc::Receiver<(Instant, serde_json::Value)>,
+    /// Its stderr, line by line (also passed on to the test's stderr).
+    log: mpsc::Receiver<String>,
 }
 
 impl Watcher {
@@ -462,9 +599,19 @@ impl Watcher {
             .args(["--watch", "--json", "-v"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawning the watcher");
+        let err = child.stderr.take().unwrap();
+        let (log_tx, log) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                // The test may have stopped listening; keep draining the pipe.
+                let _ = log_tx.send(line);
+            }
+        });
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -476,7 +623,26 @@ impl Watcher {
                 }
             }
         });
-        Watcher { child, lines: rx }
+        Watcher {
+            child,
+            lines: rx,
+            log,
+        }
+    }
+
+    /// Wait up to `timeout` for a stderr line containing `text`.
+    pub fn logged(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// The next record for `ifname`, waiting up to `timeout`.
@@ -493,6 +659,15 @@ impl Watcher {
                 return Some((t, v));
             }
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the watcher is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// SIGTERM, and the exit status.

@@ -5,7 +5,7 @@
 use std::{
     fmt::Write as _,
     io::Write as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -35,23 +35,59 @@ pub fn run(args: &[String]) -> Result {
         "bench alloc: {runs} timed allocations per point on {}",
         machine()
     );
-    let mut rows: Vec<(usize, Option<Stat>, Option<Stat>)> = Vec::new();
+    // Every point is prepared first and then sampled in turn, one allocation each per
+    // round, so a change in machine load during the run hits all points alike and the
+    // ratios between them stay fair.
+    // Whichever store is made first measures some 0.5 ms slower, whatever its size (a
+    // file system effect we have not pinned down): the largest goes first, so the
+    // flatness figure errs against us.
+    let mut points: Vec<(usize, bool, Point)> = Vec::new();
+    let mut sizes = sizes;
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
     for &n in &sizes {
-        let t = ve_alloc_at(&bin, &work.join(format!("va-{n}")), n, runs)?;
-        eprintln!("  ve-alloc   at {n:>6} leases: median {} ms", ms(t.0));
-        rows.push((n, Some(t), None));
+        points.push((
+            n,
+            false,
+            Point::ve_alloc(&bin, &work.join(format!("va-{n}")), n)?,
+        ));
     }
     if Path::new(HOST_LOCAL).exists() {
         for &n in &hl_sizes {
-            let t = host_local_at(&work.join(format!("hl-{n}")), n, runs)?;
-            eprintln!("  host-local at {n:>6} leases: median {} ms", ms(t.0));
-            match rows.iter_mut().find(|r| r.0 == n) {
-                Some(r) => r.2 = Some(t),
-                None => rows.push((n, None, Some(t))),
-            }
+            points.push((
+                n,
+                true,
+                Point::host_local(&work.join(format!("hl-{n}")), n)?,
+            ));
         }
     } else {
         eprintln!("bench alloc: {HOST_LOCAL} missing; host-local not measured");
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); points.len()];
+    for round in 0..runs {
+        // Rotate who goes first: a point right after host-local's directory scan would
+        // otherwise always start with a colder cache.
+        for k in 0..points.len() {
+            let i = (round + k) % points.len();
+            samples[i].push(points[i].2.sample()?);
+        }
+    }
+    let mut rows: Vec<(usize, Option<Stat>, Option<Stat>)> = Vec::new();
+    for ((n, hl, _), mut s) in points.into_iter().zip(samples) {
+        let t = median_p90(&mut s);
+        let tool = if hl { "host-local" } else { "ve-alloc  " };
+        eprintln!("  {tool} at {n:>6} leases: median {} ms", ms(t.0));
+        let row = match rows.iter_mut().position(|r| r.0 == n) {
+            Some(i) => &mut rows[i],
+            None => {
+                rows.push((n, None, None));
+                rows.last_mut().expect("just pushed")
+            }
+        };
+        if hl {
+            row.2 = Some(t);
+        } else {
+            row.1 = Some(t);
+        }
     }
     rows.sort_by_key(|r| r.0);
     let _ = std::fs::remove_dir_all(&work);
@@ -133,59 +169,84 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
     Ok(d)
 }
 
-/// `ve-alloc alloc` at `n` existing leases: the store is filled with `n` leases through
-/// `ve-alloc import` (NixOS conf files, as a migrating host would), then `runs` new
-/// containers are allocated and released again so the count stays at `n`.
-fn ve_alloc_at(bin: &Path, dir: &Path, n: usize, runs: usize) -> Result<Stat> {
-    let confs = dir.join("confs");
-    std::fs::create_dir_all(&confs).map_err(|e| e.to_string())?;
-    for i in 0..n {
-        // Pair i of 10.233.0.0/16: host 10.233.0.0 + 2(i+1), container +1.
-        let h = 0x0ae9_0000u32 + 2 * (i as u32 + 1);
-        let text = format!(
-            "HOST_ADDRESS={}\nLOCAL_ADDRESS={}\n",
-            std::net::Ipv4Addr::from(h),
-            std::net::Ipv4Addr::from(h + 1)
-        );
-        std::fs::write(confs.join(format!("c{i}.conf")), text).map_err(|e| e.to_string())?;
-    }
-    let store = dir.join("store");
-    let va = |args: &[&str]| {
-        let mut c = Command::new(bin);
-        c.env("VE_ALLOC_STORE", &store)
-            .env("VE_ALLOC_CONFIG", "/dev/null")
-            .args(args);
-        c
-    };
-    timed(&mut va(&["import", confs.to_str().unwrap_or_default()]))?;
-    // The first allocation after an import walks past the imported block once.
-    timed(&mut va(&["alloc", "warm-up"]))?;
-    timed(&mut va(&["release", "warm-up"]))?;
-    let mut samples = Vec::with_capacity(runs);
-    for j in 0..runs {
-        samples.push(timed(&mut va(&["alloc", &format!("bench-{j}")]))?);
-        timed(&mut va(&["release", &format!("bench-{j}")]))?;
-    }
-    Ok(median_p90(&mut samples))
+/// One measurement point: a store holding `n` leases, and how to time one more
+/// allocation in it (released again right after, untimed, so the count stays at `n`).
+enum Point {
+    VeAlloc {
+        bin: PathBuf,
+        store: PathBuf,
+        next: usize,
+    },
+    HostLocal {
+        conf: String,
+        next: usize,
+    },
 }
 
-/// host-local ADD at `n` existing leases, invoked as a CNI runtime does. The store is
-/// filled by writing host-local's own files (one per address: container id, CRLF,
-/// interface), which is what `n` ADDs would leave, without waiting for them.
-fn host_local_at(dir: &Path, n: usize, runs: usize) -> Result<Stat> {
-    let data = dir.join("data");
-    let net = data.join("benchnet");
-    std::fs::create_dir_all(&net).map_err(|e| e.to_string())?;
-    for i in 0..n {
-        let a = std::net::Ipv4Addr::from(0x0ae9_0002u32 + i as u32);
-        std::fs::write(net.join(a.to_string()), format!("pre-{i}\r\neth0"))
-            .map_err(|e| e.to_string())?;
+impl Point {
+    /// `ve-alloc alloc` at `n` existing leases: the store is filled with `n` leases
+    /// through `ve-alloc import` (NixOS conf files, as a migrating host would).
+    fn ve_alloc(bin: &Path, dir: &Path, n: usize) -> Result<Point> {
+        let confs = dir.join("confs");
+        std::fs::create_dir_all(&confs).map_err(|e| e.to_string())?;
+        for i in 0..n {
+            // Pair i of 10.233.0.0/16: host 10.233.0.0 + 2(i+1), container +1.
+            let h = 0x0ae9_0000u32 + 2 * (i as u32 + 1);
+            let text = format!(
+                "HOST_ADDRESS={}\nLOCAL_ADDRESS={}\n",
+                std::net::Ipv4Addr::from(h),
+                std::net::Ipv4Addr::from(h + 1)
+            );
+            std::fs::write(confs.join(format!("c{i}.conf")), text).map_err(|e| e.to_string())?;
+        }
+        let mut p = Point::VeAlloc {
+            bin: bin.to_path_buf(),
+            store: dir.join("store"),
+            next: 0,
+        };
+        p.ve_alloc_cmd(&["import", confs.to_str().unwrap_or_default()])?;
+        // The first allocation after an import walks past the imported block once.
+        p.sample()?;
+        Ok(p)
     }
-    let conf = format!(
-        r#"{{"cniVersion":"0.4.0","name":"benchnet","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.233.0.0/16"}}]],"dataDir":"{}"}}}}"#,
-        data.display()
-    );
-    let call = |command: &str, id: &str| -> Result<Duration> {
+
+    fn ve_alloc_cmd(&self, args: &[&str]) -> Result<Duration> {
+        let Point::VeAlloc { bin, store, .. } = self else {
+            unreachable!("ve-alloc command on a host-local point")
+        };
+        timed(
+            Command::new(bin)
+                .env("VE_ALLOC_STORE", store)
+                .env("VE_ALLOC_CONFIG", "/dev/null")
+                .args(args),
+        )
+    }
+
+    /// host-local ADD at `n` existing leases, invoked as a CNI runtime does. The store
+    /// is filled by writing host-local's own files (one per address: container id, CRLF,
+    /// interface), which is what `n` ADDs would leave, without waiting for them.
+    fn host_local(dir: &Path, n: usize) -> Result<Point> {
+        let data = dir.join("data");
+        let net = data.join("benchnet");
+        std::fs::create_dir_all(&net).map_err(|e| e.to_string())?;
+        for i in 0..n {
+            let a = std::net::Ipv4Addr::from(0x0ae9_0002u32 + i as u32);
+            std::fs::write(net.join(a.to_string()), format!("pre-{i}\r\neth0"))
+                .map_err(|e| e.to_string())?;
+        }
+        let conf = format!(
+            r#"{{"cniVersion":"0.4.0","name":"benchnet","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.233.0.0/16"}}]],"dataDir":"{}"}}}}"#,
+            data.display()
+        );
+        let mut p = Point::HostLocal { conf, next: 0 };
+        p.sample()?;
+        Ok(p)
+    }
+
+    fn cni(&self, command: &str, id: &str) -> Result<Duration> {
+        let Point::HostLocal { conf, .. } = self else {
+            unreachable!("CNI command on a ve-alloc point")
+        };
         let mut c = Command::new(HOST_LOCAL);
         c.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", id)
@@ -211,19 +272,24 @@ fn host_local_at(dir: &Path, n: usize, runs: usize) -> Result<Stat> {
             ));
         }
         Ok(d)
-    };
-    call("ADD", "warm-up")?;
-    call("DEL", "warm-up")?;
-    let mut samples = Vec::with_capacity(runs);
-    for j in 0..runs {
-        samples.push(call("ADD", &format!("bench-{j}"))?);
-        call("DEL", &format!("bench-{j}"))?;
     }
-    let leased = std::fs::read_dir(&net).map_err(|e| e.to_string())?.count();
-    if leased < n {
-        return Err(format!(
-            "host-local store holds {leased} files, expected {n}+"
-        ));
+
+    /// Time one allocation of a new container, then release it (untimed).
+    fn sample(&mut self) -> Result<Duration> {
+        let (Point::VeAlloc { next, .. } | Point::HostLocal { next, .. }) = self;
+        let name = format!("bench-{next}");
+        *next += 1;
+        match self {
+            Point::VeAlloc { .. } => {
+                let d = self.ve_alloc_cmd(&["alloc", &name])?;
+                self.ve_alloc_cmd(&["release", &name])?;
+                Ok(d)
+            }
+            Point::HostLocal { .. } => {
+                let d = self.cni("ADD", &name)?;
+                self.cni("DEL", &name)?;
+                Ok(d)
+            }
+        }
     }
-    Ok(median_p90(&mut samples))
 }

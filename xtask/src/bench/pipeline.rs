@@ -1082,8 +1082,18 @@ impl Host<'_> {
                 None,
             )
         };
+        // The database and its write-ahead log (kept between runs), not the shm index.
         let copied = std::fs::create_dir_all(&shm)
-            .and_then(|()| std::fs::copy(self.work.join("store/leases.db"), shm.join("leases.db")));
+            .and_then(|()| std::fs::read_dir(self.work.join("store")))
+            .and_then(|dir| {
+                for e in dir {
+                    let e = e?;
+                    if !e.file_name().to_string_lossy().ends_with("-shm") {
+                        std::fs::copy(e.path(), shm.join(e.file_name()))?;
+                    }
+                }
+                Ok(0)
+            });
         let result = copied.map_err(|e| format!("copying the store to {}: {e}", shm.display()));
         let result = result.and_then(|_| {
             for j in 0..PHASE_SAMPLES {

@@ -1,0 +1,345 @@
+//! A sandbox host for running examples/container-net as a user would: a `host`
+//! namespace where the script and the tools run (`ip netns exec`), an uplink to an
+//! `out` namespace with an HTTP server that answers with the peer address it saw, a
+//! scratch lease store, and containers that are processes in namespaces of their own.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use common::{
+    harness::{wait_for, HttpServer, NetworkManager},
+    testing::{run_ok, Netns, Sandbox, TempDir},
+};
+
+pub const HOST_UPLINK: &str = "192.0.2.1";
+pub const OUTSIDE: &str = "192.0.2.2";
+pub const SERVER_PORT: u16 = 80;
+
+/// The directory of the workspace's binaries: the test executable lives in its `deps/`.
+pub fn tools_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf();
+    for tool in ["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"] {
+        assert!(
+            dir.join(tool).is_file(),
+            "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does)",
+            dir.join(tool).display()
+        );
+    }
+    dir
+}
+
+/// examples/container-net.
+pub fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/container-net")
+}
+
+pub struct Host {
+    pub host: Netns,
+    pub out: Netns,
+    store: TempDir,
+    tools: PathBuf,
+    bus: String,
+    pub nm: Option<NetworkManager>,
+    server: Option<HttpServer>,
+    // Dropped last: the namespaces go, with every process still in them.
+    sandbox: Sandbox,
+}
+
+impl Host {
+    /// The sandbox, the uplink, the outside server, and NetworkManager on a private bus
+    /// when `with_nm` (otherwise the bus address points nowhere, so nm-unmanage
+    /// --if-running has nothing to do and the machine's own bus is never used).
+    pub fn new(with_nm: bool) -> Host {
+        let tools = tools_dir();
+        let mut sandbox = Sandbox::new();
+        let host = sandbox.netns("host");
+        let out = sandbox.netns("out");
+        host.ip(&[
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up1",
+            "netns",
+            out.name(),
+        ]);
+        host.ip(&["addr", "add", &format!("{HOST_UPLINK}/24"), "dev", "up0"]);
+        host.ip(&["link", "set", "up0", "up"]);
+        out.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "up1"]);
+        out.ip(&["link", "set", "up1", "up"]);
+        // Without NAT the server would see container addresses: the negative control.
+        out.ip(&["route", "add", "10.233.0.0/16", "via", HOST_UPLINK]);
+        let server = HttpServer::start(&out.path(), outside(SERVER_PORT), |peer| {
+            peer.ip().to_string()
+        })
+        .expect("starting the outside HTTP server");
+        let store = TempDir::new("e2e-store");
+        let (nm, bus) = if with_nm {
+            let nm =
+                NetworkManager::start(&host, sandbox.prefix()).unwrap_or_else(|e| panic!("{e}"));
+            let bus = nm.bus_address();
+            // As nm-unmanage.service does before its --watch: the drop-in makes
+            // NetworkManager leave new veths alone from their first moment. Without
+            // it, a veth NetworkManager grabs before the script's nm-unmanage call
+            // lands (this sandbox has no udev rules to keep it off) loses ve-link's
+            // addresses to NetworkManager's DHCP profile.
+            run_ok(
+                nm.client(tools.join("nm-unmanage"))
+                    .arg("--persist")
+                    .arg("--conf-dir")
+                    .arg(nm.conf_dir()),
+            );
+            (Some(nm), bus)
+        } else {
+            (None, format!("unix:path={}/no-bus", store.path().display()))
+        };
+        Host {
+            host,
+            out,
+            store,
+            tools,
+            bus,
+            nm,
+            server: Some(server),
+            sandbox,
+        }
+    }
+
+    /// `ip netns exec HOST PROGRAM`, with the workspace's tools first on PATH, the
+    /// scratch store and the sandbox bus.
+    pub fn command(&self, program: impl AsRef<Path>) -> Command {
+        let path = format!(
+            "{}:{}",
+            self.tools.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut c = self.host.command(&program.as_ref().to_string_lossy());
+        c.env("PATH", path)
+            .env("VE_ALLOC_STORE", self.store.path())
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .env_remove("VE_ALLOC_POOL")
+            .env_remove("VE_ALLOC_POOL6")
+            .env_remove("VE_ALLOC_LAYOUT")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `container-net ARGS` in the host namespace.
+    pub fn script(&self) -> Command {
+        self.command(script())
+    }
+
+    /// A tool from the workspace, in the host namespace; must succeed; its stdout.
+    pub fn tool(&self, tool: &str, args: &[&str]) -> String {
+        let out = run_ok(self.command(tool).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A tool, success or not.
+    pub fn tool_output(&self, tool: &str, args: &[&str]) -> Output {
+        self.command(tool).args(args).output().expect("spawning")
+    }
+
+    /// What the sandbox host looks like: links, IPv4 addresses, routes of both
+    /// families, iptables rules (without counters) and the leases. Forwarding sysctls
+    /// are left out: ve-nat turns them on and leaves them on, by design.
+    pub fn snapshot(&self) -> String {
+        let mut s = String::new();
+        for args in [
+            &["-br", "link"][..],
+            &["-4", "-o", "addr"],
+            &["-4", "route", "show", "table", "all"],
+            &["-6", "route", "show"],
+        ] {
+            s.push_str(&self.host.ip(args));
+        }
+        for save in ["iptables-save", "ip6tables-save"] {
+            let out = run_ok(&mut self.host.command(save));
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // `:CHAIN POLICY [packets:bytes]`: the counters move with any traffic.
+                let line = match line.find(" [") {
+                    Some(i) if line.starts_with(':') => &line[..i],
+                    _ => line,
+                };
+                // Rules and chains only: iptables-nft creates a table (with its
+                // built-in chains, policy ACCEPT) on first use and never deletes it,
+                // so an empty table is the same as none.
+                let builtin_accept = line.starts_with(':')
+                    && line.ends_with(" ACCEPT")
+                    && line[1..].starts_with(|c: char| c.is_ascii_uppercase());
+                if line.starts_with(['#', '*']) || line == "COMMIT" || builtin_accept {
+                    continue;
+                }
+                s.push_str(save);
+                s.push_str(": ");
+                s.push_str(line);
+                s.push('\n');
+            }
+        }
+        s.push_str(&self.tool("ve-alloc", &["list", "--json"]));
+        s
+    }
+
+    /// The host's interface names.
+    pub fn links(&self) -> Vec<String> {
+        self.host
+            .ip(&["-br", "link"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// The names that have a lease.
+    pub fn leases(&self) -> Vec<String> {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.tool("ve-alloc", &["list", "--json"]))
+                .expect("a JSON array");
+        list.as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|v| v["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// A container: a process in new network, mount and PID namespaces, started from
+    /// the host namespace.
+    pub fn container(&self, name: &str) -> Container {
+        let mut child = self
+            .host
+            .command("unshare")
+            .args(["--net", "--mount", "--pid", "--fork", "--kill-child"])
+            .args(["sh", "-c", "echo ready; exec sleep infinity"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning unshare");
+        // Printed by the forked child: the namespaces exist by then.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("reading from the container");
+        assert_eq!(line, "ready\n", "container {name} did not start");
+        Container {
+            name: name.to_string(),
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.server = None;
+        self.nm = None;
+    }
+}
+
+/// `OUTSIDE:port`.
+pub fn outside(port: u16) -> SocketAddr {
+    SocketAddr::new(OUTSIDE.parse().unwrap(), port)
+}
+
+/// `HOST_UPLINK:port`.
+pub fn uplink(port: u16) -> SocketAddr {
+    SocketAddr::new(HOST_UPLINK.parse().unwrap(), port)
+}
+
+/// A running container; killed (and with it its namespaces) on drop.
+pub struct Container {
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl Container {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("container running").id()
+    }
+
+    /// Its network namespace, as a user passes it: `/proc/PID/ns/net`.
+    pub fn netns(&self) -> String {
+        format!("/proc/{}/ns/net", self.pid())
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(self.netns())
+    }
+
+    /// `ip ARGS` inside the container's network namespace; its stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = run_ok(
+            Command::new("nsenter")
+                .arg(format!("--net={}", self.netns()))
+                .arg("ip")
+                .args(args),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stop the container: its namespaces are gone when this returns.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Run all `commands` at once; their outputs in order.
+pub fn parallel(commands: Vec<Command>) -> Vec<Output> {
+    let children: Vec<Child> = commands
+        .into_iter()
+        .map(|mut c| {
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("waiting"))
+        .collect()
+}
+
+/// Value of `key` in `KEY=value` lines.
+pub fn env_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('\'').to_string())
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Poll until `f` holds, or panic after `secs` seconds.
+pub fn eventually(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    wait_for(what, Duration::from_secs(secs), f).unwrap_or_else(|e| panic!("{e}"));
+}
