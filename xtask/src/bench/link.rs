@@ -170,7 +170,7 @@ fn batch(opts: &[&str], script: &str) -> Result {
 }
 
 /// Host and container addresses of container number `k` (unique over the run).
-fn addrs(k: usize) -> (String, String) {
+pub(super) fn addrs(k: usize) -> (String, String) {
     let a = k * 4;
     let net = format!("10.{}.{}", 64 + (a >> 16), (a >> 8) & 255);
     (
@@ -197,9 +197,9 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
     Ok(d)
 }
 
-struct Ctx<'a> {
-    prefix: &'a str,
-    bin: &'a PathBuf,
+pub(super) struct Ctx<'a> {
+    pub(super) prefix: &'a str,
+    pub(super) bin: &'a PathBuf,
 }
 
 impl Ctx<'_> {
@@ -223,7 +223,7 @@ impl Ctx<'_> {
 
     /// The NixOS sequence: host side with bare `ip`; container side one `ip -n` per
     /// command (`batched`: all five in one `ip -n NS -batch -`, the cheapest way).
-    fn ip_up(&self, name: &str, ns: &str, k: usize, batched: bool) -> Result<Duration> {
+    pub(super) fn ip_up(&self, name: &str, ns: &str, k: usize, batched: bool) -> Result<Duration> {
         let (h, l) = addrs(k);
         let dev = format!("ve-{name}");
         let t = Instant::now();

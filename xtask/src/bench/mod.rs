@@ -4,6 +4,7 @@ mod alloc;
 mod link;
 mod nat;
 mod nm;
+mod pipeline;
 mod stats;
 
 use crate::util::Result;
@@ -23,6 +24,10 @@ WHAT:
           options: --containers N, --runs R
   link    ve-link up/down against the NixOS `ip` sequence, 1st/100th/1000th container
           options: --containers N (default 1000), --samples S (default 7)
+  pipeline  the whole job per container: ve-alloc | ve-link (+ ve-nat) against the NixOS
+          `ip` sequence, CNI ptp+host-local with ipMasq, netavark and `ip -batch`;
+          then alloc and nm; a table, CSVs and a PNG plot
+          options: see `cargo xtask bench pipeline --help`
   all     everything above with default options (the default)
 
 Results: a table on stdout and CSV files under target/bench/.
@@ -38,10 +43,12 @@ pub fn run(args: &[String]) -> Result {
         "nm" => nm::run(rest),
         "nat" => nat::run(rest),
         "link" => link::run(rest),
+        "pipeline" => pipeline::run(rest),
         "all" => alloc::run(&[])
             .and_then(|()| link::run(&[]))
             .and_then(|()| nat::run(&[]))
-            .and_then(|()| nm::run(&[])),
+            .and_then(|()| nm::run(&[]))
+            .and_then(|()| pipeline::run(&["--no-alloc".into(), "--no-nm".into()])),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

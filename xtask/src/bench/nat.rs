@@ -64,14 +64,14 @@ pub fn run(args: &[String]) -> Result {
 }
 
 /// Throwaway namespaces, deleted (with their processes) on drop.
-struct Sandbox {
+pub(super) struct Sandbox {
     prefix: String,
     made: Vec<String>,
-    tmp: PathBuf,
+    pub(super) tmp: PathBuf,
 }
 
 impl Sandbox {
-    fn new() -> Sandbox {
+    pub(super) fn new() -> Sandbox {
         let prefix = format!("vbn{}", std::process::id());
         let tmp = std::env::temp_dir().join(&prefix);
         Sandbox {
@@ -82,7 +82,7 @@ impl Sandbox {
     }
 
     /// Create namespaces `<prefix>-<role>` for every role, in one `ip -batch`.
-    fn netns(&mut self, roles: &[String]) -> Result<Vec<String>> {
+    pub(super) fn netns(&mut self, roles: &[String]) -> Result<Vec<String>> {
         let names: Vec<String> = roles
             .iter()
             .map(|r| format!("{}-{r}", self.prefix))
@@ -115,7 +115,7 @@ impl Drop for Sandbox {
 }
 
 /// `ip [-n NS] -force -batch -` with `script` on stdin.
-fn ip_batch(ns: Option<&str>, script: &str) -> Result {
+pub(super) fn ip_batch(ns: Option<&str>, script: &str) -> Result {
     let mut cmd = Command::new("ip");
     if let Some(ns) = ns {
         cmd.args(["-n", ns]);
