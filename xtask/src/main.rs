@@ -21,8 +21,8 @@ tasks:
                         ve-alloc tour; see `cargo xtask demo --help`
   dist [--no-build]     release binaries, man pages, bash/zsh/fish completions and
                         the examples in target/dist; see `cargo xtask dist --help`
-  bench [WHAT] [opts]   benchmarks; WHAT is one of: alloc (default: all)
-                        see `cargo xtask bench --help`
+  bench [WHAT] [opts]   benchmarks; WHAT is one of: pipeline, alloc, link, nat, nm,
+                        all (the default); see `cargo xtask bench --help`
 ";
 
 fn main() -> ExitCode {
