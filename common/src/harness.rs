@@ -215,13 +215,7 @@ impl NetworkManager {
             fs::write(dir.join(name), text).map_err(|e| format!("writing {name}: {e}"))
         };
         write("bus.conf", bus_conf(&d))?;
-        write(
-            "nm.conf",
-            format!(
-                "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\n\
-                 hostname-mode=none\n[connectivity]\nenabled=false\n[keyfile]\npath={d}/conns\n"
-            ),
-        )?;
+        write("nm.conf", nm_conf(&dir, ""))?;
         let logs = dir.clone();
         let log = move |name: &str| {
             fs::File::create(logs.join(name)).map_err(|e| format!("creating {name}: {e}"))
@@ -243,17 +237,7 @@ impl NetworkManager {
         wait_for("the private bus", Duration::from_secs(5), || {
             sb.dir.join("bus").exists()
         })?;
-        let script = format!(
-            "mount -o remount,ro /sys && mount --bind {d}/run /run && \
-             mount --bind {d}/varlib /var/lib/NetworkManager && \
-             exec NetworkManager --no-daemon --config={d}/nm.conf --config-dir={d}/conf.d \
-             --system-config-dir={d}/sysconf.d --intern-config={d}/intern.conf \
-             --state-file={d}/state --pid-file=/run/nm.pid"
-        );
-        let nm = host
-            .command("sh")
-            .args(["-c", &script])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", sb.bus_address())
+        let nm = nm_command(host, &sb.dir, &sb.bus_address())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log("nm.log")?)
@@ -328,8 +312,39 @@ impl Drop for NetworkManager {
     }
 }
 
-/// SIGTERM, then SIGKILL after 5 s.
-fn stop(mut child: Child) {
+/// `nm.conf` for a sandboxed NetworkManager whose scratch directory is `dir`: keyfile
+/// connections kept there, no DNS, hostname or connectivity business; `keyfile_extra`
+/// lines go into its `[keyfile]` section.
+pub fn nm_conf(dir: &Path, keyfile_extra: &str) -> String {
+    format!(
+        "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=none\n\
+         [connectivity]\nenabled=false\n[keyfile]\npath={}/conns\n{keyfile_extra}",
+        dir.display()
+    )
+}
+
+/// The command that runs NetworkManager in `host` on the bus at `bus_address`, all its
+/// state in `dir` (with `run`, `varlib`, `conf.d`, `sysconf.d` and `nm.conf` made).
+/// `ip netns exec` gives it a private mount namespace, where `/sys` is remounted
+/// read-only (no udev: otherwise it never finishes starting and manages nothing) and
+/// scratch directories cover `/run` and `/var/lib/NetworkManager`.
+pub fn nm_command(host: &Netns, dir: &Path, bus_address: &str) -> Command {
+    let d = dir.display();
+    let script = format!(
+        "mount -o remount,ro /sys && mount --bind {d}/run /run && \
+         mount --bind {d}/varlib /var/lib/NetworkManager && \
+         exec NetworkManager --no-daemon --config={d}/nm.conf --config-dir={d}/conf.d \
+         --system-config-dir={d}/sysconf.d --intern-config={d}/intern.conf \
+         --state-file={d}/state --pid-file=/run/nm.pid"
+    );
+    let mut c = host.command("sh");
+    c.args(["-c", &script])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address);
+    c
+}
+
+/// Stop a child: SIGTERM, then SIGKILL after 5 s.
+pub fn stop(mut child: Child) {
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let t = Instant::now();

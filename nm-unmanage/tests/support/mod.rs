@@ -25,7 +25,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::testing::{privileged, run_ok, Netns, Sandbox};
+use common::{
+    harness,
+    testing::{privileged, run_ok, Netns, Sandbox},
+};
 use nm_unmanage::{Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH};
 
 /// The tool under test.
@@ -109,24 +112,12 @@ impl NmSandbox {
     /// Start NetworkManager and wait until its `Startup` property is false.
     pub fn start_nm(&mut self) {
         assert!(self.nm.is_none(), "NetworkManager already running");
-        let d = self.dir.display();
-        let script = format!(
-            "mount -o remount,ro /sys && mount --bind {d}/run /run && \
-             mount --bind {d}/varlib /var/lib/NetworkManager && \
-             exec NetworkManager --no-daemon --config={d}/nm.conf --config-dir={d}/conf.d \
-             --system-config-dir={d}/sysconf.d --intern-config={d}/intern.conf \
-             --state-file={d}/state --pid-file=/run/nm.pid"
-        );
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("nm.log"))
             .unwrap();
-        let child = self
-            .host
-            .command("sh")
-            .args(["-c", &script])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
+        let child = harness::nm_command(&self.host, &self.dir, &self.bus_address())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -223,19 +214,7 @@ impl Drop for NmSandbox {
     }
 }
 
-fn stop(mut child: Child) {
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(5) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
+use common::harness::stop;
 
 /// Root may do everything; anyone else may connect and talk to the bus itself but not
 /// to NetworkManager (the permission-denied test). No service directories: nothing
@@ -269,12 +248,7 @@ fn bus_conf(dir: &Path) -> String {
 /// `vz-keep` is the administrator's own unmanaged device: `--persist` must add to it,
 /// not replace it.
 fn nm_conf(dir: &Path) -> String {
-    format!(
-        "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=none\n\
-         [connectivity]\nenabled=false\n\
-         [keyfile]\npath={}/conns\nunmanaged-devices=interface-name:vz-keep\n",
-        dir.display()
-    )
+    harness::nm_conf(dir, "unmanaged-devices=interface-name:vz-keep\n")
 }
 
 /// Poll `f` every 5 ms until it returns `Some`, or panic after `timeout`.
