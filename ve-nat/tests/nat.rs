@@ -198,23 +198,7 @@ impl Topo {
         let mut sb = Sandbox::new();
         let host = sb.netns("host");
         let out = sb.netns("out");
-        host.ip(&[
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "up1",
-            "netns",
-            out.name(),
-        ]);
-        host.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        host.ip(&["link", "set", "up0", "up"]);
-        out.ip(&["addr", "add", "192.0.2.2/24", "dev", "up1"]);
-        out.ip(&["link", "set", "up1", "up"]);
-        out.ip(&["route", "add", "10.233.0.0/16", "via", "192.0.2.1"]);
+        common::harness::uplink(&host, &out);
         if v6 {
             host.ip(&["addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"]);
             out.ip(&["addr", "add", "2001:db8::2/64", "dev", "up1", "nodad"]);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{
-    harness::{http_get_within, HttpServer, NetworkManager},
+    harness::{self, http_get_within, HttpServer, NetworkManager, HOST_UPLINK, OUTSIDE},
     testing::{have_command, Netns, Sandbox, REQUIRE_PRIVILEGED},
 };
 
@@ -25,8 +25,6 @@ usage: cargo xtask demo [--count N] [--allocs N]
   --allocs N   parallel allocations in the ve-alloc tour (default 300)
 ";
 
-const HOST_UPLINK: &str = "192.0.2.1";
-const OUTSIDE: &str = "192.0.2.2";
 const FORWARD_PORT: u16 = 8080;
 const TOOLS: [&str; 4] = ["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"];
 
@@ -259,25 +257,9 @@ fn in_sandbox(
             (name, ns)
         })
         .collect();
-    host.ip(&[
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "up1",
-        "netns",
-        out.name(),
-    ]);
-    host.ip(&["addr", "add", &format!("{HOST_UPLINK}/24"), "dev", "up0"]);
-    host.ip(&["link", "set", "up0", "up"]);
-    out.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "up1"]);
-    out.ip(&["link", "set", "up1", "up"]);
     // A route back to the containers: without NAT the server would see their own
     // addresses, so "the server saw the uplink address" proves NAT did its job.
-    out.ip(&["route", "add", "10.233.0.0/16", "via", HOST_UPLINK]);
+    harness::uplink(&host, &out);
     let server_addr: SocketAddr = format!("{OUTSIDE}:80").parse().unwrap();
     let _server = HttpServer::start(&out.path(), server_addr, |peer| format!("{}\n", peer.ip()))
         .map_err(|e| format!("starting the outside HTTP server: {e}"))?;

@@ -14,12 +14,11 @@ use std::{
 };
 
 use common::{
-    harness::{wait_for, HttpServer, NetworkManager},
+    harness::{self, wait_for, HttpServer, NetworkManager},
     testing::{run_ok, Netns, Sandbox, TempDir},
 };
 
-pub const HOST_UPLINK: &str = "192.0.2.1";
-pub const OUTSIDE: &str = "192.0.2.2";
+pub use common::harness::{HOST_UPLINK, OUTSIDE};
 pub const SERVER_PORT: u16 = 80;
 
 /// The directory of the workspace's binaries: the test executable lives in its `deps/`.
@@ -66,24 +65,8 @@ impl Host {
         let mut sandbox = Sandbox::new();
         let host = sandbox.netns("host");
         let out = sandbox.netns("out");
-        host.ip(&[
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "up1",
-            "netns",
-            out.name(),
-        ]);
-        host.ip(&["addr", "add", &format!("{HOST_UPLINK}/24"), "dev", "up0"]);
-        host.ip(&["link", "set", "up0", "up"]);
-        out.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "up1"]);
-        out.ip(&["link", "set", "up1", "up"]);
         // Without NAT the server would see container addresses: the negative control.
-        out.ip(&["route", "add", "10.233.0.0/16", "via", HOST_UPLINK]);
+        harness::uplink(&host, &out);
         let server = HttpServer::start(&out.path(), outside(SERVER_PORT), |peer| {
             peer.ip().to_string()
         })
