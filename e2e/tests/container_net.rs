@@ -222,9 +222,10 @@ fn a_failed_step_is_rolled_back_and_its_exit_code_kept() {
     let before = h.snapshot();
 
     // ve-link fails: the container's namespace is gone. The new lease is given back.
-    let mut gone = h.container("gone");
-    let netns = gone.netns();
-    gone.stop();
+    // (A path that never existed, not a dead container's /proc/PID/ns/net: that pid
+    // could be reused by any process, in the machine's own namespace.)
+    let scratch = common::testing::TempDir::new("e2e-gone");
+    let netns = scratch.path().join("netns-of-gone").display().to_string();
     let o = h.script().args(["up", "gone", &netns]).output().unwrap();
     assert_eq!(o.status.code(), Some(66), "ve-link's code: {}", stderr(&o));
     assert!(stderr(&o).contains("ve-link"), "{}", stderr(&o));

@@ -214,16 +214,19 @@ impl Host {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawning unshare");
+        let stdout = child.stdout.take().unwrap();
+        // Owned from here on, so a failed start below still kills it.
+        let container = Container {
+            name: name.to_string(),
+            child: Some(child),
+        };
         // Printed by the forked child: the namespaces exist by then.
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
+        BufReader::new(stdout)
             .read_line(&mut line)
             .expect("reading from the container");
         assert_eq!(line, "ready\n", "container {name} did not start");
-        Container {
-            name: name.to_string(),
-            child: Some(child),
-        }
+        container
     }
 }
 
