@@ -50,10 +50,29 @@ pub fn run(args: &[String]) -> Result {
     }
     let target = target_dir()?;
     let out = out.unwrap_or_else(|| target.join("dist"));
-    // Start from empty: nothing stale (a removed subcommand's page) survives.
+    // Start from empty: nothing stale (a removed subcommand's page) survives. Only a
+    // directory dist made itself (it carries a marker) is ever removed: `--out /usr`
+    // by mistake must not wipe anything.
+    let marker = out.join(".ve-net-dist");
     if out.exists() {
+        let empty = fs::read_dir(&out)
+            .map_err(|e| format!("reading {}: {e}", out.display()))?
+            .next()
+            .is_none();
+        if !empty && !marker.exists() {
+            return Err(format!(
+                "dist: {} exists and was not made by dist; choose another --out",
+                out.display()
+            ));
+        }
         fs::remove_dir_all(&out).map_err(|e| format!("removing {}: {e}", out.display()))?;
     }
+    fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    fs::write(
+        &marker,
+        "made by cargo xtask dist; removed and remade by it\n",
+    )
+    .map_err(|e| format!("writing {}: {e}", marker.display()))?;
     if build {
         let mut c = cargo();
         c.args(["build", "--release", "--bins"]);

@@ -13,6 +13,17 @@ pub const TEST_PACKAGES: &[&str] = &[
 ];
 
 pub fn run_tests(allow_skip: bool) -> Result {
+    // Root's tools (ip, iptables, NetworkManager) live in sbin, which a login shell's
+    // PATH may lack; tests and the demo find and start them through PATH. Set while
+    // this process has no other threads.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut dirs: Vec<&str> = path.split(':').filter(|d| !d.is_empty()).collect();
+    for d in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    std::env::set_var("PATH", dirs.join(":"));
     ensure_debian_packages(TEST_PACKAGES)?;
     util::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     util::run(cargo().args([
@@ -33,7 +44,12 @@ pub fn run_tests(allow_skip: bool) -> Result {
     }
     util::run(&mut test)?;
     // The README's main command must keep working: run it as the last test.
-    crate::demo::run(&[])
+    let demo_args: Vec<String> = if allow_skip {
+        vec![]
+    } else {
+        vec!["--require-full".into()]
+    };
+    crate::demo::run(&demo_args)
 }
 
 pub fn run(args: &[String]) -> Result {

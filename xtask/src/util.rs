@@ -51,6 +51,9 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Marks the policy-rc.d that `ensure_debian_packages` writes and removes.
+const POLICY_MARKER: &str = "written by cargo xtask while it installs packages";
+
 /// Install the Debian packages in `wanted` that are missing, saying which. Only as root
 /// on a machine with apt-get; elsewhere it just reports what is missing.
 pub fn ensure_debian_packages(wanted: &[&str]) -> Result {
@@ -85,9 +88,12 @@ pub fn ensure_debian_packages(wanted: &[&str]) -> Result {
     // Installing network-manager on a systemd host would start it on the real network:
     // a policy-rc.d that says "no" keeps every package's service stopped.
     let policy = Path::new("/usr/sbin/policy-rc.d");
-    let ours = !policy.exists();
+    // One left by an earlier run that was killed is ours too (it carries our marker).
+    let ours = !policy.exists()
+        || std::fs::read_to_string(policy).is_ok_and(|t| t.contains(POLICY_MARKER));
     if ours {
-        std::fs::write(policy, "#!/bin/sh\nexit 101\n").map_err(|e| e.to_string())?;
+        std::fs::write(policy, format!("#!/bin/sh\n# {POLICY_MARKER}\nexit 101\n"))
+            .map_err(|e| e.to_string())?;
         run(Command::new("chmod").args(["755", "/usr/sbin/policy-rc.d"]))?;
     }
     let result = run(Command::new("apt-get").args(["update", "-qq"])).and_then(|()| {
