@@ -104,10 +104,8 @@ impl Nl {
         self.request(msg, NLM_F_REQUEST | NLM_F_DUMP).await
     }
 
-    /// The link called `name`, if any.
-    pub async fn link_by_name(&self, name: &str) -> io::Result<Option<Link>> {
-        let mut m = LinkMessage::default();
-        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+    /// One link, asked for by `m`; `None` when the kernel has no such link.
+    async fn get_link(&self, mut m: LinkMessage) -> io::Result<Option<Link>> {
         m.attributes.push(skip_stats());
         match self
             .request(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST)
@@ -121,22 +119,19 @@ impl Nl {
         }
     }
 
+    /// The link called `name`, if any.
+    pub async fn link_by_name(&self, name: &str) -> io::Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(m).await
+    }
+
     /// Link `index` of the namespace this one knows as `nsid` (IFLA_TARGET_NETNSID).
     pub async fn link_at(&self, index: u32, nsid: i32) -> io::Result<Option<Link>> {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes.push(LinkAttribute::IfNetnsId(nsid));
-        m.attributes.push(skip_stats());
-        match self
-            .request(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST)
-            .await
-        {
-            Ok(v) => Ok(v.into_iter().find_map(as_link)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        self.get_link(m).await
     }
 
     /// Every link of the namespace.
