@@ -645,13 +645,7 @@ fn idempotent_and_down_restores(b: &'static str) {
     assert_eq!(code(&t.nat(&[&["check"][..], &bb].concat())), 0);
     assert_eq!(code(&t.nat(&[&["check"][..], &a].concat())), 1);
     let changed = t.save();
-    for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
-        let n = changed
-            .lines()
-            .filter(|l| l.starts_with(&format!("-A {hook} -j ve-nat-")))
-            .count();
-        assert_eq!(n, 1, "jumps from {hook}:\n{changed}");
-    }
+    assert_one_jump_per_hook(&changed);
     assert!(!changed.contains("-new"), "{changed}");
     assert!(changed.contains("-A PREROUTING -i foo -j ACCEPT"));
     assert!(changed.contains("--dport 5353"));
@@ -722,7 +716,11 @@ fn replace_without_gap(b: &'static str) {
         bad.len(),
         seen.len()
     );
-    let rules = t.save();
+    assert_one_jump_per_hook(&t.save());
+}
+
+/// Exactly one jump from each built-in chain ve-nat hooks into.
+fn assert_one_jump_per_hook(rules: &str) {
     for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
         let n = rules
             .lines()
@@ -771,14 +769,7 @@ fn concurrent_ups(b: &'static str) {
     });
     checks.sort();
     assert_eq!(checks, [0, 1], "exactly one request is installed");
-    let rules = t.save();
-    for hook in ["PREROUTING", "POSTROUTING", "OUTPUT", "FORWARD"] {
-        let n = rules
-            .lines()
-            .filter(|l| l.starts_with(&format!("-A {hook} -j ve-nat-")))
-            .count();
-        assert_eq!(n, 1, "jumps from {hook}:\n{rules}");
-    }
+    assert_one_jump_per_hook(&t.save());
 }
 
 fn injection_rejected(b: &'static str) {
