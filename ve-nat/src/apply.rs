@@ -612,6 +612,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_refused_rule_leaves_no_chain_behind() {
+        // iptables refusing the second rule of a chain being built, fresh or staged.
+        struct Refusing<'a>(&'a Fake);
+        impl Firewall for Refusing<'_> {
+            fn chains(&self, t: &str) -> Result<Vec<String>> {
+                self.0.chains(t)
+            }
+            fn rules(&self, t: &str, c: &str) -> Result<Vec<crate::firewall::Counted>> {
+                self.0.rules(t, c)
+            }
+            fn new_chain(&self, t: &str, c: &str) -> Result<()> {
+                self.0.new_chain(t, c)
+            }
+            fn append(&self, t: &str, c: &str, r: &str) -> Result<()> {
+                if !self.0.chain(t, c).is_empty() {
+                    return Err(Error::new(common::Exit::OsErr, "refused"));
+                }
+                self.0.append(t, c, r)
+            }
+            fn insert(&self, t: &str, c: &str, r: &str, p: usize) -> Result<()> {
+                self.0.insert(t, c, r, p)
+            }
+            fn delete(&self, t: &str, c: &str, r: &str) -> Result<()> {
+                self.0.delete(t, c, r)
+            }
+            fn flush(&self, t: &str, c: &str) -> Result<()> {
+                self.0.flush(t, c)
+            }
+            fn delete_chain(&self, t: &str, c: &str) -> Result<()> {
+                self.0.delete_chain(t, c)
+            }
+            fn rename_chain(&self, t: &str, f: &str, to: &str) -> Result<()> {
+                self.0.rename_chain(t, f, to)
+            }
+        }
+        let fw = Fake::new();
+        let before = fw.tables.borrow().clone();
+        assert!(up(&Refusing(&fw), &want(&[])).is_err());
+        assert_eq!(*fw.tables.borrow(), before, "a fresh chain was left");
+        up(&fw, &want(&[])).unwrap();
+        let installed = fw.tables.borrow().clone();
+        assert!(up(&Refusing(&fw), &want(&["tcp:80:10.0.0.2:80"])).is_err());
+        assert_eq!(*fw.tables.borrow(), installed, "a staging chain was left");
+    }
+
     /// A firewall that dies (refuses every change) after `budget` changes, as an `up`
     /// killed at that moment would.
     struct Stopper<'a> {

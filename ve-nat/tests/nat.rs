@@ -184,7 +184,7 @@ fn seen(ns: &Netns, addr: &str) -> String {
 
 struct Topo {
     sb: Sandbox,
-    /// ve-nat's lock directory (VE_NAT_LOCK_DIR): never the machine's /run/ve-nat.
+    /// Holds ve-nat's lock directory (see `lock_dir`).
     lockdir: TempDir,
     host: Netns,
     out: Netns,
@@ -274,6 +274,12 @@ impl Topo {
         ctr
     }
 
+    /// VE_NAT_LOCK_DIR: a directory ve-nat creates itself (so its mode does not
+    /// depend on the test's umask), never the machine's /run/ve-nat.
+    fn lock_dir(&self) -> std::path::PathBuf {
+        self.lockdir.path().join("ve-nat")
+    }
+
     /// `ve-nat ARGS --backend B` in the host namespace, not run yet.
     fn nat_cmd(&self, args: &[&str]) -> Command {
         self.nat_cmd_with(self.backend, args)
@@ -284,7 +290,7 @@ impl Topo {
         let mut c = self.host.command(BIN);
         c.args(args)
             .args(["--backend", backend])
-            .env("VE_NAT_LOCK_DIR", self.lockdir.path())
+            .env("VE_NAT_LOCK_DIR", self.lock_dir())
             .env_remove("RUST_LOG");
         c
     }
@@ -1020,7 +1026,7 @@ fn unprivileged(b: &'static str) {
             .arg(BIN)
             .args(args)
             .args(["--backend", b])
-            .env("VE_NAT_LOCK_DIR", t.lockdir.path())
+            .env("VE_NAT_LOCK_DIR", t.lock_dir())
             .output()
             .unwrap();
         assert_eq!(code(&o), 77, "{args:?}");
@@ -1063,7 +1069,7 @@ fn lock_not_taken_by_others(b: &'static str) {
     let start = std::time::Instant::now();
     t.nat_ok(&["up", "--external", "up0"]);
     // The lock file: root's, and nobody cannot even open it.
-    let lock = t.lockdir.path().join("lock");
+    let lock = t.lock_dir().join("lock");
     let md = std::fs::metadata(&lock).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!((md.uid(), md.mode() & 0o077), (0, 0), "{:o}", md.mode());
@@ -1091,6 +1097,20 @@ fn lock_not_taken_by_others(b: &'static str) {
         "took {:?}",
         start.elapsed()
     );
+
+    // A lock directory others could write (planted files, symlinks): refused.
+    let open = t.lockdir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = t
+        .nat_cmd(&["up", "--external", "up0"])
+        .env("VE_NAT_LOCK_DIR", &open)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 78);
+    assert!(one_error_line(&o).contains("lock directory"));
+    assert!(!open.join("lock").exists());
 
     // The lock is real: root's holder makes up wait.
     let mut holder = t
