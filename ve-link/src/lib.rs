@@ -7,6 +7,7 @@ use std::{ffi::OsString, io::Read};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use common::{cli::Verbosity, Error, Result};
 
+pub mod guard;
 pub mod kernel;
 mod ops;
 pub mod plan;

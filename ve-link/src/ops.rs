@@ -11,6 +11,7 @@ use futures_util::future;
 use serde::Serialize;
 
 use crate::{
+    guard,
     kernel::{step_error, CtrConn, HostConn, Nl},
     plan::{plan, Change, Link, Observed, Side, Where},
     request::{container_of, full_len, Addr, Route, UpRequest},
@@ -116,6 +117,8 @@ struct Up<'a> {
     hidx: u32,
     cidx: u32,
     journal: Vec<Undo>,
+    /// The create lost a race with another `up` of the same container.
+    raced: bool,
 }
 
 impl Up<'_> {
@@ -242,6 +245,7 @@ impl Up<'_> {
             .await
             .map_err(|e| {
                 if e.raw_os_error() == Some(libc::EEXIST) && have.host.link.is_none() {
+                    self.raced = true;
                     Error::new(Exit::TempFail, format!("{step}: {RACED}"))
                 } else {
                     step_error(&step, e)
@@ -254,11 +258,11 @@ impl Up<'_> {
         .await;
         let h = h
             .map_err(|e| step_error(&step, e))?
-            .ok_or_else(|| Error::internal(format!("{step}: {} vanished", req.host_ifname)))?;
+            .ok_or_else(|| removed_meanwhile(&step, &req.host_ifname))?;
         self.journal.push(Undo::Link(h.index));
         let c = c
             .map_err(|e| step_error(&step, e))?
-            .ok_or_else(|| Error::internal(format!("{step}: {} vanished", req.peer_ifname)))?;
+            .ok_or_else(|| removed_meanwhile(&step, &req.peer_ifname))?;
         self.hidx = h.index;
         self.cidx = c.index;
         let ctr_up = async {
@@ -372,8 +376,30 @@ fn refuse_own_namespace(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// Marks the error of a create that lost a race with another `up` of the same name.
 const RACED: &str = "created concurrently by another ve-link up";
+
+/// A link this run just created is gone: a concurrent `down` (or someone) removed it.
+/// Not a bug, and the next `up` makes it again.
+fn removed_meanwhile(step: &str, ifname: &str) -> Error {
+    Error::new(
+        Exit::TempFail,
+        format!("{step}: {ifname} was removed meanwhile (a concurrent down?); try again"),
+    )
+}
+
+/// Why one round of `up` did not finish.
+enum Failed {
+    /// Another `up` of this container created the pair between our look and our
+    /// create; nothing was changed.
+    Raced(Error),
+    Error(Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed::Error(e)
+    }
+}
 
 /// `ve-link up`.
 pub fn up(req: &UpRequest, json: bool) -> Result<()> {
@@ -383,14 +409,20 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
     let host = HostConn::open()?;
     let ctr = CtrConn::open(&ns)?;
     let changes = host.rt.block_on(async {
-        match up_once(req, &ns, &host.nl, &ctr.nl).await {
+        let again = match up_once(req, &ns, &host.nl, &ctr.nl).await {
+            Ok(c) => return Ok(c),
+            Err(Failed::Error(e)) => return Err(e),
             // Another `up` of this container made the pair between our look and our
             // create: look again and converge what it made.
-            Err(e) if e.message().contains(RACED) => {
+            Err(Failed::Raced(_)) => {
                 log::info!("{}: {RACED}; converging", req.name);
                 up_once(req, &ns, &host.nl, &ctr.nl).await
             }
-            r => r,
+        };
+        match again {
+            Ok(c) => Ok(c),
+            Err(Failed::Error(e)) => Err(e),
+            Err(Failed::Raced(e)) => Err(e.context(format!("up {}", req.name))),
         }
     })?;
     if changes.is_empty() {
@@ -412,7 +444,12 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
 }
 
 /// One look-plan-apply round of `up`, rolled back on failure.
-async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec<Change>> {
+async fn up_once(
+    req: &UpRequest,
+    ns: &Netns,
+    host: &Nl,
+    ctr: &Nl,
+) -> std::result::Result<Vec<Change>, Failed> {
     let mut have = observe(req, ns, host, ctr)
         .await
         .map_err(|e| step_error("reading the current links", e))?;
@@ -431,8 +468,15 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         } else {
             Exit::CantCreate
         };
-        return Err(Error::new(exit, format!("up {}: {b}", req.name)));
+        return Err(Error::new(exit, format!("up {}: {b}", req.name)).into());
     }
+    let own = have
+        .host
+        .link
+        .as_ref()
+        .filter(|l| crate::plan::owner(l, req) == Some(req.name.as_str()))
+        .map(|l| l.index);
+    refuse_host_addresses(req, host, own).await?;
     let mut run = Up {
         req,
         ns,
@@ -441,6 +485,7 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         hidx: have.host.link.as_ref().map_or(0, |l| l.index),
         cidx: have.ctr.link.as_ref().map_or(0, |l| l.index),
         journal: Vec::new(),
+        raced: false,
     };
     // Stale removal and creation first; then both sides at once.
     let mut result = Ok(());
@@ -469,8 +514,8 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         result = hr.and(cr);
     }
     if let Err(e) = result {
-        if e.message().contains(RACED) {
-            return Err(e);
+        if run.raced {
+            return Err(Failed::Raced(e));
         }
         let errors = run.rollback(&have).await;
         let tail = if errors.is_empty() {
@@ -478,9 +523,44 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         } else {
             format!("; rollback incomplete: {}", errors.join("; "))
         };
-        return Err(Error::new(e.exit(), format!("up {}: {e}{tail}", req.name)));
+        return Err(Error::new(e.exit(), format!("up {}: {e}{tail}", req.name)).into());
     }
     Ok(p.changes)
+}
+
+/// Exit 65 when an address of the request is one the host namespace already uses: one
+/// of its own (other than on this container's host end), or one on a network it has a
+/// route to that is neither ve-link's nor through this container's host end.
+async fn refuse_host_addresses(req: &UpRequest, host: &Nl, own: Option<u32>) -> Result<()> {
+    let keys = guard::to_check(req);
+    let covers = future::join_all(keys.iter().map(|(_, a)| host.route_to(*a))).await;
+    for ((key, addr), cover) in keys.into_iter().zip(covers) {
+        let cover =
+            cover.map_err(|e| step_error(format!("looking up the host's route to {addr}"), e))?;
+        let Some(c) = cover.filter(|c| own.is_none() || c.oif != own) else {
+            continue;
+        };
+        // Only when it may be refused: the link it is on, to tell and to name it.
+        let mut dev = None;
+        if c.kind != guard::CoverKind::Other && (c.len > 0 || c.kind == guard::CoverKind::Local) {
+            if let Some(i) = c.oif {
+                dev = host
+                    .link_by_index(i)
+                    .await
+                    .map_err(|e| step_error(format!("looking up link {i}"), e))?;
+            }
+        }
+        let managed = dev.as_ref().is_some_and(|l| managed_container(l).is_some());
+        let name = |i: Option<u32>| match (&dev, i) {
+            (Some(l), _) => l.name.clone(),
+            (None, Some(i)) => format!("link {i}"),
+            (None, None) => "several links".to_string(),
+        };
+        if let Some(why) = guard::refusal(req, key, addr, Some(&c), own, managed, name) {
+            return Err(Error::data(format!("up {}: {why}", req.name)));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -533,17 +613,20 @@ struct Managed {
     container: String,
 }
 
+/// The container whose managed host end `l` is, if it is one.
+fn managed_container(l: &Link) -> Option<String> {
+    let c = container_of(l.alias.as_deref())?;
+    // The marker and the naming rule must agree: both are ours.
+    let ours = l.name == name::host_ifname(c) || l.name == name::bridge_ifname(c);
+    (ours && l.veth).then(|| c.to_string())
+}
+
 fn managed(links: Vec<Link>) -> Vec<Managed> {
     links
         .into_iter()
         .filter_map(|l| {
-            let c = container_of(l.alias.as_deref())?.to_string();
-            // The marker and the naming rule must agree: both are ours.
-            let ours = l.name == name::host_ifname(&c) || l.name == name::bridge_ifname(&c);
-            (ours && l.veth).then_some(Managed {
-                link: l,
-                container: c,
-            })
+            let container = managed_container(&l)?;
+            Some(Managed { link: l, container })
         })
         .collect()
 }
