@@ -9,6 +9,7 @@ use common::{cli::Verbosity, Error, Result};
 
 pub mod guard;
 pub mod kernel;
+mod live;
 mod ops;
 pub mod plan;
 pub mod request;

@@ -3,7 +3,6 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
 };
 
 use common::{name, netns::Netns, output, Error, Exit, Result};
@@ -13,6 +12,7 @@ use serde::Serialize;
 use crate::{
     guard,
     kernel::{step_error, CtrConn, HostConn, Nl},
+    live,
     plan::{plan, Change, Link, Observed, Side, Where},
     request::{container_of, full_len, Addr, Route, UpRequest},
 };
@@ -761,92 +761,19 @@ fn batch_group(used: &HashSet<u32>) -> u32 {
     g
 }
 
-/// The ids the host gives every namespace still in use, by the namespace's file
-/// identity: named under /run/netns, bind-mounted anywhere (Docker's, a user's,
-/// whatever path was given to `--netns`), or entered by some process or thread. A
-/// namespace that only a stray file descriptor keeps alive is a container that is gone.
-async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
-    let mut seen = HashSet::new();
-    let mut out = BTreeMap::new();
-    let mut candidates: Vec<(std::path::PathBuf, String)> = Vec::new();
-    if let Ok(d) = fs::read_dir(common::netns::NETNS_DIR) {
-        for e in d.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            candidates.push((e.path(), n));
+/// Whether the container namespace of host end `l` (namespace id `id`) is in use. Only
+/// when some process may not be inspected is the container end looked at.
+async fn verdict(nl: &Nl, live: &live::Live, l: &Link, id: i32) -> Result<live::Verdict> {
+    let mut peer = None;
+    if live.has_hidden() {
+        if let Some(pi) = l.peer {
+            peer = nl
+                .link_at(pi, id)
+                .await
+                .map_err(|e| step_error(format!("reading the container end of {}", l.name), e))?;
         }
     }
-    candidates.extend(nsfs_mounts());
-    if let Ok(d) = fs::read_dir("/proc") {
-        for e in d.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !n.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            // Every thread: one may have entered a namespace its process has not.
-            match fs::read_dir(e.path().join("task")) {
-                Ok(tasks) => {
-                    for t in tasks.flatten() {
-                        candidates.push((t.path().join("ns/net"), format!("pid {n}")));
-                    }
-                }
-                Err(_) => candidates.push((e.path().join("ns/net"), format!("pid {n}"))),
-            }
-        }
-    }
-    for (path, label) in candidates {
-        let Ok(meta) = fs::metadata(&path) else {
-            continue;
-        };
-        if !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        let Ok(f) = fs::File::open(&path) else {
-            continue;
-        };
-        if let Ok(Some(id)) = nl.nsid_of(&f).await {
-            out.entry(id).or_insert(label);
-        }
-    }
-    out
-}
-
-/// Mount points of namespace files (`nsfs`) in this mount namespace, from
-/// /proc/self/mountinfo: `ID PARENT DEV ROOT MOUNTPOINT OPTIONS ... - FSTYPE ...`, with
-/// spaces and the like in paths written as octal escapes.
-fn nsfs_mounts() -> Vec<(std::path::PathBuf, String)> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            if right.split(' ').next() != Some("nsfs") {
-                return None;
-            }
-            let point = unescape_mount_path(left.split(' ').nth(4)?);
-            Some((std::path::PathBuf::from(&point), point))
-        })
-        .collect()
-}
-
-fn unescape_mount_path(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(live.verdict(id, peer.as_ref().map(|p| (p.index, p.mac.as_slice()))))
 }
 
 /// `ve-link gc`: remove managed links whose container namespace is gone.
@@ -859,16 +786,31 @@ pub fn gc(dry_run: bool) -> Result<()> {
             .links()
             .await
             .map_err(|e| step_error("listing links", e))?;
-        let live = live_nsids(nl).await;
-        let stale: Vec<Link> = managed(links.clone())
-            .into_iter()
+        let live = live::live(nl).await?;
+        let mut stale: Vec<Managed> = Vec::new();
+        for m in managed(links.clone()) {
             // No peer namespace id: the peer is in this namespace, not a container's.
-            .filter(|m| m.link.peer_nsid.is_some_and(|id| !live.contains_key(&id)))
-            .map(|m| m.link)
-            .collect();
-        let text: String = stale.iter().map(|l| format!("{}\n", l.name)).collect();
+            let Some(id) = m.link.peer_nsid else {
+                continue;
+            };
+            match verdict(nl, &live, &m.link, id).await? {
+                live::Verdict::Gone => stale.push(m),
+                live::Verdict::Live(_) => {}
+                live::Verdict::Unknown(who) => log::warn!(
+                    "keeping {}: cannot tell whether its namespace is gone ({who} may not be inspected: needs CAP_SYS_PTRACE)",
+                    m.link.name
+                ),
+            }
+        }
+        // Container names, not interface names: the next tool in the pipe
+        // (`ve-alloc release -`) keys on them, and a long name's interface is shortened.
+        let mut names: Vec<&str> = stale.iter().map(|m| m.container.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
         if !dry_run {
-            delete_batch(nl, stale, &links).await?;
+            let victims = stale.iter().map(|m| m.link.clone()).collect();
+            delete_batch(nl, victims, &links).await?;
         }
         output::print(&text)
     })
@@ -888,6 +830,15 @@ struct ListRow {
     container_addresses: Vec<String>,
 }
 
+fn gone_is_empty<T>(r: std::io::Result<Vec<T>>) -> std::io::Result<Vec<T>> {
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::EINVAL)) => {
+            Ok(Vec::new())
+        }
+        r => r,
+    }
+}
+
 fn show_addrs(addrs: &[Addr]) -> Vec<String> {
     addrs
         .iter()
@@ -901,8 +852,10 @@ fn show_addrs(addrs: &[Addr]) -> Vec<String> {
         .collect()
 }
 
-/// `ve-link list`: the links this tool manages.
+/// `ve-link list`: the links this tool manages. Without the privilege to see the
+/// container ends and which namespaces are in use it exits 77 rather than guess.
 pub fn list(json: bool) -> Result<()> {
+    require_privilege(false)?;
     let host = HostConn::open()?;
     let rows = host.rt.block_on(async {
         let nl = &host.nl;
@@ -910,23 +863,36 @@ pub fn list(json: bool) -> Result<()> {
             .links()
             .await
             .map_err(|e| step_error("listing links", e))?;
-        let live = live_nsids(nl).await;
+        let live = live::live(nl).await?;
+        let mut unknown = false;
         let mut rows = Vec::new();
         for m in managed(links) {
-            let addrs = nl.addrs(m.link.index).await.unwrap_or_default();
-            // The container end, read through the namespace id (best effort: needs
-            // privilege over the container namespace).
+            let l = &m.link.name;
+            // A link removed meanwhile shows without addresses; anything else is an error.
+            let addrs = gone_is_empty(nl.addrs(m.link.index).await)
+                .map_err(|e| step_error(format!("reading the addresses of {l}"), e))?;
+            // The container end, read through the namespace id.
             let (mut peer, mut ctr_addrs) = (String::new(), Vec::new());
             if let (Some(id), Some(pi)) = (m.link.peer_nsid, m.link.peer) {
-                if let Ok(Some(p)) = nl.link_at(pi, id).await {
+                if let Some(p) = nl
+                    .link_at(pi, id)
+                    .await
+                    .map_err(|e| step_error(format!("reading the container end of {l}"), e))?
+                {
                     peer = p.name;
                 }
-                ctr_addrs = nl.addrs_at(pi, Some(id)).await.unwrap_or_default();
+                ctr_addrs = gone_is_empty(nl.addrs_at(pi, Some(id)).await).map_err(|e| {
+                    step_error(format!("reading the container addresses of {l}"), e)
+                })?;
             }
             let netns = match m.link.peer_nsid {
-                Some(id) => match live.get(&id) {
-                    Some(label) => label.clone(),
-                    None => format!("nsid {id} (gone)"),
+                Some(id) => match verdict(nl, &live, &m.link, id).await? {
+                    live::Verdict::Live(label) => label,
+                    live::Verdict::Gone => format!("nsid {id} (gone)"),
+                    live::Verdict::Unknown(_) => {
+                        unknown = true;
+                        format!("nsid {id} (unknown)")
+                    }
                 },
                 None => "-".into(),
             };
@@ -944,6 +910,11 @@ pub fn list(json: bool) -> Result<()> {
                 addresses: show_addrs(&addrs),
                 container_addresses: show_addrs(&ctr_addrs),
             });
+        }
+        if unknown {
+            log::warn!(
+                "some processes may not be inspected (needs CAP_SYS_PTRACE): a namespace shown as unknown may be in use"
+            );
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok::<_, Error>(rows)
