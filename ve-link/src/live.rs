@@ -19,15 +19,25 @@ pub struct Live {
     ids: BTreeMap<i32, String>,
     /// Namespaces of processes ve-link may not inspect (without CAP_SYS_PTRACE even root
     /// may not open the namespace of a process with more capabilities than it has),
-    /// known only by their IPv6 interface table, which /proc shows to anyone.
+    /// known only by their interface tables, which /proc shows to anyone.
     hidden: Vec<Hidden>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Hidden {
     label: String,
-    /// (ifindex, address) of every IPv6 address in that namespace.
-    addrs: Vec<(u32, [u8; 16])>,
+    /// Every IPv6 address in that namespace: (ifindex, address, interface name).
+    addrs: Vec<(u32, [u8; 16], String)>,
+    /// Every interface name in that namespace.
+    names: Vec<String>,
+}
+
+/// The container end of a pair as the host sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub index: u32,
+    pub name: &'a str,
+    pub mac: &'a [u8],
 }
 
 /// Whether a container namespace is still in use.
@@ -46,21 +56,35 @@ impl Live {
         !self.hidden.is_empty()
     }
 
-    /// The namespace the host knows as `nsid`, whose container end is link `peer` there
-    /// with MAC `mac` (only needed when [`Live::has_hidden`]). A hidden namespace holds
-    /// it when it has that link with the link-local address the kernel derives from
-    /// the MAC; a hidden namespace without any IPv6 address leaves it unknown.
-    pub fn verdict(&self, nsid: i32, peer: Option<(u32, &[u8])>) -> Verdict {
+    /// The namespace the host knows as `nsid`, whose container end is `peer` (only
+    /// needed when [`Live::has_hidden`]). A hidden namespace holds it when it has that
+    /// link with the link-local address the kernel derives from its MAC. One that has
+    /// a link of that name without any IPv6 address (so no index to compare) leaves it
+    /// unknown; so does a container end that cannot be read.
+    pub fn verdict(&self, nsid: i32, peer: Option<Peer>) -> Verdict {
         if let Some(l) = self.ids.get(&nsid) {
             return Verdict::Live(l.clone());
         }
-        let ll = peer.and_then(|(i, mac)| Some((i, link_local(mac)?)));
+        let Some(first) = self.hidden.first() else {
+            return Verdict::Gone;
+        };
+        let Some(p) = peer else {
+            return Verdict::Unknown(first.label.clone());
+        };
+        let ll = link_local(p.mac);
         for h in &self.hidden {
-            if h.addrs.iter().all(|(i, _)| *i == 1) {
-                return Verdict::Unknown(h.label.clone());
-            }
-            if ll.is_some_and(|ll| h.addrs.contains(&ll)) {
+            let held = h
+                .addrs
+                .iter()
+                .any(|(i, a, _)| *i == p.index && Some(*a) == ll);
+            if held {
                 return Verdict::Live(h.label.clone());
+            }
+        }
+        for h in &self.hidden {
+            let named = h.names.iter().any(|n| n == p.name);
+            if named && !h.addrs.iter().any(|(_, _, n)| n == p.name) {
+                return Verdict::Unknown(h.label.clone());
             }
         }
         Verdict::Gone
@@ -78,12 +102,14 @@ fn link_local(mac: &[u8]) -> Option<[u8; 16]> {
 }
 
 /// `/proc/net/if_inet6`: `ADDR(32 hex) IFINDEX(hex) PREFIXLEN SCOPE FLAGS NAME` lines.
-fn parse_if_inet6(text: &str) -> Vec<(u32, [u8; 16])> {
+fn parse_if_inet6(text: &str) -> Vec<(u32, [u8; 16], String)> {
     text.lines()
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let hex = f.next()?;
-            let idx = u32::from_str_radix(f.next()?, 16).ok()?;
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [hex, idx, _, _, _, name] = f[..] else {
+                return None;
+            };
+            let idx = u32::from_str_radix(idx, 16).ok()?;
             if hex.len() != 32 {
                 return None;
             }
@@ -91,9 +117,37 @@ fn parse_if_inet6(text: &str) -> Vec<(u32, [u8; 16])> {
             for (i, b) in a.iter_mut().enumerate() {
                 *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
             }
-            Some((idx, a))
+            Some((idx, a, name.to_string()))
         })
         .collect()
+}
+
+/// `/proc/net/dev`: two header lines, then `NAME: counters...`.
+fn parse_net_dev(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split_once(':')?.0.trim().to_string()))
+        .collect()
+}
+
+/// What /proc shows anyone about the namespace of task directory `task`; None when the
+/// task is gone.
+fn hidden(task: &Path, label: String) -> Option<Hidden> {
+    let read = |f: &str| match fs::read_to_string(task.join("net").join(f)) {
+        Ok(t) => Some(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // No IPv6 in that namespace, or not readable: nothing known.
+        Err(_) => Some(None),
+    };
+    let names = read("dev")?.map(|t| parse_net_dev(&t)).unwrap_or_default();
+    let addrs = read("if_inet6")?
+        .map(|t| parse_if_inet6(&t))
+        .unwrap_or_default();
+    Some(Hidden {
+        label,
+        addrs,
+        names,
+    })
 }
 
 /// The namespaces in use, by the namespace's file identity: named under /run/netns,
@@ -141,14 +195,14 @@ pub async fn live(nl: &Nl) -> Result<Live> {
                 let Some(task) = task else {
                     return Err(denied(&path, e));
                 };
-                // Gone meanwhile, or no IPv6 at all (then nothing is known about it).
-                let addrs = match fs::read_to_string(task.join("net/if_inet6")) {
-                    Ok(t) => parse_if_inet6(&t),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(_) => Vec::new(),
+                let Some(h) = hidden(&task, label) else {
+                    continue;
                 };
-                let h = Hidden { label, addrs };
-                if !out.hidden.iter().any(|o| o.addrs == h.addrs) {
+                if !out
+                    .hidden
+                    .iter()
+                    .any(|o| o.addrs == h.addrs && o.names == h.names)
+                {
                     log::debug!(
                         "cannot inspect the namespace of {}: {}",
                         h.label,
@@ -246,44 +300,59 @@ mod tests {
     const MAC: [u8; 6] = [0x02, 0xfc, 0x00, 0x00, 0x00, 0x01];
 
     #[test]
-    fn if_inet6_lines_parse_and_the_link_local_follows_the_mac() {
+    fn proc_net_files_parse_and_the_link_local_follows_the_mac() {
         let t = "fd000000000000000000000000000002 04 40 00 82     eth0\n\
                  fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n\
                  00000000000000000000000000000001 01 80 10 80       lo\n";
         let a = parse_if_inet6(t);
         assert_eq!(a.len(), 3);
-        assert_eq!(a[1], (4, link_local(&MAC).unwrap()));
-        assert_eq!(a[2].0, 1);
+        assert_eq!(a[1], (4, link_local(&MAC).unwrap(), "eth0".to_string()));
+        let d = "Inter-|   Receive\n face |bytes\n    lo:    3193 29\n  eth0: 0 0\n";
+        assert_eq!(parse_net_dev(d), ["lo", "eth0"]);
+    }
+
+    fn hid(label: &str, addrs: &[(u32, [u8; 6], &str)], names: &[&str]) -> Hidden {
+        Hidden {
+            label: label.into(),
+            addrs: addrs
+                .iter()
+                .map(|(i, m, n)| (*i, link_local(m).unwrap(), n.to_string()))
+                .collect(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
     }
 
     #[test]
     fn a_hidden_namespace_is_matched_by_its_link_local_or_leaves_it_unknown() {
+        let peer = Some(Peer {
+            index: 2,
+            name: "eth0",
+            mac: &MAC,
+        });
         let mut l = Live::default();
         l.ids.insert(3, "pid 7".into());
         assert_eq!(l.verdict(3, None), Verdict::Live("pid 7".into()));
-        assert_eq!(l.verdict(4, Some((2, &MAC))), Verdict::Gone);
-        l.hidden.push(Hidden {
-            label: "pid 1".into(),
-            addrs: vec![(1, [0; 16]), (4, link_local(&[2, 0, 0, 0, 0, 9]).unwrap())],
-        });
-        assert_eq!(l.verdict(4, Some((2, &MAC))), Verdict::Gone);
-        l.hidden.push(Hidden {
-            label: "pid 9".into(),
-            addrs: vec![(2, link_local(&MAC).unwrap())],
-        });
-        assert_eq!(l.verdict(4, Some((2, &MAC))), Verdict::Live("pid 9".into()));
-        // Same address on another link index: another namespace.
-        assert_eq!(l.verdict(4, Some((5, &MAC))), Verdict::Gone);
-        l.hidden.insert(
-            0,
-            Hidden {
-                label: "pid 2".into(),
-                addrs: vec![(1, [0; 16])],
-            },
-        );
-        assert_eq!(
-            l.verdict(4, Some((2, &MAC))),
-            Verdict::Unknown("pid 2".into())
-        );
+        assert_eq!(l.verdict(4, peer), Verdict::Gone);
+        // The machine's namespace: an eth0 of its own, at another index.
+        l.hidden.push(hid(
+            "pid 1",
+            &[(4, [2, 0, 0, 0, 0, 9], "eth0")],
+            &["lo", "eth0"],
+        ));
+        // A namespace without links but lo.
+        l.hidden.push(hid("pid 5", &[], &["lo"]));
+        assert_eq!(l.verdict(4, peer), Verdict::Gone);
+        // Same MAC on another link index: another namespace.
+        l.hidden
+            .push(hid("pid 8", &[(5, MAC, "eth0")], &["lo", "eth0"]));
+        assert_eq!(l.verdict(4, peer), Verdict::Gone);
+        // An eth0 without IPv6: cannot tell.
+        l.hidden.push(hid("pid 2", &[], &["lo", "eth0"]));
+        assert_eq!(l.verdict(4, peer), Verdict::Unknown("pid 2".into()));
+        // The container end itself, whatever comes before it.
+        l.hidden
+            .push(hid("pid 9", &[(2, MAC, "eth0")], &["lo", "eth0"]));
+        assert_eq!(l.verdict(4, peer), Verdict::Live("pid 9".into()));
+        assert_eq!(l.verdict(4, None), Verdict::Unknown("pid 1".into()));
     }
 }

@@ -773,7 +773,14 @@ async fn verdict(nl: &Nl, live: &live::Live, l: &Link, id: i32) -> Result<live::
                 .map_err(|e| step_error(format!("reading the container end of {}", l.name), e))?;
         }
     }
-    Ok(live.verdict(id, peer.as_ref().map(|p| (p.index, p.mac.as_slice()))))
+    Ok(live.verdict(
+        id,
+        peer.as_ref().map(|p| live::Peer {
+            index: p.index,
+            name: &p.name,
+            mac: &p.mac,
+        }),
+    ))
 }
 
 /// `ve-link gc`: remove managed links whose container namespace is gone.
