@@ -1113,3 +1113,194 @@ fn list_and_gc_need_privilege_and_a_process_they_may_not_inspect_keeps_its_pair(
     drop(held);
     drop(sleeper);
 }
+
+#[test]
+fn up_refuses_the_hosts_own_addresses_and_networks_and_changes_nothing() {
+    let Some((mut sb, host, ctr)) = setup("hijack") else {
+        return;
+    };
+    let out = sb.netns("out");
+    common::harness::uplink(&host, &out);
+    host.ip(&["route", "add", "default", "via", common::harness::OUTSIDE]);
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "up0",
+        "nodad",
+    ]);
+    // An address on another link of the host.
+    host.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+    ]);
+    host.ip(&["addr", "add", "198.51.100.7/32", "dev", "other0"]);
+    let before = host.ip(&["-d", "link", "show"]);
+    let up = |extra: &[&str]| {
+        let mut args = vec!["up", "foo", "--netns", ctr.name()];
+        args.extend(extra);
+        ve_link(&host, &args)
+    };
+    for (bad, why) in [
+        (
+            [
+                "--host-address",
+                "10.233.0.1",
+                "--local-address",
+                common::harness::OUTSIDE,
+            ],
+            "is on the host's route 192.0.2.0/24 dev up0",
+        ),
+        (
+            [
+                "--host-address",
+                "10.233.0.1",
+                "--local-address",
+                "192.0.2.50",
+            ],
+            "is on the host's route 192.0.2.0/24 dev up0",
+        ),
+        (
+            [
+                "--host-address",
+                "10.233.0.1",
+                "--local-address",
+                "198.51.100.7",
+            ],
+            "already an address of the host namespace (on other0)",
+        ),
+        (
+            [
+                "--host-address",
+                "198.51.100.7",
+                "--local-address",
+                "10.233.0.2",
+            ],
+            "already an address of the host namespace (on other0)",
+        ),
+        (
+            [
+                "--host-address",
+                common::harness::HOST_UPLINK,
+                "--local-address",
+                "10.233.0.2",
+            ],
+            "already an address of the host namespace (on up0)",
+        ),
+        (
+            [
+                "--host-address6",
+                "2001:db8:1::1",
+                "--local-address6",
+                "fd42::2",
+            ],
+            "already an address of the host namespace (on up0)",
+        ),
+        (
+            [
+                "--host-address6",
+                "fd42::1",
+                "--local-address6",
+                "2001:db8:1::9",
+            ],
+            "is on the host's route 2001:db8:1::/64 dev up0",
+        ),
+    ] {
+        let o = up(&bad);
+        assert_eq!(o.status.code(), Some(65), "{bad:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{bad:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        assert_eq!(
+            host.ip(&["-d", "link", "show"]),
+            before,
+            "{bad:?} changed the host"
+        );
+        assert!(link(&ctr, "eth0").is_none(), "{bad:?} made a container end");
+    }
+    // A pool address still works, and again (re-up sees its own address and route).
+    ok(&up(&ADDRS));
+    let o = host
+        .command(BIN)
+        .args(["up", "foo", "--netns", ctr.name(), "-v"])
+        .args(ADDRS)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(
+        stderr(&o).contains("already up, nothing changed"),
+        "{}",
+        stderr(&o)
+    );
+    ok(&ve_link(
+        &host,
+        &[&["check", "foo", "--netns", ctr.name()][..], &ADDRS].concat(),
+    ));
+    // Another container may share the host address (as NixOS containers may), not take
+    // it as its own.
+    let ctr2 = sb.netns("ctr2");
+    let shared = [
+        "--host-address",
+        "10.233.0.1",
+        "--local-address",
+        "10.233.0.3",
+    ];
+    ok(&ve_link(
+        &host,
+        &[&["up", "bar", "--netns", ctr2.name()][..], &shared].concat(),
+    ));
+    let o = ve_link(
+        &host,
+        &[
+            "up",
+            "baz",
+            "--netns",
+            ctr2.name(),
+            "--ifname",
+            "eth1",
+            "--host-address",
+            "10.233.0.5",
+            "--local-address",
+            "10.233.0.1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(on ve-foo)"), "{}", stderr(&o));
+}
+
+#[test]
+fn up_racing_down_of_one_name_is_success_or_71_or_75_never_70() {
+    let Some((_sb, host, ctr)) = setup("race_down") else {
+        return;
+    };
+    let up = [&["up", "race", "--netns", ctr.name()][..], &ADDRS].concat();
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..15 {
+        let spawn = |args: &[&str]| {
+            bounded(&host, BIN)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let children = [
+            spawn(&up),
+            spawn(&["down", "race"]),
+            spawn(&up),
+            spawn(&["down", "race"]),
+        ];
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            let code = o.status.code().unwrap_or(-1);
+            assert!([0, 71, 75].contains(&code), "exit {code}: {}", stderr(&o));
+            *codes.entry(code).or_insert(0) += 1;
+        }
+    }
+    eprintln!("exit codes: {codes:?}");
+    ok(&ve_link(&host, &up));
+    ok(&ve_link(
+        &host,
+        &[&["check", "race", "--netns", ctr.name()][..], &ADDRS].concat(),
+    ));
+}
