@@ -234,9 +234,9 @@ fn up_is_idempotent_and_converges_and_reads_env_input() {
         return;
     };
     let env = "HOST_ADDRESS=10.233.0.1/32\nLOCAL_ADDRESS=10.233.0.2/24\nHOST_ADDRESS6=fd42::1\nLOCAL_ADDRESS6=fd42::2/64\n";
-    let up = |env: &str, extra: &[&str]| {
-        let mut c = host.command(BIN);
-        c.args(["up", "foo", "--netns", ctr.name(), "--addresses", "-"])
+    let run = |cmd: &str, env: &str, extra: &[&str]| {
+        let mut c = bounded(&host, BIN);
+        c.args([cmd, "foo", "--netns", ctr.name(), "--addresses", "-"])
             .args(extra);
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -250,7 +250,17 @@ fn up_is_idempotent_and_converges_and_reads_env_input() {
             .unwrap();
         child.wait_with_output().unwrap()
     };
+    let up = |env: &str, extra: &[&str]| run("up", env, extra);
+    // check takes the very input up took (container-net runs it with the same lines),
+    // and refuses an empty one as up does.
+    let o = run("check", "", &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    let o = up("", &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
     ok(&up(env, &[]));
+    ok(&run("check", env, &[]));
+    let c: Value = serde_json::from_str(&ok(&run("check", env, &["--json"]))).unwrap();
+    assert_eq!(c["ok"], true, "{c}");
     let before = link(&host, "ve-foo").unwrap()["ifindex"].clone();
     let again: Value = serde_json::from_str(&ok(&up(env, &["--json"]))).unwrap();
     assert_eq!(again["changes"], serde_json::json!([]), "{again}");
