@@ -1077,9 +1077,13 @@ fn list_and_gc_need_privilege_and_a_process_they_may_not_inspect_keeps_its_pair(
     assert_eq!(row["netns"], format!("pid {pid}"), "{rows}");
 
     // A namespace that is really gone is still collected, unless a process it may not
-    // inspect is in a namespace with an eth0 and no IPv6 to tell them apart.
+    // inspect is in a namespace with a link of the container end's name and no IPv6 to
+    // tell them apart. (A name no other test uses: their processes are hidden too.)
     let ctr2 = sb.netns("ctr2");
-    ok(&ve_link(&host, &["up", "qux", "--netns", ctr2.name()]));
+    ok(&ve_link(
+        &host,
+        &["up", "qux", "--netns", ctr2.name(), "--ifname", "qux0"],
+    ));
     let held = std::fs::File::open(ctr2.path()).unwrap();
     Command::new("ip")
         .args(["netns", "del", ctr2.name()])
@@ -1087,9 +1091,9 @@ fn list_and_gc_need_privilege_and_a_process_they_may_not_inspect_keeps_its_pair(
         .unwrap();
     let ctr3 = sb.netns("ctr3");
     ctr3.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        "link", "add", "qux0", "type", "veth", "peer", "name", "qux1",
     ]);
-    ctr3.ip(&["link", "set", "eth0", "up"]);
+    ctr3.ip(&["link", "set", "qux0", "up"]);
     Command::new("ip")
         .args([
             "netns",
