@@ -376,6 +376,7 @@ fn refuse_own_namespace(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
+/// Says why a create failed when it lost a race with another `up` of the same name.
 const RACED: &str = "created concurrently by another ve-link up";
 
 /// A link this run just created is gone: a concurrent `down` (or someone) removed it.
