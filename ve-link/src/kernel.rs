@@ -20,20 +20,25 @@ use netlink_packet_route::{
     },
     nsid::{NsidAttribute, NsidMessage},
     route::{
-        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-        RouteType,
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+        RouteScope, RouteType,
     },
     AddressFamily, RouteNetlinkMessage,
 };
 use rtnetlink::{
     packet_core::{
-        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-        NLM_F_REPLACE, NLM_F_REQUEST,
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+        NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
     },
-    Handle,
+    proto::{Connection, ConnectionHandle},
+    sys::{protocols::NETLINK_ROUTE, AsyncSocket, SocketAddr},
 };
 
+mod msg;
+use msg::Msg;
+
 use crate::{
+    guard::{CoverKind, Covering},
     plan::{Link, LinkFix},
     request::{Addr, Route},
 };
@@ -42,10 +47,32 @@ use crate::{
 /// else's (118 is unassigned in iproute2's rt_protos).
 pub const ROUTE_PROTOCOL: u8 = 118;
 
+/// How long the kernel may take to answer one request (all parts of a dump) before
+/// the command gives up with exit 75: an answer never comes when something went wrong,
+/// and a container must not be able to make the host's tools wait forever.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A netlink connection to one namespace.
 #[derive(Clone)]
 pub struct Nl {
-    handle: Handle,
+    handle: ConnectionHandle<Msg>,
+}
+
+/// A route netlink socket with strict checking (the kernel rejects attributes it does
+/// not support in requests and filters dumps), speaking [`Msg`].
+fn connect() -> io::Result<(Connection<Msg>, Nl)> {
+    let (mut conn, handle, _) = rtnetlink::proto::new_connection::<Msg>(NETLINK_ROUTE)?;
+    conn.socket_mut()
+        .socket_mut()
+        .set_netlink_get_strict_chk(true)?;
+    Ok((conn, Nl { handle }))
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no answer from the kernel within {} s", TIMEOUT.as_secs()),
+    )
 }
 
 fn os_error(code: i32) -> io::Error {
@@ -69,29 +96,40 @@ pub fn step_error(step: impl std::fmt::Display, e: io::Error) -> Error {
 }
 
 impl Nl {
-    /// Send one request; collect the replies; turn a NACK into its errno.
+    /// Send one request; collect the replies (within [`TIMEOUT`]); turn a NACK into
+    /// its errno.
     async fn request(
         &self,
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        let mut req = NetlinkMessage::from(msg);
+        let mut req = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(Msg::from(msg)),
+        );
         req.header.flags = flags;
-        let mut handle = self.handle.clone();
-        let mut resp = handle.request(req).map_err(|_| closed())?;
-        let mut out = Vec::new();
-        while let Some(m) = resp.next().await {
-            match m.payload {
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(os_error(code.get()));
+        let mut resp = self
+            .handle
+            .request(req, SocketAddr::new(0, 0))
+            .map_err(|_| closed())?;
+        let replies = async {
+            let mut out = Vec::new();
+            while let Some(m) = resp.next().await {
+                match m.payload {
+                    NetlinkPayload::InnerMessage(Msg::Route(inner)) => out.push(inner),
+                    NetlinkPayload::Error(e) => {
+                        if let Some(code) = e.code {
+                            return Err(os_error(code.get()));
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        Ok(out)
+            Ok(out)
+        };
+        tokio::time::timeout(TIMEOUT, replies)
+            .await
+            .map_err(|_| timed_out())?
     }
 
     async fn ack(&self, msg: RouteNetlinkMessage, extra: u16) -> io::Result<()> {
@@ -226,6 +264,67 @@ impl Nl {
             }
         }
         Ok(out)
+    }
+
+    /// The route the host would use for `addr` as it is in the routing table (`ip route
+    /// get fibmatch ADDR`); None when no route covers it.
+    pub async fn route_to(&self, addr: IpAddr) -> io::Result<Option<Covering>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        m.header.destination_prefix_length = crate::request::full_len(addr);
+        m.header.flags = RouteFlags::FibMatch;
+        m.attributes
+            .push(RouteAttribute::Destination(route_addr(addr)));
+        let replies = match self
+            .request(RouteNetlinkMessage::GetRoute(m), NLM_F_REQUEST)
+            .await
+        {
+            Ok(v) => v,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) | Some(libc::ENOENT)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(replies.into_iter().find_map(|r| {
+            let RouteNetlinkMessage::NewRoute(r) = r else {
+                return None;
+            };
+            let mut c = Covering {
+                kind: match r.header.kind {
+                    RouteType::Local => CoverKind::Local,
+                    RouteType::Unicast => CoverKind::Unicast,
+                    _ => CoverKind::Other,
+                },
+                len: r.header.destination_prefix_length,
+                protocol: u8::from(r.header.protocol),
+                dst: addr,
+                oif: None,
+            };
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => c.oif = Some(*i),
+                    RouteAttribute::Destination(d) => c.dst = ip_of(d).unwrap_or(addr),
+                    _ => {}
+                }
+            }
+            Some(c)
+        }))
+    }
+
+    /// The link with ifindex `index`, if any.
+    pub async fn link_by_index(&self, index: u32) -> io::Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.get_link(m).await
     }
 
     pub async fn add_addr(&self, index: u32, (ip, len): Addr) -> io::Result<()> {
@@ -523,6 +622,7 @@ fn as_link(m: RouteNetlinkMessage) -> Option<Link> {
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))
 }
@@ -538,10 +638,9 @@ impl HostConn {
     pub fn open() -> Result<Self> {
         let rt = runtime()?;
         let nl = rt.block_on(async {
-            let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()
-                .map_err(|e| Error::io("opening a netlink socket", e))?;
+            let (conn, nl) = connect().map_err(|e| Error::io("opening a netlink socket", e))?;
             tokio::spawn(conn);
-            Ok::<_, Error>(Nl { handle })
+            Ok::<_, Error>(nl)
         })?;
         Ok(HostConn { rt, nl })
     }
@@ -563,18 +662,17 @@ impl CtrConn {
         let thread = ns.spawn("ve-link-netns", move || {
             let rt = runtime()?;
             rt.block_on(async move {
-                let (conn, handle, _) =
-                    rtnetlink::new_connection_with_strict_check().map_err(|e| {
-                        Error::io("opening a netlink socket in the container namespace", e)
-                    })?;
-                let _ = tx.send(handle);
+                let (conn, nl) = connect().map_err(|e| {
+                    Error::io("opening a netlink socket in the container namespace", e)
+                })?;
+                let _ = tx.send(nl);
                 future::select(Box::pin(conn), stopped).await;
                 Ok(())
             })
         })?;
         match rx.recv() {
-            Ok(handle) => Ok(CtrConn {
-                nl: Nl { handle },
+            Ok(nl) => Ok(CtrConn {
+                nl,
                 stop: Some(stop),
                 thread: Some(thread),
             }),
@@ -594,5 +692,27 @@ impl Drop for CtrConn {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_the_kernel_never_answers_ends_after_the_timeout_with_exit_75() {
+        let rt = runtime().unwrap();
+        // A connection nobody drives: the request is never sent, so never answered.
+        let (_conn, nl) = rt.block_on(async { connect() }).unwrap();
+        let start = std::time::Instant::now();
+        let e = rt.block_on(nl.links()).unwrap_err();
+        let took = start.elapsed();
+        assert!(took >= TIMEOUT && took < TIMEOUT * 2, "{took:?}");
+        let e = step_error("listing links", e);
+        assert_eq!(e.exit(), common::Exit::TempFail, "{e}");
+        assert_eq!(
+            e.to_string(),
+            "listing links: no answer from the kernel within 5 s"
+        );
     }
 }

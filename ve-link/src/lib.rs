@@ -7,7 +7,9 @@ use std::{ffi::OsString, io::Read};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use common::{cli::Verbosity, Error, Result};
 
+pub mod guard;
 pub mod kernel;
+mod live;
 mod ops;
 pub mod plan;
 pub mod request;
@@ -20,8 +22,9 @@ use request::{UpInput, UpRequest};
     version,
     about = "Plumb a container's network namespace: veth pair, addresses, routes",
     after_help = "Exit codes: 0 ok, 1 check found differences, 64 usage, 65 bad input, \
-                  66 namespace (or bridge) missing, 73 a foreign link is in the way, \
-                  77 not enough privilege."
+                  66 namespace (or bridge) missing, 71 other kernel error, 73 a foreign \
+                  link is in the way, 75 try again (the kernel did not answer in time, or a \
+                  concurrent down), 77 not enough privilege."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,7 +41,8 @@ enum Cmd {
     Check(UpArgs),
     /// Remove the pairs of the named containers (already gone is success)
     Down(DownArgs),
-    /// Remove managed links whose container namespace is gone; prints their names
+    /// Remove managed links whose container namespace is gone; prints their container
+    /// names, one per line
     Gc {
         /// Only print what would be removed
         #[arg(long)]
@@ -108,9 +112,12 @@ struct DownArgs {
     all: bool,
 }
 
-/// The clap definition (for man pages and completions too).
+/// The clap definition (for man pages and completions too). The global flags are listed
+/// after each command's own options.
 pub fn command() -> clap::Command {
     Cli::command()
+        .mut_arg("verbose", |a| a.display_order(1000))
+        .mut_arg("quiet", |a| a.display_order(1001))
 }
 
 /// Entry point: parse, validate, act.
@@ -173,6 +180,30 @@ mod tests {
     #[test]
     fn command_is_consistent() {
         command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_come_after_each_commands_own_options_in_help() {
+        let mut cmd = command();
+        cmd.build();
+        for sub in cmd.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+            let help = sub.render_help().to_string();
+            let pos = |flag: &str| {
+                help.find(flag)
+                    .unwrap_or_else(|| panic!("{flag} missing:\n{help}"))
+            };
+            let own: Vec<usize> = sub
+                .get_arguments()
+                .filter(|a| !a.is_global_set() && a.get_long().is_some_and(|l| l != "help"))
+                .map(|a| pos(&format!("--{}", a.get_long().unwrap_or_default())))
+                .collect();
+            let first_global = pos("--verbose").min(pos("--quiet"));
+            assert!(
+                own.iter().all(|&p| p < first_global),
+                "{}:\n{help}",
+                sub.get_name()
+            );
+        }
     }
 
     #[test]

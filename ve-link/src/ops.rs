@@ -3,7 +3,6 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
 };
 
 use common::{name, netns::Netns, output, Error, Exit, Result};
@@ -11,7 +10,9 @@ use futures_util::future;
 use serde::Serialize;
 
 use crate::{
+    guard,
     kernel::{step_error, CtrConn, HostConn, Nl},
+    live,
     plan::{plan, Change, Link, Observed, Side, Where},
     request::{container_of, full_len, Addr, Route, UpRequest},
 };
@@ -116,6 +117,8 @@ struct Up<'a> {
     hidx: u32,
     cidx: u32,
     journal: Vec<Undo>,
+    /// The create lost a race with another `up` of the same container.
+    raced: bool,
 }
 
 impl Up<'_> {
@@ -242,6 +245,7 @@ impl Up<'_> {
             .await
             .map_err(|e| {
                 if e.raw_os_error() == Some(libc::EEXIST) && have.host.link.is_none() {
+                    self.raced = true;
                     Error::new(Exit::TempFail, format!("{step}: {RACED}"))
                 } else {
                     step_error(&step, e)
@@ -254,11 +258,11 @@ impl Up<'_> {
         .await;
         let h = h
             .map_err(|e| step_error(&step, e))?
-            .ok_or_else(|| Error::internal(format!("{step}: {} vanished", req.host_ifname)))?;
+            .ok_or_else(|| removed_meanwhile(&step, &req.host_ifname))?;
         self.journal.push(Undo::Link(h.index));
         let c = c
             .map_err(|e| step_error(&step, e))?
-            .ok_or_else(|| Error::internal(format!("{step}: {} vanished", req.peer_ifname)))?;
+            .ok_or_else(|| removed_meanwhile(&step, &req.peer_ifname))?;
         self.hidx = h.index;
         self.cidx = c.index;
         let ctr_up = async {
@@ -372,8 +376,31 @@ fn refuse_own_namespace(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// Marks the error of a create that lost a race with another `up` of the same name.
+/// Says why a create failed when it lost a race with another `up` of the same name.
 const RACED: &str = "created concurrently by another ve-link up";
+
+/// A link this run just created is gone: a concurrent `down` (or someone) removed it.
+/// Not a bug, and the next `up` makes it again.
+fn removed_meanwhile(step: &str, ifname: &str) -> Error {
+    Error::new(
+        Exit::TempFail,
+        format!("{step}: {ifname} was removed meanwhile (a concurrent down?); try again"),
+    )
+}
+
+/// Why one round of `up` did not finish.
+enum Failed {
+    /// Another `up` of this container created the pair between our look and our
+    /// create; nothing was changed.
+    Raced(Error),
+    Error(Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed::Error(e)
+    }
+}
 
 /// `ve-link up`.
 pub fn up(req: &UpRequest, json: bool) -> Result<()> {
@@ -383,14 +410,20 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
     let host = HostConn::open()?;
     let ctr = CtrConn::open(&ns)?;
     let changes = host.rt.block_on(async {
-        match up_once(req, &ns, &host.nl, &ctr.nl).await {
+        let again = match up_once(req, &ns, &host.nl, &ctr.nl).await {
+            Ok(c) => return Ok(c),
+            Err(Failed::Error(e)) => return Err(e),
             // Another `up` of this container made the pair between our look and our
             // create: look again and converge what it made.
-            Err(e) if e.message().contains(RACED) => {
+            Err(Failed::Raced(_)) => {
                 log::info!("{}: {RACED}; converging", req.name);
                 up_once(req, &ns, &host.nl, &ctr.nl).await
             }
-            r => r,
+        };
+        match again {
+            Ok(c) => Ok(c),
+            Err(Failed::Error(e)) => Err(e),
+            Err(Failed::Raced(e)) => Err(e.context(format!("up {}", req.name))),
         }
     })?;
     if changes.is_empty() {
@@ -412,7 +445,12 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
 }
 
 /// One look-plan-apply round of `up`, rolled back on failure.
-async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec<Change>> {
+async fn up_once(
+    req: &UpRequest,
+    ns: &Netns,
+    host: &Nl,
+    ctr: &Nl,
+) -> std::result::Result<Vec<Change>, Failed> {
     let mut have = observe(req, ns, host, ctr)
         .await
         .map_err(|e| step_error("reading the current links", e))?;
@@ -431,8 +469,15 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         } else {
             Exit::CantCreate
         };
-        return Err(Error::new(exit, format!("up {}: {b}", req.name)));
+        return Err(Error::new(exit, format!("up {}: {b}", req.name)).into());
     }
+    let own = have
+        .host
+        .link
+        .as_ref()
+        .filter(|l| crate::plan::owner(l, req) == Some(req.name.as_str()))
+        .map(|l| l.index);
+    refuse_host_addresses(req, host, own).await?;
     let mut run = Up {
         req,
         ns,
@@ -441,6 +486,7 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         hidx: have.host.link.as_ref().map_or(0, |l| l.index),
         cidx: have.ctr.link.as_ref().map_or(0, |l| l.index),
         journal: Vec::new(),
+        raced: false,
     };
     // Stale removal and creation first; then both sides at once.
     let mut result = Ok(());
@@ -469,8 +515,8 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         result = hr.and(cr);
     }
     if let Err(e) = result {
-        if e.message().contains(RACED) {
-            return Err(e);
+        if run.raced {
+            return Err(Failed::Raced(e));
         }
         let errors = run.rollback(&have).await;
         let tail = if errors.is_empty() {
@@ -478,9 +524,44 @@ async fn up_once(req: &UpRequest, ns: &Netns, host: &Nl, ctr: &Nl) -> Result<Vec
         } else {
             format!("; rollback incomplete: {}", errors.join("; "))
         };
-        return Err(Error::new(e.exit(), format!("up {}: {e}{tail}", req.name)));
+        return Err(Error::new(e.exit(), format!("up {}: {e}{tail}", req.name)).into());
     }
     Ok(p.changes)
+}
+
+/// Exit 65 when an address of the request is one the host namespace already uses: one
+/// of its own (other than on this container's host end), or one on a network it has a
+/// route to that is neither ve-link's nor through this container's host end.
+async fn refuse_host_addresses(req: &UpRequest, host: &Nl, own: Option<u32>) -> Result<()> {
+    let keys = guard::to_check(req);
+    let covers = future::join_all(keys.iter().map(|(_, a)| host.route_to(*a))).await;
+    for ((key, addr), cover) in keys.into_iter().zip(covers) {
+        let cover =
+            cover.map_err(|e| step_error(format!("looking up the host's route to {addr}"), e))?;
+        let Some(c) = cover.filter(|c| own.is_none() || c.oif != own) else {
+            continue;
+        };
+        // Only when it may be refused: the link it is on, to tell and to name it.
+        let mut dev = None;
+        if c.kind != guard::CoverKind::Other && (c.len > 0 || c.kind == guard::CoverKind::Local) {
+            if let Some(i) = c.oif {
+                dev = host
+                    .link_by_index(i)
+                    .await
+                    .map_err(|e| step_error(format!("looking up link {i}"), e))?;
+            }
+        }
+        let managed = dev.as_ref().is_some_and(|l| managed_container(l).is_some());
+        let name = |i: Option<u32>| match (&dev, i) {
+            (Some(l), _) => l.name.clone(),
+            (None, Some(i)) => format!("link {i}"),
+            (None, None) => "several links".to_string(),
+        };
+        if let Some(why) = guard::refusal(req, key, addr, Some(&c), own, managed, name) {
+            return Err(Error::data(format!("up {}: {why}", req.name)));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -533,17 +614,20 @@ struct Managed {
     container: String,
 }
 
+/// The container whose managed host end `l` is, if it is one.
+fn managed_container(l: &Link) -> Option<String> {
+    let c = container_of(l.alias.as_deref())?;
+    // The marker and the naming rule must agree: both are ours.
+    let ours = l.name == name::host_ifname(c) || l.name == name::bridge_ifname(c);
+    (ours && l.veth).then(|| c.to_string())
+}
+
 fn managed(links: Vec<Link>) -> Vec<Managed> {
     links
         .into_iter()
         .filter_map(|l| {
-            let c = container_of(l.alias.as_deref())?.to_string();
-            // The marker and the naming rule must agree: both are ours.
-            let ours = l.name == name::host_ifname(&c) || l.name == name::bridge_ifname(&c);
-            (ours && l.veth).then_some(Managed {
-                link: l,
-                container: c,
-            })
+            let container = managed_container(&l)?;
+            Some(Managed { link: l, container })
         })
         .collect()
 }
@@ -678,92 +762,29 @@ fn batch_group(used: &HashSet<u32>) -> u32 {
     g
 }
 
-/// The ids the host gives every namespace still in use, by the namespace's file
-/// identity: named under /run/netns, bind-mounted anywhere (Docker's, a user's,
-/// whatever path was given to `--netns`), or entered by some process or thread. A
-/// namespace that only a stray file descriptor keeps alive is a container that is gone.
-async fn live_nsids(nl: &Nl) -> BTreeMap<i32, String> {
-    let mut seen = HashSet::new();
-    let mut out = BTreeMap::new();
-    let mut candidates: Vec<(std::path::PathBuf, String)> = Vec::new();
-    if let Ok(d) = fs::read_dir(common::netns::NETNS_DIR) {
-        for e in d.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            candidates.push((e.path(), n));
+/// Whether the container namespace of host end `l` (namespace id `id`) is in use. Only
+/// when some process may not be inspected is the container end looked at.
+async fn verdict(nl: &Nl, live: &live::Live, l: &Link, id: i32) -> Result<live::Verdict> {
+    let mut peer = None;
+    if let v @ live::Verdict::Live(_) = live.verdict(id, None) {
+        return Ok(v);
+    }
+    if live.has_hidden() {
+        if let Some(pi) = l.peer {
+            peer = nl
+                .link_at(pi, id)
+                .await
+                .map_err(|e| step_error(format!("reading the container end of {}", l.name), e))?;
         }
     }
-    candidates.extend(nsfs_mounts());
-    if let Ok(d) = fs::read_dir("/proc") {
-        for e in d.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !n.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            // Every thread: one may have entered a namespace its process has not.
-            match fs::read_dir(e.path().join("task")) {
-                Ok(tasks) => {
-                    for t in tasks.flatten() {
-                        candidates.push((t.path().join("ns/net"), format!("pid {n}")));
-                    }
-                }
-                Err(_) => candidates.push((e.path().join("ns/net"), format!("pid {n}"))),
-            }
-        }
-    }
-    for (path, label) in candidates {
-        let Ok(meta) = fs::metadata(&path) else {
-            continue;
-        };
-        if !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        let Ok(f) = fs::File::open(&path) else {
-            continue;
-        };
-        if let Ok(Some(id)) = nl.nsid_of(&f).await {
-            out.entry(id).or_insert(label);
-        }
-    }
-    out
-}
-
-/// Mount points of namespace files (`nsfs`) in this mount namespace, from
-/// /proc/self/mountinfo: `ID PARENT DEV ROOT MOUNTPOINT OPTIONS ... - FSTYPE ...`, with
-/// spaces and the like in paths written as octal escapes.
-fn nsfs_mounts() -> Vec<(std::path::PathBuf, String)> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            if right.split(' ').next() != Some("nsfs") {
-                return None;
-            }
-            let point = unescape_mount_path(left.split(' ').nth(4)?);
-            Some((std::path::PathBuf::from(&point), point))
-        })
-        .collect()
-}
-
-fn unescape_mount_path(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(live.verdict(
+        id,
+        peer.as_ref().map(|p| live::Peer {
+            index: p.index,
+            name: &p.name,
+            mac: &p.mac,
+        }),
+    ))
 }
 
 /// `ve-link gc`: remove managed links whose container namespace is gone.
@@ -776,16 +797,31 @@ pub fn gc(dry_run: bool) -> Result<()> {
             .links()
             .await
             .map_err(|e| step_error("listing links", e))?;
-        let live = live_nsids(nl).await;
-        let stale: Vec<Link> = managed(links.clone())
-            .into_iter()
+        let live = live::live(nl).await?;
+        let mut stale: Vec<Managed> = Vec::new();
+        for m in managed(links.clone()) {
             // No peer namespace id: the peer is in this namespace, not a container's.
-            .filter(|m| m.link.peer_nsid.is_some_and(|id| !live.contains_key(&id)))
-            .map(|m| m.link)
-            .collect();
-        let text: String = stale.iter().map(|l| format!("{}\n", l.name)).collect();
+            let Some(id) = m.link.peer_nsid else {
+                continue;
+            };
+            match verdict(nl, &live, &m.link, id).await? {
+                live::Verdict::Gone => stale.push(m),
+                live::Verdict::Live(_) => {}
+                live::Verdict::Unknown(who) => log::warn!(
+                    "keeping {}: cannot tell whether its namespace is gone ({who} may not be inspected: needs CAP_SYS_PTRACE)",
+                    m.link.name
+                ),
+            }
+        }
+        // Container names, not interface names: the next tool in the pipe
+        // (`ve-alloc release -`) keys on them, and a long name's interface is shortened.
+        let mut names: Vec<&str> = stale.iter().map(|m| m.container.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
         if !dry_run {
-            delete_batch(nl, stale, &links).await?;
+            let victims = stale.iter().map(|m| m.link.clone()).collect();
+            delete_batch(nl, victims, &links).await?;
         }
         output::print(&text)
     })
@@ -805,6 +841,15 @@ struct ListRow {
     container_addresses: Vec<String>,
 }
 
+fn gone_is_empty<T>(r: std::io::Result<Vec<T>>) -> std::io::Result<Vec<T>> {
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::EINVAL)) => {
+            Ok(Vec::new())
+        }
+        r => r,
+    }
+}
+
 fn show_addrs(addrs: &[Addr]) -> Vec<String> {
     addrs
         .iter()
@@ -818,8 +863,10 @@ fn show_addrs(addrs: &[Addr]) -> Vec<String> {
         .collect()
 }
 
-/// `ve-link list`: the links this tool manages.
+/// `ve-link list`: the links this tool manages. Without the privilege to see the
+/// container ends and which namespaces are in use it exits 77 rather than guess.
 pub fn list(json: bool) -> Result<()> {
+    require_privilege(false)?;
     let host = HostConn::open()?;
     let rows = host.rt.block_on(async {
         let nl = &host.nl;
@@ -827,23 +874,36 @@ pub fn list(json: bool) -> Result<()> {
             .links()
             .await
             .map_err(|e| step_error("listing links", e))?;
-        let live = live_nsids(nl).await;
+        let live = live::live(nl).await?;
+        let mut unknown = false;
         let mut rows = Vec::new();
         for m in managed(links) {
-            let addrs = nl.addrs(m.link.index).await.unwrap_or_default();
-            // The container end, read through the namespace id (best effort: needs
-            // privilege over the container namespace).
+            let l = &m.link.name;
+            // A link removed meanwhile shows without addresses; anything else is an error.
+            let addrs = gone_is_empty(nl.addrs(m.link.index).await)
+                .map_err(|e| step_error(format!("reading the addresses of {l}"), e))?;
+            // The container end, read through the namespace id.
             let (mut peer, mut ctr_addrs) = (String::new(), Vec::new());
             if let (Some(id), Some(pi)) = (m.link.peer_nsid, m.link.peer) {
-                if let Ok(Some(p)) = nl.link_at(pi, id).await {
+                if let Some(p) = nl
+                    .link_at(pi, id)
+                    .await
+                    .map_err(|e| step_error(format!("reading the container end of {l}"), e))?
+                {
                     peer = p.name;
                 }
-                ctr_addrs = nl.addrs_at(pi, Some(id)).await.unwrap_or_default();
+                ctr_addrs = gone_is_empty(nl.addrs_at(pi, Some(id)).await).map_err(|e| {
+                    step_error(format!("reading the container addresses of {l}"), e)
+                })?;
             }
             let netns = match m.link.peer_nsid {
-                Some(id) => match live.get(&id) {
-                    Some(label) => label.clone(),
-                    None => format!("nsid {id} (gone)"),
+                Some(id) => match verdict(nl, &live, &m.link, id).await? {
+                    live::Verdict::Live(label) => label,
+                    live::Verdict::Gone => format!("nsid {id} (gone)"),
+                    live::Verdict::Unknown(_) => {
+                        unknown = true;
+                        format!("nsid {id} (unknown)")
+                    }
                 },
                 None => "-".into(),
             };
@@ -861,6 +921,11 @@ pub fn list(json: bool) -> Result<()> {
                 addresses: show_addrs(&addrs),
                 container_addresses: show_addrs(&ctr_addrs),
             });
+        }
+        if unknown {
+            log::warn!(
+                "some processes may not be inspected (needs CAP_SYS_PTRACE): a namespace shown as unknown may be in use"
+            );
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok::<_, Error>(rows)

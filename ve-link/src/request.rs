@@ -76,7 +76,8 @@ impl Addresses {
         v
     }
 
-    fn all(&self) -> Vec<(&'static str, IpAddr)> {
+    /// The addresses given, with their keys, in the fixed key order.
+    pub fn all(&self) -> Vec<(&'static str, IpAddr)> {
         [
             (KEYS[0], self.host_address.map(IpAddr::V4)),
             (KEYS[1], self.local_address.map(IpAddr::V4)),

@@ -29,8 +29,19 @@ const ADDRS: [&str; 8] = [
     "fd42::2",
 ];
 
+/// Longer than any ve-link command may take (its netlink timeout is 5 s): a hang fails
+/// the test instead of the suite.
+const BOUND: &str = "20";
+
+/// `cmd` under `ip netns exec`, killed if it runs longer than [`BOUND`] (exit 124).
+fn bounded(ns: &Netns, program: &str) -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["-k", "2", BOUND, "ip", "netns", "exec", ns.name(), program]);
+    c
+}
+
 fn ve_link(host: &Netns, args: &[&str]) -> Output {
-    host.command(BIN)
+    bounded(host, BIN)
         .args(args)
         .output()
         .expect("running ve-link")
@@ -53,7 +64,7 @@ fn stderr(out: &Output) -> String {
 }
 
 fn setup(test: &str) -> Option<(Sandbox, Netns, Netns)> {
-    if !privileged(test, &["ip", "setpriv"]) {
+    if !privileged(test, &["ip", "setpriv", "timeout"]) {
         return None;
     }
     let mut sb = Sandbox::new();
@@ -223,9 +234,9 @@ fn up_is_idempotent_and_converges_and_reads_env_input() {
         return;
     };
     let env = "HOST_ADDRESS=10.233.0.1/32\nLOCAL_ADDRESS=10.233.0.2/24\nHOST_ADDRESS6=fd42::1\nLOCAL_ADDRESS6=fd42::2/64\n";
-    let up = |env: &str, extra: &[&str]| {
-        let mut c = host.command(BIN);
-        c.args(["up", "foo", "--netns", ctr.name(), "--addresses", "-"])
+    let run = |cmd: &str, env: &str, extra: &[&str]| {
+        let mut c = bounded(&host, BIN);
+        c.args([cmd, "foo", "--netns", ctr.name(), "--addresses", "-"])
             .args(extra);
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -239,7 +250,17 @@ fn up_is_idempotent_and_converges_and_reads_env_input() {
             .unwrap();
         child.wait_with_output().unwrap()
     };
+    let up = |env: &str, extra: &[&str]| run("up", env, extra);
+    // check takes the very input up took (container-net runs it with the same lines),
+    // and refuses an empty one as up does.
+    let o = run("check", "", &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    let o = up("", &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
     ok(&up(env, &[]));
+    ok(&run("check", env, &[]));
+    let c: Value = serde_json::from_str(&ok(&run("check", env, &["--json"]))).unwrap();
+    assert_eq!(c["ok"], true, "{c}");
     let before = link(&host, "ve-foo").unwrap()["ifindex"].clone();
     let again: Value = serde_json::from_str(&ok(&up(env, &["--json"]))).unwrap();
     assert_eq!(again["changes"], serde_json::json!([]), "{again}");
@@ -791,16 +812,27 @@ fn stale_links_are_replaced_by_up_and_removed_by_gc() {
     // A namespace kept alive by nothing but an open fd is gone for gc: no name, no
     // mount, no process or thread in it.
     ok(&ve_link(&host, &["up", "bar", "--netns", ctr.name()]));
+    // gc prints container names, which `ve-alloc release -` keys on, also for a long
+    // name whose interface name is shortened.
+    let long = "a-rather-long-container";
+    let long_if = common::name::host_ifname(long);
+    assert_ne!(long_if, format!("ve-{long}"));
+    ok(&ve_link(
+        &host,
+        &["up", long, "--netns", ctr.name(), "--ifname", "eth1"],
+    ));
     let held = std::fs::File::open(ctr.path()).unwrap();
     Command::new("ip")
         .args(["netns", "del", ctr.name()])
         .status()
         .unwrap();
     assert!(link(&host, "ve-bar").is_some());
-    assert_eq!(ok(&ve_link(&host, &["gc", "--dry-run"])), "ve-bar\n");
+    let names = format!("{long}\nbar\n");
+    assert_eq!(ok(&ve_link(&host, &["gc", "--dry-run"])), names);
     assert!(link(&host, "ve-bar").is_some());
-    assert_eq!(ok(&ve_link(&host, &["gc"])), "ve-bar\n");
+    assert_eq!(ok(&ve_link(&host, &["gc"])), names);
     assert!(link(&host, "ve-bar").is_none());
+    assert!(link(&host, &long_if).is_none());
     assert!(link(&host, "ve-foo").is_some(), "gc removed a live link");
     drop(held);
 }
@@ -866,4 +898,423 @@ fn gc_keeps_links_of_namespaces_mounted_elsewhere_or_entered_by_a_thread_only() 
     assert!(link(&host, "ve-baz").is_some());
     drop(done_tx);
     t.join().unwrap();
+}
+
+/// Set interface `dev`'s alias in `ns` to raw bytes (not UTF-8), as a container's root may.
+fn raw_alias(ns: &Netns, dev: &str, alias: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let st = Command::new("ip")
+        .args(["-n", ns.name(), "link", "set", dev, "alias"])
+        .arg(std::ffi::OsStr::from_bytes(alias))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Whether link `dev` exists in `ns` (`ip -j` cannot print a non-UTF-8 alias).
+fn exists(ns: &Netns, dev: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns.name(), "link", "show", "dev", dev])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// `ve_link`, which must also finish well within ve-link's own netlink timeout.
+#[track_caller]
+fn quick(host: &Netns, args: &[&str]) -> Output {
+    let start = std::time::Instant::now();
+    let out = ve_link(host, args);
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "ve-link {args:?} took {:?} ({}): {}",
+        start.elapsed(),
+        out.status,
+        stderr(&out)
+    );
+    out
+}
+
+#[test]
+fn undecodable_aliases_neither_hang_nor_flood_stderr() {
+    let Some((mut sb, host, ctr)) = setup("bad_alias") else {
+        return;
+    };
+    let up_foo = [&["up", "foo", "--netns", ctr.name()][..], &ADDRS].concat();
+    let check_foo = [&["check", "foo", "--netns", ctr.name()][..], &ADDRS].concat();
+    ok(&quick(&host, &up_foo));
+    // The container's root sets aliases that are not UTF-8 on its own lo and eth0.
+    raw_alias(&ctr, "lo", b"\xff\xfe");
+    raw_alias(&ctr, "eth0", b"\xff\xfe");
+    ok(&quick(&host, &check_foo));
+    assert_eq!(ok(&quick(&host, &up_foo)).lines().count(), 6);
+    // The same before the first up.
+    let ctr2 = sb.netns("ctr2");
+    raw_alias(&ctr2, "lo", b"\xfe");
+    let bar = [
+        "--netns",
+        ctr2.name(),
+        "--host-address",
+        "10.233.1.1",
+        "--local-address",
+        "10.233.1.2",
+    ];
+    ok(&quick(&host, &[&["up", "bar"][..], &bar].concat()));
+    ok(&quick(&host, &[&["check", "bar"][..], &bar].concat()));
+    assert_eq!(addrs(&ctr2, "eth0"), ["10.233.1.2/32"]);
+    // (check passing means lo is up too; `ip -j` cannot print a non-UTF-8 alias.)
+
+    // On the host end: then the link is not ours any more.
+    raw_alias(&host, "ve-foo", b"ve-link:foo\xff");
+    let out = quick(&host, &up_foo);
+    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+    let out = quick(&host, &["down", "foo"]);
+    ok(&out);
+    assert!(stderr(&out).contains("ve-foo is not managed by ve-link"));
+    assert!(exists(&host, "ve-foo"));
+
+    // A foreign link with such an alias: no hex dump, on any command that lists links.
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["gc"],
+        &["down", "--all"],
+    ] {
+        let out = quick(&host, args);
+        ok(&out);
+        assert!(stderr(&out).len() < 200, "{args:?}: {}", stderr(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ve-foo"));
+    }
+    assert!(!exists(&host, "ve-bar"), "down --all kept ours");
+    assert!(exists(&host, "ve-foo"), "down --all removed a foreign link");
+}
+
+/// A privilege-dropping prefix: `setpriv` with these arguments before the program.
+fn as_nobody() -> Vec<&'static str> {
+    vec![
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ]
+}
+
+/// Waits until process `pid` is in namespace `ns` (`ip netns exec` enters it after the
+/// fork).
+fn wait_in(pid: u32, ns: &std::path::Path) {
+    let want = std::fs::metadata(ns).unwrap().ino();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| m.ino())
+        .ok()
+        != Some(want)
+    {
+        assert!(std::time::Instant::now() < deadline, "{pid} never entered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A child process killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn list_and_gc_need_privilege_and_a_process_they_may_not_inspect_keeps_its_pair() {
+    let Some((mut sb, host, ctr)) = setup("unprivileged") else {
+        return;
+    };
+    ok(&ve_link(&host, &["up", "baz", "--netns", ctr.name()]));
+    for args in [&["list"][..], &["list", "--json"], &["gc", "--dry-run"]] {
+        let out = bounded(&host, "setpriv")
+            .args(as_nobody())
+            .arg(BIN)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(77), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        assert!(stderr(&out).contains("CAP_NET_ADMIN"), "{}", stderr(&out));
+    }
+
+    // Only a process holds the container namespace, and ve-link runs with fewer
+    // capabilities than it has, without CAP_SYS_PTRACE: it may not open that
+    // process's namespace, and must still not take the container for gone.
+    let sleeper = Child(ctr.command("sleep").arg("60").spawn().unwrap());
+    let pid = sleeper.0.id();
+    wait_in(pid, &ctr.path());
+    Command::new("ip")
+        .args(["netns", "del", ctr.name()])
+        .status()
+        .unwrap();
+    let weaker = |args: &[&str]| {
+        bounded(&host, "setpriv")
+            .args([
+                "--inh-caps=-sys_ptrace,-sys_boot",
+                "--bounding-set=-sys_ptrace,-sys_boot",
+                BIN,
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        ok(&weaker(&["gc"])),
+        "",
+        "gc removed a live container's pair"
+    );
+    assert!(link(&host, "ve-baz").is_some());
+    let rows = ok(&weaker(&["list", "--json"]));
+    let row: Value = serde_json::from_str(rows.trim()).unwrap();
+    assert_eq!(row["netns"], format!("pid {pid}"), "{rows}");
+
+    // A namespace that is really gone is still collected, unless a process it may not
+    // inspect is in a namespace with a link of the container end's name and no IPv6 to
+    // tell them apart. (A name no other test uses: their processes are hidden too.)
+    let ctr2 = sb.netns("ctr2");
+    ok(&ve_link(
+        &host,
+        &["up", "qux", "--netns", ctr2.name(), "--ifname", "qux0"],
+    ));
+    let held = std::fs::File::open(ctr2.path()).unwrap();
+    Command::new("ip")
+        .args(["netns", "del", ctr2.name()])
+        .status()
+        .unwrap();
+    let ctr3 = sb.netns("ctr3");
+    ctr3.ip(&[
+        "link", "add", "qux0", "type", "veth", "peer", "name", "qux1",
+    ]);
+    ctr3.ip(&["link", "set", "qux0", "up"]);
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ctr3.name(),
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+        ])
+        .status()
+        .unwrap();
+    let blind = Child(ctr3.command("sleep").arg("60").spawn().unwrap());
+    wait_in(blind.0.id(), &ctr3.path());
+    Command::new("ip")
+        .args(["netns", "del", ctr3.name()])
+        .status()
+        .unwrap();
+    let out = weaker(&["gc"]);
+    assert_eq!(ok(&out), "");
+    assert!(
+        stderr(&out).contains("keeping ve-qux: cannot tell"),
+        "{}",
+        stderr(&out)
+    );
+    let rows = ok(&weaker(&["list"]));
+    assert!(rows.contains("(unknown)"), "{rows}");
+    drop(blind);
+    assert_eq!(ok(&weaker(&["gc"])), "qux\n");
+    assert!(link(&host, "ve-qux").is_none());
+    assert!(link(&host, "ve-baz").is_some());
+    drop(held);
+    drop(sleeper);
+}
+
+#[test]
+fn up_refuses_the_hosts_own_addresses_and_networks_and_changes_nothing() {
+    let Some((mut sb, host, ctr)) = setup("hijack") else {
+        return;
+    };
+    let out = sb.netns("out");
+    common::harness::uplink(&host, &out);
+    host.ip(&["route", "add", "default", "via", common::harness::OUTSIDE]);
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "up0",
+        "nodad",
+    ]);
+    // An address on another link of the host.
+    host.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+    ]);
+    host.ip(&["addr", "add", "198.51.100.7/32", "dev", "other0"]);
+    let before = host.ip(&["-d", "link", "show"]);
+    let up = |extra: &[&str]| {
+        let mut args = vec!["up", "foo", "--netns", ctr.name()];
+        args.extend(extra);
+        ve_link(&host, &args)
+    };
+    for (bad, why) in [
+        (
+            [
+                "--host-address",
+                "10.233.0.1",
+                "--local-address",
+                common::harness::OUTSIDE,
+            ],
+            "is on the host's route 192.0.2.0/24 dev up0",
+        ),
+        (
+            [
+                "--host-address",
+                "10.233.0.1",
+                "--local-address",
+                "192.0.2.50",
+            ],
+            "is on the host's route 192.0.2.0/24 dev up0",
+        ),
+        (
+            [
+                "--host-address",
+                "10.233.0.1",
+                "--local-address",
+                "198.51.100.7",
+            ],
+            "already an address of the host namespace (on other0)",
+        ),
+        (
+            [
+                "--host-address",
+                "198.51.100.7",
+                "--local-address",
+                "10.233.0.2",
+            ],
+            "already an address of the host namespace (on other0)",
+        ),
+        (
+            [
+                "--host-address",
+                common::harness::HOST_UPLINK,
+                "--local-address",
+                "10.233.0.2",
+            ],
+            "already an address of the host namespace (on up0)",
+        ),
+        (
+            [
+                "--host-address6",
+                "2001:db8:1::1",
+                "--local-address6",
+                "fd42::2",
+            ],
+            "already an address of the host namespace (on up0)",
+        ),
+        (
+            [
+                "--host-address6",
+                "fd42::1",
+                "--local-address6",
+                "2001:db8:1::9",
+            ],
+            "is on the host's route 2001:db8:1::/64 dev up0",
+        ),
+    ] {
+        let o = up(&bad);
+        assert_eq!(o.status.code(), Some(65), "{bad:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{bad:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        assert_eq!(
+            host.ip(&["-d", "link", "show"]),
+            before,
+            "{bad:?} changed the host"
+        );
+        assert!(link(&ctr, "eth0").is_none(), "{bad:?} made a container end");
+    }
+    // A pool address still works, and again (re-up sees its own address and route).
+    ok(&up(&ADDRS));
+    let o = host
+        .command(BIN)
+        .args(["up", "foo", "--netns", ctr.name(), "-v"])
+        .args(ADDRS)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(
+        stderr(&o).contains("already up, nothing changed"),
+        "{}",
+        stderr(&o)
+    );
+    ok(&ve_link(
+        &host,
+        &[&["check", "foo", "--netns", ctr.name()][..], &ADDRS].concat(),
+    ));
+    // Another container may share the host address (as NixOS containers may), not take
+    // it as its own.
+    let ctr2 = sb.netns("ctr2");
+    let shared = [
+        "--host-address",
+        "10.233.0.1",
+        "--local-address",
+        "10.233.0.3",
+    ];
+    ok(&ve_link(
+        &host,
+        &[&["up", "bar", "--netns", ctr2.name()][..], &shared].concat(),
+    ));
+    let o = ve_link(
+        &host,
+        &[
+            "up",
+            "baz",
+            "--netns",
+            ctr2.name(),
+            "--ifname",
+            "eth1",
+            "--host-address",
+            "10.233.0.5",
+            "--local-address",
+            "10.233.0.1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(on ve-foo)"), "{}", stderr(&o));
+}
+
+#[test]
+fn up_racing_down_of_one_name_is_success_or_71_or_75_never_70() {
+    let Some((_sb, host, ctr)) = setup("race_down") else {
+        return;
+    };
+    let up = [&["up", "race", "--netns", ctr.name()][..], &ADDRS].concat();
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..15 {
+        let spawn = |args: &[&str]| {
+            bounded(&host, BIN)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let children = [
+            spawn(&up),
+            spawn(&["down", "race"]),
+            spawn(&up),
+            spawn(&["down", "race"]),
+        ];
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            let code = o.status.code().unwrap_or(-1);
+            assert!([0, 71, 75].contains(&code), "exit {code}: {}", stderr(&o));
+            *codes.entry(code).or_insert(0) += 1;
+        }
+    }
+    eprintln!("exit codes: {codes:?}");
+    ok(&ve_link(&host, &up));
+    ok(&ve_link(
+        &host,
+        &[&["check", "race", "--netns", ctr.name()][..], &ADDRS].concat(),
+    ));
 }
