@@ -42,7 +42,7 @@ pub fn run(args: &[String]) -> Result {
             "--no-build" => build = false,
             "--out" => out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
             "-h" | "--help" => {
-                print!("{USAGE}");
+                say!("{USAGE}");
                 return Ok(());
             }
             other => return Err(format!("dist: unknown option {other:?}\n{USAGE}")),
@@ -96,7 +96,7 @@ pub fn run(args: &[String]) -> Result {
         let unit = unit.map_err(|e| e.to_string())?.path();
         copy(&unit, &examples.join(unit.file_name().unwrap_or_default()))?;
     }
-    println!("dist: wrote {}", out.display());
+    sayln!("dist: wrote {}", out.display());
     Ok(())
 }
 
