@@ -54,7 +54,8 @@ pub fn run(args: &[String]) -> Result {
             "--require-full" => require = true,
             "--tools" => {
                 tools_from = Some(PathBuf::from(
-                    it.next().ok_or(format!("demo: --tools needs a directory\n{USAGE}"))?,
+                    it.next()
+                        .ok_or(format!("demo: --tools needs a directory\n{USAGE}"))?,
                 ))
             }
             "-h" | "--help" => {
@@ -577,7 +578,11 @@ fn machine_config() -> Vec<(PathBuf, u64, i64)> {
             if m.is_dir() {
                 todo.push(e.path());
             }
-            out.push((e.path(), m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000));
+            out.push((
+                e.path(),
+                m.size(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            ));
         }
     }
     out.sort();

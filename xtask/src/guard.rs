@@ -64,7 +64,13 @@ pub fn pid(pid: u32) {
 extern "C" fn on_signal(sig: libc::c_int) {
     let byte = sig as u8;
     // SAFETY: write(2) is async-signal-safe; the fd stays open for the process's life.
-    unsafe { libc::write(SIGNAL_FD.load(Ordering::Relaxed), (&raw const byte).cast(), 1) };
+    unsafe {
+        libc::write(
+            SIGNAL_FD.load(Ordering::Relaxed),
+            (&raw const byte).cast(),
+            1,
+        )
+    };
 }
 
 /// Catch SIGINT, SIGTERM and SIGHUP: clean up and exit. Call once, first thing.

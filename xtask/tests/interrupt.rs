@@ -104,14 +104,21 @@ impl Run {
             if let Some(st) = self.child.try_wait().expect("waiting for xtask") {
                 return st;
             }
-            assert!(t.elapsed() < timeout, "xtask still running after {timeout:?}");
+            assert!(
+                t.elapsed() < timeout,
+                "xtask still running after {timeout:?}"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Nothing of it left: no namespace with its prefix, none of `pids`, no `dirs`.
     fn assert_clean(&self, pids: &[String], dirs: &[PathBuf]) {
-        assert_eq!(netns_with(&self.prefix), Vec::<String>::new(), "namespaces left");
+        assert_eq!(
+            netns_with(&self.prefix),
+            Vec::<String>::new(),
+            "namespaces left"
+        );
         let alive = || -> Vec<&String> { pids.iter().filter(|p| running(p)).collect() };
         // A killed process may take a moment to go (reparented to init, reaped).
         let _ = (0..100).find(|_| {
@@ -192,9 +199,13 @@ fn demo_with_stdout_closed_early_removes_its_sandbox() {
     let mut out = BufReader::new(run.child.stdout.take().expect("piped"));
     // `| head -1`: one line, then the reader is gone.
     let mut line = String::new();
-    out.read_line(&mut line).expect("reading the demo's first line");
+    out.read_line(&mut line)
+        .expect("reading the demo's first line");
     let names = netns_with(&run.prefix);
-    assert!(!names.is_empty(), "the demo printed before making its sandbox");
+    assert!(
+        !names.is_empty(),
+        "the demo printed before making its sandbox"
+    );
     let pids = pids_in(&names);
     drop(out);
     let st = run.wait(Duration::from_secs(20));
@@ -217,9 +228,11 @@ fn bench_link_stopped_by_sigterm_removes_its_namespaces() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut run = Run::start(c, |pid| format!("vbl{pid}-"));
-    wait_until("50 of the bench's namespaces", Duration::from_secs(20), || {
-        netns_with(&run.prefix).len() >= 50
-    });
+    wait_until(
+        "50 of the bench's namespaces",
+        Duration::from_secs(20),
+        || netns_with(&run.prefix).len() >= 50,
+    );
     // The bench re-runs itself inside its host namespace: that process must go too.
     let pids = pids_in(&[format!("{}host", run.prefix)]);
     assert!(!pids.is_empty(), "no inner run in the host namespace");
@@ -268,7 +281,10 @@ fn help_prints_usage_and_runs_nothing() {
             if flag == "--no-such-option" {
                 assert!(!o.status.success(), "{what}: {stdout}");
                 assert!(stderr.contains("--no-such-option"), "{what}: {stderr}");
-                assert!(!stderr.contains("xtask: $"), "{what} ran something: {stderr}");
+                assert!(
+                    !stderr.contains("xtask: $"),
+                    "{what} ran something: {stderr}"
+                );
             } else {
                 assert!(o.status.success(), "{what}: {stderr}");
                 assert!(stdout.starts_with("usage: cargo xtask"), "{what}: {stdout}");

@@ -54,10 +54,10 @@ pub(super) fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>)>
             "--containers" => o.containers = num("--containers")?,
             "--samples" => o.samples = num("--samples")?,
             "--tools" => {
-                o.tools = Some(PathBuf::from(
-                    it.next()
-                        .ok_or_else(|| format!("--tools needs a directory\n{USAGE}"))?,
-                ))
+                o.tools =
+                    Some(PathBuf::from(it.next().ok_or_else(|| {
+                        format!("--tools needs a directory\n{USAGE}")
+                    })?))
             }
             "--inner" => {
                 let p = it.next().ok_or("--inner needs PREFIX BIN")?.clone();
@@ -375,9 +375,7 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
         bulk_rows = Some((bulk, ve_bulk, ip_bulk));
     }
 
-    sayln!(
-        "\nve-link vs the NixOS `ip` sequence (IPv4, medians of {s}; host with N containers)\n"
-    );
+    sayln!("\nve-link vs the NixOS `ip` sequence (IPv4, medians of {s}; host with N containers)\n");
     sayln!("| measurement | ve-link | ip | ip / ve-link |");
     sayln!("|---|---|---|---|");
     for (i, v, p, b) in &rows {
