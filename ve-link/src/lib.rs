@@ -7,6 +7,7 @@ use std::{ffi::OsString, io::Read};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use common::{cli::Verbosity, Error, Result};
 
+pub mod doc;
 pub mod kernel;
 mod ops;
 pub mod plan;
@@ -18,10 +19,7 @@ use request::{UpInput, UpRequest};
 #[command(
     name = "ve-link",
     version,
-    about = "Plumb a container's network namespace: veth pair, addresses, routes",
-    after_help = "Exit codes: 0 ok, 1 check found differences, 64 usage, 65 bad input, \
-                  66 namespace (or bridge) missing, 73 a foreign link is in the way, \
-                  77 not enough privilege."
+    about = "Plumb a container's network namespace: veth pair, addresses, routes"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -110,7 +108,7 @@ struct DownArgs {
 
 /// The clap definition (for man pages and completions too).
 pub fn command() -> clap::Command {
-    Cli::command()
+    doc::MANUAL.attach(Cli::command())
 }
 
 /// Entry point: parse, validate, act.
