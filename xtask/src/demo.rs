@@ -106,8 +106,12 @@ fn tools_dir() -> Result<PathBuf> {
     tools_in(exe.parent().ok_or("xtask has no directory")?.to_path_buf())
 }
 
-/// `dir`, when it holds every tool.
+/// `dir` as an absolute path (it goes on PATH in other mount namespaces, where the
+/// working directory is their root), when it holds every tool.
 fn tools_in(dir: PathBuf) -> Result<PathBuf> {
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     for t in TOOLS {
         if !dir.join(t).is_file() {
             return Err(format!("{} was not built", dir.join(t).display()));
@@ -555,7 +559,7 @@ fn machine_network() -> Result<String> {
 
 /// Directories the tools would write network configuration to on a real host: the demo
 /// must leave them as they were (everything it writes goes to scratch directories).
-pub const MACHINE_CONFIG_DIRS: &[&str] = &[
+pub(crate) const MACHINE_CONFIG_DIRS: &[&str] = &[
     "/etc/NetworkManager",
     "/run/NetworkManager",
     "/etc/systemd/network",
@@ -563,7 +567,7 @@ pub const MACHINE_CONFIG_DIRS: &[&str] = &[
 ];
 
 /// Every file under [`MACHINE_CONFIG_DIRS`] with its size and modification time.
-fn machine_config() -> Vec<(PathBuf, u64, i64)> {
+pub(crate) fn machine_config() -> Vec<(PathBuf, u64, i64)> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut todo: Vec<PathBuf> = MACHINE_CONFIG_DIRS.iter().map(PathBuf::from).collect();

@@ -242,6 +242,38 @@ fn bench_link_stopped_by_sigterm_removes_its_namespaces() {
     run.assert_clean(&pids, &[]);
 }
 
+/// `bench nm` runs nm-unmanage --watch and --persist against a sandboxed
+/// NetworkManager; it fails itself when the machine's NetworkManager or networkd
+/// directories changed, and leaves nothing behind.
+#[test]
+fn bench_nm_writes_nothing_of_the_machines() {
+    if !privileged(
+        "bench_nm_writes_nothing_of_the_machines",
+        &[
+            "ip",
+            "nsenter",
+            "NetworkManager",
+            "dbus-daemon",
+            "dbus-send",
+        ],
+    ) {
+        return;
+    }
+    let mut c = xtask();
+    c.args(["bench", "nm", "--cycles", "1"])
+        .arg("--tools")
+        .arg(tools_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut run = Run::start(c, |pid| format!("nmbench{pid}-"));
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(run.child.stderr.as_mut().expect("piped"), &mut err);
+    let st = run.wait(Duration::from_secs(30));
+    assert!(st.success(), "{st}: {err}");
+    let pid = run.child.id();
+    run.assert_clean(&[], &[std::env::temp_dir().join(format!("nmbench{pid}"))]);
+}
+
 /// Every task and subcommand prints its usage on -h and --help, exits 0 at once and
 /// creates nothing; an unknown option is refused the same way.
 #[test]

@@ -22,12 +22,13 @@ use std::{
 use crate::util::{self, Result};
 
 const USAGE: &str = "\
-usage: cargo xtask bench nm [--cycles N]
+usage: cargo xtask bench nm [--cycles N] [--tools DIR]
 
 Re-creates a veth `ve-test` N times (default 100) next to a sandboxed NetworkManager:
 first 10 times with no tool (when does the first DHCP DISCOVER leave?), then N times
 with `nm-unmanage --watch` (creation -> Managed=false, DISCOVERs leaked), then N times
-after `nm-unmanage --persist` (devices left unmanaged, DISCOVERs leaked). Needs root.";
+after `nm-unmanage --persist` (devices left unmanaged, DISCOVERs leaked). Needs root.
+--tools DIR uses DIR/nm-unmanage instead of building a release one.";
 
 /// How long NetworkManager gets to (not) take a new device over: it activates ~0.25 s
 /// after a veth appears.
@@ -36,12 +37,13 @@ const HOLD: Duration = Duration::from_millis(400);
 /// What to run: the benchmark with N cycles, the DISCOVER counter (its inner re-run),
 /// or `None` for `--help`; unknown options are refused.
 pub(super) enum Opts {
-    Cycles(usize),
+    Cycles(usize, Option<PathBuf>),
     Listener,
 }
 
 pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
     let mut cycles = 100usize;
+    let mut tools = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -53,21 +55,22 @@ pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
                     .filter(|n| *n > 0)
                     .ok_or("--cycles needs a positive number")?
             }
+            "--tools" => tools = Some(PathBuf::from(it.next().ok_or("--tools needs a directory")?)),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("bench nm: unknown argument {other:?}\n{USAGE}")),
         }
     }
-    Ok(Some(Opts::Cycles(cycles)))
+    Ok(Some(Opts::Cycles(cycles, tools)))
 }
 
 pub fn run(args: &[String]) -> Result {
-    let cycles = match parse(args)? {
+    let (cycles, tools) = match parse(args)? {
         None => {
             sayln!("{USAGE}");
             return Ok(());
         }
         Some(Opts::Listener) => return udp67_listener(),
-        Some(Opts::Cycles(n)) => n,
+        Some(Opts::Cycles(n, tools)) => (n, tools),
     };
     if !util::is_root() {
         return Err("bench nm needs root (network namespaces, NetworkManager)".into());
@@ -79,9 +82,19 @@ pub fn run(args: &[String]) -> Result {
             ));
         }
     }
-    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "nm-unmanage"]))?;
-    let bin = target_dir().join("release/nm-unmanage");
+    let bin = match tools {
+        // Absolute: it runs in NetworkManager's mount namespace, cwd its root.
+        Some(dir) => dir
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .join("nm-unmanage"),
+        None => {
+            util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "nm-unmanage"]))?;
+            target_dir().join("release/nm-unmanage")
+        }
+    };
 
+    let config_before = crate::demo::machine_config();
     let lab = Lab::start()?;
     let version = Command::new("NetworkManager")
         .arg("--version")
@@ -186,6 +199,13 @@ pub fn run(args: &[String]) -> Result {
          DHCP DISCOVERs that got out: {leaked}",
         cycles - managed
     );
+    drop(lab);
+    if crate::demo::machine_config() != config_before {
+        return Err(format!(
+            "bench nm changed files under {}: it must write only the sandbox's",
+            crate::demo::MACHINE_CONFIG_DIRS.join(", ")
+        ));
+    }
     Ok(())
 }
 
