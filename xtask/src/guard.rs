@@ -141,8 +141,14 @@ fn clean(reg: &Registered) {
     let mut killed = Vec::new();
     for pass in 0..2 {
         // Our descendants first (re-runs of xtask, `ip -batch` creating namespaces,
-        // tools under test), so that nothing creates more while we delete.
-        let mut victims = descendants();
+        // tools under test), so that nothing creates more while we delete. Only when
+        // there is a sandbox to delete: `cargo xtask test` leaves its `cargo test` to
+        // finish (and clean up after) itself.
+        let mut victims = if reg.prefixes.is_empty() && reg.pids.is_empty() {
+            Vec::new()
+        } else {
+            descendants()
+        };
         victims.extend(&reg.pids);
         let names = ours(&reg.prefixes);
         victims.extend(inside(&names));

@@ -70,6 +70,7 @@ pub fn run(args: &[String]) -> Result {
     let bin = util::root().join("target/release/ve-alloc");
     let work = out_dir()?.join("alloc-work");
     let _ = std::fs::remove_dir_all(&work);
+    crate::guard::dir(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
 
     eprintln!(
