@@ -30,7 +30,7 @@ pub enum Exit {
     TempFail = 75,
     /// Not enough privilege.
     NoPerm = 77,
-    /// Configuration error (a store written by an unknown version, a pool mismatch).
+    /// Configuration error (a bad config file, a store written by an unknown version).
     Config = 78,
 }
 
@@ -64,7 +64,7 @@ impl Exit {
             Exit::Differs => "checked and found different",
             Exit::Usage => "bad command line",
             Exit::DataErr => "bad input data (name, address, pool, file contents)",
-            Exit::NoInput => "input missing (network namespace, file)",
+            Exit::NoInput => "input missing (lease, network namespace, file)",
             Exit::Unavailable => "service unavailable (NetworkManager, iptables)",
             Exit::Software => "internal error",
             Exit::OsErr => "operating system error",
@@ -72,7 +72,7 @@ impl Exit {
             Exit::IoErr => "I/O error or corrupt store",
             Exit::TempFail => "temporary failure, try again (lock busy)",
             Exit::NoPerm => "permission denied",
-            Exit::Config => "configuration error (unknown store version, pool mismatch)",
+            Exit::Config => "configuration error (bad config file, unknown store version)",
         }
     }
 }

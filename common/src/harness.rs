@@ -234,7 +234,7 @@ impl NetworkManager {
     /// assumed as they are; veths created later get NetworkManager's default
     /// treatment (a DHCP connection), the worst case for containers.
     pub fn start(host: &Netns, tag: &str) -> Result<NetworkManager, String> {
-        let dir = std::env::temp_dir().join(format!("ve-nm-{tag}"));
+        let dir = Self::scratch_dir(tag);
         let _ = fs::remove_dir_all(&dir);
         for sub in ["run", "varlib", "conf.d", "sysconf.d", "conns"] {
             fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -284,6 +284,27 @@ impl NetworkManager {
             ));
         }
         Ok(sb)
+    }
+
+    /// The scratch directory `start(_, tag)` uses (and removes on drop), so that a
+    /// caller that may be interrupted can register it for removal beforehand.
+    pub fn scratch_dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("ve-nm-{tag}"))
+    }
+
+    /// A command that runs `program` in NetworkManager's own network and mount
+    /// namespaces (`nsenter`), where scratch directories cover /run and
+    /// /var/lib/NetworkManager: a client that writes under /run/NetworkManager (such as
+    /// `nm-unmanage --watch`, which writes a runtime drop-in there) writes the
+    /// sandbox's, never the machine's. /run/netns is not visible there.
+    pub fn command_in_mounts(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let pid = self.nm.as_ref().map_or(0, Child::id);
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &pid.to_string(), "-m", "-n", "--"])
+            .arg(program)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
+            .stdin(Stdio::null());
+        c
     }
 
     /// `unix:path=DIR/bus`, for `DBUS_SYSTEM_BUS_ADDRESS`.

@@ -2,6 +2,7 @@
 //! logging, stdout formats, and the container naming rule.
 
 pub mod cli;
+pub mod doc;
 mod error;
 mod exit;
 #[cfg(feature = "testing")]

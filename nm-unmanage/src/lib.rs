@@ -1,6 +1,7 @@
 //! `nm-unmanage`: keep NetworkManager off container interfaces, at once (one-shot),
 //! as they appear (`--watch`), and durably (`--persist`), over D-Bus.
 
+pub mod doc;
 mod nm;
 mod persist;
 mod spec;
@@ -75,7 +76,7 @@ pub struct Args {
 
 /// The clap definition (for man pages and completions).
 pub fn command() -> clap::Command {
-    Args::command()
+    doc::MANUAL.attach(Args::command())
 }
 
 /// Parse, validate, act.

@@ -2,6 +2,7 @@
 //! remembers it in an embedded store.
 
 mod alloc;
+pub mod doc;
 mod import;
 mod lease;
 mod pool;
@@ -43,9 +44,7 @@ pub const DEFAULT_POOL: &str = "10.233.0.0/16";
     long_about = "Lease each container a host/container address pair (IPv4, and IPv6 when an \
 IPv6 pool is configured) from a pool, remember it in an embedded store, and free it again.\n\n\
 Settings come from flags, then VE_ALLOC_* environment variables, then the config file \
-(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT), then defaults.",
-    after_help = "Exit codes: 0 ok, 64 usage, 65 bad input, 66 no such lease, 73 pool exhausted, \
-74 store I/O error or corrupt, 75 store locked too long, 77 permission denied, 78 config error."
+(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT), then defaults."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -126,7 +125,7 @@ enum Cmd {
 
 /// The clap definition, for man pages and completions.
 pub fn command() -> clap::Command {
-    Cli::command()
+    doc::MANUAL.attach(Cli::command())
 }
 
 /// Run `ve-alloc` with `args` (the program name first).

@@ -7,6 +7,7 @@ use std::{ffi::OsString, io::Read};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use common::{cli::Verbosity, Error, Result};
 
+pub mod doc;
 pub mod guard;
 pub mod kernel;
 mod live;
@@ -20,11 +21,7 @@ use request::{UpInput, UpRequest};
 #[command(
     name = "ve-link",
     version,
-    about = "Plumb a container's network namespace: veth pair, addresses, routes",
-    after_help = "Exit codes: 0 ok, 1 check found differences, 64 usage, 65 bad input, \
-                  66 namespace (or bridge) missing, 71 other kernel error, 73 a foreign \
-                  link is in the way, 75 try again (the kernel did not answer in time, or a \
-                  concurrent down), 77 not enough privilege."
+    about = "Plumb a container's network namespace: veth pair, addresses, routes"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -115,9 +112,11 @@ struct DownArgs {
 /// The clap definition (for man pages and completions too). The global flags are listed
 /// after each command's own options.
 pub fn command() -> clap::Command {
-    Cli::command()
-        .mut_arg("verbose", |a| a.display_order(1000))
-        .mut_arg("quiet", |a| a.display_order(1001))
+    doc::MANUAL.attach(
+        Cli::command()
+            .mut_arg("verbose", |a| a.display_order(1000))
+            .mut_arg("quiet", |a| a.display_order(1001)),
+    )
 }
 
 /// Entry point: parse, validate, act.

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod doc;
 pub mod firewall;
 pub mod iface;
 mod lock;
@@ -122,7 +123,7 @@ impl Want {
 
 /// The clap definition (for man pages and completions).
 pub fn command() -> clap::Command {
-    Cli::command()
+    doc::MANUAL.attach(Cli::command())
 }
 
 pub fn run(args: Vec<OsString>) -> Result<()> {

@@ -16,13 +16,17 @@ use common::{
     testing::{have_command, Netns, Sandbox, REQUIRE_PRIVILEGED},
 };
 
-use crate::util::{self, cargo, Result};
+use crate::{
+    guard,
+    util::{self, cargo, Result},
+};
 
 const USAGE: &str = "\
-usage: cargo xtask demo [--count N] [--allocs N]
+usage: cargo xtask demo [--count N] [--allocs N] [--tools DIR] [--require-full]
 
   --count N    containers in the pipeline sandbox (default 3)
   --allocs N   parallel allocations in the ve-alloc tour (default 300)
+  --tools DIR  use the tool binaries in DIR instead of building them
   --require-full  fail, rather than skip with a note, when a part cannot run (no root,
                no iptables, no network-manager); `cargo xtask test` passes it
 ";
@@ -36,6 +40,7 @@ pub fn run(args: &[String]) -> Result {
     // Under `cargo xtask test` (or with the variable set) a part that cannot run is a
     // failure, not a note.
     let mut require = std::env::var_os(REQUIRE_PRIVILEGED).is_some();
+    let mut tools_from = None;
     let mut it = args.iter();
     let number = |what: &str, v: Option<&String>| -> Result<usize> {
         v.and_then(|v| v.parse().ok())
@@ -47,8 +52,14 @@ pub fn run(args: &[String]) -> Result {
             "--count" => count = number("--count", it.next())?,
             "--allocs" => allocs = number("--allocs", it.next())?,
             "--require-full" => require = true,
+            "--tools" => {
+                tools_from = Some(PathBuf::from(
+                    it.next()
+                        .ok_or(format!("demo: --tools needs a directory\n{USAGE}"))?,
+                ))
+            }
             "-h" | "--help" => {
-                print!("{USAGE}");
+                say!("{USAGE}");
                 return Ok(());
             }
             other => return Err(format!("demo: unknown option {other:?}\n{USAGE}")),
@@ -57,15 +68,21 @@ pub fn run(args: &[String]) -> Result {
     if count > 200 {
         return Err("demo: --count is at most 200".into());
     }
-    let mut build = cargo();
-    build.args(["build", "--quiet"]);
-    for t in TOOLS {
-        build.args(["-p", t]);
-    }
-    util::run(&mut build)?;
-    let tools = tools_dir()?;
+    let tools = match tools_from {
+        Some(dir) => tools_in(dir)?,
+        None => {
+            let mut build = cargo();
+            build.args(["build", "--quiet"]);
+            for t in TOOLS {
+                build.args(["-p", t]);
+            }
+            util::run(&mut build)?;
+            tools_dir()?
+        }
+    };
     let scratch = std::env::temp_dir().join(format!("ve-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
+    guard::dir(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
 
     let mut checks = Checks::default();
@@ -73,7 +90,7 @@ pub fn run(args: &[String]) -> Result {
         if pipeline_possible(require)? {
             let table = pipeline(&tools, &scratch, count, require, &mut checks)?;
             section("Summary");
-            print!("{table}");
+            say!("{table}");
         }
         alloc_tour(&tools, &scratch.join("tour"), allocs, &mut checks)
     })();
@@ -86,7 +103,15 @@ pub fn run(args: &[String]) -> Result {
 /// The directory of the binaries `cargo build` just made: where this xtask binary is.
 fn tools_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| format!("finding xtask: {e}"))?;
-    let dir = exe.parent().ok_or("xtask has no directory")?.to_path_buf();
+    tools_in(exe.parent().ok_or("xtask has no directory")?.to_path_buf())
+}
+
+/// `dir` as an absolute path (it goes on PATH in other mount namespaces, where the
+/// working directory is their root), when it holds every tool.
+fn tools_in(dir: PathBuf) -> Result<PathBuf> {
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     for t in TOOLS {
         if !dir.join(t).is_file() {
             return Err(format!("{} was not built", dir.join(t).display()));
@@ -115,7 +140,7 @@ fn pipeline_possible(require: bool) -> Result<bool> {
     if require {
         return Err(format!("{why}, and the demo must run in full"));
     }
-    println!("SKIPPED: {why}; showing the ve-alloc tour only\n");
+    sayln!("SKIPPED: {why}; showing the ve-alloc tour only\n");
     Ok(false)
 }
 
@@ -130,17 +155,17 @@ impl Checks {
     }
 
     fn report(&self) -> Result {
-        println!();
+        sayln!();
         let width = self.0.iter().map(|c| c.0.len()).max().unwrap_or(0);
         let mut failed = 0;
         for (what, ok) in &self.0 {
-            println!("  {what:width$}  {}", if *ok { "pass" } else { "FAIL" });
+            sayln!("  {what:width$}  {}", if *ok { "pass" } else { "FAIL" });
             failed += usize::from(!ok);
         }
         if failed > 0 {
             return Err(format!("demo: {failed} of {} checks failed", self.0.len()));
         }
-        println!(
+        sayln!(
             "\ndemo: all {} checks passed; sandbox and scratch state removed",
             self.0.len()
         );
@@ -149,7 +174,7 @@ impl Checks {
 }
 
 fn section(title: &str) {
-    println!("\n== {title}\n");
+    sayln!("\n== {title}\n");
 }
 
 /// Print captured output indented, at most `max` lines.
@@ -157,10 +182,10 @@ fn show_output(text: &str, max: usize) {
     let n = text.lines().count();
     for (i, l) in text.lines().enumerate() {
         if i == max {
-            println!("  ... ({n} lines in all)");
+            sayln!("  ... ({n} lines in all)");
             break;
         }
-        println!("  {l}");
+        sayln!("  {l}");
     }
 }
 
@@ -170,20 +195,30 @@ struct Host<'a> {
     tools: &'a Path,
     store: PathBuf,
     host: Netns,
-    bus: Option<String>,
+    nm: Option<&'a NetworkManager>,
 }
 
 impl Host<'_> {
     /// Run a shell command line in the host, shown as a terminal session; returns its
     /// exit code and stdout. Pipelines fail when any of their commands does.
     fn sh(&self, line: &str, max_lines: usize) -> Result<(i32, String)> {
-        println!("host# {line}");
+        self.run(self.host.command("bash"), line, max_lines)
+    }
+
+    /// [`Host::sh`] in the sandbox NetworkManager's mount namespace, for nm-unmanage:
+    /// whatever it writes under /run/NetworkManager or /etc/NetworkManager without an
+    /// explicit directory lands in scratch directories there, never in the machine's.
+    fn nm_sh(&self, nm: &NetworkManager, line: &str, max_lines: usize) -> Result<(i32, String)> {
+        self.run(nm.command_in_mounts("bash"), line, max_lines)
+    }
+
+    fn run(&self, mut c: Command, line: &str, max_lines: usize) -> Result<(i32, String)> {
+        sayln!("host# {line}");
         let path = format!(
             "{}:{}",
             self.tools.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut c = self.host.command("bash");
         c.args(["-o", "pipefail", "-c", line])
             .env("PATH", path)
             .env("VE_ALLOC_STORE", &self.store)
@@ -196,8 +231,8 @@ impl Host<'_> {
         // Never the machine's own bus: without the sandbox NetworkManager, a socket
         // that does not exist.
         let unreachable = self.store.with_file_name("no-bus");
-        let bus = match &self.bus {
-            Some(b) => b.clone(),
+        let bus = match self.nm {
+            Some(nm) => nm.bus_address(),
             None => format!("unix:path={}", unreachable.display()),
         };
         c.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
@@ -207,7 +242,7 @@ impl Host<'_> {
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         show_output(&out, max_lines);
         for l in String::from_utf8_lossy(&o.stderr).lines() {
-            println!("  (stderr) {l}");
+            sayln!("  (stderr) {l}");
         }
         Ok((o.status.code().unwrap_or(-1), out))
     }
@@ -232,8 +267,11 @@ fn pipeline(
     checks: &mut Checks,
 ) -> Result<String> {
     let machine_before = machine_network()?;
+    let config_before = machine_config();
     let mut sandbox = Sandbox::new();
     let prefix = sandbox.prefix().to_string();
+    guard::namespaces(&prefix);
+    guard::dir(&NetworkManager::scratch_dir(&prefix));
     let table = in_sandbox(&mut sandbox, tools, scratch, count, require, checks);
     drop(sandbox);
     let table = table?;
@@ -245,7 +283,7 @@ fn pipeline(
     checks.add(
         "every sandbox namespace deleted",
         left.is_empty() || {
-            println!("left behind: {left:?}");
+            sayln!("left behind: {left:?}");
             false
         },
     );
@@ -253,6 +291,10 @@ fn pipeline(
     checks.add(
         "the machine's own links, addresses, routes and rules are as before",
         machine_after == machine_before,
+    );
+    checks.add(
+        "nothing written to the machine's NetworkManager or networkd configuration",
+        machine_config() == config_before,
     );
     Ok(table)
 }
@@ -290,39 +332,40 @@ fn in_sandbox(
     };
 
     section("The sandbox: a host, its uplink and the outside world, all network namespaces");
-    println!(
+    sayln!(
         "  host      {:<22} up0 {HOST_UPLINK}/24, where the tools run",
         host.name()
     );
-    println!(
+    sayln!(
         "  outside   {:<22} up1 {OUTSIDE}/24, an HTTP server on :80 that answers with the address it saw",
         out.name()
     );
     for (name, ns) in &containers {
-        println!(
+        sayln!(
             "  {name:<9} {:<22} a container (an empty namespace)",
             ns.name()
         );
     }
     match &nm {
-        Some(_) => println!(
+        Some(_) => sayln!(
             "  NetworkManager runs in the host on a private bus, and manages any new veth\n  \
              it sees (there is no udev here to keep it off): the worst case"
         ),
         None => {
-            println!("  NOTE: network-manager is not installed: the nm-unmanage steps are skipped")
+            sayln!("  NOTE: network-manager is not installed: the nm-unmanage steps are skipped")
         }
     }
     let h = Host {
         tools,
         store: scratch.join("store"),
         host: host.clone(),
-        bus: nm.as_ref().map(|n| n.bus_address()),
+        nm: nm.as_ref(),
     };
 
     if let Some(nm) = &nm {
         section("nm-unmanage.service: keep NetworkManager off container interfaces");
-        let (code, _) = h.sh(
+        let (code, _) = h.nm_sh(
+            nm,
             &format!(
                 "nm-unmanage --persist --conf-dir {}",
                 nm.conf_dir().display()
@@ -347,8 +390,9 @@ fn in_sandbox(
         )?;
         let iface = env_value(&up, "HOST_IFACE").unwrap_or_default();
         let mut ok = checks.add(format!("{name}: ve-alloc | ve-link up"), code == 0);
-        if nm.is_some() {
-            let (code, _) = h.sh(
+        if let Some(nm) = &nm {
+            let (code, _) = h.nm_sh(
+                nm,
                 &format!("nm-unmanage --if-running interface-name:={iface}"),
                 5,
             )?;
@@ -394,7 +438,7 @@ fn in_sandbox(
     .map_err(|e| format!("starting the HTTP server in ct1: {e}"))?;
     for (ns, row) in &mut rows {
         let got = http_get_within(&ns.path(), server_addr, Duration::from_secs(5));
-        println!(
+        sayln!(
             "  {:<5} GET http://{server_addr}/  ->  {}",
             row.name,
             got.as_deref().map(str::trim).unwrap_or_else(|e| e.as_str())
@@ -420,7 +464,7 @@ fn in_sandbox(
     }
     let fwd_addr: SocketAddr = format!("{HOST_UPLINK}:{FORWARD_PORT}").parse().unwrap();
     let got = http_get_within(&out.path(), fwd_addr, Duration::from_secs(5));
-    println!(
+    sayln!(
         "  outside GET http://{fwd_addr}/  ->  {}",
         got.as_deref().map(str::trim).unwrap_or_else(|e| e.as_str())
     );
@@ -443,7 +487,8 @@ fn in_sandbox(
         !links.lines().any(|l| l.starts_with("ve-")),
     );
     let (_, leases) = h.sh("ve-alloc list --json", 3)?;
-    checks.add("no lease left", leases.trim() == "[]");
+    // JSON Lines of nothing is nothing; older ve-alloc printed one empty array.
+    checks.add("no lease left", matches!(leases.trim(), "" | "[]"));
     let (_, rules) = h.sh("iptables-save | grep -c ve-nat || true", 3)?;
     checks.add("no ve-nat rule left", rules.trim() == "0");
 
@@ -512,6 +557,42 @@ fn machine_network() -> Result<String> {
     Ok(s)
 }
 
+/// Directories the tools would write network configuration to on a real host: the demo
+/// must leave them as they were (everything it writes goes to scratch directories).
+pub(crate) const MACHINE_CONFIG_DIRS: &[&str] = &[
+    "/etc/NetworkManager",
+    "/run/NetworkManager",
+    "/etc/systemd/network",
+    "/run/systemd/network",
+];
+
+/// Every file under [`MACHINE_CONFIG_DIRS`] with its size and modification time.
+pub(crate) fn machine_config() -> Vec<(PathBuf, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo: Vec<PathBuf> = MACHINE_CONFIG_DIRS.iter().map(PathBuf::from).collect();
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((
+                e.path(),
+                m.size(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// ve-alloc on its own: a scratch store, many containers at once, gc, bad input.
 fn alloc_tour(tools: &Path, store: &Path, count: usize, checks: &mut Checks) -> Result {
     let bin = tools.join("ve-alloc");
@@ -526,14 +607,14 @@ fn alloc_tour(tools: &Path, store: &Path, count: usize, checks: &mut Checks) -> 
         c
     };
     let show = |args: &[&str], max: usize| -> Result<(i32, String)> {
-        println!("$ ve-alloc {}", args.join(" "));
+        sayln!("$ ve-alloc {}", args.join(" "));
         let o = cmd(args)
             .output()
             .map_err(|e| format!("running ve-alloc: {e}"))?;
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         show_output(&out, max);
         for l in String::from_utf8_lossy(&o.stderr).lines() {
-            println!("  (stderr) {l}");
+            sayln!("  (stderr) {l}");
         }
         Ok((o.status.code().unwrap_or(-1), out))
     };
@@ -555,7 +636,7 @@ fn alloc_tour(tools: &Path, store: &Path, count: usize, checks: &mut Checks) -> 
         first.contains(&format!("LOCAL_ADDRESS={}", ip.trim())),
     );
 
-    println!("\n# {count} containers at once (NixOS stops at 254)");
+    sayln!("\n# {count} containers at once (NixOS stops at 254)");
     let children: Vec<_> = (0..count)
         .map(|i| {
             // Hundreds of processes queue for the store's lock, each syncing to disk:
@@ -594,7 +675,7 @@ fn alloc_tour(tools: &Path, store: &Path, count: usize, checks: &mut Checks) -> 
         hosts.lines().any(|l| l.ends_with(" web.containers")),
     );
 
-    println!("\n# crash leftovers: only web and ct0000 still exist");
+    sayln!("\n# crash leftovers: only web and ct0000 still exist");
     let (code, gone) = show(&["gc", "web", "ct0000"], 3)?;
     checks.add(
         format!("gc releases the {} others", count - 1),

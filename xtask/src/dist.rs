@@ -8,6 +8,7 @@ use std::{
 };
 
 use clap_complete::Shell;
+use common::doc::Manual;
 
 use crate::util::{self, cargo, Result};
 
@@ -33,6 +34,16 @@ pub fn tools() -> Vec<(&'static str, clap::Command)> {
     ]
 }
 
+/// Every tool's manual beyond its options (what `command()` shows after `--help`).
+pub fn manuals() -> [(&'static str, &'static Manual); 4] {
+    [
+        ("ve-alloc", &ve_alloc::doc::MANUAL),
+        ("ve-link", &ve_link::doc::MANUAL),
+        ("ve-nat", &ve_nat::doc::MANUAL),
+        ("nm-unmanage", &nm_unmanage::doc::MANUAL),
+    ]
+}
+
 pub fn run(args: &[String]) -> Result {
     let mut build = true;
     let mut out = None;
@@ -42,7 +53,7 @@ pub fn run(args: &[String]) -> Result {
             "--no-build" => build = false,
             "--out" => out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
             "-h" | "--help" => {
-                print!("{USAGE}");
+                say!("{USAGE}");
                 return Ok(());
             }
             other => return Err(format!("dist: unknown option {other:?}\n{USAGE}")),
@@ -96,16 +107,21 @@ pub fn run(args: &[String]) -> Result {
         let unit = unit.map_err(|e| e.to_string())?.path();
         copy(&unit, &examples.join(unit.file_name().unwrap_or_default()))?;
     }
-    println!("dist: wrote {}", out.display());
+    sayln!("dist: wrote {}", out.display());
     Ok(())
 }
 
 /// Man pages and completions of every tool under `out`.
 pub fn generate_docs(out: &Path) -> Result {
     let man = mkdir(&out.join("man/man1"))?;
-    for (tool, cmd) in tools() {
+    for ((tool, cmd), (_, manual)) in tools().into_iter().zip(manuals()) {
         clap_mangen::generate_to(cmd.clone(), &man)
             .map_err(|e| format!("man pages of {tool}: {e}"))?;
+        // The tool's own page again, with the manual's sections in place of clap's
+        // verbatim copy of the help text after the options.
+        let page = man.join(format!("{tool}.1"));
+        fs::write(&page, main_page(cmd.clone(), manual)?)
+            .map_err(|e| format!("writing {}: {e}", page.display()))?;
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let dir = mkdir(&out.join("completions").join(shell.to_string()))?;
             let mut cmd = cmd.clone();
@@ -119,6 +135,54 @@ pub fn generate_docs(out: &Path) -> Result {
         }
     }
     Ok(())
+}
+
+/// A tool's main man page: clap's title, name, synopsis, description, options and
+/// subcommands, then EXIT STATUS, ENVIRONMENT, FILES and EXAMPLES from `manual`, then
+/// the version.
+fn main_page(cmd: clap::Command, manual: &Manual) -> Result<Vec<u8>> {
+    let has_subcommands = cmd.has_subcommands();
+    let man = clap_mangen::Man::new(cmd);
+    let mut out = Vec::new();
+    let io = |e: std::io::Error| format!("rendering a man page: {e}");
+    man.render_title(&mut out).map_err(io)?;
+    man.render_name_section(&mut out).map_err(io)?;
+    man.render_synopsis_section(&mut out).map_err(io)?;
+    man.render_description_section(&mut out).map_err(io)?;
+    man.render_options_section(&mut out).map_err(io)?;
+    if has_subcommands {
+        man.render_subcommands_section(&mut out).map_err(io)?;
+    }
+    out.extend_from_slice(roff_sections(manual).as_bytes());
+    man.render_version_section(&mut out).map_err(io)?;
+    Ok(out)
+}
+
+/// The manual's sections in roff: one tagged paragraph (`.TP`) per entry, the name in
+/// bold.
+fn roff_sections(manual: &Manual) -> String {
+    let mut s = String::new();
+    for (title, entries) in manual.sections() {
+        if entries.is_empty() {
+            continue;
+        }
+        s.push_str(&format!(".SH \"{title}\"\n"));
+        for (name, text) in entries {
+            s.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", roff(&name), roff(&text)));
+        }
+    }
+    s
+}
+
+/// Text safe in a roff line: backslashes and hyphens escaped, no leading control
+/// character.
+fn roff(text: &str) -> String {
+    let t = text.replace('\\', "\\e").replace('-', "\\-");
+    if t.starts_with(['.', '\'']) {
+        format!("\\&{t}")
+    } else {
+        t
+    }
 }
 
 /// The target directory: the parent of the profile directory this xtask runs from.
@@ -159,6 +223,48 @@ mod tests {
         ("nm-unmanage", &[]),
     ];
 
+    /// `--help` of every tool lists its exit codes (only codes of the shared table, each
+    /// with its shared meaning, 0 first), environment, files and examples; `-h` points
+    /// there.
+    #[test]
+    fn long_help_has_exit_status_environment_files_and_examples() {
+        use common::Exit;
+        for (tool, mut cmd) in tools() {
+            let long = cmd.render_long_help().to_string();
+            let short = cmd.render_help().to_string();
+            assert!(short.contains("see --help"), "{tool} -h: {short}");
+            for heading in ["Exit status:", "Environment:", "Files:", "Examples:"] {
+                assert!(
+                    long.contains(&format!("\n{heading}\n")),
+                    "{tool}: {heading}"
+                );
+            }
+            let exits = long
+                .split("\nExit status:\n")
+                .nth(1)
+                .and_then(|s| s.split("\n\n").next())
+                .unwrap_or_default();
+            let mut codes = Vec::new();
+            for line in exits.lines().filter(|l| !l.starts_with("      ")) {
+                let (code, meaning) = line
+                    .trim_start()
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("{tool}: exit status line {line:?}"));
+                let code: i32 = code.parse().unwrap_or_else(|_| panic!("{tool}: {line:?}"));
+                let exit = Exit::ALL
+                    .into_iter()
+                    .find(|e| e.code() == code)
+                    .unwrap_or_else(|| panic!("{tool} lists {code}, not in the table"));
+                assert_eq!(meaning.trim(), exit.meaning(), "{tool}: {code}");
+                codes.push(code);
+            }
+            assert_eq!(codes.first(), Some(&0), "{tool}: {exits}");
+            assert!(codes.contains(&64), "{tool} has usage errors: {exits}");
+            assert!(codes.windows(2).all(|w| w[0] < w[1]), "{tool}: table order");
+            assert!(long.contains("\n  RUST_LOG\n"), "{tool}");
+        }
+    }
+
     fn read(p: &Path) -> String {
         fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
@@ -188,6 +294,24 @@ mod tests {
             // roff writes `-` as `\-`.
             let page = read(&out.join(format!("man/man1/{tool}.1"))).replace("\\-", "-");
             assert!(page.contains(&format!(".TH {tool} 1")), "{tool}.1: {page}");
+            for title in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"] {
+                assert!(
+                    page.contains(&format!(".SH \"{title}\"\n.TP\n")),
+                    "{tool}.1 lacks {title}"
+                );
+            }
+            assert!(
+                !page.contains(".SH EXTRA"),
+                "{tool}.1 repeats the help text"
+            );
+            let (_, manual) = manuals()
+                .into_iter()
+                .find(|m| m.0 == *tool)
+                .expect("a manual per tool");
+            for u in manual.exits {
+                let want = format!(".TP\n\\fB{}\\fR\n{}", u.exit.code(), u.exit.meaning());
+                assert!(page.contains(&want.replace("\\-", "-")), "{tool}.1: {want}");
+            }
             let bash = read(&out.join(format!("completions/bash/{tool}")));
             let zsh = read(&out.join(format!("completions/zsh/_{tool}")));
             let fish = read(&out.join(format!("completions/fish/{tool}.fish")));

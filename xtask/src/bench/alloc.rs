@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::stats::{list_opt, machine, median_p90, ms, opt, out_dir};
+use super::stats::{list_opt, machine, median_p90, ms, opt, out_dir, refuse_unknown};
 use crate::util::{self, cargo, ensure_debian_packages, Result};
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
@@ -18,10 +18,51 @@ const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 /// Median and p90 of one measurement point.
 type Stat = (Duration, Duration);
 
+pub(super) const USAGE: &str = "\
+usage: cargo xtask bench alloc [--runs K] [--sizes N,N,...] [--host-local-sizes N,...]
+
+  --runs K                 timed allocations per point (default 100)
+  --sizes N,...            lease counts ve-alloc is measured at (default 100,1000,10000,30000)
+  --host-local-sizes N,... lease counts the CNI host-local plugin is measured at
+                           (default 1000,10000)
+
+Installs containernetworking-plugins when missing (as root). Writes
+target/bench/alloc.csv and alloc.txt.
+";
+
+pub(super) struct Opts {
+    runs: usize,
+    sizes: Vec<usize>,
+    hl_sizes: Vec<usize>,
+}
+
+/// The options, or `None` for `--help`; unknown options are refused.
+pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
+    if refuse_unknown(
+        "bench alloc",
+        args,
+        &["--runs", "--sizes", "--host-local-sizes"],
+        USAGE,
+    )? {
+        return Ok(None);
+    }
+    Ok(Some(Opts {
+        runs: opt(args, "--runs")?.unwrap_or(100),
+        sizes: list_opt(args, "--sizes", &[100, 1000, 10_000, 30_000])?,
+        hl_sizes: list_opt(args, "--host-local-sizes", &[1000, 10_000])?,
+    }))
+}
+
 pub fn run(args: &[String]) -> Result {
-    let runs: usize = opt(args, "--runs")?.unwrap_or(100);
-    let sizes = list_opt(args, "--sizes", &[100, 1000, 10_000, 30_000])?;
-    let hl_sizes = list_opt(args, "--host-local-sizes", &[1000, 10_000])?;
+    let Some(Opts {
+        runs,
+        sizes,
+        hl_sizes,
+    }) = parse(args)?
+    else {
+        crate::out::print(USAGE);
+        return Ok(());
+    };
     if util::is_root() {
         ensure_debian_packages(&["containernetworking-plugins"])?;
     }
@@ -29,6 +70,7 @@ pub fn run(args: &[String]) -> Result {
     let bin = util::root().join("target/release/ve-alloc");
     let work = out_dir()?.join("alloc-work");
     let _ = std::fs::remove_dir_all(&work);
+    crate::guard::dir(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
 
     eprintln!(
@@ -142,7 +184,7 @@ pub fn run(args: &[String]) -> Result {
             );
         }
     }
-    print!("{table}");
+    say!("{table}");
     let dir = out_dir()?;
     std::fs::write(dir.join("alloc.csv"), csv).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("alloc.txt"), table).map_err(|e| e.to_string())?;

@@ -19,24 +19,27 @@ use std::{
 use crate::util::{self, Result};
 
 const USAGE: &str = "\
-usage: cargo xtask bench link [--containers N] [--samples S]
+usage: cargo xtask bench link [--containers N] [--samples S] [--tools DIR]
   --containers N  containers on the host at the end (default 1000); checkpoints are the
                   1st, 100th and 1,000th container that exist within N
   --samples S     timed runs per measurement at each checkpoint (default 7, median shown)
+  --tools DIR     use DIR/ve-link instead of building a release one
 ";
 
 /// Twin namespaces per sample: 3 checkpoints, 3 ways of doing it.
 const TWINS: usize = 9;
 
-struct Opts {
+pub(super) struct Opts {
     containers: usize,
     samples: usize,
+    tools: Option<PathBuf>,
 }
 
-fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>)> {
+pub(super) fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>)> {
     let mut o = Opts {
         containers: 1000,
         samples: 7,
+        tools: None,
     };
     let mut inner = None;
     let mut it = args.iter();
@@ -50,6 +53,12 @@ fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>)> {
         match a.as_str() {
             "--containers" => o.containers = num("--containers")?,
             "--samples" => o.samples = num("--samples")?,
+            "--tools" => {
+                o.tools =
+                    Some(PathBuf::from(it.next().ok_or_else(|| {
+                        format!("--tools needs a directory\n{USAGE}")
+                    })?))
+            }
             "--inner" => {
                 let p = it.next().ok_or("--inner needs PREFIX BIN")?.clone();
                 let b = it.next().ok_or("--inner needs PREFIX BIN")?.clone();
@@ -66,7 +75,7 @@ pub fn run(args: &[String]) -> Result {
     let (opts, inner) = parse(args)?;
     if let Some((prefix, bin)) = inner {
         if prefix.is_empty() {
-            print!("{USAGE}");
+            say!("{USAGE}");
             return Ok(());
         }
         return inner_run(&opts, &prefix, &PathBuf::from(bin));
@@ -74,10 +83,16 @@ pub fn run(args: &[String]) -> Result {
     if !util::is_root() {
         return Err("bench link needs root (it creates network namespaces)".into());
     }
-    util::run(util::cargo().args(["build", "--quiet", "--release", "-p", "ve-link"]))?;
-    let bin = util::root().join("target/release/ve-link");
+    let bin = match &opts.tools {
+        Some(dir) => dir.join("ve-link"),
+        None => {
+            util::run(util::cargo().args(["build", "--quiet", "--release", "-p", "ve-link"]))?;
+            util::root().join("target/release/ve-link")
+        }
+    };
     let prefix = format!("vbl{}", std::process::id());
     let host = format!("{prefix}-host");
+    crate::guard::namespaces(&prefix);
     let guard = Namespaces {
         prefix: prefix.clone(),
         count: opts.containers.max(TWINS * opts.samples),
@@ -360,19 +375,17 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
         bulk_rows = Some((bulk, ve_bulk, ip_bulk));
     }
 
-    println!(
-        "\nve-link vs the NixOS `ip` sequence (IPv4, medians of {s}; host with N containers)\n"
-    );
-    println!("| measurement | ve-link | ip | ip / ve-link |");
-    println!("|---|---|---|---|");
+    sayln!("\nve-link vs the NixOS `ip` sequence (IPv4, medians of {s}; host with N containers)\n");
+    sayln!("| measurement | ve-link | ip | ip / ve-link |");
+    sayln!("|---|---|---|---|");
     for (i, v, p, b) in &rows {
-        println!(
+        sayln!(
             "| up, container #{i} (ip: one process per command) | {} | {} | {:.1}x |",
             ms(*v),
             ms(*p),
             p.as_secs_f64() / v.as_secs_f64()
         );
-        println!(
+        sayln!(
             "| up, container #{i} (ip: container side in one `ip -n -batch`) | {} | {} | {:.1}x |",
             ms(*v),
             ms(*b),
@@ -380,7 +393,7 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
         );
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-        println!(
+        sayln!(
             "| up, #{} / #{} | {:.2}x | {:.2}x | |",
             last.0,
             first.0,
@@ -389,14 +402,14 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
         );
     }
     let (vd, id) = (median(ve_down), median(ip_del.clone()));
-    println!(
+    sayln!(
         "| down, one container (ve-link down vs ip link del) | {} | {} | {:.2}x |",
         ms(vd),
         ms(id),
         id.as_secs_f64() / vd.as_secs_f64()
     );
     if let Some((b, v, p)) = bulk_rows {
-        println!(
+        sayln!(
             "| down, {b} containers (one ve-link down vs {b} ip link del) | {} | {} | {:.1}x |",
             ms(v),
             ms(p),

@@ -44,15 +44,63 @@ pub fn run(args: &[String]) -> Result {
         "nat" => nat::run(rest),
         "link" => link::run(rest),
         "pipeline" => pipeline::run(rest),
-        "all" => alloc::run(&[])
-            .and_then(|()| link::run(&[]))
-            .and_then(|()| nat::run(&[]))
-            .and_then(|()| nm::run(&[]))
-            .and_then(|()| pipeline::run(&["--no-alloc".into(), "--no-nm".into()])),
-        "help" | "-h" | "--help" => {
-            print!("{USAGE}");
+        "all" => {
+            if help_only(what, rest)? {
+                say!("{USAGE}");
+                return Ok(());
+            }
+            alloc::run(&[])
+                .and_then(|()| link::run(&[]))
+                .and_then(|()| nat::run(&[]))
+                .and_then(|()| nm::run(&[]))
+                .and_then(|()| pipeline::run(&["--no-alloc".into(), "--no-nm".into()]))
+        }
+        "help" => {
+            say!("{USAGE}");
             Ok(())
         }
         other => Err(format!("bench: unknown benchmark {other:?}\n{USAGE}")),
+    }
+}
+
+/// Parse only: whether `bench WHAT REST` asks for its usage (and so runs nothing), or
+/// the usage error it gets before anything runs.
+fn help_only(what: &str, rest: &[String]) -> Result<bool> {
+    match what {
+        "alloc" => alloc::parse(rest).map(|o| o.is_none()),
+        "nm" => nm::parse(rest).map(|o| o.is_none()),
+        "nat" => nat::parse(rest).map(|o| o.is_none()),
+        "link" => link::parse(rest).map(|(_, inner)| inner.is_some_and(|i| i.0.is_empty())),
+        "pipeline" => pipeline::parse(rest).map(|o| o.is_none()),
+        "all" => match rest {
+            [] => Ok(false),
+            [h] if h == "-h" || h == "--help" => Ok(true),
+            [other, ..] => Err(format!(
+                "bench: `all` takes no options (got {other:?})\n{USAGE}"
+            )),
+        },
+        other => Err(format!("bench: unknown benchmark {other:?}\n{USAGE}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_bench_takes_help_and_refuses_unknown_options_before_running() {
+        for what in ["all", "alloc", "nm", "nat", "link", "pipeline"] {
+            for help in ["-h", "--help"] {
+                assert_eq!(help_only(what, &args(&[help])), Ok(true), "{what} {help}");
+            }
+            assert!(help_only(what, &args(&["--bogus"])).is_err(), "{what}");
+        }
+        assert_eq!(help_only("link", &args(&["--containers", "5"])), Ok(false));
+        assert!(help_only("alloc", &args(&["--runs"])).is_err());
+        assert!(help_only("nope", &[]).is_err());
     }
 }

@@ -26,7 +26,8 @@ containernetworking-plugins in /usr/lib/cni.";
 
 const CNI_DIR: &str = "/usr/lib/cni";
 
-pub fn run(args: &[String]) -> Result {
+/// `(containers, runs)`, or `None` for `--help`; unknown options are refused.
+pub(super) fn parse(args: &[String]) -> Result<Option<(usize, usize)>> {
     let mut containers = 1000usize;
     let mut runs = 10usize;
     let mut it = args.iter();
@@ -40,13 +41,18 @@ pub fn run(args: &[String]) -> Result {
         match a.as_str() {
             "--containers" => containers = num("--containers")?,
             "--runs" => runs = num("--runs")?,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
+            "-h" | "--help" => return Ok(None),
             other => return Err(format!("bench nat: unknown option {other:?}\n{USAGE}")),
         }
     }
+    Ok(Some((containers, runs)))
+}
+
+pub fn run(args: &[String]) -> Result {
+    let Some((containers, runs)) = parse(args)? else {
+        sayln!("{USAGE}");
+        return Ok(());
+    };
     if !util::is_root() {
         return Err("bench nat: needs root (it creates network namespaces)".into());
     }
@@ -59,7 +65,7 @@ pub fn run(args: &[String]) -> Result {
         report.push_str(&up_down(&mut sb, &bin, backend, runs)?);
     }
     report.push_str(&per_container(&mut sb, &bin, containers)?);
-    println!("{report}");
+    sayln!("{report}");
     Ok(())
 }
 
@@ -74,6 +80,8 @@ impl Sandbox {
     pub(super) fn new() -> Sandbox {
         let prefix = format!("vbn{}", std::process::id());
         let tmp = std::env::temp_dir().join(&prefix);
+        crate::guard::namespaces(&prefix);
+        crate::guard::dir(&tmp);
         Sandbox {
             prefix,
             made: Vec::new(),

@@ -22,23 +22,32 @@ use std::{
 use crate::util::{self, Result};
 
 const USAGE: &str = "\
-usage: cargo xtask bench nm [--cycles N]
+usage: cargo xtask bench nm [--cycles N] [--tools DIR]
 
 Re-creates a veth `ve-test` N times (default 100) next to a sandboxed NetworkManager:
 first 10 times with no tool (when does the first DHCP DISCOVER leave?), then N times
 with `nm-unmanage --watch` (creation -> Managed=false, DISCOVERs leaked), then N times
-after `nm-unmanage --persist` (devices left unmanaged, DISCOVERs leaked). Needs root.";
+after `nm-unmanage --persist` (devices left unmanaged, DISCOVERs leaked). Needs root.
+--tools DIR uses DIR/nm-unmanage instead of building a release one.";
 
 /// How long NetworkManager gets to (not) take a new device over: it activates ~0.25 s
 /// after a veth appears.
 const HOLD: Duration = Duration::from_millis(400);
 
-pub fn run(args: &[String]) -> Result {
+/// What to run: the benchmark with N cycles, the DISCOVER counter (its inner re-run),
+/// or `None` for `--help`; unknown options are refused.
+pub(super) enum Opts {
+    Cycles(usize, Option<PathBuf>),
+    Listener,
+}
+
+pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
     let mut cycles = 100usize;
+    let mut tools = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--udp67-listener" => return udp67_listener(),
+            "--udp67-listener" => return Ok(Some(Opts::Listener)),
             "--cycles" => {
                 cycles = it
                     .next()
@@ -46,13 +55,23 @@ pub fn run(args: &[String]) -> Result {
                     .filter(|n| *n > 0)
                     .ok_or("--cycles needs a positive number")?
             }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
+            "--tools" => tools = Some(PathBuf::from(it.next().ok_or("--tools needs a directory")?)),
+            "-h" | "--help" => return Ok(None),
             other => return Err(format!("bench nm: unknown argument {other:?}\n{USAGE}")),
         }
     }
+    Ok(Some(Opts::Cycles(cycles, tools)))
+}
+
+pub fn run(args: &[String]) -> Result {
+    let (cycles, tools) = match parse(args)? {
+        None => {
+            sayln!("{USAGE}");
+            return Ok(());
+        }
+        Some(Opts::Listener) => return udp67_listener(),
+        Some(Opts::Cycles(n, tools)) => (n, tools),
+    };
     if !util::is_root() {
         return Err("bench nm needs root (network namespaces, NetworkManager)".into());
     }
@@ -63,16 +82,26 @@ pub fn run(args: &[String]) -> Result {
             ));
         }
     }
-    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "nm-unmanage"]))?;
-    let bin = target_dir().join("release/nm-unmanage");
+    let bin = match tools {
+        // Absolute: it runs in NetworkManager's mount namespace, cwd its root.
+        Some(dir) => dir
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .join("nm-unmanage"),
+        None => {
+            util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "nm-unmanage"]))?;
+            target_dir().join("release/nm-unmanage")
+        }
+    };
 
+    let config_before = crate::demo::machine_config();
     let lab = Lab::start()?;
     let version = Command::new("NetworkManager")
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    println!(
+    sayln!(
         "nm-unmanage bench: veth re-creations next to NetworkManager {version} on a private bus"
     );
 
@@ -91,7 +120,7 @@ pub fn run(args: &[String]) -> Result {
         }
         lab.del_veth("ve-test")?;
     }
-    println!(
+    sayln!(
         "baseline, no tool ({base_n} re-creations): a DHCP DISCOVER left in {} of {base_n}; \
          the first one {} after link creation",
         first.len(),
@@ -100,7 +129,7 @@ pub fn run(args: &[String]) -> Result {
 
     // --watch.
     lab.add_veth("vb-ready")?;
-    let watcher = Watcher::start(&bin, &lab.bus_address())?;
+    let watcher = Watcher::start(&bin, &lab)?;
     watcher
         .next_for("vb-ready", Duration::from_secs(10))
         .ok_or("the watcher did not start")?;
@@ -130,7 +159,7 @@ pub fn run(args: &[String]) -> Result {
         lab.del_veth("ve-test")?;
     }
     drop(watcher);
-    println!(
+    sayln!(
         "--watch ({cycles} re-creations): link creation -> Managed=false {}; \
          NetworkManager's announcement -> Managed=false {}; \
          DHCP DISCOVERs that got out first: {leaked} (in {leaky_cycles} of {cycles}); \
@@ -139,8 +168,10 @@ pub fn run(args: &[String]) -> Result {
         stats(&from_signal)
     );
 
-    // --persist.
-    let out = Command::new(&bin)
+    // --persist, with the sandbox's drop-in directory, in NetworkManager's namespaces.
+    let out = Command::new("nsenter")
+        .args(["-t", &lab.nm_pid.to_string(), "-m", "-n", "--"])
+        .arg(&bin)
         .args(["--persist", "--conf-dir"])
         .arg(lab.dir.join("conf.d"))
         .env("DBUS_SYSTEM_BUS_ADDRESS", lab.bus_address())
@@ -163,11 +194,18 @@ pub fn run(args: &[String]) -> Result {
         }
         lab.del_veth("ve-test")?;
     }
-    println!(
+    sayln!(
         "--persist ({cycles} re-creations, no watcher): left unmanaged {} of {cycles}; \
          DHCP DISCOVERs that got out: {leaked}",
         cycles - managed
     );
+    drop(lab);
+    if crate::demo::machine_config() != config_before {
+        return Err(format!(
+            "bench nm changed files under {}: it must write only the sandbox's",
+            crate::demo::MACHINE_CONFIG_DIRS.join(", ")
+        ));
+    }
     Ok(())
 }
 
@@ -249,6 +287,8 @@ struct Lab {
     host: String,
     ctr: String,
     dir: PathBuf,
+    /// NetworkManager's pid: its mount namespace has scratch dirs over /run.
+    nm_pid: u32,
     children: Vec<Child>,
     discovers: Arc<Mutex<Vec<Instant>>>,
 }
@@ -257,10 +297,13 @@ impl Lab {
     fn start() -> Result<Lab> {
         let prefix = format!("nmbench{}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
+        crate::guard::namespaces(&prefix);
+        crate::guard::dir(&dir);
         let mut lab = Lab {
             host: format!("{prefix}-host"),
             ctr: format!("{prefix}-ctr"),
             dir,
+            nm_pid: 0,
             children: Vec::new(),
             discovers: Arc::default(),
         };
@@ -317,6 +360,8 @@ impl Lab {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting NetworkManager: {e}"))?;
+        // `ip netns exec` and `sh -c '... exec'` both exec: the child is NetworkManager.
+        lab.nm_pid = nm.id();
         lab.children.push(nm);
         lab.wait("NetworkManager to finish starting", || {
             lab.nm_get(
@@ -486,14 +531,20 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(bin: &std::path::Path, bus: &str) -> Result<Watcher> {
-        let mut child = Command::new(bin)
+    /// In NetworkManager's network and mount namespaces: `--watch` writes a runtime
+    /// drop-in under /run/NetworkManager/conf.d, which there is the sandbox's scratch
+    /// directory, never the machine's.
+    fn start(bin: &std::path::Path, lab: &Lab) -> Result<Watcher> {
+        let mut child = Command::new("nsenter")
+            .args(["-t", &lab.nm_pid.to_string(), "-m", "-n", "--"])
+            .arg(bin)
             .args(["--watch", "--json"])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", lab.bus_address())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        crate::guard::pid(child.id());
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {

@@ -52,7 +52,7 @@ const SYSTEMS: &[(&str, &str)] = &[
     ("batch", "`ip -batch` x2 (near-limit)"),
 ];
 
-struct Opts {
+pub(super) struct Opts {
     containers: usize,
     systems: Vec<String>,
     alloc: bool,
@@ -67,7 +67,7 @@ struct Inner {
     work: PathBuf,
 }
 
-fn parse(args: &[String]) -> Result<Option<Opts>> {
+pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
     let mut o = Opts {
         containers: 1000,
         systems: SYSTEMS.iter().map(|s| s.0.to_string()).collect(),
@@ -121,7 +121,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>> {
 
 pub fn run(args: &[String]) -> Result {
     let Some(opts) = parse(args)? else {
-        println!("{USAGE}");
+        sayln!("{USAGE}");
         return Ok(());
     };
     if let Some(inner) = &opts.inner {
@@ -234,7 +234,7 @@ pub fn run(args: &[String]) -> Result {
         report.push_str(&nm_summary(&exe)?);
     }
     report.push_str(&format!("\nload after the run: {}\n", load_average()));
-    print!("{report}");
+    say!("{report}");
     let dir = out_dir()?;
     std::fs::write(dir.join("pipeline.txt"), &report).map_err(|e| e.to_string())?;
     eprintln!(
@@ -743,7 +743,7 @@ fn nm_summary(exe: &Path) -> Result<String> {
         .output()
         .map_err(|e| format!("bench nm: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    print!("{text}");
+    say!("{text}");
     if !out.status.success() {
         return Err(format!("bench nm failed: {}", out.status));
     }

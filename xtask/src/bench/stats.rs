@@ -18,6 +18,24 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
+/// Checks that `args` are `--help`/`-h` or pairs of an option in `known` and its value:
+/// true for help, an error naming the first argument that is neither.
+pub fn refuse_unknown(what: &str, args: &[String], known: &[&str], usage: &str) -> Result<bool> {
+    let mut it = args.iter();
+    let mut help = false;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-h" | "--help" => help = true,
+            k if known.contains(&k) => {
+                it.next()
+                    .ok_or_else(|| format!("{what}: {k} needs a value\n{usage}"))?;
+            }
+            other => return Err(format!("{what}: unknown option {other:?}\n{usage}")),
+        }
+    }
+    Ok(help)
+}
+
 /// The value of `--name V` in `args`, parsed.
 pub fn opt<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>> {
     match args.iter().position(|a| a == name) {

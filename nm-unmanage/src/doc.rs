@@ -1,0 +1,77 @@
+//! nm-unmanage's manual beyond its options: exit status, environment, files, examples
+//! (shown after `--help` and rendered into the man page by `cargo xtask dist`).
+
+use common::{
+    doc::{entry, exit, Manual},
+    Exit,
+};
+
+pub const MANUAL: Manual = Manual {
+    exits: &[
+        exit(
+            Exit::Ok,
+            "also when nothing matched, and with --if-running when NetworkManager is not \
+             running or not answering",
+        ),
+        exit(
+            Exit::Usage,
+            "a missing or unknown argument, a bad --bus-address",
+        ),
+        exit(Exit::DataErr, "a malformed or too broad PATTERN"),
+        exit(Exit::NoInput, "the drop-in directory does not exist"),
+        exit(
+            Exit::Unavailable,
+            "the bus or NetworkManager is not there or does not answer in time",
+        ),
+        exit(
+            Exit::Software,
+            "NetworkManager refused a call as malformed (a bug in nm-unmanage)",
+        ),
+        exit(
+            Exit::OsErr,
+            "NetworkManager failed a request, or writing or removing the drop-in failed",
+        ),
+        exit(
+            Exit::NoPerm,
+            "the bus or NetworkManager denied access, or the drop-in directory is not writable",
+        ),
+    ],
+    env: &[entry(
+        "DBUS_SYSTEM_BUS_ADDRESS",
+        "The system bus, as --bus-address (default unix:path=/run/dbus/system_bus_socket)",
+    )],
+    files: &[
+        entry(
+            "/etc/NetworkManager/conf.d/90-nm-unmanage.conf",
+            "The drop-in --persist writes and --remove deletes (--conf-dir moves it)",
+        ),
+        entry(
+            "/run/NetworkManager/conf.d/90-nm-unmanage.conf",
+            "The runtime drop-in --watch (and --runtime) writes before it starts and \
+             removes when it stops; gone at reboot",
+        ),
+        entry(
+            "/run/dbus/system_bus_socket",
+            "The system bus, unless DBUS_SYSTEM_BUS_ADDRESS or --bus-address says otherwise",
+        ),
+    ],
+    examples: &[
+        entry(
+            "nm-unmanage",
+            "Managed=false on every ve-* and vb-* device now; prints those changed",
+        ),
+        entry(
+            "nm-unmanage --watch",
+            "Keep doing so for every new one, and after NetworkManager restarts",
+        ),
+        entry(
+            "nm-unmanage --persist",
+            "Write the drop-in and reload NetworkManager: it leaves them alone by itself",
+        ),
+        entry("nm-unmanage --remove", "Take the drop-in away again"),
+        entry(
+            "nm-unmanage --if-running 'interface-name:=ve-web'",
+            "Just ve-web; exit 0 on a host without NetworkManager",
+        ),
+    ],
+};

@@ -1,0 +1,83 @@
+//! ve-alloc's manual beyond its options: exit status, environment, files, examples
+//! (shown after `--help` and rendered into the man page by `cargo xtask dist`).
+
+use common::{
+    doc::{entry, exit, Manual},
+    Exit,
+};
+
+pub const MANUAL: Manual = Manual {
+    exits: &[
+        exit(Exit::Ok, ""),
+        exit(
+            Exit::Usage,
+            "a missing or unknown argument, --wait out of range",
+        ),
+        exit(
+            Exit::DataErr,
+            "a malformed NAME, address or pool, a bad import file, an address already leased",
+        ),
+        exit(
+            Exit::NoInput,
+            "no lease for NAME (show, show-ip), no such file",
+        ),
+        exit(Exit::Software, "a bug in ve-alloc"),
+        exit(Exit::OsErr, "a system call failed"),
+        exit(Exit::CantCreate, "the address pool is exhausted"),
+        exit(
+            Exit::IoErr,
+            "the store cannot be read or written, or is corrupt (it is never reset)",
+        ),
+        exit(
+            Exit::TempFail,
+            "another process held the store locked longer than --wait",
+        ),
+        exit(Exit::NoPerm, "no permission to read or write the store"),
+        exit(
+            Exit::Config,
+            "a bad config file, or a store written by another version or program",
+        ),
+    ],
+    env: &[
+        entry("VE_ALLOC_STORE", "Store directory, as --store"),
+        entry("VE_ALLOC_POOL", "IPv4 pool, as --pool"),
+        entry("VE_ALLOC_POOL6", "IPv6 pool, as --pool6"),
+        entry("VE_ALLOC_LAYOUT", "Layout of the IPv4 pool, as --layout"),
+        entry("VE_ALLOC_CONFIG", "Configuration file, as --config"),
+    ],
+    files: &[
+        entry(
+            "/etc/ve-alloc.conf",
+            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT",
+        ),
+        entry(
+            "/var/lib/ve-alloc/leases.db",
+            "The lease store (SQLite, with its -wal and -shm files); --store DIR moves it",
+        ),
+    ],
+    examples: &[
+        entry(
+            "ve-alloc alloc web",
+            "Lease web an address pair (the same one again next time) and print it as \
+             HOST_ADDRESS=... LOCAL_ADDRESS=... lines",
+        ),
+        entry(
+            "ve-alloc alloc web | ve-link up web --netns web --addresses -",
+            "Lease and plumb in one pipeline",
+        ),
+        entry("ve-alloc show-ip web", "Print web's container address"),
+        entry("ve-alloc list --hosts", "/etc/hosts lines for every lease"),
+        entry(
+            "ve-alloc reserve mail --host-address 10.233.9.2 --local-address 10.233.9.3",
+            "Record a static lease with chosen addresses",
+        ),
+        entry(
+            "ls /var/lib/machines | ve-alloc gc",
+            "Release the dynamic leases of containers that no longer exist",
+        ),
+        entry(
+            "ve-alloc import /etc/nixos-containers",
+            "Turn NixOS container conf files into static leases",
+        ),
+    ],
+};

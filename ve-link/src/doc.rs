@@ -1,0 +1,75 @@
+//! ve-link's manual beyond its options: exit status, environment, files, examples
+//! (shown after `--help` and rendered into the man page by `cargo xtask dist`).
+
+use common::{
+    doc::{entry, exit, Manual},
+    Exit,
+};
+
+pub const MANUAL: Manual = Manual {
+    exits: &[
+        exit(Exit::Ok, ""),
+        exit(Exit::Differs, "check found something up would change"),
+        exit(Exit::Usage, "a missing or unknown argument"),
+        exit(
+            Exit::DataErr,
+            "a malformed NAME, address, MTU or address file; addresses that clash",
+        ),
+        exit(
+            Exit::NoInput,
+            "the container namespace, process, bridge or address file does not exist",
+        ),
+        exit(Exit::Software, "a bug in ve-link"),
+        exit(Exit::OsErr, "the kernel refused a change"),
+        exit(
+            Exit::CantCreate,
+            "a link that is not ve-link's is in the way of the one to create",
+        ),
+        exit(
+            Exit::TempFail,
+            "the kernel did not answer within 5 s, or a concurrent down removed what up had just made",
+        ),
+        exit(
+            Exit::NoPerm,
+            "not enough privilege (CAP_NET_ADMIN, CAP_SYS_ADMIN)",
+        ),
+    ],
+    env: &[],
+    files: &[
+        entry(
+            "/run/netns/NAME",
+            "Named network namespaces (ip netns add), for --netns NAME",
+        ),
+        entry(
+            "/proc/PID/ns/net",
+            "The network namespace of a process, for --pid; ve-link also scans /proc to \
+             tell whether a container namespace still exists",
+        ),
+    ],
+    examples: &[
+        entry(
+            "ve-alloc alloc web | ve-link up web --netns web --addresses -",
+            "Make web's veth pair with the addresses ve-alloc leased",
+        ),
+        entry(
+            "ve-link up web --pid 4242 --host-address 10.233.0.2 --local-address 10.233.0.3",
+            "The same for the namespace of process 4242, addresses given directly",
+        ),
+        entry(
+            "ve-link check web --netns web --addresses /run/web.env",
+            "Exit 0 when everything up would make is in place, else 1 and what differs",
+        ),
+        entry(
+            "ve-link list --json",
+            "The links ve-link manages, as JSON Lines",
+        ),
+        entry(
+            "ve-link down web",
+            "Remove web's pair (already gone is success); down --all at shutdown",
+        ),
+        entry(
+            "ve-link gc | ve-alloc release -",
+            "Remove pairs whose container namespace is gone and free their leases",
+        ),
+    ],
+};
