@@ -223,6 +223,8 @@ impl Host<'_> {
             .env("PATH", path)
             .env("VE_ALLOC_STORE", &self.store)
             .env("VE_ALLOC_CONFIG", "/dev/null")
+            // ve-nat's lock in scratch, never the machine's /run/ve-nat.
+            .env("VE_NAT_LOCK_DIR", self.store.with_file_name("ve-nat-lock"))
             .env_remove("VE_ALLOC_POOL")
             .env_remove("VE_ALLOC_POOL6")
             .env_remove("VE_ALLOC_LAYOUT")

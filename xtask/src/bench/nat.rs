@@ -146,11 +146,13 @@ pub(super) fn ip_batch(ns: Option<&str>, script: &str) -> Result {
     }
 }
 
-/// Run `prog ARGS` inside `ns`; fail with its stderr.
-fn in_ns(ns: &str, prog: &Path, args: &[&str]) -> Result<Duration> {
+/// Run ve-nat (`prog ARGS`) inside `ns`, its lock in the sandbox's scratch dir (never
+/// the machine's /run/ve-nat); fail with its stderr.
+fn in_ns(sb: &Sandbox, ns: &str, prog: &Path, args: &[&str]) -> Result<Duration> {
     let start = Instant::now();
     let out = Command::new("ip")
         .args(["netns", "exec", ns])
+        .env("VE_NAT_LOCK_DIR", sb.tmp.join("ve-nat-lock"))
         .arg(prog)
         .args(args)
         .output()
@@ -223,11 +225,11 @@ fn up_down(sb: &mut Sandbox, bin: &Path, backend: &str, runs: usize) -> Result<S
 
     let (mut fresh, mut same, mut chg, mut chk, mut dn) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
-        fresh.push(in_ns(&ns, bin, &refs(&up))?);
-        same.push(in_ns(&ns, bin, &refs(&up))?);
-        chk.push(in_ns(&ns, bin, &refs(&check))?);
-        chg.push(in_ns(&ns, bin, &refs(&changed))?);
-        dn.push(in_ns(&ns, bin, &refs(&down))?);
+        fresh.push(in_ns(sb, &ns, bin, &refs(&up))?);
+        same.push(in_ns(sb, &ns, bin, &refs(&up))?);
+        chk.push(in_ns(sb, &ns, bin, &refs(&check))?);
+        chg.push(in_ns(sb, &ns, bin, &refs(&changed))?);
+        dn.push(in_ns(sb, &ns, bin, &refs(&down))?);
     }
     Ok(format!(
         "ve-nat, {backend} backend, median of {runs} runs (2 port forwards):\n\
@@ -275,7 +277,7 @@ fn per_container(sb: &mut Sandbox, bin: &Path, n: usize) -> Result<String> {
         Some(&host),
         "link add up0 type veth peer name up1\nlink set up0 up\n",
     )?;
-    in_ns(&host, bin, UP)?;
+    in_ns(sb, &host, bin, UP)?;
     let rules0 = rule_count(&host, "iptables-save")?;
     let mut check = UP.to_vec();
     check[0] = "check";
@@ -288,7 +290,7 @@ fn per_container(sb: &mut Sandbox, bin: &Path, n: usize) -> Result<String> {
         ip_batch(Some(&host), &script)?;
         added = k;
         let rules = rule_count(&host, "iptables-save")?;
-        let t = in_ns(&host, bin, &check)?;
+        let t = in_ns(sb, &host, bin, &check)?;
         out.push_str(&format!(
             "    {k:>5} containers: rule changes for this container 0, rules in total {rules} \
              (after up: {rules0}); `ve-nat check` {}\n",

@@ -817,7 +817,8 @@ impl Host<'_> {
     fn cmd(&self, program: &Path) -> Command {
         let mut c = Command::new(program);
         c.env("VE_ALLOC_STORE", self.work.join("store"))
-            .env("VE_ALLOC_CONFIG", "/dev/null");
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .env("VE_NAT_LOCK_DIR", self.work.join("ve-nat-lock"));
         c
     }
 
