@@ -29,6 +29,10 @@ pub use watch::START_BOUND_TIMEOUTS;
 /// Where the system bus is when DBUS_SYSTEM_BUS_ADDRESS is not set.
 const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 
+/// The variable that sets `--runtime-dir` (for callers that cannot change the command
+/// line, such as `examples/container-net` under a sandboxed NetworkManager).
+pub const RUNTIME_DIR_ENV: &str = "NM_UNMANAGE_RUNTIME_DIR";
+
 /// The variable that sets `--timeout`.
 pub const TIMEOUT_ENV: &str = "NM_UNMANAGE_TIMEOUT";
 
@@ -85,7 +89,7 @@ pub struct Args {
 
     /// NetworkManager's per-boot drop-in directory, for --runtime and --watch (created
     /// if missing)
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUNTIME_DIR)]
+    #[arg(long, value_name = "DIR", env = RUNTIME_DIR_ENV, default_value = DEFAULT_RUNTIME_DIR)]
     pub runtime_dir: PathBuf,
 
     /// D-Bus address of the system bus

@@ -315,3 +315,17 @@ fn a_pattern_that_takes_every_interface_is_65_before_any_bus_access() {
     // Only the socket itself in the directory.
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn the_runtime_directory_can_come_from_the_environment() {
+    let dir = scratch("nmu-env");
+    let rt = dir.path().join("run/conf.d");
+    let out = Command::new(BIN)
+        .args(["--bus-address", "unix:path=/nonexistent/bus", "--runtime"])
+        .env(nm_unmanage::RUNTIME_DIR_ENV, &rt)
+        .output()
+        .unwrap();
+    // No bus: written all the same (read when NetworkManager starts), and 69.
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(rt.join(nm_unmanage::RUNTIME_DROP_IN).exists());
+}

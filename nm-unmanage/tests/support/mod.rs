@@ -157,7 +157,9 @@ impl NmSandbox {
         let mut c = self.host.command("sh");
         c.args(["-c", &script, BIN])
             .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .env_remove(nm_unmanage::RUNTIME_DIR_ENV)
+            .env_remove(nm_unmanage::TIMEOUT_ENV);
         c
     }
 
@@ -250,7 +252,9 @@ impl NmSandbox {
     pub fn tool(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .env_remove(nm_unmanage::RUNTIME_DIR_ENV)
+            .env_remove(nm_unmanage::TIMEOUT_ENV);
         c
     }
 
