@@ -353,7 +353,7 @@ async fn watch_body(
     } else {
         log::info!("NetworkManager is not on the bus; the drop-in takes effect when it starts");
     }
-    notify::ready()?;
+    notify::ready();
     watch::watch(&bus, patterns, args.json, args.timeout).await
 }
 

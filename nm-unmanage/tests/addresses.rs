@@ -158,6 +158,25 @@ fn watch_alone_keeps_the_addresses_of_ten_new_veths_and_removes_its_drop_in() {
     let status = w.stop();
     assert!(status.success(), "watcher exit on SIGTERM: {status}");
     assert!(!file.exists(), "the drop-in outlived the watcher");
+    // Without the drop-in (reloaded away), the Managed=false the watcher set still keeps
+    // the running containers' veths out of NetworkManager's hands.
+    thread::sleep(Duration::from_millis(1000));
+    let c = sb.client();
+    for (i, f) in fates.iter().enumerate() {
+        assert_eq!(
+            c.state(&f.iface),
+            Some(nm_unmanage::STATE_UNMANAGED),
+            "{}",
+            f.iface
+        );
+        let addrs = sb.host.ip_json(&["-4", "addr", "show", "dev", &f.iface]);
+        let text = addrs.to_string();
+        assert!(
+            text.contains(&host_address(i)),
+            "{} lost its address: {text}",
+            f.iface
+        );
+    }
 }
 
 #[test]
