@@ -115,8 +115,11 @@ impl NmSandbox {
             client: None,
             sandbox,
         };
-        wait_until("the private bus socket", Duration::from_secs(5), || {
-            sb.dir.join("bus").exists().then_some(())
+        // Connectable, not just there: dbus-daemon binds the path before it listens.
+        wait_until("the private bus socket", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(sb.dir.join("bus"))
+                .ok()
+                .map(drop)
         });
         sb
     }
@@ -405,8 +408,9 @@ impl Client {
             .build()
             .unwrap();
         let conn = rt
-            .block_on(nm_unmanage::connect(address, nm_unmanage::DEFAULT_TIMEOUT))
-            .expect("connecting");
+            // Generous: the assertions must not fail on a loaded machine.
+            .block_on(nm_unmanage::connect(address, Duration::from_secs(30)))
+            .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
         Client {
             rt: Arc::new(rt),
             bus: Bus::new(conn),
