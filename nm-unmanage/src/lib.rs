@@ -422,8 +422,8 @@ mod tests {
     #[test]
     fn missing_bus_is_unavailable_unless_if_running() {
         // Never the machine's own directories.
-        let scratch = std::env::temp_dir().join(format!("nmu-nobus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&scratch);
+        let tmp = common::testing::TempDir::new("nmu-nobus");
+        let scratch = tmp.path().join("dirs");
         let (conf, rt) = (scratch.join("conf.d"), scratch.join("run/conf.d"));
         let base = [
             "nm-unmanage".into(),
@@ -455,7 +455,6 @@ mod tests {
         // effect when NetworkManager starts); a watcher writes nothing without a bus.
         assert!(rt.join(RUNTIME_DROP_IN).exists());
         assert!(!rt.join(WATCH_DROP_IN).exists());
-        std::fs::remove_dir_all(&scratch).unwrap();
     }
 
     #[test]
