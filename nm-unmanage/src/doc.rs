@@ -18,7 +18,7 @@ pub const MANUAL: Manual = Manual {
             "a missing or unknown argument, a bad --bus-address",
         ),
         exit(Exit::DataErr, "a malformed or too broad PATTERN"),
-        exit(Exit::NoInput, "the drop-in directory does not exist"),
+        exit(Exit::NoInput, "the --conf-dir drop-in directory does not exist"),
         exit(
             Exit::Unavailable,
             "the bus or NetworkManager is not there or does not answer in time",
@@ -29,26 +29,51 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::OsErr,
-            "NetworkManager failed a request, or writing or removing the drop-in failed",
+            "NetworkManager failed a request",
         ),
+        exit(Exit::CantCreate, "no free temporary name for a drop-in"),
+        exit(Exit::IoErr, "writing or removing a drop-in failed"),
         exit(
             Exit::NoPerm,
             "the bus or NetworkManager denied access, or the drop-in directory is not writable",
         ),
+        exit(
+            Exit::Config,
+            "a drop-in directory that is group- or world-writable, or not a directory",
+        ),
     ],
-    env: &[entry(
-        "DBUS_SYSTEM_BUS_ADDRESS",
-        "The system bus, as --bus-address (default unix:path=/run/dbus/system_bus_socket)",
-    )],
+    env: &[
+        entry(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "The system bus, as --bus-address (default unix:path=/run/dbus/system_bus_socket)",
+        ),
+        entry(
+            "NM_UNMANAGE_TIMEOUT",
+            "Seconds to wait for the bus and for each NetworkManager call, as --timeout (default 5)",
+        ),
+        entry(
+            "NM_UNMANAGE_RUNTIME_DIR",
+            "Where --watch and --runtime write their runtime drop-in, as --runtime-dir",
+        ),
+        entry(
+            "NOTIFY_SOCKET",
+            "Set by systemd for Type=notify: --watch sends READY=1 once its drop-in is in place",
+        ),
+    ],
     files: &[
         entry(
             "/etc/NetworkManager/conf.d/90-nm-unmanage.conf",
             "The drop-in --persist writes and --remove deletes (--conf-dir moves it)",
         ),
         entry(
-            "/run/NetworkManager/conf.d/90-nm-unmanage.conf",
-            "The runtime drop-in --watch (and --runtime) writes before it starts and \
-             removes when it stops; gone at reboot",
+            "/run/NetworkManager/conf.d/90-nm-unmanage-watch.conf",
+            "The runtime drop-in --watch writes before it starts watching and removes when \
+             it stops (--runtime-dir moves it)",
+        ),
+        entry(
+            "/run/NetworkManager/conf.d/90-nm-unmanage-runtime.conf",
+            "The runtime drop-in --runtime writes (gone at reboot; --remove --runtime \
+             deletes it)",
         ),
         entry(
             "/run/dbus/system_bus_socket",
@@ -70,8 +95,9 @@ pub const MANUAL: Manual = Manual {
         ),
         entry("nm-unmanage --remove", "Take the drop-in away again"),
         entry(
-            "nm-unmanage --if-running 'interface-name:=ve-web'",
-            "Just ve-web; exit 0 on a host without NetworkManager",
+            "nm-unmanage --if-running --runtime",
+            "Before ve-link up: NetworkManager leaves new ve-*/vb-* veths alone until reboot; \
+             exit 0 on a host without NetworkManager",
         ),
     ],
 };
