@@ -136,9 +136,11 @@ enum Cmd {
         #[arg(long, value_name = "IPV6", requires = "host_address6")]
         local_address6: Option<Ipv6Addr>,
     },
-    /// Release every dynamic lease whose name is not given (arguments, or one per line on
-    /// stdin); static leases are kept. Prints the names released. An empty list is
-    /// refused (exit 65) unless --all-gone says that no container is left.
+    /// Release the dynamic leases of containers that are gone; print their names
+    ///
+    /// Every dynamic lease whose name is not given (as arguments, or one per line on
+    /// stdin) is released; static leases are kept. An empty list is refused (exit 65)
+    /// unless --all-gone says that no container is left.
     Gc {
         /// Names of the containers that still exist; `-` or none: read stdin
         #[arg(value_name = "NAME")]

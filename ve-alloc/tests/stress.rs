@@ -268,3 +268,36 @@ fn a_damaged_log_loses_no_printed_lease() {
     assert_eq!(all.len(), 25);
     assert_unique(&all);
 }
+
+#[test]
+fn a_reader_holding_the_store_delays_the_fold_and_the_next_write_does_it() {
+    let dir = TempDir::new("va-fold");
+    let store = dir.path().join("store");
+    let ok = |args: &[&str]| {
+        let o = va(&store).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(&["alloc", "a"]);
+    // A reader in the middle of a transaction: the fold cannot empty the log under it.
+    let conn = rusqlite::Connection::open(store.join("leases.db")).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    ok(&["alloc", "b"]);
+    let wal = store.join("leases.db-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "b is in the log"
+    );
+    conn.execute_batch("COMMIT").unwrap();
+    drop(conn);
+    ok(&["alloc", "c"]);
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "folded");
+    let names: Vec<String> = leases(&store)
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+}

@@ -163,9 +163,11 @@ impl SqliteStore {
         // Each ve-alloc process is usually the store's only connection, and SQLite
         // checkpoints and deletes the log when the last connection closes: more fsyncs
         // and a new log file per call, which under disk load cost 10-20 ms. So the log
-        // file stays; each commit costs one fsync of it (synchronous=FULL: a printed
-        // lease survives power loss too), and `fold_log` empties it after the commit.
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;")
+        // file stays, and `fold_log` empties it after each commit. The commit itself is
+        // not synced (synchronous=NORMAL): the fold syncs the log, then the database
+        // file, and when it cannot run, syncs the log itself. Either way a lease is on
+        // disk before it is printed and survives a power cut.
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;")
             .map_err(|e| self.err(e))?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(|e| self.err(e))?;
@@ -249,7 +251,7 @@ impl SqliteStore {
         })?;
         if matches!(behavior, TransactionBehavior::Immediate) {
             tx.commit().map_err(fail)?;
-            fold_log(conn, wait);
+            fold_log(conn, &db, wait)?;
         }
         Ok(out)
     }
@@ -271,21 +273,27 @@ const FOLD_WAIT: Duration = Duration::from_secs(1);
 /// Fold the write-ahead log into the database file and empty it, after every commit,
 /// so that a printed lease lives in the main file and not only in the log. (SQLite
 /// stops reading a log at its first damaged frame and silently drops every later
-/// commit; with an empty log there is nothing to drop.) It costs one more fsync, of the
-/// database file. Another process reading or writing the store at that moment is
-/// waited for up to [`FOLD_WAIT`]; if it is still busy, the log is left for the next
-/// writer's fold. (SQLite's automatic checkpoint is off: it would fold at 1,000 pages.)
-fn fold_log(conn: &Connection, wait: Duration) {
+/// commit; with an empty log there is nothing to drop.) Another process reading or
+/// writing the store at that moment is waited for up to [`FOLD_WAIT`]; if it is still
+/// busy, the log is synced to disk here and left for the next writer's fold. (SQLite's
+/// automatic checkpoint is off: it would fold only at 1,000 pages.)
+fn fold_log(conn: &Connection, db: &Path, wait: Duration) -> Result<()> {
     let r = conn.busy_timeout(wait.min(FOLD_WAIT)).and_then(|()| {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             r.get::<_, i64>(0)
         })
     });
-    match r {
-        Ok(0) => {}
-        other => log::debug!("log not folded yet (store busy): {other:?}"),
-    }
     let _ = conn.busy_timeout(wait);
+    if matches!(r, Ok(0)) {
+        return Ok(());
+    }
+    log::debug!("log not folded (store busy: {r:?}); syncing it instead");
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    fs::File::open(&wal)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error(format!("syncing store log {}", wal.display()), e))
 }
 
 /// An I/O error on the store's paths: a path through a regular file is 74 like one that
