@@ -549,7 +549,7 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     };
     Err(match config {
         Some(c) => Error::config(format!("{}: STORE: {problem}", c.display())),
-        None => Error::usage(format!("--store: {problem}")),
+        None => Error::usage(format!("--store (or VE_ALLOC_STORE): {problem}")),
     })
 }
 

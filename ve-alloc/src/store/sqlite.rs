@@ -273,7 +273,9 @@ const FOLD_WAIT: Duration = Duration::from_secs(1);
 /// Fold the write-ahead log into the database file and empty it, after every commit,
 /// so that a printed lease lives in the main file and not only in the log. (SQLite
 /// stops reading a log at its first damaged frame and silently drops every later
-/// commit; with an empty log there is nothing to drop.) Another process reading or
+/// commit; with an empty log there is nothing to drop. A passive checkpoint would not
+/// do: its frames stay in the log, and recovering a damaged log would serve their older
+/// page versions instead of the folded ones.) Another process reading or
 /// writing the store at that moment is waited for up to [`FOLD_WAIT`]; if it is still
 /// busy, the log is synced to disk here and left for the next writer's fold. (SQLite's
 /// automatic checkpoint is off: it would fold only at 1,000 pages.)
