@@ -472,13 +472,14 @@ impl Settings {
                 "--wait takes a number of seconds from 0 to 86400",
             ));
         }
-        let store_flag = cli
-            .store
-            .as_deref()
-            .map(|p| p.to_string_lossy())
-            .filter(|p| !p.is_empty());
-        let (store, store_from_file) = pick(store_flag.as_deref(), "STORE", DEFAULT_STORE);
-        let store = PathBuf::from(store);
+        // A path, which need not be UTF-8, so not through `pick`.
+        let (store, store_from_file) = match &cli.store {
+            Some(p) if !p.as_os_str().is_empty() => (p.clone(), false),
+            _ => match from_file("STORE") {
+                Some(v) => (PathBuf::from(v), true),
+                None => (PathBuf::from(DEFAULT_STORE), false),
+            },
+        };
         check_store_path(&store, store_from_file.then_some(path.as_path()))?;
         let settings = Settings {
             store,

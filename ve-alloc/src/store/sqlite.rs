@@ -138,7 +138,7 @@ impl SqliteStore {
     }
 
     /// Write-ahead logging (readers never block the writer; a killed writer's partial
-    /// transaction is simply not in the log), full sync, and the schema.
+    /// transaction is simply not in the log), how it is synced, and the schema.
     fn prepare(&self, conn: &Connection) -> Result<()> {
         let deadline = Instant::now() + self.wait;
         loop {
