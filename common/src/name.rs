@@ -6,11 +6,14 @@
 //!
 //! The host end of a container's veth is `ve-<name>` (bridge mode: `vb-<name>`). Linux
 //! limits interface names to 15 bytes, so when `ve-<name>` is longer the name is
-//! shortened deterministically to `ve-` + the first 5 bytes of the name + `~` + 6
-//! characters of a hash of the whole name (FNV-1a 64, low 30 bits, base32 `a-z2-7`),
-//! e.g. `ve-abcde~iyqxy4` for `abcdefghijklm`. `~` never occurs in a container name, so a short form can
-//! never equal another container's unshortened name, and two long names sharing their
-//! first 5 bytes differ in their hash.
+//! shortened deterministically to `ve-` + the first 3 bytes of the name + `~` + 8
+//! characters of a hash of the whole name (FNV-1a 64, low 40 bits, base32 `a-z2-7`),
+//! e.g. `ve-abc~iyqxy4ya` for `abcdefghijklm`. `~` never occurs in a container name, so
+//! a short form can never equal another container's unshortened name. Two long names
+//! that share their first 3 bytes get the same short form only when 40 bits of their
+//! hashes agree: a chance of about n^2 / 2^41 among n such names (10,000 names: 0.005 %).
+//! A hash cannot rule that out, so whoever hands out names checks for it
+//! ([`kept_prefix`] says which names can clash); ve-alloc refuses such a name.
 
 use crate::{Error, Result};
 
@@ -26,8 +29,8 @@ pub const HOST_PREFIX: &str = "ve-";
 /// Prefix of the host end of a bridged container veth.
 pub const BRIDGE_PREFIX: &str = "vb-";
 
-const SHORT_PREFIX_LEN: usize = 5;
-const HASH_LEN: usize = 6;
+const SHORT_PREFIX_LEN: usize = 3;
+const HASH_LEN: usize = 8;
 
 /// Check a container name against the rules above; the error names the first problem.
 pub fn validate(name: &str) -> Result<()> {
@@ -74,11 +77,24 @@ pub fn ifname(prefix: &str, name: &str) -> String {
     }
     let mut short = String::with_capacity(MAX_IFNAME_LEN);
     short.push_str(prefix);
-    let keep = MAX_IFNAME_LEN - prefix.len() - 1 - HASH_LEN;
-    short.push_str(&name[..keep.min(SHORT_PREFIX_LEN).min(name.len())]);
+    short.push_str(kept(prefix, name));
     short.push('~');
     short.push_str(&hash_base32(name.as_bytes()));
     short
+}
+
+/// The bytes of `name` that its shortened interface name under `prefix` keeps, or
+/// `None` when `prefix` + `name` fits and is not shortened. Two names can only have the
+/// same interface name when both are shortened and keep the same bytes. `ve-` and `vb-`
+/// keep as many bytes, so two names clash under both prefixes or under neither.
+pub fn kept_prefix<'a>(prefix: &str, name: &'a str) -> Option<&'a str> {
+    (prefix.len() + name.len() > MAX_IFNAME_LEN).then(|| kept(prefix, name))
+}
+
+fn kept<'a>(prefix: &str, name: &'a str) -> &'a str {
+    let keep = MAX_IFNAME_LEN.saturating_sub(prefix.len() + 1 + HASH_LEN);
+    // Container names are ASCII, so any byte count is a character boundary.
+    &name[..keep.min(SHORT_PREFIX_LEN).min(name.len())]
 }
 
 /// `ve-<name>`, shortened when needed.
@@ -91,7 +107,7 @@ pub fn bridge_ifname(name: &str) -> String {
     ifname(BRIDGE_PREFIX, name)
 }
 
-/// FNV-1a 64: tiny, stable forever, and good enough to spread names over 30 bits.
+/// FNV-1a 64: tiny, stable forever, and good enough to spread names over 40 bits.
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
@@ -191,27 +207,53 @@ mod tests {
         let b = host_ifname("webserver-production-eu-west-1-bbbbbbbbbb");
         assert_eq!(a.len(), 15);
         assert_eq!(b.len(), 15);
-        assert!(a.starts_with("ve-webse~"), "{a}");
+        assert!(a.starts_with("ve-web~"), "{a}");
         assert_ne!(a, b);
         // Pinned: the rule is a public contract (existing links are found by it).
-        assert_eq!(host_ifname("abcdefghijklm"), "ve-abcde~iyqxy4");
-        assert_eq!(hash_base32(b""), "fziecc");
+        assert_eq!(host_ifname("abcdefghijklm"), "ve-abc~iyqxy4ya");
+        assert_eq!(bridge_ifname("abcdefghijklm"), "vb-abc~iyqxy4ya");
+        assert_eq!(hash_base32(b""), "fzieccs4");
         validate_ifname(&a).unwrap();
+        assert_eq!(kept_prefix(HOST_PREFIX, "abcdefghijkl"), None);
+        assert_eq!(kept_prefix(HOST_PREFIX, "abcdefghijklm"), Some("abc"));
+        assert_eq!(kept_prefix(BRIDGE_PREFIX, "abcdefghijklm"), Some("abc"));
+    }
+
+    #[test]
+    fn the_pair_that_shared_a_name_under_30_bits_no_longer_does() {
+        // Both were ve-abcde~jjrprr when 30 bits of hash followed 5 bytes of name.
+        let (a, b) = ("abcdefghij68788", "abcdefghij192812");
+        assert_ne!(host_ifname(a), host_ifname(b));
+        assert_ne!(bridge_ifname(a), bridge_ifname(b));
+    }
+
+    #[test]
+    fn a_clash_is_still_possible_and_keeps_the_shared_prefix() {
+        // Found by a search over 2.1 million random names: 40 bits can clash, which is
+        // why ve-alloc checks (see `kept_prefix`).
+        let (a, b) = ("abc10eeb871e86d1243", "abcf567240c36315443");
+        assert_eq!(host_ifname(a), host_ifname(b));
+        assert_eq!(kept_prefix(HOST_PREFIX, a), kept_prefix(HOST_PREFIX, b));
     }
 
     #[test]
     fn shortened_names_rarely_collide() {
-        // 5,000 long names sharing their first 20 bytes: no two interface names equal.
+        // 10,000 long names sharing their first 20 bytes (at 30 bits about 4.6 % of such
+        // sets had a clash): no two interface names equal.
         let mut seen = std::collections::HashSet::new();
-        for i in 0..5000 {
+        for i in 0..10_000 {
             let n = format!("shared-prefix-twenty-{i:05}");
+            assert!(seen.insert(host_ifname(&n)), "collision at {n}");
+        }
+        for i in 0..10_000 {
+            let n = format!("abcdefghij{i}");
             assert!(seen.insert(host_ifname(&n)), "collision at {n}");
         }
     }
 
     #[test]
     fn interface_names_for_rules() {
-        for ok in ["eth0", "enp0s31f6", "br-lan", "eth0.100", "ve-abcde~kq3zt7"] {
+        for ok in ["eth0", "enp0s31f6", "br-lan", "eth0.100", "ve-abc~kq3zt7ab"] {
             validate_ifname(ok).unwrap();
         }
         for bad in [

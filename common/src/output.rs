@@ -98,6 +98,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// Parse env-file text: `KEY=value` lines, blank lines and `#` comments ignored, an
 /// optional `export ` prefix, values optionally in single or double quotes. Later keys
 /// win. `origin` names the input in error messages.
+///
+/// Errors name the line number and at most the key, never the line itself: the input
+/// may be a file that was never meant to be one (`--config /etc/shadow`), and its first
+/// line must not end up in a log.
 pub fn parse_env(text: &str, origin: &str) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for (n, raw) in text.lines().enumerate() {
@@ -106,15 +110,33 @@ pub fn parse_env(text: &str, origin: &str) -> Result<BTreeMap<String, String>> {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
-        let bad = || Error::data(format!("{origin}:{}: not a KEY=value line: {raw:?}", n + 1));
-        let (k, v) = line.split_once('=').ok_or_else(bad)?;
+        let bad = |why: &str| Error::data(format!("{origin}:{}: {why}", n + 1));
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| bad("not a KEY=value line"))?;
         if !is_env_key(k) {
-            return Err(bad());
+            return Err(bad("not a KEY=value line (the key is not a variable name)"));
         }
-        let v = unquote(v.trim()).ok_or_else(bad)?;
+        let v = unquote(v.trim()).ok_or_else(|| {
+            bad(&format!(
+                "the value of {} has unbalanced quotes or unquoted spaces",
+                quote_key(k)
+            ))
+        })?;
         map.insert(k.to_string(), v);
     }
     Ok(map)
+}
+
+/// A key for an error message: itself when short, else its first 20 characters.
+pub fn quote_key(k: &str) -> String {
+    const MAX: usize = 20;
+    if k.chars().count() <= MAX {
+        k.escape_default().to_string()
+    } else {
+        let head: String = k.chars().take(MAX).collect();
+        format!("{}...", head.escape_default())
+    }
 }
 
 fn unquote(v: &str) -> Option<String> {
@@ -168,6 +190,23 @@ mod tests {
         assert!(e.to_string().starts_with("foo.conf:1:"), "{e}");
         assert!(parse_env("X=a b\n", "-").is_err());
         assert!(parse_env("1X=a\n", "-").is_err());
+    }
+
+    #[test]
+    fn errors_never_quote_the_line() {
+        let secret = "root:$y$j9T$s3cr3tH4sh:19000:0:99999:7:::";
+        for text in [
+            secret.to_string(),
+            format!("PASSWORD={secret} x"),
+            format!("my {secret}=1"),
+        ] {
+            let e = parse_env(&format!("# ok\n{text}\n"), "f").unwrap_err();
+            assert!(e.to_string().starts_with("f:2: "), "{e}");
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        }
+        let e = parse_env("PASSWORD='x\n", "f").unwrap_err();
+        assert!(e.to_string().contains("value of PASSWORD"), "{e}");
+        assert_eq!(quote_key(&"K".repeat(30)), format!("{}...", "K".repeat(20)));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use common::{Error, Exit, Result};
+use common::{name, Error, Exit, Result};
 
 use crate::{lease::Lease, pool::Pool, store::Txn};
 
@@ -21,9 +21,17 @@ pub struct Pools {
     pub v6: Option<Pool>,
 }
 
+/// The rule that turns a container name into its interface name: `common::name`'s, or
+/// a fake in tests that makes names clash.
+pub type IfName = fn(&str) -> String;
+
 /// The lease of `name`, allocating one when it has none. An existing dynamic lease
 /// without IPv6 gains an IPv6 pair once an IPv6 pool is configured.
 pub fn allocate(tx: &mut dyn Txn, pools: &Pools, name: &str) -> Result<Lease> {
+    allocate_with(tx, pools, name, name::host_ifname)
+}
+
+fn allocate_with(tx: &mut dyn Txn, pools: &Pools, name: &str, ifname: IfName) -> Result<Lease> {
     if let Some(mut lease) = tx.get(name)? {
         if let (Some(p6), None, false) = (pools.v6, lease.host_address6, lease.fixed) {
             let (h, l) = next_free(tx, &p6)?;
@@ -33,6 +41,7 @@ pub fn allocate(tx: &mut dyn Txn, pools: &Pools, name: &str) -> Result<Lease> {
         }
         return Ok(lease);
     }
+    check_ifname(tx, name, ifname)?;
     let mut lease = Lease::new(name);
     let (h, l) = next_free(tx, &pools.v4)?;
     (lease.host_address, lease.local_address) = (Some(v4(h)), Some(v4(l)));
@@ -117,19 +126,56 @@ pub fn reserve(tx: &mut dyn Txn, pools: &Pools, want: &Lease) -> Result<Lease> {
             )));
         }
     }
-    if (want.host_address.is_some() && want.host_address == want.local_address)
-        || (want.host_address6.is_some() && want.host_address6 == want.local_address6)
-    {
-        return Err(Error::data("host and container addresses must differ"));
-    }
     let mut lease = want.clone();
     lease.fixed = true;
     put_checked(tx, &lease)
 }
 
-/// Record `lease` unless its name holds other addresses or an address is held by
-/// another name; the same lease again is a no-op.
+/// Refuse a new lease for `name` when its interface name is already another leased
+/// name's: two long names that share their first bytes and, by chance, 40 bits of hash
+/// (see `common::name`). Only those can clash, so only those are compared.
+fn check_ifname(tx: &mut dyn Txn, new: &str, ifname: IfName) -> Result<()> {
+    let Some(kept) = name::kept_prefix(name::HOST_PREFIX, new) else {
+        return Ok(());
+    };
+    let mine = ifname(new);
+    for other in tx.names_with_prefix(kept)? {
+        if other != new && ifname(&other) == mine {
+            return Err(Error::data(format!(
+                "{new} would get the interface name {mine}, which {other} already has \
+                 (long names are shortened to their first {} bytes and a hash); \
+                 choose another name",
+                kept.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Record `lease` unless its name holds other addresses, an address is held by another
+/// name, its host and container addresses are the same, or its interface name is
+/// another lease's; the same lease again is a no-op.
 pub fn put_checked(tx: &mut dyn Txn, lease: &Lease) -> Result<Lease> {
+    put_checked_with(tx, lease, name::host_ifname)
+}
+
+fn put_checked_with(tx: &mut dyn Txn, lease: &Lease, ifname: IfName) -> Result<Lease> {
+    for (h, l) in [
+        (
+            lease.host_address.map(IpAddr::V4),
+            lease.local_address.map(IpAddr::V4),
+        ),
+        (
+            lease.host_address6.map(IpAddr::V6),
+            lease.local_address6.map(IpAddr::V6),
+        ),
+    ] {
+        if let Some(a) = h.filter(|h| Some(*h) == l) {
+            return Err(Error::data(format!(
+                "host and container addresses must differ ({a} is both)"
+            )));
+        }
+    }
     if let Some(old) = tx.get(&lease.name)? {
         if old.addresses() == lease.addresses() {
             return Ok(old);
@@ -147,6 +193,7 @@ pub fn put_checked(tx: &mut dyn Txn, lease: &Lease) -> Result<Lease> {
             )));
         }
     }
+    check_ifname(tx, &lease.name, ifname)?;
     tx.put(lease)?;
     Ok(lease.clone())
 }
@@ -270,6 +317,56 @@ mod tests {
             reserve(&mut tx, &p, &other).is_err(),
             "r holds other addresses"
         );
+    }
+
+    /// Every long name with the same first 3 bytes gets one interface name.
+    fn clashing(n: &str) -> String {
+        match name::kept_prefix(name::HOST_PREFIX, n) {
+            Some(kept) => format!("ve-{kept}~clash"),
+            None => name::host_ifname(n),
+        }
+    }
+
+    #[test]
+    fn a_name_whose_interface_name_is_taken_is_refused() {
+        let (mut tx, p) = (MemStore::default(), pools("10.233.0.0/16", None));
+        allocate_with(&mut tx, &p, "abcdefghijklm-1", clashing).unwrap();
+        let before = tx.all().unwrap();
+        let e = allocate_with(&mut tx, &p, "abcdefghijklm-2", clashing).unwrap_err();
+        assert_eq!(e.code(), 65);
+        assert!(
+            e.to_string()
+                .contains("interface name ve-abc~clash, which abcdefghijklm-1 already has"),
+            "{e}"
+        );
+        assert_eq!(tx.all().unwrap(), before, "nothing changed");
+        // The same name again is its own lease, not a clash; short names and other
+        // prefixes never clash.
+        allocate_with(&mut tx, &p, "abcdefghijklm-1", clashing).unwrap();
+        allocate_with(&mut tx, &p, "abc", clashing).unwrap();
+        allocate_with(&mut tx, &p, "abdefghijklmn-2", clashing).unwrap();
+        // Static leases are checked too.
+        let mut r = Lease::new("abcdefghijklm-3");
+        r.host_address = Some("10.233.9.2".parse().unwrap());
+        r.local_address = Some("10.233.9.3".parse().unwrap());
+        r.fixed = true;
+        assert_eq!(
+            put_checked_with(&mut tx, &r, clashing).unwrap_err().code(),
+            65
+        );
+        // With the real rule these names do not clash.
+        allocate(&mut tx, &p, "abcdefghijklm-2").unwrap();
+    }
+
+    #[test]
+    fn host_equal_to_local_is_bad_data() {
+        let mut tx = MemStore::default();
+        let mut l = Lease::new("x");
+        l.host_address6 = Some("fd42::5".parse().unwrap());
+        l.local_address6 = Some("fd42::5".parse().unwrap());
+        let e = put_checked(&mut tx, &l).unwrap_err();
+        assert_eq!(e.code(), 65);
+        assert!(e.to_string().contains("must differ"), "{e}");
     }
 
     #[test]

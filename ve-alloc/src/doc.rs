@@ -11,22 +11,22 @@ pub const MANUAL: Manual = Manual {
         exit(Exit::Ok, ""),
         exit(
             Exit::Usage,
-            "a missing or unknown argument, --wait out of range",
+            "a missing or unknown argument, --wait out of range, a --store that is a URL or a database file, gc with no names on a terminal",
         ),
         exit(
             Exit::DataErr,
-            "a malformed NAME, address or pool, a bad import file, an address already leased",
+            "a malformed NAME, address or pool, a bad import file, an address or interface name already leased, host address equal to local, gc with an empty list of live names (without --all-gone)",
         ),
         exit(
             Exit::NoInput,
-            "no lease for NAME (show, show-ip), no such file",
+            "no lease for NAME (show, show-ip), a named config file or import directory missing",
         ),
         exit(Exit::Software, "a bug in ve-alloc"),
         exit(Exit::OsErr, "a system call failed"),
         exit(Exit::CantCreate, "the address pool is exhausted"),
         exit(
             Exit::IoErr,
-            "the store cannot be read or written, or is corrupt (it is never reset)",
+            "the store cannot be read or written, is corrupt (it is never reset), or is not a directory",
         ),
         exit(
             Exit::TempFail,
@@ -52,7 +52,8 @@ pub const MANUAL: Manual = Manual {
         ),
         entry(
             "/var/lib/ve-alloc/leases.db",
-            "The lease store (SQLite, with its -wal and -shm files); --store DIR moves it",
+            "The lease store (SQLite, with its -wal and -shm files; directory 0750, files 0640); \
+             --store DIR moves it",
         ),
     ],
     examples: &[
@@ -73,7 +74,12 @@ pub const MANUAL: Manual = Manual {
         ),
         entry(
             "ls /var/lib/machines | ve-alloc gc",
-            "Release the dynamic leases of containers that no longer exist",
+            "Release the dynamic leases of containers that no longer exist (an empty list \
+             is refused; --all-gone says it is meant)",
+        ),
+        entry(
+            "ve-link gc | ve-alloc release -",
+            "Release the leases of the containers whose pairs ve-link gc removed",
         ),
         entry(
             "ve-alloc import /etc/nixos-containers",

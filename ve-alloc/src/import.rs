@@ -3,9 +3,11 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
+
+use ipnet::IpNet;
 
 use common::{output::parse_env, Error, Result};
 
@@ -83,8 +85,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<Lease>> {
 }
 
 /// An address variable, with or without a `/prefix` (NixOS accepts both, and its own
-/// allocator misses the prefixed ones: we count them).
-fn addr<T: std::str::FromStr>(
+/// allocator misses the prefixed ones: we count them). It must be a usable unicast
+/// address (see [`crate::addr`]), with a prefix no longer than its family's, and not
+/// the network or broadcast address of that prefix.
+fn addr<T: std::str::FromStr + Into<IpAddr> + Copy>(
     vars: &std::collections::BTreeMap<String, String>,
     key: &str,
     origin: &str,
@@ -93,11 +97,32 @@ fn addr<T: std::str::FromStr>(
         return Ok(None);
     };
     let (a, prefix) = v.split_once('/').unwrap_or((v, ""));
-    let bad = || Error::data(format!("{origin}: {key}={v} is not a valid address"));
-    if !prefix.is_empty() && prefix.parse::<u8>().is_err() {
-        return Err(bad());
+    let bad = |why: &str| Error::data(format!("{origin}: {key}={v}: {why}"));
+    let parsed: T = a.parse().map_err(|_| bad("not a valid address"))?;
+    let ip: IpAddr = parsed.into();
+    if let Some(why) = crate::addr::refuse_address(ip) {
+        return Err(bad(&format!("not a container address: {why}")));
     }
-    a.parse().map(Some).map_err(|_| bad())
+    if !prefix.is_empty() {
+        let len: u8 = prefix
+            .parse()
+            .map_err(|_| bad("the prefix is not a number"))?;
+        let net = IpNet::new(ip, len).map_err(|_| {
+            bad(&format!(
+                "prefix /{len} is longer than {}",
+                if ip.is_ipv4() { 32 } else { 128 }
+            ))
+        })?;
+        let edge = net.max_prefix_len() - len >= 2
+            && (ip == net.network() || (ip.is_ipv4() && ip == net.broadcast()));
+        if edge {
+            return Err(bad(&format!(
+                "the network or broadcast address of {}",
+                net.trunc()
+            )));
+        }
+    }
+    Ok(Some(parsed))
 }
 
 #[cfg(test)]
@@ -126,5 +151,29 @@ mod tests {
         assert!(e.to_string().contains("h.conf"), "{e}");
         assert!(parse(Path::new("h.conf"), "HOST_ADDRESS=10.0.0.1/x\n").is_err());
         assert!(parse(Path::new("-bad.conf"), "HOST_ADDRESS=10.0.0.1\n").is_err());
+        for (line, why) in [
+            ("HOST_ADDRESS=0.0.0.0", "0.0.0.0/8"),
+            ("HOST_ADDRESS=255.255.255.255", "broadcast"),
+            ("HOST_ADDRESS=127.0.0.1", "loopback"),
+            ("HOST_ADDRESS=224.0.0.5", "multicast"),
+            ("HOST_ADDRESS6=ff02::1", "multicast"),
+            ("HOST_ADDRESS6=::1", "loopback"),
+            ("HOST_ADDRESS=10.0.0.1/200", "prefix /200 is longer than 32"),
+            (
+                "HOST_ADDRESS6=fd00::1/200",
+                "prefix /200 is longer than 128",
+            ),
+            (
+                "HOST_ADDRESS=10.0.0.255/24",
+                "broadcast address of 10.0.0.0/24",
+            ),
+            ("HOST_ADDRESS=10.0.0.0/24", "network or broadcast"),
+        ] {
+            let e = parse(Path::new("h.conf"), &format!("{line}\n")).unwrap_err();
+            assert_eq!(e.code(), 65, "{line}");
+            assert!(e.to_string().contains(why), "{line}: {e}");
+        }
+        // A /31 or /32 has no network or broadcast address to avoid.
+        assert!(parse(Path::new("h.conf"), "HOST_ADDRESS=10.0.0.0/31\n").is_ok());
     }
 }

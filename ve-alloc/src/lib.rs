@@ -1,6 +1,7 @@
 //! `ve-alloc`: leases each container a host/container address pair from a pool and
 //! remembers it in an embedded store.
 
+mod addr;
 mod alloc;
 pub mod doc;
 mod import;
@@ -17,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{builder::TypedValueParser as _, CommandFactory, Parser, Subcommand};
 
 use common::{cli::Verbosity, name, output, Error, Result};
 
@@ -44,13 +45,16 @@ pub const DEFAULT_POOL: &str = "10.233.0.0/16";
     long_about = "Lease each container a host/container address pair (IPv4, and IPv6 when an \
 IPv6 pool is configured) from a pool, remember it in an embedded store, and free it again.\n\n\
 Settings come from flags, then VE_ALLOC_* environment variables, then the config file \
-(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT), then defaults."
+(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT), then defaults. An empty \
+value anywhere means \"not set here\": the next source decides."
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Store directory [default: /var/lib/ve-alloc]
-    #[arg(long, env = "VE_ALLOC_STORE", global = true, value_name = "DIR")]
+    /// Store directory, holding leases.db (a directory, not the file) [default:
+    /// /var/lib/ve-alloc]
+    #[arg(long, env = "VE_ALLOC_STORE", global = true, value_name = "DIR",
+          value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     store: Option<PathBuf>,
     /// IPv4 pool new leases come from [default: 10.233.0.0/16]
     #[arg(long, env = "VE_ALLOC_POOL", global = true, value_name = "CIDR")]
@@ -58,9 +62,14 @@ struct Cli {
     /// IPv6 pool for IPv6 pairs alongside the IPv4 ones ("none": no IPv6) [default: none]
     #[arg(long, env = "VE_ALLOC_POOL6", global = true, value_name = "CIDR")]
     pool6: Option<String>,
-    /// How the IPv4 pool is cut: `pairs` (two consecutive addresses per container) or
-    /// `nixos` (10.233.N.1 / 10.233.N.2) [default: pairs]
-    #[arg(long, env = "VE_ALLOC_LAYOUT", global = true, value_name = "LAYOUT")]
+    /// How the IPv4 pool is cut into pairs [default: pairs]
+    #[arg(
+        long,
+        env = "VE_ALLOC_LAYOUT",
+        global = true,
+        value_name = "LAYOUT",
+        value_parser = LayoutParser
+    )]
     layout: Option<String>,
     /// Configuration file [default: /etc/ve-alloc.conf, when it exists]
     #[arg(long, env = "VE_ALLOC_CONFIG", global = true, value_name = "FILE")]
@@ -68,7 +77,7 @@ struct Cli {
     /// How long to wait for a store another process holds locked before exit 75
     #[arg(long, global = true, value_name = "SECONDS", default_value = "10")]
     wait: f64,
-    /// Print JSON instead of KEY=value lines or columns
+    /// Print JSON instead of KEY=value lines or columns (lists: one object per line)
     #[arg(long, global = true)]
     json: bool,
     #[command(flatten)]
@@ -78,14 +87,24 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Lease an address pair to NAME (its existing lease if it has one) and print it
-    Alloc { name: String },
+    Alloc {
+        /// Container name: 1-63 bytes of letters, digits, '-', '_', '.'
+        name: String,
+    },
     /// Print the container address of NAME (IPv4, else IPv6), like `nixos-container show-ip`
-    ShowIp { name: String },
+    ShowIp {
+        /// Container name
+        name: String,
+    },
     /// Print the whole lease of NAME
-    Show { name: String },
+    Show {
+        /// Container name
+        name: String,
+    },
     /// Free the leases of the NAMEs; an unknown name is not an error
     Release {
-        #[arg(required = true)]
+        /// Container names; `-` reads more names from stdin, one per line
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// List all leases
@@ -99,28 +118,78 @@ enum Cmd {
     },
     /// Record a static lease with chosen addresses (inside the pool, not taken)
     Reserve {
+        /// Container name
         name: String,
+        /// The host end's IPv4 address (HOST_ADDRESS), inside --pool
         #[arg(long, value_name = "IPV4")]
         host_address: Option<Ipv4Addr>,
+        /// The container end's IPv4 address (LOCAL_ADDRESS), inside --pool
         #[arg(long, value_name = "IPV4", requires = "host_address")]
         local_address: Option<Ipv4Addr>,
+        /// The host end's IPv6 address (HOST_ADDRESS6), inside --pool6
         #[arg(long, value_name = "IPV6")]
         host_address6: Option<Ipv6Addr>,
+        /// The container end's IPv6 address (LOCAL_ADDRESS6), inside --pool6
         #[arg(long, value_name = "IPV6", requires = "host_address6")]
         local_address6: Option<Ipv6Addr>,
     },
-    /// Release every dynamic lease whose name is not given (arguments, or one per line on
-    /// stdin); static leases are kept. Prints the names released.
+    /// Release the dynamic leases of containers that are gone; print their names
+    ///
+    /// Every dynamic lease whose name is not given (as arguments, or one per line on
+    /// stdin) is released; static leases are kept. An empty list is refused (exit 65)
+    /// unless --all-gone says that no container is left.
     Gc {
         /// Names of the containers that still exist; `-` or none: read stdin
+        #[arg(value_name = "NAME")]
         names: Vec<String>,
         /// Only print what would be released
         #[arg(long)]
         dry_run: bool,
+        /// No container exists any more: accept an empty list and release every
+        /// dynamic lease
+        #[arg(long)]
+        all_gone: bool,
     },
     /// Record the addresses of NixOS container conf files (DIR/*.conf) as static leases
     /// named after the files
-    Import { dir: PathBuf },
+    Import {
+        /// Directory of NixOS container conf files, e.g. /etc/nixos-containers
+        dir: PathBuf,
+    },
+}
+
+/// `--layout`: one of the [`Layout`] names, which completions offer, or empty (the next
+/// source decides, as everywhere).
+#[derive(Clone)]
+struct LayoutParser;
+
+impl clap::builder::TypedValueParser for LayoutParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<String, clap::Error> {
+        if value.is_empty() {
+            return Ok(String::new());
+        }
+        clap::builder::EnumValueParser::<Layout>::new()
+            .parse_ref(cmd, arg, value)
+            .map(|l| l.to_string())
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        use clap::ValueEnum;
+        Some(Box::new(
+            Layout::value_variants()
+                .iter()
+                .filter_map(Layout::to_possible_value),
+        ))
+    }
 }
 
 /// The clap definition, for man pages and completions.
@@ -139,7 +208,6 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         | Cmd::ShowIp { name }
         | Cmd::Show { name }
         | Cmd::Reserve { name, .. } => vec![name],
-        Cmd::Release { names } => names.iter().map(String::as_str).collect(),
         _ => vec![],
     };
     for n in names {
@@ -167,6 +235,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             }
         }
         Cmd::Release { names } => {
+            let names = read_names(names, NoNames::None)?;
             let release = |tx: &mut dyn Txn| {
                 names
                     .iter()
@@ -194,9 +263,11 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             Ok(())
         }
         Cmd::List { hosts, domain } => {
-            let leases = store.read(|tx| tx.all())?;
             if *hosts {
                 name::validate(domain).map_err(|e| e.context("--domain"))?;
+            }
+            let leases = store.read(|tx| tx.all())?;
+            if *hosts {
                 output::print(&hosts_lines(&leases, domain))
             } else {
                 print_leases(&leases, cli.json)
@@ -228,15 +299,30 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             let lease = store.write(|tx| alloc::reserve(tx, &pools, &want))?;
             print_lease(&lease, cli.json)
         }
-        Cmd::Gc { names, dry_run } => {
-            let keep = gc_names(names)?;
+        Cmd::Gc {
+            names,
+            dry_run,
+            all_gone,
+        } => {
+            let none = if *all_gone {
+                NoNames::StdinUnlessTerminal
+            } else {
+                NoNames::Stdin
+            };
+            let keep: HashSet<String> = read_names(names, none)?.into_iter().collect();
+            if keep.is_empty() && !*all_gone {
+                return Err(Error::data(
+                    "gc got no names of containers that still exist, which would release \
+                     every dynamic lease; give --all-gone if no container is left",
+                ));
+            }
             let gone = if *dry_run {
                 store.read(|tx| alloc::gc(tx, &keep, true))?
             } else {
                 store.write(|tx| alloc::gc(tx, &keep, false))?
             };
             if cli.json {
-                output::print(&output::json_line(&gone)?)
+                print_json_lines(&gone)
             } else {
                 let text: String = gone.iter().map(|l| format!("{}\n", l.name)).collect();
                 output::print(&text)
@@ -271,11 +357,20 @@ fn print_lease(lease: &Lease, json: bool) -> Result<()> {
 
 fn print_leases(leases: &[Lease], json: bool) -> Result<()> {
     if json {
-        output::print(&output::json_line(&leases)?)
+        print_json_lines(leases)
     } else {
         let rows: Vec<Vec<String>> = leases.iter().map(Lease::row).collect();
         output::print(&output::table(&ROW_HEADERS, &rows))
     }
+}
+
+/// JSON Lines: one lease per line, nothing else (no line at all for no lease).
+fn print_json_lines(leases: &[Lease]) -> Result<()> {
+    let mut text = String::new();
+    for l in leases {
+        text.push_str(&output::json_line(l)?);
+    }
+    output::print(&text)
 }
 
 /// `/etc/hosts` lines for every container address, as NixOS writes them.
@@ -296,16 +391,34 @@ fn hosts_lines(leases: &[Lease], domain: &str) -> String {
     s
 }
 
-/// The names `gc` keeps: its arguments, or stdin lines when there are none (or `-`).
-fn gc_names(args: &[String]) -> Result<HashSet<String>> {
+/// How a command takes its names when it is given none.
+enum NoNames {
+    /// Nothing more (`release` requires arguments anyway).
+    None,
+    /// Read stdin; a terminal there is a usage error (`gc` would wait for typing).
+    Stdin,
+    /// Read stdin, but a terminal means no names (`gc --all-gone`).
+    StdinUnlessTerminal,
+}
+
+/// Container names from `args`, where `-` stands for the lines of stdin (blank lines
+/// skipped), and `none` says what no arguments at all mean. All are validated.
+fn read_names(args: &[String], none: NoNames) -> Result<Vec<String>> {
     let mut names: Vec<String> = args.iter().filter(|a| *a != "-").cloned().collect();
-    if args.is_empty() || args.iter().any(|a| a == "-") {
-        let stdin = std::io::stdin();
-        if args.is_empty() && stdin.is_terminal() {
-            return Err(Error::usage(
+    let stdin = std::io::stdin();
+    let read = if args.is_empty() {
+        match none {
+            NoNames::None => false,
+            NoNames::Stdin if stdin.is_terminal() => return Err(Error::usage(
                 "gc needs the names of the containers that still exist, as arguments or on stdin",
-            ));
+            )),
+            NoNames::Stdin => true,
+            NoNames::StdinUnlessTerminal => !stdin.is_terminal(),
         }
+    } else {
+        args.iter().any(|a| a == "-")
+    };
+    if read {
         for line in stdin.lock().lines() {
             let line = line.map_err(|e| Error::io("reading names from stdin", e))?;
             let n = line.trim();
@@ -317,7 +430,7 @@ fn gc_names(args: &[String]) -> Result<HashSet<String>> {
     for n in &names {
         name::validate(n)?;
     }
-    Ok(names.into_iter().collect())
+    Ok(names)
 }
 
 /// Settings after flags, environment, config file and defaults are merged.
@@ -329,37 +442,58 @@ struct Settings {
     wait: Duration,
 }
 
+/// A value from a flag or the environment; empty means not given.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|v| !v.is_empty())
+}
+
 impl Settings {
     fn resolve(cli: &Cli) -> Result<Settings> {
         let (path, explicit) = match &cli.config {
-            Some(p) => (p.clone(), true),
-            None => (PathBuf::from(DEFAULT_CONFIG), false),
+            Some(p) if !p.as_os_str().is_empty() => (p.clone(), true),
+            _ => (PathBuf::from(DEFAULT_CONFIG), false),
         };
         let file = read_config(&path, explicit)?;
         // Each value remembers whether it came from the config file, whose errors are
-        // configuration errors (78) rather than bad input (65).
-        let pick = |flag: &Option<String>, key: &str, default: &str| match (flag, file.get(key)) {
-            (Some(v), _) => (v.clone(), false),
-            (None, Some(v)) => (v.clone(), true),
+        // configuration errors (78) rather than bad input (65). An empty value anywhere
+        // is no value: the next source decides.
+        let from_file = |key: &str| file.get(key).map(String::as_str).filter(|v| !v.is_empty());
+        let pick = |flag: Option<&str>, key: &str, default: &str| match (flag, from_file(key)) {
+            (Some(v), _) => (v.to_string(), false),
+            (None, Some(v)) => (v.to_string(), true),
             (None, None) => (default.to_string(), false),
         };
-        let pool6 = pick(&cli.pool6, "POOL6", "none");
+        let pool6 = pick(given(&cli.pool6), "POOL6", "none");
         if !(cli.wait.is_finite() && cli.wait >= 0.0 && cli.wait <= 86_400.0) {
             return Err(Error::usage(
                 "--wait takes a number of seconds from 0 to 86400",
             ));
         }
-        Ok(Settings {
-            store: cli
-                .store
-                .clone()
-                .or_else(|| file.get("STORE").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE)),
-            pool: pick(&cli.pool, "POOL", DEFAULT_POOL),
-            pool6: (pool6.0 != "none" && !pool6.0.is_empty()).then_some(pool6),
-            layout: pick(&cli.layout, "LAYOUT", "pairs"),
+        // A path, which need not be UTF-8, so not through `pick`.
+        let (store, store_from_file) = match &cli.store {
+            Some(p) if !p.as_os_str().is_empty() => (p.clone(), false),
+            _ => match from_file("STORE") {
+                Some(v) => (PathBuf::from(v), true),
+                None => (PathBuf::from(DEFAULT_STORE), false),
+            },
+        };
+        check_store_path(&store, store_from_file.then_some(path.as_path()))?;
+        let settings = Settings {
+            store,
+            pool: pick(given(&cli.pool), "POOL", DEFAULT_POOL),
+            pool6: (pool6.0 != "none").then_some(pool6),
+            layout: pick(given(&cli.layout), "LAYOUT", "pairs"),
             wait: Duration::from_secs_f64(cli.wait),
-        })
+        };
+        log::debug!(
+            "store {}, pool {}, pool6 {}, layout {} (config {})",
+            settings.store.display(),
+            settings.pool.0,
+            settings.pool6.as_ref().map_or("none", |p| p.0.as_str()),
+            settings.layout.0,
+            path.display()
+        );
+        Ok(settings)
     }
 
     fn pools(&self) -> Result<Pools> {
@@ -385,6 +519,45 @@ impl Settings {
     }
 }
 
+/// Refuse store paths that cannot mean a store directory, before anything is created:
+/// a URL (`etcd://...`: no such store in this version) and the database file itself
+/// (`x/leases.db`, which would become a directory of that name). `config` names the
+/// config file the path came from (its errors are 78), else it came from --store or
+/// VE_ALLOC_STORE (64).
+fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
+    let text = store.to_string_lossy();
+    let problem = if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| is_scheme(s)) {
+        format!(
+            "store {text:?} is a URL, but this ve-alloc keeps leases in a local directory only \
+             ({scheme}:// stores are not supported); give a directory"
+        )
+    } else if store.extension().is_some_and(|x| x == "db") && !store.is_dir() {
+        let dir = store
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        format!(
+            "store {text:?} looks like a database file; the store is the directory that \
+             holds {}: did you mean {}?",
+            crate::store::DB_FILE,
+            dir.display()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(match config {
+        Some(c) => Error::config(format!("{}: STORE: {problem}", c.display())),
+        None => Error::usage(format!("--store (or VE_ALLOC_STORE): {problem}")),
+    })
+}
+
+/// An RFC 3986 URL scheme: a letter, then letters, digits, `+`, `-`, `.`.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
 fn read_config(path: &Path, explicit: bool) -> Result<std::collections::BTreeMap<String, String>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -400,7 +573,8 @@ fn read_config(path: &Path, explicit: bool) -> Result<std::collections::BTreeMap
         .find(|k| !["STORE", "POOL", "POOL6", "LAYOUT"].contains(&k.as_str()))
     {
         return Err(Error::config(format!(
-            "{origin}: unknown setting {k} (known: STORE, POOL, POOL6, LAYOUT)"
+            "{origin}: unknown setting {} (known: STORE, POOL, POOL6, LAYOUT)",
+            output::quote_key(k)
         )));
     }
     Ok(map)

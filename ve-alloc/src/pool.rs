@@ -85,6 +85,11 @@ impl Pool {
                 net.trunc()
             )));
         }
+        if let Some(why) = crate::addr::refuse_pool(net) {
+            return Err(Error::data(format!(
+                "pool {text} cannot hold container addresses: {why}"
+            )));
+        }
         let layout = if v6 { Layout::Pairs } else { layout };
         let pool = Pool { net, layout };
         if pool.capacity() == 0 {
@@ -216,8 +221,8 @@ mod tests {
         assert_eq!(p.index_of(a("fd42:ee::ffff:ffff:ffff:fffc")), Some(last));
         let huge = Pool::parse("fd00::/8", true, Layout::Pairs).unwrap();
         assert_eq!(huge.capacity(), (1u128 << 119) - 2);
-        let all = Pool::parse("::/0", true, Layout::Pairs).unwrap();
-        assert_eq!(all.capacity(), (1u128 << 127) - 2);
+        let big = Pool::parse("2000::/3", true, Layout::Pairs).unwrap();
+        assert_eq!(big.capacity(), (1u128 << 124) - 2);
     }
 
     #[test]
@@ -235,6 +240,10 @@ mod tests {
             ("10.233.0.0", "expected a network"),
             ("fd42::/64", "not an IPv4 network"),
             ("10.233.0.0/33", "expected a network"),
+            ("0.0.0.0/0", "overlaps 0.0.0.0/8"),
+            ("224.0.0.0/29", "multicast"),
+            ("127.0.0.0/29", "loopback"),
+            ("169.254.0.0/16", "link-local"),
         ] {
             let e = Pool::parse(text, false, Layout::Pairs).unwrap_err();
             assert_eq!(e.code(), 65);
@@ -248,6 +257,14 @@ mod tests {
             2
         );
         assert!(Pool::parse("fd42::/126", true, Layout::Pairs).is_err());
+        for v6 in ["fe80::/64", "::/0", "ff02::/64", "::ffff:0:0/96"] {
+            let e = Pool::parse(v6, true, Layout::Pairs).unwrap_err();
+            assert_eq!(e.code(), 65, "{v6}");
+            assert!(
+                e.to_string().contains("cannot hold container addresses"),
+                "{e}"
+            );
+        }
         assert!(Pool::parse("10.0.0.0/8", true, Layout::Pairs).is_err());
     }
 }

@@ -9,6 +9,17 @@ use std::{
 use common::testing::TempDir;
 use serde_json::Value;
 
+/// Parse JSON Lines, checking the shape: every line one object.
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+            assert!(v.is_object(), "not an object per line: {l}");
+            v
+        })
+        .collect()
+}
+
 struct Va {
     dir: TempDir,
 }
@@ -71,6 +82,18 @@ impl Va {
         serde_json::from_str(&self.ok(args)).unwrap()
     }
 
+    /// A `--json` list: JSON Lines, one object per line and nothing else.
+    fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        lines(&self.ok(args))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.json_lines(&["list", "--json"])
+            .iter()
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Run and expect exit `code` with a one-line error; return the message.
     fn fails(&self, args: &[&str], code: i32) -> String {
         let o = self.run(args);
@@ -126,9 +149,12 @@ fn json_shapes() {
     assert_eq!(va.json(&["show", "foo", "--json"]), v);
     let ip = va.json(&["show-ip", "foo", "--json"]);
     assert_eq!(ip["address"], "10.233.0.3");
-    let list: Value = serde_json::from_str(&va.list()).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 1);
-    assert_eq!(list[0], v);
+    va.ok(&["alloc", "bar"]);
+    let list = va.json_lines(&["list", "--json"]);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1], v, "ordered by name");
+    let gone = va.json_lines(&["gc", "bar", "--json", "--dry-run"]);
+    assert_eq!(gone, [v]);
 }
 
 #[test]
@@ -191,7 +217,7 @@ fn show_release_list_and_hosts() {
 #[test]
 fn read_commands_on_a_missing_store_create_nothing() {
     let va = Va::new();
-    assert_eq!(va.ok(&["list", "--json"]), "[]\n");
+    assert_eq!(va.ok(&["list", "--json"]), "", "no lease, no line");
     va.fails(&["show", "x"], 66);
     va.ok(&["release", "x"]);
     assert!(!va.dir.path().join("store").join("leases.db").exists());
@@ -214,7 +240,7 @@ fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     va.fails(&["--pool", "fd42::/64", "alloc", "x"], 65);
     va.fails(&["--pool", "banana", "alloc", "x"], 65);
     va.fails(&["--pool6", "10.0.0.0/8", "alloc", "x"], 65);
-    va.fails(&["--layout", "zigzag", "alloc", "x"], 65);
+    va.fails(&["--layout", "zigzag", "alloc", "x"], 64);
     va.fails(&["--wait", "-1", "alloc", "x"], 64);
     va.fails(&["reserve", "r", "--host-address", "10.233.9"], 64);
     va.fails(&["reserve", "r", "--host-address", "10.233.9.2"], 64);
@@ -343,23 +369,9 @@ fn gc_releases_the_rest_keeps_static_and_dry_runs() {
     ]);
     let o = va.run_stdin(&["gc", "--dry-run"], "b\n");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "a\nc\n");
-    assert_eq!(
-        serde_json::from_str::<Value>(&va.list())
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(va.names().len(), 4);
     assert_eq!(va.ok(&["gc", "b"]), "a\nc\n");
-    let names: Vec<String> = serde_json::from_str::<Value>(&va.list())
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["b", "s"]);
+    assert_eq!(va.names(), ["b", "s"]);
     let o = va.run_stdin(&["gc", "-"], "b\nbad/name\n");
     assert_eq!(o.status.code(), Some(65));
 }
@@ -455,4 +467,428 @@ fn broken_pipe_is_success() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn gc_with_no_live_names_is_refused_unless_all_gone() {
+    let va = Va::new();
+    for n in ["a", "b"] {
+        va.ok(&["alloc", n]);
+    }
+    va.ok(&[
+        "reserve",
+        "s",
+        "--host-address",
+        "10.233.9.2",
+        "--local-address",
+        "10.233.9.3",
+    ]);
+    let before = va.list();
+    for input in ["", "\n\n  \n"] {
+        let o = va.run_stdin(&["gc"], input);
+        assert_eq!(o.status.code(), Some(65), "{input:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--all-gone"), "{err}");
+        assert!(o.stdout.is_empty());
+    }
+    assert_eq!(va.run_stdin(&["gc", "-"], "").status.code(), Some(65));
+    assert_eq!(
+        va.run_stdin(&["gc", "--dry-run"], "").status.code(),
+        Some(65)
+    );
+    // The README's recipe, with the machines directory empty or missing.
+    let empty = va.dir.path().join("machines");
+    std::fs::create_dir(&empty).unwrap();
+    for dir in [empty.clone(), va.dir.path().join("missing")] {
+        let o = va
+            .cmd(&[])
+            .arg0_sh(&format!("ls {} 2>/dev/null | \"$VA\" gc", dir.display()))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(65), "{}", dir.display());
+    }
+    assert_eq!(va.list(), before, "nothing released");
+    // Asked for explicitly: every dynamic lease goes, static ones stay.
+    assert_eq!(
+        va.run_stdin(&["gc", "--all-gone", "--dry-run"], "").stdout,
+        b"a\nb\n"
+    );
+    let o = va.run_stdin(&["gc", "--all-gone"], "");
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "a\nb\n");
+    assert_eq!(va.names(), ["s"]);
+    // --all-gone still keeps names it is given.
+    va.ok(&["alloc", "c"]);
+    assert_eq!(va.run_stdin(&["gc", "--all-gone"], "c\n").stdout, b"");
+    assert_eq!(va.names(), ["c", "s"]);
+}
+
+/// Run a shell line with `$VA` set to the binary and the test's environment.
+trait ShellLine {
+    fn arg0_sh(&mut self, line: &str) -> &mut Self;
+}
+
+impl ShellLine for Command {
+    fn arg0_sh(&mut self, line: &str) -> &mut Self {
+        let mut c = Command::new("sh");
+        c.args(["-c", line])
+            .env("VA", env!("CARGO_BIN_EXE_ve-alloc"));
+        for (k, v) in self.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        *self = c;
+        self
+    }
+}
+
+#[test]
+fn release_dash_reads_names_from_stdin() {
+    let va = Va::new();
+    for n in ["a", "b", "c", "d"] {
+        va.ok(&["alloc", n]);
+    }
+    let o = va.run_stdin(&["release", "-"], "a\n\n b \n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(va.names(), ["c", "d"]);
+    // Mixed with arguments; an unknown name is no error.
+    let o = va.run_stdin(&["release", "c", "-"], "nope\n");
+    assert!(o.status.success());
+    assert_eq!(va.names(), ["d"]);
+    // A bad name anywhere releases nothing.
+    let o = va.run_stdin(&["release", "-"], "d\nbad/name\n");
+    assert_eq!(o.status.code(), Some(65));
+    assert_eq!(va.names(), ["d"]);
+    // Nothing on stdin: nothing to do.
+    assert!(va.run_stdin(&["release", "-"], "").status.success());
+    assert_eq!(va.names(), ["d"]);
+}
+
+#[test]
+fn store_paths_that_are_not_directories_are_refused_before_anything_is_made() {
+    let va = Va::new();
+    let root = va.dir.path();
+    // The database file instead of its directory.
+    let file = root.join("x").join("leases.db");
+    let e = va.fails(&["--store", file.to_str().unwrap(), "alloc", "a"], 64);
+    assert!(e.contains("did you mean"), "{e}");
+    assert!(!root.join("x").exists(), "nothing created");
+    // A URL: never a directory named `etcd:` (in the working directory or anywhere).
+    for url in ["etcd://127.0.0.1:2379", "file:///tmp/x"] {
+        let o = va
+            .cmd(&["--store", url, "alloc", "a"])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(64), "{url}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("URL"));
+    }
+    let o = va
+        .cmd(&["alloc", "a"])
+        .env("VE_ALLOC_STORE", "etcd://127.0.0.1:2379")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let conf = root.join("c.conf");
+    std::fs::write(&conf, "STORE=etcd://127.0.0.1:2379\n").unwrap();
+    let o = va
+        .cmd(&["--config", conf.to_str().unwrap(), "alloc", "a"])
+        .env_remove("VE_ALLOC_STORE")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78));
+    assert!(!root.join("etcd:").exists());
+    // An existing directory whose name ends in .db is a directory like any other.
+    let dir = root.join("old.db");
+    std::fs::create_dir(&dir).unwrap();
+    va.ok(&["--store", dir.to_str().unwrap(), "alloc", "a"]);
+    assert!(dir.join("leases.db").is_file());
+}
+
+#[test]
+fn a_regular_file_as_the_store_is_74_for_every_command() {
+    let va = Va::new();
+    let file = va.dir.path().join("plain");
+    std::fs::write(&file, "not a store\n").unwrap();
+    let through = file.join("sub");
+    for store in [&file, &through] {
+        let s = store.to_str().unwrap();
+        for cmd in [
+            &["list"][..],
+            &["list", "--json"],
+            &["show", "web"],
+            &["show-ip", "web"],
+            &["release", "web"],
+            &["alloc", "web"],
+            &["gc", "--all-gone"],
+            &["gc", "other"],
+        ] {
+            let e = va.fails(&[&["--store", s], cmd].concat(), 74);
+            assert!(e.contains("not a directory"), "{cmd:?}: {e}");
+        }
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a store\n");
+}
+
+#[test]
+fn a_store_the_caller_cannot_read_is_77_never_empty() {
+    if !common::testing::privileged(
+        "a_store_the_caller_cannot_read_is_77_never_empty",
+        &["setpriv"],
+    ) {
+        return;
+    }
+    let va = Va::new();
+    va.ok(&["alloc", "web"]);
+    let before = va.list();
+    // The binary where `nobody` can run it.
+    let bin = va.dir.path().join("ve-alloc");
+    std::fs::copy(env!("CARGO_BIN_EXE_ve-alloc"), &bin).unwrap();
+    let store = va.dir.path().join("store");
+    let as_nobody = |args: &[&str]| {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(args)
+            .env("VE_ALLOC_STORE", &store)
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            o.stdout,
+        )
+    };
+    let cmds: [&[&str]; 7] = [
+        &["list"],
+        &["show", "web"],
+        &["show-ip", "web"],
+        &["release", "web"],
+        &["alloc", "other"],
+        &["gc", "--all-gone"],
+        &["gc", "--dry-run", "other"],
+    ];
+    use std::os::unix::fs::PermissionsExt;
+    // The store as ve-alloc makes it (0750), then a directory nobody may even list.
+    for mode in [None, Some(0o700), Some(0o300)] {
+        if let Some(m) = mode {
+            std::fs::set_permissions(&store, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        for cmd in cmds {
+            let (code, err, out) = as_nobody(cmd);
+            assert_eq!(code, Some(77), "{mode:?} {cmd:?}: {err}");
+            assert!(err.contains("permission denied"), "{cmd:?}: {err}");
+            assert!(out.is_empty());
+        }
+    }
+    // A database file nobody may open, in a directory anyone may enter.
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = store.join("leases.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for cmd in cmds {
+        let (code, err, _) = as_nobody(cmd);
+        assert_eq!(code, Some(77), "{cmd:?}: {err}");
+    }
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o750)).unwrap();
+    assert_eq!(va.list(), before, "the lease stayed");
+}
+
+#[test]
+fn store_files_are_0640_in_a_0750_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let va = Va::new();
+    let store = va.dir.path().join("deep").join("store");
+    va.ok(&["--store", store.to_str().unwrap(), "alloc", "a"]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    // The umask may take more away, never add.
+    for dir in [&store, &va.dir.path().join("deep")] {
+        let m = mode(dir);
+        assert_eq!(m & !0o750, 0, "{}: {m:o}", dir.display());
+        assert_eq!(m & 0o700, 0o700);
+    }
+    for f in ["leases.db", "leases.db-wal", "leases.db-shm"] {
+        let p = store.join(f);
+        if p.exists() {
+            let m = mode(&p);
+            assert_eq!(m & !0o640, 0, "{f}: {m:o}");
+            assert_eq!(m & 0o600, 0o600, "{f}: {m:o}");
+        }
+    }
+}
+
+#[test]
+fn empty_settings_mean_the_next_source() {
+    let va = Va::new();
+    let conf = va.dir.path().join("empty.conf");
+    std::fs::write(&conf, "STORE=\nPOOL=\nPOOL6=\nLAYOUT=\n").unwrap();
+    let c = conf.to_str().unwrap();
+    // POOL= and LAYOUT= are the defaults (before: "invalid pool", "unknown layout").
+    assert_eq!(
+        va.ok(&["--config", c, "alloc", "a"]),
+        "HOST_ADDRESS=10.233.0.2\nLOCAL_ADDRESS=10.233.0.3\n"
+    );
+    // STORE= is the default store, never the working directory. A store sits in the
+    // working directory here; without the fix, `show` would find its lease. (The
+    // default store is only read, never created, by `show`.)
+    let cwd = va.dir.path().join("cwd");
+    let name = format!("ve-test-empty-store-{}", std::process::id());
+    va.ok(&["--store", cwd.to_str().unwrap(), "alloc", &name]);
+    let o = va
+        .cmd(&["-vv", "--config", c, "show", &name])
+        .env_remove("VE_ALLOC_STORE")
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("debug: store /var/lib/ve-alloc,"), "{err}");
+    assert!(
+        o.stdout.is_empty(),
+        "read the store in the working directory"
+    );
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    // Empty environment values are no values either: the file decides.
+    std::fs::write(&conf, "POOL=198.51.100.0/24\nLAYOUT=pairs\n").unwrap();
+    let o = va
+        .cmd(&["--config", c, "alloc", "b"])
+        .env("VE_ALLOC_POOL", "")
+        .env("VE_ALLOC_POOL6", "")
+        .env("VE_ALLOC_LAYOUT", "")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "HOST_ADDRESS=198.51.100.2\nLOCAL_ADDRESS=198.51.100.3\n"
+    );
+}
+
+#[test]
+fn unusable_pools_are_refused() {
+    let va = Va::new();
+    for pool in [
+        "0.0.0.0/0",
+        "224.0.0.0/29",
+        "127.0.0.0/29",
+        "169.254.0.0/16",
+        "255.255.255.248/29",
+    ] {
+        let e = va.fails(&["--pool", pool, "alloc", "x"], 65);
+        assert!(e.contains("cannot hold container addresses"), "{pool}: {e}");
+    }
+    for pool6 in ["fe80::/64", "::/0", "ff02::/64", "::ffff:0:0/96"] {
+        va.fails(&["--pool6", pool6, "alloc", "x"], 65);
+    }
+    let conf = va.dir.path().join("bad.conf");
+    for line in ["POOL=224.0.0.0/29", "POOL6=fe80::/64"] {
+        std::fs::write(&conf, format!("{line}\n")).unwrap();
+        va.fails(&["--config", conf.to_str().unwrap(), "alloc", "x"], 78);
+    }
+    assert_eq!(va.list(), "");
+}
+
+#[test]
+fn config_errors_never_quote_the_file() {
+    let va = Va::new();
+    let conf = va.dir.path().join("shadow");
+    for text in [
+        "root:$y$j9T$s3cr3tS4lt$s3cr3tH4sh:19700:0:99999:7:::\n",
+        "TOKEN=s3cr3t value\n",
+        "my s3cr3t=1\n",
+        "TOKEN=s3cr3t\n",
+    ] {
+        std::fs::write(&conf, text).unwrap();
+        let e = va.fails(&["--config", conf.to_str().unwrap(), "list"], 78);
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(e.contains(conf.to_str().unwrap()), "{e}");
+    }
+}
+
+#[test]
+fn host_equal_to_local_is_bad_input() {
+    let va = Va::new();
+    va.fails(
+        &[
+            "reserve",
+            "r",
+            "--host-address",
+            "10.233.0.9",
+            "--local-address",
+            "10.233.0.9",
+        ],
+        65,
+    );
+    va.fails(
+        &[
+            "--pool6",
+            "fd42::/64",
+            "reserve",
+            "r",
+            "--host-address6",
+            "fd42::9",
+            "--local-address6",
+            "fd42::9",
+        ],
+        65,
+    );
+    assert_eq!(va.list(), "");
+}
+
+#[test]
+fn a_name_whose_interface_name_is_leased_is_refused() {
+    // These two shorten to the same interface name (common::name pins the pair).
+    let (a, b) = ("abc10eeb871e86d1243", "abcf567240c36315443");
+    assert_eq!(common::name::host_ifname(a), common::name::host_ifname(b));
+    let va = Va::new();
+    va.ok(&["alloc", a]);
+    let before = va.list();
+    let e = va.fails(&["alloc", b], 65);
+    assert!(e.contains(&common::name::host_ifname(a)), "{e}");
+    assert!(e.contains(a), "{e}");
+    va.fails(
+        &[
+            "reserve",
+            b,
+            "--host-address",
+            "10.233.9.2",
+            "--local-address",
+            "10.233.9.3",
+        ],
+        65,
+    );
+    assert_eq!(va.list(), before);
+    // The holder itself is fine, and so is the other name once the first is gone.
+    va.ok(&["alloc", a]);
+    va.ok(&["release", a]);
+    va.ok(&["alloc", b]);
+}
+
+#[test]
+fn help_describes_every_argument_and_completes_layouts() {
+    let cmd = ve_alloc::command();
+    for sub in cmd.get_subcommands() {
+        for arg in sub.get_arguments() {
+            assert!(
+                arg.get_help().is_some(),
+                "{} {}: no help text",
+                sub.get_name(),
+                arg.get_id()
+            );
+        }
+    }
+    let layout = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "layout")
+        .unwrap();
+    let values: Vec<String> = layout
+        .get_possible_values()
+        .iter()
+        .map(|v| v.get_name().to_string())
+        .collect();
+    assert_eq!(values, ["pairs", "nixos"]);
 }

@@ -26,11 +26,12 @@ fn va(store: &Path) -> Command {
 fn leases(store: &Path) -> Vec<Value> {
     let o = va(store).args(["list", "--json"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice::<Value>(&o.stdout)
+    // JSON Lines: one lease per line.
+    String::from_utf8(o.stdout)
         .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Every address in the store is held once.
@@ -216,4 +217,87 @@ fn the_log_stays_small_across_many_processes() {
     let wal = std::fs::metadata(store.join("leases.db-wal")).map_or(0, |m| m.len());
     assert!(wal < 3 << 19, "log is {wal} bytes after 200 allocations");
     assert_eq!(leases(&store).len(), 200);
+}
+
+#[test]
+fn a_damaged_log_loses_no_printed_lease() {
+    // SQLite reads its write-ahead log up to the first damaged frame and silently drops
+    // every commit after it. A printed lease must not depend on the log: each write
+    // folds it into the database file.
+    let dir = TempDir::new("va-wal");
+    let store = dir.path().join("store");
+    let mut printed = Vec::new();
+    for i in 0..20 {
+        let o = va(&store)
+            .args(["alloc", &format!("c{i}"), "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        printed.push(serde_json::from_slice::<Value>(&o.stdout).unwrap());
+    }
+    let wal = store.join("leases.db-wal");
+    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(
+        len, 0,
+        "the log still holds {len} bytes after the last write"
+    );
+    // Damage whatever the log holds anyway: a byte in the page of every frame.
+    let mut bytes = std::fs::read(&wal).unwrap_or_default();
+    let frame = 24 + 4096;
+    let mut off = 32 + 24 + 100;
+    while off < bytes.len() {
+        bytes[off] ^= 0xff;
+        off += frame;
+    }
+    if !bytes.is_empty() {
+        std::fs::write(&wal, &bytes).unwrap();
+    }
+    let all = leases(&store);
+    for p in &printed {
+        assert!(all.contains(p), "printed lease {p} vanished");
+    }
+    // New leases get new addresses.
+    for i in 0..5 {
+        let o = va(&store)
+            .args(["alloc", &format!("n{i}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let all = leases(&store);
+    assert_eq!(all.len(), 25);
+    assert_unique(&all);
+}
+
+#[test]
+fn a_reader_holding_the_store_delays_the_fold_and_the_next_write_does_it() {
+    let dir = TempDir::new("va-fold");
+    let store = dir.path().join("store");
+    let ok = |args: &[&str]| {
+        let o = va(&store).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(&["alloc", "a"]);
+    // A reader in the middle of a transaction: the fold cannot empty the log under it.
+    let conn = rusqlite::Connection::open(store.join("leases.db")).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    ok(&["alloc", "b"]);
+    let wal = store.join("leases.db-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "b is in the log"
+    );
+    conn.execute_batch("COMMIT").unwrap();
+    drop(conn);
+    ok(&["alloc", "c"]);
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "folded");
+    let names: Vec<String> = leases(&store)
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
 }

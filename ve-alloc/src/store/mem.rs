@@ -26,6 +26,16 @@ impl Txn for MemStore {
         Ok(self.leases.values().cloned().collect())
     }
 
+    fn names_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .leases
+            .range(prefix.to_string()..)
+            .map(|(n, _)| n)
+            .take_while(|n| n.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
     fn holder(&mut self, addr: IpAddr) -> Result<Option<String>> {
         Ok(self.addrs.get(&addr).cloned())
     }

@@ -12,7 +12,7 @@ use common::Result;
 
 use crate::lease::Lease;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, DB_FILE};
 
 /// One transaction's view of the leases. Every method sees the writes made earlier in
 /// the same transaction.
@@ -21,6 +21,8 @@ pub trait Txn {
     fn get(&mut self, name: &str) -> Result<Option<Lease>>;
     /// Every lease, ordered by name.
     fn all(&mut self) -> Result<Vec<Lease>>;
+    /// The names of leases that start with `prefix`, ordered.
+    fn names_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>>;
     /// The name holding `addr`, if any.
     fn holder(&mut self, addr: IpAddr) -> Result<Option<String>>;
     /// Insert `lease`, or replace the lease of the same name. Its addresses must not be
@@ -35,7 +37,8 @@ pub trait Txn {
 
 /// A lease store: runs closures in transactions.
 pub trait Store {
-    /// Run `f` in a read-only view. A store that does not exist yet reads as empty.
+    /// Run `f` in a read-only view. A store that does not exist yet reads as empty; one
+    /// that cannot be read is an error, never empty.
     fn read<T>(&mut self, f: impl FnOnce(&mut dyn Txn) -> Result<T>) -> Result<T>;
     /// Run `f` in a write transaction, committed when `f` returns `Ok`, rolled back
     /// otherwise. Writers exclude each other; a writer waits for a busy store.

@@ -1,13 +1,19 @@
 //! The lease store in SQLite: one file, transactions, crash safety (write-ahead log) and
 //! multi-process locking, inspectable with `sqlite3`.
 //!
+//! Files: the directory is created 0750 and `leases.db` (and with it SQLite's `-wal` and
+//! `-shm`, which take the database's mode) 0640, less the umask: leases are no secret,
+//! but only root writes them and only root and the directory's group read them.
+//!
 //! Tables: `leases` (one row per container), `addresses` (one row per leased address,
 //! whose primary key makes a duplicate address impossible even if the allocator had a
 //! bug) and `meta` (round-robin cursors). `PRAGMA user_version` is the schema version and
 //! `PRAGMA application_id` marks the file as ours.
 
 use std::{
+    fs,
     net::IpAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -73,24 +79,29 @@ impl SqliteStore {
         sql_error(&self.db, self.wait, e)
     }
 
-    /// Open (and for writers create) the database, checking that it is ours.
+    /// Open (and for writers create) the database, checking that it is ours. None for
+    /// a reader when there is no store yet.
     fn open(&mut self, create: bool) -> Result<Option<&mut Connection>> {
         if self.conn.is_none() {
-            if !create && !self.db.exists() {
+            let exists = self.db_exists()?;
+            if !create && !exists {
                 return Ok(None);
             }
             if create {
-                std::fs::create_dir_all(&self.dir)
-                    .map_err(|e| Error::io(format!("creating store {}", self.dir.display()), e))?;
-                // Surface permission problems as such (SQLite only says "unable to open").
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&self.db)
-                    .map_err(|e| Error::io(format!("opening store {}", self.db.display()), e))?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(&self.dir)
+                    .map_err(|e| io_error(format!("creating store {}", self.dir.display()), e))?;
             }
+            // Surface permission problems as such (SQLite only says "unable to open").
+            let mut opts = fs::OpenOptions::new();
+            opts.read(true);
+            if create {
+                opts.write(true).create(true).truncate(false).mode(0o640);
+            }
+            opts.open(&self.db)
+                .map_err(|e| io_error(format!("opening store {}", self.db.display()), e))?;
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = Connection::open_with_flags(&self.db, flags).map_err(|e| self.err(e))?;
             conn.busy_timeout(self.wait).map_err(|e| self.err(e))?;
@@ -100,8 +111,34 @@ impl SqliteStore {
         Ok(self.conn.as_mut())
     }
 
+    /// Whether the database file exists. A store path that is not a directory, or one
+    /// the caller may not look into, is an error: it must never read as an empty store.
+    fn db_exists(&self) -> Result<bool> {
+        let doing = |p: &Path| format!("store {}", p.display());
+        match fs::metadata(&self.dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::new(
+                    Exit::IoErr,
+                    format!("store {}: not a directory", self.dir.display()),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error(doing(&self.dir), e)),
+        }
+        match fs::metadata(&self.db) {
+            Ok(m) if m.is_file() => Ok(true),
+            Ok(_) => Err(Error::new(
+                Exit::IoErr,
+                format!("store {}: not a regular file", self.db.display()),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error(doing(&self.db), e)),
+        }
+    }
+
     /// Write-ahead logging (readers never block the writer; a killed writer's partial
-    /// transaction is simply not in the log), full sync, and the schema.
+    /// transaction is simply not in the log), how it is synced, and the schema.
     fn prepare(&self, conn: &Connection) -> Result<()> {
         let deadline = Instant::now() + self.wait;
         loop {
@@ -124,12 +161,13 @@ impl SqliteStore {
             }
         }
         // Each ve-alloc process is usually the store's only connection, and SQLite
-        // checkpoints and deletes the log when the last connection closes: four more
-        // fsyncs and a new log file per call, which under disk load cost 10-20 ms. So
-        // the log stays, each commit costs one fsync of it (synchronous=FULL: a printed
-        // lease survives power loss too), and `trim_log` folds it back into the
-        // database now and then.
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;")
+        // checkpoints and deletes the log when the last connection closes: more fsyncs
+        // and a new log file per call, which under disk load cost 10-20 ms. So the log
+        // file stays, and `fold_log` empties it after each commit. The commit itself is
+        // not synced (synchronous=NORMAL): the fold syncs the log, then the database
+        // file, and when it cannot run, syncs the log itself. Either way a lease is on
+        // disk before it is printed and survives a power cut.
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;")
             .map_err(|e| self.err(e))?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(|e| self.err(e))?;
@@ -213,7 +251,7 @@ impl SqliteStore {
         })?;
         if matches!(behavior, TransactionBehavior::Immediate) {
             tx.commit().map_err(fail)?;
-            trim_log(conn, &db);
+            fold_log(conn, &db, wait)?;
         }
         Ok(out)
     }
@@ -229,29 +267,50 @@ impl Store for SqliteStore {
     }
 }
 
-/// Above this size the write-ahead log is folded into the database after a commit.
-/// Every process that opens the store reads the whole log to index it, so it is kept
-/// small; 1 MiB is about 50 allocations.
-const LOG_LIMIT: u64 = 1 << 20;
+/// How long the fold after a commit waits for other processes using the store.
+const FOLD_WAIT: Duration = Duration::from_secs(1);
 
-/// Checkpoint and empty the log when it has grown past [`LOG_LIMIT`]. Only when nobody
-/// else is using the store: a busy store is left for a later call, never waited for.
-/// (SQLite's own automatic checkpoint is off: in a fresh process it would copy the whole
-/// log again every time, as the log index it rebuilds on opening does not say what an
-/// earlier process already copied.)
-fn trim_log(conn: &Connection, db: &Path) {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-    if size <= LOG_LIMIT {
-        return;
-    }
-    let r = conn.busy_timeout(Duration::ZERO).and_then(|()| {
+/// Fold the write-ahead log into the database file and empty it, after every commit,
+/// so that a printed lease lives in the main file and not only in the log. (SQLite
+/// stops reading a log at its first damaged frame and silently drops every later
+/// commit; with an empty log there is nothing to drop. A passive checkpoint would not
+/// do: its frames stay in the log, and recovering a damaged log would serve their older
+/// page versions instead of the folded ones.) Another process reading or
+/// writing the store at that moment is waited for up to [`FOLD_WAIT`]; if it is still
+/// busy, the log is synced to disk here and left for the next writer's fold. (SQLite's
+/// automatic checkpoint is off: it would fold only at 1,000 pages.)
+fn fold_log(conn: &Connection, db: &Path, wait: Duration) -> Result<()> {
+    let r = conn.busy_timeout(wait.min(FOLD_WAIT)).and_then(|()| {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             r.get::<_, i64>(0)
         })
     });
-    log::debug!("log of {size} bytes: checkpoint {r:?}");
+    let _ = conn.busy_timeout(wait);
+    if matches!(r, Ok(0)) {
+        return Ok(());
+    }
+    log::debug!("log not folded (store busy: {r:?}); syncing it instead");
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    fs::File::open(&wal)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error(format!("syncing store log {}", wal.display()), e))
+}
+
+/// An I/O error on the store's paths: a path through a regular file is 74 like one that
+/// is a regular file, permission problems are 77.
+fn io_error(doing: String, e: std::io::Error) -> Error {
+    use std::io::ErrorKind::{AlreadyExists, IsADirectory, NotADirectory};
+    match e.kind() {
+        NotADirectory => Error::new(
+            Exit::IoErr,
+            format!("{doing}: part of the path is not a directory"),
+        ),
+        IsADirectory => Error::new(Exit::IoErr, format!("{doing}: is a directory")),
+        AlreadyExists => Error::new(Exit::IoErr, format!("{doing}: not a directory")),
+        _ => Error::io(doing, e),
+    }
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -347,6 +406,21 @@ impl Txn for SqlTxn<'_> {
         self.tx
             .prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases ORDER BY name"))
             .and_then(|mut s| s.query_map([], lease_row)?.collect())
+            .map_err(|e| self.err(e))
+    }
+
+    fn names_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
+        // A range on the primary key, not a scan: names are ASCII, so the prefix with its
+        // last byte raised by one bounds every name that starts with it.
+        let mut end = prefix.as_bytes().to_vec();
+        match end.last_mut() {
+            Some(b) if *b < 0x7f => *b += 1,
+            _ => return self.all().map(|v| v.into_iter().map(|l| l.name).collect()),
+        }
+        let end = String::from_utf8_lossy(&end).into_owned();
+        self.tx
+            .prepare_cached("SELECT name FROM leases WHERE name >= ?1 AND name < ?2 ORDER BY name")
+            .and_then(|mut s| s.query_map([prefix, end.as_str()], |r| r.get(0))?.collect())
             .map_err(|e| self.err(e))
     }
 
