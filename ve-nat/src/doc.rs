@@ -16,7 +16,13 @@ pub const MANUAL: Manual = Manual {
         exit(Exit::Usage, "a missing or unknown argument"),
         exit(
             Exit::DataErr,
-            "a malformed interface, pattern, address, port forward or mark",
+            "a malformed interface, pattern, address, port forward or mark; --external auto \
+             with two default routes of equal metric",
+        ),
+        exit(
+            Exit::NoInput,
+            "the --external interface does not exist (the message names the default \
+             route's), or --external auto finds no default route",
         ),
         exit(
             Exit::Unavailable,
@@ -29,12 +35,24 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::TempFail,
-            "another ve-nat held the rules lock for too long (30 s)",
+            "another ve-nat held the rules lock (/run/ve-nat/lock) for too long (30 s)",
         ),
         exit(Exit::NoPerm, "not enough privilege (CAP_NET_ADMIN)"),
+        exit(
+            Exit::Config,
+            "the lock directory or file is not root's own, or others could write it",
+        ),
     ],
-    env: &[],
+    env: &[entry(
+        "VE_NAT_LOCK_DIR",
+        "Directory of the rules lock, instead of /run/ve-nat (it must be root's and not \
+         writable by others; created 0755 when missing)",
+    )],
     files: &[
+        entry(
+            "/run/ve-nat/lock",
+            "The lock that lets one up or down at a time change the rules (flock, 0600, root's)",
+        ),
         entry(
             "/proc/sys/net/ipv4/ip_forward",
             "IPv4 forwarding of the network namespace, turned on by up",
@@ -45,14 +63,19 @@ pub const MANUAL: Manual = Manual {
              so router advertisements keep working",
         ),
         entry(
-            "iptables, iptables-nft, iptables-legacy, ip6tables...",
-            "The programs ve-nat drives (looked up on PATH and in /usr/sbin, /sbin)",
+            "iptables, iptables-nft, iptables-legacy, ip6tables..., nft",
+            "The programs ve-nat drives (looked up on PATH and in /usr/sbin, /sbin); nft is \
+             only read from, to find other tables' forward chains that drop",
         ),
     ],
     examples: &[
         entry(
             "ve-nat up --external eth0",
             "Masquerade every container on a ve-* interface behind eth0, forwarding on",
+        ),
+        entry(
+            "ve-nat up --external auto",
+            "The same behind the interface of the default route",
         ),
         entry(
             "ve-nat up --external eth0 --forward tcp:8080:10.233.1.2:80",
@@ -64,7 +87,7 @@ pub const MANUAL: Manual = Manual {
         ),
         entry(
             "ve-nat status --json",
-            "Installed chains, rules and packet counters, for programs",
+            "Installed chains, rules and packet counters as JSON Lines, one object per chain",
         ),
         entry(
             "ve-nat down",
