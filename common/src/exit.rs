@@ -64,15 +64,15 @@ impl Exit {
             Exit::Differs => "checked and found different",
             Exit::Usage => "bad command line",
             Exit::DataErr => "bad input data (name, address, pool, file contents)",
-            Exit::NoInput => "input missing (lease, network namespace, file)",
-            Exit::Unavailable => "service unavailable (NetworkManager, iptables)",
+            Exit::NoInput => "input missing (lease, network namespace, interface, file)",
+            Exit::Unavailable => "service unavailable (NetworkManager, iptables; or not answering in time)",
             Exit::Software => "internal error",
             Exit::OsErr => "operating system error",
-            Exit::CantCreate => "cannot create (address pool exhausted)",
-            Exit::IoErr => "I/O error or corrupt store",
-            Exit::TempFail => "temporary failure, try again (lock busy)",
+            Exit::CantCreate => "cannot create (address pool exhausted, a foreign link in the way)",
+            Exit::IoErr => "I/O error (writing a file, a corrupt store)",
+            Exit::TempFail => "temporary failure, try again (lock busy, no answer in time, a race)",
             Exit::NoPerm => "permission denied",
-            Exit::Config => "configuration error (bad config file, unknown store version)",
+            Exit::Config => "configuration error (bad config file, unknown store version, unsafe directory)",
         }
     }
 }
