@@ -1,53 +1,81 @@
 //! `nm-unmanage`: keep NetworkManager off container interfaces, at once (one-shot),
-//! as they appear (`--watch`), and durably (`--persist`), over D-Bus.
+//! as they appear (`--watch`), for this boot (`--runtime`) and durably (`--persist`),
+//! over D-Bus.
 
 mod nm;
+mod notify;
 mod persist;
 mod spec;
 mod unmanage;
 mod watch;
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{cell::RefCell, ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory, Parser};
-use common::{cli::Verbosity, output, Error, Result};
+use common::{cli::Verbosity, output, Error, Exit, Result};
+use tokio::signal::unix::{signal, SignalKind};
 
-pub use nm::{connect, Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED};
-pub use persist::{DEFAULT_CONF_DIR, DROP_IN};
+pub use nm::{
+    connect, Bus, Device, Nm, DEFAULT_TIMEOUT, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED,
+};
+pub use notify::NOTIFY_SOCKET;
+pub use persist::{
+    Kind, DEFAULT_CONF_DIR, DEFAULT_RUNTIME_DIR, DROP_IN, RUNTIME_DROP_IN, WATCH_DROP_IN,
+};
 pub use spec::{Pattern, DEFAULT_PATTERNS};
 pub use unmanage::{unmanage_added, unmanage_existing, Cause, Outcome, Unmanaged};
+pub use watch::START_BOUND_TIMEOUTS;
 
 /// Where the system bus is when DBUS_SYSTEM_BUS_ADDRESS is not set.
 const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 
+/// The variable that sets `--timeout`.
+pub const TIMEOUT_ENV: &str = "NM_UNMANAGE_TIMEOUT";
+
+/// How long a stopping watcher waits for NetworkManager to reload without its drop-in:
+/// short, so that SIGTERM ends it within a second even when NetworkManager hangs.
+const STOP_RELOAD_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Keep NetworkManager off container interfaces.
 ///
 /// Sets Managed=false on every NetworkManager device whose interface name matches a
-/// pattern and prints the ones it changed. --watch keeps doing so as devices appear and
-/// after NetworkManager restarts, and waits for NetworkManager when it is not running
-/// yet; --persist also writes a conf.d drop-in so that NetworkManager itself leaves them
-/// alone, without a restart. Without NetworkManager on the bus, everything but --watch
-/// exits 69 (0 with --if-running).
+/// pattern and prints the ones it changed. --watch first puts a runtime drop-in in place
+/// (so NetworkManager leaves new matching devices alone from their first moment), then
+/// keeps unmanaging as devices appear and after NetworkManager restarts, waits for
+/// NetworkManager when it is not running yet, and removes the drop-in when it stops.
+/// --runtime writes such a drop-in for this boot, --persist one in /etc that holds
+/// without this tool. Without NetworkManager on the bus, or when it does not answer
+/// within --timeout, everything but --watch exits 69 (0 with --if-running).
 #[derive(Debug, Parser)]
 #[command(name = "nm-unmanage", version)]
 pub struct Args {
     /// Interface patterns: NetworkManager device specs (interface-name:ve-*,
-    /// interface-name:=ve-foo) or bare globs (ve-*); default: ve-* vb-*
+    /// interface-name:=ve-foo) or bare globs (ve-*); default: ve-* vb-*. A pattern of
+    /// wildcards only (*, ?*) is refused
     #[arg(value_name = "PATTERN")]
     pub patterns: Vec<String>,
 
-    /// Keep running: unmanage matching devices as NetworkManager announces them, and
-    /// again after it restarts; started before NetworkManager, wait for it to appear;
-    /// stops on SIGTERM or SIGINT
+    /// Keep running: write a runtime drop-in (see --runtime-dir) and reload
+    /// NetworkManager, then unmanage matching devices as NetworkManager announces them,
+    /// and again after it restarts; started before NetworkManager, wait for it to
+    /// appear; READY=1 to $NOTIFY_SOCKET once the drop-in is in place; stops on SIGTERM
+    /// or SIGINT, removing the drop-in
     #[arg(long)]
     pub watch: bool,
 
-    /// Also write a NetworkManager drop-in (unmanaged-devices) for the patterns and
-    /// reload NetworkManager's configuration, so it holds without this tool
+    /// Also write a NetworkManager drop-in (unmanaged-devices) into --conf-dir and reload
+    /// NetworkManager's configuration, so it holds without this tool
     #[arg(long)]
     pub persist: bool,
 
-    /// Delete the drop-in written by --persist and reload NetworkManager's configuration
+    /// Like --persist, but for this boot only: the drop-in goes into --runtime-dir;
+    /// NetworkManager is reloaded only when the file changed. Nothing is written when
+    /// NetworkManager is not on the bus and --if-running is given
+    #[arg(long, conflicts_with_all = ["watch", "persist"])]
+    pub runtime: bool,
+
+    /// Delete the drop-in written by --persist (with --runtime: by --runtime) and reload
+    /// NetworkManager's configuration
     #[arg(long, conflicts_with_all = ["watch", "persist", "patterns"])]
     pub remove: bool,
 
@@ -55,12 +83,25 @@ pub struct Args {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_CONF_DIR)]
     pub conf_dir: PathBuf,
 
+    /// NetworkManager's per-boot drop-in directory, for --runtime and --watch (created
+    /// if missing)
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUNTIME_DIR)]
+    pub runtime_dir: PathBuf,
+
     /// D-Bus address of the system bus
     #[arg(long, value_name = "ADDRESS", env = "DBUS_SYSTEM_BUS_ADDRESS", default_value = DEFAULT_BUS)]
     pub bus_address: String,
 
-    /// Exit 0 with a note, instead of 69, when NetworkManager is not on the bus (with
-    /// --watch, which waits for NetworkManager: when the bus itself is not there)
+    /// Seconds any one exchange with the bus or NetworkManager may take (decimals
+    /// allowed) before NetworkManager counts as not answering (exit 69); a watcher gives
+    /// up on a NetworkManager that owns its name but does not answer for 6 times this
+    #[arg(long, value_name = "SECONDS", env = TIMEOUT_ENV, default_value = "5",
+          value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    /// Exit 0 with a note, instead of 69, when NetworkManager is not on the bus or does
+    /// not answer (with --watch, which waits for NetworkManager: when the bus itself is
+    /// not there)
     #[arg(long)]
     pub if_running: bool,
 
@@ -71,6 +112,20 @@ pub struct Args {
 
     #[command(flatten)]
     pub verbosity: Verbosity,
+}
+
+/// A positive number of seconds, at most a day.
+fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!(
+            "{s:?}: must be more than 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The clap definition (for man pages and completions).
@@ -94,7 +149,17 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))?;
-    rt.block_on(act(&args, &patterns))
+    if args.watch {
+        return rt.block_on(watch_mode(&args, &patterns));
+    }
+    match rt.block_on(act(&args, &patterns)) {
+        // Not there or not answering: nothing to keep off (--if-running).
+        Err(e) if args.if_running && e.exit() == Exit::Unavailable => {
+            log::warn!("{e}; nothing more to do (--if-running)");
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// NetworkManager on the bus, or why not.
@@ -102,61 +167,84 @@ enum Reach {
     Up(Bus),
     /// The bus is there, NetworkManager is not (yet).
     NoNm(Bus, Error),
-    /// The bus itself cannot be reached.
+    /// The bus itself cannot be reached, or does not answer.
     NoBus(Error),
 }
 
-async fn reach(address: &str) -> Result<Reach> {
-    let conn = match nm::connect(address).await {
+async fn reach(address: &str, timeout: Duration) -> Result<Reach> {
+    let conn = match nm::connect(address, timeout).await {
         Ok(c) => c,
-        Err(e) if e.exit() == common::Exit::Unavailable => return Ok(Reach::NoBus(e)),
+        Err(e) if e.exit() == Exit::Unavailable => return Ok(Reach::NoBus(e)),
         Err(e) => return Err(e),
     };
     let bus = Bus::new(conn);
-    if bus.nm_running().await? {
-        Ok(Reach::Up(bus))
-    } else {
-        let e = Error::unavailable(format!(
-            "NetworkManager is not running on the bus at {address}"
-        ));
-        Ok(Reach::NoNm(bus, e))
+    match bus.nm_running().await {
+        Ok(true) => Ok(Reach::Up(bus)),
+        Ok(false) => {
+            let e = Error::unavailable(format!(
+                "NetworkManager is not running on the bus at {address}"
+            ));
+            Ok(Reach::NoNm(bus, e))
+        }
+        Err(e) if e.exit() == Exit::Unavailable => Ok(Reach::NoBus(e)),
+        Err(e) => Err(e),
     }
 }
 
+/// Everything but `--watch`.
 async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
-    let reached = reach(&args.bus_address).await?;
+    let reached = reach(&args.bus_address, args.timeout).await?;
     let absent = !matches!(reached, Reach::Up(_));
+    let drop_in = |kind| match kind {
+        Kind::Persist => (args.conf_dir.as_path(), kind),
+        _ => (args.runtime_dir.as_path(), kind),
+    };
+    let mut reload = false;
     if args.remove {
-        let path = persist::drop_in_path(&args.conf_dir);
-        if persist::remove(&args.conf_dir)? {
+        let (dir, kind) = drop_in(if args.runtime {
+            Kind::Runtime
+        } else {
+            Kind::Persist
+        });
+        let path = persist::drop_in_path(dir, kind);
+        if persist::remove(dir, kind)? {
             log::info!("removed {}", path.display());
         } else {
             log::info!("{} was not there", path.display());
         }
-    }
-    if args.persist {
-        let path = persist::drop_in_path(&args.conf_dir);
-        match persist::write(&args.conf_dir, &persist::render(patterns)) {
+        reload = true;
+    } else if args.persist {
+        let (dir, kind) = drop_in(Kind::Persist);
+        let path = persist::drop_in_path(dir, kind);
+        match persist::write(dir, kind, &persist::render(patterns, kind)) {
             Ok(true) => log::info!("wrote {}", path.display()),
             Ok(false) => log::info!("{} is up to date", path.display()),
             // No NetworkManager and not even its config directory: nothing to keep off.
-            Err(e) if absent && args.if_running && e.exit() == common::Exit::NoInput => {
+            Err(e) if absent && args.if_running && e.exit() == Exit::NoInput => {
                 log::info!("{e}")
             }
             Err(e) => return Err(e),
         }
+        reload = true;
+    } else if args.runtime && !(absent && args.if_running) {
+        let (dir, kind) = drop_in(Kind::Runtime);
+        persist::create_dir(dir)?;
+        let path = persist::drop_in_path(dir, kind);
+        // Reloading costs NetworkManager a re-read of everything: only when it matters.
+        reload = persist::write(dir, kind, &persist::render(patterns, kind))?;
+        if reload {
+            log::info!("wrote {}", path.display());
+        } else {
+            log::info!("{} is up to date", path.display());
+        }
     }
+    let writes = args.persist || args.remove || args.runtime;
     let bus = match reached {
         Reach::Up(bus) => bus,
-        // A watcher started before NetworkManager (at boot) waits for it to appear.
-        Reach::NoNm(bus, e) if args.watch => {
-            if args.persist {
-                log::info!("{e}; the drop-in takes effect when it starts");
-            }
-            return watch::watch(&bus, patterns, args.json).await;
-        }
         Reach::NoNm(_, e) | Reach::NoBus(e) if args.if_running => {
-            let rest = if args.persist || args.remove {
+            let rest = if args.runtime && !args.remove {
+                "nothing written, nothing to do (--if-running)"
+            } else if writes {
                 "the drop-in takes effect when it starts"
             } else {
                 "nothing to do (--if-running)"
@@ -164,23 +252,105 @@ async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
             log::warn!("{e}; {rest}");
             return Ok(());
         }
-        Reach::NoNm(_, e) | Reach::NoBus(e) if args.persist || args.remove => {
+        Reach::NoNm(_, e) | Reach::NoBus(e) if writes => {
             return Err(e.context("the drop-in is updated, but NetworkManager did not reload it"))
         }
         Reach::NoNm(_, e) | Reach::NoBus(e) => return Err(e),
     };
-    if args.persist || args.remove {
+    if reload {
         bus.reload_config().await?;
         log::info!("NetworkManager reloaded its configuration");
     }
     if args.remove {
         return Ok(());
     }
-    if args.watch {
-        return watch::watch(&bus, patterns, args.json).await;
-    }
     let done = unmanage_existing(&bus, patterns).await?;
     report(&done, args.json, patterns)
+}
+
+/// `--watch`: the watch itself raced against SIGTERM and SIGINT, which end it at any
+/// moment (also while a D-Bus call is outstanding); then the runtime drop-in goes.
+async fn watch_mode(args: &Args, patterns: &[Pattern]) -> Result<()> {
+    let sig = |kind| signal(kind).map_err(|e| Error::io("installing a signal handler", e));
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    // What the cleanup needs: the bus (once connected) and whether the drop-in is ours.
+    let held: RefCell<(Option<Bus>, bool)> = RefCell::new((None, false));
+    let result = tokio::select! {
+        r = watch_body(args, patterns, &held) => r,
+        _ = term.recv() => {
+            log::info!("SIGTERM: stopping");
+            Ok(())
+        }
+        _ = int.recv() => {
+            log::info!("SIGINT: stopping");
+            Ok(())
+        }
+    };
+    let (bus, wrote) = held.into_inner();
+    if wrote {
+        let path = persist::drop_in_path(&args.runtime_dir, Kind::Watch);
+        match persist::remove(&args.runtime_dir, Kind::Watch) {
+            Ok(_) => log::info!("removed {}", path.display()),
+            Err(e) => log::error!("{e}"),
+        }
+        if let Some(bus) = bus {
+            match tokio::time::timeout(STOP_RELOAD_TIMEOUT, bus.reload_config()).await {
+                Ok(Ok(())) => log::info!("NetworkManager reloaded its configuration"),
+                Ok(Err(e)) => log::info!("{e}"),
+                Err(_) => log::warn!(
+                    "NetworkManager did not reload its configuration within {}; it drops \
+                     the removed drop-in at its next reload or start",
+                    nm::seconds(STOP_RELOAD_TIMEOUT)
+                ),
+            }
+        }
+    }
+    result
+}
+
+async fn watch_body(
+    args: &Args,
+    patterns: &[Pattern],
+    held: &RefCell<(Option<Bus>, bool)>,
+) -> Result<()> {
+    let (bus, running) = match reach(&args.bus_address, args.timeout).await? {
+        // No bus at all: nothing to wait on, not even for a watcher.
+        Reach::NoBus(e) if args.if_running => {
+            log::warn!("{e}; nothing to do (--if-running)");
+            return Ok(());
+        }
+        Reach::NoBus(e) => return Err(e),
+        Reach::Up(bus) => (bus, true),
+        Reach::NoNm(bus, _) => (bus, false),
+    };
+    held.borrow_mut().0 = Some(bus.clone());
+    // The drop-in first: NetworkManager leaves a new matching device alone from its
+    // first moment, not just from our Managed=false a few milliseconds later.
+    let dir = &args.runtime_dir;
+    persist::create_dir(dir)?;
+    let path = persist::drop_in_path(dir, Kind::Watch);
+    persist::write(dir, Kind::Watch, &persist::render(patterns, Kind::Watch))?;
+    held.borrow_mut().1 = true;
+    log::info!("wrote {}", path.display());
+    if args.persist {
+        let (dir, kind) = (&args.conf_dir, Kind::Persist);
+        if persist::write(dir, kind, &persist::render(patterns, kind))? {
+            log::info!("wrote {}", persist::drop_in_path(dir, kind).display());
+        }
+    }
+    if running {
+        match bus.reload_config().await {
+            Ok(()) => log::info!("NetworkManager reloaded its configuration"),
+            // Not answering: the watch's own bound decides whether it ever will.
+            Err(e) if e.exit() == Exit::Unavailable => log::warn!("{e}"),
+            Err(e) => return Err(e),
+        }
+    } else {
+        log::info!("NetworkManager is not on the bus; the drop-in takes effect when it starts");
+    }
+    notify::ready()?;
+    watch::watch(&bus, patterns, args.json, args.timeout).await
 }
 
 /// Print what changed, and say on stderr when nothing matched at all.
@@ -247,18 +417,77 @@ mod tests {
 
     #[test]
     fn missing_bus_is_unavailable_unless_if_running() {
-        let base = ["nm-unmanage", "--bus-address", "unix:path=/nonexistent/bus"];
-        for extra in [&[][..], &["--watch"], &["--watch", "--persist"]] {
-            let mut args: Vec<OsString> = base.iter().map(OsString::from).collect();
+        // Never the machine's own directories.
+        let scratch = std::env::temp_dir().join(format!("nmu-nobus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let (conf, rt) = (scratch.join("conf.d"), scratch.join("run/conf.d"));
+        let base = [
+            "nm-unmanage".into(),
+            "--bus-address".into(),
+            "unix:path=/nonexistent/bus".into(),
+            "--conf-dir".into(),
+            conf.clone().into_os_string(),
+            "--runtime-dir".into(),
+            rt.clone().into_os_string(),
+        ];
+        for extra in [
+            &[][..],
+            &["--watch"],
+            &["--watch", "--persist"],
+            &["--runtime"],
+        ] {
+            let mut args: Vec<OsString> = base.to_vec();
             args.extend(extra.iter().map(OsString::from));
-            // No bus at all: nothing to wait on, not even for a watcher.
-            let e = run(args.clone()).unwrap_err();
-            assert_eq!(e.code(), 69, "{extra:?}: {e}");
+            // No bus at all: nothing to wait on, not even for a watcher, and (with
+            // --if-running) nothing written.
             args.push("--if-running".into());
-            if extra.contains(&"--persist") {
-                args.extend(["--conf-dir".into(), "/nonexistent/conf.d".into()]);
-            }
-            run(args).unwrap();
+            run(args.clone()).unwrap();
+            assert!(!scratch.exists(), "{extra:?}");
+            args.pop();
+            let e = run(args).unwrap_err();
+            assert_eq!(e.code(), 69, "{extra:?}: {e}");
         }
+        // Without --if-running, --runtime writes its drop-in all the same (it takes
+        // effect when NetworkManager starts); a watcher writes nothing without a bus.
+        assert!(rt.join(RUNTIME_DROP_IN).exists());
+        assert!(!rt.join(WATCH_DROP_IN).exists());
+        std::fs::remove_dir_all(&scratch).unwrap();
+    }
+
+    #[test]
+    fn a_pattern_that_takes_every_interface_is_refused_before_any_bus_access() {
+        for bad in ["*", "interface-name:*", "?*", "**"] {
+            let v = [
+                "nm-unmanage",
+                "--bus-address",
+                "unix:path=/nonexistent",
+                "--persist",
+                "--conf-dir",
+                "/nonexistent/conf.d",
+                bad,
+            ];
+            let e = run(v.iter().map(OsString::from).collect()).unwrap_err();
+            assert_eq!(e.code(), 65, "{bad}: {e}");
+            assert!(e.to_string().contains("matches every interface"), "{e}");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_positive_seconds() {
+        let a = parse(&["--timeout", "0.25"]).unwrap();
+        assert_eq!(a.timeout, Duration::from_millis(250));
+        assert_eq!(parse(&[]).unwrap().timeout, DEFAULT_TIMEOUT);
+        for bad in ["0", "-1", "x", "1e9", "nan"] {
+            assert_eq!(parse(&["--timeout", bad]).unwrap_err().code(), 64, "{bad}");
+        }
+    }
+
+    #[test]
+    fn runtime_is_a_one_shot_mode_of_its_own() {
+        for bad in [&["--runtime", "--watch"][..], &["--runtime", "--persist"]] {
+            assert_eq!(parse(bad).unwrap_err().code(), 64, "{bad:?}");
+        }
+        assert!(parse(&["--remove", "--runtime"]).is_ok());
+        assert!(parse(&["--runtime", "--if-running", "ve-*"]).is_ok());
     }
 }

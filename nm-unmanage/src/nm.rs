@@ -1,7 +1,7 @@
 //! The NetworkManager D-Bus calls the tool needs, behind a small trait, and their zbus
 //! implementation on a connection to the system bus.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use common::{Error, Exit, Result};
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
@@ -63,14 +63,48 @@ pub struct Bus {
     conn: Connection,
 }
 
-/// Connect to the bus at `address`. Failing to reach the bus is "unavailable" (69), a
-/// refusal "permission denied" (77).
-pub async fn connect(address: &str) -> Result<Connection> {
-    let doing = || format!("connecting to the system bus at {address}");
-    zbus::connection::Builder::address(address)
-        .build()
-        .await
-        .map_err(|e| dbus_error(&doing(), e))
+/// How long any one D-Bus exchange may take unless `--timeout` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connect to the bus at `address`, every later method call on the connection bounded
+/// by `timeout` as well. Failing to reach the bus, or no answer within `timeout`, is
+/// "unavailable" (69); a refusal is "permission denied" (77): a socket we may not open,
+/// rejected credentials, or a bus that hangs up on us during the handshake (what
+/// dbus-daemon does to a user its policy does not allow to connect).
+pub async fn connect(address: &str, timeout: Duration) -> Result<Connection> {
+    let doing = format!("connecting to the system bus at {address}");
+    let build = zbus::connection::Builder::address(address)
+        .method_timeout(timeout)
+        .build();
+    match tokio::time::timeout(timeout, build).await {
+        Err(_) => Err(Error::unavailable(format!(
+            "{doing}: no answer within {} (--timeout)",
+            seconds(timeout)
+        ))),
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(zbus::Error::InputOutput(io))) if hung_up(io.kind()) => Err(Error::new(
+            Exit::NoPerm,
+            format!(
+                "{doing}: permission denied: the bus closed the connection during the \
+                 handshake (its policy does not let this user connect)"
+            ),
+        )),
+        Ok(Err(e)) => Err(dbus_error(&doing, e)),
+    }
+}
+
+/// The peer closed the connection on us.
+fn hung_up(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        BrokenPipe | UnexpectedEof | ConnectionReset | ConnectionAborted
+    )
+}
+
+/// `5 s`, `0.5 s`.
+pub fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 impl Bus {
@@ -257,6 +291,9 @@ pub fn dbus_error(doing: &str, e: zbus::Error) -> Error {
     let text = match (&e, name_and_detail(&e)) {
         (_, Some((name, Some(detail)))) if !detail.is_empty() => format!("{detail} ({name})"),
         (_, Some((name, _))) => name,
+        (zbus::Error::InputOutput(io), None) if io.kind() == std::io::ErrorKind::TimedOut => {
+            "no answer in time (--timeout)".to_string()
+        }
         (zbus::Error::InputOutput(io) | zbus::Error::Connection(io, _), None) => {
             Error::from(std::io::Error::new(io.kind(), io.to_string()))
                 .message()

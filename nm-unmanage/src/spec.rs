@@ -49,6 +49,11 @@ impl Pattern {
         if let Some(c) = body.chars().find(|&c| !allowed(c)) {
             return bad(&format!("contains {c:?}"));
         }
+        // `*`, `?*`, `**`...: a pattern of wildcards only says nothing about the name (at
+        // most its length), so it takes every interface, the host's uplink included.
+        if body.chars().all(|c| matches!(c, '*' | '?')) {
+            return bad("it matches every interface (the uplink too); name the container interfaces, e.g. ve-*");
+        }
         // NetworkManager reads a leading `~` after `interface-name:` as a modifier.
         if body.starts_with('~') {
             return bad("starts with '~'");
@@ -145,7 +150,7 @@ mod tests {
         assert!(p("*-1*").matches("ve-foo-12"));
         assert!(p("a*b*c").matches("axxbyyc"));
         assert!(!p("a*b*c").matches("axxbyy"));
-        assert!(p("*").matches(""));
+        assert!(p("*-*").matches("ve-x"));
         assert!(p("ve-test").matches("ve-test"));
         assert!(!p("ve-test").matches("ve-test2"));
     }
@@ -174,6 +179,28 @@ mod tests {
         ] {
             let e = Pattern::parse(bad).unwrap_err();
             assert_eq!(e.code(), 65, "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn refuses_patterns_that_match_every_interface() {
+        for bad in [
+            "*",
+            "**",
+            "?*",
+            "*?",
+            "???*",
+            "?",
+            "interface-name:*",
+            "interface-name:?*",
+        ] {
+            let e = Pattern::parse(bad).unwrap_err();
+            assert_eq!(e.code(), 65, "{bad:?}: {e}");
+            assert!(e.to_string().contains("matches every interface"), "{e}");
+        }
+        // One literal character is enough to be a choice.
+        for ok in ["e*", "*0", "?e*", "*-*"] {
+            Pattern::parse(ok).unwrap();
         }
     }
 

@@ -3,18 +3,17 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
-use tokio::signal::unix::{signal, SignalKind};
 use zbus::{message::Type, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant};
 
 use common::{Error, Result};
 
 use crate::{
     emit,
-    nm::{dbus_error, Bus, Device, Nm, DEVICE_IFACE, NM_IFACE, NM_NAME, NM_PATH},
+    nm::{dbus_error, seconds, Bus, Device, Nm, DEVICE_IFACE, NM_IFACE, NM_NAME, NM_PATH},
     spec::Pattern,
     unmanage::{unmanage_added, unmanage_announced, unmanage_existing, Outcome, Unmanaged},
 };
@@ -25,11 +24,22 @@ const OM_PATH: &str = "/org/freedesktop";
 /// The bus daemon's own name: the sender of `NameOwnerChanged`.
 const BUS_NAME: &str = "org.freedesktop.DBus";
 
-/// Run until SIGTERM or SIGINT. NetworkManager need not be on the bus yet: the watch
-/// starts as soon as it appears. Failures on single devices are logged and the watch
-/// goes on (a later announcement of the device retries it); losing the bus connection
-/// ends it with exit 69.
-pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
+/// How long NetworkManager may own its name without answering (or while it is still
+/// starting) before the watcher gives up with exit 69, as a multiple of the D-Bus
+/// timeout: a NetworkManager whose start never finishes must not leave a watcher idling
+/// where its service manager cannot see it (`Restart=on-failure` then restarts it).
+pub const START_BOUND_TIMEOUTS: u32 = 6;
+
+/// How often a NetworkManager that owns its name but did not answer is asked again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Run until the caller stops it (the caller races this against SIGTERM and SIGINT).
+/// NetworkManager need not be on the bus yet: the watch starts as soon as it appears.
+/// Failures on single devices are logged and the watch goes on (a later announcement of
+/// the device retries it); losing the bus connection, or a NetworkManager that owns its
+/// name but does not answer for [`START_BOUND_TIMEOUTS`] times `timeout`, ends it with
+/// exit 69.
+pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool, timeout: Duration) -> Result<()> {
     let conn = bus.connection();
     let rule_err = |e| dbus_error("subscribing to NetworkManager's signals", e);
     // Any local client may broadcast a DeviceAdded (or send one, or any other signal,
@@ -76,9 +86,6 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
     let mut owners = MessageStream::for_match_rule(owner_rule, conn, None)
         .await
         .map_err(rule_err)?;
-    let sig = |kind| signal(kind).map_err(|e| Error::io("installing a signal handler", e));
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
 
     let mut state = State {
         owner: bus.nm_owner().await?,
@@ -89,27 +96,32 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
         .map(Pattern::nm_spec)
         .collect::<Vec<_>>()
         .join(", ");
+    let bound = timeout * START_BOUND_TIMEOUTS;
+    // Since when NetworkManager has owned its name without answering, and when to ask
+    // it again.
+    let mut pending: Option<(Instant, Instant)> = None;
     if state.owner.is_some() {
-        match unmanage_existing(bus, patterns).await {
-            Ok(done) => emit(&done, json, false)?,
-            // Gone or still starting: it announces its devices when it is there.
-            Err(e) if e.exit() == common::Exit::Unavailable => log::warn!("{e}"),
-            Err(e) => return Err(e),
-        }
+        pending = catch_up(bus, patterns, json, None).await?;
         log::info!("watching for new devices matching {specs}");
     } else {
         log::warn!("NetworkManager is not on the bus yet; waiting for it, to keep it off {specs}");
     }
 
     loop {
+        let retry_at = pending.map(|(_, at)| at);
         tokio::select! {
-            _ = term.recv() => {
-                log::info!("SIGTERM: stopping");
-                return Ok(());
-            }
-            _ = int.recv() => {
-                log::info!("SIGINT: stopping");
-                return Ok(());
+            _ = sleep_until(retry_at), if retry_at.is_some() => {
+                let since = pending.map(|(since, _)| since);
+                pending = catch_up(bus, patterns, json, since).await?;
+                if let Some((since, _)) = pending {
+                    if since.elapsed() >= bound {
+                        return Err(Error::unavailable(format!(
+                            "NetworkManager has owned its bus name for {} without answering \
+                             (a start that never finished?); giving up",
+                            seconds(bound)
+                        )));
+                    }
+                }
             }
             msg = announced.next() => {
                 let msg = next_message(msg)?;
@@ -148,6 +160,7 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
                 state.new_owner(owner);
                 if !back {
                     log::warn!("NetworkManager left the bus; waiting for it to come back");
+                    pending = None;
                     continue;
                 }
                 // A new NetworkManager knows nothing of the Managed=false we set before.
@@ -155,14 +168,46 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool) -> Result<()> {
                     "NetworkManager is on the bus as {}; unmanaging {specs}",
                     state.owner.as_deref().unwrap_or_default()
                 );
-                match unmanage_existing(bus, patterns).await {
-                    Ok(done) => emit(&done, json, false)?,
-                    // Still starting: it announces its devices as it sets them up.
-                    Err(e) if e.exit() == common::Exit::Unavailable => log::info!("{e}"),
-                    Err(e) => log::error!("{e}"),
-                }
+                pending = catch_up(bus, patterns, json, None).await?;
             }
         }
+    }
+}
+
+/// Unmanage every current match (at the start, and when NetworkManager (re)appears).
+/// A NetworkManager that does not answer or is still starting is not an error yet:
+/// `Some((since, retry_at))` says since when it has not answered (`since`, or now) and
+/// when to ask again; `None` once it answered.
+async fn catch_up(
+    bus: &Bus,
+    patterns: &[Pattern],
+    json: bool,
+    since: Option<Instant>,
+) -> Result<Option<(Instant, Instant)>> {
+    match unmanage_existing(bus, patterns).await {
+        Ok(done) => {
+            emit(&done, json, false)?;
+            Ok(None)
+        }
+        // Still starting or not answering: it also announces its devices as it sets them
+        // up, and it is asked again.
+        Err(e) if e.exit() == common::Exit::Unavailable => {
+            log::info!("{e}; asking again in {}", seconds(RETRY));
+            let now = Instant::now();
+            Ok(Some((since.unwrap_or(now), now + RETRY)))
+        }
+        Err(e) => {
+            log::error!("{e}");
+            Ok(None)
+        }
+    }
+}
+
+/// Sleep until `at` (forever for `None`; the select guard keeps that branch off).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

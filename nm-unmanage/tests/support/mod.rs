@@ -104,6 +104,13 @@ impl NmSandbox {
         self.dir.join("conf.d")
     }
 
+    /// The per-boot drop-in directory NetworkManager reads: `/run/NetworkManager/conf.d`
+    /// in its mount namespace, where the scratch `run` directory is bound over `/run`
+    /// (for `--runtime-dir`).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.join("run/NetworkManager/conf.d")
+    }
+
     /// A new namespace of this sandbox (a "container").
     pub fn netns(&mut self, role: &str) -> Netns {
         self.sandbox.netns(role)
@@ -280,7 +287,7 @@ impl Client {
             .build()
             .unwrap();
         let conn = rt
-            .block_on(nm_unmanage::connect(address))
+            .block_on(nm_unmanage::connect(address, nm_unmanage::DEFAULT_TIMEOUT))
             .expect("connecting");
         Client {
             rt: Arc::new(rt),
@@ -567,9 +574,16 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// Started with `--runtime-dir` in the sandbox, never the machine's own.
     pub fn start(sb: &NmSandbox, extra: &[&str]) -> Watcher {
-        let mut child = sb
-            .tool()
+        let mut cmd = sb.tool();
+        cmd.arg("--runtime-dir").arg(sb.runtime_dir());
+        Watcher::spawn(cmd, extra)
+    }
+
+    /// `cmd` (the tool, or a wrapper that runs it) with `--watch --json -v` and `extra`.
+    pub fn spawn(mut cmd: Command, extra: &[&str]) -> Watcher {
+        let mut child = cmd
             .args(["--watch", "--json", "-v"])
             .args(extra)
             .stdout(Stdio::piped())
