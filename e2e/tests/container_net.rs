@@ -205,7 +205,12 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
     // up after down (a restart): every container gets its addresses back.
     let again = up(&h);
     for ((c, o1), o2) in containers.iter().zip(&first).zip(&again) {
-        assert!(o2.status.success(), "up {} after down: {}", c.name, stderr(o2));
+        assert!(
+            o2.status.success(),
+            "up {} after down: {}",
+            c.name,
+            stderr(o2)
+        );
         assert_eq!(stdout(o1), stdout(o2), "{} came back otherwise", c.name);
     }
 
@@ -366,7 +371,11 @@ fn a_failed_step_is_rolled_back_and_its_exit_code_kept() {
     assert_eq!(h.leases(), ["db", "web"]);
     let o = h.script().args(["destroy", "db"]).output().unwrap();
     assert!(o.status.success(), "destroy db: {}", stderr(&o));
-    assert!(stderr(&o).contains("keeping its static lease"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("keeping its static lease"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(h.leases(), ["db", "web"]);
 
     let o = h.script().args(["destroy", "web"]).output().unwrap();
@@ -493,7 +502,11 @@ fn network_manager_never_takes_the_addresses_of_a_new_veth() {
                 .contains(&format!("{host_address}/32")),
             "{ifname} lost {host_address}"
         );
-        assert!(nm.is_unmanaged(&ifname), "{ifname}: {:?}", nm.device_state(&ifname));
+        assert!(
+            nm.is_unmanaged(&ifname),
+            "{ifname}: {:?}",
+            nm.device_state(&ifname)
+        );
     }
     // The drop-in is where the sandbox NetworkManager reads it, and the machine's own
     // runtime configuration is untouched.

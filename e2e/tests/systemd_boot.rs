@@ -89,7 +89,14 @@ fn monotonic(props: &BTreeMap<String, String>, key: &str) -> u64 {
 fn the_units_run_under_systemd_on_a_booted_host() {
     if !privileged(
         "the_units_run_under_systemd...",
-        &["debootstrap", "systemd-nspawn", "systemctl", "unshare", "nsenter", "mount"],
+        &[
+            "debootstrap",
+            "systemd-nspawn",
+            "systemctl",
+            "unshare",
+            "nsenter",
+            "mount",
+        ],
     ) {
         return;
     }
@@ -170,13 +177,20 @@ fn the_units_run_under_systemd_on_a_booted_host() {
     thread::sleep(Duration::from_secs(1));
     let plumbed = || {
         let status = host.sh("container-net status web /run/netns/web");
-        assert_eq!(env_value(&status, "STATE").as_deref(), Some("up"), "{status}");
+        assert_eq!(
+            env_value(&status, "STATE").as_deref(),
+            Some("up"),
+            "{status}"
+        );
         let addrs = host.sh(&format!("ip -4 -o addr show dev {iface}"));
         assert!(addrs.contains(&format!("{host_address}/32")), "{addrs}");
         let inside = host.sh("ip -n web -4 -o addr show dev eth0");
         assert!(inside.contains(&format!("{local_address}/32")), "{inside}");
         let state = host.sh(&format!("nmcli -g GENERAL.STATE device show {iface}"));
-        assert!(state.starts_with("10 "), "NetworkManager: {iface} is {state}");
+        assert!(
+            state.starts_with("10 "),
+            "NetworkManager: {iface} is {state}"
+        );
     };
     plumbed();
 
@@ -194,10 +208,8 @@ fn the_units_run_under_systemd_on_a_booted_host() {
     host.sh("ve-alloc show web");
 
     // reload re-applies: a rule removed by hand is back.
-    host.sh(
-        "r=$(iptables -t nat -S ve-nat-post | grep -m1 '^-A ') && \
-         eval \"iptables -t nat -D ${r#-A }\"",
-    );
+    host.sh("r=$(iptables -t nat -S ve-nat-post | grep -m1 '^-A ') && \
+         eval \"iptables -t nat -D ${r#-A }\"");
     let o = host.sh_output("ve-nat check --external auto");
     assert_eq!(o.status.code(), Some(1), "check after removing a rule");
     host.sh("systemctl reload ve-nat");
@@ -218,7 +230,13 @@ fn the_units_run_under_systemd_on_a_booted_host() {
     // Stopping the once-per-boot units takes their work away.
     host.sh("systemctl stop ve-nat nm-unmanage");
     let rules = host.sh("iptables-save");
-    assert!(!rules.contains("ve-nat"), "ve-nat rules after stop:\n{rules}");
+    assert!(
+        !rules.contains("ve-nat"),
+        "ve-nat rules after stop:\n{rules}"
+    );
     let o = host.sh_output("grep -l unmanaged-devices /run/NetworkManager/conf.d/*.conf");
-    assert!(!o.status.success(), "the runtime drop-in outlived nm-unmanage");
+    assert!(
+        !o.status.success(),
+        "the runtime drop-in outlived nm-unmanage"
+    );
 }

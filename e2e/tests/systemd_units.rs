@@ -97,7 +97,9 @@ fn check_exec(line: &str) -> Vec<String> {
             assert!(
                 matches!(
                     args[1..],
-                    ["up", _, _] | ["down" | "destroy", _] | ["down" | "destroy", _, _]
+                    ["up", _, _]
+                        | ["down" | "destroy", _]
+                        | ["down" | "destroy", _, _]
                         | ["status", _, _]
                 ),
                 "container-net usage: {line}"
@@ -171,7 +173,10 @@ fn nm_unmanage_unit_is_ready_before_network_manager_starts() {
     assert_eq!(one(&u, "Before"), "NetworkManager.service");
     assert_eq!(programs(&u), ["nm-unmanage"]);
     assert_eq!(one(&u, "ExecStart"), "/usr/local/bin/nm-unmanage --watch");
-    assert!(!u.contains_key("ExecStartPre"), "--persist is the alternative, not a step");
+    assert!(
+        !u.contains_key("ExecStartPre"),
+        "--persist is the alternative, not a step"
+    );
     assert_eq!(one(&u, "Restart"), "on-failure");
     assert_eq!(one(&u, "WantedBy"), "multi-user.target");
 }

@@ -65,7 +65,13 @@ pub fn rootfs() -> PathBuf {
     // In a private mount namespace: the /proc and /sys that debootstrap mounts inside
     // the target can never be left mounted in the machine's.
     let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "debootstrap", "--variant=minbase"])
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "debootstrap",
+            "--variant=minbase",
+        ])
         .arg(format!("--include={}", PACKAGES.join(",")))
         .arg(SUITE)
         .arg(&partial)
@@ -94,7 +100,8 @@ pub struct Install {
 impl Install {
     /// Put `contents` at `path` (absolute, inside the booted host) with `mode`.
     pub fn file(&mut self, path: &str, contents: Vec<u8>, mode: u32) -> &mut Self {
-        self.files.push((path.trim_start_matches('/').into(), contents, mode));
+        self.files
+            .push((path.trim_start_matches('/').into(), contents, mode));
         self
     }
 
@@ -189,10 +196,9 @@ impl Booted {
     fn find_pid1(&mut self, nspawn: u32) -> u32 {
         let t = Instant::now();
         loop {
-            if let Some(pid) = children(nspawn)
-                .into_iter()
-                .find(|p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "systemd\n"))
-            {
+            if let Some(pid) = children(nspawn).into_iter().find(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "systemd\n")
+            }) {
                 return pid;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -213,7 +219,8 @@ impl Booted {
         let o = self.sh_output("timeout 150 systemctl is-system-running --wait");
         let state = stdout(&o).trim().to_string();
         if state != "running" {
-            let units = self.sh_output("systemctl --no-pager --failed; systemctl --no-pager list-jobs");
+            let units =
+                self.sh_output("systemctl --no-pager --failed; systemctl --no-pager list-jobs");
             panic!(
                 "boot did not finish cleanly: {state:?}\n{}\n{}",
                 stdout(&units),

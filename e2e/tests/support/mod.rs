@@ -362,7 +362,7 @@ pub const FAULT: &str = "VE_E2E_FAULT";
 /// A directory with an `nm-unmanage` that runs the real one, except that for the
 /// per-veth call (`interface-name:=IFACE`) it injects the fault named by [`FAULT`]:
 /// `oneshot-fails` (exit 71 without calling it), `skip-oneshot` (exit 0 without calling
-/// it), `flush-after` (call it, then remove IFACE's addresses, as NetworkManager's DHCP
+/// it), `flush-after` (call it, then remove IFACE's IPv4 addresses, as NetworkManager's DHCP
 /// profile did). Put it first on PATH ([`Host::path_first`]).
 pub struct Faults(TempDir);
 
@@ -378,7 +378,7 @@ interface-name:=*)
     case ${{{FAULT}:-}} in
     oneshot-fails) echo "nm-unmanage: error: injected failure" >&2; exit 71 ;;
     skip-oneshot) exit 0 ;;
-    flush-after) '{real}' "$@" || exit $?; exec ip addr flush dev "${{last#interface-name:=}}" ;;
+    flush-after) '{real}' "$@" || exit $?; exec ip -4 addr flush dev "${{last#interface-name:=}}" ;;
     esac ;;
 esac
 exec '{real}' "$@"
