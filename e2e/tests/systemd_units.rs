@@ -158,9 +158,13 @@ fn ve_nat_unit_installs_and_removes_nat_once() {
     assert!(one(&u, "ExecStart").contains(" up --external ${EXTERNAL} "));
     assert!(one(&u, "ExecReload").contains(" up --external ${EXTERNAL} "));
     assert!(one(&u, "ExecStop").ends_with(" down"));
-    // The uplink is the default route's interface unless /etc/default/ve-nat names it.
+    // The uplink is the default route's interface unless /etc/default/ve-nat names it,
+    // so it starts once the network (and with it the default route) is up.
     let env = &u["Environment"];
     assert!(env.iter().any(|e| e == "EXTERNAL=auto"), "{env:?}");
+    assert!(one(&u, "Wants").contains("network-online.target"));
+    assert!(u["After"].iter().any(|a| a.contains("network-online.target")));
+    assert!(!u.contains_key("Before"), "network.target comes before online");
 }
 
 #[test]
