@@ -54,6 +54,19 @@ fn fill(fw: &dyn Firewall, id: &ChainId, chain: &str, rules: &[String]) -> Resul
     Ok(())
 }
 
+/// Fill a chain that nothing jumps to yet; on failure remove it again, so a failed
+/// `up` leaves no half-filled chain behind.
+fn fill_new(fw: &dyn Firewall, id: &ChainId, chain: &str, rules: &[String]) -> Result<()> {
+    fw.new_chain(id.table, chain)?;
+    if let Err(e) = fill(fw, id, chain, rules) {
+        if let Err(e2) = remove_chain(fw, id, chain, true) {
+            log::warn!("removing {} {chain} after a failure: {e2}", id.table);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Make one chain of ours hold exactly `want` with exactly one jump to it. Returns
 /// whether anything changed.
 pub fn sync_chain(fw: &dyn Firewall, want: &ChainRules) -> Result<bool> {
@@ -62,21 +75,28 @@ pub fn sync_chain(fw: &dyn Firewall, want: &ChainRules) -> Result<bool> {
     let has = |chains: &[String], c: &str| chains.iter().any(|x| x == c);
     let mut changed = false;
 
-    // A crash between removing the old chain and renaming the staging one leaves only
-    // the staging chain, jumped to: finish that rename first.
-    if !has(&chains, id.chain) && has(&chains, id.staging) {
-        fw.rename_chain(id.table, id.staging, id.chain)?;
-        chains = fw.chains(id.table)?;
-        changed = true;
-    }
+    // A staging chain left by an interrupted `up`. A jump to it is inserted only once
+    // it is full, so a jumped staging chain is complete, and it may be the only
+    // complete set (the old chain already flushed): finish the swap, never removing the
+    // staging chain's jump first. An unjumped one may be half full: nothing reaches it.
     if has(&chains, id.staging) {
-        remove_chain(fw, id, id.staging, true)?;
+        if jumps(fw, id, id.staging)?.is_empty() {
+            remove_chain(fw, id, id.staging, true)?;
+        } else {
+            log::info!(
+                "finishing an interrupted replacement of {} {}",
+                id.table,
+                id.chain
+            );
+            remove_chain(fw, id, id.chain, has(&chains, id.chain))?;
+            fw.rename_chain(id.table, id.staging, id.chain)?;
+        }
+        chains = fw.chains(id.table)?;
         changed = true;
     }
 
     if !has(&chains, id.chain) {
-        fw.new_chain(id.table, id.chain)?;
-        fill(fw, id, id.chain, &want.rules)?;
+        fill_new(fw, id, id.chain, &want.rules)?;
         fw.insert(id.table, id.hook, &rules::jump(id.chain), 1)?;
         return Ok(true);
     }
@@ -110,8 +130,7 @@ pub fn sync_chain(fw: &dyn Firewall, want: &ChainRules) -> Result<bool> {
     }
 
     log::info!("replacing {} {}", id.table, id.chain);
-    fw.new_chain(id.table, id.staging)?;
-    fill(fw, id, id.staging, &want.rules)?;
+    fill_new(fw, id, id.staging, &want.rules)?;
     let pos = js.first().map(|(p, _)| *p).unwrap_or(1);
     fw.insert(id.table, id.hook, &rules::jump(id.staging), pos)?;
     remove_chain(fw, id, id.chain, true)?;
@@ -149,6 +168,22 @@ pub fn down(fw: &dyn Firewall) -> Vec<Error> {
         }
     }
     errors
+}
+
+/// Whether any chain of ours (or a staging one) exists; a jump to ours cannot exist
+/// without it. Two listings, for probing a backend ve-nat does not use.
+pub fn holds_ours(fw: &dyn Firewall) -> Result<bool> {
+    for table in [rules::NAT, rules::FILTER] {
+        let chains = fw.chains(table)?;
+        if CHAINS
+            .iter()
+            .filter(|id| id.table == table)
+            .any(|id| chains.iter().any(|c| c == id.chain || c == id.staging))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// What is installed of ours for one chain.
@@ -512,6 +547,171 @@ mod tests {
             .unwrap();
         assert!(up(&fw, &w).unwrap());
         assert!(differences(&installed(&fw).unwrap(), Some(&w)).is_empty());
+    }
+
+    /// The reachable contents of `hook`'s ve-nat chains, in order.
+    fn reachable(
+        t: &std::collections::BTreeMap<String, Vec<String>>,
+        hook: &str,
+    ) -> Vec<Vec<String>> {
+        t[hook]
+            .iter()
+            .filter_map(|r| r.strip_prefix("-j "))
+            .filter(|c| c.starts_with("ve-nat-"))
+            .map(|c| t[c].clone())
+            .collect()
+    }
+
+    #[test]
+    fn recovery_after_a_crash_at_every_step_keeps_a_complete_set() {
+        let a = want(&[]);
+        let b = want(&["tcp:8080:10.233.1.2:80"]);
+        let pre = |w: &[ChainRules]| {
+            w.iter()
+                .find(|c| c.id.chain == "ve-nat-pre")
+                .unwrap()
+                .rules
+                .clone()
+        };
+        let (pa, pb) = (pre(&a), pre(&b));
+        // How many changes a changing `up` (a -> b) makes.
+        let steps = {
+            let fw = Fake::new();
+            up(&fw, &a).unwrap();
+            let n = fw.ops.borrow().len();
+            up(&fw, &b).unwrap();
+            let m = fw.ops.borrow().len();
+            m - n
+        };
+        assert!(steps > 10, "{steps}");
+        for budget in 0..steps {
+            let mut fw = Fake::new();
+            up(&fw, &a).unwrap();
+            // The changing up, killed after `budget` changes.
+            let killed = Stopper {
+                fw: &fw,
+                budget: std::cell::Cell::new(budget),
+            };
+            assert!(up(&killed, &b).is_err());
+            // The next up, with PREROUTING reaching a complete set at every step.
+            let (pa2, pb2) = (pa.clone(), pb.clone());
+            fw.invariant = Some(Box::new(move |t| {
+                let r = reachable(&t["nat"], "PREROUTING");
+                assert!(
+                    !r.is_empty() && r.iter().all(|c| *c == pa2 || *c == pb2),
+                    "incomplete after a kill at step {budget}: {r:?}"
+                );
+            }));
+            up(&fw, &b).unwrap();
+            assert!(differences(&installed(&fw).unwrap(), Some(&b)).is_empty());
+            assert!(!fw
+                .chains("nat")
+                .unwrap()
+                .iter()
+                .any(|c| c.ends_with("-new")));
+        }
+    }
+
+    #[test]
+    fn a_refused_rule_leaves_no_chain_behind() {
+        // iptables refusing the second rule of a chain being built, fresh or staged.
+        struct Refusing<'a>(&'a Fake);
+        impl Firewall for Refusing<'_> {
+            fn chains(&self, t: &str) -> Result<Vec<String>> {
+                self.0.chains(t)
+            }
+            fn rules(&self, t: &str, c: &str) -> Result<Vec<crate::firewall::Counted>> {
+                self.0.rules(t, c)
+            }
+            fn new_chain(&self, t: &str, c: &str) -> Result<()> {
+                self.0.new_chain(t, c)
+            }
+            fn append(&self, t: &str, c: &str, r: &str) -> Result<()> {
+                if !self.0.chain(t, c).is_empty() {
+                    return Err(Error::new(common::Exit::OsErr, "refused"));
+                }
+                self.0.append(t, c, r)
+            }
+            fn insert(&self, t: &str, c: &str, r: &str, p: usize) -> Result<()> {
+                self.0.insert(t, c, r, p)
+            }
+            fn delete(&self, t: &str, c: &str, r: &str) -> Result<()> {
+                self.0.delete(t, c, r)
+            }
+            fn flush(&self, t: &str, c: &str) -> Result<()> {
+                self.0.flush(t, c)
+            }
+            fn delete_chain(&self, t: &str, c: &str) -> Result<()> {
+                self.0.delete_chain(t, c)
+            }
+            fn rename_chain(&self, t: &str, f: &str, to: &str) -> Result<()> {
+                self.0.rename_chain(t, f, to)
+            }
+        }
+        let fw = Fake::new();
+        let before = fw.tables.borrow().clone();
+        assert!(up(&Refusing(&fw), &want(&[])).is_err());
+        assert_eq!(*fw.tables.borrow(), before, "a fresh chain was left");
+        up(&fw, &want(&[])).unwrap();
+        let installed = fw.tables.borrow().clone();
+        assert!(up(&Refusing(&fw), &want(&["tcp:80:10.0.0.2:80"])).is_err());
+        assert_eq!(*fw.tables.borrow(), installed, "a staging chain was left");
+    }
+
+    /// A firewall that dies (refuses every change) after `budget` changes, as an `up`
+    /// killed at that moment would.
+    struct Stopper<'a> {
+        fw: &'a Fake,
+        budget: std::cell::Cell<usize>,
+    }
+
+    impl Stopper<'_> {
+        fn go(&self) -> Result<()> {
+            match self.budget.get() {
+                0 => Err(Error::internal("killed")),
+                n => {
+                    self.budget.set(n - 1);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    impl Firewall for Stopper<'_> {
+        fn chains(&self, table: &str) -> Result<Vec<String>> {
+            self.fw.chains(table)
+        }
+        fn rules(&self, table: &str, chain: &str) -> Result<Vec<crate::firewall::Counted>> {
+            self.fw.rules(table, chain)
+        }
+        fn new_chain(&self, table: &str, chain: &str) -> Result<()> {
+            self.go()?;
+            self.fw.new_chain(table, chain)
+        }
+        fn append(&self, table: &str, chain: &str, rule: &str) -> Result<()> {
+            self.go()?;
+            self.fw.append(table, chain, rule)
+        }
+        fn insert(&self, table: &str, chain: &str, rule: &str, pos: usize) -> Result<()> {
+            self.go()?;
+            self.fw.insert(table, chain, rule, pos)
+        }
+        fn delete(&self, table: &str, chain: &str, rule: &str) -> Result<()> {
+            self.go()?;
+            self.fw.delete(table, chain, rule)
+        }
+        fn flush(&self, table: &str, chain: &str) -> Result<()> {
+            self.go()?;
+            self.fw.flush(table, chain)
+        }
+        fn delete_chain(&self, table: &str, chain: &str) -> Result<()> {
+            self.go()?;
+            self.fw.delete_chain(table, chain)
+        }
+        fn rename_chain(&self, table: &str, from: &str, to: &str) -> Result<()> {
+            self.go()?;
+            self.fw.rename_chain(table, from, to)
+        }
     }
 
     #[test]

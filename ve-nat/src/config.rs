@@ -65,6 +65,13 @@ impl FromStr for IfPattern {
             )));
         }
         validate_ifname(stem).map_err(|e| e.context(format!("invalid interface pattern {s:?}")))?;
+        // iptables counts the wildcard against IFNAMSIZ too (15 bytes at most).
+        if wild && stem.len() + 1 > common::name::MAX_IFNAME_LEN {
+            return Err(Error::data(format!(
+                "invalid interface pattern {s:?}: longer than {} bytes with its wildcard",
+                common::name::MAX_IFNAME_LEN
+            )));
+        }
         Ok(IfPattern(if wild {
             format!("{stem}+")
         } else {
@@ -264,20 +271,57 @@ fn check_unicast(addr: &IpAddr) -> Result<()> {
             "{addr} is not a unicast address a rule can use"
         )));
     }
-    if let IpAddr::V4(a) = addr {
-        if a.is_broadcast() {
+    match addr {
+        IpAddr::V4(a) if a.is_broadcast() => {
             return Err(Error::data(format!("{addr} is a broadcast address")));
         }
+        IpAddr::V6(a) => {
+            if let Some(v4) = embedded_v4(a) {
+                return Err(Error::data(format!(
+                    "{addr} is an IPv4 address written as IPv6, which the kernel never \
+                     routes: write {v4}"
+                )));
+            }
+        }
+        _ => {}
     }
     Ok(())
 }
 
-/// Parse a CIDR (`10.233.0.0/16`); host bits are dropped, as iptables does.
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`) or IPv4-compatible
+/// (`::a.b.c.d`, deprecated) IPv6 address. Neither is routed as IPv6, and iptables
+/// prints the compatible form in dotted notation where Rust prints hex, so neither can
+/// go into a rule.
+fn embedded_v4(a: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = a.segments();
+    let mapped = s[..5] == [0; 5] && s[5] == 0xffff;
+    let compatible = s[..6] == [0; 6] && s[6] != 0;
+    (mapped || compatible).then(|| {
+        let o = a.octets();
+        std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15])
+    })
+}
+
+/// Parse a CIDR (`10.233.0.0/16`); host bits are dropped, as iptables does. A network
+/// of IPv4 addresses written as IPv6 is refused (see `embedded_v4`). `0.0.0.0/0` and
+/// `::/0` are accepted: every source (the rules then carry no `-s`/`-d` at all).
 pub fn parse_cidr(s: &str) -> Result<IpNet> {
     let net: IpNet = s
         .parse()
         .map_err(|_| Error::data(format!("invalid CIDR {s:?} (expected ADDR/PREFIX)")))?;
-    Ok(net.trunc())
+    let net = net.trunc();
+    if let IpNet::V6(n) = net {
+        if n.prefix_len() >= 96 {
+            if let Some(v4) = embedded_v4(&n.addr()) {
+                return Err(Error::data(format!(
+                    "invalid CIDR {s:?}: IPv4 addresses written as IPv6, which the kernel \
+                     never routes: write {v4}/{}",
+                    n.prefix_len() - 96
+                )));
+            }
+        }
+    }
+    Ok(net)
 }
 
 /// A single bit of the packet mark that tags connections from containers between
@@ -541,6 +585,23 @@ mod tests {
         let r = r.unwrap();
         assert_eq!(r.internal_ips[0].to_string(), "10.233.0.0/16");
         assert_eq!(r.mark, 0x100);
+        // iptables wants the wildcard inside IFNAMSIZ too.
+        assert_eq!(
+            req("e", &["abcdefghijklmn+"], &[]).unwrap().internal[0].as_str(),
+            "abcdefghijklmn+"
+        );
+        for long in ["abcdefghijklmno+", "abcdefghijklmno*"] {
+            assert_eq!(req("e", &[long], &[]).unwrap_err().code(), 65, "{long}");
+        }
+        // IPv4 written as IPv6: never routed, and not in iptables' -S form.
+        for bad in ["tcp:80:[::ffff:1.2.3.4]:80", "tcp:80:[::1.2.3.4]:80"] {
+            assert_eq!(bad.parse::<Forward>().unwrap_err().code(), 65, "{bad}");
+        }
+        assert!(parse_addr("::ffff:192.0.2.1").is_err());
+        assert!(parse_cidr("::ffff:10.0.0.0/104").is_err());
+        assert!(parse_cidr("::10.0.0.0/104").is_err());
+        assert!(parse_cidr("::/0").is_ok() && parse_cidr("::/96").is_ok());
+        assert!(parse_addr("::5").is_ok(), "not IPv4: ::5 prints as itself");
         for m in ["0x3", "256", "0x", "0x1ffffffff", "0x0"] {
             assert!(parse_mark(m).is_err(), "{m}");
         }

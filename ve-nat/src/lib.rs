@@ -4,7 +4,9 @@
 pub mod apply;
 pub mod config;
 pub mod firewall;
+pub mod iface;
 mod lock;
+pub mod nft;
 pub mod rules;
 pub mod sysctl;
 
@@ -19,6 +21,8 @@ use crate::{
     firewall::{Backend, Iptables},
     sysctl::Sysctl,
 };
+
+pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,7 +49,7 @@ struct Cli {
 enum Cmd {
     /// Install or update the rules and turn forwarding on (idempotent)
     Up(Want),
-    /// Remove ve-nat's chains and jumps, nothing else (already gone is success)
+    /// Remove ve-nat's chains and jumps from both backends, nothing else (already gone is success)
     Down(BackendArg),
     /// Exit 0 if the installed rules match the request, 1 if not
     Check(Want),
@@ -53,7 +57,7 @@ enum Cmd {
     Status {
         #[command(flatten)]
         backend: BackendArg,
-        /// One JSON document instead of a table
+        /// JSON Lines: one object per chain of ours, instead of a table
         #[arg(long)]
         json: bool,
     },
@@ -68,8 +72,8 @@ struct BackendArg {
 
 #[derive(Debug, Args)]
 struct Want {
-    /// The interface towards the outside network
-    #[arg(long, value_name = "IFACE")]
+    /// The interface towards the outside network; `auto`: the default route's (IPv4, else IPv6)
+    #[arg(long, value_name = "IFACE|auto")]
     external: String,
     /// Container interfaces, iptables wildcard `ve-+` or `ve-*` [default: ve-+]
     #[arg(long, value_name = "IFACE_PATTERN")]
@@ -95,8 +99,17 @@ struct Want {
 
 impl Want {
     fn request(&self) -> Result<Request> {
+        // `auto` is resolved first (a read of /proc/net, which changes nothing), so the
+        // internal patterns are checked against the interface it picks.
+        let external = if self.external == iface::AUTO {
+            let name = iface::pick(&iface::default_routes()?)?;
+            log::info!("--external auto: {name}");
+            name
+        } else {
+            self.external.clone()
+        };
         Request::new(
-            &self.external,
+            &external,
             &self.internal,
             &self.internal_ip,
             &self.external_ip,
@@ -123,6 +136,29 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     }
 }
 
+/// CAP_NET_ADMIN, which every iptables call (listing too) needs.
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Stop at once, with one line, when the firewall cannot be read or changed: without
+/// this, every iptables call would fail on its own and say so.
+fn need_net_admin() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io("reading /proc/self/status", e))?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    match eff {
+        Some(caps) if caps & (1 << CAP_NET_ADMIN) != 0 => Ok(()),
+        Some(_) => Err(Error::new(
+            Exit::NoPerm,
+            "permission denied: reading or changing the firewall needs CAP_NET_ADMIN (run as root)",
+        )),
+        // No capability line (not Linux procfs?): let iptables decide.
+        None => Ok(()),
+    }
+}
+
 /// The firewalls `req` needs, and the IPv6 one to clean when it is not wanted.
 fn open(req: &Request, backend: Option<Backend>) -> Result<(Vec<Iptables>, Option<Iptables>)> {
     let mut fws = vec![Iptables::open(backend, Family::Ipv4)?];
@@ -135,11 +171,79 @@ fn open(req: &Request, backend: Option<Backend>) -> Result<(Vec<Iptables>, Optio
     Ok((fws, other))
 }
 
-/// How long `up` and `down` wait for another ve-nat in the same namespace.
+/// The backend that is not `fw`'s.
+fn other_backend(fw: &Iptables) -> Option<Backend> {
+    match fw.kind.as_str() {
+        "nf_tables" => Some(Backend::Legacy),
+        "legacy" => Some(Backend::Nft),
+        _ => None,
+    }
+}
+
+/// The firewalls of the other backend than `used` (both families) that hold chains of
+/// ours. iptables-legacy is only asked when the kernel has a legacy table in this
+/// namespace already: listing would load the x_tables modules and create empty tables.
+/// iptables-nft lists without creating anything.
+fn others_holding_ours(used: &Iptables) -> Vec<Iptables> {
+    let Some(b) = other_backend(used) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        if b == Backend::Legacy {
+            let names = match family {
+                Family::Ipv4 => "/proc/net/ip_tables_names",
+                Family::Ipv6 => "/proc/net/ip6_tables_names",
+            };
+            let t = std::fs::read_to_string(names).unwrap_or_default();
+            if !t.lines().any(|l| l == rules::NAT || l == rules::FILTER) {
+                continue;
+            }
+        }
+        let fw = match Iptables::open_optional(Some(b), family) {
+            Ok(Some(fw)) => fw,
+            Ok(None) => continue,
+            Err(e) => {
+                log::debug!("{family}: the {b:?} backend: {e}");
+                continue;
+            }
+        };
+        if apply::holds_ours(&fw).unwrap_or_else(|e| {
+            log::debug!("{family}: listing the {} backend: {e}", fw.kind);
+            false
+        }) {
+            out.push(fw);
+        }
+    }
+    out
+}
+
+/// Native nftables forward chains with policy drop that would drop container traffic.
+fn dropping_chains(fws: &[Iptables], families: &[Family]) -> Vec<String> {
+    let nft_backend = fws.first().is_some_and(|f| f.kind == "nf_tables");
+    match nft::ruleset() {
+        Some(rs) => nft::dropping_forward_chains(&rs, families, nft_backend),
+        None => Vec::new(),
+    }
+}
+
+fn drop_text(chain: &str) -> String {
+    format!(
+        "the nftables chain {chain} has policy drop: it drops container traffic whatever \
+         ve-nat accepts (accept the container interfaces there)"
+    )
+}
+
+/// How long `up` and `down` wait for another ve-nat.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
+    need_net_admin()?;
     let (fws, other) = open(req, backend)?;
+    let ext = req.external.as_str();
+    if !iface::exists(ext)? {
+        return Err(Error::no_input(iface::missing(ext)));
+    }
     let _lock = lock::acquire(LOCK_WAIT)?;
     for fw in &fws {
         let want = rules::wanted(req, fw.family);
@@ -155,13 +259,28 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
             joined(apply::down(fw))?;
         }
     }
+    // Both backends' rules apply: ours live in the chosen one only.
+    for fw in others_holding_ours(&fws[0]) {
+        log::warn!(
+            "{}: removing ve-nat's rules from the {} backend (both backends apply; they \
+             now live in {} only)",
+            fw.family,
+            fw.kind,
+            fws[0].kind
+        );
+        let have = apply::installed(&fw).ok();
+        joined(down_one(&fw, have))?;
+    }
     // Forwarding only once the rules are there, so nothing leaves un-NATed.
     let sys = Sysctl::default();
     for fw in &fws {
         if fw.family == Family::Ipv6 {
-            sys.keep_router_advertisements(req.external.as_str())?;
+            sys.keep_router_advertisements(ext)?;
         }
         sys.enable_forwarding(fw.family)?;
+    }
+    for chain in dropping_chains(&fws, &req.families()) {
+        log::warn!("{}", drop_text(&chain));
     }
     Ok(())
 }
@@ -202,22 +321,77 @@ fn joined(errors: Vec<Error>) -> Result<()> {
     ))
 }
 
+/// With iptables-nft, after `down`: delete the tables among `tables` that are left
+/// empty (only built-in chains with policy accept), so the ruleset is as before `up`.
+/// Best effort: a failure is a warning.
+fn remove_empty_tables(fw: &Iptables, tables: &[&str]) {
+    if fw.kind != "nf_tables" {
+        return;
+    }
+    for t in tables {
+        if let Err(e) = nft::remove_if_empty(fw.family, t) {
+            log::warn!("{}: {e}", fw.family);
+        }
+    }
+}
+
+/// The tables that hold anything of ours.
+fn tables_of(have: &[apply::Installed]) -> Vec<&'static str> {
+    let mut t: Vec<&'static str> = have
+        .iter()
+        .filter(|i| i.exists || i.staging_left || !i.jumps.is_empty())
+        .map(|i| i.id.table)
+        .collect();
+    t.dedup();
+    t
+}
+
+/// Remove ours from `fw`, then the tables it leaves empty.
+fn down_one(fw: &Iptables, have: Option<Vec<apply::Installed>>) -> Vec<Error> {
+    let tables = have.as_deref().map(tables_of).unwrap_or_default();
+    let errors = apply::down(fw);
+    if errors.is_empty() {
+        remove_empty_tables(fw, &tables);
+    }
+    errors
+}
+
 fn down(backend: Option<Backend>) -> Result<()> {
+    need_net_admin()?;
     let mut errors = Vec::new();
     let v4 = Iptables::open(backend, Family::Ipv4)?;
     let _lock = lock::acquire(LOCK_WAIT)?;
-    errors.extend(apply::down(&v4));
+    errors.extend(down_one(&v4, apply::installed(&v4).ok()));
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
-        if ours_in_unused(&v6).is_some_and(|have| has_any(&have)) {
-            errors.extend(apply::down(&v6).into_iter().map(|e| e.context("IPv6")));
+        if let Some(have) = ours_in_unused(&v6).filter(|h| has_any(h)) {
+            errors.extend(
+                down_one(&v6, Some(have))
+                    .into_iter()
+                    .map(|e| e.context("IPv6")),
+            );
         }
+    }
+    for fw in others_holding_ours(&v4) {
+        log::info!(
+            "{}: removing ve-nat's rules from the {} backend too",
+            fw.family,
+            fw.kind
+        );
+        let have = apply::installed(&fw).ok();
+        let ctx = format!("{} {}", fw.family, fw.kind);
+        errors.extend(down_one(&fw, have).into_iter().map(|e| e.context(&ctx)));
     }
     joined(errors)
 }
 
 fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
+    need_net_admin()?;
     let (fws, other) = open(req, backend)?;
     let mut diffs = Vec::new();
+    let ext = req.external.as_str();
+    if !iface::exists(ext)? {
+        diffs.push(iface::missing(ext));
+    }
     let sys = Sysctl::default();
     for fw in &fws {
         let want = rules::wanted(req, fw.family);
@@ -232,6 +406,16 @@ fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
         for d in apply::differences(&have, None) {
             diffs.push(format!("IPv6: {d}"));
         }
+    }
+    for fw in others_holding_ours(&fws[0]) {
+        diffs.push(format!(
+            "{}: ve-nat's chains are in the {} backend too, and both backends apply \
+             (`ve-nat up` or `down` removes them)",
+            fw.family, fw.kind
+        ));
+    }
+    for chain in dropping_chains(&fws, &req.families()) {
+        diffs.push(drop_text(&chain));
     }
     if diffs.is_empty() {
         log::info!("installed rules match the request");
@@ -254,26 +438,18 @@ fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
     ))
 }
 
+/// One line of `status --json`: one chain of ours in one family.
 #[derive(Debug, Serialize)]
-struct Status {
-    families: Vec<FamilyStatus>,
-}
-
-#[derive(Debug, Serialize)]
-struct FamilyStatus {
+struct ChainStatus {
     family: Family,
     backend: String,
     forwarding: Option<bool>,
-    chains: Vec<ChainStatus>,
-}
-
-#[derive(Debug, Serialize)]
-struct ChainStatus {
     table: &'static str,
     chain: &'static str,
     hook: &'static str,
     installed: bool,
     jumps: usize,
+    staging_left: bool,
     rules: Vec<RuleStatus>,
 }
 
@@ -284,15 +460,20 @@ struct RuleStatus {
     bytes: u64,
 }
 
-fn family_status(fw: &Iptables) -> Result<FamilyStatus> {
-    let chains = apply::installed(fw)?
+fn family_status(fw: &Iptables) -> Result<Vec<ChainStatus>> {
+    let forwarding = Sysctl::default().forwarding(fw.family)?;
+    Ok(apply::installed(fw)?
         .into_iter()
         .map(|i| ChainStatus {
+            family: fw.family,
+            backend: fw.kind.clone(),
+            forwarding,
             table: i.id.table,
             chain: i.id.chain,
             hook: i.id.hook,
             installed: i.exists,
             jumps: i.jumps.len(),
+            staging_left: i.staging_left,
             rules: i
                 .rules
                 .into_iter()
@@ -303,64 +484,60 @@ fn family_status(fw: &Iptables) -> Result<FamilyStatus> {
                 })
                 .collect(),
         })
-        .collect();
-    Ok(FamilyStatus {
-        family: fw.family,
-        backend: fw.kind.clone(),
-        forwarding: Sysctl::default().forwarding(fw.family)?,
-        chains,
-    })
+        .collect())
 }
 
 fn status(backend: Option<Backend>, json: bool) -> Result<()> {
-    let mut families = vec![family_status(&Iptables::open(backend, Family::Ipv4)?)?];
+    need_net_admin()?;
+    let mut chains = family_status(&Iptables::open(backend, Family::Ipv4)?)?;
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
         match family_status(&v6) {
-            Ok(st) => families.push(st),
+            Ok(st) => chains.extend(st),
             Err(e) => log::warn!("IPv6: cannot list rules: {e}"),
         }
     }
-    let st = Status { families };
     if json {
-        return output::print(&output::json_line(&st)?);
+        let mut text = String::new();
+        for c in &chains {
+            text.push_str(&output::json_line(c)?);
+        }
+        return output::print(&text);
     }
     let mut rows = Vec::new();
-    for f in &st.families {
-        let fam = match f.family {
+    for c in &chains {
+        let fam = match c.family {
             Family::Ipv4 => "ipv4",
             Family::Ipv6 => "ipv6",
         };
-        let fwd = match f.forwarding {
+        let fwd = match c.forwarding {
             Some(true) => "on",
             Some(false) => "off",
             None => "n/a",
         };
-        for c in &f.chains {
-            let head = |rule: String, p: String, b: String| {
-                vec![
-                    fam.to_string(),
-                    f.backend.clone(),
-                    fwd.to_string(),
-                    c.table.to_string(),
-                    c.chain.to_string(),
-                    format!("{}x", c.jumps),
-                    p,
-                    b,
-                    rule,
-                ]
-            };
-            if !c.installed {
-                rows.push(head("(not installed)".into(), String::new(), String::new()));
-            } else if c.rules.is_empty() {
-                rows.push(head("(empty)".into(), String::new(), String::new()));
-            }
-            for r in &c.rules {
-                rows.push(head(
-                    r.rule.clone(),
-                    r.packets.to_string(),
-                    r.bytes.to_string(),
-                ));
-            }
+        let head = |rule: String, p: String, b: String| {
+            vec![
+                fam.to_string(),
+                c.backend.clone(),
+                fwd.to_string(),
+                c.table.to_string(),
+                c.chain.to_string(),
+                format!("{}x", c.jumps),
+                p,
+                b,
+                rule,
+            ]
+        };
+        if !c.installed {
+            rows.push(head("(not installed)".into(), String::new(), String::new()));
+        } else if c.rules.is_empty() {
+            rows.push(head("(empty)".into(), String::new(), String::new()));
+        }
+        for r in &c.rules {
+            rows.push(head(
+                r.rule.clone(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ));
         }
     }
     output::print(&output::table(

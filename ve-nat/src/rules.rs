@@ -74,7 +74,9 @@ pub fn jump(chain: &str) -> String {
 /// What `req` wants in each chain of `family`, in `CHAINS` order.
 pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
     let mark = format!("0x{:x}/0x{:x}", req.mark, req.mark);
-    let nets: Vec<String> = req
+    // `-s NET ` / `-d NET ` prefixes; a /0 network matches every address, and
+    // iptables prints no match for it at all, so neither do we.
+    let nets: Vec<(String, String)> = req
         .internal_ips
         .iter()
         .filter(|n| {
@@ -83,7 +85,13 @@ pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
                 (ipnet::IpNet::V4(_), Family::Ipv4) | (ipnet::IpNet::V6(_), Family::Ipv6)
             )
         })
-        .map(|n| n.to_string())
+        .map(|n| {
+            if n.prefix_len() == 0 {
+                (String::new(), String::new())
+            } else {
+                (format!("-s {n} "), format!("-d {n} "))
+            }
+        })
         .collect();
     let fwds: Vec<&Forward> = req
         .forwards
@@ -100,8 +108,8 @@ pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
     for p in &req.internal {
         pre.push(format!("-i {} -j MARK --set-xmark {mark}", p.as_str()));
     }
-    for n in &nets {
-        pre.push(format!("-s {n} -j MARK --set-xmark {mark}"));
+    for (src, _) in &nets {
+        pre.push(format!("{src}-j MARK --set-xmark {mark}"));
     }
     for f in &fwds {
         pre.push(dnat(f, None));
@@ -137,10 +145,10 @@ pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
             p.as_str()
         ));
     }
-    for n in &nets {
-        fwd.push(format!("-s {n} -o {ext} -j ACCEPT"));
+    for (src, dst) in &nets {
+        fwd.push(format!("{src}-o {ext} -j ACCEPT"));
         fwd.push(format!(
-            "-d {n} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            "{dst}-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
         ));
     }
     for f in &fwds {
@@ -308,6 +316,18 @@ mod tests {
             for rule in &c.rules {
                 assert!(is_safe(rule), "{rule}");
             }
+        }
+    }
+
+    #[test]
+    fn every_source_network_has_no_match() {
+        let w = wanted(&req(&[], true, &[], &["0.0.0.0/0", "::/0"]), Family::Ipv6);
+        let pre = &w.iter().find(|c| c.id == PRE).unwrap().rules;
+        assert_eq!(pre[1], "-j MARK --set-xmark 0x2000/0x2000");
+        let fwd = &w.iter().find(|c| c.id == FWD).unwrap().rules;
+        assert!(fwd.contains(&"-o up0 -j ACCEPT".to_string()), "{fwd:?}");
+        for c in &w {
+            assert!(c.rules.iter().all(|r| is_safe(r) && !r.contains("/0 ")));
         }
     }
 

@@ -6,7 +6,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
-    process::Output,
+    process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::testing::{privileged, Netns, Sandbox};
+use common::testing::{privileged, Netns, Sandbox, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
 
@@ -184,6 +184,8 @@ fn seen(ns: &Netns, addr: &str) -> String {
 
 struct Topo {
     sb: Sandbox,
+    /// Holds ve-nat's lock directory (see `lock_dir`).
+    lockdir: TempDir,
     host: Netns,
     out: Netns,
     ctrs: Vec<Netns>,
@@ -206,6 +208,7 @@ impl Topo {
         }
         let mut t = Topo {
             sb,
+            lockdir: TempDir::new("ve-nat-lock"),
             host,
             out,
             ctrs: Vec::new(),
@@ -271,15 +274,30 @@ impl Topo {
         ctr
     }
 
+    /// VE_NAT_LOCK_DIR: a directory ve-nat creates itself (so its mode does not
+    /// depend on the test's umask), never the machine's /run/ve-nat.
+    fn lock_dir(&self) -> std::path::PathBuf {
+        self.lockdir.path().join("ve-nat")
+    }
+
+    /// `ve-nat ARGS --backend B` in the host namespace, not run yet.
+    fn nat_cmd(&self, args: &[&str]) -> Command {
+        self.nat_cmd_with(self.backend, args)
+    }
+
+    /// `ve-nat ARGS --backend BACKEND` in the host namespace, not run yet.
+    fn nat_cmd_with(&self, backend: &str, args: &[&str]) -> Command {
+        let mut c = self.host.command(BIN);
+        c.args(args)
+            .args(["--backend", backend])
+            .env("VE_NAT_LOCK_DIR", self.lock_dir())
+            .env_remove("RUST_LOG");
+        c
+    }
+
     /// `ve-nat ARGS --backend B` in the host namespace.
     fn nat(&self, args: &[&str]) -> Output {
-        let out = self
-            .host
-            .command(BIN)
-            .args(args)
-            .args(["--backend", self.backend])
-            .output()
-            .expect("running ve-nat");
+        let out = self.nat_cmd(args).output().expect("running ve-nat");
         eprintln!(
             "ve-nat {args:?}: {} {}",
             out.status,
@@ -313,9 +331,14 @@ impl Topo {
     /// tables sorted by name, and without tables that hold nothing (the legacy
     /// backend shows a table once anyone has looked at it: not a rule change).
     fn save(&self) -> String {
+        self.save_of(self.backend)
+    }
+
+    /// The same for `backend`.
+    fn save_of(&self, backend: &str) -> String {
         let mut all = String::new();
         for fam in ["iptables", "ip6tables"] {
-            let bin = format!("{fam}-{}-save", self.backend);
+            let bin = format!("{fam}-{backend}-save");
             let out = self.host.command(&bin).output().unwrap();
             assert!(out.status.success(), "{bin}");
             let mut tables: Vec<String> = Vec::new();
@@ -397,6 +420,13 @@ both_backends!(
     replace_without_gap,
     concurrent_ups,
     injection_rejected,
+    external_interface,
+    unprivileged,
+    lock_not_taken_by_others,
+    crash_recovery_random_kills,
+    every_source_canonical,
+    mixed_backends,
+    nft_forward_drop_policy,
 );
 
 fn masquerade(b: &'static str) {
@@ -419,16 +449,23 @@ fn masquerade(b: &'static str) {
     assert_eq!(t.save(), rules, "adding a container changed rules");
     assert_eq!(seen(&c2, "192.0.2.2:7777"), "192.0.2.1");
 
-    let st: serde_json::Value = serde_json::from_str(&t.nat_ok(&["status", "--json"])).unwrap();
-    let v4 = &st["families"][0];
-    assert_eq!(v4["family"], "ipv4");
-    assert_eq!(v4["forwarding"], true);
-    let post = v4["chains"]
-        .as_array()
-        .unwrap()
+    // JSON Lines: one object per chain and family.
+    let lines: Vec<serde_json::Value> = t
+        .nat_ok(&["status", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(lines.len() >= 4, "{lines:?}");
+    assert!(lines
         .iter()
-        .find(|c| c["chain"] == "ve-nat-post")
+        .all(|l| l.is_object() && l["chain"].is_string()));
+    let post = lines
+        .iter()
+        .find(|c| c["chain"] == "ve-nat-post" && c["family"] == "ipv4")
         .unwrap();
+    assert_eq!(post["forwarding"], true);
+    assert_eq!(post["table"], "nat");
+    assert_eq!(post["installed"], true);
     assert_eq!(post["jumps"], 1);
     let masq = &post["rules"][0];
     assert!(masq["rule"].as_str().unwrap().ends_with("-j MASQUERADE"));
@@ -506,6 +543,15 @@ fn forward_policy_drop(b: &'static str) {
     ]);
     assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
     assert_eq!(seen(&t.out, "192.0.2.1:8080"), "192.0.2.2");
+    // iptables' own FORWARD policy is handled by ve-nat's accept rules: not flagged.
+    let c = [
+        "check",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:8080:10.233.1.2:80",
+    ];
+    assert_eq!(code(&t.nat(&c)), 0);
     // Only ours went: the policy stays DROP after down.
     t.nat_ok(&["down"]);
     assert!(t.save().contains(":FORWARD DROP"));
@@ -745,11 +791,8 @@ fn concurrent_ups(b: &'static str) {
     ];
     let children: Vec<_> = (0..6)
         .map(|i| {
-            t.host
-                .command(BIN)
-                .args(if i % 2 == 0 { a } else { bb })
-                .args(["--backend", b])
-                .stderr(std::process::Stdio::piped())
+            t.nat_cmd(if i % 2 == 0 { a } else { bb })
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
@@ -834,6 +877,25 @@ fn injection_rejected(b: &'static str) {
             "tcp:8080:[fd00::1]:80",
         ],
         &["up", "--external", "up0", "--mark", "0x2000 -j DROP"],
+        // 16 bytes with the wildcard: iptables itself would refuse it mid-way.
+        &["up", "--external", "up0", "--internal", "abcdefghijklmno+"],
+        // IPv4 written as IPv6: never routed, and not in iptables' -S form.
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--ipv6",
+            "--forward",
+            "tcp:80:[::ffff:10.233.1.2]:80",
+        ],
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--ipv6",
+            "--forward",
+            "tcp:80:[::10.233.1.2]:80",
+        ],
         &["check", "--external", "up0 -j DROP"],
     ];
     for args in bad {
@@ -862,4 +924,529 @@ fn injection_rejected(b: &'static str) {
         .unwrap();
     assert_eq!(code(&out), 69, "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(t.save(), before);
+}
+
+/// The backend that is not `b`.
+fn other(b: &str) -> &'static str {
+    if b == "nft" {
+        "legacy"
+    } else {
+        "nft"
+    }
+}
+
+/// The one stderr line of a failed run, `ve-nat: error: ...`.
+fn one_error_line(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("ve-nat: error: "), "{err}");
+    err
+}
+
+const NOBODY: [&str; 3] = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+
+fn external_interface(b: &'static str) {
+    if !gate("external_interface", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    t.forwarding_on();
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+    t.host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    let before = t.save();
+
+    // A name that is not there: refused, naming the default route's interface.
+    let o = t.nat(&["up", "--external", "eth0"]);
+    assert_eq!(code(&o), 66);
+    let err = one_error_line(&o);
+    assert!(
+        err.contains("--external eth0") && err.contains("default route is on up0"),
+        "{err}"
+    );
+    assert_eq!(t.save(), before, "a refused up changed rules");
+
+    // auto: the default route's interface.
+    t.nat_ok(&["up", "--external", "auto"]);
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+    assert_eq!(code(&t.nat(&["check", "--external", "auto"])), 0);
+    assert_eq!(code(&t.nat(&["check", "--external", "up0"])), 0);
+
+    // An external interface that goes away after up: check says so.
+    t.host.ip(&[
+        "link", "add", "eth5", "type", "veth", "peer", "name", "eth6",
+    ]);
+    t.nat_ok(&["up", "--external", "eth5"]);
+    assert_eq!(code(&t.nat(&["check", "--external", "eth5"])), 0);
+    t.host.ip(&["link", "del", "eth5"]);
+    let o = t.nat(&["check", "--external", "eth5"]);
+    assert_eq!(code(&o), 1);
+    assert!(one_error_line(&o).contains("eth5"));
+
+    // No default route: auto is refused; an IPv6 one is taken when there is no IPv4 one.
+    t.host.ip(&["route", "del", "default"]);
+    let before = t.save();
+    let o = t.nat(&["up", "--external", "auto"]);
+    assert_eq!(code(&o), 66);
+    assert!(one_error_line(&o).contains("no default route"));
+    assert_eq!(t.save(), before);
+    t.host
+        .ip(&["addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"]);
+    t.host.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8::2",
+        "dev",
+        "up0",
+    ]);
+    t.nat_ok(&["up", "--external", "auto"]);
+    assert_eq!(code(&t.nat(&["check", "--external", "up0"])), 0);
+}
+
+fn unprivileged(b: &'static str) {
+    if !gate("unprivileged", b) || !privileged("unprivileged", &["setpriv"]) {
+        return;
+    }
+    let t = Topo::new(b, 0, false);
+    t.nat_ok(&["up", "--external", "up0"]);
+    let before = t.save();
+    for args in [
+        &["up", "--external", "up0"][..],
+        &["down"],
+        &["check", "--external", "up0"],
+        &["status"],
+        &["status", "--json"],
+    ] {
+        let o = t
+            .host
+            .command("setpriv")
+            .args(NOBODY)
+            .arg(BIN)
+            .args(args)
+            .args(["--backend", b])
+            .env("VE_NAT_LOCK_DIR", t.lock_dir())
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 77, "{args:?}");
+        let err = one_error_line(&o);
+        assert!(err.contains("permission denied"), "{err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+    assert_eq!(t.save(), before);
+}
+
+fn lock_not_taken_by_others(b: &'static str) {
+    if !gate("lock_not_taken_by_others", b)
+        || !privileged("lock_not_taken_by_others", &["setpriv", "perl", "flock"])
+    {
+        return;
+    }
+    let t = Topo::new(b, 0, false);
+    // The lock of earlier versions, an abstract socket any user could bind, held by
+    // nobody.
+    let perl = r#"use Socket; socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+        bind($s, pack_sockaddr_un("\0ve-nat/rules-lock")) or die "bind: $!";
+        listen($s, 1) or die "listen: $!"; $| = 1; print "bound\n"; sleep 60"#;
+    let mut squatter = t
+        .host
+        .command("setpriv")
+        .args(NOBODY)
+        .args(["perl", "-e", perl])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 6];
+    squatter
+        .stdout
+        .take()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    assert_eq!(&line, b"bound\n");
+
+    let start = std::time::Instant::now();
+    t.nat_ok(&["up", "--external", "up0"]);
+    // The lock file: root's, and nobody cannot even open it.
+    let lock = t.lock_dir().join("lock");
+    let md = std::fs::metadata(&lock).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((md.uid(), md.mode() & 0o077), (0, 0), "{:o}", md.mode());
+    let o = t
+        .host
+        .command("setpriv")
+        .args(NOBODY)
+        .arg("flock")
+        .arg("-n")
+        .arg(&lock)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "nobody took the lock");
+    t.nat_ok(&[
+        "up",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:80:10.233.1.2:80",
+    ]);
+    t.nat_ok(&["down"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+
+    // A lock directory others could write (planted files, symlinks): refused.
+    let open = t.lockdir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = t
+        .nat_cmd(&["up", "--external", "up0"])
+        .env("VE_NAT_LOCK_DIR", &open)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 78);
+    assert!(one_error_line(&o).contains("lock directory"));
+    assert!(!open.join("lock").exists());
+
+    // The lock is real: root's holder makes up wait.
+    let mut holder = t
+        .host
+        .command("flock")
+        .arg(&lock)
+        .args(["sleep", "1.5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    t.nat_ok(&["up", "--external", "up0"]);
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "up did not wait for the lock: {:?}",
+        start.elapsed()
+    );
+    holder.wait().unwrap();
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+}
+
+/// `*-save` text as (table, chain) -> rules, built-in and user chains alike.
+fn parse_save(text: &str) -> std::collections::HashMap<(String, String), Vec<String>> {
+    let mut out = std::collections::HashMap::new();
+    let mut table = String::new();
+    for l in text.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            table = t.to_string();
+        } else if let Some(c) = l.strip_prefix(':') {
+            let name = c.split(' ').next().unwrap_or("").to_string();
+            out.entry((table.clone(), name)).or_insert_with(Vec::new);
+        } else if let Some(r) = l.strip_prefix("-A ") {
+            let (chain, rule) = r.split_once(' ').unwrap_or((r, ""));
+            out.entry((table.clone(), chain.to_string()))
+                .or_insert_with(Vec::new)
+                .push(rule.to_string());
+        }
+    }
+    out
+}
+
+/// ve-nat's chains and the built-in chains that jump to them.
+const HOOKS: [(&str, &str, &str); 4] = [
+    ("filter", "FORWARD", "ve-nat-fwd"),
+    ("nat", "PREROUTING", "ve-nat-pre"),
+    ("nat", "OUTPUT", "ve-nat-out"),
+    ("nat", "POSTROUTING", "ve-nat-post"),
+];
+
+/// Every hook jumps to at least one chain of ours, and every chain it jumps to holds
+/// one of the complete sets `complete[chain]`.
+fn complete_sets_jumped(
+    text: &str,
+    complete: &std::collections::HashMap<&str, Vec<Vec<String>>>,
+) -> Result<(), String> {
+    let rules = parse_save(text);
+    for (table, hook, ours) in HOOKS {
+        let key = (table.to_string(), hook.to_string());
+        let targets: Vec<&str> = rules
+            .get(&key)
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.strip_prefix("-j "))
+            .filter(|c| c.starts_with(ours))
+            .collect();
+        if targets.is_empty() {
+            return Err(format!("{hook} jumps to no {ours}"));
+        }
+        for c in targets {
+            let got = &rules[&(table.to_string(), c.to_string())];
+            if !complete[ours].contains(got) {
+                return Err(format!("{hook} jumps to {c}, which holds {got:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn crash_recovery_random_kills(b: &'static str) {
+    if !gate("crash_recovery_random_kills", b) {
+        return;
+    }
+    let t = Topo::new(b, 0, false);
+    let reqs: [&[&str]; 3] = [
+        &["up", "--external", "up0"],
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--forward",
+            "tcp:8080:10.233.1.2:80",
+            "--internal-ip",
+            "10.99.0.0/16",
+        ],
+        &[
+            "up",
+            "--external",
+            "up0",
+            "--forward",
+            "udp:5353:10.233.1.3:53",
+            "--forward",
+            "tcp:9000-9001:10.233.1.2:9000-9001",
+            "--internal",
+            "vb-+",
+        ],
+    ];
+    let save_bin = format!("iptables-{b}-save");
+    let raw = |host: &Netns| -> String {
+        let o = host.command(&save_bin).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // The complete contents of each chain under each request, as iptables prints them,
+    // and how long a changing up takes.
+    let mut complete: std::collections::HashMap<&str, Vec<Vec<String>>> =
+        std::collections::HashMap::new();
+    let mut first_state = String::new();
+    let mut took = Duration::ZERO;
+    for (i, r) in reqs.iter().enumerate() {
+        let start = std::time::Instant::now();
+        t.nat_ok(r);
+        took = took.max(start.elapsed());
+        let rules = parse_save(&raw(&t.host));
+        for (table, _, ours) in HOOKS {
+            complete
+                .entry(ours)
+                .or_default()
+                .push(rules[&(table.to_string(), ours.to_string())].clone());
+        }
+        if i == 0 {
+            first_state = t.save();
+        }
+    }
+
+    // A sampler snapshots the rules without pause while ups are killed at random.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, host, bin, sets) = (
+        stop.clone(),
+        t.host.clone(),
+        save_bin.clone(),
+        complete.clone(),
+    );
+    let sampler = std::thread::spawn(move || {
+        let (mut n, mut bad) = (0, Vec::new());
+        while !flag.load(Ordering::Relaxed) {
+            let o = host.command(&bin).output().unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            n += 1;
+            if let Err(e) = complete_sets_jumped(&text, &sets) {
+                bad.push(format!("{e}\n{text}"));
+            }
+        }
+        (n, bad)
+    });
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}, a changing up takes {took:?}");
+    let budget = std::time::Instant::now();
+    let mut kills = 0;
+    for i in 0..40 {
+        // xorshift64: enough randomness for kill moments.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = Duration::from_micros(seed % (took.as_micros() as u64).max(1));
+        let mut child = t
+            .nat_cmd(reqs[i % 3])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let st = child.wait().unwrap();
+        if st.code().is_none() {
+            kills += 1;
+        }
+        if budget.elapsed() > Duration::from_secs(25) {
+            eprintln!("stopping after {} ups: time budget", i + 1);
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (n, bad) = sampler.join().unwrap();
+    eprintln!("{kills} ups killed, {n} snapshots");
+    assert!(kills >= 5, "only {kills} ups were killed mid-way");
+    assert!(n >= 20, "only {n} snapshots");
+    assert!(
+        bad.is_empty(),
+        "{} of {n} snapshots without a complete set; first: {}",
+        bad.len(),
+        bad[0]
+    );
+    // The next up finishes the job: exactly the wanted state, no staging chain.
+    t.nat_ok(reqs[0]);
+    let end = t.save();
+    assert!(!end.contains("-new"), "{end}");
+    assert_eq!(end, first_state);
+    let mut c = reqs[0].to_vec();
+    c[0] = "check";
+    assert_eq!(code(&t.nat(&c)), 0);
+}
+
+fn every_source_canonical(b: &'static str) {
+    if !gate("every_source_canonical", b) {
+        return;
+    }
+    let t = Topo::new(b, 0, true);
+    let a = [
+        "--external",
+        "up0",
+        "--ipv6",
+        "--internal-ip",
+        "0.0.0.0/0",
+        "--internal-ip",
+        "::/0",
+    ];
+    t.nat_ok(&[&["up"][..], &a].concat());
+    let once = t.save();
+    let o = t.nat(&[&["up", "-v"][..], &a].concat());
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("replacing"), "the second up rebuilt: {err}");
+    assert_eq!(t.save(), once);
+    assert_eq!(code(&t.nat(&[&["check"][..], &a].concat())), 0);
+}
+
+fn mixed_backends(b: &'static str) {
+    if !gate("mixed_backends", b) || !gate("mixed_backends", other(b)) {
+        return;
+    }
+    let t = Topo::new(b, 0, false);
+    let o = other(b);
+    let (before, before_o) = (t.save(), t.save_of(o));
+    let on = |backend: &str, args: &[&str]| -> Output {
+        let out = t.nat_cmd_with(backend, args).output().unwrap();
+        eprintln!(
+            "ve-nat {args:?} --backend {backend}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        out
+    };
+    let up = ["up", "--external", "up0"];
+    let check = ["check", "--external", "up0"];
+
+    // down with the other backend still removes ours.
+    t.nat_ok(&up);
+    assert!(on(o, &["down"]).status.success());
+    assert_eq!(t.save(), before, "down --backend {o} left the {b} rules");
+
+    // up in one backend, then in the other: they move, with a warning.
+    t.nat_ok(&up);
+    let out = on(o, &up);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removing ve-nat's rules from the"), "{err}");
+    assert_eq!(t.save(), before, "ve-nat's rules left in {b}");
+    assert!(t.save_of(o).contains("ve-nat-post"));
+    assert_eq!(code(&on(o, &check)), 0);
+
+    // A chain of ours left in the other backend (by hand, an old version): flagged.
+    t.ipt(false, &["-t", "nat", "-N", "ve-nat-pre"]);
+    let out = on(o, &check);
+    assert_eq!(code(&out), 1);
+    let kind = if b == "nft" { "nf_tables" } else { "legacy" };
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("{kind} backend")),
+        "not flagged"
+    );
+    // down removes ours from both.
+    t.nat_ok(&["down"]);
+    assert_eq!(t.save(), before);
+    assert_eq!(t.save_of(o), before_o);
+}
+
+fn nft_forward_drop_policy(b: &'static str) {
+    if !gate("nft_forward_drop_policy", b) || !privileged("nft_forward_drop_policy", &["nft"]) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    t.forwarding_on();
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+    t.host.sh(
+        "nft add table inet filter && nft add chain inet filter forward \
+         '{ type filter hook forward priority 0; policy drop; }'",
+    );
+    let o = t.nat(&["up", "--external", "up0"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning") && err.contains("inet filter forward"),
+        "{err}"
+    );
+    // It really cuts the container off.
+    assert!(
+        blocked(&t.ctrs[0], "192.0.2.2:7777"),
+        "drop policy let through"
+    );
+    let o = t.nat(&["check", "--external", "up0"]);
+    assert_eq!(code(&o), 1);
+    assert!(one_error_line(&o).contains("inet filter forward"));
+    t.host.sh("nft delete table inet filter");
+    assert_eq!(code(&t.nat(&["check", "--external", "up0"])), 0);
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+}
+
+#[test]
+fn down_removes_the_tables_it_emptied() {
+    if !gate("down_removes_the_tables_it_emptied", "nft")
+        || !privileged("down_removes_the_tables_it_emptied", &["nft"])
+    {
+        return;
+    }
+    let t = Topo::new("nft", 1, true);
+    let ruleset = || t.host.sh("nft list ruleset");
+    let a = [
+        "--external",
+        "up0",
+        "--ipv6",
+        "--forward",
+        "tcp:80:10.233.1.2:80",
+    ];
+    let before = ruleset();
+    t.nat_ok(&[&["up"][..], &a].concat());
+    assert_ne!(ruleset(), before);
+    t.nat_ok(&["down"]);
+    assert_eq!(ruleset(), before, "down left tables behind");
+    // A table that holds someone else's rule stays, with it.
+    t.ipt(false, &["-A", "FORWARD", "-i", "foo", "-j", "DROP"]);
+    let before = ruleset();
+    t.nat_ok(&[&["up"][..], &a].concat());
+    t.nat_ok(&["down"]);
+    assert_eq!(ruleset(), before);
 }

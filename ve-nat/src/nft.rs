@@ -1,0 +1,197 @@
+//! What the native nftables ruleset does to ve-nat's traffic, through the `nft` binary:
+//! a forward chain with policy drop in a table of someone else's (firewalld, a
+//! hand-written `inet filter`) drops container traffic whatever ve-nat's iptables rules
+//! accept, because a packet must pass every base chain on a hook. And after `down` with
+//! iptables-nft, the `nat`/`filter` tables iptables-nft made for ve-nat and that are now
+//! empty. Reading is `nft -j list ruleset`; without `nft` installed both are skipped.
+
+use std::process::{Command, Stdio};
+
+use common::{Error, Result};
+use serde_json::Value;
+
+use crate::config::Family;
+
+/// The ruleset as `nft -j list ruleset` prints it, or `None` (with a debug note) when
+/// `nft` is not installed or cannot list.
+pub fn ruleset() -> Option<Vec<Value>> {
+    let out = match Command::new("nft")
+        .args(["-j", "list", "ruleset"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            log::debug!("nft: {e}: not looking at the nftables ruleset");
+            return None;
+        }
+    };
+    if !out.status.success() {
+        log::debug!(
+            "nft -j list ruleset failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    // An empty ruleset prints nothing at all in some versions.
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Some(Vec::new());
+    }
+    match serde_json::from_slice::<Value>(&out.stdout) {
+        Ok(v) => Some(v["nftables"].as_array().cloned().unwrap_or_default()),
+        Err(e) => {
+            log::debug!("nft -j list ruleset: {e}");
+            None
+        }
+    }
+}
+
+fn nft_family(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ip",
+        Family::Ipv6 => "ip6",
+    }
+}
+
+/// Forward base chains with policy drop that see the traffic of `families`, as
+/// `FAMILY TABLE CHAIN`. With the nft backend, iptables-nft's own `filter FORWARD` is
+/// left out: ve-nat's accept rules are in it.
+pub fn dropping_forward_chains(
+    ruleset: &[Value],
+    families: &[Family],
+    nft_backend: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for item in ruleset {
+        let Some(c) = item.get("chain") else {
+            continue;
+        };
+        let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+        if s("hook") != "forward" || s("policy") != "drop" {
+            continue;
+        }
+        let fam = s("family");
+        let ours = |f: Family| fam == nft_family(f) || fam == "inet";
+        if !families.iter().any(|f| ours(*f)) {
+            continue;
+        }
+        if nft_backend && fam != "inet" && s("table") == "filter" && s("name") == "FORWARD" {
+            continue;
+        }
+        out.push(format!("{fam} {} {}", s("table"), s("name")));
+    }
+    out
+}
+
+/// The built-in chains iptables-nft creates in its tables.
+fn builtin(table: &str) -> &'static [&'static str] {
+    match table {
+        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
+        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        _ => &[],
+    }
+}
+
+/// Whether table `family name` exists and holds nothing but built-in chains with policy
+/// accept: no rule, no other chain, no set or other object.
+fn empty_table(ruleset: &[Value], family: &str, name: &str) -> bool {
+    let mut seen = false;
+    for item in ruleset {
+        let Some((kind, v)) = item.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+        if s("family") != family {
+            continue;
+        }
+        match kind.as_str() {
+            "table" if s("name") == name => seen = true,
+            "chain" if s("table") == name => {
+                let base = v.get("hook").is_some();
+                if !base || !builtin(name).contains(&s("name")) || s("policy") != "accept" {
+                    return false;
+                }
+            }
+            "metainfo" | "table" | "chain" => {}
+            _ if s("table") == name => return false,
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Delete `table` of `family` if it is empty (see `empty_table`). The ruleset is read
+/// right before: the window in which another program could add a rule to the empty
+/// table is the time between two `nft` calls.
+pub fn remove_if_empty(family: Family, table: &str) -> Result<bool> {
+    let Some(rs) = ruleset() else {
+        return Ok(false);
+    };
+    let fam = nft_family(family);
+    if !empty_table(&rs, fam, table) {
+        return Ok(false);
+    }
+    let out = Command::new("nft")
+        .args(["delete", "table", fam, table])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::unavailable(format!("running nft: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            common::Exit::OsErr,
+            format!(
+                "nft delete table {fam} {table}: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ),
+        ));
+    }
+    log::info!("removed the empty table {fam} {table}");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(text: &str) -> Vec<Value> {
+        serde_json::from_str::<Value>(text).unwrap()["nftables"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn drop_policies_and_empty_tables() {
+        let r = rs(r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "nat", "handle": 1}},
+            {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING", "handle": 2, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+            {"table": {"family": "ip", "name": "filter", "handle": 3}},
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 4, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 5, "expr": []}},
+            {"table": {"family": "inet", "name": "filter", "handle": 6}},
+            {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 7, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"table": {"family": "ip6", "name": "fw", "handle": 8}},
+            {"chain": {"family": "ip6", "table": "fw", "name": "fwd", "handle": 9, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}
+        ]}"#);
+        assert_eq!(
+            dropping_forward_chains(&r, &[Family::Ipv4], true),
+            ["inet filter forward"]
+        );
+        assert_eq!(
+            dropping_forward_chains(&r, &[Family::Ipv4, Family::Ipv6], false),
+            ["ip filter FORWARD", "inet filter forward", "ip6 fw fwd"]
+        );
+        assert!(empty_table(&r, "ip", "nat"));
+        assert!(!empty_table(&r, "ip", "filter"), "a rule and a drop policy");
+        assert!(!empty_table(&r, "ip6", "nat"), "not there");
+        let set = rs(r#"{"nftables": [{"table": {"family": "ip", "name": "nat"}},
+            {"set": {"family": "ip", "table": "nat", "name": "s"}}]}"#);
+        assert!(!empty_table(&set, "ip", "nat"));
+        let other = rs(r#"{"nftables": [{"table": {"family": "ip", "name": "nat"}},
+            {"chain": {"family": "ip", "table": "nat", "name": "mine"}}]}"#);
+        assert!(!empty_table(&other, "ip", "nat"));
+    }
+}
