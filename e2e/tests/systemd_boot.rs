@@ -15,22 +15,23 @@ use support::{boot, env_value, script};
 const TOOLS: [&str; 4] = ["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"];
 const UNITS: [&str; 3] = ["nm-unmanage.service", "ve-nat.service", "ve-net@.service"];
 
-/// The booted host's uplink: a dummy interface holding the default route, so that
-/// `ve-nat up --external auto` has an interface to find. No packet leaves it: the
-/// namespace is the container's own and a dummy link drops what it is given.
+/// The booted host's uplink: an interface holding the default route, so that
+/// `ve-nat up --external auto` has one to find. A bridge without ports (the kernel
+/// here has no dummy driver): no packet leaves it, and the namespace is the
+/// container's own anyway.
 const UPLINK_UNIT: &str = "\
 [Unit]
-Description=Test uplink: a dummy interface with the default route
+Description=Test uplink: an interface with the default route
 Wants=network-pre.target
 Before=network-pre.target
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/usr/bin/ip link add up0 type dummy
+ExecStart=/usr/bin/ip link add up0 type bridge
 ExecStart=/usr/bin/ip addr add 192.0.2.1/24 dev up0
 ExecStart=/usr/bin/ip link set up0 up
-ExecStart=/usr/bin/ip route add default via 192.0.2.2 dev up0
+ExecStart=/usr/bin/ip route add default via 192.0.2.2 dev up0 onlink
 
 [Install]
 WantedBy=multi-user.target
@@ -160,8 +161,10 @@ fn the_units_run_under_systemd_on_a_booted_host() {
             "ve-nat started before {before}: {units:?}"
         );
     }
+    // nm-unmanage --watch's runtime drop-in, the only one so far.
     let drop_in = host.sh("grep -l unmanaged-devices /run/NetworkManager/conf.d/*.conf");
-    assert!(!drop_in.trim().is_empty(), "no runtime drop-in");
+    let drop_in = drop_in.trim().to_string();
+    assert!(!drop_in.is_empty(), "no runtime drop-in");
     host.sh("ve-nat check --external auto");
 
     // ve-net@web plumbs a namespace; NetworkManager (no udev in a container: it would
@@ -231,9 +234,6 @@ fn the_units_run_under_systemd_on_a_booted_host() {
         !rules.contains("ve-nat"),
         "ve-nat rules after stop:\n{rules}"
     );
-    let o = host.sh_output("grep -l unmanaged-devices /run/NetworkManager/conf.d/*.conf");
-    assert!(
-        !o.status.success(),
-        "the runtime drop-in outlived nm-unmanage"
-    );
+    // (container-net's own drop-in, written by `up`, stays for the boot.)
+    host.sh(&format!("test ! -e {drop_in}"));
 }

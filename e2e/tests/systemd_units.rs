@@ -163,8 +163,13 @@ fn ve_nat_unit_installs_and_removes_nat_once() {
     let env = &u["Environment"];
     assert!(env.iter().any(|e| e == "EXTERNAL=auto"), "{env:?}");
     assert!(one(&u, "Wants").contains("network-online.target"));
-    assert!(u["After"].iter().any(|a| a.contains("network-online.target")));
-    assert!(!u.contains_key("Before"), "network.target comes before online");
+    assert!(u["After"]
+        .iter()
+        .any(|a| a.contains("network-online.target")));
+    assert!(
+        !u.contains_key("Before"),
+        "network.target comes before online"
+    );
 }
 
 #[test]

@@ -216,15 +216,36 @@ impl Booted {
     /// Wait until boot has finished; panics with the failed units and the journal
     /// unless systemd reports `running` (every unit started).
     pub fn wait_booted(&self) {
+        // systemctl cannot wait before systemd has opened its socket.
+        let t = Instant::now();
+        while !self
+            .sh_output("test -S /run/systemd/private")
+            .status
+            .success()
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "systemd opened no socket in 30 s:\n{}",
+                self.console()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
         let o = self.sh_output("timeout 150 systemctl is-system-running --wait");
         let state = stdout(&o).trim().to_string();
         if state != "running" {
-            let units =
-                self.sh_output("systemctl --no-pager --failed; systemctl --no-pager list-jobs");
+            // The failed units with their own log lines, and what is still waiting.
+            let units = self.sh_output(
+                "systemctl --no-pager list-jobs; \
+                 for u in $(systemctl --failed --plain --no-legend | cut -d' ' -f1); do \
+                 echo \"--- $u\"; journalctl -b -q --no-pager -n 15 -u \"$u\"; done",
+            );
             panic!(
-                "boot did not finish cleanly: {state:?}\n{}\n{}",
+                "boot did not finish cleanly: {state:?} ({}; {})\n{}\n{}\n--- console ---\n{}",
+                o.status,
+                stderr(&o).trim(),
                 stdout(&units),
-                self.journal(60)
+                self.journal(30),
+                self.console()
             );
         }
     }
