@@ -22,6 +22,7 @@ fn gate(test: &str, nm: bool) -> bool {
         "ip",
         "unshare",
         "nsenter",
+        "mount",
         "iptables",
         "iptables-save",
         "ip6tables-save",

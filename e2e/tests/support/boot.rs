@@ -11,7 +11,7 @@
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt, io::AsRawFd},
+    os::unix::{fs::PermissionsExt, io::AsRawFd, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -178,7 +178,19 @@ impl Booted {
             s = s.display()
         ));
         let log = fs::File::create(s.join("console.log")).expect("console log");
-        let child = Command::new("unshare")
+        let mut cmd = Command::new("unshare");
+        // Should this test process die without unwinding (SIGKILL), systemd-nspawn dies
+        // with it, and with systemd-nspawn the container (it kills its payload then).
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["-m", "--propagation", "private", "sh", "-c", &script])
             .env("SYSTEMD_LOG_LEVEL", "warning")
             .stdin(Stdio::null())
@@ -367,6 +379,23 @@ fn make_cgroups(scratch: &Path) -> Vec<PathBuf> {
         }
     }
     assert!(!made.is_empty(), "no cgroup hierarchy for the container");
+    // What a run that was killed outright left behind: its cgroups, by their pid.
+    for cg in &made {
+        let Some(rd) = cg.parent().and_then(|p| fs::read_dir(p).ok()) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("ve-boot-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                kill_cgroup(&e.path());
+                remove_cgroup(&e.path());
+            }
+        }
+    }
     for cg in &made {
         fs::create_dir_all(cg).unwrap_or_else(|e| panic!("creating {}: {e}", cg.display()));
     }
