@@ -11,7 +11,7 @@
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt, io::AsRawFd, process::CommandExt},
+    os::unix::{fs::PermissionsExt, io::AsRawFd},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -122,6 +122,10 @@ impl Install {
 /// A booted host. Killed, with everything in it, on drop.
 pub struct Booted {
     child: Option<Child>,
+    /// Kills the container's cgroup when its stdin closes: on drop, and also when this
+    /// test process dies without unwinding (SIGKILL), which no drop guard survives.
+    /// (systemd-nspawn killed outright leaves its container running.)
+    watchdog: Option<Child>,
     /// systemd, PID 1 of the container, as the machine sees it.
     pub pid1: u32,
     cgroups: Vec<PathBuf>,
@@ -145,8 +149,21 @@ impl Booted {
             fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).expect("chmod");
         }
         let cgroups = make_cgroups(s);
+        let mut watchdog = Command::new("sh");
+        watchdog
+            .args([
+                "-c",
+                r#"read -r _; for cg; do echo 1 > "$cg/cgroup.kill"; done"#,
+            ])
+            .arg("watchdog")
+            .args(&cgroups)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let watchdog = watchdog.spawn().expect("spawning the watchdog");
         let mut booted = Booted {
             child: None,
+            watchdog: Some(watchdog),
             pid1: 0,
             cgroups,
             scratch,
@@ -178,19 +195,7 @@ impl Booted {
             s = s.display()
         ));
         let log = fs::File::create(s.join("console.log")).expect("console log");
-        let mut cmd = Command::new("unshare");
-        // Should this test process die without unwinding (SIGKILL), systemd-nspawn dies
-        // with it, and with systemd-nspawn the container (it kills its payload then).
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
+        let child = Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c", &script])
             .env("SYSTEMD_LOG_LEVEL", "warning")
             .stdin(Stdio::null())
@@ -312,6 +317,10 @@ impl Drop for Booted {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(mut w) = self.watchdog.take() {
+            drop(w.stdin.take());
+            let _ = w.wait();
         }
         for cg in &self.cgroups {
             remove_cgroup(cg);
