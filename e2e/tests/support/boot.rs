@@ -23,10 +23,13 @@ use common::testing::TempDir;
 /// The Debian release the rootfs is made of, and the packages it gets on top of
 /// minbase: systemd as init, the bus, `ip` and `iptables` (the units and ve-nat run
 /// them), and NetworkManager, so nm-unmanage.service's ordering against it is real.
+/// (libpam-systemd provides the `logind` that NetworkManager's polkitd depends on;
+/// debootstrap's resolver does not pick it by itself, and then leaves both unconfigured.)
 pub const SUITE: &str = "bookworm";
 pub const PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
+    "libpam-systemd",
     "dbus",
     "iproute2",
     "iptables",
@@ -51,11 +54,18 @@ pub fn rootfs() -> PathBuf {
     // SAFETY: flock(2) on a file descriptor we own; released when `lock` is closed.
     let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
     assert_eq!(rc, 0, "locking the rootfs cache");
+    // Rootfses of other package lists (an older version of this test) and a build
+    // that was interrupted go.
+    for e in fs::read_dir(&cache).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != key && name != format!("{key}.lock") {
+            let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+        }
+    }
     if dir.join("sbin/init").exists() {
         return dir;
     }
     let partial = cache.join(format!("{key}.partial"));
-    let _ = fs::remove_dir_all(&partial);
     let mirror = std::env::var("VE_TEST_DEBIAN_MIRROR").unwrap_or_else(|_| MIRROR.into());
     eprintln!(
         "building the boot test's rootfs in {} (debootstrap {SUITE}, once)",
