@@ -174,6 +174,12 @@ fn the_units_run_under_systemd_on_a_booted_host() {
     let iface = env_value(&env, "HOST_IFACE").expect("HOST_IFACE");
     let host_address = env_value(&env, "HOST_ADDRESS").expect("HOST_ADDRESS");
     let local_address = env_value(&env, "LOCAL_ADDRESS").expect("LOCAL_ADDRESS");
+    let lease = host.sh("ve-alloc show web");
+    assert_eq!(
+        env_value(&lease, "HOST_ADDRESS").as_ref(),
+        Some(&host_address),
+        "{lease}"
+    );
     thread::sleep(Duration::from_secs(1));
     let plumbed = || {
         let status = host.sh("container-net status web /run/netns/web");
