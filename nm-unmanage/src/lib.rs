@@ -29,6 +29,10 @@ pub use watch::START_BOUND_TIMEOUTS;
 /// Where the system bus is when DBUS_SYSTEM_BUS_ADDRESS is not set.
 const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 
+/// The variable that sets `--runtime-dir` (for callers that cannot change the command
+/// line, such as `examples/container-net` under a sandboxed NetworkManager).
+pub const RUNTIME_DIR_ENV: &str = "NM_UNMANAGE_RUNTIME_DIR";
+
 /// The variable that sets `--timeout`.
 pub const TIMEOUT_ENV: &str = "NM_UNMANAGE_TIMEOUT";
 
@@ -85,7 +89,7 @@ pub struct Args {
 
     /// NetworkManager's per-boot drop-in directory, for --runtime and --watch (created
     /// if missing)
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUNTIME_DIR)]
+    #[arg(long, value_name = "DIR", env = RUNTIME_DIR_ENV, default_value = DEFAULT_RUNTIME_DIR)]
     pub runtime_dir: PathBuf,
 
     /// D-Bus address of the system bus
@@ -349,7 +353,7 @@ async fn watch_body(
     } else {
         log::info!("NetworkManager is not on the bus; the drop-in takes effect when it starts");
     }
-    notify::ready()?;
+    notify::ready();
     watch::watch(&bus, patterns, args.json, args.timeout).await
 }
 
@@ -418,8 +422,8 @@ mod tests {
     #[test]
     fn missing_bus_is_unavailable_unless_if_running() {
         // Never the machine's own directories.
-        let scratch = std::env::temp_dir().join(format!("nmu-nobus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&scratch);
+        let tmp = common::testing::TempDir::new("nmu-nobus");
+        let scratch = tmp.path().join("dirs");
         let (conf, rt) = (scratch.join("conf.d"), scratch.join("run/conf.d"));
         let base = [
             "nm-unmanage".into(),
@@ -451,7 +455,6 @@ mod tests {
         // effect when NetworkManager starts); a watcher writes nothing without a bus.
         assert!(rt.join(RUNTIME_DROP_IN).exists());
         assert!(!rt.join(WATCH_DROP_IN).exists());
-        std::fs::remove_dir_all(&scratch).unwrap();
     }
 
     #[test]

@@ -8,24 +8,28 @@ use std::{
     os::unix::{ffi::OsStrExt, net::UnixDatagram},
 };
 
-use common::{Error, Result};
+use common::Error;
 
 /// The variable systemd sets for a `Type=notify` service.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
-/// Send `READY=1` when `$NOTIFY_SOCKET` is set; nothing otherwise.
-pub fn ready() -> Result<()> {
+/// Send `READY=1` when `$NOTIFY_SOCKET` is set; nothing otherwise. A failure is only
+/// logged, as sd_notify(3) callers do: a stale variable inherited from elsewhere must
+/// not stop the watch, and under systemd a missing READY=1 shows as a start timeout.
+pub fn ready() {
     let Some(target) = std::env::var_os(NOTIFY_SOCKET) else {
-        return Ok(());
+        return;
     };
-    send(&target, b"READY=1").map_err(|e| {
-        Error::io(
-            format!("telling the service manager we are ready ({NOTIFY_SOCKET}={target:?})"),
-            e,
-        )
-    })?;
-    log::debug!("sent READY=1 to {target:?}");
-    Ok(())
+    match send(&target, b"READY=1") {
+        Ok(()) => log::debug!("sent READY=1 to {target:?}"),
+        Err(e) => log::warn!(
+            "{}",
+            Error::io(
+                format!("telling the service manager we are ready ({NOTIFY_SOCKET}={target:?})"),
+                e,
+            )
+        ),
+    }
 }
 
 fn send(target: &OsStr, msg: &[u8]) -> std::io::Result<()> {

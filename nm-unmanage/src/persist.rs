@@ -213,11 +213,10 @@ mod tests {
 
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("nm-unmanage-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    /// A scratch directory, mode 0755, removed on drop (also when the test fails).
+    fn scratch(name: &str) -> common::testing::TempDir {
+        let d = common::testing::TempDir::new(&format!("nm-unmanage-{name}"));
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
         d
     }
 
@@ -253,20 +252,20 @@ mod tests {
 
     #[test]
     fn write_is_idempotent_and_remove_tolerates_absence() {
-        let dir = scratch("write");
+        let tmp = scratch("write");
+        let dir = tmp.path();
         let text = render(&Pattern::defaults(), Kind::Persist);
-        assert!(write(&dir, Kind::Persist, &text).unwrap());
-        assert!(!write(&dir, Kind::Persist, &text).unwrap());
-        let path = drop_in_path(&dir, Kind::Persist);
+        assert!(write(dir, Kind::Persist, &text).unwrap());
+        assert!(!write(dir, Kind::Persist, &text).unwrap());
+        let path = drop_in_path(dir, Kind::Persist);
         assert_eq!(fs::read_to_string(&path).unwrap(), text);
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
         let other = render(&[Pattern::parse("ve-x").unwrap()], Kind::Persist);
-        assert!(write(&dir, Kind::Persist, &other).unwrap());
+        assert!(write(dir, Kind::Persist, &other).unwrap());
         // Nothing else left in the directory (no temporary files).
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
-        assert!(remove(&dir, Kind::Persist).unwrap());
-        assert!(!remove(&dir, Kind::Persist).unwrap());
-        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(fs::read_dir(dir).unwrap().count(), 1);
+        assert!(remove(dir, Kind::Persist).unwrap());
+        assert!(!remove(dir, Kind::Persist).unwrap());
     }
 
     #[test]
@@ -287,7 +286,8 @@ mod tests {
 
     #[test]
     fn a_planted_symlink_at_the_temporary_name_is_never_written_through() {
-        let dir = scratch("symlink");
+        let tmp = scratch("symlink");
+        let dir = tmp.path();
         let victim = dir.join("victim");
         fs::write(&victim, "precious\n").unwrap();
         // Every temporary name this process would try, and one dangling link.
@@ -297,9 +297,9 @@ mod tests {
                 .unwrap();
         }
         let text = render(&Pattern::defaults(), Kind::Persist);
-        assert!(write(&dir, Kind::Persist, &text).unwrap());
+        assert!(write(dir, Kind::Persist, &text).unwrap());
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
-        let path = drop_in_path(&dir, Kind::Persist);
+        let path = drop_in_path(dir, Kind::Persist);
         assert!(!fs::symlink_metadata(&path)
             .unwrap()
             .file_type()
@@ -308,7 +308,7 @@ mod tests {
         // All 16 names taken by links: refused, still nothing written through.
         std::os::unix::fs::symlink(&victim, dir.join(format!(".{DROP_IN}.{pid}.15.tmp"))).unwrap();
         let other = render(&[Pattern::parse("ve-x").unwrap()], Kind::Persist);
-        let e = write(&dir, Kind::Persist, &other).unwrap_err();
+        let e = write(dir, Kind::Persist, &other).unwrap_err();
         assert_eq!(e.code(), 73, "{e}");
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
         assert_eq!(fs::read_to_string(&path).unwrap(), text);
@@ -318,25 +318,24 @@ mod tests {
         for n in 0..16 {
             fs::remove_file(dir.join(format!(".{DROP_IN}.{pid}.{n}.tmp"))).unwrap();
         }
-        assert!(write(&dir, Kind::Persist, &text).unwrap());
+        assert!(write(dir, Kind::Persist, &text).unwrap());
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
         assert!(!fs::symlink_metadata(&path)
             .unwrap()
             .file_type()
             .is_symlink());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_directory_others_may_write_is_refused_with_nothing_written() {
         for mode in [0o777, 0o1777, 0o775, 0o757] {
-            let dir = scratch(&format!("mode{mode:o}"));
-            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
-            let e = write(&dir, Kind::Persist, "x").unwrap_err();
+            let tmp = scratch(&format!("mode{mode:o}"));
+            let dir = tmp.path();
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+            let e = write(dir, Kind::Persist, "x").unwrap_err();
             assert_eq!(e.code(), 78, "{mode:o}: {e}");
             assert!(e.to_string().contains("group- or world-writable"), "{e}");
-            assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "{mode:o}");
-            fs::remove_dir_all(&dir).unwrap();
+            assert_eq!(fs::read_dir(dir).unwrap().count(), 0, "{mode:o}");
         }
     }
 }

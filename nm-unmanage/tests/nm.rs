@@ -493,6 +493,22 @@ fn no_network_manager_is_exit_69_or_0_with_if_running_but_a_watcher_waits() {
     }
     // --persist wrote its drop-in all the same: it takes effect when NetworkManager starts.
     assert!(sb.conf_dir().join(nm_unmanage::DROP_IN).exists());
+    // --runtime --if-running (examples/container-net) writes nothing on a host without
+    // NetworkManager, not even the directory; without --if-running it writes (69).
+    let out = sb
+        .tool_in_private_mounts()
+        .args(["--runtime", "--if-running"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!sb.runtime_dir().exists(), "--runtime --if-running wrote");
+    let out = sb
+        .tool_in_private_mounts()
+        .arg("--runtime")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(sb.runtime_dir().join(nm_unmanage::RUNTIME_DROP_IN).exists());
     // A watcher (a service started at boot before NetworkManager) waits for it instead,
     // with or without --if-running, and still stops cleanly.
     for extra in [&[][..], &["--if-running"]] {

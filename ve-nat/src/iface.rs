@@ -126,7 +126,7 @@ pub fn pick(routes: &[DefaultRoute]) -> Result<String> {
 pub fn hint() -> String {
     match default_routes().map(|r| pick(&r)) {
         Ok(Ok(i)) => format!("the default route is on {i} (--external auto picks it)"),
-        Ok(Err(_)) | Err(_) => "and there is no single default route to pick".to_string(),
+        Ok(Err(_)) | Err(_) => "there is no single default route to pick either".to_string(),
     }
 }
 

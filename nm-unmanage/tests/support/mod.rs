@@ -34,6 +34,17 @@ use nm_unmanage::{Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH};
 /// The tool under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_nm-unmanage");
 
+/// ve-link, built next to the tool (`cargo build -p nm-unmanage -p ve-link --bins`).
+pub fn ve_link() -> PathBuf {
+    let p = Path::new(BIN).with_file_name("ve-link");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p nm-unmanage -p ve-link --bins` first",
+        p.display()
+    );
+    p
+}
+
 /// A sandboxed NetworkManager and its bus.
 pub struct NmSandbox {
     pub host: Netns,
@@ -59,11 +70,27 @@ impl NmSandbox {
 
     /// Only the private bus, no NetworkManager on it (the caller has gated).
     pub fn bus_only() -> NmSandbox {
+        NmSandbox::bus_with(bus_conf)
+    }
+
+    /// A private bus that only root may connect to (the caller has gated).
+    pub fn bus_for_root_only() -> NmSandbox {
+        NmSandbox::bus_with(root_only_bus_conf)
+    }
+
+    fn bus_with(bus_conf: fn(&Path) -> String) -> NmSandbox {
         let mut sandbox = Sandbox::new();
         let host = sandbox.netns("host");
         let dir = std::env::temp_dir().join(format!("nmu-{}", sandbox.prefix()));
         let _ = fs::remove_dir_all(&dir);
-        for sub in ["run", "varlib", "conf.d", "sysconf.d", "conns"] {
+        for sub in [
+            "run",
+            "varlib",
+            "conf.d",
+            "sysconf.d",
+            "conns",
+            "etc-nm/conf.d",
+        ] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         // Traversable for the unprivileged-client test.
@@ -88,8 +115,11 @@ impl NmSandbox {
             client: None,
             sandbox,
         };
-        wait_until("the private bus socket", Duration::from_secs(5), || {
-            sb.dir.join("bus").exists().then_some(())
+        // Connectable, not just there: dbus-daemon binds the path before it listens.
+        wait_until("the private bus socket", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(sb.dir.join("bus"))
+                .ok()
+                .map(drop)
         });
         sb
     }
@@ -97,6 +127,11 @@ impl NmSandbox {
     /// `unix:path=DIR/bus`.
     pub fn bus_address(&self) -> String {
         format!("unix:path={}", self.dir.join("bus").display())
+    }
+
+    /// The sandbox's scratch directory (removed on drop).
+    pub fn scratch(&self) -> &Path {
+        &self.dir
     }
 
     /// The conf.d directory NetworkManager reads (for `--persist --conf-dir`).
@@ -109,6 +144,56 @@ impl NmSandbox {
     /// (for `--runtime-dir`).
     pub fn runtime_dir(&self) -> PathBuf {
         self.dir.join("run/NetworkManager/conf.d")
+    }
+
+    /// The tool run as NetworkManager sees the world: in the sandbox's host namespace
+    /// with a private mount namespace (`ip netns exec`) in which the scratch `run` is
+    /// bound over `/run` and an empty scratch directory over `/etc/NetworkManager`, so
+    /// that its default directories (/run/NetworkManager/conf.d, /etc/NetworkManager/
+    /// conf.d) are the sandbox's, never the machine's. Same pid as the tool (`exec`).
+    pub fn tool_in_private_mounts(&self) -> Command {
+        let d = self.dir.display();
+        let script = format!(
+            "mount --bind {d}/run /run && mount --bind {d}/etc-nm /etc/NetworkManager && \
+             exec \"$0\" \"$@\""
+        );
+        let mut c = self.host.command("sh");
+        c.args(["-c", &script, BIN])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
+            .env_remove("RUST_LOG")
+            .env_remove(nm_unmanage::RUNTIME_DIR_ENV)
+            .env_remove(nm_unmanage::TIMEOUT_ENV);
+        c
+    }
+
+    /// The pid of the running NetworkManager.
+    pub fn nm_pid(&self) -> u32 {
+        self.nm.as_ref().expect("NetworkManager is running").id()
+    }
+
+    /// Stop NetworkManager with SIGSTOP (it keeps its bus name, and answers nothing)
+    /// until the guard drops.
+    pub fn freeze_nm(&self) -> Frozen {
+        let pid = self.nm_pid() as i32;
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Frozen(pid)
+    }
+
+    /// `ve-link up NAME --netns CTR` with the given addresses, in the host namespace.
+    pub fn ve_link_up(&self, name: &str, ctr: &Netns, host: &str, local: &str) {
+        let out = self
+            .host
+            .command(ve_link().to_str().unwrap())
+            .args(["up", name, "--netns", ctr.name()])
+            .args(["--host-address", host, "--local-address", local, "-q"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ve-link up {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A new namespace of this sandbox (a "container").
@@ -170,7 +255,9 @@ impl NmSandbox {
     pub fn tool(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .env_remove(nm_unmanage::RUNTIME_DIR_ENV)
+            .env_remove(nm_unmanage::TIMEOUT_ENV);
         c
     }
 
@@ -223,6 +310,17 @@ impl Drop for NmSandbox {
 
 use common::harness::stop;
 
+/// A frozen NetworkManager, thawed (SIGCONT) on drop, also when the test panics, so
+/// that the sandbox's drop can stop it.
+pub struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on the pid of our own child.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// Root may do everything; anyone else may connect and talk to the bus itself but not
 /// to NetworkManager (the permission-denied test). No service directories: nothing
 /// gets activated.
@@ -244,6 +342,29 @@ fn bus_conf(dir: &Path) -> String {
   <policy user="root">
     <allow own="*"/>
     <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+        dir.display()
+    )
+}
+
+/// Only root may connect: dbus-daemon lets a user connect only when a policy allows it.
+fn root_only_bus_conf(dir: &Path) -> String {
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="root"/>
+  </policy>
+  <policy user="root">
+    <allow own="*"/>
+    <allow send_destination="*"/>
     <allow receive_sender="*"/>
   </policy>
 </busconfig>
@@ -287,8 +408,9 @@ impl Client {
             .build()
             .unwrap();
         let conn = rt
-            .block_on(nm_unmanage::connect(address, nm_unmanage::DEFAULT_TIMEOUT))
-            .expect("connecting");
+            // Generous: the assertions must not fail on a loaded machine.
+            .block_on(nm_unmanage::connect(address, Duration::from_secs(30)))
+            .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
         Client {
             rt: Arc::new(rt),
             bus: Bus::new(conn),
@@ -651,6 +773,11 @@ impl Watcher {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// Whether the watcher is still running.
