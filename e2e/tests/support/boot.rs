@@ -146,6 +146,7 @@ impl Booted {
     /// Boot `rootfs` with `install` over it; returns once systemd runs as PID 1 (not
     /// when boot has finished: see [`Booted::wait_booted`]).
     pub fn start(rootfs: &Path, install: &Install) -> Booted {
+        remove_stale_scratch();
         let scratch = TempDir::new("boot");
         let s = scratch.path();
         for d in ["upper", "work", "merged"] {
@@ -334,6 +335,21 @@ impl Drop for Booted {
         }
         for cg in &self.cgroups {
             remove_cgroup(cg);
+        }
+    }
+}
+
+/// The scratch directories of runs killed outright (their pid is gone).
+fn remove_stale_scratch() {
+    let tmp = std::env::temp_dir();
+    for e in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("ve-test-boot-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }
