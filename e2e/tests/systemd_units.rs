@@ -64,11 +64,12 @@ fn words(line: &str) -> Vec<String> {
 /// Check one Exec line: tools through their clap definitions, container-net by its
 /// usage; `sh -c SCRIPT` is looked into. Returns the programs it runs.
 fn check_exec(line: &str) -> Vec<String> {
-    // %i as a container name, the environment as /etc/default/ve-nat's example sets it.
+    // %i as a container name, the environment as ve-nat.service sets it by default and
+    // /etc/default/ve-nat's example adds to it.
     let line = line
         .trim_start_matches('-')
         .replace("%i", "web")
-        .replace("${EXTERNAL}", "eth0")
+        .replace("${EXTERNAL}", "auto")
         .replace("$VE_NAT_ARGS", "--forward tcp:8080:10.233.9.3:80 --ipv6");
     let w = words(&line);
     if w[0] == "/bin/sh" {
@@ -94,7 +95,13 @@ fn check_exec(line: &str) -> Vec<String> {
         "nm-unmanage" => Some(nm_unmanage::command()),
         "container-net" => {
             assert!(
-                matches!(args[1..], ["up", _, _] | ["down", _] | ["status", _, _]),
+                matches!(
+                    args[1..],
+                    ["up", _, _]
+                        | ["down" | "destroy", _]
+                        | ["down" | "destroy", _, _]
+                        | ["status", _, _]
+                ),
                 "container-net usage: {line}"
             );
             None
@@ -148,18 +155,39 @@ fn ve_nat_unit_installs_and_removes_nat_once() {
     assert_eq!(one(&u, "Type"), "oneshot");
     assert_eq!(one(&u, "RemainAfterExit"), "yes");
     assert_eq!(programs(&u), ["ve-nat", "ve-nat", "ve-nat"]);
-    assert!(one(&u, "ExecStart").contains(" up "));
-    assert!(one(&u, "ExecReload").contains(" up "));
+    assert!(one(&u, "ExecStart").contains(" up --external ${EXTERNAL} "));
+    assert!(one(&u, "ExecReload").contains(" up --external ${EXTERNAL} "));
     assert!(one(&u, "ExecStop").ends_with(" down"));
+    // The uplink is the default route's interface unless /etc/default/ve-nat names it,
+    // so it starts once the network (and with it the default route) is up.
+    let env = &u["Environment"];
+    assert!(env.iter().any(|e| e == "EXTERNAL=auto"), "{env:?}");
+    assert!(one(&u, "Wants").contains("network-online.target"));
+    assert!(u["After"]
+        .iter()
+        .any(|a| a.contains("network-online.target")));
+    assert!(
+        !u.contains_key("Before"),
+        "network.target comes before online"
+    );
 }
 
 #[test]
-fn nm_unmanage_unit_watches() {
+fn nm_unmanage_unit_is_ready_before_network_manager_starts() {
     let u = unit("nm-unmanage.service");
-    assert_eq!(programs(&u), ["nm-unmanage", "nm-unmanage"]);
-    assert!(one(&u, "ExecStart").ends_with("nm-unmanage --watch"));
-    assert!(one(&u, "ExecStartPre").contains("--persist"));
-    assert_eq!(one(&u, "WantedBy"), "NetworkManager.service");
+    // Ready (READY=1) only once --watch has written its runtime drop-in, and
+    // NetworkManager waits for that: it never sees a veth without the drop-in.
+    assert_eq!(one(&u, "Type"), "notify");
+    assert_eq!(one(&u, "After"), "dbus.service");
+    assert_eq!(one(&u, "Before"), "NetworkManager.service");
+    assert_eq!(programs(&u), ["nm-unmanage"]);
+    assert_eq!(one(&u, "ExecStart"), "/usr/local/bin/nm-unmanage --watch");
+    assert!(
+        !u.contains_key("ExecStartPre"),
+        "--persist is the alternative, not a step"
+    );
+    assert_eq!(one(&u, "Restart"), "on-failure");
+    assert_eq!(one(&u, "WantedBy"), "multi-user.target");
 }
 
 #[test]

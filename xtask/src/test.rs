@@ -2,7 +2,9 @@
 
 use crate::util::{self, cargo, ensure_debian_packages, Result};
 
-/// What the privileged tests drive for real.
+/// What the privileged tests drive for real. debootstrap and systemd-container
+/// (systemd-nspawn) make and boot the Debian host that e2e/tests/systemd_boot.rs runs
+/// the systemd units on.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -10,7 +12,13 @@ pub const TEST_PACKAGES: &[&str] = &[
     "network-manager",
     "dbus",
     "procps",
+    "debootstrap",
+    "systemd-container",
 ];
+
+/// The tools, as installed on a host: e2e/tests/systemd_boot.rs installs their release
+/// build (the one `cargo xtask dist` ships) into the booted host.
+const TOOLS: &[&str] = &["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"];
 
 pub fn run_tests(allow_skip: bool) -> Result {
     // Root's tools (ip, iptables, NetworkManager) live in sbin, which a login shell's
@@ -35,8 +43,15 @@ pub fn run_tests(allow_skip: bool) -> Result {
         "-D",
         "warnings",
     ]))?;
-    // The end-to-end tests (e2e/) run the tool binaries from the target directory.
+    // The end-to-end tests (e2e/) run the tool binaries from the target directory: the
+    // debug build, and the release build for the booted host.
     util::run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let mut release = cargo();
+    release.args(["build", "--release", "--bins"]);
+    for tool in TOOLS {
+        release.args(["-p", tool]);
+    }
+    util::run(&mut release)?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features"]);
     if !allow_skip {

@@ -1,9 +1,12 @@
 //! A sandbox host for running examples/container-net as a user would: a `host`
-//! namespace where the script and the tools run (`ip netns exec`), an uplink to an
-//! `out` namespace with an HTTP server that answers with the peer address it saw, a
-//! scratch lease store, and containers that are processes in namespaces of their own.
+//! namespace where the script and the tools run (`ip netns exec`, with a scratch
+//! directory over /run), an uplink to an `out` namespace with an HTTP server that
+//! answers with the peer address it saw, a scratch lease store, and containers that are
+//! processes in namespaces of their own.
 
 #![allow(dead_code)]
+
+pub mod boot;
 
 use std::{
     io::{BufRead, BufReader},
@@ -50,6 +53,13 @@ pub struct Host {
     store: TempDir,
     tools: PathBuf,
     bus: String,
+    /// Bound over /run for everything run in the host: NetworkManager's own scratch
+    /// /run when there is one (so `nm-unmanage --runtime` writes the drop-in where the
+    /// sandbox NetworkManager reads it), else a scratch directory; never the machine's.
+    run: PathBuf,
+    _run_scratch: Option<TempDir>,
+    /// Put first on PATH by `command` when set (a fault-injecting wrapper).
+    pub path_first: Option<PathBuf>,
     pub nm: Option<NetworkManager>,
     server: Option<HttpServer>,
     // Dropped last: the namespaces go, with every process still in them.
@@ -72,24 +82,18 @@ impl Host {
         })
         .expect("starting the outside HTTP server");
         let store = TempDir::new("e2e-store");
-        let (nm, bus) = if with_nm {
+        // No drop-in beforehand: container-net must keep NetworkManager off by itself.
+        let (nm, bus, run, run_scratch) = if with_nm {
             let nm =
                 NetworkManager::start(&host, sandbox.prefix()).unwrap_or_else(|e| panic!("{e}"));
             let bus = nm.bus_address();
-            // As nm-unmanage.service does before its --watch: the drop-in makes
-            // NetworkManager leave new veths alone from their first moment. Without
-            // it, a veth NetworkManager grabs before the script's nm-unmanage call
-            // lands (this sandbox has no udev rules to keep it off) loses ve-link's
-            // addresses to NetworkManager's DHCP profile.
-            run_ok(
-                nm.client(tools.join("nm-unmanage"))
-                    .arg("--persist")
-                    .arg("--conf-dir")
-                    .arg(nm.conf_dir()),
-            );
-            (Some(nm), bus)
+            // The harness binds DIR/run over NetworkManager's /run, next to DIR/conf.d.
+            let run = nm.conf_dir().with_file_name("run");
+            (Some(nm), bus, run, None)
         } else {
-            (None, format!("unix:path={}/no-bus", store.path().display()))
+            let scratch = TempDir::new("e2e-run");
+            let bus = format!("unix:path={}/no-bus", store.path().display());
+            (None, bus, scratch.path().to_path_buf(), Some(scratch))
         };
         Host {
             host,
@@ -97,22 +101,37 @@ impl Host {
             store,
             tools,
             bus,
+            run,
+            _run_scratch: run_scratch,
+            path_first: None,
             nm,
             server: Some(server),
             sandbox,
         }
     }
 
-    /// `ip netns exec HOST PROGRAM`, with the workspace's tools first on PATH, the
+    /// The directory the host's commands see as /run.
+    pub fn run_dir(&self) -> &Path {
+        &self.run
+    }
+
+    /// `ip netns exec HOST PROGRAM`, with the host's scratch /run (bound in the private
+    /// mount namespace `ip netns exec` makes), the workspace's tools first on PATH, the
     /// scratch store and the sandbox bus.
     pub fn command(&self, program: impl AsRef<Path>) -> Command {
-        let path = format!(
+        let mut path = format!(
             "{}:{}",
             self.tools.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut c = self.host.command(&program.as_ref().to_string_lossy());
-        c.env("PATH", path)
+        if let Some(first) = &self.path_first {
+            path = format!("{}:{path}", first.display());
+        }
+        let mut c = self.host.command("sh");
+        c.args(["-c", r#"mount --bind "$0" /run && exec "$@""#])
+            .arg(&self.run)
+            .arg(program.as_ref())
+            .env("PATH", path)
             .env("VE_ALLOC_STORE", self.store.path())
             .env("VE_ALLOC_CONFIG", "/dev/null")
             .env_remove("VE_ALLOC_POOL")
@@ -154,7 +173,7 @@ impl Host {
             s.push_str(&self.host.ip(args));
         }
         for save in ["iptables-save", "ip6tables-save"] {
-            let out = run_ok(&mut self.host.command(save));
+            let out = run_ok(&mut self.command(save));
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 // `:CHAIN POLICY [packets:bytes]`: the counters move with any traffic.
                 let line = match line.find(" [") {
@@ -190,16 +209,23 @@ impl Host {
             .collect()
     }
 
-    /// The names that have a lease.
+    /// The names that have a lease, in `ve-alloc list` order.
     pub fn leases(&self) -> Vec<String> {
-        let list: serde_json::Value =
-            serde_json::from_str(&self.tool("ve-alloc", &["list", "--json"]))
-                .expect("a JSON array");
-        list.as_array()
-            .expect("a JSON array")
-            .iter()
-            .map(|v| v["name"].as_str().unwrap_or_default().to_string())
-            .collect()
+        let text = self.tool("ve-alloc", &["list", "--json"]);
+        // JSON Lines (one lease per line); a single array is read the same way.
+        let mut names = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("ve-alloc list --json: {e}: {line}"));
+            let items = match v {
+                serde_json::Value::Array(items) => items,
+                one => vec![one],
+            };
+            for item in items {
+                names.push(item["name"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        names
     }
 
     /// A container: a process in new network, mount and PID namespaces, started from
@@ -328,4 +354,46 @@ pub fn stderr(o: &Output) -> String {
 /// Poll until `f` holds, or panic after `secs` seconds.
 pub fn eventually(what: &str, secs: u64, f: impl FnMut() -> bool) {
     wait_for(what, Duration::from_secs(secs), f).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The environment variable that picks the fault [`Faults`] injects.
+pub const FAULT: &str = "VE_E2E_FAULT";
+
+/// A directory with an `nm-unmanage` that runs the real one, except that for the
+/// per-veth call (`interface-name:=IFACE`) it injects the fault named by [`FAULT`]:
+/// `oneshot-fails` (exit 71 without calling it), `skip-oneshot` (exit 0 without calling
+/// it), `flush-after` (call it, then remove IFACE's IPv4 addresses, as NetworkManager's DHCP
+/// profile did). Put it first on PATH ([`Host::path_first`]).
+pub struct Faults(TempDir);
+
+impl Faults {
+    pub fn new(h: &Host) -> Faults {
+        let dir = TempDir::new("e2e-faults");
+        let real = h.tools.join("nm-unmanage");
+        let wrapper = format!(
+            r#"#!/bin/sh
+for last; do :; done
+case ${{last:-}} in
+interface-name:=*)
+    case ${{{FAULT}:-}} in
+    oneshot-fails) echo "nm-unmanage: error: injected failure" >&2; exit 71 ;;
+    skip-oneshot) exit 0 ;;
+    flush-after) '{real}' "$@" || exit $?; exec ip -4 addr flush dev "${{last#interface-name:=}}" ;;
+    esac ;;
+esac
+exec '{real}' "$@"
+"#,
+            real = real.display()
+        );
+        let path = dir.path().join("nm-unmanage");
+        std::fs::write(&path, wrapper).expect("writing the wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the wrapper");
+        Faults(dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.0.path()
+    }
 }
