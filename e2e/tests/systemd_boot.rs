@@ -180,8 +180,18 @@ fn the_units_run_under_systemd_on_a_booted_host() {
         Some(&host_address),
         "{lease}"
     );
-    thread::sleep(Duration::from_secs(1));
-    let plumbed = || {
+    // Until NetworkManager has seen the veth, "it left it alone" proves nothing.
+    let seen_by_nm = || {
+        let show = format!("nmcli -g GENERAL.STATE device show {iface}");
+        for _ in 0..100 {
+            if host.sh_output(&show).status.success() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("NetworkManager never saw {iface}");
+    };
+    let plumbed_once = || {
         let status = host.sh("container-net status web /run/netns/web");
         assert_eq!(
             env_value(&status, "STATE").as_deref(),
@@ -198,12 +208,20 @@ fn the_units_run_under_systemd_on_a_booted_host() {
             "NetworkManager: {iface} is {state}"
         );
     };
+    // NetworkManager acts within milliseconds of a new device (DHCP, removing addresses):
+    // still as built when it has seen the veth and for two seconds after.
+    let plumbed = || {
+        seen_by_nm();
+        for _ in 0..3 {
+            plumbed_once();
+            thread::sleep(Duration::from_secs(1));
+        }
+    };
     plumbed();
 
     // restart: the same addresses.
     host.sh("systemctl restart ve-net@web");
     assert_eq!(host.sh("cat /run/ve-net/web/env"), env, "restart moved web");
-    thread::sleep(Duration::from_secs(1));
     plumbed();
 
     // stop: no link, no namespace; the lease stays for the next start.

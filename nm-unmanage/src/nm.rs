@@ -82,15 +82,28 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<Connection> {
             seconds(timeout)
         ))),
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(zbus::Error::InputOutput(io))) if hung_up(io.kind()) => Err(Error::new(
-            Exit::NoPerm,
-            format!(
-                "{doing}: permission denied: the bus closed the connection during the \
-                 handshake (its policy does not let this user connect)"
-            ),
+        // dbus-daemon hangs up on a user its policy does not let connect. Root is let in
+        // by every policy we know, so for root a hang-up is a bus going away (a restart,
+        // a crash): unavailable, which --if-running forgives.
+        Ok(Err(zbus::Error::InputOutput(io))) if hung_up(io.kind()) && !is_root() => {
+            Err(Error::new(
+                Exit::NoPerm,
+                format!(
+                    "{doing}: permission denied: the bus closed the connection during the \
+                     handshake (its policy does not let this user connect)"
+                ),
+            ))
+        }
+        Ok(Err(zbus::Error::InputOutput(io))) if hung_up(io.kind()) => Err(Error::unavailable(
+            format!("{doing}: the bus closed the connection during the handshake"),
         )),
         Ok(Err(e)) => Err(dbus_error(&doing, e)),
     }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The peer closed the connection on us.

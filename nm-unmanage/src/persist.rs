@@ -110,6 +110,15 @@ fn check_dir(dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if md.uid() != 0 && md.uid() != euid {
+        return Err(Error::config(format!(
+            "refusing to write into {}: it belongs to uid {}, neither root nor this user",
+            dir.display(),
+            md.uid()
+        )));
+    }
     let mode = md.mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(Error::config(format!(

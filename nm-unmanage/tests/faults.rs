@@ -152,7 +152,9 @@ fn a_frozen_network_manager_is_69_within_the_timeout_and_a_watcher_still_stops_a
     let t = Instant::now();
     let status = w.stop();
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    // The watcher itself stops within ~0.3 s (its last reload's bound); the slack is for
+    // a loaded 2-core CI machine running other tests at once.
+    assert!(took < Duration::from_millis(1500), "SIGTERM took {took:?}");
     assert!(status.success(), "watcher exit on SIGTERM: {status}");
     assert!(!file.exists(), "the drop-in outlived the watcher");
 
@@ -167,7 +169,7 @@ fn a_frozen_network_manager_is_69_within_the_timeout_and_a_watcher_still_stops_a
     unsafe { libc::kill(w.pid() as i32, libc::SIGINT) };
     let t = Instant::now();
     while w.running() {
-        assert!(t.elapsed() < Duration::from_secs(1), "SIGINT ignored");
+        assert!(t.elapsed() < Duration::from_millis(1500), "SIGINT ignored");
         thread::sleep(Duration::from_millis(5));
     }
     drop(frozen);
@@ -309,7 +311,7 @@ fn a_pattern_that_takes_every_interface_is_65_before_any_bus_access() {
                 "{}",
                 stderr(&out)
             );
-            assert!(took < Duration::from_secs(1), "{bad}: {took:?}");
+            assert!(took < Duration::from_secs(3), "{bad}: {took:?}");
         }
     }
     // Only the socket itself in the directory.

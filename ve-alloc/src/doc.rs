@@ -79,7 +79,7 @@ pub const MANUAL: Manual = Manual {
         ),
         entry(
             "ve-link gc | ve-alloc release -",
-            "Release the leases of the containers whose pairs ve-link gc removed",
+            "Release the leases of the containers whose pairs ve-link gc removed (where a gone namespace means a container removed for good)",
         ),
         entry(
             "ve-alloc import /etc/nixos-containers",

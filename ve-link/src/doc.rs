@@ -69,7 +69,7 @@ pub const MANUAL: Manual = Manual {
         ),
         entry(
             "ve-link gc | ve-alloc release -",
-            "Remove pairs whose container namespace is gone and free their leases",
+            "Remove pairs whose container namespace is gone and free their leases (where a gone namespace means a container removed for good)",
         ),
     ],
 };

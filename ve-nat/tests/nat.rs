@@ -911,6 +911,7 @@ fn injection_rejected(b: &'static str) {
     let out = t
         .host
         .command("env")
+        .env("VE_NAT_LOCK_DIR", t.lock_dir())
         .args([
             "PATH=/nonexistent",
             BIN,
@@ -1113,20 +1114,23 @@ fn lock_not_taken_by_others(b: &'static str) {
     assert!(!open.join("lock").exists());
 
     // The lock is real: root's holder makes up wait.
+    // The holder says when it holds the lock, so a slow start cannot let up in first.
     let mut holder = t
         .host
         .command("flock")
         .arg(&lock)
-        .args(["sleep", "1.5"])
+        .args(["sh", "-c", "echo held; exec sleep 1.5"])
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let start = std::time::Instant::now();
+    let mut held = [0u8; 5];
+    holder.stdout.take().unwrap().read_exact(&mut held).unwrap();
+    assert_eq!(&held, b"held\n");
     t.nat_ok(&["up", "--external", "up0"]);
+    // up could only take the lock once the holder let it go, i.e. had exited.
     assert!(
-        start.elapsed() >= Duration::from_millis(900),
-        "up did not wait for the lock: {:?}",
-        start.elapsed()
+        holder.try_wait().unwrap().is_some(),
+        "up did not wait for the lock held by another process"
     );
     holder.wait().unwrap();
     let _ = squatter.kill();
