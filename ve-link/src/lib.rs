@@ -12,6 +12,7 @@ pub mod guard;
 pub mod kernel;
 mod live;
 mod ops;
+pub mod ours;
 pub mod plan;
 pub mod request;
 

@@ -10,7 +10,10 @@ use std::{
 
 use common::{Error, Exit, Result};
 
-use crate::kernel::{step_error, Nl};
+use crate::{
+    kernel::{step_error, Netlink},
+    plan::Link,
+};
 
 /// The namespaces in use, as the host's namespace ids.
 #[derive(Debug, Default)]
@@ -154,7 +157,7 @@ fn hidden(task: &Path, label: String) -> Option<Hidden> {
 /// bind-mounted anywhere (Docker's, a user's, whatever path was given to `--netns`), or
 /// entered by some process or thread. A namespace that only a stray file descriptor
 /// keeps alive is a container that is gone.
-pub async fn live(nl: &Nl) -> Result<Live> {
+pub fn live(nl: &dyn Netlink) -> Result<Live> {
     let mut seen = HashSet::new();
     let mut out = Live::default();
     // (namespace file, label, the task directory for a process's)
@@ -215,7 +218,7 @@ pub async fn live(nl: &Nl) -> Result<Live> {
             // Gone meanwhile (a process that exited) is no namespace in use.
             Err(_) => continue,
         };
-        match nl.nsid_of(&f).await {
+        match nl.nsid_of(std::os::fd::AsRawFd::as_raw_fd(&f)) {
             Ok(Some(id)) => {
                 out.ids.entry(id).or_insert(label);
             }
@@ -228,6 +231,30 @@ pub async fn live(nl: &Nl) -> Result<Live> {
         }
     }
     Ok(out)
+}
+
+/// Whether the container namespace of host end `l` (namespace id `id`) is in use. Only
+/// when some process may not be inspected is the container end looked at.
+pub fn verdict_of(nl: &dyn Netlink, live: &Live, l: &Link, id: i32) -> Result<Verdict> {
+    let mut peer = None;
+    if let v @ Verdict::Live(_) = live.verdict(id, None) {
+        return Ok(v);
+    }
+    if live.has_hidden() {
+        if let Some(pi) = l.peer {
+            peer = nl
+                .link_at(pi, id)
+                .map_err(|e| step_error(format!("reading the container end of {}", l.name), e))?;
+        }
+    }
+    Ok(live.verdict(
+        id,
+        peer.as_ref().map(|p| Peer {
+            index: p.index,
+            name: &p.name,
+            mac: &p.mac,
+        }),
+    ))
 }
 
 fn denied(path: &Path, e: std::io::Error) -> Error {
