@@ -27,8 +27,9 @@ type Hook = Box<dyn FnMut(&mut State)>;
 
 /// What happens when a request matches a cue.
 enum Cue {
-    /// The kernel says no with this errno.
-    Fail(i32),
+    /// The kernel says no with this errno, after the world changed (another process
+    /// acting just before).
+    Fail(i32, Option<Hook>),
     /// The request is carried out, then the world changes (another process acting).
     After(Hook),
 }
@@ -105,7 +106,23 @@ impl World {
         self.0.borrow_mut().rules.push(Rule {
             ns,
             matches: Box::new(matches),
-            cue: Cue::Fail(errno),
+            cue: Cue::Fail(errno, None),
+        });
+    }
+
+    /// Like [`World::fail`], with `hook` changing the world first (someone else got
+    /// there just before).
+    pub fn fail_after(
+        &self,
+        ns: Where,
+        matches: impl Fn(&Req) -> bool + 'static,
+        errno: i32,
+        hook: impl FnMut(&mut State) + 'static,
+    ) {
+        self.0.borrow_mut().rules.push(Rule {
+            ns,
+            matches: Box::new(matches),
+            cue: Cue::Fail(errno, Some(Box::new(hook))),
         });
     }
 
@@ -376,7 +393,12 @@ impl Netlink for Ns {
                     .position(|r| r.ns == self.ns && (r.matches)(req));
                 let rule = hit.map(|i| s.rules.remove(i));
                 match rule.map(|r| r.cue) {
-                    Some(Cue::Fail(e)) => Err(errno(e)),
+                    Some(Cue::Fail(e, hook)) => {
+                        if let Some(mut hook) = hook {
+                            hook(&mut s);
+                        }
+                        Err(errno(e))
+                    }
                     Some(Cue::After(mut hook)) => {
                         let r = s.apply(self.ns, req);
                         hook(&mut s);

@@ -175,3 +175,68 @@ pub fn gc(dry_run: bool) -> Result<()> {
     }
     output::print(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        kernel::fake::World,
+        plan::Where,
+        request::{alias_for, mac_for},
+    };
+
+    fn pair(w: &World, name: &str, marked: bool) {
+        let host = name::host_ifname(name);
+        w.with(|s| {
+            s.add_pair(&host, mac_for(name, "host"), "eth0", [2, 0, 0, 0, 0, 2]);
+            if marked {
+                if let Some(l) = s.links.iter_mut().find(|l| l.link.name == host) {
+                    l.link.alias = Some(alias_for(name));
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn down_of_several_deletes_them_in_one_group_and_leaves_foreign_links() {
+        let w = World::default();
+        for n in ["a", "b", "c"] {
+            pair(&w, n, true);
+        }
+        // Named like c's sibling, but someone else's.
+        w.with(|s| s.add_pair("ve-d", [2, 0, 0, 0, 0, 9], "x", [2, 0, 0, 0, 0, 8]));
+        let names: Vec<String> = ["a", "b", "d", "e"].map(String::from).into();
+        down_in(&w.host(), &names, false).unwrap();
+        let left: Vec<String> = w
+            .links()
+            .into_iter()
+            .filter(|l| l.ns == Where::Host)
+            .map(|l| l.link.name)
+            .collect();
+        assert_eq!(left, ["lo", "ve-c", "ve-d"]);
+        let deletes: Vec<Req> = w
+            .log()
+            .into_iter()
+            .map(|(_, q)| q)
+            .filter(|q| matches!(q, Req::DelGroup(_) | Req::DelLink(_)))
+            .collect();
+        assert!(matches!(deletes[..], [Req::DelGroup(_)]), "{deletes:?}");
+        down_in(&w.host(), &[], true).unwrap();
+        let left = w
+            .links()
+            .into_iter()
+            .filter(|l| l.ns == Where::Host)
+            .count();
+        assert_eq!(left, 2, "lo and ve-d stay");
+    }
+
+    #[test]
+    fn down_of_one_takes_a_pair_an_up_has_not_marked_yet_and_gone_is_success() {
+        let w = World::default();
+        pair(&w, "a", false);
+        down_in(&w.host(), &["a".into()], false).unwrap();
+        assert!(w.link(Where::Host, "ve-a").is_none());
+        assert!(w.link(Where::Container, "eth0").is_none());
+        down_in(&w.host(), &["a".into()], false).unwrap();
+    }
+}

@@ -611,3 +611,200 @@ pub fn check(req: &UpRequest, json: bool) -> Result<()> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        kernel::fake::{State, World},
+        request::{mac_for, UpInput},
+    };
+
+    fn req(host: &str) -> UpRequest {
+        UpRequest::build(UpInput {
+            name: "foo".into(),
+            netns: Some("ctr".into()),
+            host_address: Some(host.into()),
+            local_address: Some("10.0.0.2".into()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn up_in(w: &World, r: &UpRequest) -> Result<Vec<Change>> {
+        let (host, ctr) = (w.host(), w.ctr());
+        let k = Kernels {
+            host: &host,
+            ctr: &ctr,
+            ns: 3,
+        };
+        converge(r, &k)
+    }
+
+    fn v4(a: &str, len: u8) -> Addr {
+        (a.parse().unwrap(), len)
+    }
+
+    #[test]
+    fn up_makes_both_ends_and_a_second_up_changes_nothing() {
+        let w = World::default();
+        let r = req("10.0.0.1");
+        assert!(!up_in(&w, &r).unwrap().is_empty());
+        let h = w.link(Where::Host, "ve-foo").unwrap();
+        assert_eq!(h.link.alias.as_deref(), Some("ve-link:foo"));
+        assert_eq!(h.addrs, [v4("10.0.0.1", 32)]);
+        assert_eq!(h.routes.len(), 1);
+        let c = w.link(Where::Container, "eth0").unwrap();
+        assert!(c.link.up);
+        assert_eq!(c.routes.len(), 2);
+        assert!(w.link(Where::Container, "lo").unwrap().link.up);
+        w.clear_log();
+        assert_eq!(up_in(&w, &r).unwrap(), []);
+        // Looking only: nothing but questions went to the kernel.
+        assert!(w.log().iter().all(|(_, q)| matches!(
+            q,
+            Req::LinkByName(_)
+                | Req::Addrs { .. }
+                | Req::Routes(_)
+                | Req::NsidOf(_)
+                | Req::RouteTo(_)
+        )));
+    }
+
+    #[test]
+    fn a_failed_step_rolls_back_the_pair_it_created() {
+        let w = World::default();
+        w.fail(
+            Where::Container,
+            |q| matches!(q, Req::AddRoute(..)),
+            libc::EINVAL,
+        );
+        let e = up_in(&w, &req("10.0.0.1")).unwrap_err();
+        assert!(e.to_string().ends_with("; rolled back"), "{e}");
+        assert!(
+            e.to_string().starts_with("up foo: adding container route"),
+            "{e}"
+        );
+        assert!(w.link(Where::Host, "ve-foo").is_none());
+        assert!(w.link(Where::Container, "eth0").is_none());
+        assert!(w
+            .log()
+            .iter()
+            .any(|(s, q)| *s == Where::Host && matches!(q, Req::DelLink(_))));
+    }
+
+    #[test]
+    fn a_converging_up_that_fails_restores_what_it_removed() {
+        let w = World::default();
+        up_in(&w, &req("10.0.0.1")).unwrap();
+        let (h0, c0) = (
+            w.link(Where::Host, "ve-foo").unwrap(),
+            w.link(Where::Container, "eth0").unwrap(),
+        );
+        // A new host address: the old one goes, the container's routes change.
+        w.fail(
+            Where::Container,
+            |q| matches!(q, Req::AddRoute(..)),
+            libc::EINVAL,
+        );
+        let e = up_in(&w, &req("10.0.0.3")).unwrap_err();
+        assert!(e.to_string().ends_with("; rolled back"), "{e}");
+        assert!(w
+            .log()
+            .iter()
+            .any(|(_, q)| matches!(q, Req::DelAddr(_, a) if *a == v4("10.0.0.1", 32))));
+        let (h, c) = (
+            w.link(Where::Host, "ve-foo").unwrap(),
+            w.link(Where::Container, "eth0").unwrap(),
+        );
+        assert_eq!(h.link.index, h0.link.index, "the pair stays");
+        assert_eq!(h.addrs, h0.addrs);
+        let sorted = |mut v: Vec<Route>| {
+            v.sort_by_key(|r| r.to_string());
+            v
+        };
+        assert_eq!(sorted(h.routes), sorted(h0.routes));
+        assert_eq!(sorted(c.routes), sorted(c0.routes));
+    }
+
+    #[test]
+    fn a_link_removed_in_the_middle_of_up_is_a_race_75_not_a_bug() {
+        let w = World::default();
+        w.after(
+            Where::Host,
+            |q| matches!(q, Req::CreateVeth(_)),
+            |s: &mut State| s.remove_named(Where::Host, "ve-foo"),
+        );
+        let e = up_in(&w, &req("10.0.0.1")).unwrap_err();
+        assert_eq!(e.exit(), Exit::TempFail, "{e}");
+        assert!(
+            e.to_string().contains("ve-foo was removed meanwhile"),
+            "{e}"
+        );
+        assert!(w.links().iter().all(|l| l.link.name == "lo"));
+    }
+
+    #[test]
+    fn losing_the_create_to_another_up_converges_what_that_one_made() {
+        let w = World::default();
+        w.fail_after(
+            Where::Host,
+            |q| matches!(q, Req::CreateVeth(_)),
+            libc::EEXIST,
+            |s: &mut State| {
+                s.add_pair(
+                    "ve-foo",
+                    mac_for("foo", "host"),
+                    "eth0",
+                    mac_for("foo", "container"),
+                )
+            },
+        );
+        let changes = up_in(&w, &req("10.0.0.1")).unwrap();
+        assert!(!changes.contains(&Change::Create), "{changes:?}");
+        let creates = w
+            .log()
+            .iter()
+            .filter(|(_, q)| matches!(q, Req::CreateVeth(_)))
+            .count();
+        assert_eq!(creates, 1);
+        // The other `up` had not marked it yet: this one did, and configured it.
+        let h = w.link(Where::Host, "ve-foo").unwrap();
+        assert_eq!(h.link.alias.as_deref(), Some("ve-link:foo"));
+        assert_eq!(h.addrs, [v4("10.0.0.1", 32)]);
+        assert_eq!(w.link(Where::Container, "eth0").unwrap().routes.len(), 2);
+    }
+
+    #[test]
+    fn losing_the_create_twice_is_75() {
+        let w = World::default();
+        for _ in 0..2 {
+            w.fail(
+                Where::Host,
+                |q| matches!(q, Req::CreateVeth(_)),
+                libc::EEXIST,
+            );
+        }
+        let e = up_in(&w, &req("10.0.0.1")).unwrap_err();
+        assert_eq!(e.exit(), Exit::TempFail, "{e}");
+        assert!(e.to_string().starts_with("up foo: creating veth"), "{e}");
+        assert!(e.to_string().ends_with(RACED), "{e}");
+    }
+
+    #[test]
+    fn a_missing_bridge_is_66_and_someone_elses_link_73_and_nothing_changes() {
+        let w = World::default();
+        let mut r = req("10.0.0.1");
+        r.bridge = Some("br9".into());
+        let e = up_in(&w, &r).unwrap_err();
+        assert_eq!(e.exit(), Exit::NoInput, "{e}");
+        w.with(|s| s.add_pair("ve-foo", [2, 0, 0, 0, 0, 1], "eth9", [2, 0, 0, 0, 0, 2]));
+        let e = up_in(&w, &req("10.0.0.1")).unwrap_err();
+        assert_eq!(e.exit(), Exit::CantCreate, "{e}");
+        assert!(e.to_string().contains("not made by ve-link"), "{e}");
+        assert!(w.log().iter().all(|(_, q)| !matches!(
+            q,
+            Req::CreateVeth(_) | Req::DelLink(_) | Req::AddAddr(..) | Req::AddRoute(..)
+        )));
+    }
+}
