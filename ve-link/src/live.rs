@@ -4,14 +4,14 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use common::{Error, Exit, Result};
 
 use crate::{
-    kernel::{step_error, Netlink},
+    kernel::{step_error, Netlink, Reply, Req},
     plan::Link,
 };
 
@@ -190,6 +190,9 @@ pub fn live(nl: &dyn Netlink) -> Result<Live> {
             }
         }
     }
+    // Namespace files opened, asked about a chunk at a time (one exchange each, and
+    // not too many descriptors open at once).
+    let mut open: Vec<(fs::File, String)> = Vec::new();
     for (path, label, task) in candidates {
         let f = match open_ns(&path, &mut seen) {
             Ok(Some(f)) => f,
@@ -218,18 +221,12 @@ pub fn live(nl: &dyn Netlink) -> Result<Live> {
             // Gone meanwhile (a process that exited) is no namespace in use.
             Err(_) => continue,
         };
-        match nl.nsid_of(std::os::fd::AsRawFd::as_raw_fd(&f)) {
-            Ok(Some(id)) => {
-                out.ids.entry(id).or_insert(label);
-            }
-            Ok(None) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut || is_denied(&e) => {
-                return Err(step_error("asking for a namespace id", e));
-            }
-            // Not a network namespace (other namespace files are mounted too).
-            Err(_) => {}
+        open.push((f, label));
+        if open.len() == CHUNK {
+            ask_ids(nl, open.drain(..), &mut out)?;
         }
     }
+    ask_ids(nl, open.drain(..), &mut out)?;
     Ok(out)
 }
 
@@ -255,6 +252,33 @@ pub fn verdict_of(nl: &dyn Netlink, live: &Live, l: &Link, id: i32) -> Result<Ve
             mac: &p.mac,
         }),
     ))
+}
+
+/// Namespace files asked about in one exchange.
+const CHUNK: usize = 64;
+
+/// Record the namespace ids of `files` (those that have one) in `out`.
+fn ask_ids(
+    nl: &dyn Netlink,
+    files: impl Iterator<Item = (fs::File, String)>,
+    out: &mut Live,
+) -> Result<()> {
+    let (files, labels): (Vec<fs::File>, Vec<String>) = files.unzip();
+    let reqs: Vec<Req> = files.iter().map(|f| Req::NsidOf(f.as_raw_fd())).collect();
+    for (label, r) in labels.into_iter().zip(nl.batch(&reqs)) {
+        match r.and_then(Reply::nsid) {
+            Ok(Some(id)) => {
+                out.ids.entry(id).or_insert(label);
+            }
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut || is_denied(&e) => {
+                return Err(step_error("asking for a namespace id", e));
+            }
+            // Not a network namespace (other namespace files are mounted too).
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn denied(path: &Path, e: std::io::Error) -> Error {

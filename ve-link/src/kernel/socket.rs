@@ -22,10 +22,20 @@ use super::{msg::Msg, timed_out, wire, Netlink, Reply, Req, TIMEOUT};
 /// Room for one datagram: the kernel sizes dump parts to what the reader asks for.
 const RECV_BUF: usize = 64 * 1024;
 
+/// At most this many messages unanswered: the kernel answers a whole `send` before it
+/// returns, and answers that do not fit the receive buffer (about 200 KiB; a link is
+/// over 1 KiB) are dropped, which would leave the batch waiting for them.
+const WINDOW: usize = 64;
+
+/// How far the socket's receive timeout may be from what is left of the deadline.
+const SLACK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A route netlink socket of one namespace.
 pub struct Socket {
     sock: netlink_sys::Socket,
     seq: Cell<u32>,
+    /// The socket's receive timeout as last set.
+    timeout: Cell<std::time::Duration>,
 }
 
 /// One message in flight and what has come back for it.
@@ -81,6 +91,7 @@ impl Socket {
         Ok(Socket {
             sock,
             seq: Cell::new(0),
+            timeout: Cell::new(TIMEOUT),
         })
     }
 
@@ -93,27 +104,14 @@ impl Socket {
     /// Send `flights` and wait (within [`TIMEOUT`] in all) until each is answered.
     fn fly(&self, flights: &mut [Flight]) -> io::Result<()> {
         let deadline = Instant::now() + TIMEOUT;
-        let mut timeout = TIMEOUT;
         let mut next = 0;
         let mut buf = Vec::with_capacity(RECV_BUF);
-        while next < flights.len() || flights.iter().any(|f| !f.done) {
-            // Send up to and including the next dump once no dump is running.
-            if next < flights.len() && !flights[..next].iter().any(|f| f.is_dump() && !f.done) {
-                let mut out = Vec::new();
-                while next < flights.len() {
-                    let f = &mut flights[next];
-                    f.msg.finalize();
-                    let at = out.len();
-                    out.resize(at + f.msg.buffer_len(), 0);
-                    f.msg.serialize(&mut out[at..]);
-                    next += 1;
-                    if f.is_dump() {
-                        break;
-                    }
+        loop {
+            self.send_some(flights, &mut next)?;
+            if flights[..next].iter().all(|f| f.done) {
+                if next == flights.len() {
+                    return Ok(());
                 }
-                self.sock.send(&out, 0)?;
-            }
-            if flights.iter().all(|f| f.done) {
                 continue;
             }
             // Keep the socket's receive timeout within the deadline of the whole batch.
@@ -121,9 +119,10 @@ impl Socket {
             if left.is_zero() {
                 return Err(timed_out());
             }
-            if timeout > left + std::time::Duration::from_millis(50) {
+            let t = self.timeout.get();
+            if t > left + SLACK || t + SLACK < left {
                 set_recv_timeout(&self.sock, left)?;
-                timeout = left;
+                self.timeout.set(left);
             }
             buf.clear();
             match self.sock.recv(&mut buf, libc::MSG_TRUNC) {
@@ -134,10 +133,38 @@ impl Socket {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(timed_out()),
+                // Past the deadline is checked at the top of the loop.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
             take(&buf, flights);
+        }
+    }
+
+    /// Send what may go now, in one `send`: nothing while a dump runs (the kernel runs
+    /// one per socket), at most up to and including the next dump, and no more than
+    /// [`WINDOW`] unanswered messages (their answers must fit the receive buffer).
+    fn send_some(&self, flights: &mut [Flight], next: &mut usize) -> io::Result<()> {
+        let sent = &flights[..*next];
+        if sent.iter().any(|f| f.is_dump() && !f.done) {
+            return Ok(());
+        }
+        let mut budget = WINDOW.saturating_sub(sent.iter().filter(|f| !f.done).count());
+        let mut out = Vec::new();
+        while *next < flights.len() && budget > 0 {
+            let f = &mut flights[*next];
+            f.msg.finalize();
+            let at = out.len();
+            out.resize(at + f.msg.buffer_len(), 0);
+            f.msg.serialize(&mut out[at..]);
+            *next += 1;
+            budget -= 1;
+            if f.is_dump() {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            self.sock.send(&out, 0)?;
         }
         Ok(())
     }
@@ -318,5 +345,19 @@ mod tests {
         assert_eq!(r.next().unwrap().link().unwrap(), None);
         assert_eq!(r.next().unwrap().links().unwrap().len(), all.len());
         assert_eq!(r.next().unwrap().link().unwrap().unwrap().name, "lo");
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_receive_buffer_holds_gets_every_answer() {
+        let s = Socket::open().unwrap();
+        // Over 1 KiB each: 1,000 at once would not fit the receive buffer.
+        let reqs = vec![Req::LinkByIndex(1); 1000];
+        let start = Instant::now();
+        let r = s.batch(&reqs);
+        assert!(start.elapsed() < TIMEOUT, "{:?}", start.elapsed());
+        assert_eq!(r.len(), 1000);
+        for a in r {
+            assert_eq!(a.unwrap().link().unwrap().unwrap().index, 1);
+        }
     }
 }
