@@ -149,3 +149,77 @@ fn rows(nl: &dyn Netlink) -> Result<Vec<ListRow>> {
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        kernel::{fake::World, Req},
+        plan::Where,
+        request::{alias_for, mac_for},
+    };
+
+    #[test]
+    fn list_shows_managed_pairs_with_both_ends_addresses_and_mode_only() {
+        let w = World::default();
+        w.with(|s| {
+            s.add_pair("ve-foo", mac_for("foo", "host"), "eth0", [2, 0, 0, 0, 0, 2]);
+            s.add_pair("vb-bar", mac_for("bar", "host"), "eth1", [2, 0, 0, 0, 0, 3]);
+            // Someone else's veth, and a pair an `up` has not marked yet.
+            s.add_pair("ve-baz", [2, 0, 0, 0, 0, 4], "x", [2, 0, 0, 0, 0, 5]);
+            s.add_pair("ve-new", mac_for("new", "host"), "eth2", [2, 0, 0, 0, 0, 6]);
+            for l in &mut s.links {
+                match l.link.name.as_str() {
+                    "ve-foo" => {
+                        l.link.alias = Some(alias_for("foo"));
+                        l.addrs.push(("10.0.0.1".parse().unwrap(), 32));
+                    }
+                    "vb-bar" => l.link.alias = Some(alias_for("bar")),
+                    "ve-baz" => l.link.alias = Some("mine".into()),
+                    "eth0" => l.addrs.push(("10.0.0.2".parse().unwrap(), 24)),
+                    _ => {}
+                }
+            }
+        });
+        let rows = rows(&w.host()).unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.iface.as_str(),
+                    r.mode,
+                    r.peer.as_str(),
+                    r.state,
+                    r.addresses.join(","),
+                    r.container_addresses.join(","),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "bar",
+                    "vb-bar",
+                    "bridge",
+                    "eth1",
+                    "up",
+                    "".into(),
+                    "".into()
+                ),
+                (
+                    "foo",
+                    "ve-foo",
+                    "routed",
+                    "eth0",
+                    "up",
+                    "10.0.0.1".into(),
+                    "10.0.0.2/24".into()
+                ),
+            ]
+        );
+        assert!(w.log().iter().all(|(s, q)| *s == Where::Host
+            && !matches!(q, Req::DelLink(_) | Req::SetGroup(..) | Req::FixLink(..))));
+    }
+}

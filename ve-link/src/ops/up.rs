@@ -807,4 +807,28 @@ mod tests {
             Req::CreateVeth(_) | Req::DelLink(_) | Req::AddAddr(..) | Req::AddRoute(..)
         )));
     }
+
+    #[test]
+    fn a_link_with_our_alias_that_is_no_veth_is_never_replaced() {
+        let w = World::default();
+        // A dummy link someone named and marked like ours.
+        w.with(|s| {
+            s.links.push(crate::kernel::fake::FakeLink {
+                ns: Where::Host,
+                link: Link {
+                    index: 5,
+                    name: "ve-foo".into(),
+                    alias: Some("ve-link:foo".into()),
+                    mac: mac_for("foo", "host").to_vec(),
+                    ..Default::default()
+                },
+                addrs: Vec::new(),
+                routes: Vec::new(),
+            })
+        });
+        let e = up_in(&w, &req("10.0.0.1")).unwrap_err();
+        assert_eq!(e.exit(), Exit::CantCreate, "{e}");
+        assert!(w.link(Where::Host, "ve-foo").is_some());
+        assert!(w.log().iter().all(|(_, q)| !matches!(q, Req::DelLink(_))));
+    }
 }
