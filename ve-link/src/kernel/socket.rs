@@ -276,7 +276,12 @@ impl Netlink for Socket {
                 // The whole exchange failed (a timeout): every request says so.
                 return reqs
                     .iter()
-                    .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                    .map(|_| {
+                        Err(match e.raw_os_error() {
+                            Some(code) => io::Error::from_raw_os_error(code),
+                            None => io::Error::new(e.kind(), e.to_string()),
+                        })
+                    })
                     .collect();
             }
         };
