@@ -1,4 +1,4 @@
-//! `ve-link`: plumbs a container's network namespace in one go over rtnetlink: a veth
+//! `ve-link`: plumbs a container's network namespace in one go over route netlink: a veth
 //! pair with its peer made directly inside the namespace, addresses and routes on both
 //! sides; idempotent, converging, rolled back on failure; torn down in batches.
 
@@ -12,6 +12,7 @@ pub mod guard;
 pub mod kernel;
 mod live;
 mod ops;
+pub mod ours;
 pub mod plan;
 pub mod request;
 

@@ -4,13 +4,16 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use common::{Error, Exit, Result};
 
-use crate::kernel::{step_error, Nl};
+use crate::{
+    kernel::{step_error, Netlink, Reply, Req},
+    plan::Link,
+};
 
 /// The namespaces in use, as the host's namespace ids.
 #[derive(Debug, Default)]
@@ -154,7 +157,7 @@ fn hidden(task: &Path, label: String) -> Option<Hidden> {
 /// bind-mounted anywhere (Docker's, a user's, whatever path was given to `--netns`), or
 /// entered by some process or thread. A namespace that only a stray file descriptor
 /// keeps alive is a container that is gone.
-pub async fn live(nl: &Nl) -> Result<Live> {
+pub fn live(nl: &dyn Netlink) -> Result<Live> {
     let mut seen = HashSet::new();
     let mut out = Live::default();
     // (namespace file, label, the task directory for a process's)
@@ -187,6 +190,9 @@ pub async fn live(nl: &Nl) -> Result<Live> {
             }
         }
     }
+    // Namespace files opened, asked about a chunk at a time (one exchange each, and
+    // not too many descriptors open at once).
+    let mut open: Vec<(fs::File, String)> = Vec::new();
     for (path, label, task) in candidates {
         let f = match open_ns(&path, &mut seen) {
             Ok(Some(f)) => f,
@@ -215,7 +221,52 @@ pub async fn live(nl: &Nl) -> Result<Live> {
             // Gone meanwhile (a process that exited) is no namespace in use.
             Err(_) => continue,
         };
-        match nl.nsid_of(&f).await {
+        open.push((f, label));
+        if open.len() == CHUNK {
+            ask_ids(nl, open.drain(..), &mut out)?;
+        }
+    }
+    ask_ids(nl, open.drain(..), &mut out)?;
+    Ok(out)
+}
+
+/// Whether the container namespace of host end `l` (namespace id `id`) is in use. Only
+/// when some process may not be inspected is the container end looked at.
+pub fn verdict_of(nl: &dyn Netlink, live: &Live, l: &Link, id: i32) -> Result<Verdict> {
+    let mut peer = None;
+    if let v @ Verdict::Live(_) = live.verdict(id, None) {
+        return Ok(v);
+    }
+    if live.has_hidden() {
+        if let Some(pi) = l.peer {
+            peer = nl
+                .link_at(pi, id)
+                .map_err(|e| step_error(format!("reading the container end of {}", l.name), e))?;
+        }
+    }
+    Ok(live.verdict(
+        id,
+        peer.as_ref().map(|p| Peer {
+            index: p.index,
+            name: &p.name,
+            mac: &p.mac,
+        }),
+    ))
+}
+
+/// Namespace files asked about in one exchange.
+const CHUNK: usize = 64;
+
+/// Record the namespace ids of `files` (those that have one) in `out`.
+fn ask_ids(
+    nl: &dyn Netlink,
+    files: impl Iterator<Item = (fs::File, String)>,
+    out: &mut Live,
+) -> Result<()> {
+    let (files, labels): (Vec<fs::File>, Vec<String>) = files.unzip();
+    let reqs: Vec<Req> = files.iter().map(|f| Req::NsidOf(f.as_raw_fd())).collect();
+    for (label, r) in labels.into_iter().zip(nl.batch(&reqs)) {
+        match r.and_then(Reply::nsid) {
             Ok(Some(id)) => {
                 out.ids.entry(id).or_insert(label);
             }
@@ -227,7 +278,7 @@ pub async fn live(nl: &Nl) -> Result<Live> {
             Err(_) => {}
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn denied(path: &Path, e: std::io::Error) -> Error {

@@ -138,18 +138,45 @@ impl fmt::Display for Change {
 pub struct Plan {
     pub changes: Vec<Change>,
     /// Conflicts `up` will not resolve (someone else's link in the way).
-    pub blockers: Vec<String>,
+    pub blockers: Vec<Blocker>,
+}
+
+/// Why `up` cannot go ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocker {
+    /// The bridge to attach to does not exist (exit 66).
+    NoBridge(String),
+    /// A link that is not this container's is in the way (exit 73).
+    InTheWay(String),
+}
+
+impl Blocker {
+    pub fn exit(&self) -> common::Exit {
+        match self {
+            Blocker::NoBridge(_) => common::Exit::NoInput,
+            Blocker::InTheWay(_) => common::Exit::CantCreate,
+        }
+    }
+}
+
+impl fmt::Display for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocker::NoBridge(b) => write!(f, "bridge {b} does not exist"),
+            Blocker::InTheWay(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The container a host-end link belongs to: its alias says so, or, in the moment
 /// between creation and the alias (the kernel ignores IFLA_IFALIAS on creation), the
 /// MAC derived from the requested container's name, set in the creating request.
+/// (The rule is [`crate::ours`]'s.) Another container's when its alias says so.
 pub fn owner<'a>(l: &'a Link, req: &'a UpRequest) -> Option<&'a str> {
-    match container_of(l.alias.as_deref()) {
-        Some(n) => Some(n),
-        None if l.alias.is_none() && l.veth && l.mac == req.host_mac => Some(&req.name),
-        None => None,
+    if crate::ours::is_host_end_of(l, &req.name) {
+        return Some(&req.name);
     }
+    container_of(l.alias.as_deref()).filter(|n| *n != req.name)
 }
 
 /// Compare `have` with what `req` asks for.
@@ -159,7 +186,8 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     let mut have = have;
     let without_other;
     if let Some(o) = &have.other {
-        if container_of(o.alias.as_deref()) == Some(req.name.as_str()) && o.veth {
+        // Marked only: an unmarked one may be another `up` in the middle of its work.
+        if crate::ours::container(o) == Some(req.name.as_str()) {
             p.changes.push(Change::RemoveStale {
                 index: o.index,
                 why: format!("{} is left from an up in the other mode", o.name),
@@ -177,10 +205,8 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     let want = req.want();
     let ns = req.netns.to_string();
     if req.bridge.is_some() && have.bridge.is_none() {
-        p.blockers.push(format!(
-            "bridge {} does not exist",
-            req.bridge.as_deref().unwrap_or_default()
-        ));
+        p.blockers
+            .push(Blocker::NoBridge(req.bridge.clone().unwrap_or_default()));
     }
     let paired = match (&have.host.link, &have.ctr.link) {
         (Some(h), Some(c)) => {
@@ -196,15 +222,15 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     let mut fresh = true;
     if let Some(h) = &have.host.link {
         match owner(h, req) {
-            None => p.blockers.push(format!(
+            None => p.blockers.push(Blocker::InTheWay(format!(
                 "{} exists and was not made by ve-link (no {:?} alias); not touching it",
                 h.name,
                 crate::request::alias_for(&req.name)
-            )),
-            Some(n) if n != req.name => p.blockers.push(format!(
+            ))),
+            Some(n) if n != req.name => p.blockers.push(Blocker::InTheWay(format!(
                 "{} belongs to container {n}, not {}",
                 h.name, req.name
-            )),
+            ))),
             Some(_) if paired => fresh = false,
             Some(_) => p.changes.push(Change::RemoveStale {
                 index: h.index,
@@ -214,8 +240,10 @@ pub fn plan(req: &UpRequest, have: &Observed) -> Plan {
     }
     if fresh {
         if have.ctr.link.is_some() {
-            p.blockers
-                .push(format!("{} already exists in {ns}", req.peer_ifname));
+            p.blockers.push(Blocker::InTheWay(format!(
+                "{} already exists in {ns}",
+                req.peer_ifname
+            )));
         }
         p.changes.push(Change::Create);
         if !have.ctr_lo_up {
@@ -492,7 +520,7 @@ mod tests {
             .changes
             .iter()
             .any(|c| matches!(c, Change::RemoveStale { .. })));
-        assert!(p.blockers[0].contains("eth0 already exists"));
+        assert!(p.blockers[0].to_string().contains("eth0 already exists"));
     }
 
     #[test]
@@ -501,15 +529,22 @@ mod tests {
         let mut have = in_place(&r);
         have.host.link.as_mut().unwrap().alias = None;
         have.host.link.as_mut().unwrap().mac = vec![2, 0, 0, 0, 0, 1];
-        assert!(plan(&r, &have).blockers[0].contains("not made by ve-link"));
+        assert!(plan(&r, &have).blockers[0]
+            .to_string()
+            .contains("not made by ve-link"));
         // Same MAC but some other alias: still not ours.
         let mut have = in_place(&r);
         have.host.link.as_mut().unwrap().alias = Some("uplink".into());
-        assert!(plan(&r, &have).blockers[0].contains("not made by ve-link"));
+        assert!(plan(&r, &have).blockers[0]
+            .to_string()
+            .contains("not made by ve-link"));
         let mut have = in_place(&r);
         have.host.link = None;
         let p = plan(&r, &have);
-        assert!(p.blockers[0].contains("eth0 already exists"), "{p:?}");
+        assert!(
+            p.blockers[0].to_string().contains("eth0 already exists"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@
 
 use std::convert::Infallible;
 
-use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_core::{
+use netlink_packet_core::{
     NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, NLA_TYPE_MASK,
 };
+use netlink_packet_route::RouteNetlinkMessage;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
@@ -172,8 +172,8 @@ fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 
     /// The bytes of a NEWLINK reply for `lo` with `alias` as raw bytes.
     fn newlink(alias: &[u8], altname: &[u8]) -> Vec<u8> {
