@@ -65,14 +65,18 @@ impl Exit {
             Exit::Usage => "bad command line",
             Exit::DataErr => "bad input data (name, address, pool, file contents)",
             Exit::NoInput => "input missing (lease, network namespace, interface, file)",
-            Exit::Unavailable => "service unavailable (NetworkManager, iptables; or not answering in time)",
+            Exit::Unavailable => {
+                "service unavailable (NetworkManager, iptables; or not answering in time)"
+            }
             Exit::Software => "internal error",
             Exit::OsErr => "operating system error",
             Exit::CantCreate => "cannot create (address pool exhausted, a foreign link in the way)",
             Exit::IoErr => "I/O error (writing a file, a corrupt store)",
             Exit::TempFail => "temporary failure, try again (lock busy, no answer in time, a race)",
             Exit::NoPerm => "permission denied",
-            Exit::Config => "configuration error (bad config file, unknown store version, unsafe directory)",
+            Exit::Config => {
+                "configuration error (bad config file, unknown store version, unsafe directory)"
+            }
         }
     }
 }

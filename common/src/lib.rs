@@ -1,4 +1,4 @@
-//! What every ve-net tool shares: the exit-code table, the error type, the entry point,
+//! What every ve-net tool shares: the exit-code table, the error type and its kinds, the entry point,
 //! logging, stdout formats, and the container naming rule.
 
 pub mod cli;
@@ -13,5 +13,5 @@ pub mod output;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{Context, Error, Result};
+pub use error::{Context, Error, Kind, Result};
 pub use exit::Exit;

@@ -10,15 +10,23 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{Error, Result};
+use crate::{Error, Kind, Result};
 
-/// Write `text` to stdout and flush. A vanished reader shows up as a broken-pipe error,
-/// which `cli::main` treats as success.
+/// Write `text` to stdout and flush. A vanished reader is [`Kind::BrokenPipe`], which
+/// `cli::main` treats as success.
 pub fn print(text: &str) -> Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+fn stdout_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Error::new(Kind::BrokenPipe, "writing stdout: the reader went away")
+    } else {
+        Error::io("writing stdout", e)
+    }
 }
 
 /// Render `KEY=value` lines: the NixOS container conf format and a valid systemd
