@@ -1,5 +1,6 @@
-//! What every ve-net tool shares: the exit-code table, the error type and its kinds, the entry point,
-//! logging, stdout formats, and the container naming rule.
+//! What every ve-net tool shares: the exit-code table, the error type and its kinds,
+//! the entry point, logging, stdout formats, the env-file keys (`lease`), and the
+//! container naming rule.
 
 pub mod cli;
 pub mod doc;
@@ -7,6 +8,7 @@ mod error;
 mod exit;
 #[cfg(feature = "testing")]
 pub mod harness;
+pub mod lease;
 pub mod name;
 pub mod netns;
 pub mod output;

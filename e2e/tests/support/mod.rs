@@ -311,10 +311,10 @@ pub fn parallel(commands: Vec<Command>) -> Vec<Output> {
 }
 
 /// Value of `key` in `KEY=value` lines.
+/// `key`'s value in a tool's `KEY=value` output (a `common::lease` key), read by the
+/// parser the tools use.
 pub fn env_value(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .map(|v| v.trim_matches('\'').to_string())
+    common::output::parse_env(text, "output").ok()?.remove(key)
 }
 
 pub fn stdout(o: &Output) -> String {
