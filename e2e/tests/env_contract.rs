@@ -70,5 +70,26 @@ fn units_and_readmes_name_only_defined_keys() {
 fn the_scanners_find_what_they_look_for() {
     let s = "# env_value NOT_ME x\nx=$(env_value HOST_IFACE \"$out\")\ny=$(env_value LOCAL_ADDRESS6 \"$o\")";
     assert_eq!(env_value_keys(s), ["HOST_IFACE", "LOCAL_ADDRESS6"]);
-    assert_eq!(key_like("(HOST_BRIDGE, LOCAL_X=1)"), ["HOST_BRIDGE", "LOCAL_X"]);
+    assert_eq!(
+        key_like("(HOST_BRIDGE, LOCAL_X=1)"),
+        ["HOST_BRIDGE", "LOCAL_X"]
+    );
+}
+
+/// The README's table of the contract has a row for every key.
+#[test]
+fn the_readme_contract_table_covers_every_key() {
+    let readme = read("README.md");
+    let section = readme
+        .split("\n### The env-file contract\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README.md has a `### The env-file contract` section");
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
+    for k in ALL_KEYS {
+        assert!(
+            rows.iter().any(|r| r.contains(&format!("`{k}`"))),
+            "README.md's env-file contract table lacks {k}"
+        );
+    }
 }
