@@ -190,15 +190,14 @@ impl Host {
             .collect()
     }
 
-    /// The names that have a lease.
+    /// The names that have a lease (`list --json` is JSON Lines: one lease a line).
     pub fn leases(&self) -> Vec<String> {
-        let list: serde_json::Value =
-            serde_json::from_str(&self.tool("ve-alloc", &["list", "--json"]))
-                .expect("a JSON array");
-        list.as_array()
-            .expect("a JSON array")
-            .iter()
-            .map(|v| v["name"].as_str().unwrap_or_default().to_string())
+        self.tool("ve-alloc", &["list", "--json"])
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+                v["name"].as_str().unwrap_or_default().to_string()
+            })
             .collect()
     }
 
