@@ -170,6 +170,17 @@ fn unquote(v: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Only a vanished stdout reader is the silent success; a full disk behind a
+    /// redirect is an error.
+    #[test]
+    fn stdout_errors() {
+        let e = stdout_error(io::Error::from_raw_os_error(libc::EPIPE));
+        assert_eq!((e.kind(), e.code()), (Kind::BrokenPipe, 0));
+        let e = stdout_error(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!((e.kind(), e.code()), (Kind::Os, 71));
+        assert!(e.to_string().starts_with("writing stdout: "), "{e}");
+    }
+
     #[test]
     fn env_lines_round_trip() {
         let text = env_lines(&[
