@@ -11,10 +11,15 @@ fn read(rel: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Words that look like keys and are not: ve-nat's forward syntax
+/// (`PROTO:HOST_PORT[-END]:ADDR:PORT[-END]`).
+const NOT_KEYS: [&str; 1] = ["HOST_PORT"];
+
 /// The words of `text` that look like a contract key: `HOST_...` or `LOCAL_...`.
 fn key_like(text: &str) -> Vec<&str> {
     text.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
         .filter(|w| w.starts_with("HOST_") || w.starts_with("LOCAL_"))
+        .filter(|w| !NOT_KEYS.contains(w))
         .collect()
 }
 
@@ -54,6 +59,8 @@ fn units_and_readmes_name_only_defined_keys() {
         "examples/systemd/ve-net@.service",
         "README.md",
         "ve-link/README.md",
+        "ve-nat/README.md",
+        "nm-unmanage/README.md",
     ] {
         for k in key_like(&read(rel)) {
             seen += 1;
@@ -92,4 +99,31 @@ fn the_readme_contract_table_covers_every_key() {
             "README.md's env-file contract table lacks {k}"
         );
     }
+}
+
+/// Every `--help` (each subcommand's too) names only defined keys.
+#[test]
+fn help_texts_name_only_defined_keys() {
+    fn walk(cmd: &mut clap::Command, path: String, seen: &mut usize) {
+        let help = cmd.render_long_help().to_string();
+        for k in key_like(&help) {
+            *seen += 1;
+            assert!(ALL_KEYS.contains(&k), "{path} --help names {k}");
+        }
+        for sub in cmd.get_subcommands_mut() {
+            let p = format!("{path} {}", sub.get_name());
+            walk(sub, p, seen);
+        }
+    }
+    let mut seen = 0;
+    for (name, mut cmd) in [
+        ("ve-alloc", ve_alloc::command()),
+        ("ve-link", ve_link::command()),
+        ("ve-nat", ve_nat::command()),
+        ("nm-unmanage", nm_unmanage::command()),
+    ] {
+        cmd.build();
+        walk(&mut cmd, name.to_string(), &mut seen);
+    }
+    assert!(seen > 0, "no key in any help: the scan is broken");
 }
