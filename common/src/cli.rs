@@ -4,7 +4,7 @@ use std::{ffi::OsString, io::Write, process};
 
 use clap::{ArgMatches, Command, FromArgMatches};
 
-use crate::{Error, Exit, Result};
+use crate::{Error, Kind, Result};
 
 /// Flags every tool takes: `-v` (more, repeatable) and `-q` (less) diagnostics on stderr.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
@@ -68,11 +68,11 @@ fn clap_error(err: clap::Error) -> Error {
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = err.print();
-            Error::new(Exit::Ok, SHOWN)
+            Error::new(Kind::Help, "help or version shown")
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = err.print();
-            Error::usage(SHOWN)
+            Error::new(Kind::UsageHelp, "no subcommand; help shown")
         }
         _ => {
             // clap's message runs until the first blank line (then usage and tips);
@@ -90,17 +90,14 @@ fn clap_error(err: clap::Error) -> Error {
     }
 }
 
-/// Marker message for errors whose text clap already printed.
-const SHOWN: &str = "\u{0}shown";
-
 /// Run a tool: `main` gets the arguments and returns a result; this prints the one error
-/// line and exits with its code. A broken pipe on stdout counts as success.
+/// line (unless its kind is silent: help shown, stdout's reader gone) and exits with the
+/// code of its kind.
 pub fn main(tool: &'static str, main: fn(Vec<OsString>) -> Result<()>) -> ! {
     let code = match main(std::env::args_os().collect()) {
         Ok(()) => 0,
-        Err(e) if e.is_broken_pipe() => 0,
         Err(e) => {
-            if e.message() != SHOWN {
+            if !e.kind().is_silent() {
                 eprintln!("{tool}: error: {e}");
             }
             e.code()
@@ -132,7 +129,7 @@ mod tests {
     fn clap_errors_become_one_line_usage_errors() {
         use clap::CommandFactory;
         let e = parse::<Args>(Args::command(), args(&["t", "--n", "x"])).unwrap_err();
-        assert_eq!(e.exit(), Exit::Usage);
+        assert_eq!(e.kind(), Kind::Usage);
         assert!(!e.message().contains('\n'), "{e}");
         assert!(e.message().contains("--n"), "{e}");
         let e = parse::<Args>(Args::command(), args(&["t"])).unwrap_err();
@@ -140,5 +137,9 @@ mod tests {
         assert!(!e.message().contains('\n'), "{e}");
         let ok = parse::<Args>(Args::command(), args(&["t", "--n", "3", "-vv"])).unwrap();
         assert_eq!((ok.n, ok.v.level()), (3, log::LevelFilter::Debug));
+        // Help is no failure and no error line: a kind, not a marker in the message.
+        let e = parse::<Args>(Args::command(), args(&["t", "--help"])).unwrap_err();
+        assert_eq!((e.kind(), e.code()), (Kind::Help, 0));
+        assert!(e.kind().is_silent());
     }
 }

@@ -1,5 +1,6 @@
-//! What every ve-net tool shares: the exit-code table, the error type, the entry point,
-//! logging, stdout formats, and the container naming rule.
+//! What every ve-net tool shares: the exit-code table, the error type and its kinds,
+//! the entry point, logging, stdout formats, the env-file keys (`lease`), and the
+//! container naming rule.
 
 pub mod cli;
 pub mod doc;
@@ -7,11 +8,12 @@ mod error;
 mod exit;
 #[cfg(feature = "testing")]
 pub mod harness;
+pub mod lease;
 pub mod name;
 pub mod netns;
 pub mod output;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{Context, Error, Result};
+pub use error::{Context, Error, Kind, Result};
 pub use exit::Exit;

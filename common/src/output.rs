@@ -10,15 +10,23 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{Error, Result};
+use crate::{Error, Kind, Result};
 
-/// Write `text` to stdout and flush. A vanished reader shows up as a broken-pipe error,
-/// which `cli::main` treats as success.
+/// Write `text` to stdout and flush. A vanished reader is [`Kind::BrokenPipe`], which
+/// `cli::main` treats as success.
 pub fn print(text: &str) -> Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+fn stdout_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Error::new(Kind::BrokenPipe, "writing stdout: the reader went away")
+    } else {
+        Error::io("writing stdout", e)
+    }
 }
 
 /// Render `KEY=value` lines: the NixOS container conf format and a valid systemd
@@ -161,6 +169,17 @@ fn unquote(v: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a vanished stdout reader is the silent success; a full disk behind a
+    /// redirect is an error.
+    #[test]
+    fn stdout_errors() {
+        let e = stdout_error(io::Error::from_raw_os_error(libc::EPIPE));
+        assert_eq!((e.kind(), e.code()), (Kind::BrokenPipe, 0));
+        let e = stdout_error(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!((e.kind(), e.code()), (Kind::Os, 71));
+        assert!(e.to_string().starts_with("writing stdout: "), "{e}");
+    }
 
     #[test]
     fn env_lines_round_trip() {

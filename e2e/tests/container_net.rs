@@ -10,6 +10,7 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use common::{
     harness::{http_get_within, HttpServer},
+    lease,
     testing::{privileged, run_ok},
 };
 use support::*;
@@ -70,7 +71,7 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
             stderr(o)
         );
         assert_eq!(
-            env_value(&stdout(o), "HOST_IFACE").as_deref(),
+            env_value(&stdout(o), lease::HOST_IFACE).as_deref(),
             Some(format!("ve-{}", c.name).as_str()),
             "up {} printed: {}",
             c.name,
@@ -79,7 +80,7 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
     }
     let local: Vec<String> = first
         .iter()
-        .map(|o| env_value(&stdout(o), "LOCAL_ADDRESS").expect("LOCAL_ADDRESS"))
+        .map(|o| env_value(&stdout(o), lease::LOCAL_ADDRESS).expect("LOCAL_ADDRESS"))
         .collect();
     let mut distinct = local.clone();
     distinct.sort();
@@ -142,7 +143,10 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
             .unwrap();
         assert!(o.status.success(), "status {}: {}", c.name, stderr(&o));
         assert_eq!(env_value(&stdout(&o), "STATE").as_deref(), Some("up"));
-        assert_eq!(env_value(&stdout(&o), "LOCAL_ADDRESS").as_ref(), Some(addr));
+        assert_eq!(
+            env_value(&stdout(&o), lease::LOCAL_ADDRESS).as_ref(),
+            Some(addr)
+        );
     }
 
     // up again: the same output, and nothing changes on the host or in any container.

@@ -13,7 +13,7 @@ mod watch;
 use std::{cell::RefCell, ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory, Parser};
-use common::{cli::Verbosity, output, Error, Exit, Result};
+use common::{cli::Verbosity, output, Error, Kind as ErrorKind, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 pub use nm::{
@@ -159,7 +159,10 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     }
     match rt.block_on(act(&args, &patterns)) {
         // Not there or not answering: nothing to keep off (--if-running).
-        Err(e) if args.if_running && e.exit() == Exit::Unavailable => {
+        Err(e)
+            if args.if_running
+                && matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::NoAnswer) =>
+        {
             log::warn!("{e}; nothing more to do (--if-running)");
             Ok(())
         }
@@ -179,7 +182,9 @@ enum Reach {
 async fn reach(address: &str, timeout: Duration) -> Result<Reach> {
     let conn = match nm::connect(address, timeout).await {
         Ok(c) => c,
-        Err(e) if e.exit() == Exit::Unavailable => return Ok(Reach::NoBus(e)),
+        Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::NoAnswer) => {
+            return Ok(Reach::NoBus(e))
+        }
         Err(e) => return Err(e),
     };
     let bus = Bus::new(conn);
@@ -191,7 +196,9 @@ async fn reach(address: &str, timeout: Duration) -> Result<Reach> {
             ));
             Ok(Reach::NoNm(bus, e))
         }
-        Err(e) if e.exit() == Exit::Unavailable => Ok(Reach::NoBus(e)),
+        Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::NoAnswer) => {
+            Ok(Reach::NoBus(e))
+        }
         Err(e) => Err(e),
     }
 }
@@ -225,7 +232,7 @@ async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
             Ok(true) => log::info!("wrote {}", path.display()),
             Ok(false) => log::info!("{} is up to date", path.display()),
             // No NetworkManager and not even its config directory: nothing to keep off.
-            Err(e) if absent && args.if_running && e.exit() == Exit::NoInput => {
+            Err(e) if absent && args.if_running && e.kind() == ErrorKind::NotFound => {
                 log::info!("{e}")
             }
             Err(e) => return Err(e),
@@ -348,7 +355,9 @@ async fn watch_body(
         match bus.reload_config().await {
             Ok(()) => log::info!("NetworkManager reloaded its configuration"),
             // Not answering: the watch's own bound decides whether it ever will.
-            Err(e) if e.exit() == Exit::Unavailable => log::warn!("{e}"),
+            Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::NoAnswer) => {
+                log::warn!("{e}")
+            }
             Err(e) => return Err(e),
         }
     } else {

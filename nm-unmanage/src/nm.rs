@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{Error, Exit, Result};
+use common::{Error, Kind, Result};
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
 pub const NM_NAME: &str = "org.freedesktop.NetworkManager";
@@ -67,8 +67,8 @@ pub struct Bus {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connect to the bus at `address`, every later method call on the connection bounded
-/// by `timeout` as well. Failing to reach the bus, or no answer within `timeout`, is
-/// "unavailable" (69); a refusal is "permission denied" (77): a socket we may not open,
+/// by `timeout` as well. Failing to reach the bus ([`Kind::Unavailable`]), or no answer
+/// within `timeout` ([`Kind::NoAnswer`]), is 69; a refusal is "permission denied" (77): a socket we may not open,
 /// rejected credentials, or a bus that hangs up on us during the handshake (what
 /// dbus-daemon does to a user its policy does not allow to connect).
 pub async fn connect(address: &str, timeout: Duration) -> Result<Connection> {
@@ -77,17 +77,17 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<Connection> {
         .method_timeout(timeout)
         .build();
     match tokio::time::timeout(timeout, build).await {
-        Err(_) => Err(Error::unavailable(format!(
-            "{doing}: no answer within {} (--timeout)",
-            seconds(timeout)
-        ))),
+        Err(_) => Err(Error::new(
+            Kind::NoAnswer,
+            format!("{doing}: no answer within {} (--timeout)", seconds(timeout)),
+        )),
         Ok(Ok(conn)) => Ok(conn),
         // dbus-daemon hangs up on a user its policy does not let connect. Root is let in
         // by every policy we know, so for root a hang-up is a bus going away (a restart,
         // a crash): unavailable, which --if-running forgives.
         Ok(Err(zbus::Error::InputOutput(io))) if hung_up(io.kind()) && !is_root() => {
             Err(Error::new(
-                Exit::NoPerm,
+                Kind::Permission,
                 format!(
                     "{doing}: permission denied: the bus closed the connection during the \
                      handshake (its policy does not let this user connect)"
@@ -297,10 +297,10 @@ fn is_gone(e: &zbus::Error) -> bool {
     )
 }
 
-/// Turn a zbus error into the tool's error with the right exit code (see [`exit_for`]).
+/// Turn a zbus error into the tool's error of the right kind (see [`kind_for`]).
 /// A method error's message names the D-Bus error.
 pub fn dbus_error(doing: &str, e: zbus::Error) -> Error {
-    let exit = exit_for(&e);
+    let kind = kind_for(&e);
     let text = match (&e, name_and_detail(&e)) {
         (_, Some((name, Some(detail)))) if !detail.is_empty() => format!("{detail} ({name})"),
         (_, Some((name, _))) => name,
@@ -316,12 +316,12 @@ pub fn dbus_error(doing: &str, e: zbus::Error) -> Error {
     };
     // One line, whatever the peer put into its error description.
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let hint = if exit == Exit::Unavailable && is_missing_service(&e) {
+    let hint = if kind == Kind::Unavailable && is_missing_service(&e) {
         " (is NetworkManager running on this bus?)"
     } else {
         ""
     };
-    Error::new(exit, format!("{doing}: {text}{hint}"))
+    Error::new(kind, format!("{doing}: {text}{hint}"))
 }
 
 fn is_missing_service(e: &zbus::Error) -> bool {
@@ -334,9 +334,10 @@ fn is_missing_service(e: &zbus::Error) -> bool {
     )
 }
 
-/// The exit code for a D-Bus failure:
-/// - 69: NetworkManager (or the bus) is not there or does not answer: no such name,
-///   service unknown, no reply, disconnected, a broken connection;
+/// The kind of a D-Bus failure (exit code in front):
+/// - 69: NetworkManager (or the bus) is not there (no such name, service unknown,
+///   disconnected, a broken connection: [`Kind::Unavailable`]) or does not answer (no
+///   reply, a timeout: [`Kind::NoAnswer`]);
 /// - 77: refused: the bus policy, polkit, NetworkManager's own permission checks, or
 ///   the bus rejecting our credentials;
 /// - 70: any other error of the D-Bus protocol family (`org.freedesktop.DBus.Error.*`,
@@ -345,46 +346,49 @@ fn is_missing_service(e: &zbus::Error) -> bool {
 /// - 71: any other error NetworkManager raised itself (e.g.
 ///   `org.freedesktop.NetworkManager.Failed`): the operation failed on its side;
 /// - 64: a malformed bus address.
-fn exit_for(e: &zbus::Error) -> Exit {
+fn kind_for(e: &zbus::Error) -> Kind {
     if let Some(name) = error_name(e) {
         return match name.as_str() {
             "org.freedesktop.DBus.Error.ServiceUnknown"
             | "org.freedesktop.DBus.Error.NameHasNoOwner"
-            | "org.freedesktop.DBus.Error.NoReply"
-            | "org.freedesktop.DBus.Error.Timeout"
-            | "org.freedesktop.DBus.Error.TimedOut"
             | "org.freedesktop.DBus.Error.Disconnected"
-            | "org.freedesktop.DBus.Error.NoServer" => Exit::Unavailable,
+            | "org.freedesktop.DBus.Error.NoServer" => Kind::Unavailable,
+            "org.freedesktop.DBus.Error.NoReply"
+            | "org.freedesktop.DBus.Error.Timeout"
+            | "org.freedesktop.DBus.Error.TimedOut" => Kind::NoAnswer,
             "org.freedesktop.DBus.Error.AccessDenied"
             | "org.freedesktop.DBus.Error.AuthFailed"
-            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Exit::NoPerm,
+            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Kind::Permission,
             n if n.starts_with("org.freedesktop.NetworkManager")
                 && n.ends_with(".PermissionDenied") =>
             {
-                Exit::NoPerm
+                Kind::Permission
             }
-            n if n.starts_with("org.freedesktop.DBus.Error.") => Exit::Software,
-            _ => Exit::OsErr,
+            n if n.starts_with("org.freedesktop.DBus.Error.") => Kind::Internal,
+            _ => Kind::Os,
         };
     }
     match e {
         zbus::Error::InputOutput(io) | zbus::Error::Connection(io, _)
             if io.kind() == std::io::ErrorKind::PermissionDenied =>
         {
-            Exit::NoPerm
+            Kind::Permission
         }
-        zbus::Error::InputOutput(_) | zbus::Error::Connection(..) => Exit::Unavailable,
+        zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut => Kind::NoAnswer,
+        zbus::Error::InputOutput(_) | zbus::Error::Connection(..) => Kind::Unavailable,
         // The bus refused our credentials.
-        zbus::Error::Handshake(_) => Exit::NoPerm,
-        zbus::Error::Address(_) => Exit::Usage,
+        zbus::Error::Handshake(_) => Kind::Permission,
+        zbus::Error::Address(_) => Kind::Usage,
         // A reply of the wrong shape, or zbus refusing what we asked of it.
-        _ => Exit::Software,
+        _ => Kind::Internal,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::{io, sync::Arc};
+
+    use common::Exit;
 
     use super::*;
 
@@ -398,7 +402,7 @@ mod tests {
             "{e}"
         );
         let e = dbus_error("connecting", io_err(io::ErrorKind::NotFound));
-        assert_eq!(e.exit(), Exit::Unavailable);
+        assert_eq!((e.kind(), e.exit()), (Kind::Unavailable, Exit::Unavailable));
         let e = dbus_error("connecting", io_err(io::ErrorKind::ConnectionRefused));
         assert_eq!(e.exit(), Exit::Unavailable);
         let e = dbus_error("connecting", zbus::Error::Handshake("rejected".into()));
@@ -481,7 +485,11 @@ mod tests {
             "{e}"
         );
         let no_reply = zbus::Error::FDO(Box::new(zbus::fdo::Error::NoReply("late".into())));
-        assert_eq!(dbus_error("x", no_reply).exit(), Exit::Unavailable);
+        let e = dbus_error("x", no_reply);
+        assert_eq!((e.kind(), e.exit()), (Kind::NoAnswer, Exit::Unavailable));
+        let late = zbus::Error::InputOutput(Arc::new(io::Error::from(io::ErrorKind::TimedOut)));
+        let e = dbus_error("x", late);
+        assert_eq!((e.kind(), e.exit()), (Kind::NoAnswer, Exit::Unavailable));
         // A reply we cannot read is our problem, not a missing service.
         assert_eq!(
             dbus_error("reading GetDevices", zbus::Error::IncorrectType).exit(),

@@ -150,8 +150,8 @@ fn read_nofollow(path: &Path) -> Option<String> {
 pub fn write(dir: &Path, kind: Kind, text: &str) -> Result<bool> {
     let path = drop_in_path(dir, kind);
     let fail = |e| Error::io(format!("writing {}", path.display()), e);
-    check_dir(dir).map_err(|e| match e.exit() {
-        common::Exit::Config => e,
+    check_dir(dir).map_err(|e| match e.kind() {
+        common::Kind::Config => e,
         _ => e.context(format!("writing {}", path.display())),
     })?;
     if read_nofollow(&path).as_deref() == Some(text) {
@@ -159,7 +159,7 @@ pub fn write(dir: &Path, kind: Kind, text: &str) -> Result<bool> {
     }
     let Some((tmp, mut f)) = create_temp(dir, kind.file_name()).map_err(fail)? else {
         return Err(Error::new(
-            common::Exit::CantCreate,
+            common::Kind::CantCreate,
             format!(
                 "writing {}: every temporary name is taken (.{}.{}.*.tmp)",
                 path.display(),

@@ -197,12 +197,12 @@ pub(crate) mod tests {
                 return Ok(false);
             };
             if self.fail_set_on.as_deref() == Some(d.interface.as_str()) {
-                return Err(Error::new(common::Exit::NoPerm, "not allowed"));
+                return Err(Error::new(common::Kind::Permission, "not allowed"));
             }
             let mut fail = self.fail_sets.borrow_mut();
             if *fail > 0 {
                 *fail -= 1;
-                return Err(Error::new(common::Exit::OsErr, "transient failure"));
+                return Err(Error::new(common::Kind::Os, "transient failure"));
             }
             d.managed = false;
             d.state = 10;

@@ -9,7 +9,7 @@ use std::{
 use futures_util::StreamExt;
 use zbus::{message::Type, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant};
 
-use common::{Error, Result};
+use common::{Error, Kind, Result};
 
 use crate::{
     emit,
@@ -115,11 +115,14 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], json: bool, timeout: Duratio
                 pending = catch_up(bus, patterns, json, since).await?;
                 if let Some((since, _)) = pending {
                     if since.elapsed() >= bound {
-                        return Err(Error::unavailable(format!(
-                            "NetworkManager has owned its bus name for {} without answering \
-                             (a start that never finished?); giving up",
-                            seconds(bound)
-                        )));
+                        return Err(Error::new(
+                            Kind::NoAnswer,
+                            format!(
+                                "NetworkManager has owned its bus name for {} without \
+                                 answering (a start that never finished?); giving up",
+                                seconds(bound)
+                            ),
+                        ));
                     }
                 }
             }
@@ -191,7 +194,7 @@ async fn catch_up(
         }
         // Still starting or not answering: it also announces its devices as it sets them
         // up, and it is asked again.
-        Err(e) if e.exit() == common::Exit::Unavailable => {
+        Err(e) if matches!(e.kind(), Kind::Unavailable | Kind::NoAnswer) => {
             log::info!("{e}; asking again in {}", seconds(RETRY));
             let now = Instant::now();
             Ok(Some((since.unwrap_or(now), now + RETRY)))

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use common::{name, Error, Exit, Result};
+use common::{name, Error, Kind, Result};
 
 use crate::{lease::Lease, pool::Pool, store::Txn};
 
@@ -87,7 +87,7 @@ fn next_free(tx: &mut dyn Txn, pool: &Pool) -> Result<(IpAddr, IpAddr)> {
         }
     }
     Err(Error::new(
-        Exit::CantCreate,
+        Kind::CantCreate,
         format!("address pool {pool} is exhausted ({cap} pairs, all leased)"),
     ))
 }
@@ -259,7 +259,10 @@ mod tests {
         let c = allocate(&mut tx, &p, "c").unwrap();
         assert_eq!(c.host_address, a.host_address);
         let e = allocate(&mut tx, &p, "d").unwrap_err();
-        assert_eq!(e.exit(), Exit::CantCreate);
+        assert_eq!(
+            (e.kind(), e.exit()),
+            (Kind::CantCreate, common::Exit::CantCreate)
+        );
         assert!(e.to_string().contains("exhausted"), "{e}");
         assert!(tx.get("d").unwrap().is_none());
     }

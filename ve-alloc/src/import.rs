@@ -9,7 +9,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use common::{output::parse_env, Error, Result};
+use common::{lease as keys, output::parse_env, Error, Result};
 
 use crate::lease::Lease;
 
@@ -41,13 +41,6 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Lease>> {
     Ok(leases)
 }
 
-const KEYS: [&str; 4] = [
-    "HOST_ADDRESS",
-    "LOCAL_ADDRESS",
-    "HOST_ADDRESS6",
-    "LOCAL_ADDRESS6",
-];
-
 /// One conf file as a lease named after the file, or None when it names no address.
 pub fn parse(path: &Path, text: &str) -> Result<Option<Lease>> {
     let origin = path.display().to_string();
@@ -66,7 +59,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<Lease>> {
                 .trim_start_matches("export ")
                 .split('=')
                 .next();
-            if key.is_some_and(|k| KEYS.contains(&k.trim())) {
+            if key.is_some_and(|k| keys::ADDRESS_KEYS.contains(&k.trim())) {
                 l
             } else {
                 ""
@@ -77,10 +70,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<Lease>> {
     let vars = parse_env(&ours, &origin)?;
     let mut lease = Lease::new(name);
     lease.fixed = true;
-    lease.host_address = addr::<Ipv4Addr>(&vars, "HOST_ADDRESS", &origin)?;
-    lease.local_address = addr::<Ipv4Addr>(&vars, "LOCAL_ADDRESS", &origin)?;
-    lease.host_address6 = addr::<Ipv6Addr>(&vars, "HOST_ADDRESS6", &origin)?;
-    lease.local_address6 = addr::<Ipv6Addr>(&vars, "LOCAL_ADDRESS6", &origin)?;
+    lease.host_address = addr::<Ipv4Addr>(&vars, keys::HOST_ADDRESS, &origin)?;
+    lease.local_address = addr::<Ipv4Addr>(&vars, keys::LOCAL_ADDRESS, &origin)?;
+    lease.host_address6 = addr::<Ipv6Addr>(&vars, keys::HOST_ADDRESS6, &origin)?;
+    lease.local_address6 = addr::<Ipv6Addr>(&vars, keys::LOCAL_ADDRESS6, &origin)?;
     Ok((!lease.addresses().is_empty()).then_some(lease))
 }
 

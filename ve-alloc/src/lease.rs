@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use common::lease::{HOST_ADDRESS, HOST_ADDRESS6, LOCAL_ADDRESS, LOCAL_ADDRESS6};
 use serde::Serialize;
 
 /// The addresses leased to one container. IPv4 or IPv6 may be absent (leases imported
@@ -48,10 +49,10 @@ impl Lease {
                 v.push((k, a));
             }
         };
-        put("HOST_ADDRESS", self.host_address.map(|a| a.to_string()));
-        put("LOCAL_ADDRESS", self.local_address.map(|a| a.to_string()));
-        put("HOST_ADDRESS6", self.host_address6.map(|a| a.to_string()));
-        put("LOCAL_ADDRESS6", self.local_address6.map(|a| a.to_string()));
+        put(HOST_ADDRESS, self.host_address.map(|a| a.to_string()));
+        put(LOCAL_ADDRESS, self.local_address.map(|a| a.to_string()));
+        put(HOST_ADDRESS6, self.host_address6.map(|a| a.to_string()));
+        put(LOCAL_ADDRESS6, self.local_address6.map(|a| a.to_string()));
         v
     }
 
@@ -79,11 +80,12 @@ impl Lease {
     }
 }
 
+/// `list`'s columns: the address columns are headed by their env-file keys.
 pub const ROW_HEADERS: [&str; 6] = [
     "NAME",
-    "HOST_ADDRESS",
-    "LOCAL_ADDRESS",
-    "HOST_ADDRESS6",
-    "LOCAL_ADDRESS6",
+    HOST_ADDRESS,
+    LOCAL_ADDRESS,
+    HOST_ADDRESS6,
+    LOCAL_ADDRESS6,
     "KIND",
 ];

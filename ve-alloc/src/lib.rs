@@ -20,7 +20,7 @@ use std::{
 
 use clap::{builder::TypedValueParser as _, CommandFactory, Parser, Subcommand};
 
-use common::{cli::Verbosity, name, output, Error, Result};
+use common::{cli::Verbosity, name, output, Error, Kind, Result};
 
 use crate::{
     alloc::Pools,
@@ -499,7 +499,7 @@ impl Settings {
     fn pools(&self) -> Result<Pools> {
         let from_file = |e: Error, yes: bool| {
             if yes {
-                Error::config(format!("{} (in the config file)", e.message()))
+                Error::config(format!("{e} (in the config file)"))
             } else {
                 e
             }
@@ -567,7 +567,7 @@ fn read_config(path: &Path, explicit: bool) -> Result<std::collections::BTreeMap
         Err(e) => return Err(Error::io(format!("reading config {}", path.display()), e)),
     };
     let origin = path.display().to_string();
-    let map = output::parse_env(&text, &origin).map_err(|e| Error::config(e.message()))?;
+    let map = output::parse_env(&text, &origin).map_err(|e| e.with_kind(Kind::Config))?;
     if let Some(k) = map
         .keys()
         .find(|k| !["STORE", "POOL", "POOL6", "LAYOUT"].contains(&k.as_str()))

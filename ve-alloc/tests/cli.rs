@@ -892,3 +892,25 @@ fn help_describes_every_argument_and_completes_layouts() {
         .collect();
     assert_eq!(values, ["pairs", "nixos"]);
 }
+
+/// Help and version are shown and exit 0 without an error line (cli::main keeps quiet
+/// for Kind::Help); a bare `ve-alloc` is one usage error line, exit 64.
+#[test]
+fn help_and_version_print_no_error_line() {
+    let va = Va::new();
+    for args in [&["--help"][..], &["--version"], &["alloc", "--help"]] {
+        let o = va.run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert!(!o.stdout.is_empty(), "{args:?}");
+        assert!(
+            o.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = va.run(&[]);
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("ve-alloc: error: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

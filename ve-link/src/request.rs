@@ -26,12 +26,7 @@ pub struct Addresses {
 }
 
 /// The env-file keys `ve-alloc` prints and NixOS container confs use.
-pub const KEYS: [&str; 4] = [
-    "HOST_ADDRESS",
-    "LOCAL_ADDRESS",
-    "HOST_ADDRESS6",
-    "LOCAL_ADDRESS6",
-];
+pub const KEYS: [&str; 4] = common::lease::ADDRESS_KEYS;
 
 impl Addresses {
     /// Read the four keys from env-file text; other keys are ignored, empty values count

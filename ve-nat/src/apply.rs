@@ -336,7 +336,7 @@ pub mod fake {
     }
 
     fn nochain() -> Error {
-        Error::new(common::Exit::OsErr, "No chain/target/match by that name.")
+        Error::new(common::Kind::Os, "No chain/target/match by that name.")
     }
 
     impl Firewall for Fake {
@@ -362,7 +362,7 @@ pub mod fake {
             self.change(format!("-N {chain}"), |t| {
                 let tb = t.get_mut(table).unwrap();
                 if tb.contains_key(chain) {
-                    return Err(Error::new(common::Exit::OsErr, "Chain already exists."));
+                    return Err(Error::new(common::Kind::Os, "Chain already exists."));
                 }
                 tb.insert(chain.into(), vec![]);
                 Ok(())
@@ -386,10 +386,7 @@ pub mod fake {
                     .get_mut(chain)
                     .ok_or_else(nochain)?;
                 if pos == 0 || pos > c.len() + 1 {
-                    return Err(Error::new(
-                        common::Exit::OsErr,
-                        "Index of insertion too big.",
-                    ));
+                    return Err(Error::new(common::Kind::Os, "Index of insertion too big."));
                 }
                 c.insert(pos - 1, rule.into());
                 Ok(())
@@ -422,7 +419,7 @@ pub mod fake {
                 let tb = t.get_mut(table).unwrap();
                 let referenced = tb.values().flatten().any(|r| targets(r, chain));
                 if referenced || !tb.get(chain).ok_or_else(nochain)?.is_empty() {
-                    return Err(Error::new(common::Exit::OsErr, "Directory not empty."));
+                    return Err(Error::new(common::Kind::Os, "Directory not empty."));
                 }
                 tb.remove(chain);
                 Ok(())
@@ -628,7 +625,7 @@ mod tests {
             }
             fn append(&self, t: &str, c: &str, r: &str) -> Result<()> {
                 if !self.0.chain(t, c).is_empty() {
-                    return Err(Error::new(common::Exit::OsErr, "refused"));
+                    return Err(Error::new(common::Kind::Os, "refused"));
                 }
                 self.0.append(t, c, r)
             }

@@ -8,7 +8,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use common::{Error, Exit, Result};
+use common::{Error, Kind, Result};
 
 use crate::config::Family;
 
@@ -136,7 +136,7 @@ impl Iptables {
     pub fn open_optional(backend: Option<Backend>, family: Family) -> Result<Option<Iptables>> {
         match Iptables::open(backend, family) {
             Ok(f) => Ok(Some(f)),
-            Err(e) if e.exit() == Exit::Unavailable => {
+            Err(e) if e.kind() == Kind::Unavailable => {
                 log::debug!("{family}: {e}");
                 Ok(None)
             }
@@ -150,12 +150,14 @@ impl Iptables {
             None => err.to_string(),
         };
         let text = text.lines().next().unwrap_or("").to_string();
-        let exit = if text.contains("Permission denied") || text.contains("must be root") {
-            Exit::NoPerm
+        // iptables reports a missing privilege only in its text (its exit status is
+        // the same as for any other failure): this is the one place that reads it.
+        let kind = if text.contains("Permission denied") || text.contains("must be root") {
+            Kind::Permission
         } else {
-            Exit::OsErr
+            Kind::Os
         };
-        Error::new(exit, format!("{} {what}: {text}", self.ipt.cmd))
+        Error::new(kind, format!("{} {what}: {text}", self.ipt.cmd))
     }
 }
 

@@ -14,7 +14,7 @@ pub mod sysctl;
 use std::ffi::OsString;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use common::{cli::Verbosity, output, Error, Exit, Result};
+use common::{cli::Verbosity, output, Error, Kind, Result};
 use serde::Serialize;
 
 use crate::{
@@ -152,7 +152,7 @@ fn need_net_admin() -> Result<()> {
     match eff {
         Some(caps) if caps & (1 << CAP_NET_ADMIN) != 0 => Ok(()),
         Some(_) => Err(Error::new(
-            Exit::NoPerm,
+            Kind::Permission,
             "permission denied: reading or changing the firewall needs CAP_NET_ADMIN (run as root)",
         )),
         // No capability line (not Linux procfs?): let iptables decide.
@@ -306,7 +306,7 @@ fn has_any(have: &[apply::Installed]) -> bool {
         .any(|i| i.exists || i.staging_left || !i.jumps.is_empty())
 }
 
-/// One error from several: every message, the first one's exit code.
+/// One error from several: every message, the first one's kind.
 fn joined(errors: Vec<Error>) -> Result<()> {
     let mut it = errors.into_iter();
     let Some(first) = it.next() else {
@@ -317,7 +317,7 @@ fn joined(errors: Vec<Error>) -> Result<()> {
         return Err(first);
     }
     Err(Error::new(
-        first.exit(),
+        first.kind(),
         format!("{first}; {}", rest.join("; ")),
     ))
 }
@@ -426,7 +426,7 @@ fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
         log::info!("{d}");
     }
     Err(Error::new(
-        Exit::Differs,
+        Kind::Differs,
         format!(
             "installed rules differ from the request: {}{}",
             diffs[0],

@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Error, Exit, Result};
+use common::{Error, Kind, Result};
 
 /// Where the lock file lives unless `VE_NAT_LOCK_DIR` says otherwise.
 pub const DIR: &str = "/run/ve-nat";
@@ -121,7 +121,7 @@ pub fn acquire(wait: Duration) -> Result<Lock> {
             Err(TryLockError::WouldBlock) => {
                 if start.elapsed() >= wait {
                     return Err(Error::new(
-                        Exit::TempFail,
+                        Kind::Busy,
                         "another ve-nat is changing the rules; try again",
                     ));
                 }

@@ -138,7 +138,7 @@ pub fn remove_if_empty(family: Family, table: &str) -> Result<bool> {
         .map_err(|e| Error::unavailable(format!("running nft: {e}")))?;
     if !out.status.success() {
         return Err(Error::new(
-            common::Exit::OsErr,
+            common::Kind::Os,
             format!(
                 "nft delete table {fam} {table}: {}",
                 String::from_utf8_lossy(&out.stderr)

@@ -13,6 +13,7 @@ use std::{
 
 use common::{
     harness::{self, http_get_within, HttpServer, NetworkManager, HOST_UPLINK, OUTSIDE},
+    lease,
     testing::{have_command, Netns, Sandbox, REQUIRE_PRIVILEGED},
 };
 
@@ -390,7 +391,7 @@ fn in_sandbox(
             ),
             10,
         )?;
-        let iface = env_value(&up, "HOST_IFACE").unwrap_or_default();
+        let iface = env_value(&up, lease::HOST_IFACE).unwrap_or_default();
         let mut ok = checks.add(format!("{name}: ve-alloc | ve-link up"), code == 0);
         if let Some(nm) = &nm {
             let (code, _) = h.nm_sh(
@@ -406,8 +407,8 @@ fn in_sandbox(
                 name: name.clone(),
                 addresses: format!(
                     "{} / {}",
-                    env_value(&up, "HOST_ADDRESS").unwrap_or_default(),
-                    env_value(&up, "LOCAL_ADDRESS").unwrap_or_default()
+                    env_value(&up, lease::HOST_ADDRESS).unwrap_or_default(),
+                    env_value(&up, lease::LOCAL_ADDRESS).unwrap_or_default()
                 ),
                 iface,
                 saw: String::new(),
@@ -516,10 +517,9 @@ fn in_sandbox(
 }
 
 /// Value of `key` in `KEY=value` lines (quotes removed).
+/// `key`'s value in a tool's `KEY=value` output, read by the parser the tools use.
 fn env_value(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .map(|v| v.trim_matches('\'').to_string())
+    common::output::parse_env(text, "output").ok()?.remove(key)
 }
 
 fn netns_list() -> Result<Vec<String>> {
@@ -628,14 +628,14 @@ fn alloc_tour(tools: &Path, store: &Path, count: usize, checks: &mut Checks) -> 
     let (code, first) = show(&["alloc", "web"], 10)?;
     checks.add(
         "alloc prints HOST_ADDRESS/LOCAL_ADDRESS (+6)",
-        code == 0 && first.contains("LOCAL_ADDRESS6="),
+        code == 0 && env_value(&first, lease::LOCAL_ADDRESS6).is_some(),
     );
     let (_, again) = show(&["alloc", "web"], 10)?;
     checks.add("alloc of the same name is idempotent", again == first);
     let (_, ip) = show(&["show-ip", "web"], 10)?;
     checks.add(
         "show-ip prints the container address",
-        first.contains(&format!("LOCAL_ADDRESS={}", ip.trim())),
+        env_value(&first, lease::LOCAL_ADDRESS).as_deref() == Some(ip.trim()),
     );
 
     sayln!("\n# {count} containers at once (NixOS stops at 254)");

@@ -209,23 +209,15 @@ impl Host {
             .collect()
     }
 
-    /// The names that have a lease, in `ve-alloc list` order.
+    /// The names that have a lease (`list --json` is JSON Lines: one lease a line).
     pub fn leases(&self) -> Vec<String> {
-        let text = self.tool("ve-alloc", &["list", "--json"]);
-        // JSON Lines (one lease per line); a single array is read the same way.
-        let mut names = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("ve-alloc list --json: {e}: {line}"));
-            let items = match v {
-                serde_json::Value::Array(items) => items,
-                one => vec![one],
-            };
-            for item in items {
-                names.push(item["name"].as_str().unwrap_or_default().to_string());
-            }
-        }
-        names
+        self.tool("ve-alloc", &["list", "--json"])
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+                v["name"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
     }
 
     /// A container: a process in new network, mount and PID namespaces, started from
@@ -337,10 +329,10 @@ pub fn parallel(commands: Vec<Command>) -> Vec<Output> {
 }
 
 /// Value of `key` in `KEY=value` lines.
+/// `key`'s value in a tool's `KEY=value` output (a `common::lease` key), read by the
+/// parser the tools use.
 pub fn env_value(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .map(|v| v.trim_matches('\'').to_string())
+    common::output::parse_env(text, "output").ok()?.remove(key)
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -23,7 +23,7 @@ use rusqlite::{
     TransactionBehavior,
 };
 
-use common::{Error, Exit, Result};
+use common::{Error, Kind, Result};
 
 use super::{Store, Txn};
 use crate::lease::Lease;
@@ -119,7 +119,7 @@ impl SqliteStore {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 return Err(Error::new(
-                    Exit::IoErr,
+                    Kind::Io,
                     format!("store {}: not a directory", self.dir.display()),
                 ))
             }
@@ -129,7 +129,7 @@ impl SqliteStore {
         match fs::metadata(&self.db) {
             Ok(m) if m.is_file() => Ok(true),
             Ok(_) => Err(Error::new(
-                Exit::IoErr,
+                Kind::Io,
                 format!("store {}: not a regular file", self.db.display()),
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -304,11 +304,11 @@ fn io_error(doing: String, e: std::io::Error) -> Error {
     use std::io::ErrorKind::{AlreadyExists, IsADirectory, NotADirectory};
     match e.kind() {
         NotADirectory => Error::new(
-            Exit::IoErr,
+            Kind::Io,
             format!("{doing}: part of the path is not a directory"),
         ),
-        IsADirectory => Error::new(Exit::IoErr, format!("{doing}: is a directory")),
-        AlreadyExists => Error::new(Exit::IoErr, format!("{doing}: not a directory")),
+        IsADirectory => Error::new(Kind::Io, format!("{doing}: is a directory")),
+        AlreadyExists => Error::new(Kind::Io, format!("{doing}: not a directory")),
         _ => Error::io(doing, e),
     }
 }
@@ -325,25 +325,25 @@ fn sql_error(db: &Path, wait: Duration, e: rusqlite::Error) -> Error {
     let db = db.display();
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::new(
-            Exit::TempFail,
+            Kind::Busy,
             format!(
                 "store {db} stayed locked by another process for {:.1} s; try again",
                 wait.as_secs_f64()
             ),
         ),
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::new(
-            Exit::IoErr,
+            Kind::Io,
             format!("store {db} is corrupt or not a SQLite database ({e}); it was left as it is"),
         ),
         Some(
             ErrorCode::ReadOnly
             | ErrorCode::PermissionDenied
             | ErrorCode::AuthorizationForStatementDenied,
-        ) => Error::new(Exit::NoPerm, format!("store {db}: {e}")),
+        ) => Error::new(Kind::Permission, format!("store {db}: {e}")),
         Some(ErrorCode::ConstraintViolation) => Error::internal(format!(
             "store {db}: {e} (an address would be leased twice)"
         )),
-        _ => Error::new(Exit::IoErr, format!("store {db}: {e}")),
+        _ => Error::new(Kind::Io, format!("store {db}: {e}")),
     }
 }
 
@@ -490,5 +490,31 @@ impl Txn for SqlTxn<'_> {
             .and_then(|mut s| s.execute(params![cursor_key(v6), host.to_string()]))
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SQLite says decides the kind, and with it the exit code: a lock held too
+    /// long is retried by a caller (75), never confused with a corrupt store (74).
+    #[test]
+    fn sqlite_errors_map_to_kinds() {
+        let sql = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        let wait = Duration::from_millis(200);
+        for (code, kind, exit) in [
+            (ffi::SQLITE_BUSY, Kind::Busy, 75),
+            (ffi::SQLITE_LOCKED, Kind::Busy, 75),
+            (ffi::SQLITE_CORRUPT, Kind::Io, 74),
+            (ffi::SQLITE_NOTADB, Kind::Io, 74),
+            (ffi::SQLITE_READONLY, Kind::Permission, 77),
+            (ffi::SQLITE_CONSTRAINT, Kind::Internal, 70),
+            (ffi::SQLITE_FULL, Kind::Io, 74),
+        ] {
+            let e = sql_error(Path::new("/s/leases.db"), wait, sql(code));
+            assert_eq!((e.kind(), e.code()), (kind, exit), "{code}: {e}");
+            assert!(e.to_string().starts_with("store /s/leases.db"), "{e}");
+        }
     }
 }

@@ -234,11 +234,16 @@ impl Point {
         for i in 0..n {
             // Pair i of 10.233.0.0/16: host 10.233.0.0 + 2(i+1), container +1.
             let h = 0x0ae9_0000u32 + 2 * (i as u32 + 1);
-            let text = format!(
-                "HOST_ADDRESS={}\nLOCAL_ADDRESS={}\n",
-                std::net::Ipv4Addr::from(h),
-                std::net::Ipv4Addr::from(h + 1)
-            );
+            let text = common::output::env_lines(&[
+                (
+                    common::lease::HOST_ADDRESS,
+                    std::net::Ipv4Addr::from(h).to_string(),
+                ),
+                (
+                    common::lease::LOCAL_ADDRESS,
+                    std::net::Ipv4Addr::from(h + 1).to_string(),
+                ),
+            ]);
             std::fs::write(confs.join(format!("c{i}.conf")), text).map_err(|e| e.to_string())?;
         }
         let mut p = Point::VeAlloc {
