@@ -212,9 +212,9 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
     Ok(d)
 }
 
-pub(super) struct Ctx<'a> {
-    pub(super) prefix: &'a str,
-    pub(super) bin: &'a PathBuf,
+struct Ctx<'a> {
+    prefix: &'a str,
+    bin: &'a PathBuf,
 }
 
 impl Ctx<'_> {
@@ -238,7 +238,7 @@ impl Ctx<'_> {
 
     /// The NixOS sequence: host side with bare `ip`; container side one `ip -n` per
     /// command (`batched`: all five in one `ip -n NS -batch -`, the cheapest way).
-    pub(super) fn ip_up(&self, name: &str, ns: &str, k: usize, batched: bool) -> Result<Duration> {
+    fn ip_up(&self, name: &str, ns: &str, k: usize, batched: bool) -> Result<Duration> {
         let (h, l) = addrs(k);
         let dev = format!("ve-{name}");
         let t = Instant::now();
