@@ -10,12 +10,12 @@
 //! with one `ip -n NS` process per command, once all five in one `ip -n NS -batch -`.
 
 use std::{
-    io::Write,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
+use super::stats::{ip_batch, median, timed};
 use crate::util::{self, Result};
 
 const USAGE: &str = "\
@@ -137,7 +137,7 @@ impl Drop for Namespaces {
             ));
         }
         script.push_str(&format!("netns del {}-host\n", self.prefix));
-        let _ = batch(&["-force"], &script);
+        let _ = ip_batch(&["-force"], &script);
     }
 }
 
@@ -157,33 +157,6 @@ fn ip(args: &[&str]) -> Result {
     }
 }
 
-/// `ip [opts] -batch -` with `script` on stdin.
-fn batch(opts: &[&str], script: &str) -> Result {
-    let mut child = Command::new("ip")
-        .args(opts)
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip -batch: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// Host and container addresses of container number `k` (unique over the run).
 pub(super) fn addrs(k: usize) -> (String, String) {
     let a = k * 4;
@@ -192,24 +165,6 @@ pub(super) fn addrs(k: usize) -> (String, String) {
         format!("{net}.{}", (a & 255) + 1),
         format!("{net}.{}", (a & 255) + 2),
     )
-}
-
-fn timed(cmd: &mut Command) -> Result<Duration> {
-    let t = Instant::now();
-    let out = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| e.to_string())?;
-    let d = t.elapsed();
-    if !out.status.success() {
-        return Err(format!(
-            "{}: {}",
-            util::show(cmd),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(d)
 }
 
 struct Ctx<'a> {
@@ -224,16 +179,19 @@ impl Ctx<'_> {
 
     fn ve_up(&self, name: &str, ns: &str, k: usize) -> Result<Duration> {
         let (h, l) = addrs(k);
-        timed(Command::new(self.bin).args([
-            "up",
-            name,
-            "--netns",
-            ns,
-            "--host-address",
-            &h,
-            "--local-address",
-            &l,
-        ]))
+        timed(
+            Command::new(self.bin).args([
+                "up",
+                name,
+                "--netns",
+                ns,
+                "--host-address",
+                &h,
+                "--local-address",
+                &l,
+            ]),
+            None,
+        )
     }
 
     /// The NixOS sequence: host side with bare `ip`; container side one `ip -n` per
@@ -242,29 +200,36 @@ impl Ctx<'_> {
         let (h, l) = addrs(k);
         let dev = format!("ve-{name}");
         let t = Instant::now();
-        timed(Command::new("ip").args([
-            "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ]))?;
-        timed(Command::new("ip").args(["link", "set", &dev, "up"]))?;
-        timed(Command::new("ip").args(["addr", "add", &format!("{h}/32"), "dev", &dev]))?;
-        timed(Command::new("ip").args(["route", "add", &format!("{l}/32"), "dev", &dev]))?;
+        timed(
+            Command::new("ip").args([
+                "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]),
+            None,
+        )?;
+        timed(Command::new("ip").args(["link", "set", &dev, "up"]), None)?;
+        timed(
+            Command::new("ip").args(["addr", "add", &format!("{h}/32"), "dev", &dev]),
+            None,
+        )?;
+        timed(
+            Command::new("ip").args(["route", "add", &format!("{l}/32"), "dev", &dev]),
+            None,
+        )?;
         let script = format!(
             "link set lo up\nlink set eth0 up\naddr add {l}/32 dev eth0\nroute add {h}/32 dev eth0\nroute add default via {h} dev eth0\n"
         );
         if batched {
-            batch(&["-n", ns], &script)?;
+            ip_batch(&["-n", ns], &script)?;
         } else {
             for line in script.lines() {
-                timed(Command::new("ip").args(["-n", ns]).args(line.split(' ')))?;
+                timed(
+                    Command::new("ip").args(["-n", ns]).args(line.split(' ')),
+                    None,
+                )?;
             }
         }
         Ok(t.elapsed())
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn ms(d: Duration) -> String {
@@ -283,7 +248,7 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
     for i in 0..TWINS * s {
         script.push_str(&format!("netns add {}\n", cx.ns("t", i)));
     }
-    batch(&[], &script)?;
+    ip_batch(&[], &script)?;
 
     let checkpoints: Vec<usize> = [1, 100, 1000].into_iter().filter(|c| *c <= n).collect();
     let mut rows = Vec::new();
@@ -331,10 +296,10 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
             rows.push((i, v, p, b));
             // Back to exactly i containers on the host.
             if !ve_twins.is_empty() {
-                timed(Command::new(bin).arg("down").args(&ve_twins))?;
+                timed(Command::new(bin).arg("down").args(&ve_twins), None)?;
             }
             for dev in &ip_twins {
-                timed(Command::new("ip").args(["link", "del", dev]))?;
+                timed(Command::new("ip").args(["link", "del", dev]), None)?;
             }
         } else {
             cx.ve_up(&name, &ns, k)?;
@@ -350,26 +315,29 @@ fn inner_run(o: &Opts, prefix: &str, bin: &PathBuf) -> Result {
         next -= 1;
         ve_down.push(timed(
             Command::new(bin).args(["down", &format!("c{next}")]),
+            None,
         )?);
         if next == 0 {
             break;
         }
         next -= 1;
-        ip_del.push(timed(Command::new("ip").args([
-            "link",
-            "del",
-            &format!("ve-c{next}"),
-        ]))?);
+        ip_del.push(timed(
+            Command::new("ip").args(["link", "del", &format!("ve-c{next}")]),
+            None,
+        )?);
     }
     let bulk = 100.min(next / 2);
     let mut bulk_rows = None;
     if bulk > 0 {
         let names: Vec<String> = (next - bulk..next).map(|i| format!("c{i}")).collect();
-        let ve_bulk = timed(Command::new(bin).arg("down").args(&names))?;
+        let ve_bulk = timed(Command::new(bin).arg("down").args(&names), None)?;
         next -= bulk;
         let t = Instant::now();
         for i in next - bulk..next {
-            timed(Command::new("ip").args(["link", "del", &format!("ve-c{i}")]))?;
+            timed(
+                Command::new("ip").args(["link", "del", &format!("ve-c{i}")]),
+                None,
+            )?;
         }
         let ip_bulk = t.elapsed();
         bulk_rows = Some((bulk, ve_bulk, ip_bulk));

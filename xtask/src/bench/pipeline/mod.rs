@@ -30,7 +30,7 @@ use std::{
 
 use super::{
     nat,
-    stats::{machine, median_p90},
+    stats::{self, machine, median_p90},
 };
 use crate::util::{self, Result};
 use system::{Host, System};
@@ -173,8 +173,8 @@ pub fn run(args: &[String]) -> Result {
     for sys in &opts.systems {
         let host = sb.netns(&[format!("{}-host", sys.key())])?.remove(0);
         let prefix = host.trim_end_matches("-host").to_string();
-        nat::ip_batch(
-            Some(&host),
+        stats::ip_batch(
+            &["-n", &host],
             "link set lo up\nlink add up0 type veth peer name up1\nlink set up0 up\n",
         )?;
         let work = sb.tmp.join(sys.key());
@@ -273,7 +273,7 @@ impl Drop for Leftovers {
             .map(|n| format!("netns del {n}\n"))
             .collect();
         if !script.is_empty() {
-            let _ = nat::ip_batch(None, &script);
+            let _ = stats::ip_batch(&[], &script);
         }
     }
 }

@@ -9,7 +9,8 @@ use std::{
     time::Duration,
 };
 
-use super::{ip_batch, machine, median_p90, nixos, ve, windows, Samples, Window, SYSTEMS};
+use super::{ip_batch, machine, nixos, ve, windows, Samples, Window, SYSTEMS};
+pub use crate::bench::stats::median;
 use crate::{bench::stats::out_dir, util::Result};
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -22,10 +23,6 @@ pub fn ms(d: Duration) -> String {
 
 pub fn cell(s: Option<(Duration, Duration)>) -> String {
     s.map_or("-".into(), |(m, p)| format!("{} / {}", ms(m), ms(p)))
-}
-
-pub fn median(mut v: Vec<Duration>) -> Duration {
-    median_p90(&mut v).0
 }
 
 pub fn pipeline(res: &Results, n: usize, load: &str) -> Result<String> {

@@ -3,16 +3,16 @@
 //! a timer for one process.
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use super::{Fig, Samples, Window};
+pub use crate::bench::stats::timed;
 use crate::{
-    bench::{link, nat},
-    util::{self, Result},
+    bench::{link, stats::ip_batch},
+    util::Result,
 };
 
 /// Named parts of a teardown (their sum is the teardown), or of a bulk teardown.
@@ -128,12 +128,12 @@ impl Host<'_> {
             .iter()
             .map(|n| format!("netns add {n}\nnetns exec {n} ip link set lo up\n"))
             .collect();
-        nat::ip_batch(None, &script)
+        ip_batch(&[], &script)
     }
 
     pub fn del_netns(&self, names: &[String]) -> Result {
         let script: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
-        nat::ip_batch(None, &script)
+        ip_batch(&[], &script)
     }
 }
 
@@ -142,39 +142,6 @@ pub fn ip<S: AsRef<str>>(args: &[S]) -> Command {
     let mut c = Command::new("ip");
     c.args(args.iter().map(AsRef::as_ref));
     c
-}
-
-/// Run `cmd` with `input` on stdin (if any); its wall time; fail with its stderr.
-pub fn timed(cmd: &mut Command, input: Option<&str>) -> Result<Duration> {
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let t = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("{}: {e}", util::show(cmd)))?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("{}: {e}", util::show(cmd)))?;
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let d = t.elapsed();
-    if !out.status.success() {
-        return Err(format!(
-            "{}: {}: {}{}",
-            util::show(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(d)
 }
 
 /// The argument lists of `cmd`, for tests of the command lines adapters build.
