@@ -14,9 +14,10 @@
 //! So the container side is run by one `sh` started (untimed, and waited for) in the
 //! container namespace before the clock starts; the clock covers the host-side
 //! processes and the shell running the five `ip` commands, nothing of the shell's own
-//! start (the container boots its init anyway). The shell is dash where NixOS's init
-//! is bash: a `fork` of bash costs a little more. Teardown: `ip link del` of the host
-//! end.
+//! start (the container boots its init anyway). Both ways this errs in NixOS's favour:
+//! the host-side commands are started by the bench directly, where NixOS starts a bash
+//! for the unit's script first, and the container's shell is dash where NixOS's init
+//! is bash (a bigger process to fork). Teardown: `ip link del` of the host end.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
