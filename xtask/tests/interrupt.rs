@@ -254,7 +254,8 @@ fn bench_nm_writes_nothing_of_the_machines() {
             "nsenter",
             "NetworkManager",
             "dbus-daemon",
-            "dbus-send",
+            "nm-online",
+            "nmcli",
         ],
     ) {
         return;
@@ -265,13 +266,18 @@ fn bench_nm_writes_nothing_of_the_machines() {
         .arg(tools_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut run = Run::start(c, |pid| format!("nmbench{pid}-"));
+    // common::harness's sandbox: namespaces vt<pid>x0-host and -ctr, NetworkManager's
+    // scratch directory ve-nm-vt<pid>x0.
+    let mut run = Run::start(c, |pid| format!("vt{pid}x"));
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(run.child.stderr.as_mut().expect("piped"), &mut err);
     let st = run.wait(Duration::from_secs(30));
     assert!(st.success(), "{st}: {err}");
     let pid = run.child.id();
-    run.assert_clean(&[], &[std::env::temp_dir().join(format!("nmbench{pid}"))]);
+    run.assert_clean(
+        &[],
+        &[std::env::temp_dir().join(format!("ve-nm-vt{pid}x0"))],
+    );
 }
 
 /// Every task and subcommand prints its usage on -h and --help, exits 0 at once and
