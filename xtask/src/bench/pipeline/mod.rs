@@ -19,6 +19,7 @@ mod nixos_ipn;
 mod report;
 mod system;
 mod ve;
+mod ve_link;
 
 use std::{
     collections::BTreeMap,
@@ -36,11 +37,14 @@ use crate::util::{self, Result};
 use system::{Host, System};
 
 const USAGE: &str = "\
-usage: cargo xtask bench pipeline [--containers N] [--systems S,S,...] [--no-alloc] [--no-nm]
+usage: cargo xtask bench pipeline [--containers N] [--systems S,S,...] [--tools DIR]
+                                  [--no-alloc] [--no-nm]
 
   --containers N  containers per system (default 1000); figures for the 1st-10th, ~100th,
                   ~500th and ~Nth container (windows of 10 and 20 containers)
-  --systems LIST  which of ve,nixos,nixos-ipn,cni,netavark,batch (default: all)
+  --systems LIST  which of ve,nixos,nixos-ipn,cni,netavark,batch (default: all of
+                  these) and ve-link (ve-link alone, as `bench link` runs it)
+  --tools DIR     the tools in DIR instead of release builds
   --no-alloc      skip ve-alloc against host-local at 1,000 and 10,000 leases
   --no-nm         skip nm-unmanage --watch against a sandboxed NetworkManager
 
@@ -51,6 +55,7 @@ per container and system), pipeline-summary.csv, pipeline.txt and pipeline.png."
 /// The compared systems, in table order.
 static SYSTEMS: &[&dyn System] = &[
     &ve::Ve,
+    &ve_link::VeLink,
     &nixos::Nixos,
     &nixos_ipn::NixosIpN,
     &cni_ptp::CniPtp,
@@ -65,6 +70,7 @@ fn find(key: &str) -> Option<&'static dyn System> {
 pub(super) struct Opts {
     containers: usize,
     systems: Vec<&'static dyn System>,
+    tools: Option<PathBuf>,
     alloc: bool,
     nm: bool,
     inner: Option<Inner>,
@@ -75,6 +81,7 @@ struct Inner {
     system: &'static dyn System,
     prefix: String,
     work: PathBuf,
+    bin: PathBuf,
 }
 
 fn systems_opt(list: &str) -> Result<Vec<&'static dyn System>> {
@@ -92,7 +99,12 @@ fn systems_opt(list: &str) -> Result<Vec<&'static dyn System>> {
 pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
     let mut o = Opts {
         containers: 1000,
-        systems: SYSTEMS.to_vec(),
+        systems: SYSTEMS
+            .iter()
+            .copied()
+            .filter(|s| s.in_default_run())
+            .collect(),
+        tools: None,
         alloc: true,
         nm: true,
         inner: None,
@@ -113,6 +125,7 @@ pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
                     .ok_or("bench pipeline: --containers needs a positive number")?
             }
             "--systems" => o.systems = systems_opt(&value("--systems")?)?,
+            "--tools" => o.tools = Some(PathBuf::from(value("--tools")?)),
             "--no-alloc" => o.alloc = false,
             "--no-nm" => o.nm = false,
             "--inner" => {
@@ -121,6 +134,7 @@ pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
                     system: find(&key).ok_or_else(|| format!("unknown system {key:?}"))?,
                     prefix: value("--inner")?,
                     work: PathBuf::from(value("--inner")?),
+                    bin: PathBuf::from(value("--inner")?),
                 })
             }
             "-h" | "--help" => return Ok(None),
@@ -148,17 +162,26 @@ pub fn run(args: &[String]) -> Result {
         }
     }
     util::ensure_debian_packages(&packages)?;
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "ve-alloc",
-        "-p",
-        "ve-link",
-        "-p",
-        "ve-nat",
-    ]))?;
+    // Absolute: the inner runs use it from their own namespaces.
+    let bin = match &opts.tools {
+        Some(dir) => dir
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", dir.display()))?,
+        None => {
+            util::run(util::cargo().args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "ve-alloc",
+                "-p",
+                "ve-link",
+                "-p",
+                "ve-nat",
+            ]))?;
+            util::root().join("target/release")
+        }
+    };
     let n = opts.containers;
     let load = load_average();
     eprintln!(
@@ -179,7 +202,7 @@ pub fn run(args: &[String]) -> Result {
         )?;
         let work = sb.tmp.join(sys.key());
         std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-        servers.push(Server::start(&exe, *sys, &host, &prefix, &work, n)?);
+        servers.push(Server::start(&exe, *sys, &host, &prefix, &work, &bin, n)?);
     }
 
     // Lockstep: container i of every system before container i+1 of any, the order
@@ -294,6 +317,7 @@ impl Server {
         host: &str,
         prefix: &str,
         work: &Path,
+        bin: &Path,
         n: usize,
     ) -> Result<Server> {
         use std::io::BufRead as _;
@@ -310,6 +334,7 @@ impl Server {
                 prefix,
             ])
             .arg(work)
+            .arg(bin)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -464,7 +489,7 @@ fn inner_run(inner: &Inner, n: usize) -> Result {
     let h = Host {
         prefix: &inner.prefix,
         work: &inner.work,
-        bin: util::root().join("target/release"),
+        bin: inner.bin.clone(),
     };
     let sys = inner.system;
     let mut out = std::io::stdout().lock();

@@ -10,10 +10,7 @@ use std::{
 
 use super::{Fig, Samples, Window};
 pub use crate::bench::stats::timed;
-use crate::{
-    bench::{link, stats::ip_batch},
-    util::Result,
-};
+use crate::{bench::stats::ip_batch, util::Result};
 
 /// Named parts of a teardown (their sum is the teardown), or of a bulk teardown.
 pub type Parts = Vec<(&'static str, Duration)>;
@@ -25,6 +22,10 @@ pub trait System: Sync {
     fn key(&self) -> &'static str;
     /// Row label in the table and the plot.
     fn label(&self) -> &'static str;
+    /// Whether a run without `--systems` includes it.
+    fn in_default_run(&self) -> bool {
+        true
+    }
     /// Debian packages it needs beyond iproute2 and iptables.
     fn packages(&self) -> &'static [&'static str] {
         &[]
@@ -79,7 +80,7 @@ pub struct Ctr {
 
 impl Ctr {
     pub fn new(prefix: &str, i: usize) -> Ctr {
-        let (host_addr, local_addr) = link::addrs(i + 1);
+        let (host_addr, local_addr) = addrs(i + 1);
         Ctr {
             i,
             name: format!("c{i}"),
@@ -98,6 +99,17 @@ impl Ctr {
     pub fn host_dev(&self) -> String {
         format!("ve-{}", self.name)
     }
+}
+
+/// Host and container addresses of container number `k` (1-based), a /30 each from
+/// 10.64.0.0/10.
+fn addrs(k: usize) -> (String, String) {
+    let a = k * 4;
+    let net = format!("10.{}.{}", 64 + (a >> 16), (a >> 8) & 255);
+    (
+        format!("{net}.{}", (a & 255) + 1),
+        format!("{net}.{}", (a & 255) + 2),
+    )
 }
 
 impl Host<'_> {
@@ -170,6 +182,7 @@ mod tests {
         );
         assert_ne!(a.host_addr, b.host_addr);
         assert_ne!(a.local_addr, b.local_addr);
+        assert_eq!(Ctr::new("p", 16383).host_addr, "10.65.0.1");
     }
 
     #[test]
