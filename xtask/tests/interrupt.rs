@@ -222,20 +222,27 @@ fn bench_link_stopped_by_sigterm_removes_its_namespaces() {
         return;
     }
     let mut c = xtask();
-    c.args(["bench", "link", "--containers", "300", "--samples", "1"])
+    c.args(["bench", "link", "--containers", "300"])
         .arg("--tools")
         .arg(tools_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut run = Run::start(c, |pid| format!("vbl{pid}-"));
+    // The pipeline bench's sandbox: a host namespace vbn<pid>-<system>-host per system,
+    // container namespaces vbn<pid>-<system>-c<i>.
+    let mut run = Run::start(c, |pid| format!("vbn{pid}-"));
     wait_until(
         "50 of the bench's namespaces",
         Duration::from_secs(20),
         || netns_with(&run.prefix).len() >= 50,
     );
-    // The bench re-runs itself inside its host namespace: that process must go too.
-    let pids = pids_in(&[format!("{}host", run.prefix)]);
-    assert!(!pids.is_empty(), "no inner run in the host namespace");
+    // The bench re-runs itself inside each host namespace: those processes must go too.
+    let hosts: Vec<String> = netns_with(&run.prefix)
+        .into_iter()
+        .filter(|n| n.ends_with("-host"))
+        .collect();
+    assert_eq!(hosts.len(), 5, "{hosts:?}");
+    let pids = pids_in(&hosts);
+    assert!(pids.len() >= 5, "no inner runs in the host namespaces");
     run.signal(libc::SIGTERM);
     let st = run.wait(Duration::from_secs(10));
     assert_eq!(st.code(), Some(143), "{st}");
@@ -254,7 +261,8 @@ fn bench_nm_writes_nothing_of_the_machines() {
             "nsenter",
             "NetworkManager",
             "dbus-daemon",
-            "dbus-send",
+            "nm-online",
+            "nmcli",
         ],
     ) {
         return;
@@ -265,13 +273,18 @@ fn bench_nm_writes_nothing_of_the_machines() {
         .arg(tools_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut run = Run::start(c, |pid| format!("nmbench{pid}-"));
+    // common::harness's sandbox: namespaces vt<pid>x0-host and -ctr, NetworkManager's
+    // scratch directory ve-nm-vt<pid>x0.
+    let mut run = Run::start(c, |pid| format!("vt{pid}x"));
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(run.child.stderr.as_mut().expect("piped"), &mut err);
     let st = run.wait(Duration::from_secs(30));
     assert!(st.success(), "{st}: {err}");
     let pid = run.child.id();
-    run.assert_clean(&[], &[std::env::temp_dir().join(format!("nmbench{pid}"))]);
+    run.assert_clean(
+        &[],
+        &[std::env::temp_dir().join(format!("ve-nm-vt{pid}x0"))],
+    );
 }
 
 /// Every task and subcommand prints its usage on -h and --help, exits 0 at once and

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::stats::{list_opt, machine, median_p90, ms, opt, out_dir, refuse_unknown};
+use super::stats::{list_opt, machine, median_p90, ms, opt, out_dir, refuse_unknown, timed};
 use crate::util::{self, cargo, ensure_debian_packages, Result};
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
@@ -192,25 +192,6 @@ pub fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Time one process run.
-fn timed(cmd: &mut Command) -> Result<Duration> {
-    let t = Instant::now();
-    let out = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("running {}: {e}", util::show(cmd)))?;
-    let d = t.elapsed();
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed: {}",
-            util::show(cmd),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(d)
-}
-
 /// One measurement point: a store holding `n` leases, and how to time one more
 /// allocation in it (released again right after, untimed, so the count stays at `n`).
 enum Point {
@@ -266,6 +247,7 @@ impl Point {
                 .env("VE_ALLOC_STORE", store)
                 .env("VE_ALLOC_CONFIG", "/dev/null")
                 .args(args),
+            None,
         )
     }
 

@@ -22,13 +22,15 @@ WHAT:
           options: see `cargo xtask bench nm --help`
   nat     ve-nat up/down and the per-container NAT cost, against CNI ptp with ipMasq
           options: --containers N, --runs R
-  link    ve-link up/down against the NixOS `ip` sequence, 1st/100th/1000th container
-          options: --containers N (default 1000), --samples S (default 7)
+  link    ve-link up/down alone against the NixOS `ip` sequence: the pipeline bench
+          with ve, ve-link, both NixOS rows and `ip -batch`
+          options: --containers N (default 1000), --tools DIR
   pipeline  the whole job per container: ve-alloc | ve-link (+ ve-nat) against the NixOS
           `ip` sequence, CNI ptp+host-local with ipMasq, netavark and `ip -batch`;
           then alloc and nm; a table, CSVs and a PNG plot
           options: see `cargo xtask bench pipeline --help`
-  all     everything above with default options (the default)
+  all     alloc, nat, nm and pipeline with default options (the default; `link` is a
+          subset of `pipeline`)
 
 Results: a table on stdout and CSV files under target/bench/.
 ";
@@ -50,7 +52,6 @@ pub fn run(args: &[String]) -> Result {
                 return Ok(());
             }
             alloc::run(&[])
-                .and_then(|()| link::run(&[]))
                 .and_then(|()| nat::run(&[]))
                 .and_then(|()| nm::run(&[]))
                 .and_then(|()| pipeline::run(&["--no-alloc".into(), "--no-nm".into()]))
@@ -70,7 +71,7 @@ fn help_only(what: &str, rest: &[String]) -> Result<bool> {
         "alloc" => alloc::parse(rest).map(|o| o.is_none()),
         "nm" => nm::parse(rest).map(|o| o.is_none()),
         "nat" => nat::parse(rest).map(|o| o.is_none()),
-        "link" => link::parse(rest).map(|(_, inner)| inner.is_some_and(|i| i.0.is_empty())),
+        "link" => link::parse(rest).map(|o| o.is_none()),
         "pipeline" => pipeline::parse(rest).map(|o| o.is_none()),
         "all" => match rest {
             [] => Ok(false),

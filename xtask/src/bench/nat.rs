@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::stats::{ip_batch, median};
 use crate::util::{self, Result};
 
 const USAGE: &str = "\
@@ -97,7 +98,7 @@ impl Sandbox {
             .collect();
         let script: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
         self.made.extend(names.iter().cloned());
-        ip_batch(None, &script)?;
+        ip_batch(&[], &script)?;
         Ok(names)
     }
 }
@@ -117,32 +118,8 @@ impl Drop for Sandbox {
             .rev()
             .map(|n| format!("netns del {n}\n"))
             .collect();
-        let _ = ip_batch(None, &script);
+        let _ = ip_batch(&[], &script);
         let _ = std::fs::remove_dir_all(&self.tmp);
-    }
-}
-
-/// `ip [-n NS] -force -batch -` with `script` on stdin.
-pub(super) fn ip_batch(ns: Option<&str>, script: &str) -> Result {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = ns {
-        cmd.args(["-n", ns]);
-    }
-    cmd.args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null());
-    let mut child = cmd.spawn().map_err(|e| format!("ip -batch: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())
-        .map_err(|e| format!("ip -batch: {e}"))?;
-    let st = child.wait().map_err(|e| format!("ip -batch: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("ip -batch failed: {st}"))
     }
 }
 
@@ -184,11 +161,6 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -207,7 +179,7 @@ const UP: &[&str] = &[
 fn up_down(sb: &mut Sandbox, bin: &Path, backend: &str, runs: usize) -> Result<String> {
     let ns = sb.netns(&[format!("updown-{backend}")])?.remove(0);
     ip_batch(
-        Some(&ns),
+        &["-n", &ns],
         "link add up0 type veth peer name up1\nlink set up0 up\n",
     )?;
     let with = |base: &[&str]| -> Vec<String> {
@@ -274,7 +246,7 @@ fn per_container(sb: &mut Sandbox, bin: &Path, n: usize) -> Result<String> {
     // ve-nat: installed once; a container is a veth matching ve-+, and no rule changes.
     let host = sb.netns(&["venat-host".into()])?.remove(0);
     ip_batch(
-        Some(&host),
+        &["-n", &host],
         "link add up0 type veth peer name up1\nlink set up0 up\n",
     )?;
     in_ns(sb, &host, bin, UP)?;
@@ -287,7 +259,7 @@ fn per_container(sb: &mut Sandbox, bin: &Path, n: usize) -> Result<String> {
         let script: String = (added + 1..=k)
             .map(|i| format!("link add ve-c{i} type veth peer name vp-c{i}\nlink set ve-c{i} up\n"))
             .collect();
-        ip_batch(Some(&host), &script)?;
+        ip_batch(&["-n", &host], &script)?;
         added = k;
         let rules = rule_count(&host, "iptables-save")?;
         let t = in_ns(sb, &host, bin, &check)?;

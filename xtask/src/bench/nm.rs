@@ -2,14 +2,14 @@
 //! re-created container veth, and how many DHCP DISCOVERs get out first; with `--watch`
 //! and with `--persist`, next to a baseline with no tool at all.
 //!
-//! Everything runs in throwaway namespaces: NetworkManager and dbus-daemon on a private
-//! bus in a `host` namespace (read-only /sys, scratch dirs over /run and
-//! /var/lib/NetworkManager, as the tests do), the container end in a `ctr` namespace
+//! Everything runs in throwaway namespaces: the sandboxed NetworkManager of
+//! `common::harness` (the one the tests and the demo use: a private bus, read-only /sys,
+//! scratch dirs over /run and /var/lib/NetworkManager) in a `host` namespace, the
+//! container end in a `ctr` namespace
 //! where a UDP :67 listener (this program again, re-executed inside it) counts
 //! DISCOVERs.
 
 use std::{
-    fs,
     io::{BufRead, BufReader, Write},
     net::UdpSocket,
     path::PathBuf,
@@ -17,6 +17,11 @@ use std::{
     sync::{mpsc, Arc, Mutex},
     thread,
     time::{Duration, Instant},
+};
+
+use common::{
+    harness::NetworkManager,
+    testing::{have_command, Netns, Sandbox},
 };
 
 use crate::util::{self, Result};
@@ -75,12 +80,14 @@ pub fn run(args: &[String]) -> Result {
     if !util::is_root() {
         return Err("bench nm needs root (network namespaces, NetworkManager)".into());
     }
-    for cmd in ["ip", "dbus-daemon", "dbus-send", "NetworkManager"] {
-        if !on_path(cmd) {
-            return Err(format!(
-                "bench nm needs `{cmd}` (run `cargo xtask test` once to install the test packages)"
-            ));
-        }
+    if let Some(cmd) = ["ip", "nsenter"]
+        .iter()
+        .chain(NetworkManager::COMMANDS)
+        .find(|c| !have_command(c))
+    {
+        return Err(format!(
+            "bench nm needs `{cmd}` (run `cargo xtask test` once to install the test packages)"
+        ));
     }
     let bin = match tools {
         // Absolute: it runs in NetworkManager's mount namespace, cwd its root.
@@ -169,12 +176,11 @@ pub fn run(args: &[String]) -> Result {
     );
 
     // --persist, with the sandbox's drop-in directory, in NetworkManager's namespaces.
-    let out = Command::new("nsenter")
-        .args(["-t", &lab.nm_pid.to_string(), "-m", "-n", "--"])
-        .arg(&bin)
+    let out = lab
+        .nm
+        .command_in_mounts(&bin)
         .args(["--persist", "--conf-dir"])
-        .arg(lab.dir.join("conf.d"))
-        .env("DBUS_SYSTEM_BUS_ADDRESS", lab.bus_address())
+        .arg(lab.nm.conf_dir())
         .output()
         .map_err(|e| format!("running {}: {e}", bin.display()))?;
     if !out.status.success() {
@@ -189,7 +195,7 @@ pub fn run(args: &[String]) -> Result {
         lab.add_veth("ve-test")?;
         thread::sleep(HOLD);
         leaked += lab.discovers_since(t0).len();
-        if lab.device_state("ve-test") != Some(10) {
+        if !lab.nm.is_unmanaged("ve-test") {
             managed += 1;
         }
         lab.del_veth("ve-test")?;
@@ -233,15 +239,6 @@ fn json_u64(line: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn on_path(cmd: &str) -> bool {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .any(|d| std::path::Path::new(d).join(cmd).is_file());
-    found
-}
-
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -281,107 +278,49 @@ fn is_discover(p: &[u8]) -> bool {
     false
 }
 
-/// Namespaces, the private bus, NetworkManager and the DISCOVER listener; all of it
-/// torn down on drop.
+/// The sandbox: a host namespace with `common::harness`'s NetworkManager on a private
+/// bus, a container namespace with the DISCOVER listener; all of it torn down on drop.
 struct Lab {
-    host: String,
-    ctr: String,
-    dir: PathBuf,
-    /// NetworkManager's pid: its mount namespace has scratch dirs over /run.
-    nm_pid: u32,
-    children: Vec<Child>,
+    // Dropped in this order, after `drop` has stopped the listener: NetworkManager and
+    // its bus, then the namespaces (with anything left in them).
+    listener: Child,
+    nm: NetworkManager,
+    _sandbox: Sandbox,
+    host: Netns,
+    ctr: Netns,
     discovers: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Lab {
     fn start() -> Result<Lab> {
-        let prefix = format!("nmbench{}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        crate::guard::namespaces(&prefix);
-        crate::guard::dir(&dir);
-        let mut lab = Lab {
-            host: format!("{prefix}-host"),
-            ctr: format!("{prefix}-ctr"),
-            dir,
-            nm_pid: 0,
-            children: Vec::new(),
-            discovers: Arc::default(),
-        };
-        for ns in [&lab.host, &lab.ctr] {
-            util::run(Command::new("ip").args(["netns", "add", ns]))?;
-        }
-        let d = lab.dir.clone();
-        let _ = fs::remove_dir_all(&d);
-        for sub in ["run", "varlib", "conf.d", "sysconf.d", "conns"] {
-            fs::create_dir_all(d.join(sub)).map_err(|e| e.to_string())?;
-        }
-        let ds = d.display();
-        fs::write(
-            d.join("bus.conf"),
-            format!(
-                "<busconfig><type>system</type><listen>unix:path={ds}/bus</listen>\
-                 <auth>EXTERNAL</auth><policy user=\"root\"><allow own=\"*\"/>\
-                 <allow send_destination=\"*\"/><allow receive_sender=\"*\"/></policy>\
-                 </busconfig>\n"
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        fs::write(
-            d.join("nm.conf"),
-            format!(
-                "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=none\n\
-                 [connectivity]\nenabled=false\n[keyfile]\npath={ds}/conns\n"
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let dbus = lab
-            .in_ns(&lab.host, "dbus-daemon")
-            .arg(format!("--config-file={ds}/bus.conf"))
-            .args(["--nofork", "--nopidfile"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting dbus-daemon: {e}"))?;
-        lab.children.push(dbus);
-        lab.wait("the private bus", || d.join("bus").exists())?;
-        let script = format!(
-            "mount -o remount,ro /sys && mount --bind {ds}/run /run && \
-             mount --bind {ds}/varlib /var/lib/NetworkManager && \
-             exec NetworkManager --no-daemon --config={ds}/nm.conf --config-dir={ds}/conf.d \
-             --system-config-dir={ds}/sysconf.d --intern-config={ds}/intern.conf \
-             --state-file={ds}/state --pid-file=/run/nm.pid"
-        );
-        let log = fs::File::create(d.join("nm.log")).map_err(|e| e.to_string())?;
-        let nm = lab
-            .in_ns(&lab.host, "sh")
-            .args(["-c", &script])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", lab.bus_address())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting NetworkManager: {e}"))?;
-        // `ip netns exec` and `sh -c '... exec'` both exec: the child is NetworkManager.
-        lab.nm_pid = nm.id();
-        lab.children.push(nm);
-        lab.wait("NetworkManager to finish starting", || {
-            lab.nm_get(
-                "/org/freedesktop/NetworkManager",
-                "org.freedesktop.NetworkManager",
-                "Startup",
-            )
-            .as_deref()
-                == Some("false")
-        })?;
+        let mut sandbox = Sandbox::new();
+        crate::guard::namespaces(sandbox.prefix());
+        crate::guard::dir(&NetworkManager::scratch_dir(sandbox.prefix()));
+        let host = sandbox.netns("host");
+        let ctr = sandbox.netns("ctr");
+        let nm = NetworkManager::start(&host, sandbox.prefix())?;
         // The DISCOVER counter, inside the container namespace.
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut listener = lab
-            .in_ns(&lab.ctr, &exe.to_string_lossy())
+        let mut listener = ctr
+            .command(&exe.to_string_lossy())
             .args(["bench", "nm", "--udp67-listener"])
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting the DHCP listener: {e}"))?;
-        let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
-        lab.children.push(listener);
+        let out = listener
+            .stdout
+            .take()
+            .ok_or("the DHCP listener has no stdout")?;
+        let lab = Lab {
+            listener,
+            nm,
+            _sandbox: sandbox,
+            host,
+            ctr,
+            discovers: Arc::default(),
+        };
+        let mut lines = BufReader::new(out).lines();
         match lines.next() {
             Some(Ok(l)) if l == "ready" => {}
             _ => return Err("the DHCP listener did not start".into()),
@@ -392,36 +331,17 @@ impl Lab {
                 if line.is_err() {
                     break;
                 }
-                seen.lock().unwrap().push(Instant::now());
+                if let Ok(mut v) = seen.lock() {
+                    v.push(Instant::now());
+                }
             }
         });
         Ok(lab)
     }
 
-    fn bus_address(&self) -> String {
-        format!("unix:path={}/bus", self.dir.display())
-    }
-
-    fn in_ns(&self, ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]).stdin(Stdio::null());
-        c
-    }
-
-    fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) -> Result {
-        let t = Instant::now();
-        while !ok() {
-            if t.elapsed() > Duration::from_secs(20) {
-                return Err(format!("timed out waiting for {what}"));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    }
-
-    fn ip(&self, ns: &str, args: &[&str]) -> Result {
+    fn ip(&self, ns: &Netns, args: &[&str]) -> Result {
         let out = Command::new("ip")
-            .args(["-n", ns])
+            .args(["-n", ns.name()])
             .args(args)
             .output()
             .map_err(|e| format!("running ip: {e}"))?;
@@ -429,7 +349,8 @@ impl Lab {
             Ok(())
         } else {
             Err(format!(
-                "ip -n {ns} {}: {}",
+                "ip -n {} {}: {}",
+                ns.name(),
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
@@ -439,10 +360,11 @@ impl Lab {
     /// A container veth as `ve-link` makes it: created, both ends up.
     fn add_veth(&self, ifname: &str) -> Result {
         let peer = if ifname == "ve-test" { "eth0" } else { "eth1" };
+        let ctr = self.ctr.name();
         self.ip(
             &self.host,
             &[
-                "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", &self.ctr,
+                "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", ctr,
             ],
         )?;
         self.ip(&self.ctr, &["link", "set", peer, "up"])?;
@@ -457,70 +379,17 @@ impl Lab {
     }
 
     fn discovers_since(&self, t: Instant) -> Vec<Instant> {
-        let seen = self.discovers.lock().unwrap();
+        let Ok(seen) = self.discovers.lock() else {
+            return Vec::new();
+        };
         seen.iter().copied().filter(|d| *d >= t).collect()
-    }
-
-    /// `dbus-send` a call to NetworkManager; the reply's last word.
-    fn nm_call(&self, path: &str, method: &str, args: &[&str]) -> Option<String> {
-        let out = Command::new("dbus-send")
-            .args([
-                "--system",
-                "--print-reply=literal",
-                "--dest=org.freedesktop.NetworkManager",
-                path,
-                method,
-            ])
-            .args(args)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .last()
-            .map(str::to_string)
-    }
-
-    fn nm_get(&self, path: &str, iface: &str, prop: &str) -> Option<String> {
-        self.nm_call(
-            path,
-            "org.freedesktop.DBus.Properties.Get",
-            &[&format!("string:{iface}"), &format!("string:{prop}")],
-        )
-    }
-
-    /// The `NMDeviceState` of `ifname`'s device.
-    fn device_state(&self, ifname: &str) -> Option<u32> {
-        let path = self.nm_call(
-            "/org/freedesktop/NetworkManager",
-            "org.freedesktop.NetworkManager.GetDeviceByIpIface",
-            &[&format!("string:{ifname}")],
-        )?;
-        self.nm_get(&path, "org.freedesktop.NetworkManager.Device", "State")?
-            .parse()
-            .ok()
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in [&self.ctr, &self.host] {
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        let _ = self.listener.kill();
+        let _ = self.listener.wait();
     }
 }
 
@@ -535,12 +404,10 @@ impl Watcher {
     /// drop-in under /run/NetworkManager/conf.d, which there is the sandbox's scratch
     /// directory, never the machine's.
     fn start(bin: &std::path::Path, lab: &Lab) -> Result<Watcher> {
-        let mut child = Command::new("nsenter")
-            .args(["-t", &lab.nm_pid.to_string(), "-m", "-n", "--"])
-            .arg(bin)
+        let mut child = lab
+            .nm
+            .command_in_mounts(bin)
             .args(["--watch", "--json"])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", lab.bus_address())
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;

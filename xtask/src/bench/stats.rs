@@ -1,8 +1,53 @@
-//! Timing helpers for the benchmarks: medians, percentiles, options, output files.
+//! What the benchmarks share: timing one process, `ip -batch`, medians and percentiles,
+//! options, output files.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use crate::util::{root, Result};
+use crate::util::{root, show, Result};
+
+/// Run `cmd` with `input` on stdin (if any); its wall time; fail with its output.
+pub fn timed(cmd: &mut Command, input: Option<&str>) -> Result<Duration> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let t = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", show(cmd)))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("{}: {e}", show(cmd)))?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let d = t.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{}: {}: {}{}",
+            show(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(d)
+}
+
+/// `ip OPTS -batch -` with `script` on stdin (`-force` in `opts` to go on past errors).
+pub fn ip_batch(opts: &[&str], script: &str) -> Result {
+    timed(
+        Command::new("ip").args(opts).args(["-batch", "-"]),
+        Some(script),
+    )
+    .map(|_| ())
+}
 
 /// Median and 90th percentile of `samples` (sorted in place).
 pub fn median_p90(samples: &mut [Duration]) -> (Duration, Duration) {
@@ -12,6 +57,11 @@ pub fn median_p90(samples: &mut [Duration]) -> (Duration, Duration) {
     }
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.9))
+}
+
+/// The median of `v`.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    median_p90(&mut v).0
 }
 
 pub fn ms(d: Duration) -> String {
