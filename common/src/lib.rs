@@ -6,14 +6,10 @@ pub mod cli;
 pub mod doc;
 mod error;
 mod exit;
-#[cfg(feature = "testing")]
-pub mod harness;
 pub mod lease;
 pub mod name;
 pub mod netns;
 pub mod output;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use error::{Context, Error, Kind, Result};
 pub use exit::Exit;

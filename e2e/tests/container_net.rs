@@ -8,12 +8,9 @@ mod support;
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use common::{
-    harness::{http_get_within, HttpServer},
-    lease,
-    testing::{privileged, run_ok},
-};
+use common::lease;
 use support::*;
+use testbed::{http_get_within, privileged, run_ok, HttpServer};
 
 const CONTAINERS: usize = 20;
 const FORWARD_PORT: u16 = 8080;
@@ -29,7 +26,7 @@ fn gate(test: &str, nm: bool) -> bool {
         "ip6tables-save",
     ];
     if nm {
-        commands.extend(common::harness::NetworkManager::COMMANDS);
+        commands.extend(testbed::NetworkManager::COMMANDS);
     }
     privileged(test, &commands)
 }
@@ -261,7 +258,7 @@ fn a_failed_step_is_rolled_back_and_its_exit_code_kept() {
     // ve-link fails: the container's namespace is gone. The new lease is given back.
     // (A path that never existed, not a dead container's /proc/PID/ns/net: that pid
     // could be reused by any process, in the machine's own namespace.)
-    let scratch = common::testing::TempDir::new("e2e-gone");
+    let scratch = testbed::TempDir::new("e2e-gone");
     let netns = scratch.path().join("netns-of-gone").display().to_string();
     let o = h.script().args(["up", "gone", &netns]).output().unwrap();
     assert_eq!(o.status.code(), Some(66), "ve-link's code: {}", stderr(&o));

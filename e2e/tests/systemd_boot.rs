@@ -9,8 +9,8 @@ mod support;
 
 use std::{collections::BTreeMap, path::PathBuf, thread, time::Duration};
 
-use common::testing::privileged;
 use support::{boot, env_value, script};
+use testbed::privileged;
 
 const TOOLS: [&str; 4] = ["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"];
 const UNITS: [&str; 3] = ["nm-unmanage.service", "ve-nat.service", "ve-net@.service"];

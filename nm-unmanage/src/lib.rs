@@ -432,7 +432,7 @@ mod tests {
     #[test]
     fn missing_bus_is_unavailable_unless_if_running() {
         // Never the machine's own directories.
-        let tmp = common::testing::TempDir::new("nmu-nobus");
+        let tmp = testbed::TempDir::new("nmu-nobus");
         let scratch = tmp.path().join("dirs");
         let (conf, rt) = (scratch.join("conf.d"), scratch.join("run/conf.d"));
         let base = [

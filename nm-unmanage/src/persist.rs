@@ -223,8 +223,8 @@ mod tests {
     use super::*;
 
     /// A scratch directory, mode 0755, removed on drop (also when the test fails).
-    fn scratch(name: &str) -> common::testing::TempDir {
-        let d = common::testing::TempDir::new(&format!("nm-unmanage-{name}"));
+    fn scratch(name: &str) -> testbed::TempDir {
+        let d = testbed::TempDir::new(&format!("nm-unmanage-{name}"));
         fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
         d
     }

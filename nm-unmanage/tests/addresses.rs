@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::testing::Netns;
 use support::{wait_until, DhcpListener, NmSandbox, Watcher};
+use testbed::Netns;
 
 const PAIRS: usize = 10;
 /// How long every pair is watched after the last one was made: NetworkManager takes a

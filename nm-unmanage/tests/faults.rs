@@ -15,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::testing::{privileged, TempDir};
 use support::{NmSandbox, Watcher, BIN};
+use testbed::{privileged, TempDir};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -9,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::testing::{privileged, Netns};
 use support::{median_max, wait_until, Client, DhcpListener, NmSandbox, Watcher};
+use testbed::{privileged, Netns};
 
 const UNMANAGED: u32 = nm_unmanage::STATE_UNMANAGED;
 /// NetworkManager waits ~0.25 s before it activates a new device; holding a little

@@ -6,8 +6,8 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use common::testing::TempDir;
 use serde_json::Value;
+use testbed::TempDir;
 
 /// Parse JSON Lines, checking the shape: every line one object.
 fn lines(text: &str) -> Vec<Value> {
@@ -636,7 +636,7 @@ fn a_regular_file_as_the_store_is_74_for_every_command() {
 
 #[test]
 fn a_store_the_caller_cannot_read_is_77_never_empty() {
-    if !common::testing::privileged(
+    if !testbed::privileged(
         "a_store_the_caller_cannot_read_is_77_never_empty",
         &["setpriv"],
     ) {

@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use common::testing::TempDir;
+use testbed::TempDir;
 
 fn va(store: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ve-alloc"))

@@ -9,8 +9,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::testing::TempDir;
 use serde_json::Value;
+use testbed::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
 

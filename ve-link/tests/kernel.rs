@@ -10,11 +10,9 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    netns::NetnsSpec,
-    testing::{privileged, Netns, Sandbox, TempDir},
-};
+use common::netns::NetnsSpec;
 use serde_json::Value;
+use testbed::{privileged, Netns, Sandbox, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-link");
 
@@ -1134,8 +1132,8 @@ fn up_refuses_the_hosts_own_addresses_and_networks_and_changes_nothing() {
         return;
     };
     let out = sb.netns("out");
-    common::harness::uplink(&host, &out);
-    host.ip(&["route", "add", "default", "via", common::harness::OUTSIDE]);
+    testbed::uplink(&host, &out);
+    host.ip(&["route", "add", "default", "via", testbed::OUTSIDE]);
     host.ip(&[
         "-6",
         "addr",
@@ -1162,7 +1160,7 @@ fn up_refuses_the_hosts_own_addresses_and_networks_and_changes_nothing() {
                 "--host-address",
                 "10.233.0.1",
                 "--local-address",
-                common::harness::OUTSIDE,
+                testbed::OUTSIDE,
             ],
             "is on the host's route 192.0.2.0/24 dev up0",
         ),
@@ -1196,7 +1194,7 @@ fn up_refuses_the_hosts_own_addresses_and_networks_and_changes_nothing() {
         (
             [
                 "--host-address",
-                common::harness::HOST_UPLINK,
+                testbed::HOST_UPLINK,
                 "--local-address",
                 "10.233.0.2",
             ],

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::testing::{privileged, Netns, Sandbox, TempDir};
+use testbed::{privileged, Netns, Sandbox, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
 
@@ -200,7 +200,7 @@ impl Topo {
         let mut sb = Sandbox::new();
         let host = sb.netns("host");
         let out = sb.netns("out");
-        common::harness::uplink(&host, &out);
+        testbed::uplink(&host, &out);
         if v6 {
             host.ip(&["addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"]);
             out.ip(&["addr", "add", "2001:db8::2/64", "dev", "up1", "nodad"]);

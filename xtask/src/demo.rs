@@ -11,10 +11,10 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    harness::{self, http_get_within, HttpServer, NetworkManager, HOST_UPLINK, OUTSIDE},
-    lease,
-    testing::{have_command, Netns, Sandbox, REQUIRE_PRIVILEGED},
+use common::lease;
+use testbed::{
+    have_command, http_get_within, HttpServer, Netns, NetworkManager, Sandbox, HOST_UPLINK,
+    OUTSIDE, REQUIRE_PRIVILEGED,
 };
 
 use crate::{
@@ -321,7 +321,7 @@ fn in_sandbox(
         .collect();
     // A route back to the containers: without NAT the server would see their own
     // addresses, so "the server saw the uplink address" proves NAT did its job.
-    harness::uplink(&host, &out);
+    testbed::uplink(&host, &out);
     let server_addr: SocketAddr = format!("{OUTSIDE}:80").parse().unwrap();
     let _server = HttpServer::start(&out.path(), server_addr, |peer| format!("{}\n", peer.ip()))
         .map_err(|e| format!("starting the outside HTTP server: {e}"))?;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::testing::privileged;
+use testbed::privileged;
 
 fn xtask() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -273,7 +273,7 @@ fn bench_nm_writes_nothing_of_the_machines() {
         .arg(tools_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // common::harness's sandbox: namespaces vt<pid>x0-host and -ctr, NetworkManager's
+    // testbed's sandbox: namespaces vt<pid>x0-host and -ctr, NetworkManager's
     // scratch directory ve-nm-vt<pid>x0.
     let mut run = Run::start(c, |pid| format!("vt{pid}x"));
     let mut err = String::new();

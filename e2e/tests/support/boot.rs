@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::testing::TempDir;
+use testbed::TempDir;
 
 /// The Debian release the rootfs is made of, and the packages it gets on top of
 /// minbase: systemd as init, the bus, `ip` and `iptables` (the units and ve-nat run

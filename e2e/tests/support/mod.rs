@@ -16,12 +16,9 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    harness::{self, wait_for, HttpServer, NetworkManager},
-    testing::{run_ok, Netns, Sandbox, TempDir},
-};
+use testbed::{run_ok, wait_for, HttpServer, Netns, NetworkManager, Sandbox, TempDir};
 
-pub use common::harness::{HOST_UPLINK, OUTSIDE};
+pub use testbed::{HOST_UPLINK, OUTSIDE};
 pub const SERVER_PORT: u16 = 80;
 
 /// The directory of the workspace's binaries: the test executable lives in its `deps/`.
@@ -76,7 +73,7 @@ impl Host {
         let host = sandbox.netns("host");
         let out = sandbox.netns("out");
         // Without NAT the server would see container addresses: the negative control.
-        harness::uplink(&host, &out);
+        testbed::uplink(&host, &out);
         let server = HttpServer::start(&out.path(), outside(SERVER_PORT), |peer| {
             peer.ip().to_string()
         })
@@ -87,7 +84,7 @@ impl Host {
             let nm =
                 NetworkManager::start(&host, sandbox.prefix()).unwrap_or_else(|e| panic!("{e}"));
             let bus = nm.bus_address();
-            // The harness binds DIR/run over NetworkManager's /run, next to DIR/conf.d.
+            // The testbed binds DIR/run over NetworkManager's /run, next to DIR/conf.d.
             let run = nm.conf_dir().with_file_name("run");
             (Some(nm), bus, run, None)
         } else {

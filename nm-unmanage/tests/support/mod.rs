@@ -25,11 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    harness,
-    testing::{privileged, run_ok, Netns, Sandbox},
-};
 use nm_unmanage::{Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH};
+use testbed::{privileged, run_ok, Netns, Sandbox};
 
 /// The tool under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_nm-unmanage");
@@ -209,7 +206,7 @@ impl NmSandbox {
             .append(true)
             .open(self.dir.join("nm.log"))
             .unwrap();
-        let child = harness::nm_command(&self.host, &self.dir, &self.bus_address())
+        let child = testbed::nm_command(&self.host, &self.dir, &self.bus_address())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -308,7 +305,7 @@ impl Drop for NmSandbox {
     }
 }
 
-use common::harness::stop;
+use testbed::stop;
 
 /// A frozen NetworkManager, thawed (SIGCONT) on drop, also when the test panics, so
 /// that the sandbox's drop can stop it.
@@ -376,7 +373,7 @@ fn root_only_bus_conf(dir: &Path) -> String {
 /// `vz-keep` is the administrator's own unmanaged device: `--persist` must add to it,
 /// not replace it.
 fn nm_conf(dir: &Path) -> String {
-    harness::nm_conf(dir, "unmanaged-devices=interface-name:vz-keep\n")
+    testbed::nm_conf(dir, "unmanaged-devices=interface-name:vz-keep\n")
 }
 
 /// Poll `f` every 5 ms until it returns `Some`, or panic after `timeout`.

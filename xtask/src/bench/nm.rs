@@ -3,7 +3,7 @@
 //! and with `--persist`, next to a baseline with no tool at all.
 //!
 //! Everything runs in throwaway namespaces: the sandboxed NetworkManager of
-//! `common::harness` (the one the tests and the demo use: a private bus, read-only /sys,
+//! `testbed` (the one the tests and the demo use: a private bus, read-only /sys,
 //! scratch dirs over /run and /var/lib/NetworkManager) in a `host` namespace, the
 //! container end in a `ctr` namespace
 //! where a UDP :67 listener (this program again, re-executed inside it) counts
@@ -19,10 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    harness::NetworkManager,
-    testing::{have_command, Netns, Sandbox},
-};
+use testbed::{have_command, Netns, NetworkManager, Sandbox};
 
 use crate::util::{self, Result};
 
@@ -278,7 +275,7 @@ fn is_discover(p: &[u8]) -> bool {
     false
 }
 
-/// The sandbox: a host namespace with `common::harness`'s NetworkManager on a private
+/// The sandbox: a host namespace with `testbed`'s NetworkManager on a private
 /// bus, a container namespace with the DISCOVER listener; all of it torn down on drop.
 struct Lab {
     // Dropped in this order, after `drop` has stopped the listener: NetworkManager and

@@ -1,206 +1,18 @@
-//! A sandboxed host for the demo and the end-to-end tests (feature `testing`): HTTP
-//! served and fetched inside network namespaces, and a real NetworkManager on a
-//! private D-Bus bus. Only std, libc and the programs of Debian's `dbus` and
-//! `network-manager` packages.
-//!
-//! Sockets are opened on threads that entered the namespace first (`setns` on that
-//! thread only), so the process itself never leaves its own namespace.
+//! A real NetworkManager and a private system bus in a sandbox namespace, with only the
+//! programs of Debian's `dbus` and `network-manager` packages.
 
 use std::{
     fs,
-    io::{self, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
-    },
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::testing::{have_command, Netns};
-
-/// The host's uplink address in every sandbox (TEST-NET-1, documentation range).
-pub const HOST_UPLINK: &str = "192.0.2.1";
-/// The "outside world" on the other end of the uplink.
-pub const OUTSIDE: &str = "192.0.2.2";
-
-/// Wire `host` to `out`: a veth `up0` (HOST_UPLINK/24) -- `up1` (OUTSIDE/24), both up,
-/// and a route in `out` back to the container pool 10.233.0.0/16 through the host, so
-/// that without NAT a server outside sees container addresses (the negative control)
-/// and with NAT the uplink address.
-pub fn uplink(host: &Netns, out: &Netns) {
-    host.ip(&[
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "up1",
-        "netns",
-        out.name(),
-    ]);
-    host.ip(&["addr", "add", &format!("{HOST_UPLINK}/24"), "dev", "up0"]);
-    host.ip(&["link", "set", "up0", "up"]);
-    out.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "up1"]);
-    out.ip(&["link", "set", "up1", "up"]);
-    out.ip(&["route", "add", "10.233.0.0/16", "via", HOST_UPLINK]);
-}
-
-/// Run `f` on a new thread that has entered the network namespace at `ns` (a file such
-/// as `/run/netns/NAME` or `/proc/PID/ns/net`), and return its result.
-pub fn in_netns<T: Send + 'static>(
-    ns: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
-    let ns = ns.to_path_buf();
-    thread::spawn(move || enter(&ns).map(|()| f()))
-        .join()
-        .map_err(|_| io::Error::other("thread panicked"))?
-}
-
-/// `setns` the calling thread into the network namespace at `ns`.
-fn enter(ns: &Path) -> io::Result<()> {
-    let f = fs::File::open(ns)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", ns.display())))?;
-    // SAFETY: setns on the calling thread only; the fd is valid for the call.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A tiny HTTP/1.0 server listening inside a network namespace, answering every
-/// request with `200 OK` and a body made from the peer address it saw.
-pub struct HttpServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl HttpServer {
-    /// Listen on `addr` inside the namespace at `ns`; returns once the socket is bound.
-    pub fn start(
-        ns: &Path,
-        addr: SocketAddr,
-        body: impl Fn(SocketAddr) -> String + Send + 'static,
-    ) -> io::Result<HttpServer> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (ns, stop2) = (ns.to_path_buf(), stop.clone());
-        let thread = thread::spawn(move || {
-            let listener = enter(&ns)
-                .and_then(|()| TcpListener::bind(addr))
-                .and_then(|l| l.set_nonblocking(true).map(|()| l));
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, peer)) => {
-                        let _ = answer(conn, &body(peer));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        ready_rx
-            .recv()
-            .map_err(|_| io::Error::other("server thread died"))??;
-        Ok(HttpServer {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Read one request (up to the blank line) and write the response.
-fn answer(mut conn: TcpStream, body: &str) -> io::Result<()> {
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut req = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        req.extend_from_slice(&buf[..n]);
-    }
-    write!(
-        conn,
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    conn.shutdown(Shutdown::Write)
-}
-
-/// `GET /` from inside the namespace at `ns`; the body of a `200` answer.
-pub fn http_get(ns: &Path, addr: SocketAddr, timeout: Duration) -> Result<String, String> {
-    in_netns(ns, move || get(addr, timeout))
-        .map_err(|e| format!("entering {}: {e}", ns.display()))?
-}
-
-/// [`http_get`], retried for up to `within` while it fails: for a connection that must
-/// work, where a loaded machine may still be resolving neighbours in a namespace made a
-/// moment ago. The last error when it never worked.
-pub fn http_get_within(ns: &Path, addr: SocketAddr, within: Duration) -> Result<String, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match http_get(ns, addr, left.max(Duration::from_millis(500))) {
-            Ok(body) => return Ok(body),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
-    let fail = |e: io::Error| format!("GET http://{addr}/: {e}");
-    let mut conn = TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
-    conn.set_read_timeout(Some(timeout)).map_err(fail)?;
-    write!(conn, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(fail)?;
-    let mut resp = String::new();
-    conn.read_to_string(&mut resp).map_err(fail)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("GET http://{addr}/: malformed answer {resp:?}"))?;
-    if !head.starts_with("HTTP/1.0 200 ") && !head.starts_with("HTTP/1.1 200 ") {
-        return Err(format!(
-            "GET http://{addr}/: {}",
-            head.lines().next().unwrap_or("")
-        ));
-    }
-    Ok(body.to_string())
-}
+use crate::{
+    have_command,
+    process::{stop, stop_now, wait_for},
+    Netns,
+};
 
 /// A real NetworkManager and a private system bus, both running in one sandbox
 /// namespace (the "host"). NetworkManager gets a private mount namespace with `/sys`
@@ -391,37 +203,6 @@ pub fn nm_command(host: &Netns, dir: &Path, bus_address: &str) -> Command {
     c.args(["-c", &script])
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address);
     c
-}
-
-/// Stop a child: SIGTERM, then SIGKILL after 5 s.
-pub fn stop(mut child: Child) {
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(5) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    stop_now(&mut child);
-}
-
-fn stop_now(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Poll `f` every 5 ms until it is true, or fail after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<(), String> {
-    let t = Instant::now();
-    while !f() {
-        if t.elapsed() > timeout {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
 }
 
 /// A system bus that root may use for everything and nothing gets activated on.

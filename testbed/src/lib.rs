@@ -1,0 +1,28 @@
+//! Dev-only sandboxes for the tools' tests, the end-to-end tests, the demo and the
+//! benches; never a dependency of a tool itself.
+//!
+//! - [`privilege`]: the gate every privileged test passes first.
+//! - [`sandbox`]: throwaway network namespaces and scratch directories, removed on drop.
+//! - [`netns`]: running test code on a thread inside a namespace.
+//! - [`host`]: the sandbox host's uplink to an "outside" namespace.
+//! - [`http`]: HTTP served and fetched inside namespaces.
+//! - [`nm`]: a real NetworkManager on a private D-Bus bus.
+//! - [`process`]: stopping children, polling.
+//!
+//! Everything needed often is re-exported here.
+
+pub mod host;
+pub mod http;
+pub mod netns;
+pub mod nm;
+pub mod privilege;
+pub mod process;
+pub mod sandbox;
+
+pub use host::{uplink, HOST_UPLINK, OUTSIDE};
+pub use http::{http_get, http_get_within, HttpServer};
+pub use netns::{enter, enter_fd, in_netns, spawn_in};
+pub use nm::{nm_command, nm_conf, NetworkManager};
+pub use privilege::{have_command, privileged, REQUIRE_PRIVILEGED};
+pub use process::{stop, wait_for};
+pub use sandbox::{run_ok, Netns, Sandbox, TempDir};
