@@ -880,14 +880,12 @@ fn gc_keeps_links_of_namespaces_mounted_elsewhere_or_entered_by_a_thread_only() 
     let (tx, rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let t = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        let rc = unsafe { libc::setns(held.as_raw_fd(), libc::CLONE_NEWNET) };
+        let entered = testbed::enter_fd(&held).map_err(|e| e.to_string());
         drop(held);
-        tx.send(rc).unwrap();
+        tx.send(entered).unwrap();
         let _ = done_rx.recv();
     });
-    assert_eq!(rx.recv().unwrap(), 0);
+    assert_eq!(rx.recv().unwrap(), Ok(()), "setns");
     assert_eq!(
         ok(&ve_link(&host, &["gc"])),
         "",

@@ -2,10 +2,8 @@
 //! namespaces: ctr -- host -- out, the tool running in `host`.
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
     process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -15,25 +13,9 @@ use std::{
     time::Duration,
 };
 
-use testbed::{privileged, Netns, Sandbox, TempDir};
+use testbed::{privileged, spawn_in, Netns, Sandbox, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
-
-/// Run `f` on a new thread inside `ns`'s network namespace (sockets it opens belong
-/// there; the rest of the test process stays where it was).
-fn in_netns<T: Send + 'static>(
-    ns: &Netns,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    let path = ns.path();
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        // SAFETY: plain syscall on a valid fd; it only changes this thread's namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
 
 /// A TCP server that answers every connection with `PEER_IP LOCAL_PORT` and closes.
 struct Server {
@@ -47,7 +29,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let flag = stop.clone();
-        let thread = in_netns(ns, move || {
+        let thread = spawn_in(&ns.path(), move || {
             let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
             l.set_nonblocking(true).unwrap();
             tx.send(()).unwrap();
@@ -92,7 +74,7 @@ impl UdpServer {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let flag = stop.clone();
-        let thread = in_netns(ns, move || {
+        let thread = spawn_in(&ns.path(), move || {
             let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
             s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
             tx.send(()).unwrap();
@@ -124,7 +106,7 @@ impl Drop for UdpServer {
 /// Send a datagram from `ns` to `addr` (a few tries) and return the answer.
 fn udp_ask(ns: &Netns, addr: &str) -> Result<String, String> {
     let addr: SocketAddr = addr.parse().unwrap();
-    in_netns(ns, move || {
+    spawn_in(&ns.path(), move || {
         let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         s.connect(addr).map_err(|e| e.to_string())?;
@@ -154,7 +136,7 @@ fn blocked(ns: &Netns, addr: &str) -> bool {
 
 fn fetch_within(ns: &Netns, addr: &str, wait: Duration) -> Result<String, String> {
     let addr: SocketAddr = addr.parse().unwrap();
-    in_netns(ns, move || {
+    spawn_in(&ns.path(), move || {
         let mut s =
             TcpStream::connect_timeout(&addr, wait).map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -736,7 +718,7 @@ fn replace_without_gap(b: &'static str) {
     // masquerade rule would show up as the container's own address.
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let client = in_netns(&t.ctrs[0], move || {
+    let client = spawn_in(&t.ctrs[0].path(), move || {
         let addr: SocketAddr = "192.0.2.2:7777".parse().unwrap();
         let mut seen = Vec::new();
         while !flag.load(Ordering::Relaxed) {

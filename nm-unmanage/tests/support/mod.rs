@@ -561,10 +561,7 @@ impl DhcpListener {
         let path = ns.path();
         let (s2, st2) = (seen.clone(), stop.clone());
         let thread = thread::spawn(move || {
-            let f = fs::File::open(&path).unwrap();
-            // SAFETY: setns on this thread only; the fd is valid for the call.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            testbed::enter(&path).unwrap_or_else(|e| panic!("setns: {e}"));
             let sock = UdpSocket::bind("0.0.0.0:67").expect("binding UDP 67");
             let on: libc::c_int = 1;
             // SAFETY: setsockopt on our own socket with a c_int option value.
