@@ -3,6 +3,7 @@
 
 use std::{
     fs,
+    os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -20,10 +21,101 @@ use crate::{
 /// starting) and scratch directories over `/run` and `/var/lib/NetworkManager`, so it
 /// writes nothing of the machine's. Both processes are stopped, and the scratch
 /// directory removed, on drop.
+///
+/// [`NetworkManager::start`] is the whole recipe; [`Setup`] is the same in steps, for
+/// tests that pick the bus policy or start, stop and restart NetworkManager themselves.
 pub struct NetworkManager {
+    host: Netns,
     dir: PathBuf,
     dbus: Child,
     nm: Option<Child>,
+}
+
+/// How a [`NetworkManager`] sandbox is laid out, before anything runs: its scratch
+/// directory, the bus policy, extra `[keyfile]` lines and extra directories.
+pub struct Setup {
+    dir: PathBuf,
+    bus_conf: fn(&Path) -> String,
+    keyfile_extra: String,
+    extra_dirs: Vec<String>,
+}
+
+impl Setup {
+    /// The defaults [`NetworkManager::start`] uses, with all state under `dir`: a bus
+    /// only root may use (for everything), no extra keyfile settings.
+    pub fn new(dir: PathBuf) -> Setup {
+        Setup {
+            dir,
+            bus_conf,
+            keyfile_extra: String::new(),
+            extra_dirs: Vec::new(),
+        }
+    }
+
+    /// The bus's configuration, made from the scratch directory (where its socket
+    /// `DIR/bus` must listen).
+    pub fn bus_conf(mut self, conf: fn(&Path) -> String) -> Setup {
+        self.bus_conf = conf;
+        self
+    }
+
+    /// Lines added to `nm.conf`'s `[keyfile]` section.
+    pub fn keyfile(mut self, extra: &str) -> Setup {
+        self.keyfile_extra = extra.to_string();
+        self
+    }
+
+    /// Another (empty) directory to make under the scratch directory.
+    pub fn dir(mut self, sub: &str) -> Setup {
+        self.extra_dirs.push(sub.to_string());
+        self
+    }
+
+    /// Make the scratch directory (traversable by anyone, for unprivileged clients)
+    /// and start the private bus in `host`; returns once the bus accepts connections.
+    /// NetworkManager is not running yet: [`NetworkManager::spawn`].
+    pub fn bus(self, host: &Netns) -> Result<NetworkManager, String> {
+        let dir = self.dir;
+        let _ = fs::remove_dir_all(&dir);
+        let subs = ["run", "varlib", "conf.d", "sysconf.d", "conns"];
+        for sub in subs
+            .iter()
+            .copied()
+            .chain(self.extra_dirs.iter().map(|s| s.as_str()))
+        {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let write = |name: &str, text: String| {
+            fs::write(dir.join(name), text).map_err(|e| format!("writing {name}: {e}"))
+        };
+        write("bus.conf", (self.bus_conf)(&dir))?;
+        write("nm.conf", nm_conf(&dir, &self.keyfile_extra))?;
+        let log = fs::File::create(dir.join("dbus.log"))
+            .map_err(|e| format!("creating dbus.log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| format!("dbus.log: {e}"))?;
+        let dbus = host
+            .command("dbus-daemon")
+            .arg(format!("--config-file={}", dir.join("bus.conf").display()))
+            .args(["--nofork", "--nopidfile"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("starting dbus-daemon: {e}"))?;
+        let sb = NetworkManager {
+            host: host.clone(),
+            dir,
+            dbus,
+            nm: None,
+        };
+        // Connectable, not just there: dbus-daemon binds the path before it listens.
+        wait_for("the private bus", Duration::from_secs(10), || {
+            UnixStream::connect(sb.dir.join("bus")).is_ok()
+        })?;
+        Ok(sb)
+    }
 }
 
 impl NetworkManager {
@@ -46,45 +138,8 @@ impl NetworkManager {
     /// assumed as they are; veths created later get NetworkManager's default
     /// treatment (a DHCP connection), the worst case for containers.
     pub fn start(host: &Netns, tag: &str) -> Result<NetworkManager, String> {
-        let dir = Self::scratch_dir(tag);
-        let _ = fs::remove_dir_all(&dir);
-        for sub in ["run", "varlib", "conf.d", "sysconf.d", "conns"] {
-            fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let d = dir.display().to_string();
-        let write = |name: &str, text: String| {
-            fs::write(dir.join(name), text).map_err(|e| format!("writing {name}: {e}"))
-        };
-        write("bus.conf", bus_conf(&d))?;
-        write("nm.conf", nm_conf(&dir, ""))?;
-        let logs = dir.clone();
-        let log = move |name: &str| {
-            fs::File::create(logs.join(name)).map_err(|e| format!("creating {name}: {e}"))
-        };
-        let dbus = host
-            .command("dbus-daemon")
-            .arg(format!("--config-file={d}/bus.conf"))
-            .args(["--nofork", "--nopidfile"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log("dbus.log")?)
-            .spawn()
-            .map_err(|e| format!("starting dbus-daemon: {e}"))?;
-        let mut sb = NetworkManager {
-            dir,
-            dbus,
-            nm: None,
-        };
-        wait_for("the private bus", Duration::from_secs(5), || {
-            sb.dir.join("bus").exists()
-        })?;
-        let nm = nm_command(host, &sb.dir, &sb.bus_address())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log("nm.log")?)
-            .spawn()
-            .map_err(|e| format!("starting NetworkManager: {e}"))?;
-        sb.nm = Some(nm);
+        let mut sb = Setup::new(Self::scratch_dir(tag)).bus(host)?;
+        sb.spawn()?;
         // nm-online -s: wait until NetworkManager has finished starting.
         let mut online = sb.client("nm-online");
         online.args(["-s", "-q", "-t", "20"]);
@@ -96,6 +151,45 @@ impl NetworkManager {
             ));
         }
         Ok(sb)
+    }
+
+    /// Start NetworkManager on the bus (its output appended to `nm.log`), without
+    /// waiting for it to finish starting. An error when it already runs.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        if self.nm.is_some() {
+            return Err("NetworkManager already running".into());
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("nm.log"))
+            .map_err(|e| format!("opening nm.log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| format!("nm.log: {e}"))?;
+        let nm = nm_command(&self.host, &self.dir, &self.bus_address())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("starting NetworkManager: {e}"))?;
+        self.nm = Some(nm);
+        Ok(())
+    }
+
+    /// Stop NetworkManager (SIGTERM, then SIGKILL after 5 s), leaving the bus running.
+    pub fn stop(&mut self) {
+        if let Some(nm) = self.nm.take() {
+            stop(nm);
+        }
+    }
+
+    /// The pid of NetworkManager, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.nm.as_ref().map(Child::id)
+    }
+
+    /// The scratch directory everything lives in (removed on drop).
+    pub fn scratch(&self) -> &Path {
+        &self.dir
     }
 
     /// The scratch directory `start(_, tag)` uses (and removes on drop), so that a
@@ -160,7 +254,7 @@ impl NetworkManager {
     pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(self.dir.join("nm.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }
 
@@ -206,13 +300,13 @@ pub fn nm_command(host: &Netns, dir: &Path, bus_address: &str) -> Command {
 }
 
 /// A system bus that root may use for everything and nothing gets activated on.
-fn bus_conf(dir: &str) -> String {
+pub fn bus_conf(dir: &Path) -> String {
     format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>
-  <listen>unix:path={dir}/bus</listen>
+  <listen>unix:path={}/bus</listen>
   <auth>EXTERNAL</auth>
   <policy user="root">
     <allow own="*"/>
@@ -220,6 +314,7 @@ fn bus_conf(dir: &str) -> String {
     <allow receive_sender="*"/>
   </policy>
 </busconfig>
-"#
+"#,
+        dir.display()
     )
 }

@@ -1,17 +1,12 @@
-//! A real NetworkManager on a private D-Bus bus inside throwaway namespaces, a D-Bus
-//! client to inspect it, and a DHCP listener that counts what leaks onto the wire.
-//!
-//! NetworkManager runs in the sandbox's `host` namespace with a private mount
-//! namespace (`ip netns exec`): `/sys` remounted read-only (no-udev mode, otherwise it
-//! never finishes starting), scratch directories bound over `/run` and
-//! `/var/lib/NetworkManager`, every path on its command line pointing into the scratch
-//! directory. dbus-daemon runs in the same namespace with a private config. Both are
-//! killed, and the namespaces and the scratch directory removed, on drop.
+//! testbed's NetworkManager on a private D-Bus bus inside throwaway namespaces, with
+//! this crate's bus policies (an unprivileged client may reach the bus but not
+//! NetworkManager; or only root may connect), a D-Bus client to inspect it, and a DHCP
+//! listener that counts what leaks onto the wire. Everything is stopped, and the
+//! namespaces and the scratch directory removed, on drop.
 
 #![allow(dead_code)]
 
 use std::{
-    fs,
     io::{BufRead, BufReader},
     net::UdpSocket,
     os::fd::AsRawFd,
@@ -26,7 +21,7 @@ use std::{
 };
 
 use nm_unmanage::{Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH};
-use testbed::{privileged, run_ok, Netns, Sandbox};
+use testbed::{nm::Setup, privileged, Netns, NetworkManager, Sandbox};
 
 /// The tool under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_nm-unmanage");
@@ -42,13 +37,14 @@ pub fn ve_link() -> PathBuf {
     p
 }
 
-/// A sandboxed NetworkManager and its bus.
+/// A sandboxed NetworkManager and its bus: testbed's, with this crate's bus policies
+/// and an administrator's own unmanaged device in its configuration.
 pub struct NmSandbox {
     pub host: Netns,
-    dir: PathBuf,
-    dbus: Child,
-    nm: Option<Child>,
     client: Option<Client>,
+    // Dropped after the client: stops NetworkManager and the bus, removes the scratch
+    // directory.
+    nm: NetworkManager,
     // Dropped last: deletes the namespaces with anything still inside.
     sandbox: Sandbox,
 }
@@ -79,68 +75,43 @@ impl NmSandbox {
         let mut sandbox = Sandbox::new();
         let host = sandbox.netns("host");
         let dir = std::env::temp_dir().join(format!("nmu-{}", sandbox.prefix()));
-        let _ = fs::remove_dir_all(&dir);
-        for sub in [
-            "run",
-            "varlib",
-            "conf.d",
-            "sysconf.d",
-            "conns",
-            "etc-nm/conf.d",
-        ] {
-            fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        // Traversable for the unprivileged-client test.
-        run_ok(Command::new("chmod").arg("755").arg(&dir));
-        fs::write(dir.join("bus.conf"), bus_conf(&dir)).unwrap();
-        fs::write(dir.join("nm.conf"), nm_conf(&dir)).unwrap();
-        let log = fs::File::create(dir.join("dbus.log")).unwrap();
-        let dbus = host
-            .command("dbus-daemon")
-            .arg(format!("--config-file={}", dir.join("bus.conf").display()))
-            .args(["--nofork", "--nopidfile"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawning dbus-daemon");
-        let sb = NmSandbox {
+        // `vz-keep` is the administrator's own unmanaged device: `--persist` must add
+        // to it, not replace it. etc-nm goes over /etc/NetworkManager in
+        // `tool_in_private_mounts`.
+        let nm = Setup::new(dir)
+            .bus_conf(bus_conf)
+            .keyfile("unmanaged-devices=interface-name:vz-keep\n")
+            .dir("etc-nm/conf.d")
+            .bus(&host)
+            .unwrap_or_else(|e| panic!("{e}"));
+        NmSandbox {
             host,
-            dir,
-            dbus,
-            nm: None,
             client: None,
+            nm,
             sandbox,
-        };
-        // Connectable, not just there: dbus-daemon binds the path before it listens.
-        wait_until("the private bus socket", Duration::from_secs(10), || {
-            std::os::unix::net::UnixStream::connect(sb.dir.join("bus"))
-                .ok()
-                .map(drop)
-        });
-        sb
+        }
     }
 
     /// `unix:path=DIR/bus`.
     pub fn bus_address(&self) -> String {
-        format!("unix:path={}", self.dir.join("bus").display())
+        self.nm.bus_address()
     }
 
     /// The sandbox's scratch directory (removed on drop).
     pub fn scratch(&self) -> &Path {
-        &self.dir
+        self.nm.scratch()
     }
 
     /// The conf.d directory NetworkManager reads (for `--persist --conf-dir`).
     pub fn conf_dir(&self) -> PathBuf {
-        self.dir.join("conf.d")
+        self.nm.conf_dir()
     }
 
     /// The per-boot drop-in directory NetworkManager reads: `/run/NetworkManager/conf.d`
     /// in its mount namespace, where the scratch `run` directory is bound over `/run`
     /// (for `--runtime-dir`).
     pub fn runtime_dir(&self) -> PathBuf {
-        self.dir.join("run/NetworkManager/conf.d")
+        self.scratch().join("run/NetworkManager/conf.d")
     }
 
     /// The tool run as NetworkManager sees the world: in the sandbox's host namespace
@@ -149,7 +120,7 @@ impl NmSandbox {
     /// that its default directories (/run/NetworkManager/conf.d, /etc/NetworkManager/
     /// conf.d) are the sandbox's, never the machine's. Same pid as the tool (`exec`).
     pub fn tool_in_private_mounts(&self) -> Command {
-        let d = self.dir.display();
+        let d = self.scratch().display();
         let script = format!(
             "mount --bind {d}/run /run && mount --bind {d}/etc-nm /etc/NetworkManager && \
              exec \"$0\" \"$@\""
@@ -165,7 +136,7 @@ impl NmSandbox {
 
     /// The pid of the running NetworkManager.
     pub fn nm_pid(&self) -> u32 {
-        self.nm.as_ref().expect("NetworkManager is running").id()
+        self.nm.pid().expect("NetworkManager is running")
     }
 
     /// Stop NetworkManager with SIGSTOP (it keeps its bus name, and answers nothing)
@@ -200,19 +171,7 @@ impl NmSandbox {
 
     /// Start NetworkManager and wait until its `Startup` property is false.
     pub fn start_nm(&mut self) {
-        assert!(self.nm.is_none(), "NetworkManager already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("nm.log"))
-            .unwrap();
-        let child = testbed::nm_command(&self.host, &self.dir, &self.bus_address())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawning NetworkManager");
-        self.nm = Some(child);
+        self.nm.spawn().unwrap_or_else(|e| panic!("{e}"));
         let client = self.client();
         wait_until(
             "NetworkManager to finish starting",
@@ -224,9 +183,7 @@ impl NmSandbox {
     /// Stop NetworkManager (SIGTERM, then SIGKILL after 5 s) and wait until its name
     /// has left the bus.
     pub fn stop_nm(&mut self) {
-        if let Some(child) = self.nm.take() {
-            stop(child);
-        }
+        self.nm.stop();
         let client = self.client();
         wait_until(
             "NetworkManager to leave the bus",
@@ -283,9 +240,7 @@ impl NmSandbox {
 
     /// The last lines of NetworkManager's log, for failure messages.
     pub fn nm_log_tail(&self) -> String {
-        let text = fs::read_to_string(self.dir.join("nm.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.nm.log_tail()
     }
 }
 
@@ -295,17 +250,10 @@ impl Drop for NmSandbox {
             eprintln!("--- NetworkManager log (tail) ---\n{}", self.nm_log_tail());
         }
         self.client = None;
-        if let Some(child) = self.nm.take() {
-            stop(child);
-        }
-        let _ = self.dbus.kill();
-        let _ = self.dbus.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-        // `sandbox` drops next: namespaces deleted with any process left inside.
+        // `nm` drops next (NetworkManager, the bus, the scratch directory), then
+        // `sandbox`: namespaces deleted with any process left inside.
     }
 }
-
-use testbed::stop;
 
 /// A frozen NetworkManager, thawed (SIGCONT) on drop, also when the test panics, so
 /// that the sandbox's drop can stop it.
@@ -368,12 +316,6 @@ fn root_only_bus_conf(dir: &Path) -> String {
 "#,
         dir.display()
     )
-}
-
-/// `vz-keep` is the administrator's own unmanaged device: `--persist` must add to it,
-/// not replace it.
-fn nm_conf(dir: &Path) -> String {
-    testbed::nm_conf(dir, "unmanaged-devices=interface-name:vz-keep\n")
 }
 
 /// Poll `f` every 5 ms until it returns `Some`, or panic after `timeout`.
