@@ -10,9 +10,8 @@ use std::{
     time::Duration,
 };
 
-use common::netns::NetnsSpec;
 use serde_json::Value;
-use testbed::{privileged, Netns, Sandbox, TempDir};
+use testbed::{privileged, spawn_in, Netns, Sandbox, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-link");
 
@@ -111,36 +110,29 @@ fn routes(ns: &Netns, family: &str) -> Vec<String> {
 /// connect from `client` and check the echo: proves routing both ways.
 fn tcp_roundtrip(server: &Netns, client: &Netns, addr: IpAddr) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let srv = NetnsSpec::Path(server.path()).open().unwrap();
-    let s = srv
-        .spawn("listener", move || {
-            let l = TcpListener::bind(SocketAddr::new(addr, 0))
-                .map_err(|e| common::Error::io("bind", e))?;
-            tx.send(l.local_addr().unwrap().port()).unwrap();
-            let (mut c, peer) = l.accept().map_err(|e| common::Error::io("accept", e))?;
-            let mut buf = [0u8; 5];
-            c.read_exact(&mut buf).unwrap();
-            c.write_all(&buf).unwrap();
-            Ok(peer.ip())
-        })
-        .unwrap();
+    let s = spawn_in(&server.path(), move || {
+        let l = TcpListener::bind(SocketAddr::new(addr, 0)).unwrap_or_else(|e| panic!("bind: {e}"));
+        tx.send(l.local_addr().unwrap().port()).unwrap();
+        let (mut c, peer) = l.accept().unwrap_or_else(|e| panic!("accept: {e}"));
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(&buf).unwrap();
+        peer.ip()
+    });
     let port = rx
         .recv_timeout(Duration::from_secs(5))
         .expect("listener up");
-    let cli = NetnsSpec::Path(client.path()).open().unwrap();
-    let c = cli
-        .spawn("client", move || {
-            let mut c =
-                TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(5))
-                    .map_err(|e| common::Error::io(format!("connecting to {addr}"), e))?;
-            c.write_all(b"hello").unwrap();
-            let mut buf = [0u8; 5];
-            c.read_exact(&mut buf).unwrap();
-            Ok(buf)
-        })
-        .unwrap();
-    assert_eq!(&c.join().unwrap().unwrap(), b"hello");
-    s.join().unwrap().unwrap();
+    let c = spawn_in(&client.path(), move || {
+        let mut c =
+            TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        c.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    assert_eq!(&c.join().expect("the client"), b"hello");
+    s.join().expect("the listener");
 }
 
 #[test]
