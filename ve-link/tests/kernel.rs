@@ -1433,15 +1433,21 @@ fn bulk_up_from_ve_alloc_brings_up_twenty_and_a_missing_namespace_fails_alone() 
 }
 
 #[test]
-fn bulk_up_refuses_a_malformed_line_alone_and_check_takes_no_from() {
-    let Some((_sb, host, ctr)) = setup("bulk_malformed") else {
+fn bulk_up_refuses_a_malformed_line_and_rolls_back_a_failed_one_alone() {
+    let Some((mut sb, host, ctr)) = setup("bulk_malformed") else {
         return;
     };
+    // bm3's namespace has IPv6 off: its address step fails after its pair exists.
+    let ctr3 = sb.netns("ctr3");
+    ctr3.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
     let input = format!(
         "{{\"name\":\"bm1\",\"netns\":\"{}\",\"host_address\":\"10.233.5.2\",\"local_address\":\"10.233.5.3\"}}\n\
-         {{\"name\":\"bm2\",\"netns\":\"{}\",\"host_address\":\"10.233.5.999\"}}\n",
+         {{\"name\":\"bm2\",\"netns\":\"{}\",\"host_address\":\"10.233.5.999\"}}\n\
+         {{\"name\":\"bm3\",\"netns\":\"{}\",\"host_address\":\"10.233.5.4\",\"local_address\":\"10.233.5.5\",\
+           \"host_address6\":\"fd42::4\",\"local_address6\":\"fd42::5\"}}\n",
         ctr.name(),
-        ctr.name()
+        ctr.name(),
+        ctr3.name()
     );
     let mut child = bounded(&host, BIN)
         .args(["up", "--from", "-", "--json"])
@@ -1465,7 +1471,19 @@ fn bulk_up_refuses_a_malformed_line_alone_and_check_takes_no_from() {
     assert_eq!(lines[0]["name"], "bm1");
     assert_eq!(lines[1]["exit"], 65);
     assert_eq!(lines[1]["line"], 2);
-    assert_eq!(addrs(&ctr, "eth0"), ["10.233.5.3/32"]);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["name"], "bm3");
+    assert!(lines[2]["exit"].as_i64().unwrap() > 0, "{}", lines[2]);
+    let e = lines[2]["error"].as_str().unwrap();
+    assert!(e.starts_with("up bm3: adding address fd42::5/128"), "{e}");
+    assert!(e.ends_with("; rolled back"), "{e}");
+    assert!(
+        link(&host, "ve-bm3").is_none(),
+        "bm3's pair was rolled back"
+    );
+    assert!(link(&ctr3, "eth0").is_none());
+    assert_eq!(addrs(&ctr, "eth0"), ["10.233.5.3/32"], "bm1 stays up");
+    assert_eq!(addrs(&host, "ve-bm1"), ["10.233.5.2/32"]);
     assert!(!exists(&host, "ve-bm2"));
     let out = ve_link(&host, &["check", "--from", "-"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
