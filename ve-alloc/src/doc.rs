@@ -11,7 +11,7 @@ pub const MANUAL: Manual = Manual {
         exit(Exit::Ok, ""),
         exit(
             Exit::Usage,
-            "a missing or unknown argument, --wait out of range, a --store that is a URL or a database file, gc with no names on a terminal",
+            "a missing or unknown argument, several alloc names without --json, --wait out of range, a --store that is a URL or a database file, gc with no names on a terminal",
         ),
         exit(
             Exit::DataErr,
@@ -65,6 +65,11 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-alloc alloc web | ve-link up web --netns web --addresses -",
             "Lease and plumb in one pipeline",
+        ),
+        entry(
+            "ve-alloc alloc c1 c2 c3 --json | ve-link up --from -",
+            "Lease several containers in one transaction (one JSON line each) and bring them \
+             all up in one ve-link process",
         ),
         entry("ve-alloc show-ip web", "Print web's container address"),
         entry("ve-alloc list --hosts", "/etc/hosts lines for every lease"),

@@ -86,10 +86,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Lease an address pair to NAME (its existing lease if it has one) and print it
+    /// Lease an address pair to each NAME (its existing lease if it has one) and print it
+    ///
+    /// Several names are leased in one transaction (all or none) and need --json: one
+    /// lease per line (JSON Lines), in the order given, a repeated name once; that is
+    /// what `ve-link up --from -` reads.
     Alloc {
-        /// Container name: 1-63 bytes of letters, digits, '-', '_', '.'
-        name: String,
+        /// Container names: 1-63 bytes of letters, digits, '-', '_', '.'
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
     },
     /// Print the container address of NAME (IPv4, else IPv6), like `nixos-container show-ip`
     ShowIp {
@@ -204,21 +209,46 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     let settings = Settings::resolve(&cli)?;
     // Validate everything the command needs before opening the store.
     let names: Vec<&str> = match &cli.cmd {
-        Cmd::Alloc { name }
-        | Cmd::ShowIp { name }
-        | Cmd::Show { name }
-        | Cmd::Reserve { name, .. } => vec![name],
+        Cmd::Alloc { names } => names.iter().map(String::as_str).collect(),
+        Cmd::ShowIp { name } | Cmd::Show { name } | Cmd::Reserve { name, .. } => vec![name],
         _ => vec![],
     };
     for n in names {
         name::validate(n)?;
     }
+    if let Cmd::Alloc { names } = &cli.cmd {
+        if names.len() > 1 && !cli.json {
+            return Err(Error::usage(
+                "alloc of several names needs --json (one lease per line); \
+                 KEY=value lines describe one container",
+            ));
+        }
+    }
     let mut store = SqliteStore::new(&settings.store, settings.wait);
     match &cli.cmd {
-        Cmd::Alloc { name } => {
+        Cmd::Alloc { names } => {
             let pools = settings.pools()?;
-            let lease = store.write(|tx| alloc::allocate(tx, &pools, name))?;
-            print_lease(&lease, cli.json)
+            let mut seen = HashSet::new();
+            let names: Vec<&String> = names.iter().filter(|n| seen.insert(*n)).collect();
+            let several = names.len() > 1;
+            let leases = store.write(|tx| {
+                names
+                    .iter()
+                    .map(|n| {
+                        alloc::allocate(tx, &pools, n).map_err(|e| {
+                            if several {
+                                e.context(n)
+                            } else {
+                                e
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?;
+            match leases.as_slice() {
+                [one] => print_lease(one, cli.json),
+                _ => print_json_lines(&leases),
+            }
         }
         Cmd::Show { name } => print_lease(&get(&mut store, name)?, cli.json),
         Cmd::ShowIp { name } => {

@@ -914,3 +914,54 @@ fn help_and_version_print_no_error_line() {
     assert!(err.starts_with("ve-alloc: error: "), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn alloc_of_several_names_is_one_transaction_of_json_lines() {
+    let va = Va::new();
+    // One name keeps its KEY=value output.
+    let one = va.ok(&["alloc", "a"]);
+    assert!(one.starts_with("HOST_ADDRESS="), "{one}");
+    let leases = va.json_lines(&["alloc", "c1", "a", "c2", "c1", "--json"]);
+    let names: Vec<&str> = leases.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["c1", "a", "c2"],
+        "order given, a repeated name once"
+    );
+    assert_eq!(
+        va.json(&["show", "a", "--json"]),
+        leases[1],
+        "a kept its lease"
+    );
+    // Idempotent: the same leases again, nothing new stored.
+    let before = va.list();
+    assert_eq!(va.json_lines(&["alloc", "c1", "a", "c2", "--json"]), leases);
+    assert_eq!(va.list(), before);
+    // Several names without --json: refused, nothing stored.
+    let e = va.fails(&["alloc", "c3", "c4"], 64);
+    assert!(e.contains("--json"), "{e}");
+    assert_eq!(va.list(), before);
+}
+
+#[test]
+fn one_bad_name_among_several_refuses_all() {
+    let va = Va::new();
+    va.fails(&["alloc", "ok1", "a/b", "ok2", "--json"], 65);
+    assert!(
+        !va.dir.path().join("store").join("leases.db").exists(),
+        "validated before the store is opened"
+    );
+    va.ok(&["alloc", "keep"]);
+    let before = va.list();
+    va.fails(&["alloc", "ok1", "a b", "--json"], 65);
+    assert_eq!(va.list(), before);
+    // A failure inside the transaction (the pool runs out at the third) stores none.
+    let pool = ["--pool", "192.0.2.0/29"];
+    let va = Va::new();
+    let e = va.fails(
+        &[&pool[..], &["alloc", "p1", "p2", "p3", "--json"]].concat(),
+        73,
+    );
+    assert!(e.contains("p3") && e.contains("exhausted"), "{e}");
+    assert_eq!(va.names(), Vec::<String>::new());
+}

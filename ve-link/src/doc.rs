@@ -10,7 +10,10 @@ pub const MANUAL: Manual = Manual {
     exits: &[
         exit(Exit::Ok, ""),
         exit(Exit::Differs, "check found something up would change"),
-        exit(Exit::Usage, "a missing or unknown argument"),
+        exit(
+            Exit::Usage,
+            "a missing or unknown argument, check --from",
+        ),
         exit(
             Exit::DataErr,
             "a malformed NAME, address, MTU or address file; addresses that clash",
@@ -50,6 +53,12 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-alloc alloc web | ve-link up web --netns web --addresses -",
             "Make web's veth pair with the addresses ve-alloc leased",
+        ),
+        entry(
+            "ve-alloc alloc c1 c2 c3 --json | ve-link up --from - --json",
+            "Bring up every container ve-alloc leased in one process (namespaces \
+             /run/netns/NAME unless a line has a netns field): one JSON line each, a failed \
+             one with its exit and error; the exit status is the first failed line's code",
         ),
         entry(
             "ve-link up web --pid 4242 --host-address 10.233.0.2 --local-address 10.233.0.3",

@@ -57,12 +57,13 @@ enum Cmd {
 #[derive(Debug, Args)]
 struct UpArgs {
     /// Container name
-    name: String,
+    #[arg(required_unless_present = "from")]
+    name: Option<String>,
     /// Container network namespace: a path, or a name under /run/netns
     #[arg(
         long,
         value_name = "NS",
-        required_unless_present = "pid",
+        required_unless_present_any = ["pid", "from"],
         conflicts_with = "pid"
     )]
     netns: Option<String>,
@@ -98,6 +99,16 @@ struct UpArgs {
     /// JSON output
     #[arg(long)]
     json: bool,
+    /// Bring up every container of a JSON Lines file (`-`: stdin) as `ve-alloc alloc
+    /// NAME... --json` prints it, several at a time; a `netns` field overrides the
+    /// default namespace /run/netns/NAME. Not with `check`
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["name", "netns", "pid", "addresses", "host_address",
+                              "local_address", "host_address6", "local_address6", "bridge"]
+    )]
+    from: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -127,9 +138,20 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     match cli.cmd {
         Cmd::Up(a) => {
             let json = a.json;
+            if let Some(from) = &a.from {
+                let (text, origin) = read_input(from, "containers")?;
+                let shared = ops::bulk::Shared {
+                    ifname: Some(a.ifname.clone()),
+                    mtu: a.mtu,
+                };
+                return ops::bulk::up_from(&text, &origin, &shared, json);
+            }
             ops::up(&build(a)?, json)
         }
         Cmd::Check(a) => {
+            if a.from.is_some() {
+                return Err(Error::usage("check takes one container; --from is for up"));
+            }
             let json = a.json;
             ops::check(&build(a)?, json)
         }
@@ -139,23 +161,27 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     }
 }
 
+/// The contents of FILE (`-`: stdin) and how to name it in messages.
+fn read_input(f: &str, what: &str) -> Result<(String, String)> {
+    if f == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Error::io(format!("reading {what} from stdin"), e))?;
+        Ok((s, "stdin".to_string()))
+    } else {
+        let s = std::fs::read_to_string(f).map_err(|e| Error::io(format!("reading {f}"), e))?;
+        Ok((s, f.to_string()))
+    }
+}
+
 fn build(a: UpArgs) -> Result<UpRequest> {
     let env = match &a.addresses {
         None => None,
-        Some(f) if f == "-" => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|e| Error::io("reading addresses from stdin", e))?;
-            Some((s, "stdin".to_string()))
-        }
-        Some(f) => {
-            let s = std::fs::read_to_string(f).map_err(|e| Error::io(format!("reading {f}"), e))?;
-            Some((s, f.clone()))
-        }
+        Some(f) => Some(read_input(f, "addresses")?),
     };
     UpRequest::build(UpInput {
-        name: a.name,
+        name: a.name.unwrap_or_default(),
         netns: a.netns,
         pid: a.pid,
         env,

@@ -1306,3 +1306,173 @@ fn up_racing_down_of_one_name_is_success_or_71_or_75_never_70() {
         &[&["check", "race", "--netns", ctr.name()][..], &ADDRS].concat(),
     ));
 }
+
+/// The `ve-alloc` binary next to ve-link's (`cargo build -p ve-alloc --bins` first).
+fn ve_alloc_bin() -> PathBuf {
+    let bin = std::path::Path::new(BIN).with_file_name("ve-alloc");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p ve-alloc --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn bulk_up_from_ve_alloc_brings_up_twenty_and_a_missing_namespace_fails_alone() {
+    let Some((mut sb, host, _ctr)) = setup("bulk_up_from") else {
+        return;
+    };
+    let va = ve_alloc_bin();
+    let store = TempDir::new("bulk-store");
+    let ctrs: Vec<Netns> = (1..=20).map(|i| sb.netns(&format!("c{i}"))).collect();
+    let names: Vec<&str> = ctrs.iter().map(|c| c.name()).collect();
+    // One line more, for a container whose namespace does not exist.
+    let gone = format!("{}-gone", sb.prefix());
+    let conf = store.path().join("none.conf");
+    std::fs::write(&conf, "").unwrap();
+    let pipeline = |json: bool| {
+        let line = format!(
+            "{va} --store {store} alloc {names} {gone} --json | \
+             timeout -k 2 {BOUND} ip netns exec {host} {BIN} up --from - {json}",
+            va = va.display(),
+            store = store.path().join("s").display(),
+            names = names.join(" "),
+            host = host.name(),
+            json = if json { "--json" } else { "" },
+        );
+        Command::new("sh")
+            .args(["-c", &line])
+            .env_remove("VE_ALLOC_POOL")
+            .env("VE_ALLOC_CONFIG", &conf)
+            .output()
+            .unwrap()
+    };
+    let out = pipeline(true);
+    assert_eq!(
+        out.status.code(),
+        Some(66),
+        "the missing one's code: {}",
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("1 of 21 containers failed"), "{err}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 21, "one JSON line per container");
+    let last = &lines[20];
+    assert_eq!(last["name"], gone.as_str());
+    assert_eq!(last["exit"], 66);
+    assert!(
+        last["error"].as_str().unwrap().contains("does not exist"),
+        "{last}"
+    );
+    // Every other container: its addresses on both sides, as leased.
+    for (c, l) in ctrs.iter().zip(&lines) {
+        assert_eq!(l["name"], c.name());
+        assert!(!l["changes"].as_array().unwrap().is_empty(), "{l}");
+        let (h, loc) = (
+            l["host_address"].as_str().unwrap(),
+            l["local_address"].as_str().unwrap(),
+        );
+        assert_eq!(addrs(c, "eth0"), [format!("{loc}/32")]);
+        let hif = l["host_iface"].as_str().unwrap();
+        assert_eq!(addrs(&host, hif), [format!("{h}/32")]);
+        assert!(is_up(&link(c, "eth0").unwrap()));
+    }
+    assert!(!exists(&host, &format!("ve-{gone}")));
+    // Real traffic to two of them, both ways.
+    for i in [0, 19] {
+        let loc: IpAddr = lines[i]["local_address"].as_str().unwrap().parse().unwrap();
+        let h: IpAddr = lines[i]["host_address"].as_str().unwrap().parse().unwrap();
+        tcp_roundtrip(&ctrs[i], &host, loc);
+        tcp_roundtrip(&host, &ctrs[i], h);
+    }
+    // Again: nothing changes; without --json the names that are up, one per line.
+    let before = host.ip(&["-d", "addr", "show"]);
+    let again = pipeline(true);
+    assert_eq!(again.status.code(), Some(66), "{}", stderr(&again));
+    let lines2: Vec<Value> = String::from_utf8_lossy(&again.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for l in &lines2[..20] {
+        assert_eq!(l["changes"], serde_json::json!([]), "{l}");
+    }
+    assert_eq!(host.ip(&["-d", "addr", "show"]), before);
+    let plain = pipeline(false);
+    assert_eq!(plain.status.code(), Some(66));
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        format!("{}\n", names.join("\n"))
+    );
+    let err = stderr(&plain);
+    assert_eq!(
+        err.lines().count(),
+        2,
+        "the failure, then the summary: {err}"
+    );
+    assert!(err.lines().next().unwrap().contains(&gone), "{err}");
+    let rows = ok(&ve_link(&host, &["list", "--json"]));
+    assert_eq!(rows.lines().count(), 20);
+}
+
+#[test]
+fn bulk_up_refuses_a_malformed_line_and_rolls_back_a_failed_one_alone() {
+    let Some((mut sb, host, ctr)) = setup("bulk_malformed") else {
+        return;
+    };
+    // bm3's namespace has IPv6 off: its address step fails after its pair exists.
+    let ctr3 = sb.netns("ctr3");
+    ctr3.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    let input = format!(
+        "{{\"name\":\"bm1\",\"netns\":\"{}\",\"host_address\":\"10.233.5.2\",\"local_address\":\"10.233.5.3\"}}\n\
+         {{\"name\":\"bm2\",\"netns\":\"{}\",\"host_address\":\"10.233.5.999\"}}\n\
+         {{\"name\":\"bm3\",\"netns\":\"{}\",\"host_address\":\"10.233.5.4\",\"local_address\":\"10.233.5.5\",\
+           \"host_address6\":\"fd42::4\",\"local_address6\":\"fd42::5\"}}\n",
+        ctr.name(),
+        ctr.name(),
+        ctr3.name()
+    );
+    let mut child = bounded(&host, BIN)
+        .args(["up", "--from", "-", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["name"], "bm1");
+    assert_eq!(lines[1]["exit"], 65);
+    assert_eq!(lines[1]["line"], 2);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["name"], "bm3");
+    assert!(lines[2]["exit"].as_i64().unwrap() > 0, "{}", lines[2]);
+    let e = lines[2]["error"].as_str().unwrap();
+    assert!(e.starts_with("up bm3: adding address fd42::5/128"), "{e}");
+    assert!(e.ends_with("; rolled back"), "{e}");
+    assert!(
+        link(&host, "ve-bm3").is_none(),
+        "bm3's pair was rolled back"
+    );
+    assert!(link(&ctr3, "eth0").is_none());
+    assert_eq!(addrs(&ctr, "eth0"), ["10.233.5.3/32"], "bm1 stays up");
+    assert_eq!(addrs(&host, "ve-bm1"), ["10.233.5.2/32"]);
+    assert!(!exists(&host, "ve-bm2"));
+    let out = ve_link(&host, &["check", "--from", "-"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+}

@@ -6,6 +6,7 @@ use std::fs;
 
 use common::{Error, Exit, Result};
 
+pub mod bulk;
 mod list;
 mod teardown;
 mod up;

@@ -406,7 +406,7 @@ struct UpOutput<'a> {
 /// The container namespace must not be the one ve-link runs in: the container end,
 /// its addresses and its default route would land on the host (`--pid 1`, a pid that
 /// has not entered its namespace yet, `/proc/self/ns/net`).
-fn refuse_own_namespace(ns: &Netns) -> Result<()> {
+pub(super) fn refuse_own_namespace(ns: &Netns) -> Result<()> {
     if ns.id()? == Netns::current()?.id()? {
         return Err(Error::data(format!(
             "network namespace {} is the one ve-link runs in, not a container's",
@@ -433,18 +433,23 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
         log::info!("{}: already up, nothing changed", req.name);
     }
     if json {
-        output::print(&output::json_line(&UpOutput {
-            name: &req.name,
-            host_iface: &req.host_ifname,
-            local_iface: &req.peer_ifname,
-            host_bridge: req.bridge.as_deref(),
-            netns: req.netns.to_string(),
-            addresses: &req.addresses,
-            changes: changes.iter().map(|c| c.to_string()).collect(),
-        })?)
+        output::print(&up_json(req, &changes)?)
     } else {
         output::print(&output::env_lines(&req.output_pairs()))
     }
+}
+
+/// `up --json`'s line for `req` after `changes`.
+pub(super) fn up_json(req: &UpRequest, changes: &[Change]) -> Result<String> {
+    output::json_line(&UpOutput {
+        name: &req.name,
+        host_iface: &req.host_ifname,
+        local_iface: &req.peer_ifname,
+        host_bridge: req.bridge.as_deref(),
+        netns: req.netns.to_string(),
+        addresses: &req.addresses,
+        changes: changes.iter().map(|c| c.to_string()).collect(),
+    })
 }
 
 /// Bring `req` up: one round, and a second one after losing the create to another `up`
