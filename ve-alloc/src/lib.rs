@@ -72,7 +72,10 @@ struct Cli {
     )]
     layout: Option<String>,
     /// Configuration file [default: /etc/ve-alloc.conf, when it exists]
-    #[arg(long, env = "VE_ALLOC_CONFIG", global = true, value_name = "FILE")]
+    // Parsed as an OsString so that an empty value reaches `Settings::resolve`, where
+    // it means "not set", as everywhere else (clap's PathBuf parser refuses it).
+    #[arg(long, env = "VE_ALLOC_CONFIG", global = true, value_name = "FILE",
+          value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     config: Option<PathBuf>,
     /// How long to wait for a store another process holds locked before exit 75
     #[arg(long, global = true, value_name = "SECONDS", default_value = "10")]

@@ -766,6 +766,15 @@ fn empty_settings_mean_the_next_source() {
         String::from_utf8_lossy(&o.stdout),
         "HOST_ADDRESS=198.51.100.2\nLOCAL_ADDRESS=198.51.100.3\n"
     );
+    // VE_ALLOC_CONFIG= too: the default file, not a usage error (it was 64).
+    let o = va
+        .cmd(&["-vv", "show-ip", "b"])
+        .env("VE_ALLOC_CONFIG", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("usage"), "{err}");
 }
 
 #[test]
