@@ -52,7 +52,12 @@ pub fn pipeline(res: &Results, n: usize, load: &str) -> Result<String> {
     }
     for sys in SYSTEMS {
         if let Some(t) = res.get(sys.key()).and_then(|s| s.total("teardown")) {
-            let _ = writeln!(r, "one by one, all {n}: {} {} ms", sys.label(), ms(t));
+            let _ = writeln!(
+                r,
+                "teardown one by one, all {n}: {} {} ms",
+                sys.label(),
+                ms(t)
+            );
         }
     }
     for sys in SYSTEMS {
