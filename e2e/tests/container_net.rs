@@ -45,19 +45,20 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
         .map(|i| h.container(&format!("ct{i:02}")))
         .collect();
 
-    // up, all at once.
-    let up = |h: &Host| {
+    // `container-net VERB NAME NETNS` for every container, all at once.
+    let all = |h: &Host, verb: &str| {
         parallel(
             containers
                 .iter()
                 .map(|c| {
                     let mut cmd = h.script();
-                    cmd.args(["up", &c.name, &c.netns()]);
+                    cmd.args([verb, &c.name, &c.netns()]);
                     cmd
                 })
                 .collect(),
         )
     };
+    let up = |h: &Host| all(h, "up");
     let first = up(&h);
     for (c, o) in containers.iter().zip(&first) {
         assert!(
@@ -173,16 +174,7 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
 
     // down, all at once: no link, every lease kept, rules as ve-nat alone made them.
     h.tool("ve-nat", &["up", "--external", "up0"]);
-    let downs = parallel(
-        containers
-            .iter()
-            .map(|c| {
-                let mut cmd = h.script();
-                cmd.args(["down", &c.name, &c.netns()]);
-                cmd
-            })
-            .collect(),
-    );
+    let downs = all(&h, "down");
     for (c, o) in containers.iter().zip(&downs) {
         assert!(o.status.success(), "down {}: {}", c.name, stderr(o));
     }
@@ -217,16 +209,7 @@ fn twenty_containers_up_reach_out_through_nat_and_come_down_without_a_trace() {
     }
 
     // destroy, all at once: no link, no lease, the rules as ve-nat alone made them.
-    let destroys = parallel(
-        containers
-            .iter()
-            .map(|c| {
-                let mut cmd = h.script();
-                cmd.args(["destroy", &c.name, &c.netns()]);
-                cmd
-            })
-            .collect(),
-    );
+    let destroys = all(&h, "destroy");
     for (c, o) in containers.iter().zip(&destroys) {
         assert!(o.status.success(), "destroy {}: {}", c.name, stderr(o));
     }
