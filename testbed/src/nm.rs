@@ -299,8 +299,22 @@ pub fn nm_command(host: &Netns, dir: &Path, bus_address: &str) -> Command {
     c
 }
 
+/// Root may use the bus for everything.
+pub const ROOT_POLICY: &str = r#"  <policy user="root">
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+"#;
+
 /// A system bus that root may use for everything and nothing gets activated on.
 pub fn bus_conf(dir: &Path) -> String {
+    bus_conf_with(dir, ROOT_POLICY)
+}
+
+/// A system bus listening in `dir` with these `<policy>` elements and no service
+/// directories: nothing gets activated.
+pub fn bus_conf_with(dir: &Path, policies: &str) -> String {
     format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -308,12 +322,7 @@ pub fn bus_conf(dir: &Path) -> String {
   <type>system</type>
   <listen>unix:path={}/bus</listen>
   <auth>EXTERNAL</auth>
-  <policy user="root">
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
+{policies}</busconfig>
 "#,
         dir.display()
     )

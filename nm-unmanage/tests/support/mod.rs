@@ -270,14 +270,7 @@ impl Drop for Frozen {
 /// to NetworkManager (the permission-denied test). No service directories: nothing
 /// gets activated.
 fn bus_conf(dir: &Path) -> String {
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
+    let default = r#"  <policy context="default">
     <allow user="*"/>
     <allow send_destination="*" eavesdrop="true"/>
     <allow receive_sender="*"/>
@@ -289,33 +282,17 @@ fn bus_conf(dir: &Path) -> String {
     <allow send_destination="*" eavesdrop="true"/>
     <allow receive_sender="*"/>
   </policy>
-</busconfig>
-"#,
-        dir.display()
-    )
+"#;
+    testbed::nm::bus_conf_with(dir, default)
 }
 
 /// Only root may connect: dbus-daemon lets a user connect only when a policy allows it.
 fn root_only_bus_conf(dir: &Path) -> String {
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
+    let default = r#"  <policy context="default">
     <allow user="root"/>
   </policy>
-  <policy user="root">
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"#,
-        dir.display()
-    )
+"#;
+    testbed::nm::bus_conf_with(dir, &format!("{default}{}", testbed::nm::ROOT_POLICY))
 }
 
 /// Poll `f` every 5 ms until it returns `Some`, or panic after `timeout`.
