@@ -7,6 +7,7 @@
 //! - [`host`]: the sandbox host's uplink to an "outside" namespace.
 //! - [`http`]: HTTP served and fetched inside namespaces.
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
+//! - [`networkd`]: a real systemd-networkd on such a bus.
 //! - [`process`]: stopping children, polling.
 //!
 //! Everything needed often is re-exported here.
@@ -14,6 +15,7 @@
 pub mod host;
 pub mod http;
 pub mod netns;
+pub mod networkd;
 pub mod nm;
 pub mod privilege;
 pub mod process;

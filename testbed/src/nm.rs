@@ -307,9 +307,11 @@ pub const ROOT_POLICY: &str = r#"  <policy user="root">
   </policy>
 "#;
 
-/// A system bus that root may use for everything and nothing gets activated on.
+/// A system bus that root may use for everything and nothing gets activated on; a
+/// sandboxed systemd-networkd may join it too ([`crate::networkd::POLICY`]), so both
+/// managers can share one bus.
 pub fn bus_conf(dir: &Path) -> String {
-    bus_conf_with(dir, ROOT_POLICY)
+    crate::networkd::bus_conf(dir)
 }
 
 /// A system bus listening in `dir` with these `<policy>` elements and no service

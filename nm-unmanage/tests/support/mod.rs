@@ -20,6 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod nd;
+
 use nm_unmanage::{Bus, Device, Nm, NM_IFACE, NM_NAME, NM_PATH};
 use testbed::{nm::Setup, privileged, Netns, NetworkManager, Sandbox};
 
