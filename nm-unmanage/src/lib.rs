@@ -1,8 +1,10 @@
-//! `nm-unmanage`: keep NetworkManager off container interfaces, at once (one-shot),
-//! as they appear (`--watch`), for this boot (`--runtime`) and durably (`--persist`),
-//! over D-Bus.
+//! `nm-unmanage`: keep the network managers (NetworkManager, systemd-networkd) off
+//! container interfaces, at once (one-shot), as they appear (`--watch`), for this boot
+//! (`--runtime`) and durably (`--persist`), over D-Bus.
 
 pub mod doc;
+mod nd_watch;
+mod networkd;
 mod nm;
 mod notify;
 mod persist;
@@ -16,6 +18,7 @@ use clap::{CommandFactory, Parser};
 use common::{cli::Verbosity, output, Error, Kind as ErrorKind, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+pub use networkd::{Released, DEFAULT_NETWORKD_DIR, ND_NAME, NETWORK_FILE};
 pub use nm::{
     connect, Bus, Device, Nm, DEFAULT_TIMEOUT, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED,
 };
@@ -41,16 +44,22 @@ pub const TIMEOUT_ENV: &str = "NM_UNMANAGE_TIMEOUT";
 /// short, so that SIGTERM ends it within a second even when NetworkManager hangs.
 const STOP_RELOAD_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// Keep NetworkManager off container interfaces.
+/// Keep the network managers (NetworkManager, systemd-networkd) off container
+/// interfaces.
 ///
-/// Sets Managed=false on every NetworkManager device whose interface name matches a
+/// Acts on every manager it finds on the system bus (--manager chooses). For
+/// systemd-networkd it writes 10-nm-unmanage.network (Unmanaged=yes for the patterns)
+/// into --networkd-dir, reloads networkd, which releases the matching links, and
+/// reconfigures each of them; ve-link's addresses stay. For NetworkManager it sets
+/// Managed=false on every NetworkManager device whose interface name matches a
 /// pattern and prints the ones it changed. --watch first puts a runtime drop-in in place
 /// (so NetworkManager leaves new matching devices alone from their first moment), then
 /// keeps unmanaging as devices appear and after NetworkManager restarts, waits for
 /// NetworkManager when it is not running yet, and removes the drop-in when it stops.
 /// --runtime writes such a drop-in for this boot, --persist one in /etc that holds
 /// without this tool. Without NetworkManager on the bus, or when it does not answer
-/// within --timeout, everything but --watch exits 69 (0 with --if-running).
+/// within --timeout, everything but --watch exits 69 (0 with --if-running), unless
+/// systemd-networkd runs and was handled.
 #[derive(Debug, Parser)]
 #[command(name = "nm-unmanage", version)]
 pub struct Args {
@@ -83,6 +92,18 @@ pub struct Args {
     /// NetworkManager's configuration
     #[arg(long, conflicts_with_all = ["watch", "persist", "patterns"])]
     pub remove: bool,
+
+    /// Which network managers to keep off: nm (NetworkManager), networkd
+    /// (systemd-networkd) or all; default: those running on the bus. An explicit
+    /// networkd (or all) makes --watch write networkd's file even before networkd runs
+    #[arg(long, value_enum, value_name = "MANAGER")]
+    pub manager: Option<Manager>,
+
+    /// systemd-networkd's directory for 10-nm-unmanage.network, written by every mode
+    /// but --remove (which deletes it); created if missing. /etc/systemd/network makes
+    /// it last across reboots
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_NETWORKD_DIR)]
+    pub networkd_dir: PathBuf,
 
     /// NetworkManager's drop-in directory for --persist and --remove
     #[arg(long, value_name = "DIR", default_value = DEFAULT_CONF_DIR)]
@@ -119,6 +140,27 @@ pub struct Args {
     pub verbosity: Verbosity,
 }
 
+/// The network managers `--manager` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Manager {
+    /// NetworkManager
+    Nm,
+    /// systemd-networkd
+    Networkd,
+    /// both
+    All,
+}
+
+impl Args {
+    fn wants_nm(&self) -> bool {
+        self.manager != Some(Manager::Networkd)
+    }
+
+    fn wants_networkd(&self) -> bool {
+        self.manager != Some(Manager::Nm)
+    }
+}
+
 /// A positive number of seconds, at most a day.
 fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
     let secs: f64 = s
@@ -150,14 +192,22 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             .map(|p| Pattern::parse(p))
             .collect::<Result<Vec<_>>>()?
     };
+    // networkd's file text: every pattern must have a Name= glob (65 otherwise), before
+    // anything is touched.
+    let nd_text = if args.wants_networkd() {
+        Some(networkd::render(&patterns)?)
+    } else {
+        None
+    };
+    let nd_text = nd_text.as_deref();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))?;
     if args.watch {
-        return rt.block_on(watch_mode(&args, &patterns));
+        return rt.block_on(watch_mode(&args, &patterns, nd_text));
     }
-    match rt.block_on(act(&args, &patterns)) {
+    match rt.block_on(act(&args, &patterns, nd_text)) {
         // Not there or not answering: nothing to keep off (--if-running).
         Err(e)
             if args.if_running
@@ -203,9 +253,81 @@ async fn reach(address: &str, timeout: Duration) -> Result<Reach> {
     }
 }
 
-/// Everything but `--watch`.
-async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
+/// Everything but `--watch`: networkd (when it runs and is wanted), then NetworkManager
+/// (when wanted); both are tried, the first error is returned.
+async fn act(args: &Args, patterns: &[Pattern], nd_text: Option<&str>) -> Result<()> {
     let reached = reach(&args.bus_address, args.timeout).await?;
+    let mut nd_running = false;
+    let mut first_err = None;
+    if let Some(text) = nd_text {
+        let bus = match &reached {
+            Reach::Up(bus) | Reach::NoNm(bus, _) => Some(bus),
+            Reach::NoBus(_) => None,
+        };
+        if let Some(bus) = bus {
+            nd_running = bus.networkd_running().await?;
+        }
+        match bus {
+            Some(bus) if nd_running => match networkd_act(args, bus, text, patterns).await {
+                Ok(done) => emit_released(&done, args.json, true)?,
+                Err(e) => first_err = Some(e),
+            },
+            _ if args.manager == Some(Manager::Networkd) => {
+                return Err(match reached {
+                    Reach::NoBus(e) => e,
+                    _ => networkd::not_running(&args.bus_address),
+                })
+            }
+            _ => log::debug!("systemd-networkd is not on the bus"),
+        }
+    }
+    if args.wants_nm() {
+        // With networkd handled, a missing NetworkManager is no failure: as --if-running.
+        let forgiving = args.if_running || nd_running;
+        if let Err(e) = act_nm(args, patterns, reached, forgiving).await {
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// networkd's part of everything but `--watch`: `--remove` deletes the file and
+/// reloads (networkd then takes the links back); every other mode writes it, reloads
+/// and reconfigures the matching links ([`networkd::apply`]).
+async fn networkd_act(
+    args: &Args,
+    bus: &Bus,
+    text: &str,
+    patterns: &[Pattern],
+) -> Result<Vec<Released>> {
+    let dir = &args.networkd_dir;
+    if args.remove {
+        let path = dir.join(NETWORK_FILE);
+        if persist::remove_file(dir, NETWORK_FILE)? {
+            log::info!("removed {}", path.display());
+        } else {
+            log::info!("{} was not there", path.display());
+        }
+        networkd::Networkd::reload(bus).await?;
+        log::info!("systemd-networkd reloaded its configuration");
+        return Ok(Vec::new());
+    }
+    networkd::apply(
+        bus,
+        patterns,
+        || networkd::write(dir, text),
+        Cause::Existing,
+    )
+    .await
+}
+
+/// NetworkManager's part of everything but `--watch`. `forgiving`: a missing
+/// NetworkManager (or its missing conf dir) is not an error (--if-running, or networkd
+/// was handled).
+async fn act_nm(args: &Args, patterns: &[Pattern], reached: Reach, forgiving: bool) -> Result<()> {
     let absent = !matches!(reached, Reach::Up(_));
     let drop_in = |kind| match kind {
         Kind::Persist => (args.conf_dir.as_path(), kind),
@@ -232,13 +354,13 @@ async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
             Ok(true) => log::info!("wrote {}", path.display()),
             Ok(false) => log::info!("{} is up to date", path.display()),
             // No NetworkManager and not even its config directory: nothing to keep off.
-            Err(e) if absent && args.if_running && e.kind() == ErrorKind::NotFound => {
+            Err(e) if absent && forgiving && e.kind() == ErrorKind::NotFound => {
                 log::info!("{e}")
             }
             Err(e) => return Err(e),
         }
         reload = true;
-    } else if args.runtime && !(absent && args.if_running) {
+    } else if args.runtime && !(absent && forgiving) {
         let (dir, kind) = drop_in(Kind::Runtime);
         persist::create_dir(dir)?;
         let path = persist::drop_in_path(dir, kind);
@@ -253,13 +375,13 @@ async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
     let writes = args.persist || args.remove || args.runtime;
     let bus = match reached {
         Reach::Up(bus) => bus,
-        Reach::NoNm(_, e) | Reach::NoBus(e) if args.if_running => {
+        Reach::NoNm(_, e) | Reach::NoBus(e) if forgiving => {
             let rest = if args.runtime && !args.remove {
-                "nothing written, nothing to do (--if-running)"
+                "nothing written for it"
             } else if writes {
                 "the drop-in takes effect when it starts"
             } else {
-                "nothing to do (--if-running)"
+                "nothing to do for it"
             };
             log::warn!("{e}; {rest}");
             return Ok(());
@@ -282,14 +404,14 @@ async fn act(args: &Args, patterns: &[Pattern]) -> Result<()> {
 
 /// `--watch`: the watch itself raced against SIGTERM and SIGINT, which end it at any
 /// moment (also while a D-Bus call is outstanding); then the runtime drop-in goes.
-async fn watch_mode(args: &Args, patterns: &[Pattern]) -> Result<()> {
+async fn watch_mode(args: &Args, patterns: &[Pattern], nd_text: Option<&str>) -> Result<()> {
     let sig = |kind| signal(kind).map_err(|e| Error::io("installing a signal handler", e));
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
     // What the cleanup needs: the bus (once connected) and whether the drop-in is ours.
     let held: RefCell<(Option<Bus>, bool)> = RefCell::new((None, false));
     let result = tokio::select! {
-        r = watch_body(args, patterns, &held) => r,
+        r = watch_body(args, patterns, nd_text, &held) => r,
         _ = term.recv() => {
             log::info!("SIGTERM: stopping");
             Ok(())
@@ -324,6 +446,7 @@ async fn watch_mode(args: &Args, patterns: &[Pattern]) -> Result<()> {
 async fn watch_body(
     args: &Args,
     patterns: &[Pattern],
+    nd_text: Option<&str>,
     held: &RefCell<(Option<Bus>, bool)>,
 ) -> Result<()> {
     let (bus, running) = match reach(&args.bus_address, args.timeout).await? {
@@ -337,6 +460,29 @@ async fn watch_body(
         Reach::NoNm(bus, _) => (bus, false),
     };
     held.borrow_mut().0 = Some(bus.clone());
+    // networkd's file first, as NetworkManager's drop-in below: networkd leaves a new
+    // matching link alone from its first moment. Written when networkd runs, or before
+    // it does when --manager names it.
+    let nd_running = match nd_text {
+        Some(_) => bus.networkd_running().await?,
+        None => false,
+    };
+    let nd_explicit = matches!(args.manager, Some(Manager::Networkd | Manager::All));
+    if let Some(text) = nd_text {
+        if nd_running || nd_explicit {
+            networkd::write(&args.networkd_dir, text)?;
+        }
+        if nd_running {
+            let done = networkd::apply(&bus, patterns, || Ok(true), Cause::Existing).await?;
+            emit_released(&done, args.json, false)?;
+        } else {
+            log::info!("systemd-networkd is not on the bus; watching for it");
+        }
+    }
+    if !args.wants_nm() {
+        notify::ready();
+        return nd_watch::watch(&bus, patterns, nd_text.unwrap_or_default(), args).await;
+    }
     // The drop-in first: NetworkManager leaves a new matching device alone from its
     // first moment, not just from our Managed=false a few milliseconds later.
     let dir = &args.runtime_dir;
@@ -364,7 +510,11 @@ async fn watch_body(
         log::info!("NetworkManager is not on the bus; the drop-in takes effect when it starts");
     }
     notify::ready();
-    watch::watch(&bus, patterns, args.json, args.timeout).await
+    let nm = watch::watch(&bus, patterns, args.json, args.timeout);
+    match nd_text {
+        Some(text) => tokio::try_join!(nm, nd_watch::watch(&bus, patterns, text, args)).map(drop),
+        None => nm.await,
+    }
 }
 
 /// Print what changed, and say on stderr when nothing matched at all.
@@ -378,6 +528,15 @@ fn report(done: &[Unmanaged], json: bool, patterns: &[Pattern]) -> Result<()> {
         log::info!("{} was not managed; flagged unmanaged anyway", u.interface);
     }
     emit(done, json, true)
+}
+
+/// Write networkd's records to stdout (see [`networkd::render_released`]).
+fn emit_released(done: &[Released], json: bool, changed_only: bool) -> Result<()> {
+    let out = networkd::render_released(done, json, changed_only)?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    output::print(&out)
 }
 
 /// Write records to stdout (see [`unmanage::render`]).

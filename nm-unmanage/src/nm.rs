@@ -131,6 +131,17 @@ impl Bus {
 
     /// Whether NetworkManager owns its name on this bus.
     pub async fn nm_running(&self) -> Result<bool> {
+        self.has_owner(NM_NAME, "NetworkManager").await
+    }
+
+    /// The unique name that owns NetworkManager's name on this bus now, if any.
+    pub async fn nm_owner(&self) -> Result<Option<String>> {
+        self.owner_of(NM_NAME, "NetworkManager").await
+    }
+
+    /// Whether `name` (the service `who`) has an owner on this bus.
+    pub async fn has_owner(&self, name: &str, who: &str) -> Result<bool> {
+        let doing = format!("asking the bus for {who}");
         let reply = self
             .conn
             .call_method(
@@ -138,18 +149,18 @@ impl Bus {
                 "/org/freedesktop/DBus",
                 Some("org.freedesktop.DBus"),
                 "NameHasOwner",
-                &(NM_NAME,),
+                &(name,),
             )
             .await
-            .map_err(|e| dbus_error("asking the bus for NetworkManager", e))?;
+            .map_err(|e| dbus_error(&doing, e))?;
         reply
             .body()
             .deserialize::<bool>()
             .map_err(|e| dbus_error("reading NameHasOwner", e))
     }
 
-    /// The unique name that owns NetworkManager's name on this bus now, if any.
-    pub async fn nm_owner(&self) -> Result<Option<String>> {
+    /// The unique name that owns `name` (the service `who`) now, if any.
+    pub async fn owner_of(&self, name: &str, who: &str) -> Result<Option<String>> {
         let reply = match self
             .conn
             .call_method(
@@ -157,13 +168,13 @@ impl Bus {
                 "/org/freedesktop/DBus",
                 Some("org.freedesktop.DBus"),
                 "GetNameOwner",
-                &(NM_NAME,),
+                &(name,),
             )
             .await
         {
             Ok(r) => r,
             Err(e) if is_missing_service(&e) => return Ok(None),
-            Err(e) => return Err(dbus_error("asking the bus for NetworkManager", e)),
+            Err(e) => return Err(dbus_error(&format!("asking the bus for {who}"), e)),
         };
         reply
             .body()
@@ -260,7 +271,7 @@ impl Nm for Bus {
 }
 
 /// The D-Bus error name of a method error, if it is one.
-fn error_name(e: &zbus::Error) -> Option<String> {
+pub(crate) fn error_name(e: &zbus::Error) -> Option<String> {
     name_and_detail(e).map(|(name, _)| name)
 }
 
@@ -286,7 +297,7 @@ fn name_and_detail(e: &zbus::Error) -> Option<(String, Option<String>)> {
 }
 
 /// The device object vanished between the signal or listing and our call.
-fn is_gone(e: &zbus::Error) -> bool {
+pub(crate) fn is_gone(e: &zbus::Error) -> bool {
     matches!(
         error_name(e).as_deref(),
         Some(
@@ -300,6 +311,12 @@ fn is_gone(e: &zbus::Error) -> bool {
 /// Turn a zbus error into the tool's error of the right kind (see [`kind_for`]).
 /// A method error's message names the D-Bus error.
 pub fn dbus_error(doing: &str, e: zbus::Error) -> Error {
+    dbus_error_as(doing, e, "NetworkManager")
+}
+
+/// [`dbus_error`] for a call to the service `who` (named in the hint for a missing
+/// service).
+pub fn dbus_error_as(doing: &str, e: zbus::Error, who: &str) -> Error {
     let kind = kind_for(&e);
     let text = match (&e, name_and_detail(&e)) {
         (_, Some((name, Some(detail)))) if !detail.is_empty() => format!("{detail} ({name})"),
@@ -317,14 +334,14 @@ pub fn dbus_error(doing: &str, e: zbus::Error) -> Error {
     // One line, whatever the peer put into its error description.
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let hint = if kind == Kind::Unavailable && is_missing_service(&e) {
-        " (is NetworkManager running on this bus?)"
+        format!(" (is {who} running on this bus?)")
     } else {
-        ""
+        String::new()
     };
     Error::new(kind, format!("{doing}: {text}{hint}"))
 }
 
-fn is_missing_service(e: &zbus::Error) -> bool {
+pub(crate) fn is_missing_service(e: &zbus::Error) -> bool {
     matches!(
         error_name(e).as_deref(),
         Some(

@@ -1,7 +1,8 @@
 //! NetworkManager conf.d drop-ins of our own that list the patterns as unmanaged
 //! devices: the durable one in /etc (`--persist`), the per-boot one in /run
 //! (`--runtime`), and the one a watcher keeps for as long as it runs (`--watch`).
-//! Written safely and atomically, removed again by `--remove` (or the watcher).
+//! Written safely and atomically, removed again by `--remove` (or the watcher). The
+//! same writer and checks serve networkd's `.network` file (`networkd.rs`).
 
 use std::{
     fs,
@@ -145,10 +146,19 @@ fn read_nofollow(path: &Path) -> Option<String> {
 /// Write `text` to `dir/FILE` atomically and safely: `dir` must not be group- or
 /// world-writable; a temporary file of our own in the same directory (created with
 /// O_CREAT|O_EXCL|O_NOFOLLOW, mode 0644, never a file or symlink that was there; not
-/// ending in `.conf`, so NetworkManager never reads it half-written), fsync, rename
-/// over, fsync the directory. Returns whether the file changed.
+/// ending in `.conf` or `.network`, so neither NetworkManager nor networkd ever reads it
+/// half-written), fsync, rename
+/// over, fsync the directory. Returns whether the file changed. A directory that is
+/// missing is exit 66, one we may not write exit 77.
 pub fn write(dir: &Path, kind: Kind, text: &str) -> Result<bool> {
-    let path = drop_in_path(dir, kind);
+    write_file(dir, kind.file_name(), text)
+}
+
+/// [`write`] for any file of ours in a directory a daemon running as root reads (the
+/// NetworkManager drop-ins, networkd's `.network` file): the same checks, the same
+/// atomic replacement. `name` must not start with `.`: the temporary names do.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<bool> {
+    let path = dir.join(name);
     let fail = |e| Error::io(format!("writing {}", path.display()), e);
     check_dir(dir).map_err(|e| match e.kind() {
         common::Kind::Config => e,
@@ -157,13 +167,13 @@ pub fn write(dir: &Path, kind: Kind, text: &str) -> Result<bool> {
     if read_nofollow(&path).as_deref() == Some(text) {
         return Ok(false);
     }
-    let Some((tmp, mut f)) = create_temp(dir, kind.file_name()).map_err(fail)? else {
+    let Some((tmp, mut f)) = create_temp(dir, name).map_err(fail)? else {
         return Err(Error::new(
             common::Kind::CantCreate,
             format!(
                 "writing {}: every temporary name is taken (.{}.{}.*.tmp)",
                 path.display(),
-                kind.file_name(),
+                name,
                 std::process::id()
             ),
         ));
@@ -208,7 +218,12 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<Option<(PathBuf, fs::File)>
 
 /// Delete the drop-in; already gone is success. Returns whether it was there.
 pub fn remove(dir: &Path, kind: Kind) -> Result<bool> {
-    let path = drop_in_path(dir, kind);
+    remove_file(dir, kind.file_name())
+}
+
+/// [`remove`] for any file of ours.
+pub fn remove_file(dir: &Path, name: &str) -> Result<bool> {
+    let path = dir.join(name);
     match fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

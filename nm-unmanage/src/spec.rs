@@ -1,5 +1,6 @@
 //! Device patterns: NetworkManager's `interface-name:` device specs and bare globs, how
-//! they match interface names, and how they are written into NetworkManager's config.
+//! they match interface names, and how they are written into NetworkManager's config and
+//! systemd-networkd's `Name=`.
 
 use std::fmt;
 
@@ -84,6 +85,29 @@ impl Pattern {
     pub fn nm_spec(&self) -> String {
         let eq = if self.literal { "=" } else { "" };
         format!("interface-name:{eq}{}", self.text)
+    }
+
+    /// The pattern as one of systemd-networkd's `[Match] Name=` globs (fnmatch(3): `*`
+    /// and `?` as here, a literal name as itself). Refused (exit 65) when networkd would
+    /// read it differently: whitespace separates globs there, a leading `!` inverts the
+    /// match, `[`, `]` and `\` are fnmatch syntax, quotes and `%` are unit-file syntax;
+    /// and a literal name that contains `*` or `?` would glob.
+    pub fn networkd_glob(&self) -> Result<String> {
+        let special =
+            |c: char| c.is_whitespace() || matches!(c, '[' | ']' | '\\' | '"' | '\'' | '%' | '$');
+        let why = if let Some(c) = self.text.chars().find(|&c| special(c)) {
+            format!("networkd's Name= would read {c:?} as syntax")
+        } else if self.text.starts_with('!') {
+            "networkd's Name= reads a leading '!' as \"not\"".to_string()
+        } else if self.literal && self.text.contains(['*', '?']) {
+            "a literal name with '*' or '?' would glob in networkd's Name=".to_string()
+        } else {
+            return Ok(self.text.clone());
+        };
+        Err(Error::data(format!(
+            "pattern {:?} cannot be given to systemd-networkd: {why}",
+            self.nm_spec()
+        )))
     }
 }
 
@@ -201,6 +225,34 @@ mod tests {
         // One literal character is enough to be a choice.
         for ok in ["e*", "*0", "?e*", "*-*"] {
             Pattern::parse(ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn patterns_become_networkd_name_globs() {
+        assert_eq!(p("ve-*").networkd_glob().unwrap(), "ve-*");
+        assert_eq!(
+            p("interface-name:ve-?x*").networkd_glob().unwrap(),
+            "ve-?x*"
+        );
+        assert_eq!(p("interface-name:=ve-x").networkd_glob().unwrap(), "ve-x");
+        // What networkd would read as syntax is refused (parse already refuses these
+        // characters; the translation does not rely on it).
+        for (text, literal) in [
+            ("ve-[ab]", false),
+            ("ve x", false),
+            ("!ve-*", false),
+            ("ve-\\*", false),
+            ("ve-%i", false),
+            ("ve-*", true),
+        ] {
+            let pat = Pattern {
+                text: text.into(),
+                literal,
+            };
+            let e = pat.networkd_glob().unwrap_err();
+            assert_eq!(e.code(), 65, "{text}: {e}");
+            assert!(e.to_string().contains("systemd-networkd"), "{e}");
         }
     }
 

@@ -10,8 +10,8 @@ use std::{
 };
 
 use support::{
-    nd::{has_networkd_address, v4_addrs, wait_setup, AddrMonitor, NdSandbox},
-    wait_until,
+    nd::{has_networkd_address, tool_in, v4_addrs, wait_setup, AddrMonitor, NdSandbox},
+    wait_until, Watcher,
 };
 
 /// networkd adds its first /28 25-105 ms after a veth appears: a link that is still as
@@ -54,4 +54,232 @@ fn negative_control_networkd_takes_ve_links_veth_and_adds_its_address() {
     let status = sb.nd.networkctl(&["status", "ve-x"]).unwrap();
     assert!(status.contains("80-container-ve.network"), "{status}");
     assert!(!mon.foreign("ve-", |a| a.starts_with("10.233.")).is_empty());
+}
+
+/// The file the tool writes, in the sandbox's /run/systemd/network.
+fn runtime_file(sb: &NdSandbox) -> std::path::PathBuf {
+    sb.run_dir().join(nm_unmanage::NETWORK_FILE)
+}
+
+#[test]
+fn one_shot_releases_ve_x_networkds_address_goes_and_ve_links_stays() {
+    let Some(mut sb) = NdSandbox::start("nd_one_shot") else {
+        return;
+    };
+    let (ctr, other) = (sb.netns("ctr"), sb.netns("other"));
+    sb.ve_link_up("x", &ctr, "10.233.0.1", "10.233.0.2");
+    // A link the pattern below does not match, that networkd manages too.
+    sb.ve_link_up("y", &other, "10.233.1.1", "10.233.1.2");
+    wait_until(
+        "networkd's address on ve-x and ve-y",
+        Duration::from_secs(10),
+        || {
+            (has_networkd_address(&sb.host, "ve-x") && has_networkd_address(&sb.host, "ve-y"))
+                .then_some(())
+        },
+    );
+    let before = v4_addrs(&sb.host, "ve-x");
+    assert!(before.contains(&"10.233.0.1/32".to_string()), "{before:?}");
+
+    let out = sb.tool().arg("interface-name:=ve-x").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ve-x\n", "{}", stderr(&out));
+    wait_setup(&sb.nd, "ve-x", "unmanaged", Duration::from_secs(5));
+    wait_until(
+        "networkd's address to go from ve-x",
+        Duration::from_secs(5),
+        || (!has_networkd_address(&sb.host, "ve-x")).then_some(()),
+    );
+    thread::sleep(HOLD);
+    assert_eq!(v4_addrs(&sb.host, "ve-x"), ["10.233.0.1/32"]);
+    let routes = sb.host.ip(&["route", "show", "dev", "ve-x"]);
+    assert!(routes.contains("10.233.0.2 proto 118"), "{routes}");
+    assert_eq!(sb.nd.setup_state("ve-x").as_deref(), Some("unmanaged"));
+    // The other link: still networkd's, with its address.
+    assert!(has_networkd_address(&sb.host, "ve-y"));
+    assert_ne!(sb.nd.setup_state("ve-y").as_deref(), Some("unmanaged"));
+    // The runtime file, and nothing in /etc/systemd/network.
+    let text = std::fs::read_to_string(runtime_file(&sb)).unwrap();
+    assert!(
+        text.contains("[Match]\nName=ve-x\n") && text.contains("Unmanaged=yes"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_dir(sb.nd.etc_dir()).unwrap().count(), 0);
+
+    // Again: nothing changes, nothing printed.
+    let out = sb.tool().arg("interface-name:=ve-x").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(v4_addrs(&sb.host, "ve-x"), ["10.233.0.1/32"]);
+
+    // --manager nm on a host without NetworkManager: 69, networkd untouched by it.
+    let out = sb
+        .tool()
+        .args(["--manager", "nm", "--if-running"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.tool().args(["--manager", "nm"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+}
+
+/// ve-link's address of pair `i`.
+fn host_address(i: usize) -> String {
+    format!("10.233.{i}.1")
+}
+
+/// Make `n` pairs `{prefix}{i}` with ve-link while `mon` records every address, hold
+/// them for HOLD after the last, and assert that each stayed exactly as ve-link made it
+/// (its one address, networkctl "unmanaged") and that networkd never added an address.
+fn assert_pairs_left_alone(sb: &mut NdSandbox, mon: &AddrMonitor, prefix: &str, n: usize) {
+    let ctrs: Vec<_> = (0..n).map(|i| sb.netns(&format!("{prefix}{i}"))).collect();
+    for (i, ctr) in ctrs.iter().enumerate() {
+        let local = format!("10.233.{i}.2");
+        sb.ve_link_up(&format!("{prefix}{i}"), ctr, &host_address(i), &local);
+    }
+    let start = Instant::now();
+    while start.elapsed() < HOLD {
+        for i in 0..n {
+            let iface = format!("ve-{prefix}{i}");
+            assert_eq!(
+                v4_addrs(&sb.host, &iface),
+                [format!("{}/32", host_address(i))],
+                "{iface} after {:?}",
+                start.elapsed()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..n {
+        let iface = format!("ve-{prefix}{i}");
+        assert_eq!(
+            sb.nd.setup_state(&iface).as_deref(),
+            Some("unmanaged"),
+            "{iface}"
+        );
+    }
+    let foreign = mon.foreign("ve-", |a| a.starts_with("10.233."));
+    assert!(foreign.is_empty(), "networkd added addresses: {foreign:#?}");
+}
+
+#[test]
+fn persist_keeps_20_new_veths_as_ve_link_made_them_and_remove_gives_them_back() {
+    let Some(mut sb) = NdSandbox::start("nd_persist") else {
+        return;
+    };
+    let mon = AddrMonitor::start(&sb.host);
+    let out = sb
+        .tool()
+        .args(["--persist", "--networkd-dir", "/etc/systemd/network"])
+        .output()
+        .unwrap();
+    // No NetworkManager (and no /etc/NetworkManager/conf.d): networkd alone is success.
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = sb.nd.etc_dir().join(nm_unmanage::NETWORK_FILE);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("Name=ve-* vb-*\n"), "{text}");
+    assert!(!runtime_file(&sb).exists());
+    assert_pairs_left_alone(&mut sb, &mon, "p", 20);
+
+    // --remove: the file goes, networkd is reloaded: a new veth is managed again.
+    let out = sb
+        .tool()
+        .args(["--remove", "--networkd-dir", "/etc/systemd/network"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!file.exists());
+    let ctr = sb.netns("late");
+    sb.ve_link_up("late", &ctr, "10.233.99.1", "10.233.99.2");
+    wait_until(
+        "networkd's address on ve-late",
+        Duration::from_secs(10),
+        || has_networkd_address(&sb.host, "ve-late").then_some(()),
+    );
+    assert_ne!(sb.nd.setup_state("ve-late").as_deref(), Some("unmanaged"));
+    // As documented: networkd takes the old ones back too.
+    wait_until(
+        "networkd to take ve-p0 back",
+        Duration::from_secs(10),
+        || (sb.nd.setup_state("ve-p0").as_deref() != Some("unmanaged")).then_some(()),
+    );
+    // Removing again: nothing there, still success.
+    let out = sb
+        .tool()
+        .args(["--remove", "--networkd-dir", "/etc/systemd/network"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn watch_keeps_new_veths_as_ve_link_made_them_across_a_networkd_restart() {
+    let Some(mut sb) = NdSandbox::start("nd_watch") else {
+        return;
+    };
+    let mon = AddrMonitor::start(&sb.host);
+    let w = Watcher::spawn(tool_in(&sb.nd), &["--manager", "networkd"]);
+    assert!(
+        w.logged(
+            "systemd-networkd reloaded its configuration",
+            Duration::from_secs(10)
+        ),
+        "the watcher did not apply its file"
+    );
+    assert!(runtime_file(&sb).exists());
+    assert_pairs_left_alone(&mut sb, &mon, "a", 5);
+
+    sb.nd.stop();
+    // A pair made while networkd is away, then networkd back: it reads the file at its
+    // start, and the watcher applies it again.
+    let ctr = sb.netns("gap");
+    sb.ve_link_up("gap", &ctr, "10.233.50.1", "10.233.50.2");
+    sb.nd.spawn().unwrap();
+    assert!(
+        w.logged("systemd-networkd is on the bus", Duration::from_secs(10)),
+        "the watcher did not see networkd come back"
+    );
+    assert_pairs_left_alone(&mut sb, &mon, "b", 5);
+    assert_eq!(v4_addrs(&sb.host, "ve-gap"), ["10.233.50.1/32"]);
+    assert_eq!(sb.nd.setup_state("ve-gap").as_deref(), Some("unmanaged"));
+    for i in 0..5 {
+        assert_eq!(
+            v4_addrs(&sb.host, &format!("ve-a{i}")),
+            [format!("{}/32", host_address(i))]
+        );
+    }
+
+    // Someone deletes the file and reloads networkd: it takes every ve-* link back
+    // (deleting ve-link's addresses, as after --remove); the watcher, told by networkd,
+    // writes the file again and releases them, and new veths are left alone again.
+    std::fs::remove_file(runtime_file(&sb)).unwrap();
+    let out = sb
+        .nd
+        .command_in_mounts("busctl")
+        .args([
+            "call",
+            "org.freedesktop.network1",
+            "/org/freedesktop/network1",
+        ])
+        .args(["org.freedesktop.network1.Manager", "Reload"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The first link networkd reports taken makes the watcher reload with the file,
+    // which releases the others too.
+    let (_, rec) = w
+        .next_where(|v| v["cause"] == "added", Duration::from_secs(10))
+        .expect("the watcher released a link networkd took");
+    assert_eq!(rec["manager"], "networkd");
+    assert_eq!(rec["state_before"], "configuring");
+    assert!(runtime_file(&sb).exists());
+    for l in ["ve-a0", "ve-a4", "ve-b0", "ve-gap"] {
+        wait_setup(&sb.nd, l, "unmanaged", Duration::from_secs(5));
+    }
+    let mon = AddrMonitor::start(&sb.host);
+    assert_pairs_left_alone(&mut sb, &mon, "c", 3);
+
+    // Stopping leaves the file: removing it would give the links back to networkd.
+    assert!(w.stop().success());
+    assert!(runtime_file(&sb).exists());
 }

@@ -676,11 +676,20 @@ impl Watcher {
         ifname: &str,
         timeout: Duration,
     ) -> Option<(Instant, serde_json::Value)> {
+        self.next_where(|v| v["interface"] == ifname, timeout)
+    }
+
+    /// The next record for which `f` holds, waiting up to `timeout`.
+    pub fn next_where(
+        &self,
+        f: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> Option<(Instant, serde_json::Value)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             let (t, v) = self.lines.recv_timeout(left).ok()?;
-            if v["interface"] == ifname {
+            if f(&v) {
                 return Some((t, v));
             }
         }
