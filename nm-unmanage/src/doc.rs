@@ -10,18 +10,23 @@ pub const MANUAL: Manual = Manual {
     exits: &[
         exit(
             Exit::Ok,
-            "also when nothing matched, and with --if-running when NetworkManager is not \
-             running or not answering",
+            "also when nothing matched; with --if-running when no network manager is \
+             running or answering; when systemd-networkd was handled and NetworkManager \
+             does not run (a missing --conf-dir is then skipped)",
         ),
         exit(
             Exit::Usage,
             "a missing or unknown argument, a bad --bus-address",
         ),
-        exit(Exit::DataErr, "a malformed or too broad PATTERN"),
+        exit(
+            Exit::DataErr,
+            "a malformed or too broad PATTERN, or one that has no systemd-networkd Name= glob",
+        ),
         exit(Exit::NoInput, "the --conf-dir drop-in directory does not exist"),
         exit(
             Exit::Unavailable,
-            "the bus or NetworkManager is not there or does not answer in time",
+            "the bus is not there, or neither NetworkManager nor systemd-networkd runs (with \
+             --manager: the one named), or it does not answer in time",
         ),
         exit(
             Exit::Software,
@@ -32,14 +37,19 @@ pub const MANUAL: Manual = Manual {
             "NetworkManager failed a request",
         ),
         exit(Exit::CantCreate, "no free temporary name for a drop-in"),
-        exit(Exit::IoErr, "writing or removing a drop-in failed"),
+        exit(
+            Exit::IoErr,
+            "writing or removing a drop-in or networkd's file failed",
+        ),
         exit(
             Exit::NoPerm,
-            "the bus or NetworkManager denied access, or the drop-in directory is not writable",
+            "the bus, NetworkManager or systemd-networkd denied access, or a directory to \
+             write is not writable",
         ),
         exit(
             Exit::Config,
-            "a drop-in directory that is group- or world-writable, or not a directory",
+            "a drop-in directory or --networkd-dir that is group- or world-writable, not \
+             owned by root or this user, or not a directory",
         ),
     ],
     env: &[
@@ -76,6 +86,14 @@ pub const MANUAL: Manual = Manual {
              deletes it)",
         ),
         entry(
+            "/run/systemd/network/10-nm-unmanage.network",
+            "systemd-networkd's file ([Match] Name=PATTERNS, [Link] Unmanaged=yes), sorting \
+             before 80-container-ve.network; written by every mode but --remove when networkd \
+             runs, and left in place when a watcher stops (removing it gives the links back); \
+             --networkd-dir moves it (/etc/systemd/network: across reboots), --remove deletes \
+             it",
+        ),
+        entry(
             "/run/dbus/system_bus_socket",
             "The system bus, unless DBUS_SYSTEM_BUS_ADDRESS or --bus-address says otherwise",
         ),
@@ -93,7 +111,15 @@ pub const MANUAL: Manual = Manual {
             "nm-unmanage --persist",
             "Write the drop-in and reload NetworkManager: it leaves them alone by itself",
         ),
-        entry("nm-unmanage --remove", "Take the drop-in away again"),
+        entry(
+            "nm-unmanage --remove",
+            "Take the drop-in and networkd's file away again; networkd then takes back \
+             existing ve-* links and deletes ve-link's addresses on them",
+        ),
+        entry(
+            "nm-unmanage --manager networkd --persist --networkd-dir /etc/systemd/network",
+            "systemd-networkd only, for good: it leaves ve-*/vb-* links alone across reboots",
+        ),
         entry(
             "nm-unmanage --if-running --runtime",
             "Before ve-link up: NetworkManager leaves new ve-*/vb-* veths alone until reboot; \

@@ -645,6 +645,36 @@ mod tests {
     }
 
     #[test]
+    fn manager_choice_and_networkd_without_a_bus() {
+        assert_eq!(
+            parse(&["--manager", "networkd"]).unwrap().manager,
+            Some(Manager::Networkd)
+        );
+        assert_eq!(parse(&[]).unwrap().manager, None);
+        assert_eq!(parse(&["--manager", "systemd"]).unwrap_err().code(), 64);
+        let tmp = testbed::TempDir::new("nmu-nd-nobus");
+        let nd_dir = tmp.path().join("network");
+        let base = [
+            "nm-unmanage".into(),
+            "--bus-address".into(),
+            "unix:path=/nonexistent/bus".into(),
+            "--manager".into(),
+            "networkd".into(),
+            "--networkd-dir".into(),
+            nd_dir.clone().into_os_string(),
+        ];
+        for extra in [&[][..], &["--persist"], &["--watch"], &["--remove"]] {
+            let mut args: Vec<OsString> = base.to_vec();
+            args.extend(extra.iter().map(OsString::from));
+            let e = run(args.clone()).unwrap_err();
+            assert_eq!(e.code(), 69, "{extra:?}: {e}");
+            args.push("--if-running".into());
+            run(args).unwrap();
+            assert!(!nd_dir.exists(), "{extra:?}");
+        }
+    }
+
+    #[test]
     fn timeouts_are_positive_seconds() {
         let a = parse(&["--timeout", "0.25"]).unwrap();
         assert_eq!(a.timeout, Duration::from_millis(250));

@@ -11,8 +11,11 @@ use std::{
 
 use support::{
     nd::{has_networkd_address, tool_in, v4_addrs, wait_setup, AddrMonitor, NdSandbox},
-    wait_until, Watcher,
+    wait_until, NmSandbox, Watcher,
 };
+use testbed::networkd::Networkd;
+
+const UNMANAGED: u32 = nm_unmanage::STATE_UNMANAGED;
 
 /// networkd adds its first /28 25-105 ms after a veth appears: a link that is still as
 /// ve-link made it after this long was left alone.
@@ -282,4 +285,154 @@ fn watch_keeps_new_veths_as_ve_link_made_them_across_a_networkd_restart() {
     // Stopping leaves the file: removing it would give the links back to networkd.
     assert!(w.stop().success());
     assert!(runtime_file(&sb).exists());
+}
+
+#[test]
+fn with_network_manager_and_networkd_on_one_bus_both_are_handled() {
+    let Some(mut sb) = NmSandbox::start("nd_both") else {
+        return;
+    };
+    if !testbed::privileged("nd_both", Networkd::COMMANDS) {
+        return;
+    }
+    // networkd on NetworkManager's bus, with NetworkManager's /run as its own.
+    let run = sb.scratch().join("run");
+    let mut nd = Networkd::on_bus(
+        &sb.host,
+        sb.scratch().join("nd"),
+        &sb.bus_address(),
+        Some(&run),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    nd.spawn().unwrap_or_else(|e| panic!("{e}"));
+    let (ca, co) = (sb.netns("ca"), sb.netns("co"));
+    support::nd::ve_link_up(&sb.host, "a", &ca, "10.233.0.1", "10.233.0.2");
+    // The control: both managers take it, the patterns below do not match it.
+    support::nd::ve_link_up(&sb.host, "o", &co, "10.233.1.1", "10.233.1.2");
+    let c = sb.client();
+    wait_until(
+        "both managers to take ve-a and ve-o",
+        Duration::from_secs(10),
+        || {
+            let nm = ["ve-a", "ve-o"].iter().all(|i| {
+                c.device(i)
+                    .is_some_and(|d| d.managed && d.state > UNMANAGED)
+            });
+            let networkd = ["ve-a", "ve-o"].iter().all(|i| {
+                matches!(
+                    nd.setup_state(i).as_deref(),
+                    Some("configuring" | "configured")
+                )
+            });
+            (nm && networkd).then_some(())
+        },
+    );
+
+    let out = tool_in(&nd)
+        .args(["--json", "interface-name:=ve-a", "interface-name:=ve-n"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert!(recs.iter().all(|r| r["interface"] == "ve-a"), "{recs:?}");
+    assert!(recs.iter().any(|r| r["manager"] == "networkd"), "{recs:?}");
+    assert!(
+        recs.iter().any(|r| r["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/org/freedesktop/NetworkManager/"))),
+        "{recs:?}"
+    );
+    wait_setup(&nd, "ve-a", "unmanaged", Duration::from_secs(5));
+    wait_until(
+        "NetworkManager to leave ve-a",
+        Duration::from_secs(5),
+        || (c.state("ve-a") == Some(UNMANAGED)).then_some(()),
+    );
+    thread::sleep(Duration::from_millis(500));
+    for i in ["ve-o"] {
+        let d = c.device(i).unwrap();
+        assert!(
+            d.managed && d.state > UNMANAGED,
+            "NetworkManager left {i}: {d:?}"
+        );
+        assert_ne!(
+            nd.setup_state(i).as_deref(),
+            Some("unmanaged"),
+            "networkd left {i}"
+        );
+    }
+
+    // --persist for both: a new matching veth is left alone by both from the start.
+    let out = tool_in(&nd)
+        .arg("--persist")
+        .arg("--conf-dir")
+        .arg(sb.conf_dir())
+        .args(["interface-name:=ve-a", "interface-name:=ve-n"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mon = AddrMonitor::start(&sb.host);
+    let cn = sb.netns("cn");
+    support::nd::ve_link_up(&sb.host, "n", &cn, "10.233.2.1", "10.233.2.2");
+    let start = Instant::now();
+    while start.elapsed() < HOLD {
+        assert_eq!(v4_addrs(&sb.host, "ve-n"), ["10.233.2.1/32"]);
+        if let Some(d) = c.device("ve-n") {
+            assert!(
+                !d.managed || d.state == UNMANAGED,
+                "NetworkManager took ve-n: {d:?}"
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(nd.setup_state("ve-n").as_deref(), Some("unmanaged"));
+    assert_eq!(c.state("ve-n"), Some(UNMANAGED));
+    let foreign = mon.foreign("ve-n", |a| a.starts_with("10.233."));
+    assert!(foreign.is_empty(), "{foreign:?}");
+    assert_ne!(nd.setup_state("ve-o").as_deref(), Some("unmanaged"));
+    assert!(c.device("ve-o").is_some_and(|d| d.managed));
+}
+
+#[test]
+fn networkd_dir_others_may_write_is_refused_and_a_planted_link_is_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(sb) = NdSandbox::start("nd_hardening") else {
+        return;
+    };
+    let etc = sb.nd.etc_dir();
+    let persist = |sb: &NdSandbox| {
+        sb.tool()
+            .args(["--persist", "--networkd-dir", "/etc/systemd/network"])
+            .output()
+            .unwrap()
+    };
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = persist(&sb);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("group- or world-writable"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 0);
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A symlink where the file goes is replaced, never written through.
+    let victim = sb.nd.scratch().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let file = etc.join(nm_unmanage::NETWORK_FILE);
+    std::os::unix::fs::symlink(&victim, &file).unwrap();
+    let out = persist(&sb);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(!std::fs::symlink_metadata(&file)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("Unmanaged=yes"));
 }

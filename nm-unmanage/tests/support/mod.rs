@@ -285,7 +285,9 @@ fn bus_conf(dir: &Path) -> String {
     <allow receive_sender="*"/>
   </policy>
 "#;
-    testbed::nm::bus_conf_with(dir, default)
+    // A sandboxed networkd may join too (the test with both managers on one bus).
+    let policies = format!("{default}{}", testbed::networkd::POLICY);
+    testbed::nm::bus_conf_with(dir, &policies)
 }
 
 /// Only root may connect: dbus-daemon lets a user connect only when a policy allows it.

@@ -1,6 +1,9 @@
 //! `cargo xtask bench nm`: how fast `nm-unmanage` keeps a real NetworkManager off a
 //! re-created container veth, and how many DHCP DISCOVERs get out first; with `--watch`
-//! and with `--persist`, next to a baseline with no tool at all.
+//! and with `--persist`, next to a baseline with no tool at all. Then the same for a
+//! real systemd-networkd (testbed's, standalone on a bus of its own): creation to
+//! "unmanaged" in networkctl with `--watch`, and every address networkd ever puts on a
+//! `ve-*` link with `--watch` and `--persist`.
 //!
 //! Everything runs in throwaway namespaces: the sandboxed NetworkManager of
 //! `testbed` (the one the tests and the demo use: a private bus, read-only /sys,
@@ -12,25 +15,30 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::UdpSocket,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{mpsc, Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use testbed::{have_command, Netns, NetworkManager, Sandbox};
+use nm_unmanage::NETWORK_FILE;
+use testbed::{have_command, networkd::Networkd, Netns, NetworkManager, Sandbox};
 
 use crate::util::{self, Result};
 
 const USAGE: &str = "\
-usage: cargo xtask bench nm [--cycles N] [--tools DIR]
+usage: cargo xtask bench nm [--cycles N] [--tools DIR] [--manager nm|networkd|all]
 
 Re-creates a veth `ve-test` N times (default 100) next to a sandboxed NetworkManager:
 first 10 times with no tool (when does the first DHCP DISCOVER leave?), then N times
 with `nm-unmanage --watch` (creation -> Managed=false, DISCOVERs leaked), then N times
-after `nm-unmanage --persist` (devices left unmanaged, DISCOVERs leaked). Needs root.
---tools DIR uses DIR/nm-unmanage instead of building a release one.";
+after `nm-unmanage --persist` (devices left unmanaged, DISCOVERs leaked). Then next to a
+sandboxed systemd-networkd: 10 times with no tool (when does its first address come?),
+N times with `--watch` (creation -> \"unmanaged\" in networkctl), N times after
+`--persist`; every address networkd adds to a ve-* link is counted. Needs root.
+--tools DIR uses DIR/nm-unmanage instead of building a release one; --manager picks
+the managers (default all).";
 
 /// How long NetworkManager gets to (not) take a new device over: it activates ~0.25 s
 /// after a veth appears.
@@ -39,13 +47,24 @@ const HOLD: Duration = Duration::from_millis(400);
 /// What to run: the benchmark with N cycles, the DISCOVER counter (its inner re-run),
 /// or `None` for `--help`; unknown options are refused.
 pub(super) enum Opts {
-    Cycles(usize, Option<PathBuf>),
+    Cycles(usize, Option<PathBuf>, Managers),
     Listener,
+}
+
+/// Which managers' benchmarks run.
+#[derive(Clone, Copy)]
+pub(super) struct Managers {
+    nm: bool,
+    networkd: bool,
 }
 
 pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
     let mut cycles = 100usize;
     let mut tools = None;
+    let mut managers = Managers {
+        nm: true,
+        networkd: true,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -58,28 +77,48 @@ pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
                     .ok_or("--cycles needs a positive number")?
             }
             "--tools" => tools = Some(PathBuf::from(it.next().ok_or("--tools needs a directory")?)),
+            "--manager" => {
+                let (nm, networkd) = match it.next().map(String::as_str) {
+                    Some("nm") => (true, false),
+                    Some("networkd") => (false, true),
+                    Some("all") => (true, true),
+                    _ => return Err("--manager needs nm, networkd or all".into()),
+                };
+                managers = Managers { nm, networkd };
+            }
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("bench nm: unknown argument {other:?}\n{USAGE}")),
         }
     }
-    Ok(Some(Opts::Cycles(cycles, tools)))
+    Ok(Some(Opts::Cycles(cycles, tools, managers)))
 }
 
 pub fn run(args: &[String]) -> Result {
-    let (cycles, tools) = match parse(args)? {
+    let (cycles, tools, managers) = match parse(args)? {
         None => {
             sayln!("{USAGE}");
             return Ok(());
         }
         Some(Opts::Listener) => return udp67_listener(),
-        Some(Opts::Cycles(n, tools)) => (n, tools),
+        Some(Opts::Cycles(n, tools, m)) => (n, tools, m),
     };
     if !util::is_root() {
         return Err("bench nm needs root (network namespaces, NetworkManager)".into());
     }
+    let nm_cmds = if managers.nm {
+        NetworkManager::COMMANDS
+    } else {
+        &[]
+    };
+    let nd_cmds = if managers.networkd {
+        Networkd::COMMANDS
+    } else {
+        &[]
+    };
     if let Some(cmd) = ["ip", "nsenter"]
         .iter()
-        .chain(NetworkManager::COMMANDS)
+        .chain(nm_cmds)
+        .chain(nd_cmds)
         .find(|c| !have_command(c))
     {
         return Err(format!(
@@ -99,6 +138,23 @@ pub fn run(args: &[String]) -> Result {
     };
 
     let config_before = crate::demo::machine_config();
+    if managers.nm {
+        bench_nm(&bin, cycles)?;
+    }
+    if managers.networkd {
+        bench_networkd(&bin, cycles)?;
+    }
+    if crate::demo::machine_config() != config_before {
+        return Err(format!(
+            "bench nm changed files under {}: it must write only the sandbox's",
+            crate::demo::MACHINE_CONFIG_DIRS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The NetworkManager part.
+fn bench_nm(bin: &Path, cycles: usize) -> Result {
     let lab = Lab::start()?;
     let version = Command::new("NetworkManager")
         .arg("--version")
@@ -133,7 +189,7 @@ pub fn run(args: &[String]) -> Result {
 
     // --watch.
     lab.add_veth("vb-ready")?;
-    let watcher = Watcher::start(&bin, &lab)?;
+    let watcher = Watcher::start(lab.nm.command_in_mounts(bin), bin)?;
     watcher
         .next_for("vb-ready", Duration::from_secs(10))
         .ok_or("the watcher did not start")?;
@@ -175,7 +231,7 @@ pub fn run(args: &[String]) -> Result {
     // --persist, with the sandbox's drop-in directory, in NetworkManager's namespaces.
     let out = lab
         .nm
-        .command_in_mounts(&bin)
+        .command_in_mounts(bin)
         .args(["--persist", "--conf-dir"])
         .arg(lab.nm.conf_dir())
         .output()
@@ -203,13 +259,264 @@ pub fn run(args: &[String]) -> Result {
         cycles - managed
     );
     drop(lab);
-    if crate::demo::machine_config() != config_before {
+    Ok(())
+}
+
+/// How long a link is watched for networkd's addresses: it adds its first 25-105 ms
+/// after the link appears.
+const ND_HOLD: Duration = Duration::from_millis(300);
+
+/// The systemd-networkd part: a host namespace with testbed's networkd on a bus of its
+/// own, veths into a container namespace, `ip monitor address` recording every address.
+fn bench_networkd(bin: &Path, cycles: usize) -> Result {
+    let mut sandbox = Sandbox::new();
+    crate::guard::namespaces(sandbox.prefix());
+    let tag = format!("bench-{}", sandbox.prefix());
+    crate::guard::dir(&Networkd::scratch_dir(&tag));
+    let host = sandbox.netns("host");
+    let ctr = sandbox.netns("ctr");
+    let nd = Networkd::start(&host, &tag)?;
+    let version = Command::new(testbed::networkd::DAEMON)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    sayln!("networkd: veth re-creations next to systemd-networkd ({version}) on a private bus");
+    let mon = AddrMonitor::start(&host)?;
+    let lab = NdLab { host, ctr, nd };
+
+    // Baseline: networkd's first address on a new ve-test.
+    let base_n = cycles.min(10);
+    let mut first = Vec::new();
+    for _ in 0..base_n {
+        let t0 = Instant::now();
+        let mark = mon.mark();
+        lab.add_veth()?;
+        let deadline = t0 + Duration::from_secs(3);
+        while Instant::now() < deadline && mon.foreign_since(mark).is_empty() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        if let Some((t, _)) = mon.foreign_since(mark).first() {
+            first.push(*t - t0);
+        }
+        lab.del_veth()?;
+    }
+    sayln!(
+        "baseline, no tool ({base_n} re-creations): networkd put an address on ve-test in {} \
+         of {base_n}; the first one {} after link creation",
+        first.len(),
+        stats(&first)
+    );
+
+    // --watch.
+    let mut cmd = lab.nd.command_in_mounts(bin);
+    cmd.args(["--manager", "networkd", "-v"])
+        .stderr(Stdio::piped());
+    let watcher = Watcher::start(cmd, bin)?;
+    watcher.wait_logged(
+        "systemd-networkd reloaded its configuration",
+        Duration::from_secs(10),
+    )?;
+    let mark = mon.mark();
+    let (mut to_unmanaged, mut missed, mut not_in_networkctl) = (Vec::new(), 0, 0);
+    for _ in 0..cycles {
+        let t0 = Instant::now();
+        lab.add_veth()?;
+        match lab.wait_unmanaged(t0 + Duration::from_secs(5))? {
+            Some(t) => to_unmanaged.push(t - t0),
+            None => missed += 1,
+        }
+        thread::sleep(ND_HOLD);
+        if lab.nd.setup_state("ve-test").as_deref() != Some("unmanaged") {
+            not_in_networkctl += 1;
+        }
+        lab.del_veth()?;
+    }
+    let watch_addrs = mon.foreign_since(mark).len();
+    drop(watcher);
+    sayln!(
+        "--watch ({cycles} re-creations): link creation -> \"unmanaged\" in networkctl {}; \
+         never unmanaged: {missed}; not unmanaged in networkctl after {} ms: \
+         {not_in_networkctl}; networkd addresses seen on ve-*: {watch_addrs}",
+        stats(&to_unmanaged),
+        ND_HOLD.as_millis()
+    );
+
+    // --persist (the file in networkd's /etc/systemd/network, the sandbox's), no watcher.
+    let file = lab
+        .nd
+        .scratch()
+        .join("run/systemd/network")
+        .join(NETWORK_FILE);
+    let _ = std::fs::remove_file(&file);
+    let out = lab
+        .nd
+        .command_in_mounts(bin)
+        .args([
+            "--persist",
+            "--manager",
+            "networkd",
+            "--networkd-dir",
+            "/etc/systemd/network",
+        ])
+        .output()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    if !out.status.success() {
         return Err(format!(
-            "bench nm changed files under {}: it must write only the sandbox's",
-            crate::demo::MACHINE_CONFIG_DIRS.join(", ")
+            "nm-unmanage --persist failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         ));
     }
+    let mark = mon.mark();
+    let mut unmanaged = 0;
+    for _ in 0..cycles {
+        lab.add_veth()?;
+        thread::sleep(ND_HOLD);
+        if lab.nd.setup_state("ve-test").as_deref() == Some("unmanaged") {
+            unmanaged += 1;
+        }
+        lab.del_veth()?;
+    }
+    sayln!(
+        "--persist ({cycles} re-creations, no watcher): \"unmanaged\" in networkctl {unmanaged} \
+         of {cycles}; networkd addresses seen on ve-*: {}",
+        mon.foreign_since(mark).len()
+    );
     Ok(())
+}
+
+/// The networkd sandbox's host and container namespaces.
+struct NdLab {
+    host: Netns,
+    ctr: Netns,
+    nd: Networkd,
+}
+
+impl NdLab {
+    fn add_veth(&self) -> Result {
+        let ctr = self.ctr.name();
+        ip(
+            &self.host,
+            &[
+                "link", "add", "ve-test", "type", "veth", "peer", "name", "eth0", "netns", ctr,
+            ],
+        )?;
+        ip(&self.ctr, &["link", "set", "eth0", "up"])?;
+        ip(&self.host, &["link", "set", "ve-test", "up"])
+    }
+
+    fn del_veth(&self) -> Result {
+        ip(&self.host, &["link", "del", "ve-test"])?;
+        thread::sleep(Duration::from_millis(50));
+        Ok(())
+    }
+
+    /// When networkd's state for ve-test first says unmanaged (polled every 0.5 ms in
+    /// /run/systemd/netif/links/IFINDEX, the file `networkctl list` shows as SETUP);
+    /// `None` by `deadline`.
+    fn wait_unmanaged(&self, deadline: Instant) -> Result<Option<Instant>> {
+        let v = self.host.ip_json(&["link", "show", "ve-test"]);
+        let ifindex = v[0]["ifindex"].as_u64().ok_or("ve-test has no ifindex")?;
+        let state = self
+            .nd
+            .scratch()
+            .join(format!("run/systemd/netif/links/{ifindex}"));
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&state).is_ok_and(|t| t.contains("ADMIN_STATE=unmanaged")) {
+                return Ok(Some(Instant::now()));
+            }
+            thread::sleep(Duration::from_micros(500));
+        }
+        Ok(None)
+    }
+}
+
+fn ip(ns: &Netns, args: &[&str]) -> Result {
+    let out = Command::new("ip")
+        .args(["-n", ns.name()])
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip -n {} {}: {}",
+            ns.name(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `ip -o monitor address` in a namespace, every line timestamped on arrival.
+struct AddrMonitor {
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl AddrMonitor {
+    fn start(ns: &Netns) -> Result<AddrMonitor> {
+        let mut child = Command::new("ip")
+            .args(["-o", "-n", ns.name(), "monitor", "address"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("ip monitor: {e}"))?;
+        crate::guard::pid(child.id());
+        let out = child.stdout.take().ok_or("ip monitor has no stdout")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut v) = l2.lock() {
+                    v.push((Instant::now(), line));
+                }
+            }
+        });
+        thread::sleep(Duration::from_millis(100));
+        Ok(AddrMonitor { child, lines })
+    }
+
+    fn mark(&self) -> usize {
+        self.lines.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Addresses added to a ve-* link since `mark` other than the kernel's own IPv6
+    /// link-local ones: networkd's (nothing else in the sandbox adds any).
+    fn foreign_since(&self, mark: usize) -> Vec<(Instant, String)> {
+        let Ok(v) = self.lines.lock() else {
+            return Vec::new();
+        };
+        v.iter()
+            .skip(mark)
+            .filter(|(_, l)| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                !l.starts_with("Deleted")
+                    && f.get(1).is_some_and(|n| n.starts_with("ve-"))
+                    && match (f.get(2), f.get(3)) {
+                        (Some(&"inet"), Some(_)) => true,
+                        (Some(&"inet6"), Some(a)) => !a.starts_with("fe80:"),
+                        _ => false,
+                    }
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for AddrMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `median X ms, worst Y ms` of `v`.
@@ -337,21 +644,7 @@ impl Lab {
     }
 
     fn ip(&self, ns: &Netns, args: &[&str]) -> Result {
-        let out = Command::new("ip")
-            .args(["-n", ns.name()])
-            .args(args)
-            .output()
-            .map_err(|e| format!("running ip: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ip -n {} {}: {}",
-                ns.name(),
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        ip(ns, args)
     }
 
     /// A container veth as `ve-link` makes it: created, both ends up.
@@ -394,22 +687,31 @@ impl Drop for Lab {
 struct Watcher {
     child: Child,
     lines: mpsc::Receiver<(Instant, String)>,
+    log: Option<mpsc::Receiver<String>>,
 }
 
 impl Watcher {
-    /// In NetworkManager's network and mount namespaces: `--watch` writes a runtime
-    /// drop-in under /run/NetworkManager/conf.d, which there is the sandbox's scratch
-    /// directory, never the machine's.
-    fn start(bin: &std::path::Path, lab: &Lab) -> Result<Watcher> {
-        let mut child = lab
-            .nm
-            .command_in_mounts(bin)
+    /// `cmd` (the tool in a sandbox daemon's network and mount namespaces: `--watch`
+    /// writes under /run, which there is the sandbox's scratch directory, never the
+    /// machine's) with `--watch --json`; its stderr, when piped, line by line.
+    fn start(mut cmd: Command, bin: &Path) -> Result<Watcher> {
+        let mut child = cmd
             .args(["--watch", "--json"])
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         crate::guard::pid(child.id());
-        let out = child.stdout.take().unwrap();
+        let log = child.stderr.take().map(|err| {
+            let (tx, rx) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        });
+        let out = child.stdout.take().ok_or("the watcher has no stdout")?;
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -419,7 +721,30 @@ impl Watcher {
                 }
             }
         });
-        Ok(Watcher { child, lines: rx })
+        Ok(Watcher {
+            child,
+            lines: rx,
+            log,
+        })
+    }
+
+    /// Wait for a stderr line containing `text`.
+    fn wait_logged(&self, text: &str, timeout: Duration) -> Result {
+        let deadline = Instant::now() + timeout;
+        let log = self
+            .log
+            .as_ref()
+            .ok_or("the watcher's stderr is not piped")?;
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or_else(|| format!("the watcher did not log {text:?}"))?;
+            match log.recv_timeout(left) {
+                Ok(l) if l.contains(text) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => return Err(format!("the watcher did not log {text:?}")),
+            }
+        }
     }
 
     fn next_for(&self, ifname: &str, timeout: Duration) -> Option<(Instant, String)> {
