@@ -22,7 +22,11 @@ pub const MANUAL: Manual = Manual {
             Exit::DataErr,
             "a malformed or too broad PATTERN, or one that has no systemd-networkd Name= glob",
         ),
-        exit(Exit::NoInput, "the --conf-dir drop-in directory does not exist"),
+        exit(
+            Exit::NoInput,
+            "the --conf-dir drop-in directory does not exist (skipped when NetworkManager \
+             does not run and systemd-networkd was handled)",
+        ),
         exit(
             Exit::Unavailable,
             "the bus is not there, or neither NetworkManager nor systemd-networkd runs (with \

@@ -4,6 +4,7 @@
 
 pub mod doc;
 mod nd_watch;
+use networkd::Reload;
 mod networkd;
 mod nm;
 mod notify;
@@ -194,12 +195,12 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     };
     // networkd's file text: every pattern must have a Name= glob (65 otherwise), before
     // anything is touched.
-    let nd_text = if args.wants_networkd() {
-        Some(networkd::render(&patterns)?)
+    let nd_globs = if args.wants_networkd() {
+        Some(networkd::globs(&patterns)?)
     } else {
         None
     };
-    let nd_text = nd_text.as_deref();
+    let nd_text = nd_globs.as_deref();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -255,7 +256,7 @@ async fn reach(address: &str, timeout: Duration) -> Result<Reach> {
 
 /// Everything but `--watch`: networkd (when it runs and is wanted), then NetworkManager
 /// (when wanted); both are tried, the first error is returned.
-async fn act(args: &Args, patterns: &[Pattern], nd_text: Option<&str>) -> Result<()> {
+async fn act(args: &Args, patterns: &[Pattern], nd_text: Option<&[String]>) -> Result<()> {
     let reached = reach(&args.bus_address, args.timeout).await?;
     let mut nd_running = false;
     let mut first_err = None;
@@ -300,7 +301,7 @@ async fn act(args: &Args, patterns: &[Pattern], nd_text: Option<&str>) -> Result
 async fn networkd_act(
     args: &Args,
     bus: &Bus,
-    text: &str,
+    text: &[String],
     patterns: &[Pattern],
 ) -> Result<Vec<Released>> {
     let dir = &args.networkd_dir;
@@ -315,13 +316,15 @@ async fn networkd_act(
         log::info!("systemd-networkd reloaded its configuration");
         return Ok(Vec::new());
     }
-    networkd::apply(
-        bus,
-        patterns,
-        || networkd::write(dir, text),
-        Cause::Existing,
-    )
-    .await
+    // --runtime runs before every container start: networkd is reloaded only when the
+    // file changed or a matching link is managed after all.
+    let when = if args.runtime {
+        networkd::Reload::IfNeeded
+    } else {
+        networkd::Reload::Always
+    };
+    let write = || networkd::write(dir, text);
+    networkd::apply(bus, patterns, write, Cause::Existing, when).await
 }
 
 /// NetworkManager's part of everything but `--watch`. `forgiving`: a missing
@@ -404,7 +407,7 @@ async fn act_nm(args: &Args, patterns: &[Pattern], reached: Reach, forgiving: bo
 
 /// `--watch`: the watch itself raced against SIGTERM and SIGINT, which end it at any
 /// moment (also while a D-Bus call is outstanding); then the runtime drop-in goes.
-async fn watch_mode(args: &Args, patterns: &[Pattern], nd_text: Option<&str>) -> Result<()> {
+async fn watch_mode(args: &Args, patterns: &[Pattern], nd_text: Option<&[String]>) -> Result<()> {
     let sig = |kind| signal(kind).map_err(|e| Error::io("installing a signal handler", e));
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
@@ -446,7 +449,7 @@ async fn watch_mode(args: &Args, patterns: &[Pattern], nd_text: Option<&str>) ->
 async fn watch_body(
     args: &Args,
     patterns: &[Pattern],
-    nd_text: Option<&str>,
+    nd_text: Option<&[String]>,
     held: &RefCell<(Option<Bus>, bool)>,
 ) -> Result<()> {
     let (bus, running) = match reach(&args.bus_address, args.timeout).await? {
@@ -473,7 +476,9 @@ async fn watch_body(
             networkd::write(&args.networkd_dir, text)?;
         }
         if nd_running {
-            let done = networkd::apply(&bus, patterns, || Ok(true), Cause::Existing).await?;
+            let done =
+                networkd::apply(&bus, patterns, || Ok(true), Cause::Existing, Reload::Always)
+                    .await?;
             emit_released(&done, args.json, false)?;
         } else {
             log::info!("systemd-networkd is not on the bus; watching for it");

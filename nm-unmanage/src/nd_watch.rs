@@ -30,7 +30,7 @@ fn taken(state: &str) -> bool {
 
 /// Run until the caller stops it. Failures on single links are logged and the watch
 /// goes on; losing the bus connection ends it with exit 69.
-pub async fn watch(bus: &Bus, patterns: &[Pattern], text: &str, args: &Args) -> Result<()> {
+pub async fn watch(bus: &Bus, patterns: &[Pattern], text: &[String], args: &Args) -> Result<()> {
     let conn = bus.connection();
     let rule_err = |e| {
         dbus_error_as(
@@ -87,7 +87,7 @@ pub async fn watch(bus: &Bus, patterns: &[Pattern], text: &str, args: &Args) -> 
                 }
                 log::info!("systemd-networkd is on the bus as {new}; applying {}", networkd::NETWORK_FILE);
                 owner = Some(new);
-                match networkd::apply(bus, patterns, again, Cause::Existing).await {
+                match networkd::apply(bus, patterns, again, Cause::Existing, networkd::Reload::Always).await {
                     Ok(done) => emit_released(&done, args.json, false)?,
                     Err(e) => log::error!("{e}"),
                 }

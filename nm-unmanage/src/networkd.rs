@@ -74,14 +74,14 @@ pub struct Released {
     pub cause: Cause,
 }
 
-/// The file's text: a `[Match] Name=` with every pattern, `[Link] Unmanaged=yes`.
-/// Refused (exit 65) when a pattern has no networkd glob.
-pub fn render(patterns: &[Pattern]) -> Result<String> {
-    let globs = patterns
-        .iter()
-        .map(Pattern::networkd_glob)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(format!(
+/// The patterns' networkd globs; refused (exit 65) when one has none.
+pub fn globs(patterns: &[Pattern]) -> Result<Vec<String>> {
+    patterns.iter().map(Pattern::networkd_glob).collect()
+}
+
+/// The file's text: a `[Match] Name=` with every glob, `[Link] Unmanaged=yes`.
+pub fn render(globs: &[String]) -> String {
+    format!(
         "# Written by nm-unmanage; `nm-unmanage --remove` deletes it.\n\
          # Sorts before 80-container-ve.network: systemd-networkd leaves these links alone.\n\
          [Match]\n\
@@ -90,14 +90,39 @@ pub fn render(patterns: &[Pattern]) -> Result<String> {
          [Link]\n\
          Unmanaged=yes\n",
         globs.join(" ")
-    ))
+    )
 }
 
-/// Write the file into `dir` (made, mode 0755, when missing), with
-/// [`persist::write_file`]'s checks. Whether it changed.
-pub fn write(dir: &Path, text: &str) -> Result<bool> {
+/// The globs of our file as it is in `dir` (none when it is not there).
+fn current_globs(dir: &Path) -> Vec<String> {
+    let Some(text) = persist::read_nofollow(&dir.join(NETWORK_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Name="))
+        .flat_map(|n| n.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+/// What the file must say to cover `globs` as well as everything it covers now: a call
+/// with fewer patterns (a per-container one-shot) never gives links back to networkd,
+/// which would delete ve-link's addresses on them. Only `--remove` shrinks it.
+pub fn merged(dir: &Path, globs: &[String]) -> String {
+    let mut all = current_globs(dir);
+    for g in globs {
+        if !all.contains(g) {
+            all.push(g.clone());
+        }
+    }
+    render(&all)
+}
+
+/// Write the file into `dir` (made, mode 0755, when missing) so that it covers `globs`
+/// too ([`merged`]), with [`persist::write_file`]'s checks. Whether it changed.
+pub fn write(dir: &Path, globs: &[String]) -> Result<bool> {
     persist::create_dir(dir)?;
-    let changed = persist::write_file(dir, NETWORK_FILE, text)?;
+    let text = merged(dir, globs);
+    let changed = persist::write_file(dir, NETWORK_FILE, &text)?;
     let path = dir.join(NETWORK_FILE);
     if changed {
         log::info!("wrote {}", path.display());
@@ -105,6 +130,14 @@ pub fn write(dir: &Path, text: &str) -> Result<bool> {
         log::debug!("{} is up to date", path.display());
     }
     Ok(changed)
+}
+
+/// When [`apply`] reloads networkd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    Always,
+    /// Only when the file changed or a matching link is not unmanaged.
+    IfNeeded,
 }
 
 /// Make networkd leave every matching link alone, in the one order that works: the file
@@ -117,6 +150,7 @@ pub async fn apply<N: Networkd>(
     patterns: &[Pattern],
     write: impl FnOnce() -> Result<bool>,
     cause: Cause,
+    when: Reload,
 ) -> Result<Vec<Released>> {
     // What each link was before, for the report.
     let mut before = Vec::new();
@@ -127,7 +161,11 @@ pub async fn apply<N: Networkd>(
             }
         }
     }
-    write()?;
+    let changed = write()?;
+    if when == Reload::IfNeeded && !changed && before.iter().all(|(_, s)| s == "unmanaged") {
+        log::debug!("networkd leaves every matching link alone already; not reloaded");
+        return Ok(Vec::new());
+    }
     nd.reload().await?;
     log::info!("systemd-networkd reloaded its configuration");
     let mut done = Vec::new();
@@ -405,6 +443,7 @@ pub(crate) mod tests {
                 Ok(true)
             },
             Cause::Existing,
+            Reload::Always,
         ))
         .unwrap();
         assert_eq!(
@@ -426,6 +465,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn if_needed_reloads_only_for_a_changed_file_or_a_managed_link() {
+        let run = |nd: &FakeNd, changed: bool| {
+            let pats = Pattern::defaults();
+            let when = Reload::IfNeeded;
+            block_on(apply(nd, &pats, || Ok(changed), Cause::Existing, when)).unwrap();
+            nd.calls.borrow_mut().drain(..).collect::<Vec<_>>()
+        };
+        let settled = FakeNd::with(&[("ve-a", "unmanaged"), ("eth0", "configured")]);
+        assert!(run(&settled, false).is_empty());
+        assert_eq!(run(&settled, true), ["reload", "reconfigure 1"]);
+        let taken = FakeNd::with(&[("ve-a", "configuring")]);
+        assert_eq!(run(&taken, false), ["reload", "reconfigure 1"]);
+    }
+
+    #[test]
     fn a_failed_write_calls_nothing() {
         let nd = FakeNd::with(&[("ve-a", "configured")]);
         let e = block_on(apply(
@@ -433,6 +487,7 @@ pub(crate) mod tests {
             &Pattern::defaults(),
             || Err(Error::config("no")),
             Cause::Existing,
+            Reload::Always,
         ))
         .unwrap_err();
         assert_eq!(e.code(), 78);
@@ -440,12 +495,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_file_only_ever_grows_until_removed() {
+        let tmp = testbed::TempDir::new("nmu-nd-merge");
+        let dir = tmp.path().join("network");
+        let g = |p: &[&str]| {
+            globs(
+                &p.iter()
+                    .map(|p| Pattern::parse(p).unwrap())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        assert!(write(&dir, &g(&["ve-*", "vb-*"])).unwrap());
+        // A per-container call adds its name; the same call again changes nothing.
+        assert!(write(&dir, &g(&["interface-name:=ve-web"])).unwrap());
+        assert!(!write(&dir, &g(&["interface-name:=ve-web"])).unwrap());
+        assert!(!write(&dir, &g(&["vb-*"])).unwrap());
+        let text = std::fs::read_to_string(dir.join(NETWORK_FILE)).unwrap();
+        assert!(text.contains("\nName=ve-* vb-* ve-web\n"), "{text}");
+    }
+
+    #[test]
     fn the_file_matches_names_and_leaves_them_unmanaged() {
-        let text = render(&[
-            Pattern::parse("ve-*").unwrap(),
-            Pattern::parse("interface-name:=vb-x").unwrap(),
-        ])
-        .unwrap();
+        let text = render(
+            &globs(&[
+                Pattern::parse("ve-*").unwrap(),
+                Pattern::parse("interface-name:=vb-x").unwrap(),
+            ])
+            .unwrap(),
+        );
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             lines,

@@ -132,7 +132,7 @@ fn check_dir(dir: &Path) -> Result<()> {
 }
 
 /// The file's text, not following a symlink; `None` when it cannot be read.
-fn read_nofollow(path: &Path) -> Option<String> {
+pub(crate) fn read_nofollow(path: &Path) -> Option<String> {
     let mut f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
