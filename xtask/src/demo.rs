@@ -13,8 +13,8 @@ use std::{
 
 use common::lease;
 use testbed::{
-    have_command, http_get_within, HttpServer, Netns, NetworkManager, Sandbox, HOST_UPLINK,
-    OUTSIDE, REQUIRE_PRIVILEGED,
+    have_command, http_get_within, networkd::Networkd, HttpServer, Netns, NetworkManager,
+    Sandbox, HOST_UPLINK, OUTSIDE, REQUIRE_PRIVILEGED,
 };
 
 use crate::{
@@ -197,6 +197,7 @@ struct Host<'a> {
     store: PathBuf,
     host: Netns,
     nm: Option<&'a NetworkManager>,
+    nd: Option<&'a Networkd>,
 }
 
 impl Host<'_> {
@@ -206,11 +207,17 @@ impl Host<'_> {
         self.run(self.host.command("bash"), line, max_lines)
     }
 
-    /// [`Host::sh`] in the sandbox NetworkManager's mount namespace, for nm-unmanage:
-    /// whatever it writes under /run/NetworkManager or /etc/NetworkManager without an
-    /// explicit directory lands in scratch directories there, never in the machine's.
-    fn nm_sh(&self, nm: &NetworkManager, line: &str, max_lines: usize) -> Result<(i32, String)> {
-        self.run(nm.command_in_mounts("bash"), line, max_lines)
+    /// [`Host::sh`] in the sandbox managers' mount namespace (networkd's, whose /run is
+    /// NetworkManager's too, else NetworkManager's), for nm-unmanage: whatever it writes
+    /// under /run or /etc/NetworkManager without an explicit directory lands in scratch
+    /// directories there, never in the machine's.
+    fn managers_sh(&self, line: &str, max_lines: usize) -> Result<(i32, String)> {
+        let c = match (self.nd, self.nm) {
+            (Some(nd), _) => nd.command_in_mounts("bash"),
+            (None, Some(nm)) => nm.command_in_mounts("bash"),
+            (None, None) => return Err("no network manager in the sandbox".into()),
+        };
+        self.run(c, line, max_lines)
     }
 
     fn run(&self, mut c: Command, line: &str, max_lines: usize) -> Result<(i32, String)> {
@@ -234,9 +241,10 @@ impl Host<'_> {
         // Never the machine's own bus: without the sandbox NetworkManager, a socket
         // that does not exist.
         let unreachable = self.store.with_file_name("no-bus");
-        let bus = match self.nm {
-            Some(nm) => nm.bus_address(),
-            None => format!("unix:path={}", unreachable.display()),
+        let bus = match (self.nm, self.nd) {
+            (Some(nm), _) => nm.bus_address(),
+            (None, Some(nd)) => nd.bus_address().to_string(),
+            (None, None) => format!("unix:path={}", unreachable.display()),
         };
         c.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
         let o = c
@@ -275,6 +283,7 @@ fn pipeline(
     let prefix = sandbox.prefix().to_string();
     guard::namespaces(&prefix);
     guard::dir(&NetworkManager::scratch_dir(&prefix));
+    guard::dir(&Networkd::scratch_dir(&prefix));
     let table = in_sandbox(&mut sandbox, tools, scratch, count, require, checks);
     drop(sandbox);
     let table = table?;
@@ -349,6 +358,28 @@ fn in_sandbox(
             ns.name()
         );
     }
+    // systemd-networkd too, when installed: on NetworkManager's bus with its /run, so
+    // that one nm-unmanage sees both (or alone, on a bus of its own).
+    let nd = if Networkd::available() {
+        Some(match &nm {
+            Some(nm) => {
+                let run = nm.scratch().join("run");
+                let dir = Networkd::scratch_dir(sandbox.prefix());
+                let mut nd = Networkd::on_bus(&host, dir, &nm.bus_address(), Some(&run))?;
+                nd.spawn()?;
+                nd
+            }
+            None => Networkd::start(&host, sandbox.prefix())?,
+        })
+    } else {
+        None
+    };
+    if nd.is_some() {
+        sayln!(
+            "  systemd-networkd runs in the host too, with its stock 80-container-ve.network,\n  \
+             which takes every new ve-* veth (a /28, DHCP server, masquerading)"
+        );
+    }
     match &nm {
         Some(_) => sayln!(
             "  NetworkManager runs in the host on a private bus, and manages any new veth\n  \
@@ -363,20 +394,18 @@ fn in_sandbox(
         store: scratch.join("store"),
         host: host.clone(),
         nm: nm.as_ref(),
+        nd: nd.as_ref(),
     };
 
-    if let Some(nm) = &nm {
-        section("nm-unmanage.service: keep NetworkManager off container interfaces");
-        let (code, _) = h.nm_sh(
-            nm,
-            &format!(
-                "nm-unmanage --persist --conf-dir {}",
-                nm.conf_dir().display()
-            ),
+    if nm.is_some() || nd.is_some() {
+        section("nm-unmanage.service: keep the network managers off container interfaces");
+        let conf = nm.as_ref().map(|nm| format!(" --conf-dir {}", nm.conf_dir().display()));
+        let (code, _) = h.managers_sh(
+            &format!("nm-unmanage --persist{}", conf.unwrap_or_default()),
             5,
         )?;
         checks.add(
-            "nm-unmanage --persist: drop-in written, NetworkManager reloaded",
+            "nm-unmanage --persist: drop-in and networkd's file written, managers reloaded",
             code == 0,
         );
     }
@@ -393,9 +422,8 @@ fn in_sandbox(
         )?;
         let iface = env_value(&up, lease::HOST_IFACE).unwrap_or_default();
         let mut ok = checks.add(format!("{name}: ve-alloc | ve-link up"), code == 0);
-        if let Some(nm) = &nm {
-            let (code, _) = h.nm_sh(
-                nm,
+        if nm.is_some() || nd.is_some() {
+            let (code, _) = h.managers_sh(
                 &format!("nm-unmanage --if-running interface-name:={iface}"),
                 5,
             )?;
@@ -462,6 +490,12 @@ fn in_sandbox(
             row.ok &= checks.add(
                 format!("{}: NetworkManager leaves {} alone", row.name, row.iface),
                 row.nm == "unmanaged",
+            );
+        }
+        if let Some(nd) = &nd {
+            row.ok &= checks.add(
+                format!("{}: systemd-networkd leaves {} alone", row.name, row.iface),
+                nd.setup_state(&row.iface).as_deref() == Some("unmanaged"),
             );
         }
     }
