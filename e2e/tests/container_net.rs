@@ -508,6 +508,75 @@ fn network_manager_never_takes_the_addresses_of_a_new_veth() {
     }
 }
 
+#[test]
+fn networkd_never_takes_a_new_veth_or_its_addresses() {
+    if !gate("networkd_never_takes_a_new_veth...", false)
+        || !privileged(
+            "networkd_never_takes...",
+            testbed::networkd::Networkd::COMMANDS,
+        )
+    {
+        return;
+    }
+    // systemd-networkd's stock 80-container-ve.network gives every new ve-* a /28 of
+    // its own 25-105 ms after it appears (nm-unmanage's negative control shows it).
+    let h = Host::with_networkd();
+    let machine = (
+        list_dir(Path::new("/run/systemd/network")),
+        list_dir(Path::new("/etc/systemd/network")),
+    );
+    let nd = h.nd.as_ref().expect("networkd");
+    let containers: Vec<Container> = (0..4).map(|i| h.container(&format!("nd{i}"))).collect();
+    for c in &containers {
+        let o = h
+            .script()
+            .args(["up", &c.name, &c.netns()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "up {}: {}", c.name, stderr(&o));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for c in &containers {
+        let ifname = format!("ve-{}", c.name);
+        let o = h
+            .script()
+            .args(["status", &c.name, &c.netns()])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "status {}: {}{}",
+            c.name,
+            stdout(&o),
+            stderr(&o)
+        );
+        let addrs = h.host.ip(&["-4", "-o", "addr", "show", "dev", &ifname]);
+        assert_eq!(addrs.lines().count(), 1, "{ifname}: {addrs}");
+        assert_eq!(
+            nd.setup_state(&ifname).as_deref(),
+            Some("unmanaged"),
+            "{ifname}"
+        );
+    }
+    // networkd's file is in the sandbox's /run, the machine's directories as before.
+    let file = h
+        .run_dir()
+        .join("systemd/network")
+        .join(nm_unmanage::NETWORK_FILE);
+    assert!(file.exists(), "{}", file.display());
+    for c in &containers {
+        let o = h.script().args(["destroy", &c.name]).output().unwrap();
+        assert!(o.status.success(), "destroy {}: {}", c.name, stderr(&o));
+    }
+    assert_eq!(
+        (
+            list_dir(Path::new("/run/systemd/network")),
+            list_dir(Path::new("/etc/systemd/network")),
+        ),
+        machine
+    );
+}
+
 /// The file names in `dir` (none when it does not exist).
 fn list_dir(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

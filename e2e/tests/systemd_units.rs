@@ -179,9 +179,17 @@ fn nm_unmanage_unit_is_ready_before_network_manager_starts() {
     // NetworkManager waits for that: it never sees a veth without the drop-in.
     assert_eq!(one(&u, "Type"), "notify");
     assert_eq!(one(&u, "After"), "dbus.service");
-    assert_eq!(one(&u, "Before"), "NetworkManager.service");
+    // The same for systemd-networkd and its file (`--manager all`: written even before
+    // networkd runs).
+    assert_eq!(
+        one(&u, "Before"),
+        "NetworkManager.service systemd-networkd.service"
+    );
     assert_eq!(programs(&u), ["nm-unmanage"]);
-    assert_eq!(one(&u, "ExecStart"), "/usr/local/bin/nm-unmanage --watch");
+    assert_eq!(
+        one(&u, "ExecStart"),
+        "/usr/local/bin/nm-unmanage --watch --manager all"
+    );
     assert!(
         !u.contains_key("ExecStartPre"),
         "--persist is the alternative, not a step"

@@ -13,8 +13,8 @@ use std::{
 
 use common::lease;
 use testbed::{
-    have_command, http_get_within, networkd::Networkd, HttpServer, Netns, NetworkManager,
-    Sandbox, HOST_UPLINK, OUTSIDE, REQUIRE_PRIVILEGED,
+    have_command, http_get_within, networkd::Networkd, HttpServer, Netns, NetworkManager, Sandbox,
+    HOST_UPLINK, OUTSIDE, REQUIRE_PRIVILEGED,
 };
 
 use crate::{
@@ -399,7 +399,9 @@ fn in_sandbox(
 
     if nm.is_some() || nd.is_some() {
         section("nm-unmanage.service: keep the network managers off container interfaces");
-        let conf = nm.as_ref().map(|nm| format!(" --conf-dir {}", nm.conf_dir().display()));
+        let conf = nm
+            .as_ref()
+            .map(|nm| format!(" --conf-dir {}", nm.conf_dir().display()));
         let (code, _) = h.managers_sh(
             &format!("nm-unmanage --persist{}", conf.unwrap_or_default()),
             5,

@@ -58,6 +58,8 @@ pub struct Host {
     /// Put first on PATH by `command` when set (a fault-injecting wrapper).
     pub path_first: Option<PathBuf>,
     pub nm: Option<NetworkManager>,
+    /// A sandboxed systemd-networkd ([`Host::with_networkd`]).
+    pub nd: Option<testbed::networkd::Networkd>,
     server: Option<HttpServer>,
     // Dropped last: the namespaces go, with every process still in them.
     sandbox: Sandbox,
@@ -102,9 +104,23 @@ impl Host {
             _run_scratch: run_scratch,
             path_first: None,
             nm,
+            nd: None,
             server: Some(server),
             sandbox,
         }
+    }
+
+    /// The same with a sandboxed systemd-networkd (its stock 80-container-ve.network,
+    /// a bus of its own, no NetworkManager): the host's commands see networkd's /run.
+    pub fn with_networkd() -> Host {
+        let mut h = Host::new(false);
+        let tag = format!("e2e-{}", h.sandbox.prefix());
+        let nd =
+            testbed::networkd::Networkd::start(&h.host, &tag).unwrap_or_else(|e| panic!("{e}"));
+        h.bus = nd.bus_address().to_string();
+        h.run = nd.scratch().join("run");
+        h.nd = Some(nd);
+        h
     }
 
     /// The directory the host's commands see as /run.
@@ -249,6 +265,7 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.server = None;
         self.nm = None;
+        self.nd = None;
     }
 }
 
