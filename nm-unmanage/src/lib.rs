@@ -74,12 +74,15 @@ pub struct Args {
     /// NetworkManager, then unmanage matching devices as NetworkManager announces them,
     /// and again after it restarts; started before NetworkManager, wait for it to
     /// appear; READY=1 to $NOTIFY_SOCKET once the drop-in is in place; stops on SIGTERM
-    /// or SIGINT, removing the drop-in
+    /// or SIGINT, removing the drop-in. For systemd-networkd: its file first, then again
+    /// whenever networkd restarts or reports a matching link taken; the file stays when
+    /// the watcher stops
     #[arg(long)]
     pub watch: bool,
 
     /// Also write a NetworkManager drop-in (unmanaged-devices) into --conf-dir and reload
-    /// NetworkManager's configuration, so it holds without this tool
+    /// NetworkManager's configuration, so it holds without this tool (systemd-networkd:
+    /// its file in --networkd-dir, as every mode)
     #[arg(long)]
     pub persist: bool,
 
@@ -90,7 +93,9 @@ pub struct Args {
     pub runtime: bool,
 
     /// Delete the drop-in written by --persist (with --runtime: by --runtime) and reload
-    /// NetworkManager's configuration
+    /// NetworkManager's configuration; delete networkd's file from --networkd-dir and
+    /// reload networkd, which then takes back existing ve-* links and deletes ve-link's
+    /// addresses on them
     #[arg(long, conflicts_with_all = ["watch", "persist", "patterns"])]
     pub remove: bool,
 

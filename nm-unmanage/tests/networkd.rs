@@ -435,3 +435,26 @@ fn networkd_dir_others_may_write_is_refused_and_a_planted_link_is_not_followed()
         .unwrap()
         .contains("Unmanaged=yes"));
 }
+
+#[test]
+fn a_default_watcher_on_a_networkd_only_host_keeps_networkd_off_and_waits_for_nm() {
+    let Some(mut sb) = NdSandbox::start("nd_watch_default") else {
+        return;
+    };
+    let mon = AddrMonitor::start(&sb.host);
+    let w = Watcher::spawn(tool_in(&sb.nd), &[]);
+    assert!(
+        w.logged(
+            "systemd-networkd reloaded its configuration",
+            Duration::from_secs(10)
+        ),
+        "the watcher did not apply networkd's file"
+    );
+    assert_pairs_left_alone(&mut sb, &mon, "d", 3);
+    // Without NetworkManager its runtime drop-in is written all the same (it takes
+    // effect when NetworkManager starts), and the watcher waits for it.
+    let nm_runtime = sb.nd.scratch().join("run/NetworkManager/conf.d");
+    assert!(nm_runtime.join(nm_unmanage::WATCH_DROP_IN).exists());
+    assert!(w.stop().success());
+    assert!(runtime_file(&sb).exists());
+}

@@ -17,8 +17,9 @@ WHAT:
           options: --runs K (timed allocations per point, default 100)
                    --sizes N,N,...  (default 100,1000,10000,30000)
                    --host-local-sizes N,...  (default 1000,10000)
-  nm      nm-unmanage --watch and --persist against a sandboxed NetworkManager:
-          time from veth creation to unmanaged, DHCP DISCOVERs that got out
+  nm      nm-unmanage --watch and --persist against a sandboxed NetworkManager and
+          systemd-networkd: time from veth creation to unmanaged, DHCP DISCOVERs
+          and networkd addresses that got out
           options: see `cargo xtask bench nm --help`
   nat     ve-nat up/down and the per-container NAT cost, against CNI ptp with ipMasq
           options: --containers N, --runs R
