@@ -70,9 +70,12 @@ pub const MANUAL: Manual = Manual {
              differs",
         ),
         entry(
-            "iptables, iptables-nft, iptables-legacy, ip6tables..., nft",
-            "The programs ve-nat drives (looked up on PATH and in /usr/sbin, /sbin); nft is \
-             only read from, to find other tables' forward chains that drop",
+            "iptables-save, iptables-restore, iptables-nft-*, iptables-legacy-*, ip6tables-*, nft",
+            "The programs ve-nat drives (looked up on PATH and in /usr/sbin, /sbin): per \
+             address family and table one -save to read and at most one \
+             `-restore --noflush` transaction to change; nft only reads the ruleset (other \
+             tables' forward chains that drop) and, after down with iptables-nft, deletes \
+             the tables and built-in chains left empty",
         ),
     ],
     examples: &[
