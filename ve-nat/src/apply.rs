@@ -107,8 +107,8 @@ pub fn up(fw: &dyn Firewall, want: &[ChainRules]) -> Result<bool> {
 
 /// Remove every chain of ours (and earlier versions' staging chains) and the jumps to
 /// them: one transaction per table, nothing run where nothing of ours is. Keeps going
-/// after a failure (a table that refuses the whole is retried chain by chain, so the
-/// other chains still go); returns the errors.
+/// after a failure (a table that refuses the whole is retried one change at a time, so
+/// everything else still goes); returns the errors.
 pub fn down(fw: &dyn Firewall) -> Vec<Error> {
     let mut errors = Vec::new();
     // Reverse install order: stop NATing before stopping forwarding.
@@ -136,9 +136,13 @@ pub fn down(fw: &dyn Firewall) -> Vec<Error> {
         if all.is_empty() || fw.restore(table, &all).is_ok() {
             continue;
         }
+        // One op at a time, as far as each goes: jumps first, so nothing reaches a
+        // chain being flushed.
         for (id, ops) in &per_chain {
-            if let Err(e) = fw.restore(table, ops) {
-                errors.push(e.context(format!("removing {} {}", id.table, id.chain)));
+            for op in ops {
+                if let Err(e) = fw.restore(table, std::slice::from_ref(op)) {
+                    errors.push(e.context(format!("removing {} {}", id.table, id.chain)));
+                }
             }
         }
     }
@@ -679,7 +683,7 @@ mod tests {
     }
 
     #[test]
-    fn down_goes_on_chain_by_chain_when_a_table_refuses() {
+    fn down_goes_on_change_by_change_when_a_table_refuses() {
         let fw = Fake::new();
         up(&fw, &want(&[])).unwrap();
         // Someone else's chain jumps to ve-nat-post: that chain cannot go, the others do.

@@ -183,28 +183,45 @@ impl Iptables {
 
     fn fail(&self, bin: &Path, what: &str, stderr: &[u8], input: Option<&str>) -> Error {
         let text = String::from_utf8_lossy(stderr);
-        let first = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("failed");
-        // Name the line of ours it refused (for the message only).
-        let at = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Error occurred at line: "))
-            .and_then(|n| n.trim().parse::<usize>().ok())
-            .and_then(|n| input?.lines().nth(n.checked_sub(1)?))
-            .map(|l| format!(" (at {l:?})"))
-            .unwrap_or_default();
-        // iptables reports a missing privilege only in its text (its exit status is
-        // the same as for any other failure): this is the one place that reads it.
         let kind = if text.contains("Permission denied") || text.contains("must be root") {
+            // iptables reports a missing privilege only in its text (its exit status is
+            // the same as for any other failure): this is the one place that reads it.
             Kind::Permission
         } else {
             Kind::Os
         };
-        Error::new(kind, format!("{} {what}: {first}{at}", bin.display()))
+        Error::new(
+            kind,
+            format!("{} {what}: {}", bin.display(), describe(&text, input)),
+        )
     }
+}
+
+/// One line from what iptables-save/-restore said: its lines joined (without the usage
+/// hint), and the line of `input` it names, if any (both backends and their errors
+/// word it differently; this is for the message only).
+fn describe(stderr: &str, input: Option<&str>) -> String {
+    let said: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Try `"))
+        .collect();
+    let mut text = if said.is_empty() {
+        "failed".to_string()
+    } else {
+        said.join(" ")
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let n = words.windows(2).find_map(|w| {
+        let is_line = w[0].trim_end_matches(':') == "line";
+        is_line
+            .then(|| w[1].trim_end_matches(':').parse::<usize>().ok())
+            .flatten()
+    });
+    if let Some(l) = n.and_then(|n| input?.lines().nth(n.checked_sub(1)?)) {
+        text.push_str(&format!(" (at {l:?})"));
+    }
+    text
 }
 
 /// `nf_tables` or `legacy`, from `BIN --version`.
@@ -302,6 +319,33 @@ mod tests {
         assert_eq!((post[0].packets, post[0].bytes), (12, 720));
         assert_eq!(post[1].rule, "-m comment --comment \"a b\" -j RETURN");
         assert_eq!(t.rules_of("POSTROUTING")[0].rule, "-j ve-nat-post");
+    }
+
+    #[test]
+    fn errors_name_the_refused_line() {
+        let input = "*nat\n-F a\n-X a\nCOMMIT\n";
+        assert_eq!(
+            describe(
+                "iptables-nft-restore v1.8.9 (nf_tables): \nline 3: CHAIN_DEL failed (Device or resource busy): chain a\n",
+                Some(input)
+            ),
+            "iptables-nft-restore v1.8.9 (nf_tables): line 3: CHAIN_DEL failed (Device or \
+             resource busy): chain a (at \"-X a\")"
+        );
+        assert_eq!(
+            describe("iptables-restore: line 3 failed\n", Some(input)),
+            "iptables-restore: line 3 failed (at \"-X a\")"
+        );
+        assert_eq!(
+            describe(
+                "iptables-restore v1.8.9 (legacy): Couldn't load target `x':No such file\n\n\
+                 Error occurred at line: 2\nTry `iptables-restore -h' for more information.\n",
+                Some(input)
+            ),
+            "iptables-restore v1.8.9 (legacy): Couldn't load target `x':No such file Error \
+             occurred at line: 2 (at \"-F a\")"
+        );
+        assert_eq!(describe("", None), "failed");
     }
 
     #[test]
