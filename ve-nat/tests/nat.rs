@@ -201,6 +201,7 @@ both_backends!(
     localhost_forward,
     loopback_guard,
     down_best_effort,
+    earlier_versions_staging_chains,
 );
 
 fn masquerade(b: &'static str) {
@@ -1378,6 +1379,39 @@ fn down_best_effort(b: &'static str) {
     assert!(left.contains(":ve-nat-post"), "{left}");
     // Once their jump is gone, down finishes.
     t.ipt(false, &["-t", "nat", "-F", "theirs"]);
+    t.nat_ok(&["down"]);
+    assert!(!t.save().contains("ve-nat"), "{}", t.save());
+}
+
+fn earlier_versions_staging_chains(b: &'static str) {
+    if !gate("earlier_versions_staging_chains", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    let _srv = Server::start(&t.out, "192.0.2.2:7777");
+    let up = ["up", "--external", "up0"];
+    t.nat_ok(&up);
+    // What an earlier version's up, killed mid-swap, left: a jumped staging chain
+    // (complete) in place of the old chain, and an unjumped one (maybe half full).
+    t.ipt(
+        false,
+        &["-t", "nat", "-E", "ve-nat-post", "ve-nat-post-new"],
+    );
+    t.ipt(false, &["-N", "ve-nat-fwd-new"]);
+    t.ipt(false, &["-A", "ve-nat-fwd-new", "-j", "RETURN"]);
+    let status = t.nat_ok(&["status", "--json"]);
+    assert!(status.contains(r#""staging_left":true"#), "{status}");
+    let mut check = up.to_vec();
+    check[0] = "check";
+    assert_eq!(code(&t.nat(&check)), 1);
+    t.nat_ok(&up);
+    let after = t.save();
+    assert!(!after.contains("-new"), "{after}");
+    assert_one_jump_per_hook(&after);
+    assert_eq!(code(&t.nat(&check)), 0);
+    assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
+    // And down takes any that are left.
+    t.ipt(false, &["-t", "nat", "-N", "ve-nat-pre-new"]);
     t.nat_ok(&["down"]);
     assert!(!t.save().contains("ve-nat"), "{}", t.save());
 }
