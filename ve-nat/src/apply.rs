@@ -165,6 +165,17 @@ pub fn holds_ours(fw: &dyn Firewall) -> Result<bool> {
     Ok(false)
 }
 
+/// The container interface patterns of the installed rules (one listing of nat).
+pub fn internal_patterns(fw: &dyn Firewall) -> Result<Vec<crate::config::IfPattern>> {
+    let pre: Vec<String> = fw
+        .save(NAT)?
+        .rules_of(rules::PRE.chain)
+        .into_iter()
+        .map(|c| c.rule)
+        .collect();
+    Ok(rules::internal_patterns(&pre))
+}
+
 /// What is installed of ours for one chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installed {

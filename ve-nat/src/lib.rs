@@ -251,6 +251,8 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
         return Err(Error::no_input(iface::missing(ext)));
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
+    // Where the last up may have set route_localnet.
+    let before = apply::internal_patterns(&fws[0]).unwrap_or_default();
     for fw in &fws {
         let want = rules::wanted(req, fw.family);
         if apply::up(fw, &want).map_err(|e| e.context(format!("{} rules", fw.family)))? {
@@ -280,6 +282,7 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
     // route_localnet only once the loopback guard is in place.
     let sys = Sysctl::default();
     sys.apply_localhost(req)?;
+    sys.forget_patterns(&before, req)?;
     // Forwarding only once the rules are there, so nothing leaves un-NATed.
     for fw in &fws {
         if fw.family == Family::Ipv6 {

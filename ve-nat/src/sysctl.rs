@@ -203,6 +203,21 @@ impl Sysctl {
         Ok(diffs)
     }
 
+    /// `up` with other `--internal` patterns than before: `route_localnet` off on the
+    /// interfaces only the `old` patterns match (none of `req.internal` does). Returns
+    /// the interfaces it changed.
+    pub fn forget_patterns(&self, old: &[IfPattern], req: &Request) -> Result<Vec<String>> {
+        let mut changed = Vec::new();
+        for iface in self.matching(old)? {
+            if !req.internal.iter().any(|p| p.matches(&iface))
+                && self.set_route_localnet(&iface, false)?
+            {
+                changed.push(iface);
+            }
+        }
+        Ok(changed)
+    }
+
     /// `down`: `route_localnet` off on every interface one of `patterns` matches (those
     /// of the installed rules, and the default `ve-+`). Call it before the rules go.
     /// Keeps going after a failure; returns the errors.
@@ -304,8 +319,16 @@ mod tests {
         assert_eq!(s.apply_localhost(&req).unwrap(), ["ve-a", "ve-b"]);
         req.localhost = true;
         s.apply_localhost(&req).unwrap();
+        // An up with --internal vb-+ instead: ve-* is left alone by its patterns, so
+        // the old ones say where to turn it off.
+        let old = req.internal.clone();
+        req.internal = vec!["vb-+".parse().unwrap()];
+        assert_eq!(s.apply_localhost(&req).unwrap(), ["vb-c"]);
+        assert_eq!(s.forget_patterns(&old, &req).unwrap(), ["ve-a", "ve-b"]);
+        assert_eq!(s.route_localnet("vb-c").unwrap(), Some(true));
         let pats = ["vb-+".parse().unwrap(), "ve-+".parse().unwrap()];
         assert!(s.clear_route_localnet(&pats).is_empty());
+        assert_eq!(s.route_localnet("vb-c").unwrap(), Some(false));
         assert_eq!(s.route_localnet("ve-b").unwrap(), Some(false));
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -1286,6 +1286,23 @@ fn localhost_forward(b: &'static str) {
         t.route_localnet_on()
     );
     assert!(blocked(&t.host, "127.0.0.1:8080"));
+
+    // Other --internal patterns: route_localnet follows them, off where only the last
+    // up's matched, and down leaves none on.
+    t.add_container_on("vb-c4");
+    let vb = [&["--internal", "vb-*"][..], &fwd].concat();
+    t.nat_ok(&[&["up"][..], &vb].concat());
+    assert_eq!(t.route_localnet_on(), ["vb-c4"]);
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    assert_eq!(t.route_localnet_on(), ["ve-c1", "ve-c2", "ve-c3"]);
+    t.nat_ok(&[&["up"][..], &vb].concat());
+    assert_eq!(t.route_localnet_on(), ["vb-c4"]);
+    t.nat_ok(&["down"]);
+    assert!(
+        t.route_localnet_on().is_empty(),
+        "{:?}",
+        t.route_localnet_on()
+    );
 }
 
 fn loopback_guard(b: &'static str) {
