@@ -36,8 +36,8 @@ pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
         chain. A wildcard interface pattern (default ve-+) covers every container, so \
         adding or removing a container changes no rule.\n\n\
         Port forwards reach the container from outside, from other containers and from \
-        the host itself through any of the host's addresses except loopback \
-        (127.0.0.1/::1 is not covered)."
+        the host itself through any of the host's addresses, 127.0.0.1 included \
+        (--no-localhost: not 127.0.0.1; ::1 is never covered)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -94,6 +94,9 @@ struct Want {
     /// The packet mark bit tagging container connections
     #[arg(long, value_name = "BIT", default_value = "0x2000")]
     mark: String,
+    /// Port forwards do not answer on 127.0.0.1 (no route_localnet on container interfaces)
+    #[arg(long)]
+    no_localhost: bool,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -109,7 +112,7 @@ impl Want {
         } else {
             self.external.clone()
         };
-        Request::new(
+        let mut req = Request::new(
             &external,
             &self.internal,
             &self.internal_ip,
@@ -117,7 +120,9 @@ impl Want {
             &self.forward,
             self.ipv6,
             Some(&self.mark),
-        )
+        )?;
+        req.localhost = !self.no_localhost;
+        Ok(req)
     }
 }
 
@@ -246,6 +251,8 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
         return Err(Error::no_input(iface::missing(ext)));
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
+    // Where the last up may have set route_localnet.
+    let before = apply::internal_patterns(&fws[0]).unwrap_or_default();
     for fw in &fws {
         let want = rules::wanted(req, fw.family);
         if apply::up(fw, &want).map_err(|e| e.context(format!("{} rules", fw.family)))? {
@@ -272,8 +279,11 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
         let have = apply::installed(&fw).ok();
         joined(down_one(&fw, have))?;
     }
-    // Forwarding only once the rules are there, so nothing leaves un-NATed.
+    // route_localnet only once the loopback guard is in place.
     let sys = Sysctl::default();
+    sys.apply_localhost(req)?;
+    sys.forget_patterns(&before, req)?;
+    // Forwarding only once the rules are there, so nothing leaves un-NATed.
     for fw in &fws {
         if fw.family == Family::Ipv6 {
             sys.keep_router_advertisements(ext)?;
@@ -323,16 +333,22 @@ fn joined(errors: Vec<Error>) -> Result<()> {
 }
 
 /// With iptables-nft, after `down`: delete the tables among `tables` that are left
-/// empty (only built-in chains with policy accept), so the ruleset is as before `up`.
-/// Best effort: a failure is a warning.
+/// empty (only built-in chains with policy accept), and in the others the built-in
+/// chains ours hooked that are left idle, so the ruleset is as before `up`. Best
+/// effort: a failure is a warning.
 fn remove_empty_tables(fw: &Iptables, tables: &[&str]) {
-    if fw.kind != "nf_tables" {
+    if fw.kind != "nf_tables" || tables.is_empty() {
         return;
     }
-    for t in tables {
-        if let Err(e) = nft::remove_if_empty(fw.family, t) {
-            log::warn!("{}: {e}", fw.family);
-        }
+    let hooked: Vec<(&str, Vec<&str>)> = tables
+        .iter()
+        .map(|t| {
+            let hooks = rules::CHAINS.iter().filter(|c| c.table == *t);
+            (*t, hooks.map(|c| c.hook).collect())
+        })
+        .collect();
+    if let Err(e) = nft::tidy(fw.family, &hooked) {
+        log::warn!("{}: {e}", fw.family);
     }
 }
 
@@ -357,12 +373,29 @@ fn down_one(fw: &Iptables, have: Option<Vec<apply::Installed>>) -> Vec<Error> {
     errors
 }
 
+/// Where an earlier `up` may have set route_localnet: the patterns of the installed
+/// rules, and the default one (in case the rules are gone already).
+fn localnet_patterns(have: Option<&[apply::Installed]>) -> Vec<config::IfPattern> {
+    let pre: Vec<String> = have
+        .unwrap_or_default()
+        .iter()
+        .filter(|i| i.id == rules::PRE)
+        .flat_map(|i| i.rules.iter().map(|c| c.rule.clone()))
+        .collect();
+    let mut pats = rules::internal_patterns(&pre);
+    pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
+    pats
+}
+
 fn down(backend: Option<Backend>) -> Result<()> {
     need_net_admin()?;
     let mut errors = Vec::new();
     let v4 = Iptables::open(backend, Family::Ipv4)?;
     let _lock = lock::acquire(LOCK_WAIT)?;
-    errors.extend(down_one(&v4, apply::installed(&v4).ok()));
+    let have = apply::installed(&v4).ok();
+    // route_localnet off while the loopback guard is still there.
+    errors.extend(Sysctl::default().clear_route_localnet(&localnet_patterns(have.as_deref())));
+    errors.extend(down_one(&v4, have));
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
         if let Some(have) = ours_in_unused(&v6).filter(|h| has_any(h)) {
             errors.extend(
@@ -403,6 +436,7 @@ fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
             diffs.push(format!("{} is not 1", Sysctl::name(fw.family)));
         }
     }
+    diffs.extend(sys.localhost_differences(req)?);
     if let Some(have) = other.as_ref().and_then(ours_in_unused) {
         for d in apply::differences(&have, None) {
             diffs.push(format!("IPv6: {d}"));
