@@ -6,7 +6,6 @@
 //! - [`netns`]: running test code on a thread inside a namespace.
 //! - [`host`]: the sandbox host's uplink to an "outside" namespace.
 //! - [`http`]: HTTP served and fetched inside namespaces.
-//! - [`nat`]: ve-nat's topology (ctr -- host -- out) and peer-address servers.
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
 //! - [`process`]: stopping children, polling.
 //!
@@ -14,7 +13,6 @@
 
 pub mod host;
 pub mod http;
-pub mod nat;
 pub mod netns;
 pub mod nm;
 pub mod privilege;
