@@ -357,6 +357,9 @@ pub struct Request {
     pub forwards: Vec<Forward>,
     pub ipv6: bool,
     pub mark: u32,
+    /// Port forwards answer on 127.0.0.1 of the host too (route_localnet on the
+    /// container interfaces, guarded). On by default; `--no-localhost` turns it off.
+    pub localhost: bool,
 }
 
 /// The default container interfaces: every routed container veth.
@@ -464,7 +467,15 @@ impl Request {
             forwards: fwds,
             ipv6,
             mark,
+            localhost: true,
         })
+    }
+
+    /// Whether localhost forwards are in effect: wanted, and an IPv4 forward to answer
+    /// on 127.0.0.1 (::1 cannot be forwarded: see the README). Without one, ve-nat
+    /// opens nothing on loopback.
+    pub fn localhost_forwards(&self) -> bool {
+        self.localhost && self.forwards.iter().any(|f| f.family() == Family::Ipv4)
     }
 
     /// The families this request installs rules for.

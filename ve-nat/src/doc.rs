@@ -63,6 +63,13 @@ pub const MANUAL: Manual = Manual {
              so router advertisements keep working",
         ),
         entry(
+            "/proc/sys/net/ipv4/conf/*/route_localnet",
+            "Set to 1 by up on each existing interface an --internal pattern matches, when \
+             there is an IPv4 port forward (so it answers on 127.0.0.1), and to 0 by \
+             up --no-localhost and by down; check reports a matching interface where it \
+             differs",
+        ),
+        entry(
             "iptables, iptables-nft, iptables-legacy, ip6tables..., nft",
             "The programs ve-nat drives (looked up on PATH and in /usr/sbin, /sbin); nft is \
              only read from, to find other tables' forward chains that drop",
@@ -80,6 +87,11 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-nat up --external eth0 --forward tcp:8080:10.233.1.2:80",
             "The same, plus port 8080 of the host forwarded to a container's port 80",
+        ),
+        entry(
+            "curl http://127.0.0.1:8080/",
+            "After the example above: the host reaches the container's port 80 through its \
+             loopback too (not with --no-localhost)",
         ),
         entry(
             "ve-nat check --external eth0 --forward tcp:8080:10.233.1.2:80",

@@ -46,8 +46,8 @@ pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
         or an iptables FORWARD chain drops, as Docker's does (then iptables-nft, which \
         puts its accepts there).\n\n\
         Port forwards reach the container from outside, from other containers and from \
-        the host itself through any of the host's addresses except loopback \
-        (127.0.0.1/::1 is not covered)."
+        the host itself through any of the host's addresses, 127.0.0.1 included \
+        (--no-localhost: not 127.0.0.1; ::1 is never covered)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -104,6 +104,9 @@ struct Want {
     /// The packet mark bit tagging container connections
     #[arg(long, value_name = "BIT", default_value = "0x2000")]
     mark: String,
+    /// Port forwards do not answer on 127.0.0.1 (no route_localnet on container interfaces)
+    #[arg(long)]
+    no_localhost: bool,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -119,7 +122,7 @@ impl Want {
         } else {
             self.external.clone()
         };
-        Request::new(
+        let mut req = Request::new(
             &external,
             &self.internal,
             &self.internal_ip,
@@ -127,7 +130,9 @@ impl Want {
             &self.forward,
             self.ipv6,
             Some(&self.mark),
-        )
+        )?;
+        req.localhost = !self.no_localhost;
+        Ok(req)
     }
 }
 
@@ -347,6 +352,8 @@ fn up_nftables(req: &Request) -> Result<()> {
     }
     joined(remove_from_iptables(&rs))?;
     let sys = Sysctl::default();
+    // route_localnet only once the loopback guard (in the table) is in place.
+    sys.apply_localhost(req)?;
     for f in req.families() {
         if f == Family::Ipv6 {
             sys.keep_router_advertisements(ext)?;
@@ -406,8 +413,10 @@ fn up_iptables(req: &Request, backend: Option<Backend>) -> Result<()> {
         joined(down_one(&fw, have))?;
     }
     remove_native(nft::ruleset().as_deref())?;
-    // Forwarding only once the rules are there, so nothing leaves un-NATed.
+    // route_localnet only once the loopback guard is in place.
     let sys = Sysctl::default();
+    sys.apply_localhost(req)?;
+    // Forwarding only once the rules are there, so nothing leaves un-NATed.
     for fw in &fws {
         if fw.family == Family::Ipv6 {
             sys.keep_router_advertisements(ext)?;
@@ -464,7 +473,16 @@ fn remove_empty_tables(fw: &Iptables, tables: &[&str]) {
         return;
     }
     for t in tables {
-        if let Err(e) = nft::remove_if_empty(fw.family, t) {
+        let hooks: Vec<&str> = rules::CHAINS
+            .iter()
+            .filter(|c| c.table == *t)
+            .map(|c| c.hook)
+            .collect();
+        let tidy = nft::remove_if_empty(fw.family, t).and_then(|gone| match gone {
+            true => Ok(()),
+            false => nft::remove_idle_builtin_chains(fw.family, t, &hooks),
+        });
+        if let Err(e) = tidy {
             log::warn!("{}: {e}", fw.family);
         }
     }
@@ -491,6 +509,20 @@ fn down_one(fw: &Iptables, have: Option<Vec<apply::Installed>>) -> Vec<Error> {
     errors
 }
 
+/// Where an earlier `up` may have set route_localnet: the patterns of the installed
+/// rules, and the default one (in case the rules are gone already).
+fn localnet_patterns(have: Option<&[apply::Installed]>) -> Vec<config::IfPattern> {
+    let pre: Vec<String> = have
+        .unwrap_or_default()
+        .iter()
+        .filter(|i| i.id == rules::PRE)
+        .flat_map(|i| i.rules.iter().map(|c| c.rule.clone()))
+        .collect();
+    let mut pats = rules::internal_patterns(&pre);
+    pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
+    pats
+}
+
 fn down(name: BackendName) -> Result<()> {
     need_net_admin()?;
     let rs = nft::ruleset();
@@ -500,7 +532,10 @@ fn down(name: BackendName) -> Result<()> {
             native::nft(&["--version"], None)?;
             let _lock = lock::acquire(LOCK_WAIT)?;
             let rs = native::ruleset()?;
-            let mut errors = Vec::new();
+            let mut pats = nft_table::internal_patterns(&rs);
+            pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
+            // route_localnet off while the loopback guard is still there.
+            let mut errors = Sysctl::default().clear_route_localnet(&pats);
             match native::down(&rs) {
                 Ok(true) => log::info!("table inet ve-nat removed"),
                 Ok(false) => log::info!("table inet ve-nat was not there"),
@@ -517,10 +552,13 @@ fn down_iptables(backend: Option<Backend>) -> Result<()> {
     let mut errors = Vec::new();
     let v4 = Iptables::open(backend, Family::Ipv4)?;
     let _lock = lock::acquire(LOCK_WAIT)?;
+    let have = apply::installed(&v4).ok();
+    // route_localnet off while the loopback guard is still there.
+    errors.extend(Sysctl::default().clear_route_localnet(&localnet_patterns(have.as_deref())));
     if let Err(e) = remove_native(nft::ruleset().as_deref()) {
         errors.push(e);
     }
-    errors.extend(down_one(&v4, apply::installed(&v4).ok()));
+    errors.extend(down_one(&v4, have));
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
         if let Some(have) = ours_in_unused(&v6).filter(|h| has_any(h)) {
             errors.extend(
@@ -567,6 +605,7 @@ fn check_nftables(req: &Request) -> Result<Vec<String>> {
             diffs.push(format!("{} is not 1", Sysctl::name(f)));
         }
     }
+    diffs.extend(sys.localhost_differences(req)?);
     for fw in iptables_holding_ours(&rs) {
         diffs.push(format!(
             "{}: ve-nat's chains are in the {} iptables backend too, and both apply \
@@ -606,6 +645,7 @@ fn check_iptables(req: &Request, backend: Option<Backend>) -> Result<Vec<String>
             diffs.push(format!("{} is not 1", Sysctl::name(fw.family)));
         }
     }
+    diffs.extend(sys.localhost_differences(req)?);
     if let Some(have) = other.as_ref().and_then(ours_in_unused) {
         for d in apply::differences(&have, None) {
             diffs.push(format!("IPv6: {d}"));

@@ -191,6 +191,61 @@ pub fn remove_if_empty(family: Family, table: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// The built-in chains of `table` that hold no rule and accept, as `nft -j` lists them:
+/// the ones iptables-nft made only for ve-nat's jump (it creates a base chain at its
+/// first rule). Such a chain filters nothing; deleting it changes no packet's fate.
+fn idle_builtin_chains(ruleset: &[Value], family: &str, table: &str) -> Vec<String> {
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let mut idle: Vec<String> = ruleset
+        .iter()
+        .filter_map(|i| i.get("chain"))
+        .filter(|c| s(c, "family") == family && s(c, "table") == table)
+        .filter(|c| c.get("hook").is_some() && s(c, "policy") == "accept")
+        .map(|c| s(c, "name"))
+        .filter(|n| builtin(table).contains(&n.as_str()))
+        .collect();
+    for r in ruleset.iter().filter_map(|i| i.get("rule")) {
+        if s(r, "family") == family && s(r, "table") == table {
+            idle.retain(|c| *c != s(r, "chain"));
+        }
+    }
+    idle
+}
+
+/// After `down` with iptables-nft, in a table that stays (it holds someone else's
+/// rules): delete the built-in chains among `hooks` that are left idle (see
+/// `idle_builtin_chains`), so `nft list ruleset` is as before `up`.
+pub fn remove_idle_builtin_chains(family: Family, table: &str, hooks: &[&str]) -> Result<()> {
+    let Some(rs) = ruleset() else {
+        return Ok(());
+    };
+    let fam = nft_family(family);
+    for chain in idle_builtin_chains(&rs, fam, table) {
+        if !hooks.contains(&chain.as_str()) {
+            continue;
+        }
+        let out = Command::new("nft")
+            .args(["delete", "chain", fam, table, &chain])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::unavailable(format!("running nft: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::new(
+                common::Kind::Os,
+                format!(
+                    "nft delete chain {fam} {table} {chain}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                ),
+            ));
+        }
+        log::debug!("removed the idle chain {fam} {table} {chain}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +287,14 @@ mod tests {
         let other = rs(r#"{"nftables": [{"table": {"family": "ip", "name": "nat"}},
             {"chain": {"family": "ip", "table": "nat", "name": "mine"}}]}"#);
         assert!(!empty_table(&other, "ip", "nat"));
+        let idle = rs(
+            r#"{"nftables": [{"table": {"family": "ip", "name": "filter"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "hook": "input", "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "OUTPUT", "hook": "output", "policy": "drop"}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "expr": []}}]}"#,
+        );
+        assert_eq!(idle_builtin_chains(&idle, "ip", "filter"), ["INPUT"]);
     }
 
     #[test]

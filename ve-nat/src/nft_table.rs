@@ -10,7 +10,11 @@
 //! interfaces (or `--internal-ip` sources) in prerouting, masquerade (or SNAT) of marked
 //! connections leaving on the external interface, DNAT of any local address in prerouting
 //! and output (loopback excluded), masquerade of hairpinned forwards, and accepts in
-//! forward. Port forwards are elements, one per port, of the maps `fwd4`/`fwd6`
+//! forward. Localhost forwards (IPv4, on unless `--no-localhost`): output DNATs
+//! 127.0.0.0/8 too, and such a connection leaving on a container interface is
+//! masqueraded; the `input` chain always holds the CVE-2020-8558 guard, which drops
+//! anything to 127.0.0.0/8 that did not come in on `lo` and was not DNATed.
+//! Port forwards are elements, one per port, of the maps `fwd4`/`fwd6`
 //! (`PROTO . HOST_PORT : ADDR`) and `port4`/`port6` (`PROTO . HOST_PORT : PORT`; nft 1.0.6,
 //! Debian 12's, cannot read a concatenated map value in JSON), with the sets `dst4`/`dst6`
 //! of their destinations for the forward accept: adding a forward adds elements, no rule.
@@ -32,11 +36,12 @@ pub const TABLE: &str = "ve-nat";
 
 /// Our base chains: name, type, hook, priority (nft's names: dstnat -100, srcnat 100,
 /// filter 0; nat output has no name, -100 as iptables' nat OUTPUT).
-pub const CHAINS: [(&str, NfChainType, NfHook, i32); 4] = [
+pub const CHAINS: [(&str, NfChainType, NfHook, i32); 5] = [
     ("prerouting", NfChainType::NAT, NfHook::Prerouting, -100),
     ("output", NfChainType::NAT, NfHook::Output, -100),
     ("postrouting", NfChainType::NAT, NfHook::Postrouting, 100),
     ("forward", NfChainType::Filter, NfHook::Forward, 0),
+    ("input", NfChainType::Filter, NfHook::Input, 0),
 ];
 
 /// A whole wanted table: every object `add` needs, table first.
@@ -370,14 +375,19 @@ fn chain_rules(req: &Request) -> Vec<(&'static str, Vec<Vec<Statement<'static>>>
         pre.push(vec![local_daddr(), counter(), dnat_map(*f)]);
     }
 
+    // The kernel never routes a reply to ::1 that arrives on another interface (IPv6
+    // has no route_localnet), so ::1 stays excluded.
+    let localhost = req.localhost_forwards();
     let mut out = Vec::new();
     for f in &fams {
-        out.push(vec![
-            matches(payload(proto(*f), "daddr"), Operator::NEQ, loopback(*f)),
-            local_daddr(),
-            counter(),
-            dnat_map(*f),
-        ]);
+        let mut r = vec![local_daddr(), counter(), dnat_map(*f)];
+        if !(localhost && *f == Family::Ipv4) {
+            r.insert(
+                0,
+                matches(payload(proto(*f), "daddr"), Operator::NEQ, loopback(*f)),
+            );
+        }
+        out.push(r);
     }
 
     let mut post = Vec::new();
@@ -425,6 +435,31 @@ fn chain_rules(req: &Request) -> Vec<(&'static str, Vec<Vec<Statement<'static>>>
             ]));
         }
     }
+
+    if localhost {
+        for p in &req.internal {
+            post.push(vec![
+                eq(payload("ip", "saddr"), loopback(Family::Ipv4)),
+                ifname(MetaKey::Oifname, p),
+                counter(),
+                Statement::Masquerade(None),
+            ]);
+        }
+    }
+
+    let input = vec![vec![
+        eq(payload("ip", "daddr"), loopback(Family::Ipv4)),
+        matches(meta(MetaKey::Iifname), Operator::NEQ, s("lo")),
+        eq(
+            Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(
+                ct("status"),
+                s("dnat"),
+            ))),
+            Expression::Number(0),
+        ),
+        counter(),
+        Statement::Drop(None),
+    ]];
 
     let mut fwd = Vec::new();
     for p in &req.internal {
@@ -476,6 +511,7 @@ fn chain_rules(req: &Request) -> Vec<(&'static str, Vec<Vec<Statement<'static>>>
         ("output", out),
         ("postrouting", post),
         ("forward", fwd),
+        ("input", input),
     ]
 }
 
@@ -506,13 +542,21 @@ pub fn wanted_values(objs: &[NfListObject<'_>]) -> Vec<Value> {
         .collect()
 }
 
-/// Handles and counter values out, set elements sorted.
+/// Handles and counter values out, set elements sorted, and nft's short form of a
+/// zero flag test (`ct status ! dnat`, op `!`) back to the `& FLAG == 0` we write.
 fn normalize(v: &Value) -> Value {
     let mut v = v.clone();
     fn walk(v: &mut Value) {
         match v {
             Value::Object(m) => {
                 m.remove("handle");
+                if m.get("op").and_then(Value::as_str) == Some("!") {
+                    if let (Some(l), Some(r)) = (m.remove("left"), m.remove("right")) {
+                        m.insert("op".into(), Value::from("=="));
+                        m.insert("left".into(), serde_json::json!({ "&": [l, r] }));
+                        m.insert("right".into(), Value::from(0));
+                    }
+                }
                 if let Some(Value::Object(c)) = m.get_mut("counter") {
                     c.insert("packets".into(), Value::from(0));
                     c.insert("bytes".into(), Value::from(0));
@@ -530,6 +574,35 @@ fn normalize(v: &Value) -> Value {
     }
     walk(&mut v);
     v
+}
+
+/// The container interface patterns of our installed prerouting rules (`iifname
+/// "ve-*" ... mark set`), as `ve-+` patterns: where an earlier `up` may have set
+/// `route_localnet`.
+pub fn internal_patterns(ruleset: &[Value]) -> Vec<IfPattern> {
+    let mut out = Vec::new();
+    for r in ours(ruleset).iter().filter_map(|o| o.get("rule")) {
+        if r["chain"] != "prerouting" {
+            continue;
+        }
+        for st in r["expr"].as_array().into_iter().flatten() {
+            let m = &st["match"];
+            if m["left"]["meta"]["key"] == "iifname" && m["op"] == "==" {
+                if let Some(name) = m["right"].as_str() {
+                    let pat = match name.strip_suffix('*') {
+                        Some(stem) => format!("{stem}+"),
+                        None => name.to_string(),
+                    };
+                    if let Ok(p) = pat.parse::<IfPattern>() {
+                        if !out.contains(&p) {
+                            out.push(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A short name of one object for messages: `chain forward`, `map fwd4`, `rule in

@@ -2,9 +2,9 @@
 //! traffic, in sandbox namespaces (testbed::nat: ctr -- host -- out).
 
 use std::{
-    io::Read,
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::Output,
+    process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -13,14 +13,104 @@ use std::{
 };
 
 use testbed::{
-    nat::{blocked, fetch, seen, udp_ask, Server, Topo, UdpServer},
+    nat::{
+        blocked, fetch, route_loopback_to_host, seen, udp_ask, NatNet, PeerServer as Server,
+        UdpPeerServer as UdpServer,
+    },
     privileged, spawn_in, TempDir,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
 
+/// The shared topology plus ve-nat run in its host namespace with one backend.
+struct Topo {
+    net: NatNet,
+    lockdir: TempDir,
+    backend: &'static str,
+}
+
+impl std::ops::Deref for Topo {
+    type Target = NatNet;
+    fn deref(&self) -> &NatNet {
+        &self.net
+    }
+}
+
+impl Topo {
+    fn new(backend: &'static str, n: usize, v6: bool) -> Topo {
+        Topo {
+            net: NatNet::new(n, v6),
+            lockdir: TempDir::new("ve-nat-lock"),
+            backend,
+        }
+    }
+
+    /// VE_NAT_LOCK_DIR, never the machine's /run/ve-nat.
+    fn lock_dir(&self) -> std::path::PathBuf {
+        self.lockdir.path().join("ve-nat")
+    }
+
+    fn nat_cmd(&self, args: &[&str]) -> Command {
+        self.nat_cmd_with(self.backend, args)
+    }
+
+    fn nat_cmd_with(&self, backend: &str, args: &[&str]) -> Command {
+        let mut c = self.host.command(BIN);
+        c.args(args)
+            .args(["--backend", backend])
+            .env("VE_NAT_LOCK_DIR", self.lock_dir())
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    fn nat(&self, args: &[&str]) -> Output {
+        let out = self.nat_cmd(args).output().expect("running ve-nat");
+        eprintln!("ve-nat {args:?}: {} {}", out.status, stderr(&out).trim());
+        out
+    }
+
+    fn nat_ok(&self, args: &[&str]) -> String {
+        let out = self.nat(args);
+        assert!(out.status.success(), "ve-nat {args:?} failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `nft ARGS` in the host namespace; must succeed.
+    fn nft(&self, args: &[&str]) -> String {
+        let out = self.host.command("nft").args(args).output().unwrap();
+        assert!(out.status.success(), "nft {args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `nft -f -` with `script` in the host namespace; must succeed.
+    fn nft_script(&self, script: &str) {
+        let mut child = self
+            .host
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "nft -f: {}", stderr(&out));
+    }
+
+    /// `iptables-B-save` and `ip6tables-B-save` output.
+    fn save_of(&self, b: &str) -> String {
+        self.host
+            .sh(&format!("iptables-{b}-save; ip6tables-{b}-save"))
+    }
+}
+
 fn topo(n: usize, v6: bool) -> Topo {
-    Topo::new(BIN, "nftables", n, v6)
+    Topo::new("nftables", n, v6)
 }
 
 fn gate(test: &str) -> bool {
@@ -371,7 +461,7 @@ fn auto_picks_as_documented() {
     };
 
     // A plain host: nftables.
-    let t = Topo::new(BIN, "auto", 1, false);
+    let t = Topo::new("auto", 1, false);
     let _srv = Server::start(&t.out, "192.0.2.2:7777");
     let log = nat_auto(&t, &up);
     assert!(log.contains("Nftables"), "{log}");
@@ -389,7 +479,7 @@ fn auto_picks_as_documented() {
     assert!(!has_ours(&t));
 
     // Docker-style iptables FORWARD DROP: iptables-nft, whose accepts go there.
-    let t = Topo::new(BIN, "auto", 1, false);
+    let t = Topo::new("auto", 1, false);
     let _srv = Server::start(&t.out, "192.0.2.2:7777");
     t.forwarding_on();
     t.host.sh("iptables-nft -P FORWARD DROP");
@@ -406,7 +496,7 @@ fn auto_picks_as_documented() {
     assert_eq!(code(&c), 0, "{}", stderr(&c));
 
     // iptables-legacy rules in use: iptables-legacy.
-    let t = Topo::new(BIN, "auto", 1, false);
+    let t = Topo::new("auto", 1, false);
     let _srv = Server::start(&t.out, "192.0.2.2:7777");
     t.host
         .sh("iptables-legacy -A INPUT -s 198.51.100.9 -j DROP");
@@ -433,4 +523,113 @@ fn bad_backend_and_missing_nft() {
     assert_eq!(code(&o), 69, "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     assert!(!has_ours(&t));
+}
+
+#[test]
+fn localhost_forward() {
+    if !gate("localhost_forward") {
+        return;
+    }
+    let t = topo(2, true);
+    let _web = Server::start(&t.ctrs[0], "10.233.1.2:80");
+    let _web6 = Server::start(&t.ctrs[0], "[fd00:1::2]:80");
+    assert!(blocked(&t.host, "127.0.0.1:8080"), "reachable before up");
+    let fwd = [
+        "--external",
+        "up0",
+        "--ipv6",
+        "--forward",
+        "tcp:8080:10.233.1.2:80",
+        "--forward",
+        "tcp:8080:[fd00:1::2]:80",
+    ];
+    let no = [&fwd[..], &["--no-localhost"]].concat();
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    // Masqueraded to the host's address on ve-c1: the container answers the host.
+    assert_eq!(seen(&t.host, "127.0.0.1:8080"), "10.233.1.1");
+    assert_eq!(seen(&t.host, "127.0.0.2:8080"), "10.233.1.1");
+    // ::1 is not forwarded (measured: the kernel drops the reply, see the README);
+    // the host's own IPv6 address is.
+    assert!(blocked(&t.host, "[::1]:8080"));
+    assert_eq!(seen(&t.host, "[2001:db8::1]:8080"), "2001:db8::1");
+    assert_eq!(t.route_localnet_on(), ["ve-c1", "ve-c2"]);
+    assert_eq!(code(&t.nat(&[&["check"][..], &fwd].concat())), 0);
+    assert_eq!(code(&t.nat(&[&["check"][..], &no].concat())), 1);
+
+    // --no-localhost: off again, the forward itself still works.
+    t.nat_ok(&[&["up"][..], &no].concat());
+    assert!(
+        blocked(&t.host, "127.0.0.1:8080"),
+        "--no-localhost forwarded"
+    );
+    assert!(
+        t.route_localnet_on().is_empty(),
+        "{:?}",
+        t.route_localnet_on()
+    );
+    assert_eq!(seen(&t.host, "192.0.2.1:8080"), "192.0.2.1");
+    assert_eq!(code(&t.nat(&[&["check"][..], &no].concat())), 0);
+
+    // down leaves no route_localnet on, and loopback unforwarded.
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    assert_eq!(seen(&t.host, "127.0.0.1:8080"), "10.233.1.1");
+    t.nat_ok(&["down"]);
+    assert!(
+        t.route_localnet_on().is_empty(),
+        "{:?}",
+        t.route_localnet_on()
+    );
+    assert!(blocked(&t.host, "127.0.0.1:8080"));
+}
+
+#[test]
+fn loopback_guard() {
+    if !gate("loopback_guard") {
+        return;
+    }
+    let t = topo(1, false);
+    t.forwarding_on();
+    // A service of the host's that listens on loopback only.
+    let _private = Server::start(&t.host, "127.0.0.1:9999");
+    let ctr = &t.ctrs[0];
+    route_loopback_to_host(ctr, "10.233.1.1");
+    assert!(
+        blocked(ctr, "127.0.0.1:9999"),
+        "reachable with route_localnet off"
+    );
+    let fwd = ["--external", "up0", "--forward", "tcp:8080:10.233.1.2:80"];
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    assert_eq!(t.route_localnet("ve-c1"), Some(true));
+    assert!(
+        blocked(ctr, "127.0.0.1:9999"),
+        "a container reached the host's loopback"
+    );
+    // It is the guard that blocks: without it the hole is open.
+    let table = ours(&t);
+    let handle = table
+        .lines()
+        .find(|l| l.contains("ct status ! dnat") && l.contains("drop"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .unwrap_or_else(|| panic!("no guard in {table}"))
+        .trim()
+        .to_string();
+    t.nft(&[
+        "delete", "rule", "inet", "ve-nat", "input", "handle", &handle,
+    ]);
+    assert_eq!(
+        seen(ctr, "127.0.0.1:9999"),
+        "10.233.1.2",
+        "the hole is not open"
+    );
+    assert_eq!(code(&t.nat(&[&["check"][..], &fwd].concat())), 1);
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    assert!(blocked(ctr, "127.0.0.1:9999"));
+    // The guard stays with --no-localhost, for a route_localnet set by someone else.
+    t.nat_ok(&[&["up"][..], &fwd, &["--no-localhost"]].concat());
+    t.host
+        .sh("echo 1 > /proc/sys/net/ipv4/conf/ve-c1/route_localnet");
+    assert!(blocked(ctr, "127.0.0.1:9999"));
+    t.nat_ok(&["down"]);
+    assert_eq!(t.route_localnet("ve-c1"), Some(false));
+    assert!(blocked(ctr, "127.0.0.1:9999"));
 }
