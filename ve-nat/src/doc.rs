@@ -26,12 +26,13 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::Unavailable,
-            "no iptables (of the requested backend) is installed",
+            "the chosen backend's program is not installed (nft for nftables, iptables-nft or \
+             iptables-legacy)",
         ),
         exit(Exit::Software, "a bug in ve-nat"),
         exit(
             Exit::OsErr,
-            "iptables or the kernel refused a change, or a sysctl could not be written",
+            "nft, iptables or the kernel refused a change, or a sysctl could not be written",
         ),
         exit(
             Exit::TempFail,
@@ -70,9 +71,11 @@ pub const MANUAL: Manual = Manual {
              differs",
         ),
         entry(
-            "iptables, iptables-nft, iptables-legacy, ip6tables..., nft",
-            "The programs ve-nat drives (looked up on PATH and in /usr/sbin, /sbin); nft is \
-             only read from, to find other tables' forward chains that drop",
+            "nft, iptables, iptables-nft, iptables-legacy, ip6tables...",
+            "The programs ve-nat drives (looked up on PATH): nft writes table inet ve-nat \
+             (--backend nftables, one transaction per up) and is read for other tables' \
+             forward chains that drop and for what --backend auto picks; iptables-*-save \
+             is read only when the kernel lists a legacy table",
         ),
     ],
     examples: &[
@@ -96,6 +99,11 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-nat check --external eth0 --forward tcp:8080:10.233.1.2:80",
             "Exit 0 when that is exactly what is installed, 1 if not",
+        ),
+        entry(
+            "ve-nat up --external eth0 --backend nftables -v",
+            "Write table inet ve-nat with nft (auto, the default, says on -v what it \
+             picked and why)",
         ),
         entry(
             "ve-nat status --json",

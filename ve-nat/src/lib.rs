@@ -76,7 +76,7 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct BackendArg {
-    /// Which backend writes the rules (see above for what auto picks)
+    /// Which backend writes the rules (`ve-nat --help` says what auto picks)
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendName,
 }
@@ -86,7 +86,7 @@ struct Want {
     /// The interface towards the outside network; `auto`: the default route's (IPv4, else IPv6)
     #[arg(long, value_name = "IFACE|auto")]
     external: String,
-    /// Container interfaces, iptables wildcard `ve-+` or `ve-*` [default: ve-+]
+    /// Container interfaces, wildcard `ve-+` or `ve-*` (nft: "ve-*") [default: ve-+]
     #[arg(long, value_name = "IFACE_PATTERN")]
     internal: Vec<String>,
     /// Also NAT traffic from these source networks
@@ -98,7 +98,7 @@ struct Want {
     /// Port forward, e.g. tcp:8080:10.233.1.2:80 or udp:5000-5009:[fd00::2]:5000-5009
     #[arg(long, value_name = "PROTO:HOST_PORT[-END]:ADDR:PORT[-END]")]
     forward: Vec<String>,
-    /// The same for IPv6 with ip6tables (NAT66), and IPv6 forwarding
+    /// The same for IPv6 (NAT66; ip6tables, or the inet table with nftables), and IPv6 forwarding
     #[arg(long)]
     ipv6: bool,
     /// The packet mark bit tagging container connections
