@@ -255,19 +255,18 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The backend `name` stands for; `auto` decides from the ruleset and the legacy
 /// tables (see `backend`).
-fn choose(name: BackendName, ruleset: Option<&[serde_json::Value]>) -> Chosen {
+fn choose(name: BackendName) -> Chosen {
     if let Some(c) = name.explicit() {
         return c;
     }
-    let (c, why) = backend::pick(&backend::Facts::read(ruleset));
+    let (c, why) = backend::pick(&backend::Facts::read(nft::ruleset().as_deref()));
     log::info!("--backend auto: {c:?} ({why})");
     c
 }
 
 fn up(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
-    let rs = nft::ruleset();
-    match choose(name, rs.as_deref()) {
+    match choose(name) {
         Chosen::Nftables => up_nftables(req),
         Chosen::Iptables(b) => up_iptables(req, b),
     }
@@ -339,7 +338,7 @@ fn remove_from_iptables(ruleset: &[serde_json::Value]) -> Vec<Error> {
 fn up_nftables(req: &Request) -> Result<()> {
     let ext = req.external.as_str();
     // nft is needed before anything else is looked at (exit 69 without it).
-    native::nft(&["--version"], None)?;
+    native::installed()?;
     if !iface::exists(ext)? {
         return Err(Error::no_input(iface::missing(ext)));
     }
@@ -525,11 +524,10 @@ fn localnet_patterns(have: Option<&[apply::Installed]>) -> Vec<config::IfPattern
 
 fn down(name: BackendName) -> Result<()> {
     need_net_admin()?;
-    let rs = nft::ruleset();
-    match choose(name, rs.as_deref()) {
+    match choose(name) {
         Chosen::Nftables => {
             // nft is needed (exit 69 without it).
-            native::nft(&["--version"], None)?;
+            native::installed()?;
             let _lock = lock::acquire(LOCK_WAIT)?;
             let rs = native::ruleset()?;
             let mut pats = nft_table::internal_patterns(&rs);
@@ -583,8 +581,7 @@ fn down_iptables(backend: Option<Backend>) -> Result<()> {
 
 fn check(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
-    let rs = nft::ruleset();
-    let diffs = match choose(name, rs.as_deref()) {
+    let diffs = match choose(name) {
         Chosen::Nftables => check_nftables(req)?,
         Chosen::Iptables(b) => check_iptables(req, b)?,
     };
@@ -738,8 +735,7 @@ fn family_status(fw: &Iptables) -> Result<Vec<ChainStatus>> {
 
 fn status(name: BackendName, json: bool) -> Result<()> {
     need_net_admin()?;
-    let rs = nft::ruleset();
-    match choose(name, rs.as_deref()) {
+    match choose(name) {
         Chosen::Nftables => status_nftables(json),
         Chosen::Iptables(b) => status_iptables(b, json),
     }

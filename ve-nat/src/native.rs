@@ -22,6 +22,19 @@ use serde_json::Value;
 
 use crate::{config::Request, nft_table};
 
+/// Exit 69 unless `nft` is on PATH (a file lookup, no process).
+pub fn installed() -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("nft").is_file()));
+    if found {
+        Ok(())
+    } else {
+        Err(Error::unavailable(
+            "nft not found on PATH: install the nftables package",
+        ))
+    }
+}
+
 /// Run `nft ARGS` (with `input` on stdin) and return its stdout.
 pub fn nft(args: &[&str], input: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("nft");
