@@ -529,11 +529,19 @@ fn down(name: BackendName) -> Result<()> {
             // nft is needed (exit 69 without it).
             native::installed()?;
             let _lock = lock::acquire(LOCK_WAIT)?;
+            let sys = Sysctl::default();
+            // Nothing has route_localnet on: no order to keep between it and the
+            // guard, so the table goes in the same nft process that lists the ruleset.
+            if !route_localnet_anywhere(&sys)? {
+                let rs = native::delete_listing()?;
+                log::info!("table inet ve-nat removed (if it was there)");
+                return joined(remove_from_iptables(&rs));
+            }
             let rs = native::ruleset()?;
             let mut pats = nft_table::internal_patterns(&rs);
             pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
             // route_localnet off while the loopback guard is still there.
-            let mut errors = Sysctl::default().clear_route_localnet(&pats);
+            let mut errors = sys.clear_route_localnet(&pats);
             match native::down(&rs) {
                 Ok(true) => log::info!("table inet ve-nat removed"),
                 Ok(false) => log::info!("table inet ve-nat was not there"),
@@ -544,6 +552,16 @@ fn down(name: BackendName) -> Result<()> {
         }
         Chosen::Iptables(b) => down_iptables(b),
     }
+}
+
+/// Whether any interface of this namespace has route_localnet on.
+fn route_localnet_anywhere(sys: &Sysctl) -> Result<bool> {
+    for i in sys.interfaces()? {
+        if sys.route_localnet(&i)? == Some(true) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn down_iptables(backend: Option<Backend>) -> Result<()> {

@@ -74,13 +74,7 @@ pub fn nft(args: &[&str], input: Option<&str>) -> Result<String> {
 
 /// The whole ruleset as `nft -j list ruleset` prints it (its `nftables` array).
 pub fn ruleset() -> Result<Vec<Value>> {
-    let text = nft(&["-j", "list", "ruleset"], None)?;
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::internal(format!("reading nft's JSON: {e}")))?;
-    Ok(v["nftables"].as_array().cloned().unwrap_or_default())
+    parse_ruleset(&nft(&["-j", "list", "ruleset"], None)?)
 }
 
 fn table() -> NfListObject<'static> {
@@ -123,6 +117,30 @@ pub fn down(ruleset: &[Value]) -> Result<bool> {
     }
     nft(&["delete", "table", "inet", nft_table::TABLE], None)?;
     Ok(true)
+}
+
+/// Delete our table (gone already is success) and list the ruleset, in one nft
+/// process. nft runs the list after the batch has committed: the listing shows the
+/// ruleset without our table (enough for what iptables-nft holds of ours).
+pub fn delete_listing() -> Result<Vec<Value>> {
+    let table = serde_json::json!({"family": "inet", "name": nft_table::TABLE});
+    let batch = serde_json::json!({"nftables": [
+        {"list": {"ruleset": null}},
+        {"add": {"table": table}},
+        {"delete": {"table": table}},
+    ]});
+    let text = nft(&["-j", "-f", "-"], Some(&batch.to_string()))
+        .map_err(|e| e.context("deleting table inet ve-nat"))?;
+    parse_ruleset(&text)
+}
+
+fn parse_ruleset(text: &str) -> Result<Vec<Value>> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Error::internal(format!("reading nft's JSON: {e}")))?;
+    Ok(v["nftables"].as_array().cloned().unwrap_or_default())
 }
 
 /// How our table differs from `req` (`None`: it should not be there), one line each.

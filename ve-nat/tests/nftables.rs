@@ -477,6 +477,12 @@ fn auto_picks_as_documented() {
     assert!(!t.save_of("nft").contains("ve-nat"), "iptables chains left");
     nat_auto(&t, &["down"]);
     assert!(!has_ours(&t));
+    // down (with nftables) removes ours from every backend.
+    let o = t.nat_cmd_with("iptables-nft", &up).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = t.nat_cmd_with("nftables", &["down"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!t.save_of("nft").contains("ve-nat"), "down left iptables chains");
 
     // Docker-style iptables FORWARD DROP: iptables-nft, whose accepts go there.
     let t = Topo::new("auto", 1, false);
