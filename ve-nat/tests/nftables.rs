@@ -371,6 +371,46 @@ fn idempotent_up_and_down_leaves_foreign_tables() {
     assert_eq!(t.nft(&["-a", "list", "ruleset"]), before);
 }
 
+/// A TCP server in `ns` that echoes every byte back until the peer closes; stops
+/// (with the namespace's sandbox) when dropped.
+struct Echo(Arc<AtomicBool>);
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn echo_server(ns: &testbed::Netns, addr: &'static str) -> Echo {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(&ns.path(), move || {
+        let l = std::net::TcpListener::bind(addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !flag.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    std::thread::spawn(move || {
+                        let mut b = [0u8; 64];
+                        while let Ok(n) = s.read(&mut b) {
+                            if n == 0 || s.write_all(&b[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("echo server did not start");
+    Echo(stop)
+}
+
 #[test]
 fn replace_under_traffic() {
     if !gate("replace_under_traffic") {
@@ -385,6 +425,8 @@ fn replace_under_traffic() {
         "up0",
         "--forward",
         "tcp:8080:10.233.1.2:80",
+        "--forward",
+        "tcp:8081:10.233.1.2:81",
     ];
     let b = [
         "up",
@@ -392,6 +434,8 @@ fn replace_under_traffic() {
         "up0",
         "--forward",
         "tcp:8080:10.233.1.2:80",
+        "--forward",
+        "tcp:8081:10.233.1.2:81",
         "--forward",
         "udp:5353:10.233.1.2:53",
         "--internal-ip",
@@ -428,11 +472,32 @@ fn replace_under_traffic() {
     };
     let out_client = client(&t.ctrs[0], "192.0.2.2:7777");
     let in_client = client(&t.out, "192.0.2.1:8080");
+    // And one connection through the forward kept open the whole time: a byte every
+    // few milliseconds must come back (conntrack keeps its DNAT through the swaps).
+    let _echo = echo_server(&t.ctrs[0], "10.233.1.2:81");
+    let flag = stop.clone();
+    let kept = spawn_in(&t.out.path(), move || -> Result<usize, String> {
+        let addr: SocketAddr = "192.0.2.1:8081".parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(4))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut n = 0;
+        while !flag.load(Ordering::Relaxed) {
+            s.write_all(b"x").map_err(|e| format!("write {n}: {e}"))?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).map_err(|e| format!("read {n}: {e}"))?;
+            n += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(n)
+    });
     for _ in 0..5 {
         t.nat_ok(&b);
         t.nat_ok(&a);
     }
     stop.store(true, Ordering::Relaxed);
+    let n = kept.join().unwrap().expect("the kept connection broke");
+    assert!(n >= 10, "only {n} round trips on the kept connection");
     for (c, want) in [(out_client, "192.0.2.1"), (in_client, "192.0.2.2")] {
         let seen = c.join().unwrap();
         assert!(seen.len() >= 10, "only {} connections", seen.len());
@@ -482,7 +547,10 @@ fn auto_picks_as_documented() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = t.nat_cmd_with("nftables", &["down"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!t.save_of("nft").contains("ve-nat"), "down left iptables chains");
+    assert!(
+        !t.save_of("nft").contains("ve-nat"),
+        "down left iptables chains"
+    );
 
     // Docker-style iptables FORWARD DROP: iptables-nft, whose accepts go there.
     let t = Topo::new("auto", 1, false);
