@@ -1,5 +1,6 @@
 //! `ve-nat`: installs, checks, shows and removes the NAT that lets containers on `ve-*`
-//! interfaces reach the outside network, with port forwards, in chains of its own.
+//! interfaces reach the outside network, with port forwards, in a table (nftables) or
+//! chains (iptables) of its own.
 
 pub mod apply;
 pub mod backend;

@@ -1,7 +1,8 @@
 //! What the native nftables ruleset does to ve-nat's traffic, through the `nft` binary:
-//! a forward chain with policy drop in a table of someone else's (firewalld, a
-//! hand-written `inet filter`) drops container traffic whatever ve-nat's iptables rules
-//! accept, because a packet must pass every base chain on a hook. And after `down` with
+//! a forward chain that drops (policy drop, or a final unconditional drop/reject) in a
+//! table of someone else's (firewalld, a hand-written `inet filter`, iptables' own
+//! `filter FORWARD` seen from the nftables backend) drops container traffic whatever
+//! ve-nat's rules accept, because a packet must pass every base chain on a hook. And after `down` with
 //! iptables-nft, the `nat`/`filter` tables iptables-nft made for ve-nat and that are now
 //! empty. Reading is `nft -j list ruleset`; without `nft` installed both are skipped.
 
