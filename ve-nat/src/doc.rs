@@ -71,11 +71,14 @@ pub const MANUAL: Manual = Manual {
              differs",
         ),
         entry(
-            "nft, iptables, iptables-nft, iptables-legacy, ip6tables...",
+            "nft, iptables-save, iptables-restore, iptables-nft-*, iptables-legacy-*, ip6tables-*",
             "The programs ve-nat drives (looked up on PATH): nft writes table inet ve-nat \
              (--backend nftables, one transaction per up) and is read for other tables' \
-             forward chains that drop and for what --backend auto picks; iptables-*-save \
-             is read only when the kernel lists a legacy table",
+             forward chains that drop and for what --backend auto picks; with an iptables \
+             backend, per address family and table one -save to read and at most one \
+             `-restore --noflush` transaction to change, and after down with iptables-nft nft \
+             deletes the tables and built-in chains left empty; iptables-legacy-save is read \
+             only when the kernel lists a legacy table",
         ),
     ],
     examples: &[

@@ -1,33 +1,29 @@
-//! The firewall behind a small trait: the real one drives iptables/ip6tables through
-//! the `iptables` crate, a fake one (in `apply`'s tests) checks the logic without root.
+//! The firewall behind a small trait: one table is read with one `iptables-save -t
+//! TABLE` and changed with one `iptables-restore --noflush` transaction (all of it or
+//! nothing, in both backends); a fake one (in `apply`'s tests) checks the logic
+//! without root.
 //!
-//! Backend choice: the crate's `iptables::new(ipv6)` always runs the binary named
-//! `iptables` or `ip6tables` (Debian's update-alternatives link), but its `cmd` field
-//! is public, so we set it to the binary of the chosen backend (`iptables-nft`,
-//! `iptables-legacy`, or their ip6 variants), resolved on PATH beforehand.
+//! Backend choice: the binaries of the chosen backend (`iptables-nft-save`,
+//! `iptables-legacy-restore`, their ip6 variants), or by default the system's
+//! `iptables-save`/`iptables-restore` (Debian's update-alternatives links), resolved on
+//! PATH beforehand.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
 use common::{Error, Kind, Result};
 
-use crate::config::Family;
+use crate::{config::Family, rules::Op};
 
 /// What ve-nat needs from a firewall, for one address family.
 pub trait Firewall {
-    /// Names of the user-defined chains of `table`.
-    fn chains(&self, table: &str) -> Result<Vec<String>>;
-    /// The rules of `chain`, without the `-A CHAIN ` prefix, with packet and byte
-    /// counters.
-    fn rules(&self, table: &str, chain: &str) -> Result<Vec<Counted>>;
-    fn new_chain(&self, table: &str, chain: &str) -> Result<()>;
-    fn append(&self, table: &str, chain: &str, rule: &str) -> Result<()>;
-    /// Insert at 1-based `pos`.
-    fn insert(&self, table: &str, chain: &str, rule: &str, pos: usize) -> Result<()>;
-    /// Delete the first rule equal to `rule`.
-    fn delete(&self, table: &str, chain: &str, rule: &str) -> Result<()>;
-    fn flush(&self, table: &str, chain: &str) -> Result<()>;
-    fn delete_chain(&self, table: &str, chain: &str) -> Result<()>;
-    fn rename_chain(&self, table: &str, from: &str, to: &str) -> Result<()>;
+    /// One table, as `iptables-save -c -t TABLE` lists it.
+    fn save(&self, table: &str) -> Result<Table>;
+    /// Apply `ops` to `table` in one transaction: every one of them, or none.
+    fn restore(&self, table: &str, ops: &[Op]) -> Result<()>;
 }
 
 /// A rule with its counters.
@@ -36,6 +32,65 @@ pub struct Counted {
     pub rule: String,
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// One table's chains and rules, as listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    /// Every chain, built-in and user-defined, in listing order.
+    pub chains: Vec<String>,
+    /// Every rule with the chain it is in, in order, without the `-A CHAIN ` prefix.
+    pub rules: Vec<(String, Counted)>,
+}
+
+impl Table {
+    pub fn has(&self, chain: &str) -> bool {
+        self.chains.iter().any(|c| c == chain)
+    }
+
+    /// The rules of `chain`, in order.
+    pub fn rules_of(&self, chain: &str) -> Vec<Counted> {
+        self.rules
+            .iter()
+            .filter(|(c, _)| c == chain)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Parse `iptables-save [-c] -t TABLE` output (one table; comments and the `*`
+    /// and `COMMIT` lines are skipped).
+    pub fn parse(text: &str) -> Table {
+        let mut t = Table::default();
+        for line in text.lines() {
+            if let Some(decl) = line.strip_prefix(':') {
+                if let Some(name) = decl.split(' ').next() {
+                    t.chains.push(name.to_string());
+                }
+                continue;
+            }
+            // `-c`: `[PACKETS:BYTES] -A CHAIN RULE`.
+            let (counters, rest) = match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
+                Some((c, rest)) => (c.split_once(':'), rest),
+                None => (None, line),
+            };
+            let Some(rest) = rest.strip_prefix("-A ") else {
+                continue;
+            };
+            let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (packets, bytes) = counters
+                .and_then(|(p, b)| Some((p.parse().ok()?, b.parse().ok()?)))
+                .unwrap_or((0, 0));
+            t.rules.push((
+                chain.to_string(),
+                Counted {
+                    rule: rule.to_string(),
+                    packets,
+                    bytes,
+                },
+            ));
+        }
+        t
+    }
 }
 
 /// Which iptables backend to run.
@@ -47,9 +102,10 @@ pub enum Backend {
     Legacy,
 }
 
-/// The binary names to try for `family`, in order. Without `--backend`: the system's
-/// `iptables` (what update-alternatives points at, so ve-nat shares a backend with the
-/// rest of the host's firewall), else whichever backend is installed.
+/// The command stems to try for `family`, in order (`STEM-save`, `STEM-restore`).
+/// Without `--backend`: the system's `iptables` (what update-alternatives points at, so
+/// ve-nat shares a backend with the rest of the host's firewall), else whichever
+/// backend is installed.
 fn candidates(backend: Option<Backend>, family: Family) -> &'static [&'static str] {
     match (backend, family) {
         (None, Family::Ipv4) => &["iptables", "iptables-nft", "iptables-legacy"],
@@ -68,65 +124,46 @@ fn find_on_path(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The real firewall of one family, through the `iptables` crate.
+/// The real firewall of one family: its backend's `-save` and `-restore`.
 pub struct Iptables {
-    ipt: iptables::IPTables,
-    /// `nf_tables` or `legacy`, from `--version`.
+    save: PathBuf,
+    restore: PathBuf,
+    /// `nf_tables` or `legacy`.
     pub kind: String,
     pub family: Family,
 }
 
 impl Iptables {
-    /// Find and probe the binary for `family`. Exit 69 when none is installed.
+    /// Find the binaries for `family`. Exit 69 when none is installed. The backend of
+    /// the system's default is asked (`--version`); a named one is known by its name.
     pub fn open(backend: Option<Backend>, family: Family) -> Result<Iptables> {
-        let names = candidates(backend, family);
-        let path = names.iter().find_map(|n| find_on_path(n)).ok_or_else(|| {
+        let stems = candidates(backend, family);
+        let found = stems.iter().find_map(|s| {
+            let save = find_on_path(&format!("{s}-save"))?;
+            let restore = find_on_path(&format!("{s}-restore"))?;
+            Some((save, restore))
+        });
+        let (save, restore) = found.ok_or_else(|| {
+            let names: Vec<String> = stems.iter().map(|s| format!("{s}-restore")).collect();
             Error::unavailable(format!(
                 "{} not found on PATH: install the iptables package",
                 names.join(" or ")
             ))
         })?;
-        let out = Command::new(&path)
-            .arg("--version")
-            .output()
-            .map_err(|e| Error::unavailable(format!("running {}: {e}", path.display())))?;
-        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() {
-            return Err(Error::unavailable(format!(
-                "{} --version failed: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let kind = if version.contains("(nf_tables)") {
-            "nf_tables"
-        } else if version.contains("(legacy)") {
-            "legacy"
-        } else {
-            "unknown"
+        let kind = match backend {
+            Some(Backend::Nft) => "nf_tables".to_string(),
+            Some(Backend::Legacy) => "legacy".to_string(),
+            None => probe(&restore)?,
         };
-        match (backend, kind) {
-            (Some(Backend::Nft), "nf_tables") | (Some(Backend::Legacy), "legacy") | (None, _) => {}
-            (Some(b), _) => {
-                return Err(Error::unavailable(format!(
-                    "{} is not the {b:?} backend ({version})",
-                    path.display()
-                )))
-            }
-        }
-        log::debug!("{family}: using {} ({version})", path.display());
-        // The crate wants a 'static command name; one small string per process.
-        let cmd: &'static str = Box::leak(path.to_string_lossy().into_owned().into_boxed_str());
-        let mut ipt = iptables::IPTables {
-            cmd,
-            has_check: true,
-            has_wait: true,
-            is_numeric: true,
-        };
-        ipt.set_numeric(true);
+        log::debug!(
+            "{family}: using {} and {} ({kind})",
+            save.display(),
+            restore.display()
+        );
         Ok(Iptables {
-            ipt,
-            kind: kind.to_string(),
+            save,
+            restore,
+            kind,
             family,
         })
     }
@@ -144,123 +181,118 @@ impl Iptables {
         }
     }
 
-    fn fail(&self, what: String, err: Box<dyn std::error::Error>) -> Error {
-        let text = match err.downcast_ref::<iptables::error::IptablesError>() {
-            Some(e) => e.msg.trim().to_string(),
-            None => err.to_string(),
-        };
-        let text = text.lines().next().unwrap_or("").to_string();
-        // iptables reports a missing privilege only in its text (its exit status is
-        // the same as for any other failure): this is the one place that reads it.
+    fn fail(&self, bin: &Path, what: &str, stderr: &[u8], input: Option<&str>) -> Error {
+        let text = String::from_utf8_lossy(stderr);
         let kind = if text.contains("Permission denied") || text.contains("must be root") {
+            // iptables reports a missing privilege only in its text (its exit status is
+            // the same as for any other failure): this is the one place that reads it.
             Kind::Permission
         } else {
             Kind::Os
         };
-        Error::new(kind, format!("{} {what}: {text}", self.ipt.cmd))
+        Error::new(
+            kind,
+            format!("{} {what}: {}", bin.display(), describe(&text, input)),
+        )
     }
+}
+
+/// One line from what iptables-save/-restore said: its lines joined (without the usage
+/// hint), and the line of `input` it names, if any (both backends and their errors
+/// word it differently; this is for the message only).
+fn describe(stderr: &str, input: Option<&str>) -> String {
+    let said: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Try `"))
+        .collect();
+    let mut text = if said.is_empty() {
+        "failed".to_string()
+    } else {
+        said.join(" ")
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let n = words.windows(2).find_map(|w| {
+        let is_line = w[0].trim_end_matches(':') == "line";
+        is_line
+            .then(|| w[1].trim_end_matches(':').parse::<usize>().ok())
+            .flatten()
+    });
+    if let Some(l) = n.and_then(|n| input?.lines().nth(n.checked_sub(1)?)) {
+        text.push_str(&format!(" (at {l:?})"));
+    }
+    text
+}
+
+/// `nf_tables` or `legacy`, from `BIN --version`.
+fn probe(bin: &Path) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::unavailable(format!("running {}: {e}", bin.display())))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        return Err(Error::unavailable(format!(
+            "{} --version failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(if version.contains("(nf_tables)") {
+        "nf_tables"
+    } else if version.contains("(legacy)") {
+        "legacy"
+    } else {
+        "unknown"
+    }
+    .to_string())
 }
 
 impl Firewall for Iptables {
-    fn chains(&self, table: &str) -> Result<Vec<String>> {
-        let out = self
-            .ipt
-            .execute(table, "-S")
-            .map_err(|e| self.fail(format!("-t {table} -S"), e))?;
+    fn save(&self, table: &str) -> Result<Table> {
+        let what = format!("-c -t {table}");
+        let out = Command::new(&self.save)
+            .args(["-c", "-t", table])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::unavailable(format!("running {}: {e}", self.save.display())))?;
         if !out.status.success() {
-            return Err(self.fail(
-                format!("-t {table} -S"),
-                Box::new(iptables::error::IptablesError::from(out)),
-            ));
+            return Err(self.fail(&self.save, &what, &out.stderr, None));
         }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("-N "))
-            .map(|c| c.trim().to_string())
-            .collect())
+        Ok(Table::parse(&String::from_utf8_lossy(&out.stdout)))
     }
 
-    fn rules(&self, table: &str, chain: &str) -> Result<Vec<Counted>> {
-        let what = format!("-t {table} -v -S {chain}");
-        let out = self
-            .ipt
-            .execute(table, &format!("-v -S {chain}"))
-            .map_err(|e| self.fail(what.clone(), e))?;
+    fn restore(&self, table: &str, ops: &[Op]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut input = format!("*{table}\n");
+        for op in ops {
+            input.push_str(&op.line());
+            input.push('\n');
+        }
+        input.push_str("COMMIT\n");
+        log::debug!("{} --noflush <<\n{input}", self.restore.display());
+        let what = format!("--noflush ({table})");
+        let mut child = Command::new(&self.restore)
+            .args(["-w", "--noflush"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::unavailable(format!("running {}: {e}", self.restore.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A restore that dies early closes its stdin; its status says why.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io(format!("waiting for {}", self.restore.display()), e))?;
         if !out.status.success() {
-            return Err(self.fail(what, Box::new(iptables::error::IptablesError::from(out))));
+            return Err(self.fail(&self.restore, &what, &out.stderr, Some(&input)));
         }
-        let prefix = format!("-A {chain} ");
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .map(parse_counted)
-            .collect())
-    }
-
-    fn new_chain(&self, table: &str, chain: &str) -> Result<()> {
-        self.ipt
-            .new_chain(table, chain)
-            .map_err(|e| self.fail(format!("-t {table} -N {chain}"), e))
-    }
-
-    fn append(&self, table: &str, chain: &str, rule: &str) -> Result<()> {
-        self.ipt
-            .append(table, chain, rule)
-            .map_err(|e| self.fail(format!("-t {table} -A {chain} {rule}"), e))
-    }
-
-    fn insert(&self, table: &str, chain: &str, rule: &str, pos: usize) -> Result<()> {
-        let p = i32::try_from(pos).map_err(|_| Error::internal("rule position out of range"))?;
-        self.ipt
-            .insert(table, chain, rule, p)
-            .map_err(|e| self.fail(format!("-t {table} -I {chain} {pos} {rule}"), e))
-    }
-
-    fn delete(&self, table: &str, chain: &str, rule: &str) -> Result<()> {
-        self.ipt
-            .delete(table, chain, rule)
-            .map_err(|e| self.fail(format!("-t {table} -D {chain} {rule}"), e))
-    }
-
-    fn flush(&self, table: &str, chain: &str) -> Result<()> {
-        self.ipt
-            .flush_chain(table, chain)
-            .map_err(|e| self.fail(format!("-t {table} -F {chain}"), e))
-    }
-
-    fn delete_chain(&self, table: &str, chain: &str) -> Result<()> {
-        self.ipt
-            .delete_chain(table, chain)
-            .map_err(|e| self.fail(format!("-t {table} -X {chain}"), e))
-    }
-
-    fn rename_chain(&self, table: &str, from: &str, to: &str) -> Result<()> {
-        self.ipt
-            .rename_chain(table, from, to)
-            .map_err(|e| self.fail(format!("-t {table} -E {from} {to}"), e))
-    }
-}
-
-/// `-v -S` puts `-c PACKETS BYTES` among a rule's arguments; take it out.
-fn parse_counted(line: &str) -> Counted {
-    let toks: Vec<&str> = line.split(' ').collect();
-    if let Some(i) = toks.iter().position(|t| *t == "-c") {
-        if let (Some(p), Some(b)) = (toks.get(i + 1), toks.get(i + 2)) {
-            if let (Ok(packets), Ok(bytes)) = (p.parse(), b.parse()) {
-                let mut rest = toks[..i].to_vec();
-                rest.extend_from_slice(&toks[i + 3..]);
-                return Counted {
-                    rule: rest.join(" "),
-                    packets,
-                    bytes,
-                };
-            }
-        }
-    }
-    Counted {
-        rule: line.to_string(),
-        packets: 0,
-        bytes: 0,
+        Ok(())
     }
 }
 
@@ -269,12 +301,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_are_taken_out() {
-        let c = parse_counted("-o up0 -m mark --mark 0x2000/0x2000 -c 12 720 -j MASQUERADE");
-        assert_eq!(c.rule, "-o up0 -m mark --mark 0x2000/0x2000 -j MASQUERADE");
-        assert_eq!((c.packets, c.bytes), (12, 720));
-        let c = parse_counted("-c 0 0 -j ve-nat-pre");
-        assert_eq!(c.rule, "-j ve-nat-pre");
+    fn save_output_is_parsed_with_counters() {
+        let t = Table::parse(
+            "# Generated by iptables-nft-save v1.8.9 (nf_tables)\n*nat\n\
+             :PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [3:180]\n:ve-nat-post - [0:0]\n\
+             [0:0] -A POSTROUTING -j ve-nat-post\n\
+             [12:720] -A ve-nat-post -o up0 -m mark --mark 0x2000/0x2000 -j MASQUERADE\n\
+             -A ve-nat-post -m comment --comment \"a b\" -j RETURN\nCOMMIT\n# Completed\n",
+        );
+        assert_eq!(t.chains, ["PREROUTING", "POSTROUTING", "ve-nat-post"]);
+        assert!(t.has("ve-nat-post") && !t.has("ve-nat-pre"));
+        let post = t.rules_of("ve-nat-post");
+        assert_eq!(
+            post[0].rule,
+            "-o up0 -m mark --mark 0x2000/0x2000 -j MASQUERADE"
+        );
+        assert_eq!((post[0].packets, post[0].bytes), (12, 720));
+        assert_eq!(post[1].rule, "-m comment --comment \"a b\" -j RETURN");
+        assert_eq!(t.rules_of("POSTROUTING")[0].rule, "-j ve-nat-post");
+    }
+
+    #[test]
+    fn errors_name_the_refused_line() {
+        let input = "*nat\n-F a\n-X a\nCOMMIT\n";
+        assert_eq!(
+            describe(
+                "iptables-nft-restore v1.8.9 (nf_tables): \nline 3: CHAIN_DEL failed (Device or resource busy): chain a\n",
+                Some(input)
+            ),
+            "iptables-nft-restore v1.8.9 (nf_tables): line 3: CHAIN_DEL failed (Device or \
+             resource busy): chain a (at \"-X a\")"
+        );
+        assert_eq!(
+            describe("iptables-restore: line 3 failed\n", Some(input)),
+            "iptables-restore: line 3 failed (at \"-X a\")"
+        );
+        assert_eq!(
+            describe(
+                "iptables-restore v1.8.9 (legacy): Couldn't load target `x':No such file\n\n\
+                 Error occurred at line: 2\nTry `iptables-restore -h' for more information.\n",
+                Some(input)
+            ),
+            "iptables-restore v1.8.9 (legacy): Couldn't load target `x':No such file Error \
+             occurred at line: 2 (at \"-F a\")"
+        );
+        assert_eq!(describe("", None), "failed");
     }
 
     #[test]

@@ -466,25 +466,22 @@ fn joined(errors: Vec<Error>) -> Result<()> {
 }
 
 /// With iptables-nft, after `down`: delete the tables among `tables` that are left
-/// empty (only built-in chains with policy accept), so the ruleset is as before `up`.
-/// Best effort: a failure is a warning.
+/// empty (only built-in chains with policy accept), and in the others the built-in
+/// chains ours hooked that are left idle, so the ruleset is as before `up`. Best
+/// effort: a failure is a warning.
 fn remove_empty_tables(fw: &Iptables, tables: &[&str]) {
-    if fw.kind != "nf_tables" {
+    if fw.kind != "nf_tables" || tables.is_empty() {
         return;
     }
-    for t in tables {
-        let hooks: Vec<&str> = rules::CHAINS
-            .iter()
-            .filter(|c| c.table == *t)
-            .map(|c| c.hook)
-            .collect();
-        let tidy = nft::remove_if_empty(fw.family, t).and_then(|gone| match gone {
-            true => Ok(()),
-            false => nft::remove_idle_builtin_chains(fw.family, t, &hooks),
-        });
-        if let Err(e) = tidy {
-            log::warn!("{}: {e}", fw.family);
-        }
+    let hooked: Vec<(&str, Vec<&str>)> = tables
+        .iter()
+        .map(|t| {
+            let hooks = rules::CHAINS.iter().filter(|c| c.table == *t);
+            (*t, hooks.map(|c| c.hook).collect())
+        })
+        .collect();
+    if let Err(e) = nft::tidy(fw.family, &hooked) {
+        log::warn!("{}: {e}", fw.family);
     }
 }
 

@@ -2,9 +2,10 @@
 //! a forward chain that drops (policy drop, or a final unconditional drop/reject) in a
 //! table of someone else's (firewalld, a hand-written `inet filter`, iptables' own
 //! `filter FORWARD` seen from the nftables backend) drops container traffic whatever
-//! ve-nat's rules accept, because a packet must pass every base chain on a hook. And after `down` with
-//! iptables-nft, the `nat`/`filter` tables iptables-nft made for ve-nat and that are now
-//! empty. Reading is `nft -j list ruleset`; without `nft` installed both are skipped.
+//! ve-nat's rules accept, because a packet must pass every base chain on a hook. And after
+//! `down` with iptables-nft, the `nat`/`filter` tables (or built-in chains) iptables-nft
+//! made for ve-nat and that are now empty. Reading is `nft -j list ruleset`; without `nft`
+//! installed both are skipped.
 
 use std::process::{Command, Stdio};
 
@@ -160,38 +161,6 @@ fn empty_table(ruleset: &[Value], family: &str, name: &str) -> bool {
     seen
 }
 
-/// Delete `table` of `family` if it is empty (see `empty_table`). The ruleset is read
-/// right before: the window in which another program could add a rule to the empty
-/// table is the time between two `nft` calls.
-pub fn remove_if_empty(family: Family, table: &str) -> Result<bool> {
-    let Some(rs) = ruleset() else {
-        return Ok(false);
-    };
-    let fam = nft_family(family);
-    if !empty_table(&rs, fam, table) {
-        return Ok(false);
-    }
-    let out = Command::new("nft")
-        .args(["delete", "table", fam, table])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::unavailable(format!("running nft: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::new(
-            common::Kind::Os,
-            format!(
-                "nft delete table {fam} {table}: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-            ),
-        ));
-    }
-    log::info!("removed the empty table {fam} {table}");
-    Ok(true)
-}
-
 /// The built-in chains of `table` that hold no rule and accept, as `nft -j` lists them:
 /// the ones iptables-nft made only for ve-nat's jump (it creates a base chain at its
 /// first rule). Such a chain filters nothing; deleting it changes no packet's fate.
@@ -213,36 +182,69 @@ fn idle_builtin_chains(ruleset: &[Value], family: &str, table: &str) -> Vec<Stri
     idle
 }
 
-/// After `down` with iptables-nft, in a table that stays (it holds someone else's
-/// rules): delete the built-in chains among `hooks` that are left idle (see
-/// `idle_builtin_chains`), so `nft list ruleset` is as before `up`.
-pub fn remove_idle_builtin_chains(family: Family, table: &str, hooks: &[&str]) -> Result<()> {
+/// What `tidy` deletes: each of `tables` (with the built-in chains ve-nat hooked in
+/// it) that is empty (see `empty_table`), and in a table that stays (it holds someone
+/// else's rules) those hooked chains that are left idle (see `idle_builtin_chains`).
+/// As `nft -f` lines.
+fn tidy_lines(ruleset: &[Value], family: &str, tables: &[(&str, Vec<&str>)]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (table, hooks) in tables {
+        if empty_table(ruleset, family, table) {
+            lines.push(format!("delete table {family} {table}"));
+            continue;
+        }
+        for chain in idle_builtin_chains(ruleset, family, table) {
+            if hooks.contains(&chain.as_str()) {
+                lines.push(format!("delete chain {family} {table} {chain}"));
+            }
+        }
+    }
+    lines
+}
+
+/// After `down` with iptables-nft: delete what iptables-nft made only for ve-nat (see
+/// `tidy_lines`), so `nft list ruleset` is as before `up`. One read and one nft
+/// transaction (each nf_tables commit that deletes costs 15-20 ms). The ruleset is read
+/// right before: the window in which another program could add a rule to an empty
+/// table is the time between two `nft` calls.
+pub fn tidy(family: Family, tables: &[(&str, Vec<&str>)]) -> Result<()> {
     let Some(rs) = ruleset() else {
         return Ok(());
     };
-    let fam = nft_family(family);
-    for chain in idle_builtin_chains(&rs, fam, table) {
-        if !hooks.contains(&chain.as_str()) {
-            continue;
-        }
-        let out = Command::new("nft")
-            .args(["delete", "chain", fam, table, &chain])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| Error::unavailable(format!("running nft: {e}")))?;
-        if !out.status.success() {
-            return Err(Error::new(
-                common::Kind::Os,
-                format!(
-                    "nft delete chain {fam} {table} {chain}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                ),
-            ));
-        }
-        log::debug!("removed the idle chain {fam} {table} {chain}");
+    let lines = tidy_lines(&rs, nft_family(family), tables);
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::unavailable(format!("running nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        // An nft that dies early closes its stdin; its status says why.
+        let _ = stdin.write_all(lines.join("\n").as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io("waiting for nft", e))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            common::Kind::Os,
+            format!(
+                "nft -f - ({}): {}",
+                lines.join("; "),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ),
+        ));
+    }
+    for l in &lines {
+        log::info!("{l} (left empty by down)");
     }
     Ok(())
 }
@@ -296,6 +298,18 @@ mod tests {
             {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "expr": []}}]}"#,
         );
         assert_eq!(idle_builtin_chains(&idle, "ip", "filter"), ["INPUT"]);
+        assert_eq!(
+            tidy_lines(&idle, "ip", &[("filter", vec!["FORWARD", "INPUT"])]),
+            ["delete chain ip filter INPUT"]
+        );
+        assert_eq!(
+            tidy_lines(
+                &r,
+                "ip",
+                &[("nat", vec!["PREROUTING"]), ("filter", vec!["INPUT"])]
+            ),
+            ["delete table ip nat"]
+        );
     }
 
     #[test]

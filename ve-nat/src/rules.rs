@@ -1,8 +1,9 @@
 //! All rule text ve-nat ever writes is built here, from validated values only.
 //!
-//! Architecture invariant: no other module formats an iptables rule. Every rule is in
-//! the canonical form `iptables -S` prints (checked against both backends by the
-//! privileged tests), so "installed equals wanted" is a plain string comparison.
+//! Architecture invariant: no other module formats an iptables rule or restore line.
+//! Every rule is in the canonical form `iptables-save` prints (checked against both
+//! backends by the privileged tests), so "installed equals wanted" is a plain string
+//! comparison.
 //!
 //! Design: connections entering from a container interface (or an `--internal-ip`
 //! source) get a mark bit in nat PREROUTING; POSTROUTING masquerades marked
@@ -34,7 +35,8 @@ pub struct ChainId {
     pub table: &'static str,
     pub chain: &'static str,
     pub hook: &'static str,
-    /// Name used while replacing the chain's contents (see `apply`).
+    /// The staging chain earlier versions built a new set in (one may be left by an
+    /// interrupted `up` of theirs; `up` and `down` remove it).
     pub staging: &'static str,
 }
 
@@ -106,6 +108,36 @@ pub struct ChainRules {
 /// The unconditional jump from a built-in chain to ours.
 pub fn jump(chain: &str) -> String {
     format!("-j {chain}")
+}
+
+/// One line of an `iptables-restore --noflush` transaction on one table. Rule texts
+/// are ours (checked with `is_safe` before they get here) or as `iptables-save` printed
+/// them (a jump of someone else's to our chain, to delete), which restore reads back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `:CHAIN - [0:0]`: create the user-defined chain, or flush it when it exists.
+    Chain(String),
+    Append(String, String),
+    /// Insert at a 1-based position.
+    Insert(String, usize, String),
+    /// Delete the first rule equal to the text.
+    Delete(String, String),
+    Flush(String),
+    DeleteChain(String),
+}
+
+impl Op {
+    /// The restore line.
+    pub fn line(&self) -> String {
+        match self {
+            Op::Chain(c) => format!(":{c} - [0:0]"),
+            Op::Append(c, r) => format!("-A {c} {r}"),
+            Op::Insert(c, pos, r) => format!("-I {c} {pos} {r}"),
+            Op::Delete(c, r) => format!("-D {c} {r}"),
+            Op::Flush(c) => format!("-F {c}"),
+            Op::DeleteChain(c) => format!("-X {c}"),
+        }
+    }
 }
 
 /// What `req` wants in each chain of `family`, in `CHAINS` order.
@@ -282,9 +314,10 @@ fn host_cidr(a: &IpAddr) -> String {
     }
 }
 
-/// Defence in depth: a rule is split on spaces by the iptables crate, so a token with
-/// a quote, a control character or an empty token would change its meaning. Validated
-/// input never produces one; refuse to run if it ever does.
+/// Defence in depth: iptables-restore splits a line on spaces and quotes, and a line
+/// break starts a new command, so a token with a quote, a control character or an empty
+/// token would change a rule's meaning. Validated input never produces one; refuse to
+/// run if it ever does.
 pub fn is_safe(rule: &str) -> bool {
     !rule.is_empty()
         && rule.split(' ').all(|t| {
@@ -425,10 +458,26 @@ mod tests {
     }
 
     #[test]
+    fn restore_lines() {
+        let r = "-j ve-nat-pre".to_string();
+        assert_eq!(Op::Chain("ve-nat-pre".into()).line(), ":ve-nat-pre - [0:0]");
+        assert_eq!(
+            Op::Insert("PREROUTING".into(), 2, r.clone()).line(),
+            "-I PREROUTING 2 -j ve-nat-pre"
+        );
+        assert_eq!(
+            Op::Delete("PREROUTING".into(), r).line(),
+            "-D PREROUTING -j ve-nat-pre"
+        );
+        assert_eq!(Op::DeleteChain("x".into()).line(), "-X x");
+    }
+
+    #[test]
     fn unsafe_text_is_caught() {
         assert!(!is_safe("-o a\"b -j ACCEPT"));
         assert!(!is_safe("-o a  -j ACCEPT"));
         assert!(!is_safe(""));
+        assert!(!is_safe("-o a\n-F -j ACCEPT"));
         assert!(is_safe("-j ve-nat-pre"));
     }
 }
