@@ -95,7 +95,7 @@ pub fn present(ruleset: &[Value]) -> bool {
 /// changed.
 pub fn up(req: &Request, ruleset: &[Value]) -> Result<bool> {
     let want = nft_table::wanted(req);
-    if nft_table::ours(ruleset) == nft_table::wanted_values(&want) {
+    if nft_table::same(&nft_table::ours(ruleset), &nft_table::wanted_values(&want)) {
         return Ok(false);
     }
     let mut batch = Batch::new();
@@ -174,7 +174,7 @@ pub fn differences(req: Option<&Request>, ruleset: &[Value]) -> Vec<String> {
             ));
         }
     }
-    if diffs.is_empty() && have != want {
+    if diffs.is_empty() && !nft_table::same(&have, &want) {
         diffs.push("table inet ve-nat: rules in a different order".into());
     }
     diffs

@@ -576,6 +576,27 @@ fn normalize(v: &Value) -> Value {
     v
 }
 
+/// Whether two normalized object lists describe the same table: the same rules in the
+/// same order in each chain, and the same other objects in any order (nft lists tables,
+/// sets and chains in an order of its own, which may change between versions).
+pub fn same(a: &[Value], b: &[Value]) -> bool {
+    fn key(v: &[Value]) -> (Vec<String>, Vec<(String, String)>) {
+        let mut others: Vec<String> = Vec::new();
+        let mut rules: Vec<(String, String)> = Vec::new();
+        for o in v {
+            match o.get("rule") {
+                Some(r) => rules.push((r["chain"].to_string(), o.to_string())),
+                None => others.push(o.to_string()),
+            }
+        }
+        others.sort();
+        // A stable sort by chain keeps each chain's order.
+        rules.sort_by(|x, y| x.0.cmp(&y.0));
+        (others, rules)
+    }
+    key(a) == key(b)
+}
+
 /// The container interface patterns of our installed prerouting rules (`iifname
 /// "ve-*" ... mark set`), as `ve-+` patterns: where an earlier `up` may have set
 /// `route_localnet`.
@@ -684,6 +705,23 @@ mod tests {
             port6["elem"][1],
             serde_json::json!([{"concat": ["udp", 5001]}, 6001])
         );
+    }
+
+    #[test]
+    fn order_of_objects_but_not_of_rules_is_free() {
+        let v = |s: &str| -> Vec<Value> { serde_json::from_str(s).unwrap() };
+        let a = v(r#"[{"set": {"name": "a"}}, {"chain": {"name": "c"}},
+            {"rule": {"chain": "c", "expr": [1]}}, {"rule": {"chain": "c", "expr": [2]}},
+            {"rule": {"chain": "d", "expr": [3]}}]"#);
+        let b = v(r#"[{"chain": {"name": "c"}}, {"set": {"name": "a"}},
+            {"rule": {"chain": "d", "expr": [3]}}, {"rule": {"chain": "c", "expr": [1]}},
+            {"rule": {"chain": "c", "expr": [2]}}]"#);
+        assert!(same(&a, &b));
+        let c = v(r#"[{"set": {"name": "a"}}, {"chain": {"name": "c"}},
+            {"rule": {"chain": "c", "expr": [2]}}, {"rule": {"chain": "c", "expr": [1]}},
+            {"rule": {"chain": "d", "expr": [3]}}]"#);
+        assert!(!same(&a, &c), "rule order within a chain matters");
+        assert!(!same(&a, &a[..4]));
     }
 
     #[test]
