@@ -42,6 +42,11 @@ impl IfPattern {
         &self.0
     }
 
+    /// The pattern matching exactly one validated interface.
+    pub fn exact(name: &IfName) -> IfPattern {
+        IfPattern(name.as_str().to_string())
+    }
+
     /// Whether this pattern matches the interface `name` (as iptables would).
     pub fn matches(&self, name: &str) -> bool {
         match self.0.strip_suffix('+') {

@@ -26,12 +26,13 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::Unavailable,
-            "no iptables (of the requested backend) is installed",
+            "the chosen backend's program is not installed (nft for nftables, iptables-nft or \
+             iptables-legacy)",
         ),
         exit(Exit::Software, "a bug in ve-nat"),
         exit(
             Exit::OsErr,
-            "iptables or the kernel refused a change, or a sysctl could not be written",
+            "nft, iptables or the kernel refused a change, or a sysctl could not be written",
         ),
         exit(
             Exit::TempFail,
@@ -70,12 +71,14 @@ pub const MANUAL: Manual = Manual {
              differs",
         ),
         entry(
-            "iptables-save, iptables-restore, iptables-nft-*, iptables-legacy-*, ip6tables-*, nft",
-            "The programs ve-nat drives (looked up on PATH and in /usr/sbin, /sbin): per \
-             address family and table one -save to read and at most one \
-             `-restore --noflush` transaction to change; nft only reads the ruleset (other \
-             tables' forward chains that drop) and, after down with iptables-nft, deletes \
-             the tables and built-in chains left empty",
+            "nft, iptables-save, iptables-restore, iptables-nft-*, iptables-legacy-*, ip6tables-*",
+            "The programs ve-nat drives (looked up on PATH): nft writes table inet ve-nat \
+             (--backend nftables, one transaction per up) and is read for other tables' \
+             forward chains that drop and for what --backend auto picks; with an iptables \
+             backend, per address family and table one -save to read and at most one \
+             `-restore --noflush` transaction to change, and after down with iptables-nft nft \
+             deletes the tables and built-in chains left empty; iptables-legacy-save is read \
+             only when the kernel lists a legacy table",
         ),
     ],
     examples: &[
@@ -99,6 +102,11 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-nat check --external eth0 --forward tcp:8080:10.233.1.2:80",
             "Exit 0 when that is exactly what is installed, 1 if not",
+        ),
+        entry(
+            "ve-nat up --external eth0 --backend nftables -v",
+            "Write table inet ve-nat with nft (auto, the default, says on -v what it \
+             picked and why)",
         ),
         entry(
             "ve-nat status --json",

@@ -1,13 +1,17 @@
 //! `ve-nat`: installs, checks, shows and removes the NAT that lets containers on `ve-*`
-//! interfaces reach the outside network, with port forwards, in chains of its own.
+//! interfaces reach the outside network, with port forwards, in a table (nftables) or
+//! chains (iptables) of its own.
 
 pub mod apply;
+pub mod backend;
 pub mod config;
 pub mod doc;
 pub mod firewall;
 pub mod iface;
 mod lock;
+pub mod native;
 pub mod nft;
+pub mod nft_table;
 pub mod rules;
 pub mod sysctl;
 
@@ -18,6 +22,7 @@ use common::{cli::Verbosity, output, Error, Kind, Result};
 use serde::Serialize;
 
 use crate::{
+    backend::{BackendName, Chosen},
     config::{Family, Request},
     firewall::{Backend, Iptables},
     sysctl::Sysctl,
@@ -31,10 +36,16 @@ pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
     version,
     about = "NAT for containers on ve-* interfaces: masquerade, port forwards, forwarding",
     long_about = "NAT for containers on ve-* interfaces: masquerade, port forwards, forwarding.\n\n\
-        All rules live in chains of ve-nat's own (nat: ve-nat-pre, ve-nat-post, \
-        ve-nat-out; filter: ve-nat-fwd), each reached by one jump from its built-in \
-        chain. A wildcard interface pattern (default ve-+) covers every container, so \
-        adding or removing a container changes no rule.\n\n\
+        With the nftables backend all rules live in one table of ve-nat's own, inet \
+        ve-nat, replaced whole in one transaction; port forwards are elements of its \
+        maps. With an iptables backend they live in chains of ve-nat's own (nat: \
+        ve-nat-pre, ve-nat-post, ve-nat-out; filter: ve-nat-fwd), each reached by one \
+        jump from its built-in chain. A wildcard interface pattern (default ve-+) covers \
+        every container, so adding or removing a container changes no rule.\n\n\
+        --backend auto (the default) picks nftables unless iptables-legacy rules are in \
+        use (then iptables-legacy), nft is not installed (then the system's iptables), \
+        or an iptables FORWARD chain drops, as Docker's does (then iptables-nft, which \
+        puts its accepts there).\n\n\
         Port forwards reach the container from outside, from other containers and from \
         the host itself through any of the host's addresses, 127.0.0.1 included \
         (--no-localhost: not 127.0.0.1; ::1 is never covered)."
@@ -50,7 +61,7 @@ struct Cli {
 enum Cmd {
     /// Install or update the rules and turn forwarding on (idempotent)
     Up(Want),
-    /// Remove ve-nat's chains and jumps from both backends, nothing else (already gone is success)
+    /// Remove ve-nat's table and chains from every backend, nothing else (already gone is success)
     Down(BackendArg),
     /// Exit 0 if the installed rules match the request, 1 if not
     Check(Want),
@@ -66,9 +77,9 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct BackendArg {
-    /// iptables backend; default: the system's `iptables`, else whichever is installed
-    #[arg(long, value_enum)]
-    backend: Option<Backend>,
+    /// Which backend writes the rules (`ve-nat --help` says what auto picks)
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendName,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +87,7 @@ struct Want {
     /// The interface towards the outside network; `auto`: the default route's (IPv4, else IPv6)
     #[arg(long, value_name = "IFACE|auto")]
     external: String,
-    /// Container interfaces, iptables wildcard `ve-+` or `ve-*` [default: ve-+]
+    /// Container interfaces, wildcard `ve-+` or `ve-*` (nft: "ve-*") [default: ve-+]
     #[arg(long, value_name = "IFACE_PATTERN")]
     internal: Vec<String>,
     /// Also NAT traffic from these source networks
@@ -88,7 +99,7 @@ struct Want {
     /// Port forward, e.g. tcp:8080:10.233.1.2:80 or udp:5000-5009:[fd00::2]:5000-5009
     #[arg(long, value_name = "PROTO:HOST_PORT[-END]:ADDR:PORT[-END]")]
     forward: Vec<String>,
-    /// The same for IPv6 with ip6tables (NAT66), and IPv6 forwarding
+    /// The same for IPv6 (NAT66; ip6tables, or the inet table with nftables), and IPv6 forwarding
     #[arg(long)]
     ipv6: bool,
     /// The packet mark bit tagging container connections
@@ -235,16 +246,140 @@ fn dropping_chains(fws: &[Iptables], families: &[Family]) -> Vec<String> {
 
 fn drop_text(chain: &str) -> String {
     format!(
-        "the nftables chain {chain} has policy drop: it drops container traffic whatever \
-         ve-nat accepts (accept the container interfaces there)"
+        "the nftables chain {chain} drops (policy drop or a final drop/reject): it drops \
+         container traffic whatever ve-nat accepts (accept the container interfaces there)"
     )
 }
 
 /// How long `up` and `down` wait for another ve-nat.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
+/// The backend `name` stands for; `auto` decides from the ruleset and the legacy
+/// tables (see `backend`).
+fn choose(name: BackendName) -> Chosen {
+    if let Some(c) = name.explicit() {
+        return c;
+    }
+    let (c, why) = backend::pick(&backend::Facts::read(nft::ruleset().as_deref()));
+    log::info!("--backend auto: {c:?} ({why})");
+    c
+}
+
+fn up(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
+    match choose(name) {
+        Chosen::Nftables => up_nftables(req),
+        Chosen::Iptables(b) => up_iptables(req, b),
+    }
+}
+
+/// The iptables firewalls (either backend, both families) that hold chains of ours,
+/// seen from the nftables side: iptables-nft's tables are in `ruleset`; legacy ones are
+/// asked only when the kernel has a legacy nat or filter table.
+fn iptables_holding_ours(ruleset: &[serde_json::Value]) -> Vec<Iptables> {
+    let mut out = Vec::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        let fam = match family {
+            Family::Ipv4 => "ip",
+            Family::Ipv6 => "ip6",
+        };
+        let in_nft = ruleset.iter().filter_map(|o| o.get("chain")).any(|c| {
+            c.get("family").and_then(|f| f.as_str()) == Some(fam)
+                && c.get("name")
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| n.starts_with("ve-nat-"))
+        });
+        if in_nft {
+            match Iptables::open_optional(Some(Backend::Nft), family) {
+                Ok(Some(fw)) => out.push(fw),
+                Ok(None) => {}
+                Err(e) => log::debug!("{family}: the iptables-nft backend: {e}"),
+            }
+        }
+    }
+    for family in [Family::Ipv4, Family::Ipv6] {
+        if !legacy_table_loaded(family) {
+            continue;
+        }
+        if let Ok(Some(fw)) = Iptables::open_optional(Some(Backend::Legacy), family) {
+            if apply::holds_ours(&fw).unwrap_or(false) {
+                out.push(fw);
+            }
+        }
+    }
+    out
+}
+
+/// Whether the kernel has an iptables-legacy nat or filter table of `family` here.
+fn legacy_table_loaded(family: Family) -> bool {
+    let names = match family {
+        Family::Ipv4 => "/proc/net/ip_tables_names",
+        Family::Ipv6 => "/proc/net/ip6_tables_names",
+    };
+    let t = std::fs::read_to_string(names).unwrap_or_default();
+    t.lines().any(|l| l == rules::NAT || l == rules::FILTER)
+}
+
+/// Remove ours from iptables (both backends apply, and they now live in nftables).
+fn remove_from_iptables(ruleset: &[serde_json::Value]) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for fw in iptables_holding_ours(ruleset) {
+        log::warn!(
+            "{}: removing ve-nat's rules from the {} backend (they now live in table inet ve-nat)",
+            fw.family,
+            fw.kind
+        );
+        let have = apply::installed(&fw).ok();
+        let ctx = format!("{} {}", fw.family, fw.kind);
+        errors.extend(down_one(&fw, have).into_iter().map(|e| e.context(&ctx)));
+    }
+    errors
+}
+
+fn up_nftables(req: &Request) -> Result<()> {
+    let ext = req.external.as_str();
+    // nft is needed before anything else is looked at (exit 69 without it).
+    native::installed()?;
+    if !iface::exists(ext)? {
+        return Err(Error::no_input(iface::missing(ext)));
+    }
+    let _lock = lock::acquire(LOCK_WAIT)?;
+    let rs = native::ruleset()?;
+    if native::up(req, &rs)? {
+        log::info!("table inet ve-nat installed");
+    } else {
+        log::info!("table inet ve-nat already as requested");
+    }
+    joined(remove_from_iptables(&rs))?;
+    let sys = Sysctl::default();
+    // route_localnet only once the loopback guard (in the table) is in place.
+    sys.apply_localhost(req)?;
+    for f in req.families() {
+        if f == Family::Ipv6 {
+            sys.keep_router_advertisements(ext)?;
+        }
+        sys.enable_forwarding(f)?;
+    }
+    for chain in nft::dropping_forward_chains(&rs, &req.families(), false) {
+        log::warn!("{}", drop_text(&chain));
+    }
+    Ok(())
+}
+
+/// With an iptables backend: our nftables table must go (both would apply).
+fn remove_native(ruleset: Option<&[serde_json::Value]>) -> Result<()> {
+    if let Some(rs) = ruleset {
+        if native::present(rs) {
+            log::warn!(
+                "removing table inet ve-nat (both would apply; the rules now live in iptables)"
+            );
+            native::down(rs)?;
+        }
+    }
+    Ok(())
+}
+
+fn up_iptables(req: &Request, backend: Option<Backend>) -> Result<()> {
     let (fws, other) = open(req, backend)?;
     let ext = req.external.as_str();
     if !iface::exists(ext)? {
@@ -279,6 +414,7 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
         let have = apply::installed(&fw).ok();
         joined(down_one(&fw, have))?;
     }
+    remove_native(nft::ruleset().as_deref())?;
     // route_localnet only once the loopback guard is in place.
     let sys = Sysctl::default();
     sys.apply_localhost(req)?;
@@ -387,14 +523,58 @@ fn localnet_patterns(have: Option<&[apply::Installed]>) -> Vec<config::IfPattern
     pats
 }
 
-fn down(backend: Option<Backend>) -> Result<()> {
+fn down(name: BackendName) -> Result<()> {
     need_net_admin()?;
+    match choose(name) {
+        Chosen::Nftables => {
+            // nft is needed (exit 69 without it).
+            native::installed()?;
+            let _lock = lock::acquire(LOCK_WAIT)?;
+            let sys = Sysctl::default();
+            // Nothing has route_localnet on: no order to keep between it and the
+            // guard, so the table goes in the same nft process that lists the ruleset.
+            if !route_localnet_anywhere(&sys)? {
+                let rs = native::delete_listing()?;
+                log::info!("table inet ve-nat removed (if it was there)");
+                return joined(remove_from_iptables(&rs));
+            }
+            let rs = native::ruleset()?;
+            let mut pats = nft_table::internal_patterns(&rs);
+            pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
+            // route_localnet off while the loopback guard is still there.
+            let mut errors = sys.clear_route_localnet(&pats);
+            match native::down(&rs) {
+                Ok(true) => log::info!("table inet ve-nat removed"),
+                Ok(false) => log::info!("table inet ve-nat was not there"),
+                Err(e) => errors.push(e),
+            }
+            errors.extend(remove_from_iptables(&rs));
+            joined(errors)
+        }
+        Chosen::Iptables(b) => down_iptables(b),
+    }
+}
+
+/// Whether any interface of this namespace has route_localnet on.
+fn route_localnet_anywhere(sys: &Sysctl) -> Result<bool> {
+    for i in sys.interfaces()? {
+        if sys.route_localnet(&i)? == Some(true) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn down_iptables(backend: Option<Backend>) -> Result<()> {
     let mut errors = Vec::new();
     let v4 = Iptables::open(backend, Family::Ipv4)?;
     let _lock = lock::acquire(LOCK_WAIT)?;
     let have = apply::installed(&v4).ok();
     // route_localnet off while the loopback guard is still there.
     errors.extend(Sysctl::default().clear_route_localnet(&localnet_patterns(have.as_deref())));
+    if let Err(e) = remove_native(nft::ruleset().as_deref()) {
+        errors.push(e);
+    }
     errors.extend(down_one(&v4, have));
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
         if let Some(have) = ours_in_unused(&v6).filter(|h| has_any(h)) {
@@ -418,10 +598,55 @@ fn down(backend: Option<Backend>) -> Result<()> {
     joined(errors)
 }
 
-fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
+fn check(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
+    let diffs = match choose(name) {
+        Chosen::Nftables => check_nftables(req)?,
+        Chosen::Iptables(b) => check_iptables(req, b)?,
+    };
+    report(diffs)
+}
+
+fn check_nftables(req: &Request) -> Result<Vec<String>> {
+    let rs = native::ruleset()?;
+    let mut diffs = Vec::new();
+    let ext = req.external.as_str();
+    if !iface::exists(ext)? {
+        diffs.push(iface::missing(ext));
+    }
+    diffs.extend(native::differences(Some(req), &rs));
+    let sys = Sysctl::default();
+    for f in req.families() {
+        if sys.forwarding(f)? != Some(true) {
+            diffs.push(format!("{} is not 1", Sysctl::name(f)));
+        }
+    }
+    diffs.extend(sys.localhost_differences(req)?);
+    for fw in iptables_holding_ours(&rs) {
+        diffs.push(format!(
+            "{}: ve-nat's chains are in the {} iptables backend too, and both apply \
+             (`ve-nat up` or `down` removes them)",
+            fw.family, fw.kind
+        ));
+    }
+    for chain in nft::dropping_forward_chains(&rs, &req.families(), false) {
+        diffs.push(drop_text(&chain));
+    }
+    Ok(diffs)
+}
+
+fn check_iptables(req: &Request, backend: Option<Backend>) -> Result<Vec<String>> {
     let (fws, other) = open(req, backend)?;
     let mut diffs = Vec::new();
+    if let Some(rs) = nft::ruleset() {
+        if native::present(&rs) {
+            diffs.push(
+                "table inet ve-nat (the nftables backend's) is installed too, and both \
+                 apply (`ve-nat up` or `down` removes it)"
+                    .to_string(),
+            );
+        }
+    }
     let ext = req.external.as_str();
     if !iface::exists(ext)? {
         diffs.push(iface::missing(ext));
@@ -452,6 +677,11 @@ fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
     for chain in dropping_chains(&fws, &req.families()) {
         diffs.push(drop_text(&chain));
     }
+    Ok(diffs)
+}
+
+/// `check`'s verdict: exit 0 when `diffs` is empty, else 1 naming the first.
+fn report(diffs: Vec<String>) -> Result<()> {
     if diffs.is_empty() {
         log::info!("installed rules match the request");
         return Ok(());
@@ -522,8 +752,126 @@ fn family_status(fw: &Iptables) -> Result<Vec<ChainStatus>> {
         .collect())
 }
 
-fn status(backend: Option<Backend>, json: bool) -> Result<()> {
+fn status(name: BackendName, json: bool) -> Result<()> {
     need_net_admin()?;
+    match choose(name) {
+        Chosen::Nftables => status_nftables(json),
+        Chosen::Iptables(b) => status_iptables(b, json),
+    }
+}
+
+/// One line of `status --json` with the nftables backend: one chain, map or set of
+/// table inet ve-nat.
+#[derive(Debug, Serialize)]
+struct NftStatus {
+    backend: &'static str,
+    table: &'static str,
+    /// `chain`, `map` or `set`
+    kind: String,
+    name: String,
+    installed: bool,
+    /// net.ipv4.ip_forward and net.ipv6.conf.all.forwarding
+    forwarding_ipv4: Option<bool>,
+    forwarding_ipv6: Option<bool>,
+    /// A chain's `type ... hook ...` line, a map's or set's `type ...` line
+    head: String,
+    rules: Vec<native::RuleLine>,
+    elements: Vec<String>,
+}
+
+fn status_nftables(json: bool) -> Result<()> {
+    let sys = Sysctl::default();
+    let (f4, f6) = (sys.forwarding(Family::Ipv4)?, sys.forwarding(Family::Ipv6)?);
+    let parts = native::listing()?;
+    let installed = parts.is_some();
+    let lines: Vec<NftStatus> = match parts {
+        Some(ps) => ps
+            .into_iter()
+            .map(|p| NftStatus {
+                backend: "nftables",
+                table: "inet ve-nat",
+                kind: p.kind,
+                name: p.name,
+                installed,
+                forwarding_ipv4: f4,
+                forwarding_ipv6: f6,
+                head: p.head,
+                rules: p.rules,
+                elements: p.elements,
+            })
+            .collect(),
+        None => nft_table::CHAINS
+            .iter()
+            .map(|(name, ..)| NftStatus {
+                backend: "nftables",
+                table: "inet ve-nat",
+                kind: "chain".into(),
+                name: name.to_string(),
+                installed,
+                forwarding_ipv4: f4,
+                forwarding_ipv6: f6,
+                head: String::new(),
+                rules: Vec::new(),
+                elements: Vec::new(),
+            })
+            .collect(),
+    };
+    if json {
+        let mut text = String::new();
+        for l in &lines {
+            text.push_str(&output::json_line(l)?);
+        }
+        return output::print(&text);
+    }
+    let on = |f: Option<bool>| match f {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "n/a",
+    };
+    let fwd = format!("v4 {} v6 {}", on(f4), on(f6));
+    let mut rows = Vec::new();
+    for l in &lines {
+        let head = |what: String, p: String, b: String| {
+            vec![
+                "nftables".to_string(),
+                fwd.clone(),
+                format!("{} {}", l.kind, l.name),
+                p,
+                b,
+                what,
+            ]
+        };
+        if !l.installed {
+            rows.push(head("(not installed)".into(), String::new(), String::new()));
+            continue;
+        }
+        if l.kind == "chain" {
+            if l.rules.is_empty() {
+                rows.push(head("(empty)".into(), String::new(), String::new()));
+            }
+            for r in &l.rules {
+                rows.push(head(
+                    r.rule.clone(),
+                    r.packets.to_string(),
+                    r.bytes.to_string(),
+                ));
+            }
+        } else {
+            if l.elements.is_empty() {
+                rows.push(head("(no elements)".into(), String::new(), String::new()));
+            }
+            for e in &l.elements {
+                rows.push(head(e.clone(), String::new(), String::new()));
+            }
+        }
+    }
+    output::print(&output::table(
+        &["BACKEND", "FORWARDING", "IN", "PACKETS", "BYTES", "RULE"],
+        &rows,
+    ))
+}
+
+fn status_iptables(backend: Option<Backend>, json: bool) -> Result<()> {
     let mut chains = family_status(&Iptables::open(backend, Family::Ipv4)?)?;
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
         match family_status(&v6) {

@@ -1,9 +1,11 @@
 //! What the native nftables ruleset does to ve-nat's traffic, through the `nft` binary:
-//! a forward chain with policy drop in a table of someone else's (firewalld, a
-//! hand-written `inet filter`) drops container traffic whatever ve-nat's iptables rules
-//! accept, because a packet must pass every base chain on a hook. And after `down` with
-//! iptables-nft, the `nat`/`filter` tables (or built-in chains) iptables-nft made for
-//! ve-nat and that are now empty. Reading is `nft -j list ruleset`; without `nft` installed both are skipped.
+//! a forward chain that drops (policy drop, or a final unconditional drop/reject) in a
+//! table of someone else's (firewalld, a hand-written `inet filter`, iptables' own
+//! `filter FORWARD` seen from the nftables backend) drops container traffic whatever
+//! ve-nat's rules accept, because a packet must pass every base chain on a hook. And after
+//! `down` with iptables-nft, the `nat`/`filter` tables (or built-in chains) iptables-nft
+//! made for ve-nat and that are now empty. Reading is `nft -j list ruleset`; without `nft`
+//! installed both are skipped.
 
 use std::process::{Command, Stdio};
 
@@ -53,34 +55,73 @@ fn nft_family(f: Family) -> &'static str {
     }
 }
 
-/// Forward base chains with policy drop that see the traffic of `families`, as
-/// `FAMILY TABLE CHAIN`. With the nft backend, iptables-nft's own `filter FORWARD` is
-/// left out: ve-nat's accept rules are in it.
-pub fn dropping_forward_chains(
-    ruleset: &[Value],
-    families: &[Family],
-    nft_backend: bool,
-) -> Vec<String> {
+/// Whether rule `r` (a `rule` object) drops or rejects whatever reaches it: no match,
+/// only statements such as counter or log, then drop or reject.
+fn unconditional_drop(r: &Value) -> bool {
+    let Some(expr) = r.get("expr").and_then(Value::as_array) else {
+        return false;
+    };
+    let kind = |s: &Value| s.as_object().and_then(|m| m.keys().next().cloned());
+    let kinds: Vec<String> = expr.iter().filter_map(kind).collect();
+    kinds.last().is_some_and(|k| k == "drop" || k == "reject")
+        && kinds
+            .iter()
+            .all(|k| matches!(k.as_str(), "counter" | "log" | "limit" | "drop" | "reject"))
+}
+
+/// Forward base chains that drop what reaches their end (policy drop, or an
+/// unconditional drop/reject rule), as `FAMILY TABLE CHAIN`, with `keep` choosing which.
+fn forward_drops(ruleset: &[Value], keep: impl Fn(&str, &str, &str) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     for item in ruleset {
         let Some(c) = item.get("chain") else {
             continue;
         };
         let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
-        if s("hook") != "forward" || s("policy") != "drop" {
+        if s("hook") != "forward" || !keep(s("family"), s("table"), s("name")) {
             continue;
         }
-        let fam = s("family");
-        let ours = |f: Family| fam == nft_family(f) || fam == "inet";
-        if !families.iter().any(|f| ours(*f)) {
-            continue;
+        let final_drop = ruleset.iter().filter_map(|i| i.get("rule")).any(|r| {
+            let g = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+            g("family") == s("family")
+                && g("table") == s("table")
+                && g("chain") == s("name")
+                && unconditional_drop(r)
+        });
+        if s("policy") == "drop" || final_drop {
+            out.push(format!("{} {} {}", s("family"), s("table"), s("name")));
         }
-        if nft_backend && fam != "inet" && s("table") == "filter" && s("name") == "FORWARD" {
-            continue;
-        }
-        out.push(format!("{fam} {} {}", s("table"), s("name")));
     }
     out
+}
+
+/// Forward base chains that drop (see `forward_drops`) and see the traffic of
+/// `families`, as `FAMILY TABLE CHAIN`. With the iptables-nft backend, iptables-nft's
+/// own `filter FORWARD` is left out: ve-nat's accept rules are in it. ve-nat's own
+/// table is always left out.
+pub fn dropping_forward_chains(
+    ruleset: &[Value],
+    families: &[Family],
+    nft_backend: bool,
+) -> Vec<String> {
+    forward_drops(ruleset, |fam, table, name| {
+        let ours = |f: Family| fam == nft_family(f) || fam == "inet";
+        if !families.iter().any(|f| ours(*f)) {
+            return false;
+        }
+        if fam == "inet" && table == crate::nft_table::TABLE {
+            return false;
+        }
+        !(nft_backend && fam != "inet" && table == "filter" && name == "FORWARD")
+    })
+}
+
+/// iptables(-nft)'s `filter FORWARD` chains (either family) that drop: where only the
+/// iptables-nft backend can put accepts that count.
+pub fn iptables_forward_drops(ruleset: &[Value]) -> Vec<String> {
+    forward_drops(ruleset, |fam, table, name| {
+        (fam == "ip" || fam == "ip6") && table == "filter" && name == "FORWARD"
+    })
 }
 
 /// The built-in chains iptables-nft creates in its tables.
@@ -269,5 +310,27 @@ mod tests {
             ),
             ["delete table ip nat"]
         );
+    }
+
+    #[test]
+    fn final_drops_count_conditional_ones_do_not() {
+        let r = rs(r#"{"nftables": [
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+            {"chain": {"family": "inet", "table": "fw", "name": "fwd", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "fw", "chain": "fwd", "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}, {"drop": null}]}},
+            {"chain": {"family": "inet", "table": "fw2", "name": "fwd", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "fw2", "chain": "fwd", "expr": [{"reject": null}]}},
+            {"chain": {"family": "inet", "table": "ve-nat", "name": "forward", "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}
+        ]}"#);
+        assert_eq!(
+            dropping_forward_chains(&r, &[Family::Ipv4], false),
+            ["ip filter FORWARD", "inet fw2 fwd"]
+        );
+        assert_eq!(
+            dropping_forward_chains(&r, &[Family::Ipv4], true),
+            ["inet fw2 fwd"]
+        );
+        assert_eq!(iptables_forward_drops(&r), ["ip filter FORWARD"]);
     }
 }

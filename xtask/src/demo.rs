@@ -33,6 +33,11 @@ usage: cargo xtask demo [--count N] [--allocs N] [--tools DIR] [--require-full]
 ";
 
 const FORWARD_PORT: u16 = 8080;
+/// The IPv6 side of the sandbox: the containers' pool, the host's uplink address and
+/// the outside server's (documentation range).
+const POOL6: &str = "fd00:233::/64";
+const HOST_UPLINK6: &str = "2001:db8::1";
+const OUTSIDE6: &str = "2001:db8::2";
 const TOOLS: [&str; 4] = ["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"];
 
 pub fn run(args: &[String]) -> Result {
@@ -121,10 +126,10 @@ fn tools_in(dir: PathBuf) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The pipeline needs root (namespaces, links, rules) and iproute2 and iptables. Without
+/// The pipeline needs root (namespaces, links, rules), iproute2, nftables and iptables. Without
 /// root it is skipped with a note, unless privileged runs are required (CI).
 fn pipeline_possible(require: bool) -> Result<bool> {
-    let mut missing: Vec<&str> = ["ip", "iptables", "iptables-save"]
+    let mut missing: Vec<&str> = ["ip", "nft", "iptables", "iptables-save"]
         .into_iter()
         .filter(|c| !have_command(c))
         .collect();
@@ -265,6 +270,9 @@ struct Row {
     iface: String,
     addresses: String,
     saw: String,
+    /// The container's IPv6 address, and what the outside server saw over IPv6.
+    local6: String,
+    saw6: String,
     nm: String,
     ok: bool,
 }
@@ -331,9 +339,29 @@ fn in_sandbox(
     // A route back to the containers: without NAT the server would see their own
     // addresses, so "the server saw the uplink address" proves NAT did its job.
     testbed::uplink(&host, &out);
+    host.ip(&[
+        "addr",
+        "add",
+        &format!("{HOST_UPLINK6}/64"),
+        "dev",
+        "up0",
+        "nodad",
+    ]);
+    out.ip(&[
+        "addr",
+        "add",
+        &format!("{OUTSIDE6}/64"),
+        "dev",
+        "up1",
+        "nodad",
+    ]);
+    out.ip(&["route", "add", POOL6, "via", HOST_UPLINK6]);
     let server_addr: SocketAddr = format!("{OUTSIDE}:80").parse().unwrap();
     let _server = HttpServer::start(&out.path(), server_addr, |peer| format!("{}\n", peer.ip()))
         .map_err(|e| format!("starting the outside HTTP server: {e}"))?;
+    let server6: SocketAddr = format!("[{OUTSIDE6}]:80").parse().unwrap();
+    let _server6 = HttpServer::start(&out.path(), server6, |peer| format!("{}\n", peer.ip()))
+        .map_err(|e| format!("starting the outside HTTP server (IPv6): {e}"))?;
 
     let nm = if NetworkManager::available() {
         Some(NetworkManager::start(&host, sandbox.prefix())?)
@@ -345,11 +373,11 @@ fn in_sandbox(
 
     section("The sandbox: a host, its uplink and the outside world, all network namespaces");
     sayln!(
-        "  host      {:<22} up0 {HOST_UPLINK}/24, where the tools run",
+        "  host      {:<22} up0 {HOST_UPLINK}/24 {HOST_UPLINK6}/64, where the tools run",
         host.name()
     );
     sayln!(
-        "  outside   {:<22} up1 {OUTSIDE}/24, an HTTP server on :80 that answers with the address it saw",
+        "  outside   {:<22} up1 {OUTSIDE}/24 {OUTSIDE6}/64, an HTTP server on :80 that answers with the address it saw",
         out.name()
     );
     for (name, ns) in &containers {
@@ -417,7 +445,7 @@ fn in_sandbox(
     for (name, ns) in &containers {
         let (code, up) = h.sh(
             &format!(
-                "ve-alloc alloc {name} | ve-link up {name} --netns {} --addresses -",
+                "ve-alloc alloc {name} --pool6 {POOL6} | ve-link up {name} --netns {} --addresses -",
                 ns.name()
             ),
             10,
@@ -440,6 +468,8 @@ fn in_sandbox(
                     env_value(&up, lease::HOST_ADDRESS).unwrap_or_default(),
                     env_value(&up, lease::LOCAL_ADDRESS).unwrap_or_default()
                 ),
+                local6: env_value(&up, lease::LOCAL_ADDRESS6).unwrap_or_default(),
+                saw6: String::new(),
                 iface,
                 saw: String::new(),
                 nm: "-".into(),
@@ -452,15 +482,26 @@ fn in_sandbox(
         .and_then(|(_, r)| r.addresses.split(" / ").nth(1).map(str::to_string))
         .unwrap_or_default();
 
-    section("ve-nat.service: NAT for every container at once, and a port forward to ct1");
-    let forward = format!("tcp:{FORWARD_PORT}:{first_local}:80");
-    let (code, _) = h.sh(&format!("ve-nat up --external up0 --forward {forward}"), 5)?;
+    let first_local6 = rows
+        .first()
+        .map(|(_, r)| r.local6.clone())
+        .unwrap_or_default();
+
+    section("ve-nat.service: NAT for every container at once (IPv4 and IPv6), and a port forward to ct1");
+    // The default backend: nftables here (nothing of iptables in the sandbox host).
+    let forward = format!(
+        "--ipv6 --forward tcp:{FORWARD_PORT}:{first_local}:80 \
+         --forward tcp:{FORWARD_PORT}:[{first_local6}]:80"
+    );
+    let (code, _) = h.sh(&format!("ve-nat up --external up0 {forward}"), 5)?;
     checks.add("ve-nat up (once, for all containers)", code == 0);
-    let (code, _) = h.sh(
-        &format!("ve-nat check --external up0 --forward {forward}"),
-        5,
-    )?;
+    let (code, _) = h.sh(&format!("ve-nat check --external up0 {forward}"), 5)?;
     checks.add("ve-nat check: installed as requested", code == 0);
+    let (_, tables) = h.sh("nft list tables", 5)?;
+    checks.add(
+        "the default backend is nftables here: table inet ve-nat",
+        tables.lines().any(|l| l.trim() == "table inet ve-nat"),
+    );
     h.sh("ve-alloc list --hosts", 10)?;
 
     section("Traffic");
@@ -469,6 +510,13 @@ fn in_sandbox(
         format!("hello from ct1, you are {}\n", peer.ip())
     })
     .map_err(|e| format!("starting the HTTP server in ct1: {e}"))?;
+    let web6_addr: SocketAddr = format!("[{first_local6}]:80")
+        .parse()
+        .map_err(|e| format!("ct1's IPv6 address {first_local6:?}: {e}"))?;
+    let _web6 = HttpServer::start(&ct1_ns.path(), web6_addr, |peer| {
+        format!("hello from ct1, you are {}\n", peer.ip())
+    })
+    .map_err(|e| format!("starting the IPv6 HTTP server in ct1: {e}"))?;
     for (ns, row) in &mut rows {
         let got = http_get_within(&ns.path(), server_addr, Duration::from_secs(5));
         sayln!(
@@ -483,6 +531,22 @@ fn in_sandbox(
         row.ok &= checks.add(
             format!("{}: reaches the outside through NAT", row.name),
             row.saw == HOST_UPLINK,
+        );
+        let got6 = http_get_within(&ns.path(), server6, Duration::from_secs(5));
+        sayln!(
+            "  {:<5} GET http://{server6}/  ->  {}",
+            row.name,
+            got6.as_deref()
+                .map(str::trim)
+                .unwrap_or_else(|e| e.as_str())
+        );
+        row.saw6 = got6
+            .as_deref()
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "nothing".into());
+        row.ok &= checks.add(
+            format!("{}: reaches the outside through NAT over IPv6", row.name),
+            row.saw6 == HOST_UPLINK6,
         );
         if let Some(nm) = &nm {
             row.nm = nm
@@ -507,11 +571,22 @@ fn in_sandbox(
         "  outside GET http://{fwd_addr}/  ->  {}",
         got.as_deref().map(str::trim).unwrap_or_else(|e| e.as_str())
     );
-    let forward_ok = checks.add(
+    let forward_ok4 = checks.add(
         format!("port forward {HOST_UPLINK}:{FORWARD_PORT} -> ct1:80 answers from outside"),
         got.as_deref()
             .is_ok_and(|s| s.trim() == format!("hello from ct1, you are {OUTSIDE}")),
     );
+    let fwd6: SocketAddr = format!("[{HOST_UPLINK6}]:{FORWARD_PORT}").parse().unwrap();
+    let got = http_get_within(&out.path(), fwd6, Duration::from_secs(5));
+    sayln!(
+        "  outside GET http://{fwd6}/  ->  {}",
+        got.as_deref().map(str::trim).unwrap_or_else(|e| e.as_str())
+    );
+    let forward_ok = checks.add(
+        format!("port forward [{HOST_UPLINK6}]:{FORWARD_PORT} -> ct1:80 answers from outside"),
+        got.as_deref()
+            .is_ok_and(|s| s.trim() == format!("hello from ct1, you are {OUTSIDE6}")),
+    ) && forward_ok4;
 
     section("Teardown: ve-link down, ve-nat down, ve-alloc release");
     let names: Vec<&str> = containers.iter().map(|(n, _)| n.as_str()).collect();
@@ -528,25 +603,29 @@ fn in_sandbox(
     let (_, leases) = h.sh("ve-alloc list --json", 3)?;
     // JSON Lines of nothing is nothing; older ve-alloc printed one empty array.
     checks.add("no lease left", matches!(leases.trim(), "" | "[]"));
-    let (_, rules) = h.sh("iptables-save | grep -c ve-nat || true", 3)?;
+    let (_, rules) = h.sh(
+        "{ iptables-save; ip6tables-save; nft list ruleset; } 2>/dev/null | grep -c ve-nat || true",
+        3,
+    )?;
     checks.add("no ve-nat rule left", rules.trim() == "0");
 
     let mut table = String::from(
-        "CONTAINER  INTERFACE  ADDRESSES (host / container)  SERVER SAW  NETWORKMANAGER  RESULT\n",
+        "CONTAINER  INTERFACE  ADDRESSES (host / container)  SERVER SAW  SAW (IPv6)   NETWORKMANAGER  RESULT\n",
     );
     for (_, r) in &rows {
         table.push_str(&format!(
-            "{:<10} {:<10} {:<29} {:<11} {:<15} {}\n",
+            "{:<10} {:<10} {:<29} {:<11} {:<12} {:<15} {}\n",
             r.name,
             r.iface,
             r.addresses,
             r.saw,
+            r.saw6,
             r.nm,
             if r.ok { "pass" } else { "FAIL" }
         ));
     }
     table.push_str(&format!(
-        "port forward {HOST_UPLINK}:{FORWARD_PORT} from outside -> ct1:80: {}\n",
+        "port forward {HOST_UPLINK}:{FORWARD_PORT} and [{HOST_UPLINK6}]:{FORWARD_PORT} from outside -> ct1:80: {}\n",
         if forward_ok { "pass" } else { "FAIL" }
     ));
     Ok(table)
