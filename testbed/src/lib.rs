@@ -7,10 +7,12 @@
 //! - [`host`]: the sandbox host's uplink to an "outside" namespace.
 //! - [`http`]: HTTP served and fetched inside namespaces.
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
+//! - [`firewalld`]: a real firewalld on a private D-Bus bus.
 //! - [`process`]: stopping children, polling.
 //!
 //! Everything needed often is re-exported here.
 
+pub mod firewalld;
 pub mod host;
 pub mod http;
 pub mod netns;
@@ -19,7 +21,7 @@ pub mod privilege;
 pub mod process;
 pub mod sandbox;
 
-pub use host::{uplink, HOST_UPLINK, OUTSIDE};
+pub use host::{routed_container, uplink, HOST_UPLINK, OUTSIDE};
 pub use http::{http_get, http_get_within, HttpServer};
 pub use netns::{enter, enter_fd, in_netns, spawn_in};
 pub use nm::{nm_command, nm_conf, NetworkManager};
