@@ -4,7 +4,6 @@
 
 pub mod doc;
 mod nm;
-mod notify;
 mod persist;
 mod spec;
 mod unmanage;
@@ -16,10 +15,10 @@ use clap::{CommandFactory, Parser};
 use common::{cli::Verbosity, output, Error, Kind as ErrorKind, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+pub use common::notify::{self, NOTIFY_SOCKET};
 pub use nm::{
     connect, Bus, Device, Nm, DEFAULT_TIMEOUT, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED,
 };
-pub use notify::NOTIFY_SOCKET;
 pub use persist::{
     Kind, DEFAULT_CONF_DIR, DEFAULT_RUNTIME_DIR, DROP_IN, RUNTIME_DROP_IN, WATCH_DROP_IN,
 };
