@@ -5,11 +5,13 @@ pub mod apply;
 pub mod config;
 pub mod doc;
 pub mod firewall;
+pub mod firewalld;
 pub mod iface;
 mod lock;
 pub mod nft;
 pub mod rules;
 pub mod sysctl;
+pub mod watch;
 
 use std::ffi::OsString;
 
@@ -49,7 +51,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Install or update the rules and turn forwarding on (idempotent)
-    Up(Want),
+    Up(UpArgs),
+    /// `up`, then stay and re-apply whenever the rules vanish (nft flush ruleset, a
+    /// firewalld reload, iptables flushed); SIGTERM or SIGINT end it (exit 0)
+    Watch(Want),
     /// Remove ve-nat's chains and jumps from both backends, nothing else (already gone is success)
     Down(BackendArg),
     /// Exit 0 if the installed rules match the request, 1 if not
@@ -69,6 +74,15 @@ struct BackendArg {
     /// iptables backend; default: the system's `iptables`, else whichever is installed
     #[arg(long, value_enum)]
     backend: Option<Backend>,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    want: Want,
+    /// Stay running afterwards, as `ve-nat watch` does
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -130,7 +144,15 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     let cli: Cli = common::cli::parse(command(), args)?;
     cli.verbosity.init_logging("ve-nat");
     match cli.cmd {
-        Cmd::Up(w) => up(&w.request()?, w.backend.backend),
+        Cmd::Up(UpArgs {
+            want: w,
+            watch: false,
+        }) => up(&w.request()?, w.backend.backend),
+        Cmd::Up(UpArgs {
+            want: w,
+            watch: true,
+        })
+        | Cmd::Watch(w) => watch(&w.request()?, w.backend.backend),
         Cmd::Down(b) => down(b.backend),
         Cmd::Check(w) => check(&w.request()?, w.backend.backend),
         Cmd::Status { backend, json } => status(backend.backend, json),
@@ -283,7 +305,64 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
     for chain in dropping_chains(&fws, &req.families()) {
         log::warn!("{}", drop_text(&chain));
     }
+    firewalld_up(req)
+}
+
+/// Where firewalld runs: the containers into its trusted zone (see `firewalld`).
+fn firewalld_up(req: &Request) -> Result<()> {
+    let Some(fw) = firewalld::Firewalld::connect() else {
+        return Ok(());
+    };
+    let dir = firewalld::state_dir();
+    let mut owned = firewalld::load(&dir)?;
+    let want = firewalld::wanted(req);
+    for w in firewalld::up(&fw, &want, &mut owned, &mut |o| firewalld::save(&dir, o))? {
+        log::warn!("{w}");
+    }
     Ok(())
+}
+
+/// Undo what `firewalld_up` added. Without firewalld its runtime config is gone
+/// anyway; the permanent entries stay recorded for a later `down`.
+fn firewalld_down() -> Vec<Error> {
+    let dir = firewalld::state_dir();
+    let mut owned = match firewalld::load(&dir) {
+        Ok(o) if o.is_empty() => return Vec::new(),
+        Ok(o) => o,
+        Err(e) => return vec![e],
+    };
+    let mut errors = match firewalld::Firewalld::connect() {
+        Some(fw) => firewalld::down(&fw, &mut owned),
+        None => {
+            owned.retain(|e| e.layer == firewalld::Layer::Permanent);
+            for e in &owned {
+                log::warn!(
+                    "firewalld is not running: {e} stays in its zone {} until `ve-nat down`                      runs while it does",
+                    firewalld::ZONE
+                );
+            }
+            Vec::new()
+        }
+    };
+    if let Err(e) = firewalld::save(&dir, &owned) {
+        errors.push(e);
+    }
+    errors
+}
+
+/// `up`, then watch (see `watch`). iptables-legacy tells nobody of changes: it is
+/// looked at every 2 s; otherwise the kernel's events wake the watcher, and a look
+/// every 30 s is only a safety net.
+fn watch(req: &Request, backend: Option<Backend>) -> Result<()> {
+    need_net_admin()?;
+    let legacy = Iptables::open(backend, Family::Ipv4)?.kind == "legacy";
+    let differences = || differences(req, backend);
+    let apply = || up(req, backend);
+    watch::run(&watch::Watch {
+        differences: &differences,
+        apply: &apply,
+        poll: std::time::Duration::from_secs(if legacy { 2 } else { 30 }),
+    })
 }
 
 /// What is installed of ours in a family the request does not use. A failure to
@@ -382,11 +461,36 @@ fn down(backend: Option<Backend>) -> Result<()> {
         let ctx = format!("{} {}", fw.family, fw.kind);
         errors.extend(down_one(&fw, have).into_iter().map(|e| e.context(&ctx)));
     }
+    errors.extend(firewalld_down());
     joined(errors)
 }
 
 fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
     need_net_admin()?;
+    let diffs = differences(req, backend)?;
+    if diffs.is_empty() {
+        log::info!("installed rules match the request");
+        return Ok(());
+    }
+    for d in &diffs {
+        log::info!("{d}");
+    }
+    Err(Error::new(
+        Kind::Differs,
+        format!(
+            "installed rules differ from the request: {}{}",
+            diffs[0],
+            if diffs.len() > 1 {
+                format!(" (and {} more; -v lists them)", diffs.len() - 1)
+            } else {
+                String::new()
+            }
+        ),
+    ))
+}
+
+/// How what is installed differs from `req`, one line each (`check`, and the watcher).
+fn differences(req: &Request, backend: Option<Backend>) -> Result<Vec<String>> {
     let (fws, other) = open(req, backend)?;
     let mut diffs = Vec::new();
     let ext = req.external.as_str();
@@ -418,25 +522,10 @@ fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
     for chain in dropping_chains(&fws, &req.families()) {
         diffs.push(drop_text(&chain));
     }
-    if diffs.is_empty() {
-        log::info!("installed rules match the request");
-        return Ok(());
+    if let Some(fw) = firewalld::Firewalld::connect() {
+        diffs.extend(firewalld::differences(&fw, &firewalld::wanted(req))?);
     }
-    for d in &diffs {
-        log::info!("{d}");
-    }
-    Err(Error::new(
-        Kind::Differs,
-        format!(
-            "installed rules differ from the request: {}{}",
-            diffs[0],
-            if diffs.len() > 1 {
-                format!(" (and {} more; -v lists them)", diffs.len() - 1)
-            } else {
-                String::new()
-            }
-        ),
-    ))
+    Ok(diffs)
 }
 
 /// One line of `status --json`: one chain of ours in one family.
