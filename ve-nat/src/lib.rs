@@ -351,7 +351,7 @@ fn firewalld_down() -> Vec<Error> {
 }
 
 /// `up`, then watch (see `watch`). iptables-legacy tells nobody of changes: it is
-/// looked at every 2 s; otherwise the kernel's events wake the watcher, and a look
+/// looked at every second; otherwise the kernel's events wake the watcher, and a look
 /// every 30 s is only a safety net.
 fn watch(req: &Request, backend: Option<Backend>) -> Result<()> {
     need_net_admin()?;
@@ -361,7 +361,7 @@ fn watch(req: &Request, backend: Option<Backend>) -> Result<()> {
     watch::run(&watch::Watch {
         differences: &differences,
         apply: &apply,
-        poll: std::time::Duration::from_secs(if legacy { 2 } else { 30 }),
+        poll: std::time::Duration::from_secs(if legacy { 1 } else { 30 }),
     })
 }
 

@@ -164,12 +164,17 @@ impl Topo {
 
     /// Start `ve-nat watch` with the request; returns once it said READY=1.
     pub fn watcher(&self) -> Watcher {
+        self.watcher_as(&["watch"])
+    }
+
+    /// The same as `ve-nat VERB... REQUEST` (`up --watch`).
+    pub fn watcher_as(&self, verb: &[&str]) -> Watcher {
         let sock_path = self.dirs.path().join("notify");
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
         sock.set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let mut cmd = self.nat_cmd(&[&["watch"], WANT].concat());
+        let mut cmd = self.nat_cmd(&[verb, WANT].concat());
         cmd.env("NOTIFY_SOCKET", &sock_path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null());
