@@ -39,7 +39,10 @@ pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
         adding or removing a container changes no rule.\n\n\
         Port forwards reach the container from outside, from other containers and from \
         the host itself through any of the host's addresses except loopback \
-        (127.0.0.1/::1 is not covered)."
+        (127.0.0.1/::1 is not covered).\n\n\
+        Where firewalld runs (on the system bus, in this network namespace), up also puts \
+        the container interfaces and --internal-ip networks into its trusted zone, \
+        runtime and permanent, through its D-Bus API; down removes what up added there."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -153,3 +153,35 @@ fn down_removes_only_what_up_added() {
     assert_eq!(trusted(fw, false), "ve-+");
     assert_eq!(trusted(fw, true), "");
 }
+
+/// A firewalld on the bus but in another network namespace (the machine's, seen from a
+/// container or a test sandbox) does not filter ours: ve-nat leaves it alone. The other
+/// tests are the control: from firewalld's own namespace the same `up` changes it.
+#[test]
+fn a_firewalld_in_another_namespace_is_left_alone() {
+    if !gate("a_firewalld_in_another_namespace_is_left_alone") {
+        return;
+    }
+    let t = Topo::new("nft", true);
+    let before = fw(&t).config().unwrap();
+    let run = |args: &[&str]| {
+        let out = t
+            .out
+            .command(support::BIN)
+            .args(args)
+            .args(["--backend", "nft"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", fw(&t).bus_address())
+            .env("VE_NAT_LOCK_DIR", t.dirs.path().join("lock"))
+            .env("VE_NAT_STATE_DIR", t.state_dir())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        eprintln!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["up", "--external", "up1"]), Some(0));
+    assert_eq!(run(&["check", "--external", "up1"]), Some(0));
+    assert_eq!(fw(&t).config().unwrap(), before);
+    assert!(!t.state_dir().exists());
+    assert_eq!(run(&["down"]), Some(0));
+}
