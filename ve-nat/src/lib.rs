@@ -325,8 +325,9 @@ fn firewalld_up(req: &Request) -> Result<()> {
     Ok(())
 }
 
-/// Undo what `firewalld_up` added. Without firewalld its runtime config is gone
-/// anyway; the permanent entries stay recorded for a later `down`.
+/// Undo what `firewalld_up` added. Without firewalld, everything stays recorded for a
+/// later `down`: the runtime entries too, as firewalld copies our permanent ones back
+/// into its runtime config when it starts.
 fn firewalld_down() -> Vec<Error> {
     let dir = firewalld::state_dir();
     let mut owned = match firewalld::load(&dir) {
@@ -337,7 +338,6 @@ fn firewalld_down() -> Vec<Error> {
     let mut errors = match firewalld::Firewalld::connect() {
         Some(fw) => firewalld::down(&fw, &mut owned),
         None => {
-            owned.retain(|e| e.layer == firewalld::Layer::Permanent);
             for e in &owned {
                 log::warn!(
                     "firewalld is not running: {e} stays in its zone {} until `ve-nat down`                      runs while it does",

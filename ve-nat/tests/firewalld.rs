@@ -185,3 +185,38 @@ fn a_firewalld_in_another_namespace_is_left_alone() {
     assert!(!t.state_dir().exists());
     assert_eq!(run(&["down"]), Some(0));
 }
+
+/// `down` while firewalld is stopped cannot reach its config: it keeps the entries
+/// recorded (and says so), and a `down` once firewalld is back (with our permanent
+/// entry copied into its runtime config) removes them, runtime and permanent.
+#[test]
+fn down_without_firewalld_keeps_the_record_for_later() {
+    if !gate("down_without_firewalld_keeps_the_record_for_later") {
+        return;
+    }
+    let mut t = Topo::new("nft", true);
+    let before = fw(&t).config().unwrap();
+    t.nat_ok(&[&["up"], WANT].concat());
+    t.fw.as_mut().unwrap().stop();
+    let out = t.nat(&["down"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("firewalld is not running"));
+    let record = std::fs::read_to_string(t.state_dir().join("firewalld")).unwrap();
+    let lines: Vec<&str> = record.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines,
+        ["permanent interface ve-+", "runtime interface ve-+"]
+    );
+
+    let fwd = t.fw.as_mut().unwrap();
+    fwd.spawn().unwrap();
+    fwd.wait_running(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        trusted(fw(&t), true),
+        "ve-+",
+        "the permanent entry outlived the stop"
+    );
+    t.nat_ok(&["down"]);
+    assert_eq!(fw(&t).config().unwrap(), before);
+    assert!(!t.state_dir().join("firewalld").exists());
+}
