@@ -6,6 +6,7 @@
 //! - [`netns`]: running test code on a thread inside a namespace.
 //! - [`host`]: the sandbox host's uplink to an "outside" namespace.
 //! - [`http`]: HTTP served and fetched inside namespaces.
+//! - [`nat`]: a NAT topology (containers -- host -- outside) with real traffic.
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
 //! - [`firewalld`]: a real firewalld on a private D-Bus bus.
 //! - [`process`]: stopping children, polling.
@@ -15,6 +16,7 @@
 pub mod firewalld;
 pub mod host;
 pub mod http;
+pub mod nat;
 pub mod netns;
 pub mod nm;
 pub mod privilege;

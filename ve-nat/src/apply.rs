@@ -290,11 +290,12 @@ pub mod fake {
         pub invariant: Option<Invariant>,
     }
 
-    pub const BUILTIN: [(&str, &str); 4] = [
+    pub const BUILTIN: [(&str, &str); 5] = [
         ("nat", "PREROUTING"),
         ("nat", "POSTROUTING"),
         ("nat", "OUTPUT"),
         ("filter", "FORWARD"),
+        ("filter", "INPUT"),
     ];
 
     impl Default for Fake {

@@ -42,6 +42,11 @@ impl IfPattern {
         &self.0
     }
 
+    /// The pattern matching exactly one validated interface.
+    pub fn exact(name: &IfName) -> IfPattern {
+        IfPattern(name.as_str().to_string())
+    }
+
     /// Whether this pattern matches the interface `name` (as iptables would).
     pub fn matches(&self, name: &str) -> bool {
         match self.0.strip_suffix('+') {
@@ -352,6 +357,9 @@ pub struct Request {
     pub forwards: Vec<Forward>,
     pub ipv6: bool,
     pub mark: u32,
+    /// Port forwards answer on 127.0.0.1 of the host too (route_localnet on the
+    /// container interfaces, guarded). On by default; `--no-localhost` turns it off.
+    pub localhost: bool,
 }
 
 /// The default container interfaces: every routed container veth.
@@ -459,7 +467,15 @@ impl Request {
             forwards: fwds,
             ipv6,
             mark,
+            localhost: true,
         })
+    }
+
+    /// Whether localhost forwards are in effect: wanted, and an IPv4 forward to answer
+    /// on 127.0.0.1 (::1 cannot be forwarded: see the README). Without one, ve-nat
+    /// opens nothing on loopback.
+    pub fn localhost_forwards(&self) -> bool {
+        self.localhost && self.forwards.iter().any(|f| f.family() == Family::Ipv4)
     }
 
     /// The families this request installs rules for.

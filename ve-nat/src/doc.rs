@@ -26,13 +26,13 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::Unavailable,
-            "no iptables (of the requested backend) is installed; firewalld refused a zone \
-             change or did not answer",
+            "the chosen backend's program is not installed (nft for nftables, iptables-nft or \
+             iptables-legacy); firewalld refused a zone change or did not answer",
         ),
         exit(Exit::Software, "a bug in ve-nat"),
         exit(
             Exit::OsErr,
-            "iptables or the kernel refused a change, or a sysctl could not be written",
+            "nft, iptables or the kernel refused a change, or a sysctl could not be written",
         ),
         exit(
             Exit::TempFail,
@@ -87,9 +87,18 @@ pub const MANUAL: Manual = Manual {
              so router advertisements keep working",
         ),
         entry(
-            "iptables, iptables-nft, iptables-legacy, ip6tables..., nft",
-            "The programs ve-nat drives (looked up on PATH and in /usr/sbin, /sbin); nft is \
-             only read from, to find other tables' forward chains that drop",
+            "/proc/sys/net/ipv4/conf/*/route_localnet",
+            "Set to 1 by up on each existing interface an --internal pattern matches, when \
+             there is an IPv4 port forward (so it answers on 127.0.0.1), and to 0 by \
+             up --no-localhost and by down; check reports a matching interface where it \
+             differs",
+        ),
+        entry(
+            "nft, iptables, iptables-nft, iptables-legacy, ip6tables...",
+            "The programs ve-nat drives (looked up on PATH): nft writes table inet ve-nat \
+             (--backend nftables, one transaction per up) and is read for other tables' \
+             forward chains that drop and for what --backend auto picks; iptables-*-save \
+             is read only when the kernel lists a legacy table",
         ),
     ],
     examples: &[
@@ -106,8 +115,18 @@ pub const MANUAL: Manual = Manual {
             "The same, plus port 8080 of the host forwarded to a container's port 80",
         ),
         entry(
+            "curl http://127.0.0.1:8080/",
+            "After the example above: the host reaches the container's port 80 through its \
+             loopback too (not with --no-localhost)",
+        ),
+        entry(
             "ve-nat check --external eth0 --forward tcp:8080:10.233.1.2:80",
             "Exit 0 when that is exactly what is installed, 1 if not",
+        ),
+        entry(
+            "ve-nat up --external eth0 --backend nftables -v",
+            "Write table inet ve-nat with nft (auto, the default, says on -v what it \
+             picked and why)",
         ),
         entry(
             "ve-nat status --json",

@@ -116,6 +116,12 @@ impl Entry {
     }
 }
 
+/// Whether nftables table `name` is firewalld's own: `firewalld`, and
+/// `firewalld_policy_drop`, which it puts in place while it starts or reloads.
+pub fn owns_table(name: &str) -> bool {
+    name == "firewalld" || name == "firewalld_policy_drop"
+}
+
 /// The trusted-zone entries `req` needs, in both layers: each container interface
 /// pattern (`ve-*` spelled `ve-+`, firewalld's wildcard) and each `--internal-ip`.
 pub fn wanted(req: &Request) -> Vec<Entry> {

@@ -2,13 +2,16 @@
 //! interfaces reach the outside network, with port forwards, in chains of its own.
 
 pub mod apply;
+pub mod backend;
 pub mod config;
 pub mod doc;
 pub mod firewall;
 pub mod firewalld;
 pub mod iface;
 mod lock;
+pub mod native;
 pub mod nft;
+pub mod nft_table;
 pub mod rules;
 pub mod sysctl;
 pub mod watch;
@@ -20,6 +23,7 @@ use common::{cli::Verbosity, output, Error, Kind, Result};
 use serde::Serialize;
 
 use crate::{
+    backend::{BackendName, Chosen},
     config::{Family, Request},
     firewall::{Backend, Iptables},
     sysctl::Sysctl,
@@ -33,13 +37,19 @@ pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
     version,
     about = "NAT for containers on ve-* interfaces: masquerade, port forwards, forwarding",
     long_about = "NAT for containers on ve-* interfaces: masquerade, port forwards, forwarding.\n\n\
-        All rules live in chains of ve-nat's own (nat: ve-nat-pre, ve-nat-post, \
-        ve-nat-out; filter: ve-nat-fwd), each reached by one jump from its built-in \
-        chain. A wildcard interface pattern (default ve-+) covers every container, so \
-        adding or removing a container changes no rule.\n\n\
+        With the nftables backend all rules live in one table of ve-nat's own, inet \
+        ve-nat, replaced whole in one transaction; port forwards are elements of its \
+        maps. With an iptables backend they live in chains of ve-nat's own (nat: \
+        ve-nat-pre, ve-nat-post, ve-nat-out; filter: ve-nat-fwd), each reached by one \
+        jump from its built-in chain. A wildcard interface pattern (default ve-+) covers \
+        every container, so adding or removing a container changes no rule.\n\n\
+        --backend auto (the default) picks nftables unless iptables-legacy rules are in \
+        use (then iptables-legacy), nft is not installed (then the system's iptables), \
+        or an iptables FORWARD chain drops, as Docker's does (then iptables-nft, which \
+        puts its accepts there).\n\n\
         Port forwards reach the container from outside, from other containers and from \
-        the host itself through any of the host's addresses except loopback \
-        (127.0.0.1/::1 is not covered).\n\n\
+        the host itself through any of the host's addresses, 127.0.0.1 included \
+        (--no-localhost: not 127.0.0.1; ::1 is never covered).\n\n\
         Where firewalld runs (on the system bus, in this network namespace), up also puts \
         the container interfaces and --internal-ip networks into its trusted zone, \
         runtime and permanent, through its D-Bus API; down removes what up added there."
@@ -58,7 +68,7 @@ enum Cmd {
     /// `up`, then stay and re-apply whenever the rules vanish (nft flush ruleset, a
     /// firewalld reload, iptables flushed); SIGTERM or SIGINT end it (exit 0)
     Watch(Want),
-    /// Remove ve-nat's chains and jumps from both backends, nothing else (already gone is success)
+    /// Remove ve-nat's table and chains from every backend, nothing else (already gone is success)
     Down(BackendArg),
     /// Exit 0 if the installed rules match the request, 1 if not
     Check(Want),
@@ -74,9 +84,9 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct BackendArg {
-    /// iptables backend; default: the system's `iptables`, else whichever is installed
-    #[arg(long, value_enum)]
-    backend: Option<Backend>,
+    /// Which backend writes the rules (`ve-nat --help` says what auto picks)
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendName,
 }
 
 #[derive(Debug, Args)]
@@ -93,7 +103,7 @@ struct Want {
     /// The interface towards the outside network; `auto`: the default route's (IPv4, else IPv6)
     #[arg(long, value_name = "IFACE|auto")]
     external: String,
-    /// Container interfaces, iptables wildcard `ve-+` or `ve-*` [default: ve-+]
+    /// Container interfaces, wildcard `ve-+` or `ve-*` (nft: "ve-*") [default: ve-+]
     #[arg(long, value_name = "IFACE_PATTERN")]
     internal: Vec<String>,
     /// Also NAT traffic from these source networks
@@ -105,12 +115,15 @@ struct Want {
     /// Port forward, e.g. tcp:8080:10.233.1.2:80 or udp:5000-5009:[fd00::2]:5000-5009
     #[arg(long, value_name = "PROTO:HOST_PORT[-END]:ADDR:PORT[-END]")]
     forward: Vec<String>,
-    /// The same for IPv6 with ip6tables (NAT66), and IPv6 forwarding
+    /// The same for IPv6 (NAT66; ip6tables, or the inet table with nftables), and IPv6 forwarding
     #[arg(long)]
     ipv6: bool,
     /// The packet mark bit tagging container connections
     #[arg(long, value_name = "BIT", default_value = "0x2000")]
     mark: String,
+    /// Port forwards do not answer on 127.0.0.1 (no route_localnet on container interfaces)
+    #[arg(long)]
+    no_localhost: bool,
     #[command(flatten)]
     backend: BackendArg,
 }
@@ -126,7 +139,7 @@ impl Want {
         } else {
             self.external.clone()
         };
-        Request::new(
+        let mut req = Request::new(
             &external,
             &self.internal,
             &self.internal_ip,
@@ -134,7 +147,9 @@ impl Want {
             &self.forward,
             self.ipv6,
             Some(&self.mark),
-        )
+        )?;
+        req.localhost = !self.no_localhost;
+        Ok(req)
     }
 }
 
@@ -253,18 +268,155 @@ fn dropping_chains(fws: &[Iptables], families: &[Family]) -> Vec<String> {
     }
 }
 
+/// `chains` (`FAMILY TABLE CHAIN`) without firewalld's own when firewalld runs here:
+/// its drops are dealt with through its trusted zone (see `firewalld`), and `check`
+/// compares that instead.
+fn foreign_drops(chains: Vec<String>) -> Vec<String> {
+    let theirs = |c: &String| c.split(' ').nth(1).is_some_and(firewalld::owns_table);
+    if !chains.iter().any(theirs) || firewalld::Firewalld::connect().is_none() {
+        return chains;
+    }
+    chains.into_iter().filter(|c| !theirs(c)).collect()
+}
+
 fn drop_text(chain: &str) -> String {
     format!(
-        "the nftables chain {chain} has policy drop: it drops container traffic whatever \
-         ve-nat accepts (accept the container interfaces there)"
+        "the nftables chain {chain} drops (policy drop or a final drop/reject): it drops \
+         container traffic whatever ve-nat accepts (accept the container interfaces there)"
     )
 }
 
 /// How long `up` and `down` wait for another ve-nat.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
+/// The backend `name` stands for; `auto` decides from the ruleset and the legacy
+/// tables (see `backend`).
+fn choose(name: BackendName, ruleset: Option<&[serde_json::Value]>) -> Chosen {
+    if let Some(c) = name.explicit() {
+        return c;
+    }
+    let (c, why) = backend::pick(&backend::Facts::read(ruleset));
+    log::info!("--backend auto: {c:?} ({why})");
+    c
+}
+
+fn up(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
+    let rs = nft::ruleset();
+    match choose(name, rs.as_deref()) {
+        Chosen::Nftables => up_nftables(req)?,
+        Chosen::Iptables(b) => up_iptables(req, b)?,
+    }
+    firewalld_up(req)
+}
+
+/// The iptables firewalls (either backend, both families) that hold chains of ours,
+/// seen from the nftables side: iptables-nft's tables are in `ruleset`; legacy ones are
+/// asked only when the kernel has a legacy nat or filter table.
+fn iptables_holding_ours(ruleset: &[serde_json::Value]) -> Vec<Iptables> {
+    let mut out = Vec::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        let fam = match family {
+            Family::Ipv4 => "ip",
+            Family::Ipv6 => "ip6",
+        };
+        let in_nft = ruleset.iter().filter_map(|o| o.get("chain")).any(|c| {
+            c.get("family").and_then(|f| f.as_str()) == Some(fam)
+                && c.get("name")
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| n.starts_with("ve-nat-"))
+        });
+        if in_nft {
+            match Iptables::open_optional(Some(Backend::Nft), family) {
+                Ok(Some(fw)) => out.push(fw),
+                Ok(None) => {}
+                Err(e) => log::debug!("{family}: the iptables-nft backend: {e}"),
+            }
+        }
+    }
+    for family in [Family::Ipv4, Family::Ipv6] {
+        if !legacy_table_loaded(family) {
+            continue;
+        }
+        if let Ok(Some(fw)) = Iptables::open_optional(Some(Backend::Legacy), family) {
+            if apply::holds_ours(&fw).unwrap_or(false) {
+                out.push(fw);
+            }
+        }
+    }
+    out
+}
+
+/// Whether the kernel has an iptables-legacy nat or filter table of `family` here.
+fn legacy_table_loaded(family: Family) -> bool {
+    let names = match family {
+        Family::Ipv4 => "/proc/net/ip_tables_names",
+        Family::Ipv6 => "/proc/net/ip6_tables_names",
+    };
+    let t = std::fs::read_to_string(names).unwrap_or_default();
+    t.lines().any(|l| l == rules::NAT || l == rules::FILTER)
+}
+
+/// Remove ours from iptables (both backends apply, and they now live in nftables).
+fn remove_from_iptables(ruleset: &[serde_json::Value]) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for fw in iptables_holding_ours(ruleset) {
+        log::warn!(
+            "{}: removing ve-nat's rules from the {} backend (they now live in table inet ve-nat)",
+            fw.family,
+            fw.kind
+        );
+        let have = apply::installed(&fw).ok();
+        let ctx = format!("{} {}", fw.family, fw.kind);
+        errors.extend(down_one(&fw, have).into_iter().map(|e| e.context(&ctx)));
+    }
+    errors
+}
+
+fn up_nftables(req: &Request) -> Result<()> {
+    let ext = req.external.as_str();
+    // nft is needed before anything else is looked at (exit 69 without it).
+    native::nft(&["--version"], None)?;
+    if !iface::exists(ext)? {
+        return Err(Error::no_input(iface::missing(ext)));
+    }
+    let _lock = lock::acquire(LOCK_WAIT)?;
+    let rs = native::ruleset()?;
+    if native::up(req, &rs)? {
+        log::info!("table inet ve-nat installed");
+    } else {
+        log::info!("table inet ve-nat already as requested");
+    }
+    joined(remove_from_iptables(&rs))?;
+    let sys = Sysctl::default();
+    // route_localnet only once the loopback guard (in the table) is in place.
+    sys.apply_localhost(req)?;
+    for f in req.families() {
+        if f == Family::Ipv6 {
+            sys.keep_router_advertisements(ext)?;
+        }
+        sys.enable_forwarding(f)?;
+    }
+    for chain in foreign_drops(nft::dropping_forward_chains(&rs, &req.families(), false)) {
+        log::warn!("{}", drop_text(&chain));
+    }
+    Ok(())
+}
+
+/// With an iptables backend: our nftables table must go (both would apply).
+fn remove_native(ruleset: Option<&[serde_json::Value]>) -> Result<()> {
+    if let Some(rs) = ruleset {
+        if native::present(rs) {
+            log::warn!(
+                "removing table inet ve-nat (both would apply; the rules now live in iptables)"
+            );
+            native::down(rs)?;
+        }
+    }
+    Ok(())
+}
+
+fn up_iptables(req: &Request, backend: Option<Backend>) -> Result<()> {
     let (fws, other) = open(req, backend)?;
     let ext = req.external.as_str();
     if !iface::exists(ext)? {
@@ -297,18 +449,21 @@ fn up(req: &Request, backend: Option<Backend>) -> Result<()> {
         let have = apply::installed(&fw).ok();
         joined(down_one(&fw, have))?;
     }
-    // Forwarding only once the rules are there, so nothing leaves un-NATed.
+    remove_native(nft::ruleset().as_deref())?;
+    // route_localnet only once the loopback guard is in place.
     let sys = Sysctl::default();
+    sys.apply_localhost(req)?;
+    // Forwarding only once the rules are there, so nothing leaves un-NATed.
     for fw in &fws {
         if fw.family == Family::Ipv6 {
             sys.keep_router_advertisements(ext)?;
         }
         sys.enable_forwarding(fw.family)?;
     }
-    for chain in dropping_chains(&fws, &req.families()) {
+    for chain in foreign_drops(dropping_chains(&fws, &req.families())) {
         log::warn!("{}", drop_text(&chain));
     }
-    firewalld_up(req)
+    Ok(())
 }
 
 /// Where firewalld runs: the containers into its trusted zone (see `firewalld`).
@@ -356,11 +511,14 @@ fn firewalld_down() -> Vec<Error> {
 /// `up`, then watch (see `watch`). iptables-legacy tells nobody of changes: it is
 /// looked at every second; otherwise the kernel's events wake the watcher, and a look
 /// every 30 s is only a safety net.
-fn watch(req: &Request, backend: Option<Backend>) -> Result<()> {
+fn watch(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
-    let legacy = Iptables::open(backend, Family::Ipv4)?.kind == "legacy";
-    let differences = || differences(req, backend);
-    let apply = || up(req, backend);
+    let legacy = match choose(name, nft::ruleset().as_deref()) {
+        Chosen::Nftables => false,
+        Chosen::Iptables(b) => Iptables::open(b, Family::Ipv4)?.kind == "legacy",
+    };
+    let differences = || differences(req, name);
+    let apply = || up(req, name);
     watch::run(&watch::Watch {
         differences: &differences,
         apply: &apply,
@@ -412,7 +570,16 @@ fn remove_empty_tables(fw: &Iptables, tables: &[&str]) {
         return;
     }
     for t in tables {
-        if let Err(e) = nft::remove_if_empty(fw.family, t) {
+        let hooks: Vec<&str> = rules::CHAINS
+            .iter()
+            .filter(|c| c.table == *t)
+            .map(|c| c.hook)
+            .collect();
+        let tidy = nft::remove_if_empty(fw.family, t).and_then(|gone| match gone {
+            true => Ok(()),
+            false => nft::remove_idle_builtin_chains(fw.family, t, &hooks),
+        });
+        if let Err(e) = tidy {
             log::warn!("{}: {e}", fw.family);
         }
     }
@@ -439,12 +606,63 @@ fn down_one(fw: &Iptables, have: Option<Vec<apply::Installed>>) -> Vec<Error> {
     errors
 }
 
-fn down(backend: Option<Backend>) -> Result<()> {
+/// Where an earlier `up` may have set route_localnet: the patterns of the installed
+/// rules, and the default one (in case the rules are gone already).
+fn localnet_patterns(have: Option<&[apply::Installed]>) -> Vec<config::IfPattern> {
+    let pre: Vec<String> = have
+        .unwrap_or_default()
+        .iter()
+        .filter(|i| i.id == rules::PRE)
+        .flat_map(|i| i.rules.iter().map(|c| c.rule.clone()))
+        .collect();
+    let mut pats = rules::internal_patterns(&pre);
+    pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
+    pats
+}
+
+fn down(name: BackendName) -> Result<()> {
     need_net_admin()?;
+    let rules = down_rules(name);
+    let mut errors: Vec<Error> = rules.err().into_iter().collect();
+    errors.extend(firewalld_down());
+    joined(errors)
+}
+
+fn down_rules(name: BackendName) -> Result<()> {
+    let rs = nft::ruleset();
+    match choose(name, rs.as_deref()) {
+        Chosen::Nftables => {
+            // nft is needed (exit 69 without it).
+            native::nft(&["--version"], None)?;
+            let _lock = lock::acquire(LOCK_WAIT)?;
+            let rs = native::ruleset()?;
+            let mut pats = nft_table::internal_patterns(&rs);
+            pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
+            // route_localnet off while the loopback guard is still there.
+            let mut errors = Sysctl::default().clear_route_localnet(&pats);
+            match native::down(&rs) {
+                Ok(true) => log::info!("table inet ve-nat removed"),
+                Ok(false) => log::info!("table inet ve-nat was not there"),
+                Err(e) => errors.push(e),
+            }
+            errors.extend(remove_from_iptables(&rs));
+            joined(errors)
+        }
+        Chosen::Iptables(b) => down_iptables(b),
+    }
+}
+
+fn down_iptables(backend: Option<Backend>) -> Result<()> {
     let mut errors = Vec::new();
     let v4 = Iptables::open(backend, Family::Ipv4)?;
     let _lock = lock::acquire(LOCK_WAIT)?;
-    errors.extend(down_one(&v4, apply::installed(&v4).ok()));
+    let have = apply::installed(&v4).ok();
+    // route_localnet off while the loopback guard is still there.
+    errors.extend(Sysctl::default().clear_route_localnet(&localnet_patterns(have.as_deref())));
+    if let Err(e) = remove_native(nft::ruleset().as_deref()) {
+        errors.push(e);
+    }
+    errors.extend(down_one(&v4, have));
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
         if let Some(have) = ours_in_unused(&v6).filter(|h| has_any(h)) {
             errors.extend(
@@ -464,13 +682,102 @@ fn down(backend: Option<Backend>) -> Result<()> {
         let ctx = format!("{} {}", fw.family, fw.kind);
         errors.extend(down_one(&fw, have).into_iter().map(|e| e.context(&ctx)));
     }
-    errors.extend(firewalld_down());
     joined(errors)
 }
 
-fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
+fn check(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
-    let diffs = differences(req, backend)?;
+    report(differences(req, name)?)
+}
+
+/// How what is installed differs from `req`, one line each (`check`, and the watcher).
+fn differences(req: &Request, name: BackendName) -> Result<Vec<String>> {
+    let rs = nft::ruleset();
+    let mut diffs = match choose(name, rs.as_deref()) {
+        Chosen::Nftables => check_nftables(req)?,
+        Chosen::Iptables(b) => check_iptables(req, b)?,
+    };
+    if let Some(fw) = firewalld::Firewalld::connect() {
+        diffs.extend(firewalld::differences(&fw, &firewalld::wanted(req))?);
+    }
+    Ok(diffs)
+}
+
+fn check_nftables(req: &Request) -> Result<Vec<String>> {
+    let rs = native::ruleset()?;
+    let mut diffs = Vec::new();
+    let ext = req.external.as_str();
+    if !iface::exists(ext)? {
+        diffs.push(iface::missing(ext));
+    }
+    diffs.extend(native::differences(Some(req), &rs));
+    let sys = Sysctl::default();
+    for f in req.families() {
+        if sys.forwarding(f)? != Some(true) {
+            diffs.push(format!("{} is not 1", Sysctl::name(f)));
+        }
+    }
+    diffs.extend(sys.localhost_differences(req)?);
+    for fw in iptables_holding_ours(&rs) {
+        diffs.push(format!(
+            "{}: ve-nat's chains are in the {} iptables backend too, and both apply \
+             (`ve-nat up` or `down` removes them)",
+            fw.family, fw.kind
+        ));
+    }
+    for chain in foreign_drops(nft::dropping_forward_chains(&rs, &req.families(), false)) {
+        diffs.push(drop_text(&chain));
+    }
+    Ok(diffs)
+}
+
+fn check_iptables(req: &Request, backend: Option<Backend>) -> Result<Vec<String>> {
+    let (fws, other) = open(req, backend)?;
+    let mut diffs = Vec::new();
+    if let Some(rs) = nft::ruleset() {
+        if native::present(&rs) {
+            diffs.push(
+                "table inet ve-nat (the nftables backend's) is installed too, and both \
+                 apply (`ve-nat up` or `down` removes it)"
+                    .to_string(),
+            );
+        }
+    }
+    let ext = req.external.as_str();
+    if !iface::exists(ext)? {
+        diffs.push(iface::missing(ext));
+    }
+    let sys = Sysctl::default();
+    for fw in &fws {
+        let want = rules::wanted(req, fw.family);
+        for d in apply::differences(&apply::installed(fw)?, Some(&want)) {
+            diffs.push(format!("{}: {d}", fw.family));
+        }
+        if sys.forwarding(fw.family)? != Some(true) {
+            diffs.push(format!("{} is not 1", Sysctl::name(fw.family)));
+        }
+    }
+    diffs.extend(sys.localhost_differences(req)?);
+    if let Some(have) = other.as_ref().and_then(ours_in_unused) {
+        for d in apply::differences(&have, None) {
+            diffs.push(format!("IPv6: {d}"));
+        }
+    }
+    for fw in others_holding_ours(&fws[0]) {
+        diffs.push(format!(
+            "{}: ve-nat's chains are in the {} backend too, and both backends apply \
+             (`ve-nat up` or `down` removes them)",
+            fw.family, fw.kind
+        ));
+    }
+    for chain in foreign_drops(dropping_chains(&fws, &req.families())) {
+        diffs.push(drop_text(&chain));
+    }
+    Ok(diffs)
+}
+
+/// `check`'s verdict: exit 0 when `diffs` is empty, else 1 naming the first.
+fn report(diffs: Vec<String>) -> Result<()> {
     if diffs.is_empty() {
         log::info!("installed rules match the request");
         return Ok(());
@@ -490,45 +797,6 @@ fn check(req: &Request, backend: Option<Backend>) -> Result<()> {
             }
         ),
     ))
-}
-
-/// How what is installed differs from `req`, one line each (`check`, and the watcher).
-fn differences(req: &Request, backend: Option<Backend>) -> Result<Vec<String>> {
-    let (fws, other) = open(req, backend)?;
-    let mut diffs = Vec::new();
-    let ext = req.external.as_str();
-    if !iface::exists(ext)? {
-        diffs.push(iface::missing(ext));
-    }
-    let sys = Sysctl::default();
-    for fw in &fws {
-        let want = rules::wanted(req, fw.family);
-        for d in apply::differences(&apply::installed(fw)?, Some(&want)) {
-            diffs.push(format!("{}: {d}", fw.family));
-        }
-        if sys.forwarding(fw.family)? != Some(true) {
-            diffs.push(format!("{} is not 1", Sysctl::name(fw.family)));
-        }
-    }
-    if let Some(have) = other.as_ref().and_then(ours_in_unused) {
-        for d in apply::differences(&have, None) {
-            diffs.push(format!("IPv6: {d}"));
-        }
-    }
-    for fw in others_holding_ours(&fws[0]) {
-        diffs.push(format!(
-            "{}: ve-nat's chains are in the {} backend too, and both backends apply \
-             (`ve-nat up` or `down` removes them)",
-            fw.family, fw.kind
-        ));
-    }
-    for chain in dropping_chains(&fws, &req.families()) {
-        diffs.push(drop_text(&chain));
-    }
-    if let Some(fw) = firewalld::Firewalld::connect() {
-        diffs.extend(firewalld::differences(&fw, &firewalld::wanted(req))?);
-    }
-    Ok(diffs)
 }
 
 /// One line of `status --json`: one chain of ours in one family.
@@ -580,8 +848,127 @@ fn family_status(fw: &Iptables) -> Result<Vec<ChainStatus>> {
         .collect())
 }
 
-fn status(backend: Option<Backend>, json: bool) -> Result<()> {
+fn status(name: BackendName, json: bool) -> Result<()> {
     need_net_admin()?;
+    let rs = nft::ruleset();
+    match choose(name, rs.as_deref()) {
+        Chosen::Nftables => status_nftables(json),
+        Chosen::Iptables(b) => status_iptables(b, json),
+    }
+}
+
+/// One line of `status --json` with the nftables backend: one chain, map or set of
+/// table inet ve-nat.
+#[derive(Debug, Serialize)]
+struct NftStatus {
+    backend: &'static str,
+    table: &'static str,
+    /// `chain`, `map` or `set`
+    kind: String,
+    name: String,
+    installed: bool,
+    /// net.ipv4.ip_forward and net.ipv6.conf.all.forwarding
+    forwarding_ipv4: Option<bool>,
+    forwarding_ipv6: Option<bool>,
+    /// A chain's `type ... hook ...` line, a map's or set's `type ...` line
+    head: String,
+    rules: Vec<native::RuleLine>,
+    elements: Vec<String>,
+}
+
+fn status_nftables(json: bool) -> Result<()> {
+    let sys = Sysctl::default();
+    let (f4, f6) = (sys.forwarding(Family::Ipv4)?, sys.forwarding(Family::Ipv6)?);
+    let parts = native::listing()?;
+    let installed = parts.is_some();
+    let lines: Vec<NftStatus> = match parts {
+        Some(ps) => ps
+            .into_iter()
+            .map(|p| NftStatus {
+                backend: "nftables",
+                table: "inet ve-nat",
+                kind: p.kind,
+                name: p.name,
+                installed,
+                forwarding_ipv4: f4,
+                forwarding_ipv6: f6,
+                head: p.head,
+                rules: p.rules,
+                elements: p.elements,
+            })
+            .collect(),
+        None => nft_table::CHAINS
+            .iter()
+            .map(|(name, ..)| NftStatus {
+                backend: "nftables",
+                table: "inet ve-nat",
+                kind: "chain".into(),
+                name: name.to_string(),
+                installed,
+                forwarding_ipv4: f4,
+                forwarding_ipv6: f6,
+                head: String::new(),
+                rules: Vec::new(),
+                elements: Vec::new(),
+            })
+            .collect(),
+    };
+    if json {
+        let mut text = String::new();
+        for l in &lines {
+            text.push_str(&output::json_line(l)?);
+        }
+        return output::print(&text);
+    }
+    let on = |f: Option<bool>| match f {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "n/a",
+    };
+    let fwd = format!("v4 {} v6 {}", on(f4), on(f6));
+    let mut rows = Vec::new();
+    for l in &lines {
+        let head = |what: String, p: String, b: String| {
+            vec![
+                "nftables".to_string(),
+                fwd.clone(),
+                format!("{} {}", l.kind, l.name),
+                p,
+                b,
+                what,
+            ]
+        };
+        if !l.installed {
+            rows.push(head("(not installed)".into(), String::new(), String::new()));
+            continue;
+        }
+        if l.kind == "chain" {
+            if l.rules.is_empty() {
+                rows.push(head("(empty)".into(), String::new(), String::new()));
+            }
+            for r in &l.rules {
+                rows.push(head(
+                    r.rule.clone(),
+                    r.packets.to_string(),
+                    r.bytes.to_string(),
+                ));
+            }
+        } else {
+            if l.elements.is_empty() {
+                rows.push(head("(no elements)".into(), String::new(), String::new()));
+            }
+            for e in &l.elements {
+                rows.push(head(e.clone(), String::new(), String::new()));
+            }
+        }
+    }
+    output::print(&output::table(
+        &["BACKEND", "FORWARDING", "IN", "PACKETS", "BYTES", "RULE"],
+        &rows,
+    ))
+}
+
+fn status_iptables(backend: Option<Backend>, json: bool) -> Result<()> {
     let mut chains = family_status(&Iptables::open(backend, Family::Ipv4)?)?;
     if let Some(v6) = Iptables::open_optional(backend, Family::Ipv6)? {
         match family_status(&v6) {

@@ -9,12 +9,20 @@
 //! connections leaving on the external interface. The wildcard `ve-+` makes a new
 //! container need no rule at all. Port forwards DNAT any local destination address
 //! (`addrtype LOCAL`) in PREROUTING (outside and other containers) and OUTPUT (the host
-//! itself, loopback excluded); a hairpinned connection (from a container, DNATed back
-//! into a container) is masqueraded so replies come back through the host.
+//! itself); a hairpinned connection (from a container, DNATed back into a container) is
+//! masqueraded so replies come back through the host.
+//!
+//! Localhost forwards (IPv4): the OUTPUT DNAT covers 127.0.0.0/8 too, and a DNATed
+//! connection from 127.0.0.0/8 leaving on a container interface is masqueraded to the
+//! host's address there (the container would otherwise answer its own loopback). The
+//! kernel routes it only with `route_localnet` on that interface (see `sysctl`), which
+//! also lets a container send to the host's 127.0.0.1: filter INPUT's `ve-nat-in`
+//! drops anything to 127.0.0.0/8 that did not come in on `lo` and was not DNATed
+//! (CVE-2020-8558), whether or not localhost forwards are on.
 
 use std::net::IpAddr;
 
-use crate::config::{Family, Forward, Request};
+use crate::config::{Family, Forward, IfPattern, Request};
 
 /// The nat and filter tables.
 pub const NAT: &str = "nat";
@@ -54,10 +62,39 @@ pub const FWD: ChainId = ChainId {
     hook: "FORWARD",
     staging: "ve-nat-fwd-new",
 };
+pub const IN: ChainId = ChainId {
+    table: FILTER,
+    chain: "ve-nat-in",
+    hook: "INPUT",
+    staging: "ve-nat-in-new",
+};
 
 /// Every chain of ours, in the order `up` installs them: filter first, so forwarded
-/// traffic is accepted before anything is NATed.
-pub const CHAINS: [ChainId; 4] = [FWD, PRE, OUT, POST];
+/// traffic is accepted and the loopback guard is in place before anything is NATed.
+pub const CHAINS: [ChainId; 5] = [FWD, IN, PRE, OUT, POST];
+
+/// IPv4's loopback network, which only `lo` may deliver to unless we DNATed it.
+const LOOPBACK4: &str = "127.0.0.0/8";
+
+/// The CVE-2020-8558 guard, as `iptables -S` prints it.
+pub fn loopback_guard() -> String {
+    format!("-d {LOOPBACK4} ! -i lo -m conntrack ! --ctstate DNAT -j DROP")
+}
+
+/// The container interface patterns of the installed `ve-nat-pre` rules (`-i PATTERN
+/// -j MARK ...`), so `down` knows where an earlier `up` may have set `route_localnet`.
+pub fn internal_patterns(pre_rules: &[String]) -> Vec<IfPattern> {
+    pre_rules
+        .iter()
+        .filter_map(|r| {
+            let rest = r.strip_prefix("-i ")?;
+            let (pat, tail) = rest.split_once(' ')?;
+            tail.starts_with("-j MARK ")
+                .then(|| pat.parse::<IfPattern>().ok())
+                .flatten()
+        })
+        .collect()
+}
 
 /// The contents of one chain: rule specifications without the `-A CHAIN` prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,9 +136,13 @@ pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
         .filter(|f| f.family() == family)
         .collect();
     let ext = req.external.as_str();
+    // The OUTPUT DNAT leaves loopback alone unless localhost forwards are on (IPv4
+    // only: the kernel never routes a reply to ::1 that arrives on another interface).
+    let localhost = family == Family::Ipv4 && req.localhost_forwards();
     let loopback = match family {
-        Family::Ipv4 => "127.0.0.0/8",
-        Family::Ipv6 => "::1/128",
+        _ if localhost => None,
+        Family::Ipv4 => Some(LOOPBACK4),
+        Family::Ipv6 => Some("::1/128"),
     };
 
     let mut pre = Vec::new();
@@ -117,7 +158,7 @@ pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
 
     let mut out = Vec::new();
     for f in &fwds {
-        out.push(dnat(f, Some(loopback)));
+        out.push(dnat(f, loopback));
     }
 
     let mut post = Vec::new();
@@ -135,6 +176,16 @@ pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
                 p.as_str()
             ));
         }
+    }
+    if localhost {
+        for p in &req.internal {
+            post.push(format!("-s {LOOPBACK4} -o {} -j MASQUERADE", p.as_str()));
+        }
+    }
+
+    let mut input = Vec::new();
+    if family == Family::Ipv4 {
+        input.push(loopback_guard());
     }
 
     let mut fwd = Vec::new();
@@ -166,6 +217,10 @@ pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
             rules: fwd,
         },
         ChainRules {
+            id: IN,
+            rules: input,
+        },
+        ChainRules {
             id: PRE,
             rules: pre,
         },
@@ -181,7 +236,8 @@ pub fn wanted(req: &Request, family: Family) -> Vec<ChainRules> {
 }
 
 /// The DNAT rule of a port forward; `not_dst` excludes a destination (loopback, in
-/// OUTPUT: a DNATed packet from 127.0.0.1 could not leave the host).
+/// OUTPUT, without localhost forwards: a DNATed packet from 127.0.0.1 could not leave
+/// the host).
 fn dnat(f: &Forward, not_dst: Option<&str>) -> String {
     let p = f.proto.as_str();
     let to = match (f.addr, f.ports) {
@@ -289,12 +345,14 @@ mod tests {
             by(&w4, PRE)[3],
             "-p tcp -m addrtype --dst-type LOCAL -m tcp --dport 9000:9001 -j DNAT --to-destination 10.233.1.2"
         );
-        assert!(by(&w4, OUT)[0].starts_with("! -d 127.0.0.0/8 -p tcp "));
+        // Localhost forwards (the default): OUTPUT DNATs 127.0.0.1 too.
+        assert!(by(&w4, OUT)[0].starts_with("-p tcp "));
         assert_eq!(
             by(&w4, POST)[0],
             "-o up0 -m mark --mark 0x2000/0x2000 -j SNAT --to-source 192.0.2.10"
         );
-        assert_eq!(by(&w4, POST).len(), 2);
+        assert_eq!(by(&w4, POST).len(), 3);
+        assert_eq!(by(&w4, POST)[2], "-s 127.0.0.0/8 -o ve-+ -j MASQUERADE");
         let w6 = wanted(&r, Family::Ipv6);
         assert_eq!(
             by(&w6, PRE)[1],
@@ -308,6 +366,10 @@ mod tests {
             by(&w6, POST)[0],
             "-o up0 -m mark --mark 0x2000/0x2000 -j MASQUERADE"
         );
+        // ::1 is never forwarded, and IPv6 has no loopback guard to hold.
+        assert!(by(&w6, OUT)[0].starts_with("! -d ::1/128 -p udp "));
+        assert_eq!(by(&w6, POST).len(), 2);
+        assert!(by(&w6, IN).is_empty());
         assert!(by(&w6, FWD).contains(
             &"-d fd00::2/128 -p udp -m udp --dport 6000:6001 -m conntrack --ctstate DNAT -j ACCEPT"
                 .to_string()
@@ -317,6 +379,37 @@ mod tests {
                 assert!(is_safe(rule), "{rule}");
             }
         }
+    }
+
+    #[test]
+    fn localhost_forwards_and_the_loopback_guard() {
+        let by =
+            |w: &[ChainRules], id: ChainId| w.iter().find(|c| c.id == id).unwrap().rules.clone();
+        let guard = "-d 127.0.0.0/8 ! -i lo -m conntrack ! --ctstate DNAT -j DROP";
+        // No forward: nothing to answer on 127.0.0.1, but the guard is there.
+        let w = wanted(&req(&[], false, &[], &[]), Family::Ipv4);
+        assert_eq!(by(&w, IN), [guard]);
+        assert_eq!(by(&w, POST).len(), 1);
+        let mut r = req(&["tcp:8080:10.233.1.2:80"], false, &[], &[]);
+        let w = wanted(&r, Family::Ipv4);
+        assert_eq!(
+            by(&w, OUT),
+            ["-p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 -j DNAT --to-destination 10.233.1.2:80"]
+        );
+        assert!(by(&w, POST).contains(&"-s 127.0.0.0/8 -o ve-+ -j MASQUERADE".to_string()));
+        assert_eq!(by(&w, IN), [guard]);
+        // --no-localhost: loopback excluded again, no masquerade from it, guard kept.
+        r.localhost = false;
+        let w = wanted(&r, Family::Ipv4);
+        assert!(by(&w, OUT)[0].starts_with("! -d 127.0.0.0/8 -p tcp "));
+        assert!(!by(&w, POST).iter().any(|x| x.contains("127.0.0.0/8")));
+        assert_eq!(by(&w, IN), [guard]);
+        // `down` finds the patterns again in ve-nat-pre.
+        let pre = by(&w, PRE);
+        let pats = internal_patterns(&pre);
+        assert_eq!(pats.len(), 1);
+        assert_eq!(pats[0].as_str(), "ve-+");
+        assert!(internal_patterns(&["-i x -j ACCEPT".into()]).is_empty());
     }
 
     #[test]

@@ -2,258 +2,55 @@
 //! namespaces: ctr -- host -- out, the tool running in `host`.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    io::Read,
+    net::{SocketAddr, TcpStream},
     process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
-use testbed::{privileged, spawn_in, Netns, Sandbox, TempDir};
+use testbed::{
+    nat::{
+        blocked, fetch, route_loopback_to_host, seen, udp_ask, NatNet, PeerServer as Server,
+        UdpPeerServer as UdpServer,
+    },
+    privileged, spawn_in, Netns, TempDir,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
 
-/// A TCP server that answers every connection with `PEER_IP LOCAL_PORT` and closes.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(ns: &Netns, addr: &str) -> Server {
-        let addr: SocketAddr = addr.parse().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = spawn_in(&ns.path(), move || {
-            let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-            l.set_nonblocking(true).unwrap();
-            tx.send(()).unwrap();
-            while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, peer)) => {
-                        let _ = s.set_nonblocking(false);
-                        let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
-                        let _ = write!(s, "{} {local}", peer.ip());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("server did not start");
-        Server {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A UDP server that answers every datagram with the sender's address.
-struct UdpServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpServer {
-    fn start(ns: &Netns, addr: &str) -> UdpServer {
-        let addr: SocketAddr = addr.parse().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = spawn_in(&ns.path(), move || {
-            let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-            tx.send(()).unwrap();
-            let mut buf = [0u8; 64];
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = s.recv_from(&mut buf) {
-                    let _ = s.send_to(peer.ip().to_string().as_bytes(), peer);
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("server did not start");
-        UdpServer {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for UdpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Send a datagram from `ns` to `addr` (a few tries) and return the answer.
-fn udp_ask(ns: &Netns, addr: &str) -> Result<String, String> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    spawn_in(&ns.path(), move || {
-        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        s.connect(addr).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        for _ in 0..4 {
-            s.send(b"?").map_err(|e| e.to_string())?;
-            if let Ok(n) = s.recv(&mut buf) {
-                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        Err(format!("no answer from {addr}"))
-    })
-    .join()
-    .unwrap()
-}
-
-/// Connect from `ns` to `addr` and read the answer: `Ok("PEER_IP PORT")` or why not.
-/// Generous: neighbour discovery on fresh links can take a retransmit under load.
-fn fetch(ns: &Netns, addr: &str) -> Result<String, String> {
-    fetch_within(ns, addr, Duration::from_secs(4))
-}
-
-/// For connections that must fail: a short wait.
-fn blocked(ns: &Netns, addr: &str) -> bool {
-    fetch_within(ns, addr, Duration::from_millis(1500)).is_err()
-}
-
-fn fetch_within(ns: &Netns, addr: &str, wait: Duration) -> Result<String, String> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    spawn_in(&ns.path(), move || {
-        let mut s =
-            TcpStream::connect_timeout(&addr, wait).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text)
-            .map_err(|e| format!("read {addr}: {e}"))?;
-        Ok(text)
-    })
-    .join()
-    .unwrap()
-}
-
-/// The peer address a server reported. Where a connection is expected to work, a
-/// first failure is retried for a few seconds: on a loaded machine IPv6 neighbour
-/// discovery in a namespace made a moment ago can still be under way.
-fn seen(ns: &Netns, addr: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        match fetch(ns, addr) {
-            Ok(t) => break t,
-            Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
-    text.split(' ').next().unwrap_or("").to_string()
-}
-
 struct Topo {
-    sb: Sandbox,
+    net: NatNet,
     /// Holds ve-nat's lock directory (see `lock_dir`).
     lockdir: TempDir,
-    host: Netns,
-    out: Netns,
-    ctrs: Vec<Netns>,
     backend: &'static str,
-    v6: bool,
+}
+
+impl std::ops::Deref for Topo {
+    type Target = NatNet;
+    fn deref(&self) -> &NatNet {
+        &self.net
+    }
+}
+
+impl std::ops::DerefMut for Topo {
+    fn deref_mut(&mut self) -> &mut NatNet {
+        &mut self.net
+    }
 }
 
 impl Topo {
     /// host (up0 192.0.2.1) -- out (up1 192.0.2.2, routes back to the containers),
     /// plus `n` containers.
     fn new(backend: &'static str, n: usize, v6: bool) -> Topo {
-        let mut sb = Sandbox::new();
-        let host = sb.netns("host");
-        let out = sb.netns("out");
-        testbed::uplink(&host, &out);
-        if v6 {
-            host.ip(&["addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"]);
-            out.ip(&["addr", "add", "2001:db8::2/64", "dev", "up1", "nodad"]);
-            out.ip(&["route", "add", "fd00::/16", "via", "2001:db8::1"]);
-        }
-        let mut t = Topo {
-            sb,
+        Topo {
+            net: NatNet::new(n, v6),
             lockdir: TempDir::new("ve-nat-lock"),
-            host,
-            out,
-            ctrs: Vec::new(),
             backend,
-            v6,
-        };
-        for _ in 0..n {
-            t.add_container();
         }
-        t
-    }
-
-    /// Container i (from 1): ve-c<i> 10.233.i.1 on the host, eth0 10.233.i.2 inside.
-    fn add_container(&mut self) -> Netns {
-        let i = self.ctrs.len() + 1;
-        self.add_container_on(&format!("ve-c{i}"))
-    }
-
-    /// Container i with the host end of its veth named `ve`.
-    fn add_container_on(&mut self, ve: &str) -> Netns {
-        let i = self.ctrs.len() + 1;
-        let ctr = self.sb.netns(&format!("c{i}"));
-        let ve = ve.to_string();
-        self.host.ip(&[
-            "link",
-            "add",
-            &ve,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ctr.name(),
-        ]);
-        self.host
-            .ip(&["addr", "add", &format!("10.233.{i}.1/24"), "dev", &ve]);
-        self.host.ip(&["link", "set", &ve, "up"]);
-        ctr.ip(&["addr", "add", &format!("10.233.{i}.2/24"), "dev", "eth0"]);
-        ctr.ip(&["link", "set", "eth0", "up"]);
-        ctr.ip(&["route", "add", "default", "via", &format!("10.233.{i}.1")]);
-        if self.v6 {
-            let h = format!("fd00:{i}::1/64");
-            self.host.ip(&["addr", "add", &h, "dev", &ve, "nodad"]);
-            ctr.ip(&[
-                "addr",
-                "add",
-                &format!("fd00:{i}::2/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            ctr.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("fd00:{i}::1"),
-            ]);
-        }
-        self.ctrs.push(ctr.clone());
-        ctr
     }
 
     /// VE_NAT_LOCK_DIR: a directory ve-nat creates itself (so its mode does not
@@ -350,14 +147,6 @@ impl Topo {
         }
         all
     }
-
-    fn forwarding_on(&self) {
-        self.host.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
-        if self.v6 {
-            self.host
-                .sh("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
-        }
-    }
 }
 
 fn code(o: &Output) -> i32 {
@@ -409,6 +198,8 @@ both_backends!(
     every_source_canonical,
     mixed_backends,
     nft_forward_drop_policy,
+    localhost_forward,
+    loopback_guard,
 );
 
 fn masquerade(b: &'static str) {
@@ -498,8 +289,8 @@ fn port_forward(b: &'static str) {
     assert!(fetch(&t.ctrs[0], "192.0.2.1:8080").is_ok());
     // UDP from outside.
     assert_eq!(udp_ask(&t.out, "192.0.2.1:5353").unwrap(), "192.0.2.2");
-    // Documented limit: loopback is not forwarded (it would need route_localnet).
-    assert!(blocked(&t.host, "127.0.0.1:8080"));
+    // And through the host's loopback (localhost forwards, on by default).
+    assert_eq!(seen(&t.host, "127.0.0.1:8080"), "10.233.1.1");
 }
 
 fn forward_policy_drop(b: &'static str) {
@@ -608,6 +399,8 @@ fn ipv6(b: &'static str) {
     assert_eq!(seen(&t.ctrs[0], "[2001:db8::2]:7777"), "2001:db8::1");
     assert_eq!(seen(&t.out, "[2001:db8::1]:8080"), "2001:db8::2");
     assert_eq!(seen(&t.host, "[2001:db8::1]:8080"), "2001:db8::1");
+    // Documented limit: the kernel never routes the reply to ::1 that arrives on ve-c1.
+    assert!(blocked(&t.host, "[::1]:8080"));
     // IPv4 is NATed as well.
     let _srv4 = Server::start(&t.out, "192.0.2.2:7777");
     assert_eq!(seen(&t.ctrs[0], "192.0.2.2:7777"), "192.0.2.1");
@@ -1435,4 +1228,112 @@ fn down_removes_the_tables_it_emptied() {
     t.nat_ok(&[&["up"][..], &a].concat());
     t.nat_ok(&["down"]);
     assert_eq!(ruleset(), before);
+}
+
+fn localhost_forward(b: &'static str) {
+    if !gate("localhost_forward", b) {
+        return;
+    }
+    let mut t = Topo::new(b, 2, false);
+    let _web = Server::start(&t.ctrs[0], "10.233.1.2:80");
+    assert!(blocked(&t.host, "127.0.0.1:8080"), "reachable before up");
+    let fwd = ["--external", "up0", "--forward", "tcp:8080:10.233.1.2:80"];
+    let no = [&fwd[..], &["--no-localhost"]].concat();
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    // Masqueraded to the host's address on ve-c1: the container answers the host.
+    assert_eq!(seen(&t.host, "127.0.0.1:8080"), "10.233.1.1");
+    assert_eq!(seen(&t.host, "127.0.0.2:8080"), "10.233.1.1");
+    // route_localnet on the container interfaces only, never the uplink or `all`.
+    assert_eq!(t.route_localnet_on(), ["ve-c1", "ve-c2"]);
+    assert_eq!(code(&t.nat(&[&["check"][..], &fwd].concat())), 0);
+    assert_eq!(code(&t.nat(&[&["check"][..], &no].concat())), 1);
+
+    // A container made after up: check reads the kernel and sees it; up covers it.
+    t.add_container();
+    let o = t.nat(&[&["check"][..], &fwd].concat());
+    assert_eq!(code(&o), 1);
+    assert!(one_error_line(&o).contains("ve-c3.route_localnet"));
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    assert_eq!(t.route_localnet_on(), ["ve-c1", "ve-c2", "ve-c3"]);
+
+    // --no-localhost: off again, the forward itself still works.
+    t.nat_ok(&[&["up"][..], &no].concat());
+    assert!(
+        blocked(&t.host, "127.0.0.1:8080"),
+        "--no-localhost forwarded"
+    );
+    assert!(
+        t.route_localnet_on().is_empty(),
+        "{:?}",
+        t.route_localnet_on()
+    );
+    assert_eq!(seen(&t.host, "192.0.2.1:8080"), "192.0.2.1");
+    assert_eq!(code(&t.nat(&[&["check"][..], &no].concat())), 0);
+    assert_eq!(code(&t.nat(&[&["check"][..], &fwd].concat())), 1);
+
+    // down leaves no route_localnet on, and loopback unforwarded.
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    assert_eq!(seen(&t.host, "127.0.0.1:8080"), "10.233.1.1");
+    t.nat_ok(&["down"]);
+    assert!(
+        t.route_localnet_on().is_empty(),
+        "{:?}",
+        t.route_localnet_on()
+    );
+    assert!(blocked(&t.host, "127.0.0.1:8080"));
+}
+
+fn loopback_guard(b: &'static str) {
+    if !gate("loopback_guard", b) {
+        return;
+    }
+    let t = Topo::new(b, 1, false);
+    t.forwarding_on();
+    // A service of the host's that listens on loopback only.
+    let _private = Server::start(&t.host, "127.0.0.1:9999");
+    let ctr = &t.ctrs[0];
+    route_loopback_to_host(ctr, "10.233.1.1");
+    assert!(
+        blocked(ctr, "127.0.0.1:9999"),
+        "reachable with route_localnet off"
+    );
+    // The hole: route_localnet on the host's side of the veth, no guard.
+    t.host
+        .sh("echo 1 > /proc/sys/net/ipv4/conf/ve-c1/route_localnet");
+    assert_eq!(
+        seen(ctr, "127.0.0.1:9999"),
+        "10.233.1.2",
+        "the hole is not open"
+    );
+    t.host
+        .sh("echo 0 > /proc/sys/net/ipv4/conf/ve-c1/route_localnet");
+
+    let fwd = ["--external", "up0", "--forward", "tcp:8080:10.233.1.2:80"];
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    assert_eq!(t.route_localnet("ve-c1"), Some(true));
+    assert!(
+        blocked(ctr, "127.0.0.1:9999"),
+        "a container reached the host's loopback"
+    );
+    // It is the guard that blocks: without it the hole is open again.
+    let guard = "-d 127.0.0.0/8 ! -i lo -m conntrack ! --ctstate DNAT -j DROP";
+    let save = t.save();
+    assert!(save.contains(&format!("-A ve-nat-in {guard}")), "{save}");
+    let del: Vec<&str> = ["-D", "ve-nat-in"]
+        .into_iter()
+        .chain(guard.split(' '))
+        .collect();
+    t.ipt(false, &del);
+    assert_eq!(seen(ctr, "127.0.0.1:9999"), "10.233.1.2");
+    t.nat_ok(&[&["up"][..], &fwd].concat());
+    assert!(blocked(ctr, "127.0.0.1:9999"));
+
+    // The guard stays with --no-localhost, for a route_localnet set by someone else.
+    t.nat_ok(&[&["up"][..], &fwd, &["--no-localhost"]].concat());
+    t.host
+        .sh("echo 1 > /proc/sys/net/ipv4/conf/ve-c1/route_localnet");
+    assert!(blocked(ctr, "127.0.0.1:9999"));
+    t.nat_ok(&["down"]);
+    assert_eq!(t.route_localnet("ve-c1"), Some(false));
+    assert!(blocked(ctr, "127.0.0.1:9999"));
 }
