@@ -30,25 +30,3 @@ pub fn uplink(host: &Netns, out: &Netns) {
     out.ip(&["link", "set", "up1", "up"]);
     out.ip(&["route", "add", "10.233.0.0/16", "via", HOST_UPLINK]);
 }
-
-/// Container `i` (1..=254) routed by `host`: a veth `ve` (10.233.i.1/24) on the host and
-/// `eth0` (10.233.i.2/24, default route via the host) in `ctr`, both up.
-pub fn routed_container(host: &Netns, ctr: &Netns, ve: &str, i: u8) {
-    host.ip(&[
-        "link",
-        "add",
-        ve,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ctr.name(),
-    ]);
-    host.ip(&["addr", "add", &format!("10.233.{i}.1/24"), "dev", ve]);
-    host.ip(&["link", "set", ve, "up"]);
-    ctr.ip(&["addr", "add", &format!("10.233.{i}.2/24"), "dev", "eth0"]);
-    ctr.ip(&["link", "set", "eth0", "up"]);
-    ctr.ip(&["route", "add", "default", "via", &format!("10.233.{i}.1")]);
-}

@@ -23,7 +23,7 @@ pub mod privilege;
 pub mod process;
 pub mod sandbox;
 
-pub use host::{routed_container, uplink, HOST_UPLINK, OUTSIDE};
+pub use host::{uplink, HOST_UPLINK, OUTSIDE};
 pub use http::{http_get, http_get_within, HttpServer};
 pub use netns::{enter, enter_fd, in_netns, spawn_in};
 pub use nm::{nm_command, nm_conf, NetworkManager};

@@ -12,8 +12,8 @@ use std::{
 };
 
 use testbed::{
-    firewalld::Firewalld, http_get, http_get_within, routed_container, HttpServer, Netns, Sandbox,
-    TempDir, HOST_UPLINK, OUTSIDE,
+    firewalld::Firewalld, http_get, http_get_within, nat::NatNet, HttpServer, Netns, TempDir,
+    HOST_UPLINK, OUTSIDE,
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
@@ -33,7 +33,7 @@ pub struct Topo {
     pub fw: Option<Firewalld>,
     _servers: Vec<HttpServer>,
     // Dropped last: the namespaces go once everything in them has stopped.
-    _sb: Sandbox,
+    _net: NatNet,
 }
 
 impl Topo {
@@ -42,12 +42,8 @@ impl Topo {
     /// (10.233.1.2); HTTP servers on out:80 and ctr:80. With `firewalld`, a real one
     /// runs in `host`.
     pub fn new(backend: &'static str, firewalld: bool) -> Topo {
-        let mut sb = Sandbox::new();
-        let host = sb.netns("host");
-        let out = sb.netns("out");
-        let ctr = sb.netns("c1");
-        testbed::uplink(&host, &out);
-        routed_container(&host, &ctr, "ve-c1", 1);
+        let net = NatNet::new(1, false);
+        let (host, out, ctr) = (net.host.clone(), net.out.clone(), net.ctrs[0].clone());
         let peer = |a: SocketAddr| a.ip().to_string();
         let servers = vec![
             HttpServer::start(&out.path(), format!("{OUTSIDE}:80").parse().unwrap(), peer)
@@ -56,7 +52,7 @@ impl Topo {
                 .expect("server in the container"),
         ];
         let fw = firewalld.then(|| {
-            Firewalld::start(&host, sb.prefix()).unwrap_or_else(|e| panic!("firewalld: {e}"))
+            Firewalld::start(&host, net.sb.prefix()).unwrap_or_else(|e| panic!("firewalld: {e}"))
         });
         Topo {
             host,
@@ -66,7 +62,7 @@ impl Topo {
             dirs: TempDir::new("ve-nat-fwd"),
             fw,
             _servers: servers,
-            _sb: sb,
+            _net: net,
         }
     }
 

@@ -11,9 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testbed::{
-    http_get, routed_container, uplink, HttpServer, Sandbox, TempDir, HOST_UPLINK, OUTSIDE,
-};
+use testbed::{http_get, nat::NatNet, HttpServer, TempDir, HOST_UPLINK, OUTSIDE};
 
 use super::stats::{median_p90, ms};
 use crate::util::{self, Result};
@@ -72,12 +70,8 @@ impl Drop for Watcher {
 /// Start `ve-nat watch` in a sandbox (ctr -- host -- out), flush the ruleset `flushes`
 /// times, and report the median, p90 and worst time until NAT works again.
 pub fn flush_reapply(bin: &Path, backend: &str, flushes: usize) -> Result<String> {
-    let mut sb = Sandbox::new();
-    let host = sb.netns("host");
-    let out = sb.netns("out");
-    let ctr = sb.netns("c1");
-    uplink(&host, &out);
-    routed_container(&host, &ctr, "ve-c1", 1);
+    let net = NatNet::new(1, false);
+    let (host, out, ctr) = (&net.host, &net.out, &net.ctrs[0]);
     let dirs = TempDir::new("bench-watch");
     let server: SocketAddr = format!("{OUTSIDE}:80")
         .parse()
