@@ -19,7 +19,8 @@ use crate::util::{self, Result};
 const USAGE: &str = "\
 usage: cargo xtask bench watch [--flushes N]
 
-  --flushes N   `nft flush ruleset` runs to time (default 20), with iptables-nft rules
+  --flushes N   `nft flush ruleset` runs to time (default 20), with the nftables and
+                the iptables-nft backend
 
 Needs root, iproute2, nftables and iptables.";
 
@@ -53,7 +54,9 @@ pub fn run(args: &[String]) -> Result {
     }
     util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "ve-nat"]))?;
     let bin = util::root().join("target/release/ve-nat");
-    sayln!("{}", flush_reapply(&bin, "nft", flushes)?);
+    for backend in ["nftables", "iptables-nft"] {
+        say!("{}", flush_reapply(&bin, backend, flushes)?);
+    }
     Ok(())
 }
 
@@ -97,6 +100,8 @@ pub fn flush_reapply(bin: &Path, backend: &str, flushes: usize) -> Result<String
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        // Its warnings at every re-apply are the expected course here.
+        .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting ve-nat watch: {e}"))?;
     let _w = Watcher(child);
