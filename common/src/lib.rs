@@ -9,6 +9,7 @@ mod exit;
 pub mod lease;
 pub mod name;
 pub mod netns;
+pub mod notify;
 pub mod output;
 
 pub use error::{Context, Error, Kind, Result};

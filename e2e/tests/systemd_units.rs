@@ -150,14 +150,17 @@ fn ve_net_template_networks_a_container_before_it_starts() {
 }
 
 #[test]
-fn ve_nat_unit_installs_and_removes_nat_once() {
+fn ve_nat_unit_watches_and_removes_nat_once() {
     let u = unit("ve-nat.service");
-    assert_eq!(one(&u, "Type"), "oneshot");
-    assert_eq!(one(&u, "RemainAfterExit"), "yes");
-    assert_eq!(programs(&u), ["ve-nat", "ve-nat", "ve-nat"]);
-    assert!(one(&u, "ExecStart").contains(" up --external ${EXTERNAL} "));
-    assert!(one(&u, "ExecReload").contains(" up --external ${EXTERNAL} "));
-    assert!(one(&u, "ExecStop").ends_with(" down"));
+    // Ready once the rules are in; it stays to put them back when they vanish.
+    assert_eq!(one(&u, "Type"), "notify");
+    assert!(!u.contains_key("RemainAfterExit"));
+    assert_eq!(programs(&u), ["ve-nat", "ve-nat"]);
+    assert!(one(&u, "ExecStart").contains(" watch --external ${EXTERNAL} "));
+    // `down` only once the watcher is gone: an ExecStop would race it.
+    assert!(!u.contains_key("ExecStop"));
+    assert!(one(&u, "ExecStopPost").ends_with(" down"));
+    assert_eq!(one(&u, "Restart"), "on-failure");
     // The uplink is the default route's interface unless /etc/default/ve-nat names it,
     // so it starts once the network (and with it the default route) is up.
     let env = &u["Environment"];

@@ -7,7 +7,6 @@ mod nd_watch;
 use networkd::Reload;
 mod networkd;
 mod nm;
-mod notify;
 mod persist;
 mod spec;
 mod unmanage;
@@ -20,10 +19,10 @@ use common::{cli::Verbosity, output, Error, Kind as ErrorKind, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 pub use networkd::{Released, DEFAULT_NETWORKD_DIR, ND_NAME, NETWORK_FILE};
+pub use common::notify::{self, NOTIFY_SOCKET};
 pub use nm::{
     connect, Bus, Device, Nm, DEFAULT_TIMEOUT, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED,
 };
-pub use notify::NOTIFY_SOCKET;
 pub use persist::{
     Kind, DEFAULT_CONF_DIR, DEFAULT_RUNTIME_DIR, DROP_IN, RUNTIME_DROP_IN, WATCH_DROP_IN,
 };

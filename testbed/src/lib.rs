@@ -9,10 +9,12 @@
 //! - [`nat`]: a NAT topology (containers -- host -- outside) with real traffic.
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
 //! - [`networkd`]: a real systemd-networkd on such a bus.
+//! - [`firewalld`]: a real firewalld on a private D-Bus bus.
 //! - [`process`]: stopping children, polling.
 //!
 //! Everything needed often is re-exported here.
 
+pub mod firewalld;
 pub mod host;
 pub mod http;
 pub mod nat;

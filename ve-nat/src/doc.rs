@@ -27,7 +27,7 @@ pub const MANUAL: Manual = Manual {
         exit(
             Exit::Unavailable,
             "the chosen backend's program is not installed (nft for nftables, iptables-nft or \
-             iptables-legacy)",
+             iptables-legacy); firewalld refused a zone change or did not answer",
         ),
         exit(Exit::Software, "a bug in ve-nat"),
         exit(
@@ -41,15 +41,38 @@ pub const MANUAL: Manual = Manual {
         exit(Exit::NoPerm, "not enough privilege (CAP_NET_ADMIN)"),
         exit(
             Exit::Config,
-            "the lock directory or file is not root's own, or others could write it",
+            "the lock directory or file is not root's own, or others could write it; the \
+             firewalld record holds a line ve-nat does not write",
         ),
     ],
-    env: &[entry(
-        "VE_NAT_LOCK_DIR",
-        "Directory of the rules lock, instead of /run/ve-nat (it must be root's and not \
-         writable by others; created 0755 when missing)",
-    )],
+    env: &[
+        entry(
+            "VE_NAT_LOCK_DIR",
+            "Directory of the rules lock, instead of /run/ve-nat (it must be root's and not \
+             writable by others; created 0755 when missing)",
+        ),
+        entry(
+            "VE_NAT_STATE_DIR",
+            "Directory of the record of what ve-nat added to firewalld, instead of \
+             /var/lib/ve-nat",
+        ),
+        entry(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "The system bus firewalld is looked for on (default \
+             unix:path=/var/run/dbus/system_bus_socket); no bus, no firewalld on it, or a \
+             firewalld in another network namespace: firewalld is left alone",
+        ),
+        entry(
+            "NOTIFY_SOCKET",
+            "Set by systemd for Type=notify: watch sends READY=1 once the rules are applied",
+        ),
+    ],
     files: &[
+        entry(
+            "/var/lib/ve-nat/firewalld",
+            "What up added to firewalld's trusted zone (LAYER KIND VALUE lines), so that \
+             down removes exactly that; gone once nothing is left",
+        ),
         entry(
             "/run/ve-nat/lock",
             "The lock that lets one up or down at a time change the rules (flock, 0600, root's)",
@@ -113,8 +136,13 @@ pub const MANUAL: Manual = Manual {
             "Installed chains, rules and packet counters as JSON Lines, one object per chain",
         ),
         entry(
+            "ve-nat watch --external auto",
+            "up, then stay: re-apply within a second whenever the rules vanish (nft flush \
+             ruleset, a firewalld reload, iptables -F); SIGTERM ends it",
+        ),
+        entry(
             "ve-nat down",
-            "Remove ve-nat's chains and jumps, nothing else",
+            "Remove ve-nat's chains and jumps and what it added to firewalld, nothing else",
         ),
     ],
 };

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod doc;
 pub mod firewall;
+pub mod firewalld;
 pub mod iface;
 mod lock;
 pub mod native;
@@ -14,6 +15,7 @@ pub mod nft;
 pub mod nft_table;
 pub mod rules;
 pub mod sysctl;
+pub mod watch;
 
 use std::ffi::OsString;
 
@@ -48,7 +50,10 @@ pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
         puts its accepts there).\n\n\
         Port forwards reach the container from outside, from other containers and from \
         the host itself through any of the host's addresses, 127.0.0.1 included \
-        (--no-localhost: not 127.0.0.1; ::1 is never covered)."
+        (--no-localhost: not 127.0.0.1; ::1 is never covered).\n\n\
+        Where firewalld runs (on the system bus, in this network namespace), up also puts \
+        the container interfaces and --internal-ip networks into its trusted zone, \
+        runtime and permanent, through its D-Bus API; down removes what up added there."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,7 +65,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Install or update the rules and turn forwarding on (idempotent)
-    Up(Want),
+    Up(UpArgs),
+    /// `up`, then stay and re-apply whenever the rules vanish (nft flush ruleset, a
+    /// firewalld reload, iptables flushed); SIGTERM or SIGINT end it (exit 0)
+    Watch(Want),
     /// Remove ve-nat's table and chains from every backend, nothing else (already gone is success)
     Down(BackendArg),
     /// Exit 0 if the installed rules match the request, 1 if not
@@ -80,6 +88,15 @@ struct BackendArg {
     /// Which backend writes the rules (`ve-nat --help` says what auto picks)
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendName,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    want: Want,
+    /// Stay running afterwards, as `ve-nat watch` does
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -146,7 +163,15 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     let cli: Cli = common::cli::parse(command(), args)?;
     cli.verbosity.init_logging("ve-nat");
     match cli.cmd {
-        Cmd::Up(w) => up(&w.request()?, w.backend.backend),
+        Cmd::Up(UpArgs {
+            want: w,
+            watch: false,
+        }) => up(&w.request()?, w.backend.backend),
+        Cmd::Up(UpArgs {
+            want: w,
+            watch: true,
+        })
+        | Cmd::Watch(w) => watch(&w.request()?, w.backend.backend),
         Cmd::Down(b) => down(b.backend),
         Cmd::Check(w) => check(&w.request()?, w.backend.backend),
         Cmd::Status { backend, json } => status(backend.backend, json),
@@ -244,6 +269,17 @@ fn dropping_chains(fws: &[Iptables], families: &[Family]) -> Vec<String> {
     }
 }
 
+/// `chains` (`FAMILY TABLE CHAIN`) without firewalld's own when firewalld runs here:
+/// its drops are dealt with through its trusted zone (see `firewalld`), and `check`
+/// compares that instead.
+fn foreign_drops(chains: Vec<String>) -> Vec<String> {
+    let theirs = |c: &String| c.split(' ').nth(1).is_some_and(firewalld::owns_table);
+    if !chains.iter().any(theirs) || firewalld::Firewalld::connect().is_none() {
+        return chains;
+    }
+    chains.into_iter().filter(|c| !theirs(c)).collect()
+}
+
 fn drop_text(chain: &str) -> String {
     format!(
         "the nftables chain {chain} drops (policy drop or a final drop/reject): it drops \
@@ -256,21 +292,23 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The backend `name` stands for; `auto` decides from the ruleset and the legacy
 /// tables (see `backend`).
-fn choose(name: BackendName) -> Chosen {
+fn choose(name: BackendName, ruleset: Option<&[serde_json::Value]>) -> Chosen {
     if let Some(c) = name.explicit() {
         return c;
     }
-    let (c, why) = backend::pick(&backend::Facts::read(nft::ruleset().as_deref()));
+    let (c, why) = backend::pick(&backend::Facts::read(ruleset));
     log::info!("--backend auto: {c:?} ({why})");
     c
 }
 
 fn up(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
-    match choose(name) {
-        Chosen::Nftables => up_nftables(req),
-        Chosen::Iptables(b) => up_iptables(req, b),
+    let rs = nft::ruleset();
+    match choose(name, rs.as_deref()) {
+        Chosen::Nftables => up_nftables(req)?,
+        Chosen::Iptables(b) => up_iptables(req, b)?,
     }
+    firewalld_up(req)
 }
 
 /// The iptables firewalls (either backend, both families) that hold chains of ours,
@@ -360,7 +398,7 @@ fn up_nftables(req: &Request) -> Result<()> {
         }
         sys.enable_forwarding(f)?;
     }
-    for chain in nft::dropping_forward_chains(&rs, &req.families(), false) {
+    for chain in foreign_drops(nft::dropping_forward_chains(&rs, &req.families(), false)) {
         log::warn!("{}", drop_text(&chain));
     }
     Ok(())
@@ -426,10 +464,70 @@ fn up_iptables(req: &Request, backend: Option<Backend>) -> Result<()> {
         }
         sys.enable_forwarding(fw.family)?;
     }
-    for chain in dropping_chains(&fws, &req.families()) {
+    for chain in foreign_drops(dropping_chains(&fws, &req.families())) {
         log::warn!("{}", drop_text(&chain));
     }
     Ok(())
+}
+
+/// Where firewalld runs: the containers into its trusted zone (see `firewalld`).
+fn firewalld_up(req: &Request) -> Result<()> {
+    let Some(fw) = firewalld::Firewalld::connect() else {
+        return Ok(());
+    };
+    let dir = firewalld::state_dir();
+    let mut owned = firewalld::load(&dir)?;
+    let want = firewalld::wanted(req);
+    for w in firewalld::up(&fw, &want, &mut owned, &mut |o| firewalld::save(&dir, o))? {
+        log::warn!("{w}");
+    }
+    Ok(())
+}
+
+/// Undo what `firewalld_up` added. Without firewalld, everything stays recorded for a
+/// later `down`: the runtime entries too, as firewalld copies our permanent ones back
+/// into its runtime config when it starts.
+fn firewalld_down() -> Vec<Error> {
+    let dir = firewalld::state_dir();
+    let mut owned = match firewalld::load(&dir) {
+        Ok(o) if o.is_empty() => return Vec::new(),
+        Ok(o) => o,
+        Err(e) => return vec![e],
+    };
+    let mut errors = match firewalld::Firewalld::connect() {
+        Some(fw) => firewalld::down(&fw, &mut owned),
+        None => {
+            for e in &owned {
+                log::warn!(
+                    "firewalld is not running: {e} stays in its zone {} until `ve-nat down`                      runs while it does",
+                    firewalld::ZONE
+                );
+            }
+            Vec::new()
+        }
+    };
+    if let Err(e) = firewalld::save(&dir, &owned) {
+        errors.push(e);
+    }
+    errors
+}
+
+/// `up`, then watch (see `watch`). iptables-legacy tells nobody of changes: it is
+/// looked at every second; otherwise the kernel's events wake the watcher, and a look
+/// every 30 s is only a safety net.
+fn watch(req: &Request, name: BackendName) -> Result<()> {
+    need_net_admin()?;
+    let legacy = match choose(name, nft::ruleset().as_deref()) {
+        Chosen::Nftables => false,
+        Chosen::Iptables(b) => Iptables::open(b, Family::Ipv4)?.kind == "legacy",
+    };
+    let differences = || differences(req, name);
+    let apply = || up(req, name);
+    watch::run(&watch::Watch {
+        differences: &differences,
+        apply: &apply,
+        poll: std::time::Duration::from_secs(if legacy { 1 } else { 30 }),
+    })
 }
 
 /// What is installed of ours in a family the request does not use. A failure to
@@ -525,7 +623,15 @@ fn localnet_patterns(have: Option<&[apply::Installed]>) -> Vec<config::IfPattern
 
 fn down(name: BackendName) -> Result<()> {
     need_net_admin()?;
-    match choose(name) {
+    let rules = down_rules(name);
+    let mut errors: Vec<Error> = rules.err().into_iter().collect();
+    errors.extend(firewalld_down());
+    joined(errors)
+}
+
+fn down_rules(name: BackendName) -> Result<()> {
+    let rs = nft::ruleset();
+    match choose(name, rs.as_deref()) {
         Chosen::Nftables => {
             // nft is needed (exit 69 without it).
             native::installed()?;
@@ -600,11 +706,20 @@ fn down_iptables(backend: Option<Backend>) -> Result<()> {
 
 fn check(req: &Request, name: BackendName) -> Result<()> {
     need_net_admin()?;
-    let diffs = match choose(name) {
+    report(differences(req, name)?)
+}
+
+/// How what is installed differs from `req`, one line each (`check`, and the watcher).
+fn differences(req: &Request, name: BackendName) -> Result<Vec<String>> {
+    let rs = nft::ruleset();
+    let mut diffs = match choose(name, rs.as_deref()) {
         Chosen::Nftables => check_nftables(req)?,
         Chosen::Iptables(b) => check_iptables(req, b)?,
     };
-    report(diffs)
+    if let Some(fw) = firewalld::Firewalld::connect() {
+        diffs.extend(firewalld::differences(&fw, &firewalld::wanted(req))?);
+    }
+    Ok(diffs)
 }
 
 fn check_nftables(req: &Request) -> Result<Vec<String>> {
@@ -629,7 +744,7 @@ fn check_nftables(req: &Request) -> Result<Vec<String>> {
             fw.family, fw.kind
         ));
     }
-    for chain in nft::dropping_forward_chains(&rs, &req.families(), false) {
+    for chain in foreign_drops(nft::dropping_forward_chains(&rs, &req.families(), false)) {
         diffs.push(drop_text(&chain));
     }
     Ok(diffs)
@@ -674,7 +789,7 @@ fn check_iptables(req: &Request, backend: Option<Backend>) -> Result<Vec<String>
             fw.family, fw.kind
         ));
     }
-    for chain in dropping_chains(&fws, &req.families()) {
+    for chain in foreign_drops(dropping_chains(&fws, &req.families())) {
         diffs.push(drop_text(&chain));
     }
     Ok(diffs)
@@ -754,7 +869,8 @@ fn family_status(fw: &Iptables) -> Result<Vec<ChainStatus>> {
 
 fn status(name: BackendName, json: bool) -> Result<()> {
     need_net_admin()?;
-    match choose(name) {
+    let rs = nft::ruleset();
+    match choose(name, rs.as_deref()) {
         Chosen::Nftables => status_nftables(json),
         Chosen::Iptables(b) => status_iptables(b, json),
     }

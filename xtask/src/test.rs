@@ -11,6 +11,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "network-manager",
     "dbus",
+    "firewalld",
     "procps",
     "debootstrap",
     "systemd-container",

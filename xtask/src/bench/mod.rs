@@ -6,6 +6,7 @@ mod nat;
 mod nm;
 mod pipeline;
 mod stats;
+mod watch;
 
 use crate::util::Result;
 
@@ -23,6 +24,7 @@ WHAT:
           options: see `cargo xtask bench nm --help`
   nat     ve-nat up/down and the per-container NAT cost, against CNI ptp with ipMasq
           options: --containers N, --runs R
+  watch   ve-nat watch: NAT back after `nft flush ruleset` (--flushes N, default 20)
   link    ve-link up/down alone against the NixOS `ip` sequence: the pipeline bench
           with ve, ve-link, both NixOS rows and `ip -batch`
           options: --containers N (default 1000), --tools DIR
@@ -47,6 +49,7 @@ pub fn run(args: &[String]) -> Result {
         "nat" => nat::run(rest),
         "link" => link::run(rest),
         "pipeline" => pipeline::run(rest),
+        "watch" => watch::run(rest),
         "all" => {
             if help_only(what, rest)? {
                 say!("{USAGE}");

@@ -1,14 +1,14 @@
-//! The one message of the sd_notify protocol the watcher sends: `READY=1`, a datagram
+//! The one message of the sd_notify protocol the watchers send: `READY=1`, a datagram
 //! to the unix socket named by `$NOTIFY_SOCKET` (a leading `@` means the abstract
-//! namespace), so that a `Type=notify` unit ordered `Before=NetworkManager.service`
-//! holds NetworkManager back until the runtime drop-in is in place.
+//! namespace), so that a `Type=notify` unit is started only once its first work is
+//! done (nm-unmanage's runtime drop-in in place, ve-nat's rules applied).
 
 use std::{
     ffi::OsStr,
     os::unix::{ffi::OsStrExt, net::UnixDatagram},
 };
 
-use common::Error;
+use crate::Error;
 
 /// The variable systemd sets for a `Type=notify` service.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
