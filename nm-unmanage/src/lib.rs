@@ -18,8 +18,8 @@ use clap::{CommandFactory, Parser};
 use common::{cli::Verbosity, output, Error, Kind as ErrorKind, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-pub use networkd::{Released, DEFAULT_NETWORKD_DIR, ND_NAME, NETWORK_FILE};
 pub use common::notify::{self, NOTIFY_SOCKET};
+pub use networkd::{Released, DEFAULT_NETWORKD_DIR, ND_NAME, NETWORK_FILE};
 pub use nm::{
     connect, Bus, Device, Nm, DEFAULT_TIMEOUT, NM_IFACE, NM_NAME, NM_PATH, STATE_UNMANAGED,
 };
