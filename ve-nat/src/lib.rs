@@ -51,7 +51,7 @@ pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
         puts its accepts there).\n\n\
         Port forwards reach the container from outside, from other containers and from \
         the host itself through any of the host's addresses, 127.0.0.1 included \
-        (--no-localhost: not 127.0.0.1 nor ::1). IPv6 TCP forwards answer on ::1 only \
+        (--no-localhost: not 127.0.0.1 nor ::1). IPv6 forwards (TCP and UDP) answer on ::1 only \
         while ve-nat watch (or up --watch) runs: it proxies [::1]:PORT in userland, as \
         docker-proxy does; a one-shot up cannot.\n\n\
         Where firewalld runs (on the system bus, in this network namespace), up also puts \

@@ -1,5 +1,5 @@
-//! The userland proxy that makes IPv6 TCP forwards answer on `[::1]:HOST_PORT` of the
-//! host, run by `ve-nat watch` only (a listening socket needs a process that stays).
+//! The userland proxy that makes IPv6 forwards answer on `[::1]:HOST_PORT` of the host,
+//! run by `ve-nat watch` only (a listening socket needs a process that stays).
 //!
 //! The kernel cannot forward ::1: IPv6 has no `route_localnet`, and a reply un-NATed
 //! to ::1 that arrives on a container interface is dropped as unroutable. So, as
@@ -9,14 +9,18 @@
 //! this opens nothing to the containers or the network. The container sees the host's
 //! own address on its link as the peer, not ::1.
 //!
-//! One thread polls the listeners (and rebinds one that could not be bound or failed,
-//! every [`REBIND`]); each connection takes two threads, at most [`MAX_CONNS`] at a
-//! time. Errors are logged, never fatal. Dropping the [`Proxy`] closes the listeners
-//! within [`TICK`]; connections still open end with the process.
+//! TCP: one thread polls the listeners (and rebinds one that could not be bound or
+//! failed, every [`REBIND`]); each connection takes two threads, at most [`MAX_CONNS`]
+//! at a time. UDP: a thread per port; each client address is a session with a socket
+//! of its own connected to the container and a thread sending the answers back, ended
+//! after [`UDP_IDLE`] without an answer, at most [`MAX_CONNS`] sessions per port. Errors
+//! are logged, never fatal. Dropping the [`Proxy`] closes the listeners within
+//! [`TICK`]; connections still open end with the process.
 
 use std::{
+    collections::HashMap,
     io::{self, Read, Write},
-    net::{Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6, TcpListener, TcpStream},
+    net::{Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -36,18 +40,22 @@ pub const MAX_LISTENERS: usize = 1024;
 pub const REBIND: Duration = Duration::from_secs(2);
 /// How long the accept loop waits for a connection before looking at its stop flag.
 pub const TICK: Duration = Duration::from_millis(100);
+/// A UDP session without an answer from the container for this long ends (the next
+/// datagram from its client starts a new one).
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
 /// How long connecting to the container may take.
 const CONNECT: Duration = Duration::from_secs(5);
 
-/// One listener: connections to `listen` go to `to`.
+/// One listener: connections (datagrams) to `listen` go to `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
+    pub proto: Proto,
     pub listen: SocketAddrV6,
     pub to: SocketAddr,
 }
 
-/// What the proxy listens for: each port of each IPv6 TCP forward on ::1, unless
-/// `--no-localhost`. UDP forwards are not proxied.
+/// What the proxy listens for: each port of each IPv6 forward on ::1, unless
+/// `--no-localhost`.
 pub fn routes(req: &Request) -> Vec<Route> {
     if !req.localhost {
         return Vec::new();
@@ -57,13 +65,10 @@ pub fn routes(req: &Request) -> Vec<Route> {
         if f.family() != Family::Ipv6 {
             continue;
         }
-        if f.proto != Proto::Tcp {
-            log::info!("forward {f}: UDP is not proxied on [::1]");
-            continue;
-        }
         for i in 0..f.host_ports.count() {
             let i = i as u16; // a count of u16 ports, so offsets fit
             out.push(Route {
+                proto: f.proto,
                 listen: SocketAddrV6::new(Ipv6Addr::LOCALHOST, f.host_ports.first + i, 0, 0),
                 to: SocketAddr::new(f.addr, f.ports.first + i),
             });
@@ -82,7 +87,7 @@ pub fn routes(req: &Request) -> Vec<Route> {
 /// The running proxy; dropping it closes every listener.
 pub struct Proxy {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// Bind what can be bound now (so a connection made once this returns is answered),
@@ -91,32 +96,44 @@ pub fn start(routes: Vec<Route>) -> Option<Proxy> {
     if routes.is_empty() {
         return None;
     }
-    let mut slots: Vec<Slot> = routes.into_iter().map(Slot::new).collect();
-    let now = Instant::now();
-    for s in &mut slots {
-        s.try_bind(now);
-    }
+    let (tcp, udp): (Vec<Route>, Vec<Route>) =
+        routes.into_iter().partition(|r| r.proto == Proto::Tcp);
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = thread::Builder::new()
-        .name("proxy".into())
-        .spawn(move || serve(slots, &flag));
-    match thread {
-        Ok(t) => Some(Proxy {
-            stop,
-            thread: Some(t),
-        }),
-        Err(e) => {
-            log::warn!("cannot start the [::1] proxy: {e}");
-            None
+    let mut threads = Vec::new();
+    let now = Instant::now();
+    if !tcp.is_empty() {
+        let mut slots: Vec<Slot> = tcp.into_iter().map(Slot::new).collect();
+        for s in &mut slots {
+            s.try_bind(now);
+        }
+        let flag = stop.clone();
+        match thread::Builder::new()
+            .name("proxy".into())
+            .spawn(move || serve(slots, &flag))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => log::warn!("cannot start the [::1] TCP proxy: {e}"),
         }
     }
+    for r in udp {
+        let mut slot = Slot::new(r);
+        slot.try_bind_udp(now);
+        let flag = stop.clone();
+        match thread::Builder::new()
+            .name("proxy-udp".into())
+            .spawn(move || serve_udp(slot, &flag))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => log::warn!("cannot start the [::1] UDP proxy of {}: {e}", r.listen),
+        }
+    }
+    Some(Proxy { stop, threads })
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -126,6 +143,7 @@ impl Drop for Proxy {
 struct Slot {
     route: Route,
     listener: Option<TcpListener>,
+    udp: Option<UdpSocket>,
     next_try: Instant,
     /// The last bind error logged, so a lasting one is logged once.
     last_error: Option<String>,
@@ -136,6 +154,7 @@ impl Slot {
         Slot {
             route,
             listener: None,
+            udp: None,
             next_try: Instant::now(),
             last_error: None,
         }
@@ -145,23 +164,59 @@ impl Slot {
         if self.listener.is_some() || now < self.next_try {
             return;
         }
-        match listen(self.route.listen) {
-            Ok(l) => {
-                log::info!("proxying {} to {}", self.route.listen, self.route.to);
-                self.listener = Some(l);
+        let r = bind(self.route.listen, libc::SOCK_STREAM).and_then(|fd| {
+            // SAFETY: listen(2) on our own socket.
+            if unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(TcpListener::from(fd))
+        });
+        if let Some(l) = self.bound(now, r) {
+            self.listener = Some(l);
+        }
+    }
+
+    fn try_bind_udp(&mut self, now: Instant) {
+        if self.udp.is_some() || now < self.next_try {
+            return;
+        }
+        let r = bind(self.route.listen, libc::SOCK_DGRAM).and_then(|fd| {
+            let s = UdpSocket::from(fd);
+            s.set_nonblocking(false)?;
+            s.set_read_timeout(Some(TICK))?;
+            Ok(s)
+        });
+        if let Some(s) = self.bound(now, r) {
+            self.udp = Some(s);
+        }
+    }
+
+    /// Log the outcome of a bind (a lasting error once) and plan the next try.
+    fn bound<T>(&mut self, now: Instant, r: io::Result<T>) -> Option<T> {
+        match r {
+            Ok(s) => {
+                log::info!(
+                    "proxying {} {} to {}",
+                    self.route.proto.as_str(),
+                    self.route.listen,
+                    self.route.to
+                );
                 self.last_error = None;
+                Some(s)
             }
             Err(e) => {
                 let msg = e.to_string();
                 if self.last_error.as_deref() != Some(&msg) {
                     log::warn!(
-                        "cannot listen on {} ({msg}); trying again every {} s",
+                        "cannot listen on {} {} ({msg}); trying again every {} s",
+                        self.route.proto.as_str(),
                         self.route.listen,
                         REBIND.as_secs()
                     );
                 }
                 self.last_error = Some(msg);
                 self.next_try = now + REBIND;
+                None
             }
         }
     }
@@ -169,21 +224,25 @@ impl Slot {
     /// Close a listener that failed; it is bound again at the next try.
     fn lost(&mut self, why: &str) {
         log::warn!(
-            "listener on {} failed ({why}); binding it again",
+            "listener on {} {} failed ({why}); binding it again",
+            self.route.proto.as_str(),
             self.route.listen
         );
         self.listener = None;
+        self.udp = None;
         self.next_try = Instant::now() + REBIND;
     }
 }
 
-/// A listening TCP socket on `addr` with IPV6_V6ONLY and SO_REUSEADDR, non-blocking.
-fn listen(addr: SocketAddrV6) -> io::Result<TcpListener> {
+/// A socket of `kind` (SOCK_STREAM or SOCK_DGRAM) bound to `addr`, non-blocking, with
+/// IPV6_V6ONLY, and SO_REUSEADDR for TCP (a restart binds at once despite TIME_WAIT;
+/// for UDP it would let two sockets share the port).
+fn bind(addr: SocketAddrV6, kind: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned from here on.
     let fd = unsafe {
         libc::socket(
             libc::AF_INET6,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             0,
         )
     };
@@ -193,10 +252,11 @@ fn listen(addr: SocketAddrV6) -> io::Result<TcpListener> {
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let on: libc::c_int = 1;
-    for (level, opt) in [
-        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
-        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
-    ] {
+    let mut opts = vec![(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)];
+    if kind == libc::SOCK_STREAM {
+        opts.push((libc::SOL_SOCKET, libc::SO_REUSEADDR));
+    }
+    for (level, opt) in opts {
         // SAFETY: setsockopt with a c_int option value of the right length.
         let r = unsafe {
             libc::setsockopt(
@@ -227,11 +287,7 @@ fn listen(addr: SocketAddrV6) -> io::Result<TcpListener> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: listen(2) on our own socket.
-    if unsafe { libc::listen(sock.as_raw_fd(), 128) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(TcpListener::from(sock))
+    Ok(sock)
 }
 
 /// Accept on every bound listener until `stop`.
@@ -399,6 +455,117 @@ fn copy(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Both);
 }
 
+/// One client address of a UDP port: its socket towards the container, and whether
+/// its answering thread has ended.
+struct Session {
+    up: UdpSocket,
+    done: Arc<AtomicBool>,
+}
+
+/// Relay datagrams on one UDP port until `stop`.
+fn serve_udp(mut slot: Slot, stop: &Arc<AtomicBool>) {
+    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        slot.try_bind_udp(Instant::now());
+        let Some(sock) = slot.udp.as_ref() else {
+            thread::sleep(TICK);
+            continue;
+        };
+        sessions.retain(|_, s| !s.done.load(Ordering::Relaxed));
+        let (n, client) = match sock.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted
+                // An ICMP error for an earlier answer: nothing lost here.
+                | io::ErrorKind::ConnectionRefused => continue,
+                _ => {
+                    slot.lost(&format!("recv: {e}"));
+                    for s in sessions.values() {
+                        s.done.store(true, Ordering::Relaxed);
+                    }
+                    sessions.clear();
+                    continue;
+                }
+            },
+        };
+        if !sessions.contains_key(&client) {
+            if sessions.len() >= MAX_CONNS {
+                log::warn!(
+                    "{}: {MAX_CONNS} UDP sessions already open; dropping a datagram from {client}",
+                    slot.route.listen
+                );
+                continue;
+            }
+            match udp_session(sock, client, slot.route.to, stop) {
+                Ok(s) => {
+                    sessions.insert(client, s);
+                }
+                Err(e) => {
+                    log::warn!("proxy {client}: towards {}: {e}", slot.route.to);
+                    continue;
+                }
+            }
+        }
+        if let Some(s) = sessions.get(&client) {
+            if let Err(e) = s.up.send(&buf[..n]) {
+                log::debug!("proxy {client}: sending to {}: {e}", slot.route.to);
+            }
+        }
+    }
+}
+
+/// A socket connected to `to` for `client`, and a thread that sends what comes back
+/// to `client` from the port's socket, until [`UDP_IDLE`] passes without an answer or
+/// `stop`.
+fn udp_session(
+    sock: &UdpSocket,
+    client: SocketAddr,
+    to: SocketAddr,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<Session> {
+    // An IPv6 forward's address is IPv6 (IPv4-mapped ones are refused as input).
+    let up = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
+    up.connect(to)?;
+    up.set_read_timeout(Some(TICK))?;
+    let (back, answer) = (up.try_clone()?, sock.try_clone()?);
+    let done = Arc::new(AtomicBool::new(false));
+    let (ended, stop) = (done.clone(), stop.clone());
+    thread::Builder::new()
+        .name("proxy-udp-back".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed)
+                && !ended.load(Ordering::Relaxed)
+                && last.elapsed() < UDP_IDLE
+            {
+                match back.recv(&mut buf) {
+                    Ok(n) => {
+                        last = Instant::now();
+                        if let Err(e) = answer.send_to(&buf[..n], client) {
+                            log::debug!("proxy {client}: answering: {e}");
+                        }
+                    }
+                    Err(e) => match e.kind() {
+                        io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionRefused => {}
+                        _ => {
+                            log::debug!("proxy {client}: from {to}: {e}");
+                            break;
+                        }
+                    },
+                }
+            }
+            ended.store(true, Ordering::Relaxed);
+        })?;
+    Ok(Session { up, done })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +578,7 @@ mod tests {
     }
 
     #[test]
-    fn routes_are_the_ipv6_tcp_ports_on_loopback() {
+    fn routes_are_the_ipv6_ports_on_loopback() {
         let r = req(
             &[
                 "tcp:8080:10.233.1.2:80",
@@ -420,17 +587,24 @@ mod tests {
             ],
             true,
         );
-        let got: Vec<(String, String)> = routes(&r)
+        let got: Vec<(String, String, String)> = routes(&r)
             .iter()
-            .map(|r| (r.listen.to_string(), r.to.to_string()))
+            .map(|r| {
+                (
+                    r.proto.as_str().into(),
+                    r.listen.to_string(),
+                    r.to.to_string(),
+                )
+            })
             .collect();
         let want = [
-            ("[::1]:9000", "[fd00:1::2]:7000"),
-            ("[::1]:9001", "[fd00:1::2]:7001"),
+            ("tcp", "[::1]:9000", "[fd00:1::2]:7000"),
+            ("tcp", "[::1]:9001", "[fd00:1::2]:7001"),
+            ("udp", "[::1]:5353", "[fd00:1::2]:53"),
         ];
-        let want: Vec<(String, String)> = want
+        let want: Vec<(String, String, String)> = want
             .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|(p, a, b)| (p.to_string(), a.to_string(), b.to_string()))
             .collect();
         assert_eq!(got, want);
         assert!(routes(&req(&["tcp:9000:[fd00:1::2]:70"], false)).is_empty());

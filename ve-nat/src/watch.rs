@@ -9,7 +9,7 @@
 //! firewalld's `Reloaded` signal and its (re)appearance on the bus wake it too (its
 //! zone settings are part of the comparison). SIGTERM or SIGINT end it with exit 0.
 //!
-//! Once the first apply is in, it also runs the [`proxy`] that makes IPv6 TCP forwards
+//! Once the first apply is in, it also runs the [`proxy`] that makes IPv6 forwards
 //! answer on `[::1]` (the kernel cannot), for as long as it runs.
 
 use std::{

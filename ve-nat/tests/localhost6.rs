@@ -1,5 +1,5 @@
-//! IPv6 forwards on `[::1]` of the host, with real traffic in sandbox namespaces: the
-//! kernel cannot forward ::1, so `ve-nat watch` proxies it in userland. A plain `up`
+//! IPv6 forwards on `[::1]` of the host, TCP and UDP, with real traffic in sandbox
+//! namespaces: the kernel cannot forward ::1, so `ve-nat watch` proxies it in userland. A plain `up`
 //! and `--no-localhost` do not answer there; the watcher still exits 0 within 3 s on
 //! SIGTERM with a proxied connection open, and nothing listens on ::1 afterwards.
 
@@ -14,10 +14,15 @@ use std::{
 };
 
 use support::{Watcher, BIN};
-use testbed::{nat::NatNet, privileged, spawn_in, Netns, TempDir};
+use testbed::{
+    nat::{udp_ask, NatNet, UdpPeerServer},
+    privileged, spawn_in, Netns, TempDir,
+};
 
 const LOOP6: &str = "[::1]:8080";
 const FORWARD: &str = "tcp:8080:[fd00:1::2]:80";
+const UDP_LOOP6: &str = "[::1]:5353";
+const UDP_FORWARD: &str = "udp:5353:[fd00:1::2]:53";
 
 fn gate(test: &str, backend: &str) -> bool {
     let ipt = |t: &str| format!("{t}-{backend}");
@@ -164,12 +169,21 @@ fn loopback6(backend: &'static str) {
     let net = NatNet::new(1, true);
     let (host, ctr) = (&net.host, &net.ctrs[0]);
     echo_server(ctr);
+    let _udp = UdpPeerServer::start(ctr, "[fd00:1::2]:53");
     let h = Host {
         ns: host,
         dirs: TempDir::new("ve-nat-lo6"),
         backend,
     };
-    let want = ["--external", "up0", "--ipv6", "--forward", FORWARD];
+    let want = [
+        "--external",
+        "up0",
+        "--ipv6",
+        "--forward",
+        FORWARD,
+        "--forward",
+        UDP_FORWARD,
+    ];
     let short = Duration::from_millis(1500);
 
     // Negative control: a one-shot up forwards the host's own address, not ::1.
@@ -180,6 +194,11 @@ fn loopback6(backend: &'static str) {
     assert!(
         plain.is_err(),
         "[::1] answered without the watcher: {plain:?}"
+    );
+    let plain = udp_ask(host, UDP_LOOP6);
+    assert!(
+        plain.is_err(),
+        "UDP [::1] answered without the watcher: {plain:?}"
     );
 
     // The port is taken when the watcher starts: it says so, keeps running, and binds
@@ -201,6 +220,12 @@ fn loopback6(backend: &'static str) {
         got.as_deref(),
         Ok("fd00:1::1 got hello"),
         "[::1] via the watcher"
+    );
+    // UDP: the container's server saw the host's link address, and answered.
+    assert_eq!(
+        udp_ask(host, UDP_LOOP6).as_deref(),
+        Ok("fd00:1::1"),
+        "UDP [::1]"
     );
     // The forward from outside still works as before.
     assert_eq!(
@@ -228,13 +253,23 @@ fn loopback6(backend: &'static str) {
         after.is_err(),
         "[::1] answered after the watcher: {after:?}"
     );
-    let ss = host.sh("ss -Hltn 'src [::1]'");
+    let after = udp_ask(host, UDP_LOOP6);
+    assert!(
+        after.is_err(),
+        "UDP [::1] answered after the watcher: {after:?}"
+    );
+    let ss = host.sh("ss -Hltun 'src [::1]'");
     assert_eq!(ss.trim(), "", "listening on ::1 after the watcher");
 
     // --no-localhost: the watcher does not proxy.
     let mut w = h.watcher(&[&["watch", "--no-localhost"], &want[..]].concat());
     let off = ask(host, LOOP6, short);
     assert!(off.is_err(), "[::1] answered with --no-localhost: {off:?}");
+    let off = udp_ask(host, UDP_LOOP6);
+    assert!(
+        off.is_err(),
+        "UDP [::1] answered with --no-localhost: {off:?}"
+    );
     let (st, _) = w.stop_with(libc::SIGTERM);
     assert!(st.success());
 
