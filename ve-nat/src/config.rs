@@ -472,8 +472,8 @@ impl Request {
     }
 
     /// Whether localhost forwards are in effect: wanted, and an IPv4 forward to answer
-    /// on 127.0.0.1 (::1 cannot be forwarded: see the README). Without one, ve-nat
-    /// opens nothing on loopback.
+    /// on 127.0.0.1 (the kernel cannot forward ::1: `ve-nat watch` proxies it, see
+    /// `proxy`). Without one, ve-nat opens nothing on loopback.
     pub fn localhost_forwards(&self) -> bool {
         self.localhost && self.forwards.iter().any(|f| f.family() == Family::Ipv4)
     }

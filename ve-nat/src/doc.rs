@@ -141,6 +141,13 @@ pub const MANUAL: Manual = Manual {
              ruleset, a firewalld reload, iptables -F); SIGTERM ends it",
         ),
         entry(
+            "ve-nat watch --external eth0 --ipv6 --forward tcp:8080:[fd00:1::2]:80",
+            "The same, and while it runs curl http://[::1]:8080/ on the host reaches the \
+             container: the kernel cannot forward ::1, so the watcher proxies IPv6 \
+             forwards (TCP and UDP) on [::1] in userland (only host processes can reach \
+             it; a one-shot up cannot; not with --no-localhost)",
+        ),
+        entry(
             "ve-nat down",
             "Remove ve-nat's chains and jumps and what it added to firewalld, nothing else",
         ),

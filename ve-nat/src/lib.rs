@@ -13,6 +13,7 @@ mod lock;
 pub mod native;
 pub mod nft;
 pub mod nft_table;
+pub mod proxy;
 pub mod rules;
 pub mod sysctl;
 pub mod watch;
@@ -50,7 +51,9 @@ pub use lock::{DIR as LOCK_DIR, DIR_ENV as LOCK_DIR_ENV};
         puts its accepts there).\n\n\
         Port forwards reach the container from outside, from other containers and from \
         the host itself through any of the host's addresses, 127.0.0.1 included \
-        (--no-localhost: not 127.0.0.1; ::1 is never covered).\n\n\
+        (--no-localhost: not 127.0.0.1 nor ::1). IPv6 forwards (TCP and UDP) answer on ::1 only \
+        while ve-nat watch (or up --watch) runs: it proxies [::1]:PORT in userland, as \
+        docker-proxy does; a one-shot up cannot.\n\n\
         Where firewalld runs (on the system bus, in this network namespace), up also puts \
         the container interfaces and --internal-ip networks into its trusted zone, \
         runtime and permanent, through its D-Bus API; down removes what up added there."
@@ -122,7 +125,7 @@ struct Want {
     /// The packet mark bit tagging container connections
     #[arg(long, value_name = "BIT", default_value = "0x2000")]
     mark: String,
-    /// Port forwards do not answer on 127.0.0.1 (no route_localnet on container interfaces)
+    /// Port forwards do not answer on 127.0.0.1 (no route_localnet on container interfaces) nor, in `watch`, on ::1
     #[arg(long)]
     no_localhost: bool,
     #[command(flatten)]
@@ -527,6 +530,7 @@ fn watch(req: &Request, name: BackendName) -> Result<()> {
         differences: &differences,
         apply: &apply,
         poll: std::time::Duration::from_secs(if legacy { 1 } else { 30 }),
+        proxy: proxy::routes(req),
     })
 }
 

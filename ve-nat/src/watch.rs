@@ -8,6 +8,9 @@
 //! woke it, it runs the comparison `check` runs and re-applies only when that differs.
 //! firewalld's `Reloaded` signal and its (re)appearance on the bus wake it too (its
 //! zone settings are part of the comparison). SIGTERM or SIGINT end it with exit 0.
+//!
+//! Once the first apply is in, it also runs the [`proxy`] that makes IPv6 forwards
+//! answer on `[::1]` (the kernel cannot), for as long as it runs.
 
 use std::{
     io,
@@ -19,7 +22,7 @@ use std::{
 
 use common::{Error, Result};
 
-use crate::firewalld;
+use crate::{firewalld, proxy};
 
 /// Why the watcher woke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,8 @@ pub struct Watch<'a> {
     pub differences: &'a dyn Fn() -> Result<Vec<String>>,
     pub apply: &'a dyn Fn() -> Result<()>,
     pub poll: Duration,
+    /// What the [`proxy`] listens for on ::1 (empty: no proxy).
+    pub proxy: Vec<proxy::Route>,
 }
 
 /// Apply, say READY=1, then keep the rules in place until SIGTERM or SIGINT (Ok). A
@@ -65,6 +70,8 @@ pub fn run(w: &Watch<'_>) -> Result<()> {
         ),
     }
     (w.apply)()?;
+    // Bound before READY=1; closed when this returns (the listeners go with it).
+    let _proxy = proxy::start(w.proxy.clone());
     common::notify::ready();
     log::info!("rules applied; watching for changes");
     let mut state = State::default();
@@ -378,6 +385,7 @@ mod tests {
             differences: &differences,
             apply: &apply,
             poll: Duration::from_secs(1),
+            proxy: Vec::new(),
         };
         let mut st = State::default();
         assert!(!reconcile(&w, &mut st).unwrap());
