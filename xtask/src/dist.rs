@@ -219,7 +219,7 @@ mod tests {
             ],
         ),
         ("ve-link", &["up", "check", "down", "gc", "list"]),
-        ("ve-nat", &["up", "down", "check", "status"]),
+        ("ve-nat", &["up", "down", "check", "status", "watch"]),
         ("nm-unmanage", &[]),
     ];
 
