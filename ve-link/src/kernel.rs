@@ -218,6 +218,12 @@ pub trait Netlink {
     fn act(&self, req: Req) -> io::Result<()> {
         self.one(req)?.done()
     }
+    /// Delete link `index` (a veth takes its peer along) and return once it is gone
+    /// from the namespace. The real socket does not wait for the kernel to finish
+    /// freeing it (see [`Socket::del_link_unwaited`]); gone already is success.
+    fn del_link_unwaited(&self, index: u32) -> io::Result<()> {
+        self.act(Req::DelLink(index))
+    }
 }
 
 pub(crate) fn closed() -> io::Error {

@@ -202,11 +202,15 @@ impl SqliteStore {
     /// True when the file carries our current schema; false when it is brand new; an
     /// error for anything else.
     fn schema_ok(&self, conn: &Connection) -> Result<bool> {
-        let pragma = |p: &str| -> Result<i64> {
-            conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
-                .map_err(|e| self.err(e))
-        };
-        let (version, app) = (pragma("user_version")?, pragma("application_id")?);
+        // One statement, so one read of the header (each PRAGMA is a transaction).
+        let (version, app): (i64, i64) = conn
+            .query_row(
+                "SELECT u.user_version, a.application_id \
+                 FROM pragma_user_version u, pragma_application_id a",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
         match (version, app) {
             (0, 0) => Ok(false),
             (SCHEMA_VERSION, APPLICATION_ID) => Ok(true),

@@ -54,7 +54,7 @@ fn down_in(nl: &dyn Netlink, names: &[String], all: bool) -> Result<()> {
             }
         }
         for l in victims {
-            if let Err(e) = nl.act(Req::DelLink(l.index)) {
+            if let Err(e) = nl.del_link_unwaited(l.index) {
                 errors.push(step_error(format!("removing {}", l.name), e));
             }
         }
@@ -95,7 +95,7 @@ fn delete_batch(nl: &dyn Netlink, victims: Vec<Link>, all: &[Link]) -> Result<()
         0 => return Ok(()),
         1 => {
             let l = &victims[0];
-            nl.act(Req::DelLink(l.index))
+            nl.del_link_unwaited(l.index)
                 .map_err(|e| step_error(format!("removing {}", l.name), e))?;
             log::info!("removed {}", l.name);
             return Ok(());
