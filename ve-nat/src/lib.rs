@@ -2,6 +2,7 @@
 //! interfaces reach the outside network, with port forwards, in chains of its own.
 
 pub mod apply;
+mod cni;
 pub mod config;
 pub mod doc;
 pub mod firewall;
@@ -127,6 +128,10 @@ pub fn command() -> clap::Command {
 }
 
 pub fn run(args: Vec<OsString>) -> Result<()> {
+    // CNI_COMMAND set: a CNI plugin (stdin config, result on stdout), not the shell tool.
+    if common::cni::command().is_some() {
+        return cni::run();
+    }
     let cli: Cli = common::cli::parse(command(), args)?;
     cli.verbosity.init_logging("ve-nat");
     match cli.cmd {

@@ -1,0 +1,376 @@
+//! The tools as CNI plugins, driven exactly as a runtime drives them: `CNI_*`
+//! environment, the configuration on stdin, the result or error JSON on stdout. The
+//! IPAM harness runs against ve-alloc and, as the control, against the reference
+//! host-local (Debian's containernetworking-plugins), so a failure is shown to be the
+//! plugin's and not the harness's.
+
+mod support;
+
+use std::{
+    io::Write,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use serde_json::{json, Value};
+use testbed::TempDir;
+
+/// Every spec version the tools speak.
+const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// Where Debian's containernetworking-plugins live.
+const REFERENCE: &str = "/usr/lib/cni";
+
+/// A 64-hex container ID, as runtimes make them; `n` tells them apart.
+fn container_id(n: u32) -> String {
+    format!("{n:08x}").repeat(8)
+}
+
+/// What one plugin call printed and how it ended.
+struct Reply {
+    ok: bool,
+    stdout: Value,
+}
+
+/// One call: the runtime's environment (nothing inherited but PATH) and stdin.
+fn call(bin: &Path, verb: &str, conf: &Value, id: &str, ifname: &str, args: &str) -> Reply {
+    let mut c = Command::new(bin);
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", verb)
+        .env("CNI_PATH", bin.parent().unwrap_or(Path::new("/")));
+    if !id.is_empty() {
+        c.env("CNI_CONTAINERID", id)
+            .env("CNI_IFNAME", ifname)
+            // IPAM plugins never enter it: a namespace that is gone must not matter.
+            .env("CNI_NETNS", "/proc/self/ns/net-gone")
+            .env("CNI_ARGS", args);
+    }
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stdout = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{verb}: not JSON ({e}): {text}"))
+    };
+    if !out.status.success() {
+        // The spec: a failure prints an error object with a code and a message.
+        assert!(
+            stdout["code"].as_u64().is_some() && stdout["msg"].is_string(),
+            "{verb} failed without a CNI error: {text} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Reply {
+        ok: out.status.success(),
+        stdout,
+    }
+}
+
+fn ok(bin: &Path, verb: &str, conf: &Value, id: &str, ifname: &str, args: &str) -> Value {
+    let r = call(bin, verb, conf, id, ifname, args);
+    assert!(r.ok, "{verb} {}: {}", bin.display(), r.stdout);
+    r.stdout
+}
+
+fn versions_of(bin: &Path) -> Vec<String> {
+    let v = ok(bin, "VERSION", &json!({"cniVersion": "1.0.0"}), "", "", "");
+    assert_eq!(
+        v["cniVersion"], "1.0.0",
+        "VERSION answers in the request's version"
+    );
+    v["supportedVersions"]
+        .as_array()
+        .expect("supportedVersions")
+        .iter()
+        .map(|s| s.as_str().expect("version string").to_string())
+        .collect()
+}
+
+#[test]
+fn every_tool_answers_version_in_the_requested_version() {
+    let dir = support::tools_dir();
+    for tool in ["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"] {
+        let bin = dir.join(tool);
+        assert_eq!(versions_of(&bin), VERSIONS, "{tool}");
+        for v in VERSIONS {
+            let r = ok(&bin, "VERSION", &json!({"cniVersion": v}), "", "", "");
+            assert_eq!(r["cniVersion"], v, "{tool}");
+        }
+    }
+}
+
+/// The reference control's data dir, or our store, per test.
+struct Ipam {
+    bin: PathBuf,
+    conf: fn(&Path, &str) -> Value,
+    dir: TempDir,
+    /// A repeated ADD of one attachment returns its lease again.
+    repeat_add: bool,
+}
+
+impl Ipam {
+    fn conf(&self, version: &str) -> Value {
+        (self.conf)(self.dir.path(), version)
+    }
+}
+
+fn ve_alloc() -> Ipam {
+    Ipam {
+        bin: support::tools_dir().join("ve-alloc"),
+        conf: |dir, v| {
+            json!({
+                "cniVersion": v, "name": "vetest", "type": "ve-link",
+                "ipam": {"type": "ve-alloc", "pool": "10.233.0.0/16", "pool6": "fd42::/64",
+                         "store": dir.join("store")}
+            })
+        },
+        dir: TempDir::new("cni-va"),
+        repeat_add: true,
+    }
+}
+
+/// The reference host-local, when installed (`cargo xtask test` installs it).
+fn host_local() -> Option<Ipam> {
+    let bin = Path::new(REFERENCE).join("host-local");
+    if !bin.is_file() {
+        assert!(
+            std::env::var_os(testbed::REQUIRE_PRIVILEGED).is_none(),
+            "{} is missing: apt-get install containernetworking-plugins",
+            bin.display()
+        );
+        eprintln!("skipping the host-local control: {} missing", bin.display());
+        return None;
+    }
+    Some(Ipam {
+        bin,
+        conf: |dir, v| {
+            json!({
+                "cniVersion": v, "name": "vetest", "type": "ptp",
+                "ipam": {"type": "host-local", "dataDir": dir.join("data"),
+                         "ranges": [[{"subnet": "10.233.0.0/16"}], [{"subnet": "fd42::/64"}]],
+                         "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}
+            })
+        },
+        dir: TempDir::new("cni-hl"),
+        repeat_add: false,
+    })
+}
+
+fn is_cidr(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(a, p)| {
+        a.parse::<IpAddr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 128)
+    })
+}
+
+/// An IPAM result as the spec has it for `version`.
+fn check_ipam_result(r: &Value, version: &str) {
+    assert_eq!(
+        r["cniVersion"], version,
+        "the result is in the request's version"
+    );
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 2, "an IPv4 and an IPv6 address: {r}");
+    for ip in ips {
+        let a = ip["address"].as_str().expect("address");
+        assert!(is_cidr(a), "{a}");
+        let gw: IpAddr = ip["gateway"].as_str().expect("gateway").parse().unwrap();
+        let addr: IpAddr = a.split('/').next().unwrap().parse().unwrap();
+        assert_eq!(gw.is_ipv4(), addr.is_ipv4(), "{ip}");
+        // 0.3.x and 0.4.0 say the family in "version"; 1.0.0 dropped it.
+        let family = if addr.is_ipv4() { "4" } else { "6" };
+        if version.starts_with("0.") {
+            assert_eq!(ip["version"], family, "{version}: {ip}");
+        } else {
+            assert!(ip.get("version").is_none(), "{version}: {ip}");
+        }
+    }
+    let routes = r["routes"].as_array().expect("routes");
+    let dsts: Vec<&str> = routes.iter().filter_map(|x| x["dst"].as_str()).collect();
+    assert!(dsts.contains(&"0.0.0.0/0") && dsts.contains(&"::/0"), "{r}");
+    for rt in routes {
+        if let Some(gw) = rt.get("gw") {
+            assert!(
+                gw.as_str().is_some_and(|g| g.parse::<IpAddr>().is_ok()),
+                "{rt}"
+            );
+        }
+    }
+}
+
+fn addresses(r: &Value) -> Vec<String> {
+    r["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// ADD, ADD again, CHECK, DEL, DEL again, CHECK after DEL, for every version the
+/// plugin lists of ours.
+fn ipam_lifecycle(p: &Ipam) {
+    let supported = versions_of(&p.bin);
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web";
+    for (n, v) in (1u32..).zip(VERSIONS) {
+        if !supported.iter().any(|s| s == v) {
+            eprintln!("{}: does not list {v}; skipped", p.bin.display());
+            continue;
+        }
+        let conf = p.conf(v);
+        let id = container_id(n);
+        let first = ok(&p.bin, "ADD", &conf, &id, "eth0", args);
+        check_ipam_result(&first, v);
+        // A repeated ADD (a runtime retrying) gets the same lease from ve-alloc; the
+        // spec does not ask it, and host-local refuses it ("duplicate allocation").
+        if p.repeat_add {
+            let again = ok(&p.bin, "ADD", &conf, &id, "eth0", args);
+            assert_eq!(addresses(&again), addresses(&first), "{v}: a repeated ADD");
+        }
+        let other = ok(&p.bin, "ADD", &conf, &id, "eth1", args);
+        let (a, b) = (addresses(&first), addresses(&other));
+        assert!(
+            a.iter().all(|x| !b.contains(x)),
+            "eth0 {a:?} and eth1 {b:?} share"
+        );
+        let mut checked = conf.clone();
+        checked["prevResult"] = first.clone();
+        if v != "0.3.0" && v != "0.3.1" {
+            ok(&p.bin, "CHECK", &checked, &id, "eth0", args);
+        }
+        for _ in 0..2 {
+            ok(&p.bin, "DEL", &conf, &id, "eth0", args);
+            ok(&p.bin, "DEL", &conf, &id, "eth1", args);
+        }
+        if v != "0.3.0" && v != "0.3.1" {
+            let r = call(&p.bin, "CHECK", &checked, &id, "eth0", args);
+            assert!(!r.ok, "{v}: CHECK of a released attachment passed");
+        }
+        // An address given back is handed out again only later (round robin), and an
+        // ADD after DEL gets a working lease.
+        let readd = ok(&p.bin, "ADD", &conf, &id, "eth0", "");
+        check_ipam_result(&readd, v);
+        ok(&p.bin, "DEL", &conf, &id, "eth0", "");
+    }
+}
+
+#[test]
+fn ve_alloc_ipam_lifecycle_in_every_version() {
+    ipam_lifecycle(&ve_alloc());
+}
+
+#[test]
+fn reference_host_local_passes_the_same_harness() {
+    if let Some(p) = host_local() {
+        ipam_lifecycle(&p);
+    }
+}
+
+fn list(p: &Ipam) -> Vec<Value> {
+    let out = Command::new(&p.bin)
+        .args(["list", "--json"])
+        .env("VE_ALLOC_STORE", p.dir.path().join("store"))
+        .env("VE_ALLOC_CONFIG", "")
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn ve_alloc_leases_show_in_list_and_gc_keeps_only_valid_attachments() {
+    let p = ve_alloc();
+    let conf = p.conf("1.1.0");
+    let ids: Vec<String> = (1..=3).map(container_id).collect();
+    for id in &ids {
+        ok(&p.bin, "ADD", &conf, id, "eth0", "K8S_POD_NAME=web");
+    }
+    // A lease of the shell interface in the same store: GC is not its business.
+    let shell = Command::new(&p.bin)
+        .args(["alloc", "shell-one"])
+        .env("VE_ALLOC_STORE", p.dir.path().join("store"))
+        .env("VE_ALLOC_CONFIG", "")
+        .output()
+        .unwrap();
+    assert!(shell.status.success());
+    let names: Vec<String> = list(&p)
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    let web = format!("web.cni-{}.eth0", &ids[0][..12]);
+    assert!(names.contains(&web), "{web} not in {names:?}");
+    for n in &names {
+        assert!(n.len() <= 63, "{n}");
+    }
+
+    ok(&p.bin, "STATUS", &conf, "", "", "");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": ids[1], "ifname": "eth0"}]);
+    ok(&p.bin, "GC", &gc, "", "", "");
+    let mut left: Vec<String> = list(&p)
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            "shell-one".to_string(),
+            format!("web.cni-{}.eth0", &ids[1][..12])
+        ]
+    );
+    // GC is 1.1.0's: an older configuration is refused with code 1, changing nothing.
+    let r = call(&p.bin, "GC", &p.conf("1.0.0"), "", "", "");
+    assert!(!r.ok);
+    assert_eq!(r.stdout["code"], 1);
+    assert_eq!(list(&p).len(), 2);
+}
+
+#[test]
+fn ve_alloc_refuses_bad_calls_with_cni_errors_and_no_state() {
+    let p = ve_alloc();
+    let id = container_id(7);
+    // No store named: no state anywhere else, so a refusal (7: invalid config).
+    let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "ve-alloc"});
+    let r = call(&p.bin, "ADD", &conf, &id, "eth0", "");
+    assert!(!r.ok);
+    assert_eq!(r.stdout["code"], 7);
+    assert_eq!(r.stdout["cniVersion"], "1.0.0");
+    // An unknown version: 1, in a version the runtime can read.
+    let r = call(&p.bin, "ADD", &p.conf("9.9.9"), &id, "eth0", "");
+    assert_eq!(r.stdout["code"], 1);
+    // A bad container ID: 4 (invalid environment).
+    let r = call(&p.bin, "ADD", &p.conf("1.0.0"), "-bad", "eth0", "");
+    assert_eq!(r.stdout["code"], 4);
+    // A bad pool: 7.
+    let mut bad = p.conf("1.0.0");
+    bad["ipam"]["pool"] = json!("10.0.0.0/33");
+    let r = call(&p.bin, "ADD", &bad, &id, "eth0", "");
+    assert_eq!(r.stdout["code"], 7);
+    assert!(
+        !p.dir.path().join("store").exists(),
+        "a refused call created the store"
+    );
+}
