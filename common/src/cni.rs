@@ -543,6 +543,80 @@ pub fn find_plugin(path: &[PathBuf], name: &str) -> Option<PathBuf> {
         .find(|p| Path::new(p).is_file())
 }
 
+/// Call the plugin `plugin` (an `ipam.type`) the CNI way: found through `CNI_PATH`, run
+/// with this process's `CNI_*` environment but `CNI_COMMAND=verb`, the request's
+/// configuration on stdin. Its result object, `None` when it printed nothing; its CNI
+/// error (code and message kept) when it failed.
+pub fn delegate(req: &Request, plugin: &str, verb: Verb) -> Handled {
+    use std::{io::Write, process::Stdio};
+    let bin = find_plugin(&req.path, plugin).ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            Kind::NotFound,
+            format!(
+                "plugin {plugin:?} not found in CNI_PATH ({})",
+                req.path
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ),
+        )
+    })?;
+    let input = serde_json::to_vec(&req.config)
+        .map_err(|e| Error::internal(format!("encoding the configuration: {e}")))?;
+    let mut child = std::process::Command::new(&bin)
+        .env("CNI_COMMAND", verb.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&input)
+            .map_err(|e| Error::io(format!("writing to {}", bin.display()), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("waiting for {}", bin.display()), e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value: Option<Value> = if text.trim().is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str(&text).map_err(|e| {
+            CniError::new(
+                code::DECODE_FAILURE,
+                Kind::Data,
+                format!("{plugin} {}: its output is not JSON: {e}", verb.as_str()),
+            )
+        })?)
+    };
+    if out.status.success() {
+        return Ok(value);
+    }
+    let code = value
+        .as_ref()
+        .and_then(|v| v["code"].as_u64())
+        .map_or(code::PLUGIN_BASE + 70, |c| c as u32);
+    let msg = value
+        .as_ref()
+        .and_then(|v| v["msg"].as_str())
+        .unwrap_or("failed without a CNI error")
+        .to_string();
+    let mut e = CniError::new(
+        code,
+        Kind::Unavailable,
+        format!("{plugin} {}: {msg}", verb.as_str()),
+    );
+    e.details = value
+        .as_ref()
+        .and_then(|v| v["details"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    Err(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,24 +35,33 @@ struct Reply {
 
 /// One call: the runtime's environment (nothing inherited but PATH) and stdin.
 fn call(bin: &Path, verb: &str, conf: &Value, id: &str, ifname: &str, args: &str) -> Reply {
-    let mut c = Command::new(bin);
+    let mut env = vec![(
+        "CNI_PATH",
+        bin.parent().unwrap_or(Path::new("/")).display().to_string(),
+    )];
+    if !id.is_empty() {
+        env.extend([
+            ("CNI_CONTAINERID", id.to_string()),
+            ("CNI_IFNAME", ifname.to_string()),
+            // IPAM plugins never enter it: a namespace that is gone must not matter.
+            ("CNI_NETNS", "/proc/self/ns/net-gone".to_string()),
+            ("CNI_ARGS", args.to_string()),
+        ]);
+    }
+    run_plugin(Command::new(bin), verb, conf, &env)
+}
+
+/// Run a plugin command with `CNI_COMMAND=verb`, `env` and nothing else but PATH, the
+/// configuration on stdin.
+fn run_plugin(mut c: Command, verb: &str, conf: &Value, env: &[(&str, String)]) -> Reply {
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", verb)
-        .env("CNI_PATH", bin.parent().unwrap_or(Path::new("/")));
-    if !id.is_empty() {
-        c.env("CNI_CONTAINERID", id)
-            .env("CNI_IFNAME", ifname)
-            // IPAM plugins never enter it: a namespace that is gone must not matter.
-            .env("CNI_NETNS", "/proc/self/ns/net-gone")
-            .env("CNI_ARGS", args);
-    }
+        .envs(env.iter().map(|(k, v)| (k, v)));
     c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let mut child = c.spawn().unwrap_or_else(|e| panic!("{c:?}: {e}"));
     child
         .stdin
         .take()
@@ -373,4 +382,238 @@ fn ve_alloc_refuses_bad_calls_with_cni_errors_and_no_state() {
         !p.dir.path().join("store").exists(),
         "a refused call created the store"
     );
+}
+
+/// An interface plugin with its IPAM plugin, as a conflist names them.
+struct Main {
+    /// CNI_PATH: a directory of plugins (ours: a directory of symlinks).
+    path: PathBuf,
+    conf: fn(&Path, &str) -> Value,
+    dir: TempDir,
+    plugin: &'static str,
+    /// How to tell whether the attachment's addresses are still leased.
+    leased: fn(&Path) -> usize,
+}
+
+fn ve_link() -> Main {
+    let dir = TempDir::new("cni-vl");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["ve-link", "ve-alloc"] {
+        std::os::unix::fs::symlink(support::tools_dir().join(tool), bin.join(tool)).unwrap();
+    }
+    Main {
+        path: bin,
+        conf: |dir, v| {
+            json!({
+                "cniVersion": v, "name": "vetest", "type": "ve-link",
+                "ipam": {"type": "ve-alloc", "pool": "10.233.0.0/16", "pool6": "fd42::/64",
+                         "store": dir.join("store")}
+            })
+        },
+        dir,
+        plugin: "ve-link",
+        leased: |dir| {
+            let out = Command::new(support::tools_dir().join("ve-alloc"))
+                .args(["list", "--json"])
+                .env("VE_ALLOC_STORE", dir.join("store"))
+                .env("VE_ALLOC_CONFIG", "")
+                .env_remove("CNI_COMMAND")
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        },
+    }
+}
+
+fn ptp() -> Option<Main> {
+    if !Path::new(REFERENCE).join("ptp").is_file() {
+        assert!(
+            std::env::var_os(testbed::REQUIRE_PRIVILEGED).is_none(),
+            "{REFERENCE}/ptp is missing: apt-get install containernetworking-plugins"
+        );
+        eprintln!("skipping the ptp control: {REFERENCE}/ptp missing");
+        return None;
+    }
+    Some(Main {
+        path: PathBuf::from(REFERENCE),
+        conf: |dir, v| {
+            json!({
+                "cniVersion": v, "name": "vetest", "type": "ptp",
+                "ipam": {"type": "host-local", "dataDir": dir.join("data"),
+                         "ranges": [[{"subnet": "10.233.0.0/16"}], [{"subnet": "fd42::/64"}]],
+                         "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}
+            })
+        },
+        dir: TempDir::new("cni-ptp"),
+        plugin: "ptp",
+        leased: |dir| {
+            // host-local keeps one file per address, named after it.
+            std::fs::read_dir(dir.join("data/vetest"))
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().parse::<IpAddr>().is_ok())
+                        .count()
+                })
+                .unwrap_or(0)
+        },
+    })
+}
+
+fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+        && s != "00:00:00:00:00:00"
+}
+
+/// The addresses (without prefix) on `ifname` in `ns`.
+fn addrs_in(ns: &testbed::Netns, ifname: &str) -> Vec<String> {
+    ns.ip_json(&["addr", "show", "dev", ifname])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["scope"] == "global")
+        .filter_map(|a| a["local"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn link_exists(ns: &testbed::Netns, ifname: &str) -> bool {
+    ns.command("ip")
+        .args(["link", "show", "dev", ifname])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// ADD, CHECK, CHECK after drift, DEL twice, and DEL after the namespace is gone, for
+/// every version the plugin lists of ours, as a runtime calls it from the host.
+fn interface_lifecycle(m: &Main) {
+    let mut sb = testbed::Sandbox::new();
+    let host = sb.netns("host");
+    let bin = m.path.join(m.plugin);
+    let supported = versions_of(&bin);
+    for (n, v) in (1u32..).zip(VERSIONS) {
+        if !supported.iter().any(|s| s == v) {
+            eprintln!("{}: does not list {v}; skipped", bin.display());
+            continue;
+        }
+        let ctr = sb.netns(&format!("c{n}"));
+        let id = container_id(n);
+        let conf = (m.conf)(m.dir.path(), v);
+        let env = |netns: &str| {
+            vec![
+                ("CNI_PATH", m.path.display().to_string()),
+                ("CNI_CONTAINERID", id.clone()),
+                ("CNI_IFNAME", "eth0".to_string()),
+                ("CNI_NETNS", netns.to_string()),
+                ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web".to_string()),
+            ]
+        };
+        let netns = ctr.path().display().to_string();
+        let call = |verb: &str, conf: &Value, netns: &str| {
+            run_plugin(
+                host.command(&bin.display().to_string()),
+                verb,
+                conf,
+                &env(netns),
+            )
+        };
+        let add = call("ADD", &conf, &netns);
+        assert!(add.ok, "{v} ADD: {}", add.stdout);
+        let r = add.stdout;
+        check_ipam_result(&r, v);
+        let ifs = r["interfaces"].as_array().expect("interfaces");
+        let sandboxed: Vec<usize> = (0..ifs.len())
+            .filter(|&i| ifs[i]["sandbox"].as_str() == Some(netns.as_str()))
+            .collect();
+        assert_eq!(sandboxed.len(), 1, "{v}: one interface in the sandbox: {r}");
+        let ci = sandboxed[0];
+        assert_eq!(ifs[ci]["name"], "eth0");
+        for i in ifs {
+            assert!(i["mac"].as_str().is_some_and(is_mac), "{v}: {i}");
+        }
+        let host_end = ifs
+            .iter()
+            .find(|i| i.get("sandbox").is_none())
+            .and_then(|i| i["name"].as_str())
+            .expect("a host interface");
+        assert!(
+            link_exists(&host, host_end),
+            "{v}: {host_end} not on the host"
+        );
+        let have = addrs_in(&ctr, "eth0");
+        for ip in r["ips"].as_array().unwrap() {
+            assert_eq!(ip["interface"], ci, "{v}: ips[].interface: {ip}");
+            let a = ip["address"].as_str().unwrap().split('/').next().unwrap();
+            assert!(
+                have.iter().any(|h| h == a),
+                "{v}: {a} not on eth0 ({have:?})"
+            );
+        }
+        assert!(
+            ctr.ip(&["route", "show", "default"])
+                .contains("default via"),
+            "{v}: no default route in the container"
+        );
+        let mut checked = conf.clone();
+        checked["prevResult"] = r.clone();
+        if v != "0.3.0" && v != "0.3.1" {
+            let c = call("CHECK", &checked, &netns);
+            assert!(c.ok, "{v} CHECK: {}", c.stdout);
+            // Drift: the container loses its IPv4 address.
+            let a4 = r["ips"][0]["address"].as_str().unwrap();
+            ctr.ip(&["addr", "del", a4, "dev", "eth0"]);
+            let c = call("CHECK", &checked, &netns);
+            assert!(!c.ok, "{v}: CHECK passed after the address was removed");
+        }
+        for _ in 0..2 {
+            let d = call("DEL", &checked, &netns);
+            assert!(d.ok, "{v} DEL: {}", d.stdout);
+        }
+        assert!(
+            !link_exists(&host, host_end),
+            "{v}: {host_end} left after DEL"
+        );
+        assert_eq!((m.leased)(m.dir.path()), 0, "{v}: addresses left after DEL");
+
+        // DEL after the namespace is gone: the runtime removed it first.
+        let add = call("ADD", &conf, &netns);
+        assert!(add.ok, "{v} ADD again: {}", add.stdout);
+        run_ok_cmd(Command::new("ip").args(["netns", "del", ctr.name()]));
+        let d = call("DEL", &conf, &netns);
+        assert!(d.ok, "{v} DEL without the namespace: {}", d.stdout);
+        let d = call("DEL", &conf, "");
+        assert!(d.ok, "{v} DEL without CNI_NETNS: {}", d.stdout);
+        assert_eq!((m.leased)(m.dir.path()), 0, "{v}: addresses left after DEL");
+    }
+}
+
+fn run_ok_cmd(c: &mut Command) {
+    testbed::run_ok(c);
+}
+
+#[test]
+fn ve_link_with_ve_alloc_as_a_runtime_calls_them() {
+    if !testbed::privileged("ve_link_with_ve_alloc_as_a_runtime_calls_them", &["ip"]) {
+        return;
+    }
+    interface_lifecycle(&ve_link());
+}
+
+#[test]
+fn reference_ptp_with_host_local_passes_the_same_harness() {
+    if !testbed::privileged(
+        "reference_ptp_with_host_local_passes_the_same_harness",
+        &["ip"],
+    ) {
+        return;
+    }
+    if let Some(m) = ptp() {
+        interface_lifecycle(&m);
+    }
 }
