@@ -43,7 +43,12 @@ pub const MANUAL: Manual = Manual {
             "the lock directory or file is not root's own, or others could write it",
         ),
     ],
-    env: &[entry(
+    env: &[
+        entry(
+            "CNI_COMMAND",
+            "When set, ve-nat answers CNI VERSION (configuration on stdin, result on stdout); other CNI verbs get CNI error 4 in this version",
+        ),
+        entry(
         "VE_NAT_LOCK_DIR",
         "Directory of the rules lock, instead of /run/ve-nat (it must be root's and not \
          writable by others; created 0755 when missing)",
