@@ -399,14 +399,15 @@ pub fn short_id(id: &str) -> String {
     }
 }
 
-/// The middle part of a CNI lease name that marks it as one: `cni-` + the short ID.
+/// The start of every CNI lease name: `cni-` + the short ID.
 const MARK: &str = "cni-";
 
-/// Longest label (pod or container name) kept at the front of a lease name.
+/// Longest label (pod or container name) kept at the end of a lease name.
 const LABEL_LEN: usize = 30;
 
 /// The key of an attachment: `cni-<short id>.<ifname>`, the ifname hashed when it has
-/// characters a container name cannot hold. It ends every CNI lease name.
+/// characters a container name cannot hold (or a `.`). It starts every CNI lease name,
+/// so the store finds an attachment's lease by a range on its key.
 pub fn attachment_key(container_id: &str, ifname: &str) -> String {
     let ifpart = if !ifname.is_empty()
         && ifname
@@ -420,15 +421,16 @@ pub fn attachment_key(container_id: &str, ifname: &str) -> String {
     format!("{MARK}{}.{ifpart}", short_id(container_id))
 }
 
-/// The lease name of an attachment: `<label>.<attachment key>`, where the label is the
-/// pod or container name when given (cut to 30 bytes, characters a name cannot hold
-/// made `-`), else `cni`. At most 63 bytes, always a valid container name.
+/// The lease name of an attachment: its key, then `.<label>` when a pod or container
+/// name is given (cut to 30 bytes, characters a name cannot hold made `-`). At most 63
+/// bytes, always a valid container name.
 pub fn lease_name(container_id: &str, ifname: &str, label: Option<&str>) -> String {
-    let mut l: String = label
+    let key = attachment_key(container_id, ifname);
+    let l: String = label
         .unwrap_or("")
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
                 c
             } else {
                 '-'
@@ -436,24 +438,31 @@ pub fn lease_name(container_id: &str, ifname: &str, label: Option<&str>) -> Stri
         })
         .take(LABEL_LEN)
         .collect();
-    l = l.trim_start_matches('-').to_string();
     if l.is_empty() {
-        l = "cni".to_string();
+        key
+    } else {
+        format!("{key}.{l}")
     }
-    format!("{l}.{}", attachment_key(container_id, ifname))
+}
+
+/// Whether lease `name` is the lease of attachment `key` (made by [`lease_name`]).
+pub fn is_lease_of(name: &str, key: &str) -> bool {
+    name.strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 /// The attachment key of a lease name made by [`lease_name`], `None` for other names.
 pub fn key_of_lease(name: &str) -> Option<&str> {
-    let (_, key) = name.split_once('.')?;
-    let (id, ifpart) = key.strip_prefix(MARK)?.split_once('.')?;
+    let rest = name.strip_prefix(MARK)?;
+    let (id, tail) = rest.split_once('.')?;
+    let ifpart = tail.split('.').next().unwrap_or_default();
     let ok = id.len() == 12
         && id.bytes().all(|b| b.is_ascii_alphanumeric())
         && !ifpart.is_empty()
         && ifpart
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-    ok.then_some(key)
+    ok.then(|| &name[..MARK.len() + id.len() + 1 + ifpart.len()])
 }
 
 /// The VERSION answer.
@@ -692,8 +701,16 @@ mod tests {
     fn lease_names_fit_and_are_recognised() {
         let id = "0123456789abcdef".repeat(4);
         let n = lease_name(&id, "eth0", None);
-        assert_eq!(n, "cni.cni-0123456789ab.eth0");
+        assert_eq!(n, "cni-0123456789ab.eth0");
         assert_eq!(key_of_lease(&n), Some("cni-0123456789ab.eth0"));
+        let n = lease_name(&id, "eth0", Some("web"));
+        assert_eq!(n, "cni-0123456789ab.eth0.web");
+        assert_eq!(key_of_lease(&n), Some("cni-0123456789ab.eth0"));
+        assert!(is_lease_of(&n, "cni-0123456789ab.eth0"));
+        assert!(!is_lease_of(
+            "cni-0123456789ab.eth01",
+            "cni-0123456789ab.eth0"
+        ));
         let long = "a.very/long pod name that goes on and on and on";
         let n = lease_name(&id, "eth0.100", Some(long));
         assert!(n.len() <= crate::name::MAX_NAME_LEN, "{n}");
@@ -703,7 +720,7 @@ mod tests {
             Some(attachment_key(&id, "eth0.100").as_str())
         );
         assert_ne!(short_id("ctr-1"), short_id("ctr-2"));
-        for shell in ["web", "web.example.com", "a.cni-x.eth0"] {
+        for shell in ["web", "web.example.com", "cni-x.eth0", "cni-0123456789ab"] {
             assert_eq!(key_of_lease(shell), None, "{shell}");
         }
     }

@@ -246,7 +246,8 @@ fn ipam_lifecycle(p: &Ipam) {
         // A repeated ADD (a runtime retrying) gets the same lease from ve-alloc; the
         // spec does not ask it, and host-local refuses it ("duplicate allocation").
         if p.repeat_add {
-            let again = ok(&p.bin, "ADD", &conf, &id, "eth0", args);
+            // Without the pod name this time: the attachment, not the name, is the key.
+            let again = ok(&p.bin, "ADD", &conf, &id, "eth0", "");
             assert_eq!(addresses(&again), addresses(&first), "{v}: a repeated ADD");
         }
         let other = ok(&p.bin, "ADD", &conf, &id, "eth1", args);
@@ -328,7 +329,7 @@ fn ve_alloc_leases_show_in_list_and_gc_keeps_only_valid_attachments() {
         .map(|l| l["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names.len(), 4, "{names:?}");
-    let web = format!("web.cni-{}.eth0", &ids[0][..12]);
+    let web = format!("cni-{}.eth0.web", &ids[0][..12]);
     assert!(names.contains(&web), "{web} not in {names:?}");
     for n in &names {
         assert!(n.len() <= 63, "{n}");
@@ -346,8 +347,8 @@ fn ve_alloc_leases_show_in_list_and_gc_keeps_only_valid_attachments() {
     assert_eq!(
         left,
         vec![
-            "shell-one".to_string(),
-            format!("web.cni-{}.eth0", &ids[1][..12])
+            format!("cni-{}.eth0.web", &ids[1][..12]),
+            "shell-one".to_string()
         ]
     );
     // GC is 1.1.0's: an older configuration is refused with code 1, changing nothing.

@@ -106,12 +106,16 @@ fn handle(req: &Request) -> Handled {
     }
 }
 
-/// The lease of attachment `key`.
+/// The lease of attachment `key`: a range on the names that start with it.
 fn find(tx: &mut dyn Txn, key: &str) -> common::Result<Option<Lease>> {
-    Ok(tx
-        .all()?
+    match tx
+        .names_with_prefix(key)?
         .into_iter()
-        .find(|l| cni::key_of_lease(&l.name) == Some(key)))
+        .find(|n| cni::is_lease_of(n, key))
+    {
+        Some(name) => tx.get(&name),
+        None => Ok(None),
+    }
 }
 
 /// The IPAM result: the container addresses (a /32 or /128, the host address their
