@@ -120,6 +120,18 @@ fn every_tool_answers_version_in_the_requested_version() {
             assert_eq!(r["cniVersion"], v, "{tool}");
         }
     }
+    // ve-nat answers VERSION only: ADD is refused with CNI error 4, nothing done.
+    let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "ve-nat"});
+    let r = call(
+        &dir.join("ve-nat"),
+        "ADD",
+        &conf,
+        &container_id(1),
+        "eth0",
+        "",
+    );
+    assert!(!r.ok);
+    assert_eq!(r.stdout["code"], 4);
 }
 
 /// The reference control's data dir, or our store, per test.
@@ -603,7 +615,62 @@ fn ve_link_with_ve_alloc_as_a_runtime_calls_them() {
     if !testbed::privileged("ve_link_with_ve_alloc_as_a_runtime_calls_them", &["ip"]) {
         return;
     }
-    interface_lifecycle(&ve_link());
+    let m = ve_link();
+    interface_lifecycle(&m);
+
+    // GC and STATUS through ve-link reach its IPAM plugin: two attachments, one valid.
+    let mut sb = testbed::Sandbox::new();
+    let host = sb.netns("host");
+    let bin = m.path.join("ve-link");
+    let conf = (m.conf)(m.dir.path(), "1.1.0");
+    let ids = [container_id(101), container_id(102)];
+    let env = |id: &str, netns: &str| {
+        vec![
+            ("CNI_PATH", m.path.display().to_string()),
+            ("CNI_CONTAINERID", id.to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_NETNS", netns.to_string()),
+        ]
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let ctr = sb.netns(&format!("gc{i}"));
+        let r = run_plugin(
+            host.command(&bin.display().to_string()),
+            "ADD",
+            &conf,
+            &env(id, &ctr.path().display().to_string()),
+        );
+        assert!(r.ok, "ADD: {}", r.stdout);
+    }
+    assert_eq!((m.leased)(m.dir.path()), 2);
+    let path_only = vec![("CNI_PATH", m.path.display().to_string())];
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": ids[0], "ifname": "eth0"}]);
+    let r = run_plugin(Command::new(&bin), "GC", &gc, &path_only);
+    assert!(r.ok, "GC: {}", r.stdout);
+    assert_eq!(
+        (m.leased)(m.dir.path()),
+        1,
+        "GC kept more than the valid attachment"
+    );
+    let r = run_plugin(Command::new(&bin), "STATUS", &conf, &path_only);
+    assert!(r.ok, "STATUS: {}", r.stdout);
+    // An IPAM plugin that is not in CNI_PATH: a CNI error, nothing made.
+    let mut missing = conf.clone();
+    missing["ipam"]["type"] = json!("no-such-ipam");
+    let ctr = sb.netns("missing");
+    let r = run_plugin(
+        host.command(&bin.display().to_string()),
+        "ADD",
+        &missing,
+        &env(&container_id(103), &ctr.path().display().to_string()),
+    );
+    assert!(!r.ok);
+    assert_eq!(r.stdout["code"], 7, "{}", r.stdout);
+    assert!(!link_exists(
+        &host,
+        &format!("ve-{}", &container_id(103)[..12])
+    ));
 }
 
 #[test]
