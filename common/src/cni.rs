@@ -486,7 +486,9 @@ pub type Handled = Result<Option<Value>, CniError>;
 /// every other verb to `handler`, and print its result (with the request's
 /// `cniVersion`) or the CNI error JSON on stdout. A failure also comes back as the
 /// tool's error, so `cli::main` prints its line on stderr and exits non-zero.
-pub fn serve(tool: &str, handler: impl FnOnce(&Request) -> Handled) -> Result<()> {
+pub fn serve(tool: &'static str, handler: impl FnOnce(&Request) -> Handled) -> Result<()> {
+    // Warnings and errors on stderr, which runtimes log; RUST_LOG says more.
+    crate::cli::Verbosity::default().init_logging(tool);
     let mut stdin = String::new();
     let read = std::io::stdin()
         .read_to_string(&mut stdin)
