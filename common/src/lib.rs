@@ -3,6 +3,7 @@
 //! container naming rule.
 
 pub mod cli;
+pub mod cni;
 pub mod doc;
 mod error;
 mod exit;

@@ -15,6 +15,10 @@ pub const MANUAL: Manual = Manual {
              does not run (a missing --conf-dir is then skipped)",
         ),
         exit(
+            Exit::Differs,
+            "CNI CHECK: NetworkManager manages a host interface of the previous result",
+        ),
+        exit(
             Exit::Usage,
             "a missing or unknown argument, a bad --bus-address",
         ),
@@ -57,6 +61,10 @@ pub const MANUAL: Manual = Manual {
         ),
     ],
     env: &[
+        entry(
+            "CNI_COMMAND",
+            "When set (ADD, DEL, CHECK, VERSION, STATUS, GC), nm-unmanage is a chained CNI plugin: it unmanages the host interfaces of prevResult (bus: the configuration's busAddress, else DBUS_SYSTEM_BUS_ADDRESS) and prints prevResult",
+        ),
         entry(
             "DBUS_SYSTEM_BUS_ADDRESS",
             "The system bus, as --bus-address (default unix:path=/run/dbus/system_bus_socket)",

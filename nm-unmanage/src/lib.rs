@@ -2,6 +2,7 @@
 //! container interfaces, at once (one-shot), as they appear (`--watch`), for this boot
 //! (`--runtime`) and durably (`--persist`), over D-Bus.
 
+mod cni;
 pub mod doc;
 mod nd_watch;
 use networkd::Reload;
@@ -187,6 +188,10 @@ pub fn command() -> clap::Command {
 
 /// Parse, validate, act.
 pub fn run(args: Vec<OsString>) -> Result<()> {
+    // CNI_COMMAND set: a CNI plugin (stdin config, result on stdout), not the shell tool.
+    if common::cni::command().is_some() {
+        return cni::run();
+    }
     let args: Args = common::cli::parse(command(), args)?;
     args.verbosity.init_logging("nm-unmanage");
     let patterns = if args.patterns.is_empty() {

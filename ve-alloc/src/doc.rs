@@ -10,6 +10,10 @@ pub const MANUAL: Manual = Manual {
     exits: &[
         exit(Exit::Ok, ""),
         exit(
+            Exit::Differs,
+            "CNI CHECK: the previous result lacks the address the attachment holds",
+        ),
+        exit(
             Exit::Usage,
             "a missing or unknown argument, several alloc names without --json, --wait out of range, a --store that is a URL or a database file, gc with no names on a terminal",
         ),
@@ -39,6 +43,10 @@ pub const MANUAL: Manual = Manual {
         ),
     ],
     env: &[
+        entry(
+            "CNI_COMMAND",
+            "When set (ADD, DEL, CHECK, VERSION, STATUS, GC), ve-alloc is a CNI IPAM plugin: configuration on stdin (store required), CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS, CNI_ARGS (K8S_POD_NAME names the lease) from the environment, the result or CNI error JSON on stdout",
+        ),
         entry("VE_ALLOC_STORE", "Store directory, as --store"),
         entry("VE_ALLOC_POOL", "IPv4 pool, as --pool"),
         entry("VE_ALLOC_POOL6", "IPv6 pool, as --pool6"),

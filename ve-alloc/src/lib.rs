@@ -3,6 +3,7 @@
 
 mod addr;
 mod alloc;
+mod cni;
 pub mod doc;
 mod import;
 mod lease;
@@ -207,6 +208,10 @@ pub fn command() -> clap::Command {
 
 /// Run `ve-alloc` with `args` (the program name first).
 pub fn run(args: Vec<OsString>) -> Result<()> {
+    // CNI_COMMAND set: a CNI IPAM plugin (stdin config, result on stdout), not the shell tool.
+    if common::cni::command().is_some() {
+        return cni::run();
+    }
     let cli: Cli = common::cli::parse(command(), args)?;
     cli.verbosity.init_logging("ve-alloc");
     let settings = Settings::resolve(&cli)?;

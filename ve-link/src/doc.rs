@@ -22,6 +22,10 @@ pub const MANUAL: Manual = Manual {
             Exit::NoInput,
             "the container namespace, process, bridge or address file does not exist",
         ),
+        exit(
+            Exit::Unavailable,
+            "CNI: the IPAM plugin is not in CNI_PATH or failed",
+        ),
         exit(Exit::Software, "a bug in ve-link"),
         exit(Exit::OsErr, "the kernel refused a change"),
         exit(
@@ -36,8 +40,15 @@ pub const MANUAL: Manual = Manual {
             Exit::NoPerm,
             "not enough privilege (CAP_NET_ADMIN, CAP_SYS_ADMIN)",
         ),
+        exit(
+            Exit::Config,
+            "CNI: the network configuration has no ipam.type",
+        ),
     ],
-    env: &[],
+    env: &[entry(
+            "CNI_COMMAND",
+            "When set (ADD, DEL, CHECK, VERSION, STATUS, GC), ve-link is a CNI interface plugin: configuration on stdin, its ipam.type run from CNI_PATH, CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS from the environment, the result or CNI error JSON on stdout",
+        )],
     files: &[
         entry(
             "/run/netns/NAME",

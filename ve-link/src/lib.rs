@@ -7,6 +7,7 @@ use std::{ffi::OsString, io::Read};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use common::{cli::Verbosity, Error, Result};
 
+mod cni;
 pub mod doc;
 pub mod guard;
 pub mod kernel;
@@ -133,6 +134,10 @@ pub fn command() -> clap::Command {
 
 /// Entry point: parse, validate, act.
 pub fn run(args: Vec<OsString>) -> Result<()> {
+    // CNI_COMMAND set: a CNI plugin (stdin config, result on stdout), not the shell tool.
+    if common::cni::command().is_some() {
+        return cni::run();
+    }
     let cli: Cli = common::cli::parse(command(), args)?;
     cli.verbosity.init_logging("ve-link");
     match cli.cmd {

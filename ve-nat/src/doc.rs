@@ -47,6 +47,11 @@ pub const MANUAL: Manual = Manual {
     ],
     env: &[
         entry(
+            "CNI_COMMAND",
+            "When set, ve-nat answers CNI VERSION (configuration on stdin, result on \
+             stdout); other CNI verbs get CNI error 4 in this version",
+        ),
+        entry(
             "VE_NAT_LOCK_DIR",
             "Directory of the rules lock, instead of /run/ve-nat (it must be root's and not \
              writable by others; created 0755 when missing)",

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod backend;
+mod cni;
 pub mod config;
 pub mod doc;
 pub mod firewall;
@@ -163,6 +164,10 @@ pub fn command() -> clap::Command {
 }
 
 pub fn run(args: Vec<OsString>) -> Result<()> {
+    // CNI_COMMAND set: a CNI plugin (stdin config, result on stdout), not the shell tool.
+    if common::cni::command().is_some() {
+        return cni::run();
+    }
     let cli: Cli = common::cli::parse(command(), args)?;
     cli.verbosity.init_logging("ve-nat");
     match cli.cmd {

@@ -17,6 +17,7 @@ usage: cargo xtask dist [--no-build] [--out DIR]
 
 Writes to DIR (default target/dist):
   bin/                 the tools, release build (skipped with --no-build)
+  cni/                 TOOL -> ../bin/TOOL, for a CNI plugin directory (with bin/)
   man/man1/            TOOL.1 and one TOOL-SUBCOMMAND.1 per subcommand
   completions/bash/    TOOL          (for /usr/share/bash-completion/completions)
   completions/zsh/     _TOOL         (for a directory on $fpath)
@@ -95,6 +96,7 @@ pub fn run(args: &[String]) -> Result {
         for (tool, _) in tools() {
             copy(&target.join("release").join(tool), &bin.join(tool))?;
         }
+        cni_links(&out)?;
     }
     generate_docs(&out)?;
     let examples = mkdir(&out.join("examples/systemd"))?;
@@ -108,6 +110,19 @@ pub fn run(args: &[String]) -> Result {
         copy(&unit, &examples.join(unit.file_name().unwrap_or_default()))?;
     }
     sayln!("dist: wrote {}", out.display());
+    Ok(())
+}
+
+/// `out/cni/<tool>` -> `../bin/<tool>` for every tool: the directory to link or copy
+/// into a runtime's CNI plugin directory (/usr/lib/cni, /opt/cni/bin), where each tool
+/// is found under its CNI `type`, its own name.
+pub fn cni_links(out: &Path) -> Result {
+    let cni = mkdir(&out.join("cni"))?;
+    for (tool, _) in tools() {
+        let link = cni.join(tool);
+        std::os::unix::fs::symlink(Path::new("../bin").join(tool), &link)
+            .map_err(|e| format!("linking {}: {e}", link.display()))?;
+    }
     Ok(())
 }
 
@@ -267,6 +282,21 @@ mod tests {
 
     fn read(p: &Path) -> String {
         fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn cni_links_point_at_the_binaries() {
+        let out = std::env::temp_dir().join(format!("ve-dist-cni-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&out);
+        let bin = mkdir(&out.join("bin")).unwrap();
+        for (tool, _) in tools() {
+            fs::write(bin.join(tool), tool).unwrap();
+        }
+        cni_links(&out).unwrap();
+        for (tool, _) in tools() {
+            assert_eq!(read(&out.join("cni").join(tool)), tool);
+        }
+        let _ = fs::remove_dir_all(&out);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "procps",
     "debootstrap",
     "systemd-container",
+    "containernetworking-plugins",
 ];
 
 /// The tools, as installed on a host: e2e/tests/systemd_boot.rs installs their release

@@ -416,8 +416,8 @@ pub(super) fn refuse_own_namespace(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// `ve-link up`.
-pub fn up(req: &UpRequest, json: bool) -> Result<()> {
+/// Bring `req` up (what `up` does, printing nothing): the changes made.
+pub fn bring_up(req: &UpRequest) -> Result<Vec<Change>> {
     let ns = req.netns.open()?;
     refuse_own_namespace(&ns)?;
     require_privilege(true)?;
@@ -429,6 +429,12 @@ pub fn up(req: &UpRequest, json: bool) -> Result<()> {
         ns: ns.as_fd().as_raw_fd(),
     };
     let changes = converge(req, &k)?;
+    Ok(changes)
+}
+
+/// `ve-link up`.
+pub fn up(req: &UpRequest, json: bool) -> Result<()> {
+    let changes = bring_up(req)?;
     if changes.is_empty() {
         log::info!("{}: already up, nothing changed", req.name);
     }
@@ -578,8 +584,8 @@ struct CheckOutput<'a> {
     differences: Vec<String>,
 }
 
-/// `ve-link check`: exit 0 when everything `up` makes is in place, else 1 with the list.
-pub fn check(req: &UpRequest, json: bool) -> Result<()> {
+/// What differs from everything `up` of `req` makes (empty: all in place).
+pub fn differences(req: &UpRequest) -> Result<Vec<String>> {
     let ns = req.netns.open()?;
     require_privilege(true)?;
     let host = Socket::host()?;
@@ -593,6 +599,12 @@ pub fn check(req: &UpRequest, json: bool) -> Result<()> {
     let p = plan(req, &have);
     let mut diffs: Vec<String> = p.blockers.iter().map(|b| b.to_string()).collect();
     diffs.extend(p.changes.iter().map(|c| c.to_string()));
+    Ok(diffs)
+}
+
+/// `ve-link check`: exit 0 when everything `up` makes is in place, else 1 with the list.
+pub fn check(req: &UpRequest, json: bool) -> Result<()> {
+    let diffs = differences(req)?;
     if json {
         output::print(&output::json_line(&CheckOutput {
             name: &req.name,

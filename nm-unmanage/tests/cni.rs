@@ -1,0 +1,137 @@
+//! nm-unmanage as a chained CNI plugin, called as a runtime calls it: against a real
+//! NetworkManager on a private bus it unmanages the host interface of the previous
+//! result (and only that one) and passes the result on; without NetworkManager it
+//! passes the result on untouched.
+
+mod support;
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use support::{wait_until, NmSandbox};
+use testbed::privileged;
+
+/// A previous result as ve-link (or ptp) prints it: the host end, then the container's.
+fn prev(host_if: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [
+            {"name": host_if, "mac": "02:00:00:00:00:01"},
+            {"name": "eth0", "mac": "02:00:00:00:00:02", "sandbox": "/run/netns/x"}
+        ],
+        "ips": [{"address": "10.233.0.3/32", "gateway": "10.233.0.2", "interface": 1}]
+    })
+}
+
+/// One call with exactly a runtime's environment; (success, stdout as JSON or Null).
+fn call(mut c: Command, verb: &str, version: &str, prev: &Value) -> (bool, Value) {
+    let conf = json!({"cniVersion": version, "name": "vetest", "type": "nm-unmanage",
+                      "prevResult": prev});
+    c.env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", "0123456789abcdef")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", "/run/netns/x")
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{verb}: {e}: {text}"))
+    };
+    (out.status.success(), v)
+}
+
+/// The result passed on is the previous one, in the request's version.
+fn assert_passed_on(out: &Value, prev: &Value, version: &str) {
+    assert_eq!(out["cniVersion"], version);
+    assert_eq!(out["interfaces"], prev["interfaces"]);
+    assert_eq!(out["ips"], prev["ips"]);
+}
+
+#[test]
+fn add_unmanages_the_previous_results_host_interface_and_passes_it_on() {
+    let Some(mut sb) = NmSandbox::start("cni_add") else {
+        return;
+    };
+    let (ctr, other) = (sb.netns("ctr"), sb.netns("other"));
+    // Names the default patterns do not match: only the previous result names them.
+    sb.add_veth("vz-cni", &ctr, "eth0");
+    sb.add_veth("vz-other", &other, "eth0");
+    let c = sb.client();
+    let managed = |n: &str| {
+        wait_until(&format!("{n} managed"), Duration::from_secs(10), || {
+            c.device(n).filter(|d| d.managed).map(drop)
+        })
+    };
+    managed("vz-cni");
+    managed("vz-other");
+    let p = prev("vz-cni");
+
+    let (ok, _) = call(sb.tool(), "CHECK", "1.0.0", &p);
+    assert!(!ok, "CHECK passed while NetworkManager manages vz-cni");
+    let (ok, out) = call(sb.tool(), "ADD", "1.0.0", &p);
+    assert!(ok, "ADD: {out}");
+    assert_passed_on(&out, &p, "1.0.0");
+    wait_until("vz-cni unmanaged", Duration::from_secs(5), || {
+        c.device("vz-cni").filter(|d| !d.managed).map(drop)
+    });
+    assert!(
+        c.device("vz-other").unwrap().managed,
+        "vz-other was touched"
+    );
+    let (ok, out) = call(sb.tool(), "CHECK", "1.0.0", &p);
+    assert!(ok, "CHECK after ADD: {out}");
+    let (ok, out) = call(sb.tool(), "DEL", "1.0.0", &p);
+    assert!(ok && out.is_null(), "DEL: {out}");
+}
+
+#[test]
+fn without_network_manager_every_version_passes_the_result_on() {
+    if !privileged("cni_pass_through", &["ip", "dbus-daemon"]) {
+        return;
+    }
+    let sb = NmSandbox::bus_only();
+    let p = prev("ve-0123456789ab");
+    for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let (ok, out) = call(sb.tool(), "ADD", v, &p);
+        assert!(ok, "{v} ADD: {out}");
+        assert_passed_on(&out, &p, v);
+        let (ok, out) = call(sb.tool(), "DEL", v, &p);
+        assert!(ok && out.is_null(), "{v} DEL: {out}");
+    }
+    // Chained means a previous result: without one, CNI error 7 and exit 78.
+    let mut c = sb.tool();
+    c.env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "x")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", "/run/netns/x")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"cniVersion":"1.0.0","name":"n","type":"nm-unmanage"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], 7);
+}
