@@ -16,7 +16,7 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::Differs,
-            "CNI CHECK: NetworkManager manages a host interface of the previous result",
+            "CNI CHECK: NetworkManager or systemd-networkd manages a host interface of the previous result",
         ),
         exit(
             Exit::Usage,
@@ -63,7 +63,7 @@ pub const MANUAL: Manual = Manual {
     env: &[
         entry(
             "CNI_COMMAND",
-            "When set (ADD, DEL, CHECK, VERSION, STATUS, GC), nm-unmanage is a chained CNI plugin: it unmanages the host interfaces of prevResult (bus: the configuration's busAddress, else DBUS_SYSTEM_BUS_ADDRESS) and prints prevResult",
+            "When set (ADD, DEL, CHECK, VERSION, STATUS, GC), nm-unmanage is a chained CNI plugin: it keeps every network manager that runs (NetworkManager, systemd-networkd) off the host interfaces of prevResult, as the one-shot does (bus: the configuration's busAddress, else DBUS_SYSTEM_BUS_ADDRESS; networkd's file: the configuration's networkdDir, else /run/systemd/network), and prints prevResult",
         ),
         entry(
             "DBUS_SYSTEM_BUS_ADDRESS",

@@ -144,6 +144,11 @@ pub struct Args {
 
     #[command(flatten)]
     pub verbosity: Verbosity,
+
+    /// Called as a CNI plugin: stdout is the CNI result, so the one-shot path prints
+    /// nothing, and networkd is reloaded only when needed (as --runtime).
+    #[arg(skip)]
+    pub cni: bool,
 }
 
 /// The network managers `--manager` names.
@@ -231,7 +236,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
 }
 
 /// NetworkManager on the bus, or why not.
-enum Reach {
+pub(crate) enum Reach {
     Up(Bus),
     /// The bus is there, NetworkManager is not (yet).
     NoNm(Bus, Error),
@@ -239,7 +244,7 @@ enum Reach {
     NoBus(Error),
 }
 
-async fn reach(address: &str, timeout: Duration) -> Result<Reach> {
+pub(crate) async fn reach(address: &str, timeout: Duration) -> Result<Reach> {
     let conn = match nm::connect(address, timeout).await {
         Ok(c) => c,
         Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::NoAnswer) => {
@@ -265,7 +270,11 @@ async fn reach(address: &str, timeout: Duration) -> Result<Reach> {
 
 /// Everything but `--watch`: networkd (when it runs and is wanted), then NetworkManager
 /// (when wanted); both are tried, the first error is returned.
-async fn act(args: &Args, patterns: &[Pattern], nd_text: Option<&[String]>) -> Result<()> {
+pub(crate) async fn act(
+    args: &Args,
+    patterns: &[Pattern],
+    nd_text: Option<&[String]>,
+) -> Result<()> {
     let reached = reach(&args.bus_address, args.timeout).await?;
     let mut nd_running = false;
     let mut first_err = None;
@@ -279,6 +288,9 @@ async fn act(args: &Args, patterns: &[Pattern], nd_text: Option<&[String]>) -> R
         }
         match bus {
             Some(bus) if nd_running => match networkd_act(args, bus, text, patterns).await {
+                Ok(done) if args.cni => {
+                    log::info!("systemd-networkd released {} link(s)", done.len())
+                }
                 Ok(done) => emit_released(&done, args.json, true)?,
                 Err(e) => first_err = Some(e),
             },
@@ -327,7 +339,7 @@ async fn networkd_act(
     }
     // --runtime runs before every container start: networkd is reloaded only when the
     // file changed or a matching link is managed after all.
-    let when = if args.runtime {
+    let when = if args.runtime || args.cni {
         networkd::Reload::IfNeeded
     } else {
         networkd::Reload::Always
@@ -411,6 +423,12 @@ async fn act_nm(args: &Args, patterns: &[Pattern], reached: Reach, forgiving: bo
         return Ok(());
     }
     let done = unmanage_existing(&bus, patterns).await?;
+    if args.cni {
+        for u in &done {
+            log::info!("{}: unmanaged by NetworkManager", u.interface);
+        }
+        return Ok(());
+    }
     report(&done, args.json, patterns)
 }
 

@@ -1,7 +1,8 @@
 //! nm-unmanage as a chained CNI plugin, called as a runtime calls it: against a real
 //! NetworkManager on a private bus it unmanages the host interface of the previous
 //! result (and only that one) and passes the result on; without NetworkManager it
-//! passes the result on untouched.
+//! passes the result on untouched. Against a real systemd-networkd (testbed::networkd)
+//! it releases the host interface the same way, and CHECK sees networkd's state.
 
 mod support;
 
@@ -12,7 +13,10 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use support::{wait_until, NmSandbox};
+use support::{
+    nd::{has_networkd_address, v4_addrs, wait_setup, NdSandbox},
+    wait_until, NmSandbox,
+};
 use testbed::privileged;
 
 /// A previous result as ve-link (or ptp) prints it: the host end, then the container's.
@@ -134,4 +138,54 @@ fn without_network_manager_every_version_passes_the_result_on() {
     assert_eq!(out.status.code(), Some(78));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["code"], 7);
+}
+
+#[test]
+fn add_releases_the_host_interface_from_networkd_and_check_sees_it() {
+    let Some(mut sb) = NdSandbox::start("cni_networkd") else {
+        return;
+    };
+    let ctr = sb.netns("ctr");
+    // ve-link's host end, which networkd's stock 80-container-ve.network takes.
+    sb.ve_link_up("x", &ctr, "10.233.0.1", "10.233.0.2");
+    wait_until(
+        "networkd's address on ve-x",
+        Duration::from_secs(10),
+        || has_networkd_address(&sb.host, "ve-x").then_some(()),
+    );
+    let p = prev("ve-x");
+
+    let (ok, out) = call(sb.tool(), "CHECK", "1.0.0", &p);
+    assert!(!ok, "CHECK passed while networkd manages ve-x: {out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("systemd-networkd"),
+        "{out}"
+    );
+    let (ok, out) = call(sb.tool(), "ADD", "1.0.0", &p);
+    assert!(ok, "ADD: {out}");
+    assert_passed_on(&out, &p, "1.0.0");
+    wait_setup(&sb.nd, "ve-x", "unmanaged", Duration::from_secs(5));
+    wait_until(
+        "networkd's address to go from ve-x",
+        Duration::from_secs(5),
+        || (!has_networkd_address(&sb.host, "ve-x")).then_some(()),
+    );
+    // ve-link's address stays.
+    assert_eq!(v4_addrs(&sb.host, "ve-x"), ["10.233.0.1/32"]);
+    // The file covers ve-* (the default glob), not one name per container.
+    let file = sb.run_dir().join(nm_unmanage::NETWORK_FILE);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("Name=ve-*\n"), "{text}");
+    let (ok, out) = call(sb.tool(), "CHECK", "1.0.0", &p);
+    assert!(ok, "CHECK after ADD: {out}");
+    // ADD again: the same result, the file unchanged.
+    let (ok, out) = call(sb.tool(), "ADD", "0.4.0", &p);
+    assert!(ok, "second ADD: {out}");
+    assert_passed_on(&out, &p, "0.4.0");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    let (ok, out) = call(sb.tool(), "DEL", "1.0.0", &p);
+    assert!(ok && out.is_null(), "DEL: {out}");
 }
