@@ -120,8 +120,8 @@ fn every_tool_answers_version_in_the_requested_version() {
             assert_eq!(r["cniVersion"], v, "{tool}");
         }
     }
-    // ve-nat answers VERSION only: ADD is refused with CNI error 4, nothing done.
-    let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "ve-nat"});
+    // ve-nat is a chained plugin: ADD without prevResult is CNI error 7, nothing done.
+    let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "ve-nat", "external": "up0"});
     let r = call(
         &dir.join("ve-nat"),
         "ADD",
@@ -131,7 +131,7 @@ fn every_tool_answers_version_in_the_requested_version() {
         "",
     );
     assert!(!r.ok);
-    assert_eq!(r.stdout["code"], 4);
+    assert_eq!(r.stdout["code"], 7, "{}", r.stdout);
 }
 
 /// The reference control's data dir, or our store, per test.
@@ -684,4 +684,219 @@ fn reference_ptp_with_host_local_passes_the_same_harness() {
     if let Some(m) = ptp() {
         interface_lifecycle(&m);
     }
+}
+
+/// ve-link, ve-alloc and ve-nat in one CNI_PATH, as a conflist chains them.
+fn chain_bin() -> Main {
+    let m = ve_link();
+    std::os::unix::fs::symlink(support::tools_dir().join("ve-nat"), m.path.join("ve-nat")).unwrap();
+    m
+}
+
+/// ve-nat's elements in table `inet ve-nat-cni` and `inet ve-nat`'s fwd4, as nft lists them.
+fn nft_list(host: &testbed::Netns, what: &str) -> String {
+    let o = host
+        .command("nft")
+        .args(["list", "table", "inet", what])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
+    use testbed::nat::{blocked, fetch, seen, PeerServer};
+    if !testbed::privileged(
+        "ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container",
+        &["ip", "nft"],
+    ) {
+        return;
+    }
+    let m = chain_bin();
+    let mut sb = testbed::Sandbox::new();
+    let host = sb.netns("host");
+    let out = sb.netns("out");
+    testbed::uplink(&host, &out);
+    let lock = m.dir.path().join("lock");
+    let env = |id: &str, netns: &str| {
+        vec![
+            ("CNI_PATH", m.path.display().to_string()),
+            ("CNI_CONTAINERID", id.to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_NETNS", netns.to_string()),
+            ("VE_NAT_LOCK_DIR", lock.display().to_string()),
+            // No bus: firewalld is not asked (never the machine's).
+            (
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                "unix:path=/nonexistent".to_string(),
+            ),
+        ]
+    };
+    let call = |plugin: &str, verb: &str, conf: &Value, id: &str, netns: &str| {
+        run_plugin(
+            host.command(&m.path.join(plugin).display().to_string()),
+            verb,
+            conf,
+            &env(id, netns),
+        )
+    };
+    let nat_conf = |prev: &Value, host_port: u16| {
+        json!({
+            "cniVersion": "1.0.0", "name": "vetest", "type": "ve-nat",
+            "external": "up0", "backend": "nftables",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]},
+            "prevResult": prev
+        })
+    };
+    let server = PeerServer::start(&out, &format!("{}:9000", testbed::OUTSIDE));
+    let mut ctrs = Vec::new();
+    for (n, port) in [(201u32, 8081u16), (202, 8082)] {
+        let ctr = sb.netns(&format!("n{n}"));
+        let id = container_id(n);
+        let netns = ctr.path().display().to_string();
+        let link = call(
+            "ve-link",
+            "ADD",
+            &(m.conf)(m.dir.path(), "1.0.0"),
+            &id,
+            &netns,
+        );
+        assert!(link.ok, "ve-link ADD: {}", link.stdout);
+        let conf = nat_conf(&link.stdout, port);
+        let add = call("ve-nat", "ADD", &conf, &id, &netns);
+        assert!(add.ok, "ve-nat ADD: {}", add.stdout);
+        // Chained: the previous result, passed on.
+        assert_eq!(add.stdout["interfaces"], link.stdout["interfaces"]);
+        assert_eq!(add.stdout["ips"], link.stdout["ips"]);
+        assert_eq!(add.stdout["cniVersion"], "1.0.0");
+        let addr = link.stdout["ips"][0]["address"].as_str().unwrap();
+        let addr = addr.split('/').next().unwrap().to_string();
+        let web = PeerServer::start(&ctr, &format!("{addr}:80"));
+        ctrs.push((id, netns, conf, ctr, web, port));
+        if n == 201 {
+            // `ve-nat up` with a forward of its own, after the first ADD made the
+            // shared table: later CNI calls must leave that forward alone.
+            let o = host
+                .command(&support::tools_dir().join("ve-nat").display().to_string())
+                .args(["up", "--external", "up0", "--backend", "nftables"])
+                .args(["--forward", "tcp:9090:10.233.250.2:80", "-q"])
+                .env("VE_NAT_LOCK_DIR", &lock)
+                .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
+                .env_remove("CNI_COMMAND")
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "ve-nat up: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+    for (_, _, _, ctr, _, port) in &ctrs {
+        // Out through NAT: the server sees the uplink address, not the container's.
+        assert_eq!(
+            seen(ctr, &format!("{}:9000", testbed::OUTSIDE)),
+            testbed::HOST_UPLINK
+        );
+        // In through the port mapping, from outside.
+        let r = fetch(&out, &format!("{}:{port}", testbed::HOST_UPLINK));
+        assert!(
+            r.as_ref().is_ok_and(|t| t.ends_with(" 80")),
+            "port {port}: {r:?}"
+        );
+    }
+    drop(server);
+    // No rule per container: the mappings are elements, commented with the ID.
+    let cni_table = nft_list(&host, "ve-nat-cni");
+    for (id, ..) in &ctrs {
+        assert!(
+            cni_table.contains(&format!("comment \"{id}\"")),
+            "{cni_table}"
+        );
+    }
+    for (id, netns, conf, ..) in &ctrs {
+        let c = call("ve-nat", "CHECK", conf, id, netns);
+        assert!(c.ok, "CHECK: {}", c.stdout);
+    }
+    assert!(
+        nft_list(&host, "ve-nat").contains("9090"),
+        "ve-nat up's forward"
+    );
+
+    // DEL of the first: its mapping goes, the second's and ve-nat up's stay.
+    let (id1, netns1, conf1, ..) = &ctrs[0];
+    for _ in 0..2 {
+        let d = call("ve-nat", "DEL", conf1, id1, netns1);
+        assert!(d.ok && d.stdout.is_null(), "DEL: {}", d.stdout);
+    }
+    assert!(blocked(&out, &format!("{}:8081", testbed::HOST_UPLINK)));
+    let c = call("ve-nat", "CHECK", conf1, id1, netns1);
+    assert!(!c.ok, "CHECK passed after DEL");
+    let (id2, netns2, conf2, _, _, port2) = &ctrs[1];
+    let r = fetch(&out, &format!("{}:{port2}", testbed::HOST_UPLINK));
+    assert!(r.is_ok(), "the other container's mapping went: {r:?}");
+    let c = call("ve-nat", "CHECK", conf2, id2, netns2);
+    assert!(c.ok, "CHECK of the other: {}", c.stdout);
+    let t = nft_list(&host, "ve-nat-cni");
+    assert!(!t.contains(id1.as_str()) && t.contains(id2.as_str()), "{t}");
+    assert!(
+        nft_list(&host, "ve-nat").contains("9090"),
+        "ve-nat up's forward went"
+    );
+
+    // A host port another container maps: refused, nothing changed.
+    let ctr3 = sb.netns("n203");
+    let id3 = container_id(203);
+    let netns3 = ctr3.path().display().to_string();
+    let link = call(
+        "ve-link",
+        "ADD",
+        &(m.conf)(m.dir.path(), "1.0.0"),
+        &id3,
+        &netns3,
+    );
+    assert!(link.ok, "ve-link ADD: {}", link.stdout);
+    let r = call(
+        "ve-nat",
+        "ADD",
+        &nat_conf(&link.stdout, *port2),
+        &id3,
+        &netns3,
+    );
+    assert!(!r.ok, "a taken host port was mapped again");
+    assert!(!nft_list(&host, "ve-nat-cni").contains(id3.as_str()));
+    // An iptables backend: CNI mode says it supports nftables only, and adds nothing.
+    let mut ipt = nat_conf(&link.stdout, 8083);
+    ipt["backend"] = json!("iptables-nft");
+    let r = call("ve-nat", "ADD", &ipt, &id3, &netns3);
+    assert!(!r.ok);
+    assert!(
+        r.stdout["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("only the nftables backend"),
+        "{}",
+        r.stdout
+    );
+    assert!(!nft_list(&host, "ve-nat-cni").contains(id3.as_str()));
+
+    // GC keeps only the valid attachments' mappings.
+    let mut gc = conf2.clone();
+    gc.as_object_mut().unwrap().remove("prevResult");
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let r = run_plugin(
+        host.command(&m.path.join("ve-nat").display().to_string()),
+        "GC",
+        &gc,
+        &[("VE_NAT_LOCK_DIR", lock.display().to_string())],
+    );
+    assert!(r.ok, "GC: {}", r.stdout);
+    assert!(!nft_list(&host, "ve-nat-cni").contains(id2.as_str()));
+    assert!(
+        nft_list(&host, "ve-nat").contains("9090"),
+        "GC took ve-nat up's forward"
+    );
 }

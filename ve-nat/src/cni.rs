@@ -1,10 +1,385 @@
-//! `ve-nat` under a CNI runtime (`CNI_COMMAND` set): it answers VERSION, so a runtime
-//! that loads a conflist naming it can list its versions. Its other verbs are not in
-//! this version: each gets a CNI error (code 4) saying so, and nothing changes.
+//! `ve-nat` as a chained CNI plugin (`CNI_COMMAND` set), after an interface plugin
+//! such as ve-link. Configuration `{"type": "ve-nat", "external": IFACE|"auto",
+//! "backend": ..., "ipv6": bool, "mark": ..., "capabilities": {"portMappings": true}}`.
+//!
+//! ADD installs the shared NAT once: table `inet ve-nat` as `ve-nat up --external ...`
+//! makes it, only when it is not there (an existing one, with the forwards of
+//! `ve-nat up --forward`, is left as it is); its `ve-*` masquerade covers every CNI
+//! host end, so nothing is added per container for it. The `portMappings` runtime
+//! capability (`runtimeConfig.portMappings`) becomes elements of table `inet
+//! ve-nat-cni` (`nft_cni`), commented with the container ID, to the container's
+//! addresses from `prevResult`, in one nft transaction with the container's earlier
+//! elements deleted; a host port another container maps is refused. DEL deletes that
+//! container's elements only (nothing there is success); GC those of containers not
+//! in `cni.dev/valid-attachments`; CHECK finds exactly the container's elements and
+//! the shared table. ADD passes `prevResult` on. Only the native nftables backend is
+//! supported in CNI mode.
+
+use std::net::IpAddr;
+
+use clap::ValueEnum;
+use common::{
+    cni::{self, code, CniError, Handled, Request as Cni, Verb},
+    Error, Kind,
+};
+use nftables::batch::Batch;
+use serde_json::Value;
+
+use crate::{
+    backend::{BackendName, Chosen},
+    choose,
+    config::{Family, IfPattern, Request, DEFAULT_INTERNAL},
+    firewalld_up, iface, lock, native, need_net_admin, nft,
+    nft_cni::{self, Mapping, Owner},
+    up_nftables, LOCK_WAIT,
+};
 
 /// Run one CNI call.
 pub fn run() -> common::Result<()> {
-    common::cni::serve("ve-nat", |req| {
-        Err(common::cni::unsupported("ve-nat", req.verb))
-    })
+    cni::serve("ve-nat", handle)
+}
+
+fn config_err(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, Kind::Config, msg)
+}
+
+fn handle(req: &Cni) -> Handled {
+    match req.verb {
+        Verb::Version => return Ok(Some(cni::version_result(&req.version))),
+        Verb::Status => {
+            native::installed()
+                .map_err(|e| CniError::new(code::NOT_AVAILABLE, Kind::Unavailable, e.message()))?;
+            return Ok(None);
+        }
+        Verb::Gc => return gc(req).map(|()| None),
+        Verb::Add | Verb::Check | Verb::Del => {}
+    }
+    let owner = Owner::new(&req.container_id)?;
+    if req.verb == Verb::Del {
+        return del(&owner).map(|()| None);
+    }
+    let prev = req.config.get("prevResult").ok_or_else(|| {
+        config_err("ve-nat is a chained plugin: the configuration needs prevResult")
+    })?;
+    let mappings = mappings(req, prev)?;
+    let shared = shared_request(req)?;
+    let backend = backend(req)?;
+    if req.verb == Verb::Check {
+        return check(&owner, &mappings).map(|()| None);
+    }
+    // Every value is valid: now the system.
+    need_net_admin()?;
+    let rs = nft::ruleset();
+    if let Chosen::Iptables(_) = choose(backend, rs.as_deref()) {
+        return Err(CniError::from(Error::unavailable(
+            "only the nftables backend is supported in CNI mode for now (the backend here \
+             is an iptables one; give \"backend\": \"nftables\" where nft works)",
+        )));
+    }
+    if !native::present(&native::ruleset()?) {
+        let shared = shared_resolved(shared)?;
+        up_nftables(&shared)?;
+        firewalld_up(&shared)?;
+        log::info!("table inet ve-nat installed");
+    }
+    add(&owner, &mappings, internal()?, mark(req)?)?;
+    Ok(Some(prev.clone()))
+}
+
+/// The shared NAT's request as far as the configuration says (`external` unresolved).
+struct Shared {
+    external: String,
+    ipv6: bool,
+    mark: Option<String>,
+}
+
+fn shared_request(req: &Cni) -> Result<Shared, CniError> {
+    let external = req.field("external")?.ok_or_else(|| {
+        config_err("ve-nat needs \"external\": the uplink interface, or \"auto\"")
+    })?;
+    let ipv6 = match req.config.get("ipv6") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(config_err("\"ipv6\" must be true or false")),
+    };
+    let s = Shared {
+        external: external.to_string(),
+        ipv6,
+        mark: req.field("mark")?.map(str::to_string),
+    };
+    // Validate now (with a stand-in for auto), before anything is touched.
+    let probe = if s.external == iface::AUTO {
+        "eth0"
+    } else {
+        &s.external
+    };
+    Request::new(probe, &[], &[], &[], &[], s.ipv6, s.mark.as_deref())?;
+    Ok(s)
+}
+
+fn shared_resolved(s: Shared) -> common::Result<Request> {
+    let external = if s.external == iface::AUTO {
+        let name = iface::pick(&iface::default_routes()?)?;
+        log::info!("external auto: {name}");
+        name
+    } else {
+        s.external
+    };
+    Request::new(&external, &[], &[], &[], &[], s.ipv6, s.mark.as_deref())
+}
+
+/// The container interfaces: ve-link's CNI host ends are all `ve-*`.
+fn internal() -> common::Result<Vec<IfPattern>> {
+    Ok(vec![DEFAULT_INTERNAL.parse()?])
+}
+
+fn mark(req: &Cni) -> common::Result<u32> {
+    match req.field("mark").map_err(|e| e.error)? {
+        Some(m) => crate::config::parse_mark(m),
+        None => Ok(crate::config::DEFAULT_MARK),
+    }
+}
+
+fn backend(req: &Cni) -> Result<BackendName, CniError> {
+    match req.field("backend")? {
+        None => Ok(BackendName::Auto),
+        Some(b) => BackendName::from_str(b, false).map_err(|_| {
+            config_err(format!(
+                "backend {b:?}: not auto, nftables, iptables-nft or iptables-legacy"
+            ))
+        }),
+    }
+}
+
+/// The container's addresses in `prev`: the `ips` on an interface with a `sandbox` (or
+/// on no named interface), first of each family.
+fn container_addrs(prev: &Value) -> Vec<IpAddr> {
+    let ifaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
+    let in_sandbox = |i: &Value| {
+        i.as_u64()
+            .and_then(|n| ifaces.get(usize::try_from(n).ok()?))
+            .is_none_or(|x| !x["sandbox"].as_str().unwrap_or("").is_empty())
+    };
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in prev["ips"].as_array().into_iter().flatten() {
+        if !in_sandbox(&ip["interface"]) {
+            continue;
+        }
+        let Some(a) = ip["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        if !out.iter().any(|o| Family::of(o) == Family::of(&a)) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// `runtimeConfig.portMappings`, validated, to the container's addresses: a mapping
+/// with a `hostIP` goes to the address of its family, one without to each.
+fn mappings(req: &Cni, prev: &Value) -> Result<Vec<Mapping>, CniError> {
+    let list = match req.config.get("runtimeConfig").map(|r| &r["portMappings"]) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(config_err("runtimeConfig.portMappings must be a list")),
+    };
+    if list.is_empty() {
+        return Ok(Vec::new());
+    }
+    let addrs = container_addrs(prev);
+    if addrs.is_empty() {
+        return Err(config_err(
+            "portMappings, but prevResult gives the container no address",
+        ));
+    }
+    let port = |v: &Value, what: &str| -> Result<u16, CniError> {
+        v.as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| config_err(format!("portMappings: {what} {v} is not a port")))
+    };
+    let mut out: Vec<Mapping> = Vec::new();
+    for pm in &list {
+        let hp = port(&pm["hostPort"], "hostPort")?;
+        let cp = port(&pm["containerPort"], "containerPort")?;
+        let proto = pm["protocol"]
+            .as_str()
+            .unwrap_or("tcp")
+            .to_ascii_lowercase();
+        let host_ip = match pm["hostIP"].as_str().unwrap_or("") {
+            "" | "0.0.0.0" | "::" => None,
+            h => Some(crate::config::parse_addr(h).map_err(|e| e.context("portMappings: hostIP"))?),
+        };
+        let mut any = false;
+        for to in &addrs {
+            if host_ip.is_some_and(|h| Family::of(&h) != Family::of(to)) {
+                continue;
+            }
+            let m = Mapping::new(&proto, hp, *to, cp, host_ip)
+                .map_err(|e| e.context("portMappings"))?;
+            if let Some(o) = out.iter().find(|o| o.clashes(&m)) {
+                return Err(config_err(format!(
+                    "portMappings: host port {}/{} twice (to {} and {})",
+                    hp, proto, o.fwd.ports.first, m.fwd.ports.first
+                )));
+            }
+            out.push(m);
+            any = true;
+        }
+        if !any {
+            return Err(config_err(format!(
+                "portMappings: hostIP {} has no container address of its family",
+                host_ip.map(|h| h.to_string()).unwrap_or_default()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// `nft -j list table inet ve-nat-cni`, or nothing when it is not there.
+fn listing() -> common::Result<Vec<Value>> {
+    let rs = native::ruleset()?;
+    Ok(rs
+        .into_iter()
+        .filter(|o| {
+            o.as_object()
+                .and_then(|m| m.values().next())
+                .is_some_and(|v| {
+                    v["family"] == "inet"
+                        && (v["table"] == nft_cni::TABLE
+                            || (o.get("table").is_some() && v["name"] == nft_cni::TABLE))
+                })
+        })
+        .collect())
+}
+
+fn run_batch(batch: Batch<'_>, what: &str) -> common::Result<()> {
+    let text = serde_json::to_string(&batch.to_nftables())
+        .map_err(|e| Error::internal(format!("writing nft's JSON: {e}")))?;
+    native::nft(&["-j", "-f", "-"], Some(&text))
+        .map(drop)
+        .map_err(|e| e.context(what))
+}
+
+/// The container's elements replace its earlier ones, in one transaction; the table
+/// is made in the same one when missing.
+fn add(
+    owner: &Owner,
+    mappings: &[Mapping],
+    internal: Vec<IfPattern>,
+    mark: u32,
+) -> common::Result<()> {
+    native::installed()?;
+    let _lock = lock::acquire(LOCK_WAIT)?;
+    let have = listing()?;
+    let installed = nft_cni::installed(&have);
+    for m in mappings {
+        if let Some((o, _)) = installed
+            .iter()
+            .find(|(o, x)| o != owner.as_str() && x.clashes(m))
+        {
+            return Err(Error::new(
+                Kind::Exists,
+                format!(
+                    "host port {}/{} is mapped already, for container {o}",
+                    m.fwd.host_ports.first,
+                    m.fwd.proto.as_str()
+                ),
+            ));
+        }
+    }
+    let old: Vec<Mapping> = installed
+        .into_iter()
+        .filter(|(o, _)| o == owner.as_str())
+        .map(|(_, m)| m)
+        .collect();
+    if old == mappings {
+        return Ok(());
+    }
+    let mut batch = Batch::new();
+    if !nft_cni::present(&have) {
+        for o in nft_cni::skeleton(&internal, mark) {
+            batch.add(o);
+        }
+    }
+    for o in nft_cni::elements(owner, &old) {
+        batch.delete(o);
+    }
+    for o in nft_cni::elements(owner, mappings) {
+        batch.add(o);
+    }
+    run_batch(batch, "adding the port mappings to table inet ve-nat-cni")?;
+    log::info!("{} port mapping(s) for {}", mappings.len(), owner.as_str());
+    Ok(())
+}
+
+/// Delete the elements of the containers `gone` chooses, in one transaction.
+fn delete_where(gone: impl Fn(&str) -> bool) -> common::Result<()> {
+    // Without nft there is nothing of ours to delete.
+    if native::installed().is_err() {
+        return Ok(());
+    }
+    let _lock = lock::acquire(LOCK_WAIT)?;
+    let have = listing()?;
+    let mut batch = Batch::new();
+    let mut n = 0;
+    for (o, m) in nft_cni::installed(&have) {
+        if gone(&o) {
+            let owner = Owner::new(&o)?;
+            for obj in nft_cni::elements(&owner, std::slice::from_ref(&m)) {
+                batch.delete(obj);
+            }
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    run_batch(batch, "deleting port mappings from table inet ve-nat-cni")?;
+    log::info!("{n} port mapping(s) deleted");
+    Ok(())
+}
+
+fn del(owner: &Owner) -> Result<(), CniError> {
+    need_net_admin()?;
+    delete_where(|o| o == owner.as_str()).map_err(CniError::from)
+}
+
+fn gc(req: &Cni) -> Result<(), CniError> {
+    let keep: Vec<String> = req
+        .valid_attachments()?
+        .into_iter()
+        .map(|a| a.container_id)
+        .collect();
+    need_net_admin()?;
+    delete_where(|o| !keep.iter().any(|k| k == o)).map_err(CniError::from)
+}
+
+fn check(owner: &Owner, mappings: &[Mapping]) -> Result<(), CniError> {
+    native::installed()?;
+    let rs = native::ruleset()?;
+    let mut diffs = Vec::new();
+    if !native::present(&rs) {
+        diffs.push("table inet ve-nat is missing".to_string());
+    }
+    let have: Vec<Mapping> = nft_cni::installed(&rs)
+        .into_iter()
+        .filter(|(o, _)| o == owner.as_str())
+        .map(|(_, m)| m)
+        .collect();
+    for m in mappings.iter().filter(|m| !have.contains(m)) {
+        diffs.push(format!("port mapping {} is missing", m.fwd));
+    }
+    for m in have.iter().filter(|m| !mappings.contains(m)) {
+        diffs.push(format!("port mapping {} is not wanted", m.fwd));
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::from(Error::new(Kind::Differs, diffs.join("; "))))
+    }
 }

@@ -13,6 +13,7 @@ pub mod iface;
 mod lock;
 pub mod native;
 pub mod nft;
+pub mod nft_cni;
 pub mod nft_table;
 pub mod proxy;
 pub mod rules;

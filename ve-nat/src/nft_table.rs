@@ -126,21 +126,21 @@ pub fn set_name(f: Family) -> &'static str {
     }
 }
 
-fn addr_type(f: Family) -> SetType {
+pub(crate) fn addr_type(f: Family) -> SetType {
     match f {
         Family::Ipv4 => SetType::Ipv4Addr,
         Family::Ipv6 => SetType::Ipv6Addr,
     }
 }
 
-fn proto(f: Family) -> &'static str {
+pub(crate) fn proto(f: Family) -> &'static str {
     match f {
         Family::Ipv4 => "ip",
         Family::Ipv6 => "ip6",
     }
 }
 
-fn nfproto_name(f: Family) -> &'static str {
+pub(crate) fn nfproto_name(f: Family) -> &'static str {
     match f {
         Family::Ipv4 => "ipv4",
         Family::Ipv6 => "ipv6",
@@ -151,15 +151,15 @@ fn non_empty(v: Vec<Expression<'static>>) -> Option<Cow<'static, [Expression<'st
     (!v.is_empty()).then(|| v.into())
 }
 
-fn s(text: impl Into<String>) -> Expression<'static> {
+pub(crate) fn s(text: impl Into<String>) -> Expression<'static> {
     Expression::String(Cow::Owned(text.into()))
 }
 
-fn concat(parts: Vec<Expression<'static>>) -> Expression<'static> {
+pub(crate) fn concat(parts: Vec<Expression<'static>>) -> Expression<'static> {
     Expression::Named(NamedExpression::Concat(parts))
 }
 
-fn addr(a: &IpAddr) -> Expression<'static> {
+pub(crate) fn addr(a: &IpAddr) -> Expression<'static> {
     s(a.to_string())
 }
 
@@ -199,11 +199,11 @@ fn set_elements(req: &Request, fam: Family) -> Vec<Expression<'static>> {
     out
 }
 
-fn meta(key: MetaKey) -> Expression<'static> {
+pub(crate) fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+pub(crate) fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
         PayloadField {
             protocol: protocol.into(),
@@ -212,7 +212,7 @@ fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
     )))
 }
 
-fn ct(key: &'static str) -> Expression<'static> {
+pub(crate) fn ct(key: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::CT(expr::CT {
         key: key.into(),
         family: None,
@@ -220,7 +220,7 @@ fn ct(key: &'static str) -> Expression<'static> {
     }))
 }
 
-fn matches(
+pub(crate) fn matches(
     left: Expression<'static>,
     op: Operator,
     right: Expression<'static>,
@@ -228,13 +228,13 @@ fn matches(
     Statement::Match(Match { left, right, op })
 }
 
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+pub(crate) fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
     matches(left, Operator::EQ, right)
 }
 
 /// `iifname`/`oifname` match: nft's wildcard is a trailing `*` (`ve-+` means `ve-*`;
 /// copying `ve-+` verbatim matches only an interface literally named so).
-fn ifname(key: MetaKey, p: &IfPattern) -> Statement<'static> {
+pub(crate) fn ifname(key: MetaKey, p: &IfPattern) -> Statement<'static> {
     let name = match p.as_str().strip_suffix('+') {
         Some(stem) => format!("{stem}*"),
         None => p.as_str().to_string(),
@@ -242,18 +242,18 @@ fn ifname(key: MetaKey, p: &IfPattern) -> Statement<'static> {
     eq(meta(key), s(name))
 }
 
-fn prefix(net: &ipnet::IpNet) -> Expression<'static> {
+pub(crate) fn prefix(net: &ipnet::IpNet) -> Expression<'static> {
     Expression::Named(NamedExpression::Prefix(expr::Prefix {
         addr: Box::new(s(net.network().to_string())),
         len: u32::from(net.prefix_len()),
     }))
 }
 
-fn nfproto(f: Family) -> Statement<'static> {
+pub(crate) fn nfproto(f: Family) -> Statement<'static> {
     eq(meta(MetaKey::Nfproto), s(nfproto_name(f)))
 }
 
-fn counter() -> Statement<'static> {
+pub(crate) fn counter() -> Statement<'static> {
     Statement::Counter(stmt::Counter::Anonymous(Some(stmt::AnonymousCounter {
         packets: Some(0),
         bytes: Some(0),
@@ -270,7 +270,7 @@ fn set_mark(mark: u32) -> Statement<'static> {
     })
 }
 
-fn has_mark(mark: u32) -> Statement<'static> {
+pub(crate) fn has_mark(mark: u32) -> Statement<'static> {
     eq(
         Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(
             meta(MetaKey::Mark),
@@ -280,7 +280,7 @@ fn has_mark(mark: u32) -> Statement<'static> {
     )
 }
 
-fn ct_in(key: &'static str, right: Expression<'static>) -> Statement<'static> {
+pub(crate) fn ct_in(key: &'static str, right: Expression<'static>) -> Statement<'static> {
     matches(ct(key), Operator::IN, right)
 }
 
@@ -309,7 +309,7 @@ fn dnat_map(fam: Family) -> Statement<'static> {
     }))
 }
 
-fn local_daddr() -> Statement<'static> {
+pub(crate) fn local_daddr() -> Statement<'static> {
     let mut flags = HashSet::new();
     flags.insert(expr::FibFlag::Daddr);
     eq(
@@ -321,7 +321,7 @@ fn local_daddr() -> Statement<'static> {
     )
 }
 
-fn loopback(fam: Family) -> Expression<'static> {
+pub(crate) fn loopback(fam: Family) -> Expression<'static> {
     match fam {
         Family::Ipv4 => prefix(&"127.0.0.0/8".parse().expect("a valid network")),
         Family::Ipv6 => s("::1"),

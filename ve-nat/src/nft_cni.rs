@@ -1,0 +1,464 @@
+//! CNI mode's own table, `inet ve-nat-cni`, built here from validated values only (the
+//! rule of `nft_table.rs`, whose helpers it uses): the port mappings of CNI containers,
+//! each element commented with its container's ID, so that one container's ADD or DEL
+//! adds or deletes its own elements and nothing else. `ve-nat up` never touches this
+//! table, and a CNI call never touches `inet ve-nat`'s maps (the forwards of
+//! `ve-nat up --forward`), beyond installing that table once when it is missing.
+//!
+//! Per family F (4, 6): maps `fwdF`/`portF` (`PROTO . HOST_PORT : ADDR` / `: PORT`, as
+//! in `inet ve-nat`) for mappings on every local address, `hfwdF`/`hportF` (`HOST_IP .
+//! PROTO . HOST_PORT`) for those with a `hostIP`, and the set `dstF` of destinations for
+//! the forward accept. The rules are fixed: a mapping adds elements, never a rule.
+
+use std::{borrow::Cow, net::IpAddr};
+
+use nftables::{
+    expr::{self, Elem, Expression, MetaKey, NamedExpression},
+    schema::{Chain, Element, Map, NfListObject, Rule, Set, SetType, SetTypeValue, Table},
+    stmt::{self, Operator, Statement},
+    types::{NfChainPolicy, NfFamily},
+};
+use serde_json::Value;
+
+use common::{Error, Result};
+
+use crate::{
+    config::{Family, Forward, IfPattern},
+    nft_table::{
+        addr, addr_type, concat, counter, ct_in, eq, has_mark, ifname, local_daddr, loopback,
+        matches, meta, payload, proto, s, CHAINS,
+    },
+};
+
+/// The table's name; family `inet`.
+pub const TABLE: &str = "ve-nat-cni";
+
+const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+/// A container ID fit for an element comment (CNI's characters, at most 128 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(String);
+
+impl Owner {
+    pub fn new(id: &str) -> Result<Owner> {
+        if id.len() > 128 || !common::cni::valid_container_id(id) {
+            return Err(Error::data(format!("invalid container ID {id:?}")));
+        }
+        Ok(Owner(id.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One port of one container: a single-port forward, on `host_ip` only when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub fwd: Forward,
+    pub host_ip: Option<IpAddr>,
+}
+
+impl Mapping {
+    /// Validate one mapping (through `Forward`'s parser) to container address `to`.
+    pub fn new(
+        proto: &str,
+        host_port: u16,
+        to: IpAddr,
+        port: u16,
+        host_ip: Option<IpAddr>,
+    ) -> Result<Mapping> {
+        let a = match to {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let fwd: Forward = format!("{proto}:{host_port}:{a}:{port}").parse()?;
+        if host_ip.is_some_and(|h| Family::of(&h) != fwd.family()) {
+            return Err(Error::data(format!(
+                "hostIP {} and container address {to} differ in family",
+                host_ip.map(|h| h.to_string()).unwrap_or_default()
+            )));
+        }
+        Ok(Mapping { fwd, host_ip })
+    }
+
+    fn family(&self) -> Family {
+        self.fwd.family()
+    }
+
+    /// The map key: `[HOST_IP .] PROTO . HOST_PORT`.
+    fn key(&self) -> Expression<'static> {
+        let mut parts = Vec::new();
+        if let Some(h) = &self.host_ip {
+            parts.push(addr(h));
+        }
+        parts.push(s(self.fwd.proto.as_str()));
+        parts.push(Expression::Number(u32::from(self.fwd.host_ports.first)));
+        concat(parts)
+    }
+
+    /// Whether `other` takes the same host port (same key).
+    pub fn clashes(&self, other: &Mapping) -> bool {
+        self.family() == other.family()
+            && self.host_ip == other.host_ip
+            && self.fwd.proto == other.fwd.proto
+            && self.fwd.host_ports == other.fwd.host_ports
+    }
+}
+
+fn names(f: Family) -> [&'static str; 5] {
+    match f {
+        Family::Ipv4 => ["fwd4", "port4", "hfwd4", "hport4", "dst4"],
+        Family::Ipv6 => ["fwd6", "port6", "hfwd6", "hport6", "dst6"],
+    }
+}
+
+fn nat_family(f: Family) -> stmt::NATFamily {
+    match f {
+        Family::Ipv4 => stmt::NATFamily::IP,
+        Family::Ipv6 => stmt::NATFamily::IP6,
+    }
+}
+
+/// `dnat F to KEY map @ADDR_MAP : KEY map @PORT_MAP`, the key with the destination
+/// address in front when `host_ip`.
+fn dnat(f: Family, host_ip: bool) -> Statement<'static> {
+    let [fwd, port, hfwd, hport, _] = names(f);
+    let (a, p) = if host_ip { (hfwd, hport) } else { (fwd, port) };
+    let key = || {
+        let mut k = Vec::new();
+        if host_ip {
+            k.push(payload(proto(f), "daddr"));
+        }
+        k.push(meta(MetaKey::L4proto));
+        k.push(payload("th", "dport"));
+        concat(k)
+    };
+    let lookup = |name: &str| {
+        Expression::Named(NamedExpression::Map(Box::new(expr::Map {
+            key: key(),
+            data: s(format!("@{name}")),
+        })))
+    };
+    Statement::DNAT(Some(stmt::NAT {
+        addr: Some(lookup(a)),
+        family: Some(nat_family(f)),
+        port: Some(lookup(p)),
+        flags: None,
+    }))
+}
+
+fn table() -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: NfFamily::INet,
+        name: TABLE.into(),
+        handle: None,
+    })
+}
+
+/// The whole table without elements: maps, sets, chains and their fixed rules.
+/// `internal`: the container interfaces (hairpin masquerade of marked connections).
+pub fn skeleton(internal: &[IfPattern], mark: u32) -> Vec<NfListObject<'static>> {
+    let mut objs = vec![table()];
+    for f in FAMILIES {
+        let [fwd, port, hfwd, hport, dst] = names(f);
+        let pt = || vec![SetType::InetProto, SetType::InetService];
+        let hpt = || vec![addr_type(f), SetType::InetProto, SetType::InetService];
+        for (name, key, value) in [
+            (fwd, pt(), addr_type(f)),
+            (port, pt(), SetType::InetService),
+            (hfwd, hpt(), addr_type(f)),
+            (hport, hpt(), SetType::InetService),
+        ] {
+            objs.push(NfListObject::Map(Box::new(Map {
+                family: NfFamily::INet,
+                table: TABLE.into(),
+                name: name.into(),
+                set_type: SetTypeValue::Concatenated(key.into()),
+                map: SetTypeValue::Single(value),
+                ..Map::default()
+            })));
+        }
+        objs.push(NfListObject::Set(Box::new(Set {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: dst.into(),
+            set_type: SetTypeValue::Concatenated(
+                vec![SetType::InetProto, addr_type(f), SetType::InetService].into(),
+            ),
+            ..Set::default()
+        })));
+    }
+    // The same hooks and priorities as `inet ve-nat`, without its input guard.
+    for (name, t, hook, prio) in CHAINS.iter().filter(|c| c.0 != "input") {
+        objs.push(NfListObject::Chain(Chain {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: (*name).into(),
+            _type: Some(*t),
+            hook: Some(*hook),
+            prio: Some(*prio),
+            policy: Some(NfChainPolicy::Accept),
+            ..Chain::default()
+        }));
+    }
+    let mut rules: Vec<(&str, Vec<Statement<'static>>)> = Vec::new();
+    for f in FAMILIES {
+        for host_ip in [true, false] {
+            rules.push((
+                "prerouting",
+                vec![local_daddr(), counter(), dnat(f, host_ip)],
+            ));
+            // From the host itself: any local address but loopback.
+            rules.push((
+                "output",
+                vec![
+                    matches(payload(proto(f), "daddr"), Operator::NEQ, loopback(f)),
+                    local_daddr(),
+                    counter(),
+                    dnat(f, host_ip),
+                ],
+            ));
+        }
+        rules.push((
+            "forward",
+            vec![
+                ct_in("status", s("dnat")),
+                eq(
+                    concat(vec![
+                        meta(MetaKey::L4proto),
+                        payload(proto(f), "daddr"),
+                        payload("th", "dport"),
+                    ]),
+                    s(format!("@{}", names(f)[4])),
+                ),
+                counter(),
+                Statement::Accept(None),
+            ],
+        ));
+    }
+    // Hairpin: a container reaching a mapped port through a host address.
+    for p in internal {
+        rules.push((
+            "postrouting",
+            vec![
+                ifname(MetaKey::Oifname, p),
+                has_mark(mark),
+                ct_in("status", s("dnat")),
+                counter(),
+                Statement::Masquerade(None),
+            ],
+        ));
+    }
+    for (chain, expr) in rules {
+        objs.push(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            chain: chain.into(),
+            expr: expr.into(),
+            ..Rule::default()
+        }));
+    }
+    objs
+}
+
+fn commented(key: Expression<'static>, owner: &Owner) -> Expression<'static> {
+    Expression::Named(NamedExpression::Elem(Elem {
+        val: Box::new(key),
+        timeout: None,
+        expires: None,
+        comment: Some(Cow::Owned(owner.as_str().to_string())),
+        counter: None,
+    }))
+}
+
+/// The element objects of `mappings`, commented with `owner`: for `add element` (or,
+/// the same objects, `delete element`).
+pub fn elements(owner: &Owner, mappings: &[Mapping]) -> Vec<NfListObject<'static>> {
+    let mut by_set: Vec<(&'static str, Vec<Expression<'static>>)> = Vec::new();
+    let mut push = |name: &'static str, e: Expression<'static>| match by_set
+        .iter_mut()
+        .find(|(n, _)| *n == name)
+    {
+        Some((_, v)) => v.push(e),
+        None => by_set.push((name, vec![e])),
+    };
+    for m in mappings {
+        let [fwd, port, hfwd, hport, dst] = names(m.family());
+        let (a, p) = if m.host_ip.is_some() {
+            (hfwd, hport)
+        } else {
+            (fwd, port)
+        };
+        let k = || commented(m.key(), owner);
+        push(a, Expression::List(vec![k(), addr(&m.fwd.addr)]));
+        push(
+            p,
+            Expression::List(vec![k(), Expression::Number(u32::from(m.fwd.ports.first))]),
+        );
+        push(
+            dst,
+            commented(
+                concat(vec![
+                    s(m.fwd.proto.as_str()),
+                    addr(&m.fwd.addr),
+                    Expression::Number(u32::from(m.fwd.ports.first)),
+                ]),
+                owner,
+            ),
+        );
+    }
+    by_set
+        .into_iter()
+        .map(|(name, elem)| {
+            NfListObject::Element(Element {
+                family: NfFamily::INet,
+                table: TABLE.into(),
+                name: name.into(),
+                elem: elem.into(),
+            })
+        })
+        .collect()
+}
+
+/// Whether `ruleset` (`nft -j list ruleset`) holds this table.
+pub fn present(ruleset: &[Value]) -> bool {
+    ruleset.iter().filter_map(|o| o.get("table")).any(|t| {
+        t.get("family").and_then(Value::as_str) == Some("inet")
+            && t.get("name").and_then(Value::as_str) == Some(TABLE)
+    })
+}
+
+/// Every mapping in the table's maps (`ruleset` lists it, or the whole ruleset), with
+/// the container ID of its comment; parsed back through the validating constructors,
+/// so what is deleted later is built from validated values too. Anything else is left
+/// out.
+pub fn installed(ruleset: &[Value]) -> Vec<(String, Mapping)> {
+    let map = |name: &str| -> Vec<Value> {
+        ruleset
+            .iter()
+            .filter_map(|o| o.get("map"))
+            .find(|m| m["table"] == TABLE && m["family"] == "inet" && m["name"] == name)
+            .and_then(|m| m["elem"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for f in FAMILIES {
+        let [fwd, port, hfwd, hport, _] = names(f);
+        for (a, p, host) in [(fwd, port, false), (hfwd, hport, true)] {
+            let ports = map(p);
+            for e in map(a) {
+                let (Some(key), Some(to)) = (e.get(0), e.get(1)) else {
+                    continue;
+                };
+                let Some(owner) = key["elem"]["comment"].as_str() else {
+                    continue;
+                };
+                let val = &key["elem"]["val"];
+                let Some(parts) = val["concat"].as_array() else {
+                    continue;
+                };
+                let port_of = ports
+                    .iter()
+                    .find(|pe| pe.get(0).map(|k| &k["elem"]["val"]) == Some(val))
+                    .and_then(|pe| pe.get(1))
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u16::try_from(n).ok());
+                let (host_ip, rest) = if host {
+                    let h = parts
+                        .first()
+                        .and_then(Value::as_str)
+                        .and_then(|h| h.parse().ok());
+                    (h, &parts[1.min(parts.len())..])
+                } else {
+                    (None, &parts[..])
+                };
+                if host && host_ip.is_none() {
+                    continue;
+                }
+                let (Some(pr), Some(hp), Some(cp), Some(to)) = (
+                    rest.first().and_then(Value::as_str),
+                    rest.get(1)
+                        .and_then(Value::as_u64)
+                        .and_then(|n| u16::try_from(n).ok()),
+                    port_of,
+                    to.as_str().and_then(|t| t.parse::<IpAddr>().ok()),
+                ) else {
+                    continue;
+                };
+                if let Ok(m) = Mapping::new(pr, hp, to, cp, host_ip) {
+                    out.push((owner.to_string(), m));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(proto: &str, hp: u16, to: &str, p: u16, host: Option<&str>) -> Mapping {
+        Mapping::new(
+            proto,
+            hp,
+            to.parse().unwrap(),
+            p,
+            host.map(|h| h.parse().unwrap()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn elements_are_commented_and_parse_back() {
+        let owner = Owner::new(&"ab".repeat(32)).unwrap();
+        let maps = vec![
+            m("tcp", 8080, "10.233.0.3", 80, None),
+            m("udp", 5353, "fd00::3", 53, Some("2001:db8::1")),
+        ];
+        let objs = elements(&owner, &maps);
+        // As nft lists them: the element objects' maps with their elements.
+        let listing: Vec<Value> = objs
+            .iter()
+            .map(|o| {
+                let v = serde_json::to_value(o).unwrap();
+                let e = &v["element"];
+                serde_json::json!({"map": {"family": "inet", "table": TABLE,
+                    "name": e["name"], "elem": e["elem"]}})
+            })
+            .collect();
+        let back = installed(&listing);
+        assert_eq!(back.len(), 2, "{listing:?}");
+        assert!(back.iter().all(|(o, _)| o == owner.as_str()));
+        assert!(back.iter().any(|(_, x)| *x == maps[0]));
+        assert!(back.iter().any(|(_, x)| *x == maps[1]));
+        assert!(maps[0].clashes(&m("tcp", 8080, "10.233.0.9", 81, None)));
+        assert!(!maps[0].clashes(&m("udp", 8080, "10.233.0.9", 81, None)));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Owner::new("-x").is_err());
+        assert!(Owner::new(&"a".repeat(129)).is_err());
+        assert!(Mapping::new("sctp", 1, "10.0.0.2".parse().unwrap(), 1, None).is_err());
+        assert!(Mapping::new("tcp", 0, "10.0.0.2".parse().unwrap(), 1, None).is_err());
+        assert!(Mapping::new(
+            "tcp",
+            1,
+            "10.0.0.2".parse().unwrap(),
+            1,
+            Some("2001:db8::1".parse().unwrap())
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_mapping_adds_no_rule() {
+        let rules = skeleton(&[IfPattern::exact(&"ve-x".parse().unwrap())], 0x2000)
+            .iter()
+            .filter(|o| matches!(o, NfListObject::Rule(_)))
+            .count();
+        assert_eq!(rules, 11);
+    }
+}
