@@ -27,12 +27,17 @@ pub const MANUAL: Manual = Manual {
         exit(
             Exit::Unavailable,
             "the chosen backend's program is not installed (nft for nftables, iptables-nft or \
-             iptables-legacy); firewalld refused a zone change or did not answer",
+             iptables-legacy); firewalld refused a zone change or did not answer; CNI mode \
+             with an iptables backend",
         ),
         exit(Exit::Software, "a bug in ve-nat"),
         exit(
             Exit::OsErr,
             "nft, iptables or the kernel refused a change, or a sysctl could not be written",
+        ),
+        exit(
+            Exit::CantCreate,
+            "CNI ADD: a host port of portMappings is mapped already, for another container",
         ),
         exit(
             Exit::TempFail,
@@ -48,8 +53,11 @@ pub const MANUAL: Manual = Manual {
     env: &[
         entry(
             "CNI_COMMAND",
-            "When set, ve-nat answers CNI VERSION (configuration on stdin, result on \
-             stdout); other CNI verbs get CNI error 4 in this version",
+            "When set (ADD, DEL, CHECK, GC, STATUS, VERSION), ve-nat is a chained CNI \
+             plugin (configuration on stdin, result on stdout): ADD installs table inet \
+             ve-nat once when missing and the portMappings capability as elements of table \
+             inet ve-nat-cni commented with the container ID; DEL and GC delete only those; \
+             only the nftables backend is supported in CNI mode",
         ),
         entry(
             "VE_NAT_LOCK_DIR",
