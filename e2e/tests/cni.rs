@@ -808,6 +808,13 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
         );
     }
     drop(server);
+    // Hairpin: the second container reaches the first's mapping through the uplink
+    // address.
+    let r = fetch(&ctrs[1].3, &format!("{}:8081", testbed::HOST_UPLINK));
+    assert!(
+        r.as_ref().is_ok_and(|t| t.ends_with(" 80")),
+        "hairpin: {r:?}"
+    );
     // No rule per container: the mappings are elements, commented with the ID.
     let cni_table = nft_list(&host, "ve-nat-cni");
     for (id, ..) in &ctrs {

@@ -1,7 +1,8 @@
 //! The native nftables backend's rule set: the one table `inet ve-nat`, built here from
 //! validated values only, as objects of the `nftables` crate (nft's JSON schema).
 //!
-//! Architecture invariant: no other module builds nftables rules. Every object is in the
+//! Architecture invariant: no other module builds nftables rules (but `nft_cni`, CNI
+//! mode's table, from these helpers and validated values). Every object is in the
 //! form `nft -j list table inet ve-nat` prints it back (checked by the privileged tests),
 //! so "installed equals wanted" is a comparison of JSON values, with handles, counter
 //! values and element order left out (see `normalize`).
