@@ -874,6 +874,22 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
     );
     assert!(!r.ok, "a taken host port was mapped again");
     assert!(!nft_list(&host, "ve-nat-cni").contains(id3.as_str()));
+    // Bad input: CNI error 7, nothing added.
+    for bad in [
+        json!({"hostPort": 8084, "containerPort": 80, "protocol": "sctp"}),
+        json!({"hostPort": 0, "containerPort": 80}),
+        json!({"hostPort": 8084, "containerPort": 80, "hostIP": "127.0.0.1"}),
+    ] {
+        let mut c = nat_conf(&link.stdout, 8084);
+        c["runtimeConfig"]["portMappings"] = json!([bad]);
+        let r = call("ve-nat", "ADD", &c, &id3, &netns3);
+        assert!(!r.ok && r.stdout["code"] == 7, "{bad}: {}", r.stdout);
+    }
+    let mut c = nat_conf(&link.stdout, 8084);
+    c.as_object_mut().unwrap().remove("external");
+    let r = call("ve-nat", "ADD", &c, &id3, &netns3);
+    assert!(!r.ok && r.stdout["code"] == 7, "no external: {}", r.stdout);
+    assert!(!nft_list(&host, "ve-nat-cni").contains(id3.as_str()));
     // An iptables backend: CNI mode says it supports nftables only, and adds nothing.
     let mut ipt = nat_conf(&link.stdout, 8083);
     ipt["backend"] = json!("iptables-nft");
