@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::{json, Value};
 use support::{
-    nd::{has_networkd_address, v4_addrs, wait_setup, NdSandbox},
+    nd::{has_networkd_address, tool_in, v4_addrs, wait_setup, NdSandbox},
     wait_until, NmSandbox,
 };
 use testbed::privileged;
@@ -188,4 +188,62 @@ fn add_releases_the_host_interface_from_networkd_and_check_sees_it() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
     let (ok, out) = call(sb.tool(), "DEL", "1.0.0", &p);
     assert!(ok && out.is_null(), "DEL: {out}");
+}
+
+#[test]
+fn add_keeps_both_managers_off_when_both_run_on_one_bus() {
+    let Some(mut sb) = NmSandbox::start("cni_both") else {
+        return;
+    };
+    if !privileged("cni_both", testbed::networkd::Networkd::COMMANDS) {
+        return;
+    }
+    let run = sb.scratch().join("run");
+    let mut nd = testbed::networkd::Networkd::on_bus(
+        &sb.host,
+        sb.scratch().join("nd"),
+        &sb.bus_address(),
+        Some(&run),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    nd.spawn().unwrap_or_else(|e| panic!("{e}"));
+    let (ca, co) = (sb.netns("ca"), sb.netns("co"));
+    support::nd::ve_link_up(&sb.host, "a", &ca, "10.233.0.1", "10.233.0.2");
+    // The control, not in the previous result.
+    support::nd::ve_link_up(&sb.host, "o", &co, "10.233.1.1", "10.233.1.2");
+    let c = sb.client();
+    wait_until(
+        "both managers to take ve-a and ve-o",
+        Duration::from_secs(10),
+        || {
+            let nm = ["ve-a", "ve-o"]
+                .iter()
+                .all(|i| c.device(i).is_some_and(|d| d.managed));
+            let networkd = ["ve-a", "ve-o"].iter().all(|i| {
+                matches!(
+                    nd.setup_state(i).as_deref(),
+                    Some("configuring" | "configured")
+                )
+            });
+            (nm && networkd).then_some(())
+        },
+    );
+    let p = prev("ve-a");
+    let (ok, _) = call(tool_in(&nd), "CHECK", "1.1.0", &p);
+    assert!(!ok, "CHECK passed while both manage ve-a");
+    let (ok, out) = call(tool_in(&nd), "ADD", "1.1.0", &p);
+    assert!(ok, "ADD: {out}");
+    assert_passed_on(&out, &p, "1.1.0");
+    wait_setup(&nd, "ve-a", "unmanaged", Duration::from_secs(5));
+    wait_until(
+        "NetworkManager to leave ve-a",
+        Duration::from_secs(5),
+        || c.device("ve-a").filter(|d| !d.managed).map(drop),
+    );
+    assert!(
+        c.device("ve-o").unwrap().managed,
+        "NetworkManager left ve-o"
+    );
+    let (ok, out) = call(tool_in(&nd), "CHECK", "1.1.0", &p);
+    assert!(ok, "CHECK after ADD: {out}");
 }
