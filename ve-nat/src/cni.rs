@@ -61,8 +61,8 @@ fn handle(req: &Cni) -> Handled {
     let prev = req.config.get("prevResult").ok_or_else(|| {
         config_err("ve-nat is a chained plugin: the configuration needs prevResult")
     })?;
-    let mappings = mappings(req, prev)?;
     let shared = shared_request(req)?;
+    let mappings = mappings(req, prev, shared.ipv6)?;
     let backend = backend(req)?;
     if req.verb == Verb::Check {
         return check(&owner, &mappings).map(|()| None);
@@ -179,9 +179,10 @@ fn container_addrs(prev: &Value) -> Vec<IpAddr> {
     out
 }
 
-/// `runtimeConfig.portMappings`, validated, to the container's addresses: a mapping
-/// with a `hostIP` goes to the address of its family, one without to each.
-fn mappings(req: &Cni, prev: &Value) -> Result<Vec<Mapping>, CniError> {
+/// `runtimeConfig.portMappings`, validated, to the container's addresses (IPv6 ones
+/// only with `ipv6`): a mapping with a `hostIP` goes to the address of its family, one
+/// without to each.
+fn mappings(req: &Cni, prev: &Value, ipv6: bool) -> Result<Vec<Mapping>, CniError> {
     let list = match req.config.get("runtimeConfig").map(|r| &r["portMappings"]) {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) => a.clone(),
@@ -190,7 +191,8 @@ fn mappings(req: &Cni, prev: &Value) -> Result<Vec<Mapping>, CniError> {
     if list.is_empty() {
         return Ok(Vec::new());
     }
-    let addrs = container_addrs(prev);
+    let mut addrs = container_addrs(prev);
+    addrs.retain(|a| ipv6 || Family::of(a) == Family::Ipv4);
     if addrs.is_empty() {
         return Err(config_err(
             "portMappings, but prevResult gives the container no address",
