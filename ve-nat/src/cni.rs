@@ -385,3 +385,80 @@ fn check(owner: &Owner, mappings: &[Mapping]) -> Result<(), CniError> {
         Err(CniError::from(Error::new(Kind::Differs, diffs.join("; "))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct FakeEnv(Vec<(&'static str, String)>);
+
+    impl cni::Env for FakeEnv {
+        fn get(&self, key: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    fn request(pm: Value) -> Cni {
+        let env = FakeEnv(vec![
+            ("CNI_COMMAND", "ADD".into()),
+            ("CNI_CONTAINERID", "ab".repeat(32)),
+            ("CNI_IFNAME", "eth0".into()),
+            ("CNI_NETNS", "/run/netns/x".into()),
+        ]);
+        let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "ve-nat",
+            "external": "up0", "runtimeConfig": {"portMappings": pm}, "prevResult": prev()});
+        Cni::parse(&env, &conf.to_string()).unwrap()
+    }
+
+    fn prev() -> Value {
+        json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "ve-abab"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+            "ips": [{"address": "10.233.0.3/32", "interface": 1},
+                    {"address": "fd42::3/128", "interface": 1},
+                    {"address": "10.9.9.9/32", "interface": 0}]})
+    }
+
+    #[test]
+    fn mappings_go_to_the_container_addresses_of_their_family() {
+        let r = request(json!([{"hostPort": 8080, "containerPort": 80},
+                               {"hostPort": 53, "containerPort": 53, "protocol": "UDP",
+                                "hostIP": "2001:db8::1"}]));
+        let prev = prev();
+        let v4 = mappings(&r, &prev, false).unwrap_err();
+        assert_eq!(v4.code, code::INVALID_CONFIG, "IPv6 hostIP without ipv6");
+        let all = mappings(&r, &prev, true).unwrap();
+        let shown: Vec<String> = all.iter().map(|m| m.fwd.to_string()).collect();
+        // The host end's address (interface 0) is never a target.
+        assert_eq!(
+            shown,
+            [
+                "tcp:8080:10.233.0.3:80",
+                "tcp:8080:[fd42::3]:80",
+                "udp:53:[fd42::3]:53"
+            ]
+        );
+        assert!(all[2].host_ip.is_some());
+    }
+
+    #[test]
+    fn bad_mappings_are_config_errors() {
+        let prev = prev();
+        for pm in [
+            json!([{"hostPort": 70000, "containerPort": 80}]),
+            json!([{"hostPort": 80}]),
+            json!([{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]),
+            json!([{"hostPort": 80, "containerPort": 80}, {"hostPort": 80, "containerPort": 81}]),
+            json!({"hostPort": 80}),
+        ] {
+            let e = mappings(&request(pm.clone()), &prev, false).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{pm}");
+        }
+        assert!(mappings(&request(json!([])), &prev, false)
+            .unwrap()
+            .is_empty());
+    }
+}
