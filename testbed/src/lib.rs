@@ -6,11 +6,13 @@
 //! - [`netns`]: running test code on a thread inside a namespace.
 //! - [`host`]: the sandbox host's uplink to an "outside" namespace.
 //! - [`http`]: HTTP served and fetched inside namespaces.
+//! - [`etcd`]: a real etcd cluster, with node namespaces that share nothing else.
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
 //! - [`process`]: stopping children, polling.
 //!
 //! Everything needed often is re-exported here.
 
+pub mod etcd;
 pub mod host;
 pub mod http;
 pub mod netns;

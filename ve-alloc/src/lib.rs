@@ -13,7 +13,7 @@ use std::{
     collections::HashSet,
     ffi::OsString,
     io::{BufRead, IsTerminal},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -26,7 +26,10 @@ use crate::{
     alloc::Pools,
     lease::{Lease, ROW_HEADERS},
     pool::{Layout, Pool},
-    store::{SqliteStore, Store},
+    store::{
+        etcd::{EtcdStore, Spec},
+        AnyStore, SqliteStore,
+    },
 };
 
 pub use crate::store::Txn;
@@ -51,9 +54,9 @@ value anywhere means \"not set here\": the next source decides."
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Store directory, holding leases.db (a directory, not the file) [default:
-    /// /var/lib/ve-alloc]
-    #[arg(long, env = "VE_ALLOC_STORE", global = true, value_name = "DIR",
+    /// Store directory, holding leases.db (a directory, not the file), or a fleet's
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] [default: /var/lib/ve-alloc]
+    #[arg(long, env = "VE_ALLOC_STORE", global = true, value_name = "DIR|URL",
           value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     store: Option<PathBuf>,
     /// IPv4 pool new leases come from [default: 10.233.0.0/16]
@@ -71,6 +74,27 @@ struct Cli {
         value_parser = LayoutParser
     )]
     layout: Option<String>,
+    /// This host's node name in an etcd store [default: the hostname]
+    #[arg(long, env = "VE_ALLOC_NODE", global = true, value_name = "NAME")]
+    node: Option<String>,
+    /// Where other nodes route to this node's containers (etcd store; recorded with the
+    /// node)
+    #[arg(
+        long,
+        env = "VE_ALLOC_NODE_ADDRESS",
+        global = true,
+        value_name = "ADDR"
+    )]
+    node_address: Option<String>,
+    /// Prefix length of the IPv4 blocks an etcd store's pool is cut into (IPv6 blocks
+    /// hold as many addresses); the whole fleet uses one [default: 26]
+    #[arg(
+        long,
+        env = "VE_ALLOC_BLOCK_SIZE",
+        global = true,
+        value_name = "PREFIXLEN"
+    )]
+    block_size: Option<String>,
     /// Configuration file [default: /etc/ve-alloc.conf, when it exists]
     // Parsed as an OsString so that an empty value reaches `Settings::resolve`, where
     // it means "not set", as everywhere else (clap's PathBuf parser refuses it).
@@ -227,27 +251,22 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             ));
         }
     }
-    let mut store = SqliteStore::new(&settings.store, settings.wait);
+    let mut store = match &settings.etcd {
+        Some(e) => AnyStore::Etcd(EtcdStore::new(
+            &e.spec,
+            &e.node,
+            e.node_address,
+            e.block_prefix,
+            settings.wait,
+        )),
+        None => AnyStore::Sqlite(SqliteStore::new(&settings.store, settings.wait)),
+    };
     match &cli.cmd {
         Cmd::Alloc { names } => {
             let pools = settings.pools()?;
             let mut seen = HashSet::new();
             let names: Vec<&String> = names.iter().filter(|n| seen.insert(*n)).collect();
-            let several = names.len() > 1;
-            let leases = store.write(|tx| {
-                names
-                    .iter()
-                    .map(|n| {
-                        alloc::allocate(tx, &pools, n).map_err(|e| {
-                            if several {
-                                e.context(n)
-                            } else {
-                                e
-                            }
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })?;
+            let leases = store.allocate(&pools, &names)?;
             match leases.as_slice() {
                 [one] => print_lease(one, cli.json),
                 _ => print_json_lines(&leases),
@@ -299,9 +318,16 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             if *hosts {
                 name::validate(domain).map_err(|e| e.context("--domain"))?;
             }
-            let leases = store.read(|tx| tx.all())?;
+            let with_nodes = store.list()?;
+            let leases: Vec<Lease> = with_nodes.iter().map(|(l, _)| l.clone()).collect();
             if *hosts {
                 output::print(&hosts_lines(&leases, domain))
+            } else if cli.json && with_nodes.iter().any(|(_, n)| n.is_some()) {
+                let mut text = String::new();
+                for (lease, node) in &with_nodes {
+                    text.push_str(&output::json_line(&WithNode { lease, node })?);
+                }
+                output::print(&text)
             } else {
                 print_leases(&leases, cli.json)
             }
@@ -349,11 +375,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
                      every dynamic lease; give --all-gone if no container is left",
                 ));
             }
-            let gone = if *dry_run {
-                store.read(|tx| alloc::gc(tx, &keep, true))?
-            } else {
-                store.write(|tx| alloc::gc(tx, &keep, false))?
-            };
+            let gone = store.gc(&keep, *dry_run)?;
             if cli.json {
                 print_json_lines(&gone)
             } else {
@@ -374,7 +396,15 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     }
 }
 
-fn get(store: &mut SqliteStore, name: &str) -> Result<Lease> {
+/// A lease with the node holding it, as `list --json` prints it on an etcd store.
+#[derive(serde::Serialize)]
+struct WithNode<'a> {
+    #[serde(flatten)]
+    lease: &'a Lease,
+    node: &'a Option<String>,
+}
+
+fn get(store: &mut AnyStore, name: &str) -> Result<Lease> {
     store
         .read(|tx| tx.get(name))?
         .ok_or_else(|| Error::no_input(format!("no lease for {name}")))
@@ -469,6 +499,8 @@ fn read_names(args: &[String], none: NoNames) -> Result<Vec<String>> {
 /// Settings after flags, environment, config file and defaults are merged.
 struct Settings {
     store: PathBuf,
+    /// Set when the store is a fleet's etcd.
+    etcd: Option<EtcdSettings>,
     pool: (String, bool),
     pool6: Option<(String, bool)>,
     layout: (String, bool),
@@ -510,8 +542,23 @@ impl Settings {
                 None => (PathBuf::from(DEFAULT_STORE), false),
             },
         };
-        check_store_path(&store, store_from_file.then_some(path.as_path()))?;
+        let etcd = match Spec::parse(&store.to_string_lossy()) {
+            Some(spec) => {
+                let spec = spec.map_err(|why| {
+                    store_error(
+                        &format!("store {:?}: {why}", store.to_string_lossy()),
+                        store_from_file.then_some(path.as_path()),
+                    )
+                })?;
+                Some(EtcdSettings::resolve(cli, spec)?)
+            }
+            None => {
+                check_store_path(&store, store_from_file.then_some(path.as_path()))?;
+                None
+            }
+        };
         let settings = Settings {
+            etcd,
             store,
             pool: pick(given(&cli.pool), "POOL", DEFAULT_POOL),
             pool6: (pool6.0 != "none").then_some(pool6),
@@ -561,8 +608,18 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     let text = store.to_string_lossy();
     let problem = if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| is_scheme(s)) {
         format!(
-            "store {text:?} is a URL, but this ve-alloc keeps leases in a local directory only \
-             ({scheme}:// stores are not supported); give a directory"
+            "store {text:?} is a URL, but the only store URLs are \
+             etcd://HOST:PORT[,HOST:PORT...][/PREFIX] ({scheme}:// is not one); give a \
+             directory or an etcd:// URL"
+        )
+    } else if let Some(scheme) = text
+        .split_once(':')
+        .map(|(s, _)| s)
+        .filter(|s| STORE_SCHEMES.iter().any(|k| s.eq_ignore_ascii_case(k)))
+    {
+        format!(
+            "store {text:?} looks like a mistyped URL (a {scheme}: store is written \
+             etcd://HOST:PORT[,HOST:PORT...][/PREFIX]); give a directory or an etcd:// URL"
         )
     } else if store.extension().is_some_and(|x| x == "db") && !store.is_dir() {
         let dir = store
@@ -578,10 +635,68 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(match config {
+    Err(store_error(&problem, config))
+}
+
+/// URL schemes a store string must not start with unless it is a valid store URL: a
+/// typo such as `etcd:host:2379` would otherwise become a directory named `etcd:...`.
+const STORE_SCHEMES: [&str; 4] = ["etcd", "etcd+http", "http", "https"];
+
+fn store_error(problem: &str, config: Option<&Path>) -> Error {
+    match config {
         Some(c) => Error::config(format!("{}: STORE: {problem}", c.display())),
         None => Error::usage(format!("--store (or VE_ALLOC_STORE): {problem}")),
-    })
+    }
+}
+
+/// How this host takes part in an etcd store.
+struct EtcdSettings {
+    spec: Spec,
+    node: String,
+    node_address: Option<IpAddr>,
+    block_prefix: u8,
+}
+
+impl EtcdSettings {
+    fn resolve(cli: &Cli, spec: Spec) -> Result<EtcdSettings> {
+        let node = match given(&cli.node) {
+            Some(n) => n.to_string(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map_err(|e| Error::io("reading the hostname (for --node)", e))?
+                .trim()
+                .to_string(),
+        };
+        name::validate(&node).map_err(|e| e.context("--node (or VE_ALLOC_NODE)"))?;
+        let node_address = given(&cli.node_address)
+            .map(|a| {
+                a.parse::<IpAddr>().map_err(|_| {
+                    Error::usage(format!(
+                        "--node-address (or VE_ALLOC_NODE_ADDRESS): {a:?} is not an IP address"
+                    ))
+                })
+            })
+            .transpose()?;
+        let block_prefix = match given(&cli.block_size) {
+            None => crate::store::etcd::DEFAULT_BLOCK_PREFIX,
+            Some(b) => b
+                .trim_start_matches('/')
+                .parse::<u8>()
+                .ok()
+                .filter(|b| (16..=30).contains(b))
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "--block-size (or VE_ALLOC_BLOCK_SIZE): {b:?} is not a prefix length \
+                         from 16 to 30"
+                    ))
+                })?,
+        };
+        Ok(EtcdSettings {
+            spec,
+            node,
+            node_address,
+            block_prefix,
+        })
+    }
 }
 
 /// An RFC 3986 URL scheme: a letter, then letters, digits, `+`, `-`, `.`.

@@ -14,6 +14,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "procps",
     "debootstrap",
     "systemd-container",
+    "etcd-server",
+    "etcd-client",
 ];
 
 /// The tools, as installed on a host: e2e/tests/systemd_boot.rs installs their release

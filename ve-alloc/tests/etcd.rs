@@ -1,0 +1,440 @@
+//! `ve-alloc` on a real 3-member etcd cluster (Debian's etcd-server) in sandbox
+//! namespaces, with three node namespaces that share nothing but etcd: concurrency
+//! across nodes, a leader killed mid-round, no quorum, and output and exit codes equal
+//! to the SQLite store's.
+
+use std::{
+    collections::{HashMap, HashSet},
+    process::{Command, Output},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use testbed::{etcd::Cluster, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
+
+fn cluster(test: &str) -> Option<Cluster> {
+    if !testbed::privileged(test, &["ip", "unshare", "etcd", "etcdctl"]) {
+        return None;
+    }
+    Some(Cluster::start(3, 3).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// `ve-alloc ARGS` on node `i` against the cluster's store under `prefix`.
+fn va(c: &Cluster, i: usize, prefix: &str, args: &[&str]) -> Command {
+    let n = &c.nodes[i];
+    let mut cmd = n.command(BIN);
+    cmd.env("VE_ALLOC_STORE", c.url(prefix))
+        .env("VE_ALLOC_NODE", &n.name)
+        .env("VE_ALLOC_NODE_ADDRESS", &n.addr)
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .env_remove("VE_ALLOC_POOL")
+        .env_remove("VE_ALLOC_POOL6")
+        .args(args);
+    cmd
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn list(c: &Cluster, i: usize, prefix: &str) -> Vec<Value> {
+    let o = va(c, i, prefix, &["list", "--json"]).output().unwrap();
+    assert!(o.status.success(), "list: {}", text(&o.stderr));
+    text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `KEY=value` lines of one alloc's stdout.
+fn env(out: &str) -> HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Run `per_node` allocations on every node, `parallel` at a time per node, all nodes
+/// at once, with `during` called once a third of them have finished. Returns each
+/// command's name and output.
+fn round(
+    c: &Cluster,
+    prefix: &str,
+    per_node: usize,
+    parallel: usize,
+    wait: &str,
+    during: impl FnOnce(),
+) -> Vec<(String, Output)> {
+    let done = Arc::new(AtomicUsize::new(0));
+    let total = per_node * c.nodes.len();
+    let results = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for i in 0..c.nodes.len() {
+            let next = Arc::new(AtomicUsize::new(0));
+            for _ in 0..parallel {
+                let (next, done) = (next.clone(), done.clone());
+                handles.push(s.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::SeqCst);
+                        if k >= per_node {
+                            return out;
+                        }
+                        let name = format!("c{i}-{k}");
+                        let o = va(c, i, prefix, &["--wait", wait, "alloc", &name])
+                            .output()
+                            .unwrap();
+                        done.fetch_add(1, Ordering::SeqCst);
+                        out.push((name, o));
+                    }
+                }));
+            }
+        }
+        while done.load(Ordering::SeqCst) < total / 3 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        during();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    results
+}
+
+/// Every address in `leases` is held once.
+fn assert_unique(leases: &[Value]) {
+    let mut seen = HashMap::new();
+    for l in leases {
+        for k in ["host_address", "local_address"] {
+            if let Some(a) = l[k].as_str() {
+                let name = l["name"].as_str().unwrap().to_string();
+                if let Some(other) = seen.insert(a.to_string(), name.clone()) {
+                    panic!("{a} leased to both {other} and {name}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn three_nodes_allocate_concurrently_without_duplicates() {
+    let Some(c) = cluster("three_nodes_allocate_concurrently_without_duplicates") else {
+        return;
+    };
+    let t = Instant::now();
+    let results = round(&c, "fleet", 100, 16, "30", || {});
+    let took = t.elapsed();
+    let mut printed = HashMap::new();
+    for (name, o) in &results {
+        assert!(
+            o.status.success(),
+            "{name}: exit {:?}: {}",
+            o.status.code(),
+            text(&o.stderr)
+        );
+        let e = env(&text(&o.stdout));
+        assert!(
+            e.contains_key("HOST_ADDRESS"),
+            "{name}: {}",
+            text(&o.stdout)
+        );
+        printed.insert(name.clone(), e);
+    }
+    let mut addrs = HashSet::new();
+    for e in printed.values() {
+        assert!(addrs.insert(e["HOST_ADDRESS"].clone()), "duplicate {e:?}");
+        assert!(addrs.insert(e["LOCAL_ADDRESS"].clone()), "duplicate {e:?}");
+    }
+    for i in 0..3 {
+        let leases = list(&c, i, "fleet");
+        assert_eq!(leases.len(), 300, "node {i} sees every lease");
+        assert_unique(&leases);
+        for l in &leases {
+            let name = l["name"].as_str().unwrap();
+            let e = &printed[name];
+            assert_eq!(l["host_address"].as_str(), Some(e["HOST_ADDRESS"].as_str()));
+            assert_eq!(
+                l["local_address"].as_str(),
+                Some(e["LOCAL_ADDRESS"].as_str())
+            );
+            // c<node>-<k> was allocated on node n<node+1>.
+            let node = format!("n{}", &name[1..2].parse::<usize>().unwrap() + 1);
+            assert_eq!(l["node"].as_str(), Some(node.as_str()), "{l}");
+        }
+    }
+    // Names are fleet-wide: another node shows and releases them.
+    let o = va(&c, 2, "fleet", &["show-ip", "c0-0"]).output().unwrap();
+    assert_eq!(text(&o.stdout).trim(), printed["c0-0"]["LOCAL_ADDRESS"]);
+    let o = va(&c, 2, "fleet", &["release", "c0-0"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(list(&c, 0, "fleet").len(), 299);
+    eprintln!("300 allocations, 3 nodes x 16 at a time: {took:?}");
+}
+
+#[test]
+fn leader_killed_mid_round_loses_nothing_and_duplicates_nothing() {
+    let Some(c) = cluster("leader_killed_mid_round_loses_nothing_and_duplicates_nothing") else {
+        return;
+    };
+    let leader = c.leader().expect("a leader");
+    let results = round(&c, "kill", 40, 8, "20", || c.members[leader].kill());
+    let leases = list(&c, 1, "kill");
+    assert_unique(&leases);
+    let by_name: HashMap<&str, &Value> = leases
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap(), l))
+        .collect();
+    let mut failed = 0;
+    for (name, o) in &results {
+        if o.status.success() {
+            let e = env(&text(&o.stdout));
+            let l = by_name
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("{name} printed {e:?} but is not in the store"));
+            assert_eq!(l["host_address"].as_str(), Some(e["HOST_ADDRESS"].as_str()));
+        } else {
+            failed += 1;
+            assert!(o.stdout.is_empty(), "{name} failed but printed a lease");
+            assert!(
+                matches!(o.status.code(), Some(75 | 69)),
+                "{name}: exit {:?}: {}",
+                o.status.code(),
+                text(&o.stderr)
+            );
+        }
+    }
+    eprintln!(
+        "{} allocations, {failed} failed around the leader kill",
+        results.len()
+    );
+    // After the election allocations go on.
+    let o = va(&c, 0, "kill", &["alloc", "after"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn without_quorum_alloc_fails_within_wait_and_prints_nothing() {
+    let Some(c) = cluster("without_quorum_alloc_fails_within_wait_and_prints_nothing") else {
+        return;
+    };
+    let o = va(&c, 0, "q", &["alloc", "before"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    c.members[0].kill();
+    c.members[1].kill();
+    for args in [
+        &["--wait", "3", "alloc", "x"][..],
+        &["--wait", "3", "alloc", "before"],
+        &["--wait", "3", "show", "before"],
+        &["--wait", "3", "release", "before"],
+    ] {
+        let t = Instant::now();
+        let o = va(&c, 0, "q", args).output().unwrap();
+        let took = t.elapsed();
+        assert!(
+            matches!(o.status.code(), Some(75 | 69)),
+            "{args:?}: exit {:?}: {}",
+            o.status.code(),
+            text(&o.stderr)
+        );
+        assert!(o.stdout.is_empty(), "{args:?} printed {}", text(&o.stdout));
+        assert!(took < Duration::from_millis(4500), "{args:?} took {took:?}");
+    }
+    // Nothing listens at this address of the sandbox LAN: unreachable is 69.
+    let mut cmd = va(&c, 0, "q", &["--wait", "1", "alloc", "x"]);
+    cmd.env("VE_ALLOC_STORE", "etcd://198.51.100.99:2379");
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(69), "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty());
+}
+
+/// Output and exit codes of one command sequence on SQLite and on etcd are the same.
+#[test]
+fn commands_match_the_sqlite_store() {
+    let Some(c) = cluster("commands_match_the_sqlite_store") else {
+        return;
+    };
+    let dir = TempDir::new("va-etcd-sqlite");
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(
+        conf.join("imp.conf"),
+        "HOST_ADDRESS=10.233.8.2\nLOCAL_ADDRESS=10.233.8.3\n",
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["alloc", "a"],
+        vec!["alloc", "a"],
+        vec!["alloc", "b", "c", "a", "--json"],
+        vec!["alloc", "b", "c"],
+        vec!["alloc", "bad/name"],
+        vec!["show", "a"],
+        vec!["show", "a", "--json"],
+        vec!["show-ip", "b"],
+        vec!["show-ip", "b", "--json"],
+        vec!["show", "missing"],
+        vec!["list"],
+        vec!["list", "--hosts"],
+        vec!["release", "a", "nothing"],
+        vec!["release", "a"],
+        vec!["alloc", "d"],
+        vec![
+            "reserve",
+            "r",
+            "--host-address",
+            "10.233.9.2",
+            "--local-address",
+            "10.233.9.3",
+        ],
+        vec![
+            "reserve",
+            "r",
+            "--host-address",
+            "10.233.9.2",
+            "--local-address",
+            "10.233.9.3",
+        ],
+        vec![
+            "reserve",
+            "x",
+            "--host-address",
+            "10.233.9.3",
+            "--local-address",
+            "10.233.9.7",
+        ],
+        vec![
+            "reserve",
+            "y",
+            "--host-address",
+            "10.234.9.2",
+            "--local-address",
+            "10.234.9.3",
+        ],
+        vec!["import", &conf],
+        vec!["gc", "--dry-run", "b"],
+        vec!["gc", "b"],
+        vec!["gc", "--all-gone"],
+        vec!["list", "--json"],
+        vec!["list"],
+    ];
+    // Bad node settings are refused before etcd is contacted.
+    for (k, v) in [
+        ("VE_ALLOC_NODE", "bad/name"),
+        ("VE_ALLOC_NODE_ADDRESS", "nope"),
+        ("VE_ALLOC_BLOCK_SIZE", "31"),
+    ] {
+        let o = va(&c, 0, "same", &["alloc", "web"])
+            .env(k, v)
+            .output()
+            .unwrap();
+        assert!(matches!(o.status.code(), Some(64 | 65)), "{k}={v}: {o:?}");
+        assert!(o.stdout.is_empty());
+    }
+    let store = dir.path().join("store");
+    for s in &steps {
+        let sq = c.nodes[0]
+            .command(BIN)
+            .env("VE_ALLOC_STORE", &store)
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .env_remove("VE_ALLOC_POOL")
+            .env_remove("VE_ALLOC_POOL6")
+            .args(s)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let et = va(&c, 0, "same", s)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            sq.status.code(),
+            et.status.code(),
+            "{s:?}: exit codes differ; sqlite: {} etcd: {}",
+            text(&sq.stderr),
+            text(&et.stderr)
+        );
+        let mut etcd_out = text(&et.stdout);
+        if s.contains(&"list") && s.contains(&"--json") {
+            // The etcd store adds each lease's node; otherwise the lines are the same.
+            let lines: Vec<String> = etcd_out
+                .lines()
+                .map(|l| {
+                    let mut v: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+                    assert_eq!(v.remove("node"), Some(Value::from("n1")), "{l}");
+                    format!("{}\n", Value::Object(v))
+                })
+                .collect();
+            let sq_lines: Vec<String> = text(&sq.stdout)
+                .lines()
+                .map(|l| format!("{}\n", serde_json::from_str::<Value>(l).unwrap()))
+                .collect();
+            assert_eq!(lines, sq_lines, "{s:?}");
+            etcd_out = String::new();
+            assert!(!sq.stdout.is_empty());
+        } else {
+            assert_eq!(text(&sq.stdout), etcd_out, "{s:?}: stdout differs");
+        }
+    }
+}
+
+/// A store string that is neither a directory nor a valid store URL is refused before
+/// anything is created: no directory named `etcd:` ever appears.
+#[test]
+fn garbage_store_urls_are_refused_and_create_nothing() {
+    let dir = TempDir::new("va-etcd-garbage");
+    for (store, code) in [
+        ("etcd:", 64),
+        ("etcd:localhost:2379", 64),
+        ("ETCD:x", 64),
+        ("etcd://", 64),
+        ("etcd://host", 64),
+        ("etcd://h:99999/p", 64),
+        ("http://h:2379", 64),
+    ] {
+        let o = Command::new(BIN)
+            .current_dir(dir.path())
+            .env("VE_ALLOC_STORE", store)
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .args(["alloc", "web"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(code), "{store}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+        assert_eq!(text(&o.stderr).lines().count(), 1, "{}", text(&o.stderr));
+    }
+    let conf = dir.path().join("ve-alloc.conf");
+    std::fs::write(&conf, "STORE=etcd:foo\n").unwrap();
+    let o = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("VE_ALLOC_STORE")
+        .arg("--config")
+        .arg(&conf)
+        .args(["alloc", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("ve-alloc.conf")]);
+    let o = Command::new(BIN)
+        .args(["alloc", "--help"])
+        .output()
+        .unwrap();
+    for flag in [
+        "--node <NAME>",
+        "--node-address <ADDR>",
+        "--block-size",
+        "etcd://",
+    ] {
+        assert!(text(&o.stdout).contains(flag), "alloc --help lacks {flag}");
+    }
+}
