@@ -11,7 +11,7 @@ pub const MANUAL: Manual = Manual {
         exit(Exit::Ok, ""),
         exit(
             Exit::Usage,
-            "a missing or unknown argument, several alloc names without --json, --wait out of range, a --store that is a URL or a database file, gc with no names on a terminal",
+            "a missing or unknown argument, several alloc names without --json, --wait out of range, a --store that is a database file or a URL other than a valid etcd://, a bad --node, --node-address or --block-size, gc with no names on a terminal",
         ),
         exit(
             Exit::DataErr,
@@ -21,25 +21,38 @@ pub const MANUAL: Manual = Manual {
             Exit::NoInput,
             "no lease for NAME (show, show-ip), a named config file or import directory missing",
         ),
+        exit(
+            Exit::Unavailable,
+            "no etcd endpoint of an etcd:// store answered within --wait (nothing printed)",
+        ),
         exit(Exit::Software, "a bug in ve-alloc"),
         exit(Exit::OsErr, "a system call failed"),
-        exit(Exit::CantCreate, "the address pool is exhausted"),
+        exit(
+            Exit::CantCreate,
+            "the address pool is exhausted (etcd: this node's blocks are full and every other block is claimed)",
+        ),
         exit(
             Exit::IoErr,
             "the store cannot be read or written, is corrupt (it is never reset), or is not a directory",
         ),
         exit(
             Exit::TempFail,
-            "another process held the store locked longer than --wait",
+            "another process held the store locked longer than --wait; etcd answered but did not commit within --wait (no quorum: nothing printed)",
         ),
         exit(Exit::NoPerm, "no permission to read or write the store"),
         exit(
             Exit::Config,
-            "a bad config file, or a store written by another version or program",
+            "a bad config file, a store written by another version or program, or a --block-size other than the fleet's",
         ),
     ],
     env: &[
-        entry("VE_ALLOC_STORE", "Store directory, as --store"),
+        entry("VE_ALLOC_STORE", "Store directory or etcd:// URL, as --store"),
+        entry("VE_ALLOC_NODE", "This host's node name in an etcd store, as --node"),
+        entry(
+            "VE_ALLOC_NODE_ADDRESS",
+            "Where other nodes route to this node's containers, as --node-address",
+        ),
+        entry("VE_ALLOC_BLOCK_SIZE", "Block prefix length in an etcd store, as --block-size"),
         entry("VE_ALLOC_POOL", "IPv4 pool, as --pool"),
         entry("VE_ALLOC_POOL6", "IPv6 pool, as --pool6"),
         entry("VE_ALLOC_LAYOUT", "Layout of the IPv4 pool, as --layout"),
@@ -70,6 +83,13 @@ pub const MANUAL: Manual = Manual {
             "ve-alloc alloc c1 c2 c3 --json | ve-link up --from -",
             "Lease several containers in one transaction (one JSON line each) and bring them \
              all up in one ve-link process",
+        ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/fleet --node-address 10.0.0.11 alloc web",
+            "Lease web a pair unique across a fleet of hosts sharing one etcd cluster: this \
+             host (node: its hostname, or --node) hands out pairs from /26 blocks it claims \
+             under the key prefix /fleet; list, show, show-ip and release see the whole fleet, \
+             gc this node's leases",
         ),
         entry("ve-alloc show-ip web", "Print web's container address"),
         entry("ve-alloc list --hosts", "/etc/hosts lines for every lease"),

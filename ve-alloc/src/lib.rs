@@ -546,7 +546,11 @@ impl Settings {
             Some(spec) => {
                 let spec = spec.map_err(|why| {
                     store_error(
-                        &format!("store {:?}: {why}", store.to_string_lossy()),
+                        &format!(
+                            "store {:?} is not a valid etcd URL \
+                             (etcd://HOST:PORT[,HOST:PORT...][/PREFIX]): {why}",
+                            store.to_string_lossy()
+                        ),
                         store_from_file.then_some(path.as_path()),
                     )
                 })?;
