@@ -7,7 +7,8 @@
 //!   it is absent, so an address can never be leased twice;
 //! - `block/4/HEX`, `block/6/HEX`: the node that claimed the block starting there;
 //! - `meta/block-bits/4|6`: the block size every node must agree on;
-//! - `node/NAME`: a node's record (its `--node-address`), written on its first write;
+//! - `node/NAME`: a node's record (its `--node-address` and the blocks it claimed),
+//!   written on its first write;
 //! - `cursor/NAME/4|6`: the host address the node handed out last (round robin).
 //!
 //! Transactions are optimistic: a [`EtcdTxn`] records the revision of every key it
@@ -132,10 +133,13 @@ impl Record {
     }
 }
 
-/// This node, as other nodes see it.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+/// This node, as other nodes see it, and the blocks it claimed (`4/HEX`, `6/HEX`): one
+/// small read tells a node its blocks, however large the fleet.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 struct NodeRecord {
     address: Option<IpAddr>,
+    #[serde(default)]
+    blocks: Vec<String>,
 }
 
 /// One key and value as a range returned it.
@@ -325,6 +329,8 @@ pub struct EtcdTxn<'a> {
     reads: HashMap<Vec<u8>, i64>,
     /// Key ranges read whole: no key in them may change after the revision read.
     range_reads: Vec<(Vec<u8>, Vec<u8>, i64)>,
+    /// Keys that must still hold these values at commit (the blocks allocated from).
+    value_checks: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Values read (None: absent).
     cache: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Buffered writes (None: delete).
@@ -342,6 +348,7 @@ impl<'a> EtcdTxn<'a> {
             store,
             reads: HashMap::new(),
             range_reads: Vec::new(),
+            value_checks: BTreeMap::new(),
             cache: HashMap::new(),
             writes: BTreeMap::new(),
             restart: false,
@@ -369,6 +376,35 @@ impl<'a> EtcdTxn<'a> {
         let v = found.map(|kv| kv.value);
         self.cache.insert(key.to_vec(), v.clone());
         Ok(v)
+    }
+
+    /// Read `keys` in one round trip (those not read yet), as [`Self::read_key`] would.
+    fn prefetch(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        let want: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .iter()
+            .filter(|k| !self.cache.contains_key(*k) && !self.writes.contains_key(*k))
+            .map(|k| {
+                let mut end = k.clone();
+                end.push(0);
+                (k.clone(), end)
+            })
+            .collect();
+        let got = self.store.ranges(&want)?;
+        for ((k, _), kvs) in want.iter().zip(got) {
+            match kvs.into_iter().find(|kv| kv.key == *k) {
+                Some(kv) => self.saw(k, Some(kv.value), kv.mod_revision),
+                None => self.saw(k, None, 0),
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's record as stored (None before its first write).
+    fn node_record(&mut self) -> Result<Option<NodeRecord>> {
+        let key = self.store.node_key(&self.store.node.clone());
+        self.read_key(&key)?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| corrupt(&key, e)))
+            .transpose()
     }
 
     /// Note a key as read at `rev` with `value` without asking etcd (it came in a range).
@@ -419,13 +455,14 @@ impl<'a> EtcdTxn<'a> {
             return Ok(true);
         }
         if !self.store.registered {
-            let key = self.store.node_key(&self.store.node.clone());
-            let want = serde_json::to_vec(&NodeRecord {
-                address: self.store.node_address,
-            })
-            .map_err(|e| Error::internal(e.to_string()))?;
-            if self.read_key(&key)?.as_deref() != Some(&want[..]) {
-                self.writes.insert(key, Some(want));
+            let mut record = self.node_record()?;
+            let address = self.store.node_address;
+            if record.as_ref().is_none_or(|r| r.address != address) {
+                let mut r = record.take().unwrap_or_default();
+                r.address = address;
+                let v = serde_json::to_vec(&r).map_err(|e| Error::internal(e.to_string()))?;
+                let key = self.store.node_key(&self.store.node.clone());
+                self.writes.insert(key, Some(v));
             }
         }
         let mut compare: Vec<Value> = self
@@ -436,6 +473,9 @@ impl<'a> EtcdTxn<'a> {
                        "mod_revision": rev.to_string()})
             })
             .collect();
+        compare.extend(self.value_checks.iter().map(
+            |(k, v)| json!({"key": b64(k), "target": "VALUE", "result": "EQUAL", "value": b64(v)}),
+        ));
         compare.extend(self.range_reads.iter().map(|(k, end, rev)| {
             json!({"key": b64(k), "range_end": b64(end), "target": "MOD", "result": "LESS",
                    "mod_revision": (rev + 1).to_string()})

@@ -24,6 +24,7 @@ const SPREAD: usize = 16;
 /// existing dynamic lease gains an IPv6 pair once an IPv6 pool is configured), as
 /// `alloc::allocate` does on one host.
 pub fn allocate(tx: &mut EtcdTxn, pools: &Pools, name: &str) -> Result<Lease> {
+    tx.prefetch_for_alloc(name)?;
     if let Some(mut lease) = tx.get(name)? {
         if let (Some(p6), None, false) = (pools.v6, lease.host_address6, lease.fixed) {
             let (h, l) = tx.block_pair(&p6)?;
@@ -77,147 +78,190 @@ fn from_u128(n: u128, v6: bool) -> IpAddr {
 }
 
 impl EtcdTxn<'_> {
-    /// A free pair of `pool` in one of this node's blocks, its addresses recorded as
-    /// read-absent (the commit fails if another writer takes them) and the block's
-    /// revision recorded (the commit fails if the block changed hands). Claims a block
-    /// and restarts the transaction when this node has no free pair.
+    /// Read the lease, this node's record and its cursors in one round trip.
+    fn prefetch_for_alloc(&mut self, name: &str) -> Result<()> {
+        let node = self.store.node.clone();
+        let keys = [
+            self.store.lease_key(name),
+            self.store.node_key(&node),
+            self.cursor_key(false),
+            self.cursor_key(true),
+        ];
+        self.prefetch(&keys)
+    }
+
+    /// A free pair of `pool` in one of this node's blocks (listed in its node record),
+    /// its addresses recorded as read-absent (the commit fails if another writer takes
+    /// them) and the block checked at commit to be still this node's. Claims a block and
+    /// restarts the transaction when this node has no free pair.
     fn block_pair(&mut self, pool: &Pool) -> Result<(IpAddr, IpAddr)> {
         let net = pool.net();
         let is6 = net.network().is_ipv6();
         let fam = if is6 { '6' } else { '4' };
         let size: u128 = 1 << self.store.block_bits;
         let (lo, hi) = (to_u128(net.network()), to_u128(net.broadcast()));
-        let block_base = self.store.key(&format!("block/{fam}/"));
-        let (_, claimed) = self
-            .store
-            .range(&block_base, Some(&prefix_end(&block_base)))?;
-        let mut taken = HashSet::new();
-        let mut mine = Vec::new();
-        for kv in claimed {
-            let hex = String::from_utf8_lossy(&kv.key[block_base.len()..]).into_owned();
-            let start = u128::from_str_radix(&hex, 16).map_err(|e| super::corrupt(&kv.key, e))?;
-            taken.insert(start);
-            if kv.value == self.store.node.as_bytes() && start + size > lo && start <= hi {
-                mine.push((start, kv.key, kv.mod_revision));
+        let record = self.node_record()?.unwrap_or_default();
+        let mut mine: Vec<u128> = Vec::new();
+        for b in &record.blocks {
+            let Some(hex) = b.strip_prefix(fam).and_then(|h| h.strip_prefix('/')) else {
+                continue;
+            };
+            let start = u128::from_str_radix(hex, 16)
+                .map_err(|e| super::corrupt(&self.store.node_key(&self.store.node.clone()), e))?;
+            if start + size > lo && start <= hi {
+                mine.push(start);
             }
         }
-        mine.sort();
-        let ranges: Vec<(Vec<u8>, Vec<u8>)> = mine
-            .iter()
-            .map(|(start, _, _)| {
-                (
-                    self.store.addr_key(from_u128(*start, is6)),
-                    prefix_end(&self.store.key(&format!(
-                        "addr/{fam}/{}",
-                        &hex_of(from_u128(start + size - 1, is6)).1
-                    ))),
-                )
-            })
-            .collect();
-        let mut held = HashSet::new();
-        for kvs in self.store.ranges(&ranges)? {
-            for kv in kvs {
-                held.insert(kv.key);
-            }
-        }
+        mine.sort_unstable();
+        mine.dedup();
         let cursor = self.cursor(is6)?.map(to_u128);
+        // Round robin: the first free pair after the one handed out last, block by block
+        // from the cursor's, wrapping; the blocks are read a few at a time, so a node
+        // with room in its current block reads one block.
+        let first = cursor
+            .and_then(|c| mine.iter().position(|s| c < s + size))
+            .unwrap_or(0);
+        let order: Vec<u128> = (0..=mine.len())
+            .filter_map(|k| mine.get((first + k) % mine.len().max(1)).copied())
+            .collect();
         let mut free = Vec::new();
-        for (b, (start, _, _)) in mine.iter().enumerate() {
-            for a in (*start).max(lo)..=(start + size - 1).min(hi) {
-                let Some(i) = pool.index_of(from_u128(a, is6)) else {
-                    continue;
-                };
-                let (h, l) = pool.pair(i);
-                let busy = |ip: IpAddr, tx: &Self| {
-                    let k = tx.store.addr_key(ip);
-                    match tx.writes.get(&k) {
-                        Some(w) => w.is_some(),
-                        None => held.contains(&k),
+        let mut next = 0;
+        let mut batch = 1;
+        while free.is_empty() && next < order.len() {
+            let chunk = &order[next..(next + batch).min(order.len())];
+            let ranges: Vec<(Vec<u8>, Vec<u8>)> = chunk
+                .iter()
+                .map(|start| {
+                    let last = self.store.addr_key(from_u128(start + size - 1, is6));
+                    (
+                        self.store.addr_key(from_u128(*start, is6)),
+                        prefix_end(&last),
+                    )
+                })
+                .collect();
+            let held: HashSet<Vec<u8>> = self
+                .store
+                .ranges(&ranges)?
+                .into_iter()
+                .flatten()
+                .map(|kv| kv.key)
+                .collect();
+            for (k, start) in chunk.iter().enumerate() {
+                // The cursor's block is visited twice: after the cursor, then (wrapped)
+                // up to it.
+                let pass = next + k;
+                for a in (*start).max(lo)..=(start + size - 1).min(hi) {
+                    let Some(i) = pool.index_of(from_u128(a, is6)) else {
+                        continue;
+                    };
+                    let in_turn = match cursor {
+                        Some(c) if pass == 0 => a > c,
+                        Some(c) if pass == mine.len() => a <= c,
+                        _ => pass < mine.len(),
+                    };
+                    if !in_turn {
+                        continue;
                     }
-                };
-                if !busy(h, self) && !busy(l, self) {
-                    free.push((h, l, b));
+                    let (h, l) = pool.pair(i);
+                    let busy = |ip: IpAddr, tx: &Self| {
+                        let k = tx.store.addr_key(ip);
+                        match tx.writes.get(&k) {
+                            Some(w) => w.is_some(),
+                            None => held.contains(&k),
+                        }
+                    };
+                    if !busy(h, self) && !busy(l, self) {
+                        free.push((h, l, *start));
+                    }
                 }
             }
+            next += chunk.len();
+            batch *= 4;
         }
         if free.is_empty() {
-            self.claim(pool, &taken, is6, size)?;
+            self.claim(pool, &record, is6, size)?;
             self.restart = true;
             return Err(Error::new(
                 Kind::Raced,
                 "claimed a new block; starting again",
             ));
         }
-        // Round robin: the first free pair after the one handed out last.
-        let first = cursor
-            .and_then(|c| free.iter().position(|(h, _, _)| to_u128(*h) > c))
-            .unwrap_or(0);
         let spread = if self.attempt == 0 {
             0
         } else {
             (std::process::id() as usize + self.attempt as usize) % free.len().min(SPREAD)
         };
-        let (h, l, b) = free[(first + spread) % free.len()];
+        let (h, l, block) = free[spread];
         for a in [h, l] {
             let k = self.store.addr_key(a);
             self.saw(&k, None, 0);
         }
-        let (_, bkey, brev) = &mine[b];
-        self.saw(bkey, Some(self.store.node.clone().into_bytes()), *brev);
+        let bkey = self
+            .store
+            .key(&format!("block/{fam}/{}", hex_of(from_u128(block, is6)).1));
+        self.value_checks
+            .insert(bkey, self.store.node.clone().into_bytes());
         self.set_cursor(is6, h)?;
         Ok((h, l))
     }
 
     /// Claim the first unclaimed block of `pool` for this node in one compare-and-swap
-    /// transaction, which also registers the node and fixes the fleet's block size. A
-    /// lost race is no error: the caller starts again and sees the new owner.
-    fn claim(&mut self, pool: &Pool, taken: &HashSet<u128>, is6: bool, size: u128) -> Result<()> {
+    /// transaction, which also registers the node, adds the block to its record and
+    /// fixes the fleet's block size. A lost race is no error: the caller starts again and
+    /// sees the new owner.
+    fn claim(&mut self, pool: &Pool, record: &NodeRecord, is6: bool, size: u128) -> Result<()> {
         let net = pool.net();
         let (lo, hi) = (to_u128(net.network()), to_u128(net.broadcast()));
         let fam = if is6 { '6' } else { '4' };
         let bits = self.store.block_bits.to_string();
         let meta = self.store.key(&format!("meta/block-bits/{fam}"));
+        let block_base = self.store.key(&format!("block/{fam}/"));
+        let nkey = self.store.node_key(&self.store.node.clone());
+        let node_rev = self.reads.get(&nkey).copied().unwrap_or(0);
         let (_, m) = self.store.range(&meta, None)?;
         let meta_rev = match m.first() {
-            Some(kv) if kv.value != bits.as_bytes() => {
-                return Err(Error::config(format!(
+            Some(kv) if kv.value != bits.as_bytes() => return Err(Error::config(format!(
                 "etcd store: the fleet's blocks have {} host bits, but --block-size gives {bits}",
                 String::from_utf8_lossy(&kv.value)
-            )))
-            }
+            ))),
             Some(kv) => kv.mod_revision,
             None => 0,
         };
+        let (_, claimed) = self
+            .store
+            .range(&block_base, Some(&prefix_end(&block_base)))?;
+        let taken: HashSet<Vec<u8>> = claimed.into_iter().map(|kv| kv.key).collect();
         let mut start = lo - lo % size;
-        let block = loop {
+        let (block, bkey) = loop {
             if start > hi {
-                let n = taken.len();
                 return Err(Error::new(
                     Kind::CantCreate,
                     format!(
                         "address pool {pool} is exhausted for node {}: its blocks are full and \
-                         every other block is claimed ({n} blocks claimed in the fleet)",
-                        self.store.node
+                         every other block is claimed ({} blocks in the fleet)",
+                        self.store.node,
+                        taken.len()
                     ),
                 ));
             }
+            let bkey = self
+                .store
+                .key(&format!("block/{fam}/{}", hex_of(from_u128(start, is6)).1));
             let has_pair = (start.max(lo)..=(start + size - 1).min(hi))
                 .any(|a| pool.index_of(from_u128(a, is6)).is_some());
-            if !taken.contains(&start) && has_pair {
-                break start;
+            if !taken.contains(&bkey) && has_pair {
+                break (start, bkey);
             }
             start += size;
         };
-        let bkey = self
-            .store
-            .key(&format!("block/{fam}/{}", hex_of(from_u128(block, is6)).1));
-        let nkey = self.store.node_key(&self.store.node.clone());
-        let (_, n) = self.store.range(&nkey, None)?;
-        let node_rev = n.first().map_or(0, |kv| kv.mod_revision);
-        let record = serde_json::to_vec(&NodeRecord {
+        let mut record = NodeRecord {
             address: self.store.node_address,
-        })
-        .map_err(|e| Error::internal(e.to_string()))?;
+            blocks: record.blocks.clone(),
+        };
+        record
+            .blocks
+            .push(format!("{fam}/{}", hex_of(from_u128(block, is6)).1));
+        let record = serde_json::to_vec(&record).map_err(|e| Error::internal(e.to_string()))?;
         let cmp = |k: &[u8], rev: i64| json!({"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string()});
         let put = |k: &[u8], v: &[u8]| json!({"request_put": {"key": b64(k), "value": b64(v)}});
         // Comparing the node's record serialises the claims of one node's parallel

@@ -233,11 +233,15 @@ pub fn unb64(text: &str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let (mut n, mut bits) = (0u32, 0);
     for c in text.bytes().filter(|c| *c != b'=') {
-        let v = B64
-            .iter()
-            .position(|b| *b == c)
-            .ok_or_else(|| Error::new(Kind::Io, "etcd gateway sent bad base64"))?;
-        n = (n << 6) | v as u32;
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(Error::new(Kind::Io, "etcd gateway sent bad base64")),
+        };
+        n = (n << 6) | u32::from(v);
         bits += 6;
         if bits >= 8 {
             bits -= 8;
