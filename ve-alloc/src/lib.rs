@@ -288,23 +288,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         }
         Cmd::Release { names } => {
             let names = read_names(names, NoNames::None)?;
-            let release = |tx: &mut dyn Txn| {
-                names
-                    .iter()
-                    .map(|n| tx.remove(n).map(|removed| (n, removed)))
-                    .collect::<Result<Vec<_>>>()
-            };
-            // Releasing names that hold nothing touches nothing, not even the lock.
-            let held = store.read(|tx| {
-                names
-                    .iter()
-                    .try_fold(false, |any, n| Ok(any || tx.get(n)?.is_some()))
-            })?;
-            let gone = if held {
-                store.write(release)?
-            } else {
-                names.iter().map(|n| (n, false)).collect()
-            };
+            let gone = store.release(&names)?;
             for (n, removed) in gone {
                 if removed {
                     log::info!("released {n}");

@@ -64,10 +64,53 @@ impl AnyStore {
                 tx.only_this_node();
                 alloc::gc(tx, keep, true)
             }),
-            (AnyStore::Etcd(s), false) => s.write(|tx| {
-                tx.only_this_node();
-                alloc::gc(tx, keep, false)
-            }),
+            // One transaction per lease: etcd caps a transaction at 128 operations, and
+            // gc needs no atomicity (a lease another run released meanwhile is skipped).
+            (AnyStore::Etcd(s), false) => {
+                let gone = s.read(|tx| {
+                    tx.only_this_node();
+                    alloc::gc(tx, keep, true)
+                })?;
+                let mut done = Vec::with_capacity(gone.len());
+                for l in gone {
+                    let removed = s.write(|tx| match tx.get(&l.name)? {
+                        Some(now) if now == l => tx.remove(&l.name),
+                        _ => Ok(false),
+                    })?;
+                    if removed {
+                        done.push(l);
+                    }
+                }
+                Ok(done)
+            }
+        }
+    }
+
+    /// Release `names`; each with whether it held a lease. Names that hold nothing
+    /// touch nothing, not even SQLite's lock; on etcd each name is one transaction
+    /// (etcd caps a transaction at 128 operations; release needs no atomicity).
+    pub fn release<'n>(&mut self, names: &'n [String]) -> Result<Vec<(&'n String, bool)>> {
+        match self {
+            AnyStore::Sqlite(s) => {
+                let held = s.read(|tx| {
+                    names
+                        .iter()
+                        .try_fold(false, |any, n| Ok(any || tx.get(n)?.is_some()))
+                })?;
+                if !held {
+                    return Ok(names.iter().map(|n| (n, false)).collect());
+                }
+                s.write(|tx| {
+                    names
+                        .iter()
+                        .map(|n| tx.remove(n).map(|removed| (n, removed)))
+                        .collect()
+                })
+            }
+            AnyStore::Etcd(s) => names
+                .iter()
+                .map(|n| Ok((n, s.write(|tx| tx.remove(n))?)))
+                .collect(),
         }
     }
 

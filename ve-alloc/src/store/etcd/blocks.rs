@@ -220,10 +220,12 @@ impl EtcdTxn<'_> {
         let node_rev = self.reads.get(&nkey).copied().unwrap_or(0);
         let (_, m) = self.store.range(&meta, None)?;
         let meta_rev = match m.first() {
-            Some(kv) if kv.value != bits.as_bytes() => return Err(Error::config(format!(
+            Some(kv) if kv.value != bits.as_bytes() => {
+                return Err(Error::config(format!(
                 "etcd store: the fleet's blocks have {} host bits, but --block-size gives {bits}",
                 String::from_utf8_lossy(&kv.value)
-            ))),
+            )))
+            }
             Some(kv) => kv.mod_revision,
             None => 0,
         };
