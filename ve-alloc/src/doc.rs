@@ -91,6 +91,11 @@ pub const MANUAL: Manual = Manual {
              under the key prefix /fleet; list, show, show-ip and release see the whole fleet, \
              gc this node's leases",
         ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379/fleet node release old-host",
+            "A host of the fleet is gone for good: release its dynamic leases and free its \
+             blocks for the other nodes (a directory store has no nodes: exit 64)",
+        ),
         entry("ve-alloc show-ip web", "Print web's container address"),
         entry("ve-alloc list --hosts", "/etc/hosts lines for every lease"),
         entry(

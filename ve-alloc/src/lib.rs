@@ -188,6 +188,24 @@ enum Cmd {
         /// Directory of NixOS container conf files, e.g. /etc/nixos-containers
         dir: PathBuf,
     },
+    /// The nodes of an etcd store
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Forget a node known to be gone for good: release its dynamic leases, free its
+    /// blocks for other nodes and remove its record; print the released leases' names
+    ///
+    /// Only for a node that will not come back with its containers: their addresses
+    /// can be handed out again at once. A node never heard of is no error.
+    Release {
+        /// The node's name (its --node)
+        name: String,
+    },
 }
 
 /// `--layout`: one of the [`Layout`] names, which completions offer, or empty (the next
@@ -237,7 +255,12 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     // Validate everything the command needs before opening the store.
     let names: Vec<&str> = match &cli.cmd {
         Cmd::Alloc { names } => names.iter().map(String::as_str).collect(),
-        Cmd::ShowIp { name } | Cmd::Show { name } | Cmd::Reserve { name, .. } => vec![name],
+        Cmd::ShowIp { name }
+        | Cmd::Show { name }
+        | Cmd::Reserve { name, .. }
+        | Cmd::Node {
+            cmd: NodeCmd::Release { name },
+        } => vec![name],
         _ => vec![],
     };
     for n in names {
@@ -376,6 +399,23 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
                     .collect::<Result<Vec<_>>>()
             })?;
             print_leases(&done, cli.json)
+        }
+        Cmd::Node {
+            cmd: NodeCmd::Release { name },
+        } => {
+            let AnyStore::Etcd(etcd) = &mut store else {
+                return Err(Error::usage(
+                    "node release needs an etcd store (--store etcd://...); a directory store \
+                     has no nodes",
+                ));
+            };
+            let gone = etcd.release_node(name)?;
+            if cli.json {
+                print_json_lines(&gone)
+            } else {
+                let text: String = gone.iter().map(|l| format!("{}\n", l.name)).collect();
+                output::print(&text)
+            }
         }
     }
 }

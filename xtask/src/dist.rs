@@ -215,7 +215,7 @@ mod tests {
         (
             "ve-alloc",
             &[
-                "alloc", "show-ip", "show", "release", "list", "reserve", "gc", "import",
+                "alloc", "show-ip", "show", "release", "list", "reserve", "gc", "import", "node",
             ],
         ),
         ("ve-link", &["up", "check", "down", "gc", "list"]),

@@ -262,6 +262,70 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// `node release NAME`: release the node's dynamic leases (one transaction each),
+    /// delete its blocks (each only while still its own), then its record and cursors.
+    /// Returns the released leases.
+    pub fn release_node(&mut self, node: &str) -> Result<Vec<Lease>> {
+        let leases = self.read(|tx| tx.all_with_nodes())?;
+        let mut gone = Vec::new();
+        for (l, n) in leases {
+            if n != node || l.fixed {
+                continue;
+            }
+            let removed = self.write(|tx| match tx.record(&l.name)? {
+                Some(r) if r.node == node && r.lease() == l => tx.remove(&l.name),
+                _ => Ok(false),
+            })?;
+            if removed {
+                gone.push(l);
+            }
+        }
+        let mut blocks = Vec::new();
+        for fam in ['4', '6'] {
+            let base = self.key(&format!("block/{fam}/"));
+            let (_, kvs) = self.range(&base, Some(&prefix_end(&base)))?;
+            blocks.extend(kvs.into_iter().filter(|kv| kv.value == node.as_bytes()));
+        }
+        // etcd allows 128 operations per transaction.
+        for chunk in blocks.chunks(100) {
+            let compare: Vec<Value> = chunk
+                .iter()
+                .map(|kv| {
+                    json!({"key": b64(&kv.key), "target": "VALUE", "result": "EQUAL",
+                           "value": b64(node.as_bytes())})
+                })
+                .collect();
+            let delete: Vec<Value> = chunk
+                .iter()
+                .map(|kv| json!({"request_delete_range": {"key": b64(&kv.key)}}))
+                .collect();
+            // A block another run deleted meanwhile fails the compare: nothing to do.
+            self.client.call(
+                "/v3/kv/txn",
+                &json!({"compare": compare, "success": delete, "failure": []}),
+            )?;
+        }
+        let cursors = self.key(&format!("cursor/{node}/"));
+        let record = self.node_key(node);
+        let mut record_end = record.clone();
+        record_end.push(0);
+        self.client.call(
+            "/v3/kv/txn",
+            &json!({"compare": [], "success": [
+                {"request_delete_range": {"key": b64(&record), "range_end": b64(&record_end)}},
+                {"request_delete_range": {"key": b64(&cursors), "range_end": b64(&prefix_end(&cursors))}},
+            ], "failure": []}),
+        )?;
+        log::info!(
+            "node {node}: released {} leases and {} blocks",
+            gone.len(),
+            blocks.len()
+        );
+        Ok(gone)
+    }
+}
+
 fn revision(v: &Value) -> i64 {
     int(v.get("header").and_then(|h| h.get("revision")))
 }
