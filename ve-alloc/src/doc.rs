@@ -61,7 +61,7 @@ pub const MANUAL: Manual = Manual {
     files: &[
         entry(
             "/etc/ve-alloc.conf",
-            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT",
+            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT, and for an etcd store NODE, NODE_ADDRESS, BLOCK_SIZE",
         ),
         entry(
             "/var/lib/ve-alloc/leases.db",

@@ -48,7 +48,8 @@ pub const DEFAULT_POOL: &str = "10.233.0.0/16";
     long_about = "Lease each container a host/container address pair (IPv4, and IPv6 when an \
 IPv6 pool is configured) from a pool, remember it in an embedded store, and free it again.\n\n\
 Settings come from flags, then VE_ALLOC_* environment variables, then the config file \
-(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT), then defaults. An empty \
+(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT, and for an etcd store \
+NODE, NODE_ADDRESS, BLOCK_SIZE), then defaults. An empty \
 value anywhere means \"not set here\": the next source decides."
 )]
 struct Cli {
@@ -578,7 +579,7 @@ impl Settings {
                         store_from_file.then_some(path.as_path()),
                     )
                 })?;
-                Some(EtcdSettings::resolve(cli, spec)?)
+                Some(EtcdSettings::resolve(cli, spec, &file, &path)?)
             }
             None => {
                 check_store_path(&store, store_from_file.then_some(path.as_path()))?;
@@ -686,37 +687,74 @@ struct EtcdSettings {
 }
 
 impl EtcdSettings {
-    fn resolve(cli: &Cli, spec: Spec) -> Result<EtcdSettings> {
-        let node = match given(&cli.node) {
-            Some(n) => n.to_string(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map_err(|e| Error::io("reading the hostname (for --node)", e))?
-                .trim()
-                .to_string(),
+    /// `file` is the config file's settings (`path`); its errors are 78, a flag's or
+    /// the environment's 64.
+    fn resolve(
+        cli: &Cli,
+        spec: Spec,
+        file: &std::collections::BTreeMap<String, String>,
+        path: &Path,
+    ) -> Result<EtcdSettings> {
+        // A flag or the environment, else the config file, and how to word an error
+        // about it.
+        let pick = |flag: &Option<String>, key: &'static str, what: &'static str| {
+            let from_flag = given(flag).is_some();
+            let v = given(flag)
+                .or_else(|| file.get(key).map(String::as_str).filter(|v| !v.is_empty()))
+                .map(str::to_string);
+            let shown = path.display().to_string();
+            let bad = move |why: String| {
+                if from_flag {
+                    Error::usage(format!("{what}: {why}"))
+                } else {
+                    Error::config(format!("{shown}: {key}: {why}"))
+                }
+            };
+            (v, bad)
         };
-        name::validate(&node).map_err(|e| e.context("--node (or VE_ALLOC_NODE)"))?;
-        let node_address = given(&cli.node_address)
-            .map(|a| {
-                a.parse::<IpAddr>().map_err(|_| {
-                    Error::usage(format!(
-                        "--node-address (or VE_ALLOC_NODE_ADDRESS): {a:?} is not an IP address"
+        let (node, bad) = pick(&cli.node, "NODE", "--node (or VE_ALLOC_NODE)");
+        let node = match node {
+            Some(n) => {
+                name::validate(&n).map_err(|e| bad(e.to_string()))?;
+                n
+            }
+            None => {
+                let n = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map_err(|e| Error::io("reading the hostname (for --node)", e))?
+                    .trim()
+                    .to_string();
+                name::validate(&n).map_err(|e| {
+                    Error::config(format!(
+                        "the hostname cannot be a node name ({e}); give --node"
                     ))
-                })
+                })?;
+                n
+            }
+        };
+        let (addr, bad) = pick(
+            &cli.node_address,
+            "NODE_ADDRESS",
+            "--node-address (or VE_ALLOC_NODE_ADDRESS)",
+        );
+        let node_address = addr
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| bad(format!("{a:?} is not an IP address")))
             })
             .transpose()?;
-        let block_prefix = match given(&cli.block_size) {
+        let (size, bad) = pick(
+            &cli.block_size,
+            "BLOCK_SIZE",
+            "--block-size (or VE_ALLOC_BLOCK_SIZE)",
+        );
+        let block_prefix = match size {
             None => crate::store::etcd::DEFAULT_BLOCK_PREFIX,
             Some(b) => b
                 .trim_start_matches('/')
                 .parse::<u8>()
                 .ok()
                 .filter(|b| (16..=30).contains(b))
-                .ok_or_else(|| {
-                    Error::usage(format!(
-                        "--block-size (or VE_ALLOC_BLOCK_SIZE): {b:?} is not a prefix length \
-                         from 16 to 30"
-                    ))
-                })?,
+                .ok_or_else(|| bad(format!("{b:?} is not a prefix length from 16 to 30")))?,
         };
         Ok(EtcdSettings {
             spec,
@@ -744,14 +782,23 @@ fn read_config(path: &Path, explicit: bool) -> Result<std::collections::BTreeMap
     };
     let origin = path.display().to_string();
     let map = output::parse_env(&text, &origin).map_err(|e| e.with_kind(Kind::Config))?;
-    if let Some(k) = map
-        .keys()
-        .find(|k| !["STORE", "POOL", "POOL6", "LAYOUT"].contains(&k.as_str()))
-    {
+    if let Some(k) = map.keys().find(|k| !CONFIG_KEYS.contains(&k.as_str())) {
         return Err(Error::config(format!(
-            "{origin}: unknown setting {} (known: STORE, POOL, POOL6, LAYOUT)",
-            output::quote_key(k)
+            "{origin}: unknown setting {} (known: {})",
+            output::quote_key(k),
+            CONFIG_KEYS.join(", ")
         )));
     }
     Ok(map)
 }
+
+/// The config file's settings (the last three for an etcd store).
+const CONFIG_KEYS: [&str; 7] = [
+    "STORE",
+    "POOL",
+    "POOL6",
+    "LAYOUT",
+    "NODE",
+    "NODE_ADDRESS",
+    "BLOCK_SIZE",
+];

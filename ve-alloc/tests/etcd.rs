@@ -525,6 +525,28 @@ fn a_released_node_that_comes_back_hands_out_nothing_another_node_holds() {
         late_host.octets()[3] >= 128,
         "late got {late_host}, inside a block n1 owns"
     );
+    // Node settings from the config file; a block size other than the fleet's is 78.
+    let conf = c.nodes[2].dir().join("ve-alloc.conf");
+    let from_conf = |extra: &str| {
+        std::fs::write(&conf, format!("STORE={}\nNODE=n9\n{extra}", c.url(p))).unwrap();
+        va(&c, 2, p, &["alloc", "fromconf"])
+            .env("VE_ALLOC_CONFIG", &conf)
+            .env_remove("VE_ALLOC_STORE")
+            .env_remove("VE_ALLOC_NODE")
+            .env_remove("VE_ALLOC_NODE_ADDRESS")
+            .output()
+            .unwrap()
+    };
+    for bad in ["BLOCK_SIZE=31\n", "BLOCK_SIZE=28\n", "NODE_ADDRESS=x\n"] {
+        let o = from_conf(bad);
+        assert_eq!(o.status.code(), Some(78), "{bad}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+    }
+    let o = from_conf("NODE_ADDRESS=198.51.100.99\nBLOCK_SIZE=26\n");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let l = list(&c, 0, p);
+    let l = l.iter().find(|l| l["name"] == "fromconf").unwrap();
+    assert_eq!(l["node"], "n9");
     // The directory store has no nodes.
     let o = c.nodes[0]
         .command(BIN)
