@@ -96,6 +96,11 @@ pub const MANUAL: Manual = Manual {
             "A host of the fleet is gone for good: release its dynamic leases and free its \
              blocks for the other nodes (a directory store has no nodes: exit 64)",
         ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379/fleet routes",
+            "The blocks of the fleet's other nodes, `10.233.0.64/26 via 10.0.0.12` per line \
+             (--json: JSON Lines with the node's name)",
+        ),
         entry("ve-alloc show-ip web", "Print web's container address"),
         entry("ve-alloc list --hosts", "/etc/hosts lines for every lease"),
         entry(

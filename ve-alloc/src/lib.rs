@@ -189,6 +189,12 @@ enum Cmd {
         /// Directory of NixOS container conf files, e.g. /etc/nixos-containers
         dir: PathBuf,
     },
+    /// Print the blocks of the other nodes of an etcd store, `BLOCK via ADDR` per line
+    ///
+    /// What `ve-link routes --from -` reads to route every other node's containers
+    /// through that node; --json gives JSON Lines with the node's name. Nodes without a
+    /// --node-address are left out (with a warning).
+    Routes,
     /// The nodes of an etcd store
     Node {
         #[command(subcommand)]
@@ -400,6 +406,24 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
                     .collect::<Result<Vec<_>>>()
             })?;
             print_leases(&done, cli.json)
+        }
+        Cmd::Routes => {
+            let AnyStore::Etcd(etcd) = &mut store else {
+                return Err(Error::usage(
+                    "routes needs an etcd store (--store etcd://...); a directory store \
+                     serves one host",
+                ));
+            };
+            let routes = etcd.routes()?;
+            let mut text = String::new();
+            for r in &routes {
+                if cli.json {
+                    text.push_str(&output::json_line(r)?);
+                } else {
+                    text.push_str(&format!("{} via {}\n", r.block, r.via));
+                }
+            }
+            output::print(&text)
         }
         Cmd::Node {
             cmd: NodeCmd::Release { name },

@@ -169,6 +169,41 @@ fn three_nodes_allocate_concurrently_without_duplicates() {
             assert_eq!(l["node"].as_str(), Some(node.as_str()), "{l}");
         }
     }
+    // Routes: from n1, every block of n2 and n3 via their addresses; each of their
+    // leases is inside one of them; none of n1's blocks.
+    let o = va(&c, 0, "fleet", &["routes"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let routes: Vec<(ipnet::Ipv4Net, String)> = text(&o.stdout)
+        .lines()
+        .map(|l| {
+            let (block, via) = l.split_once(" via ").unwrap_or_else(|| panic!("{l}"));
+            (block.parse().unwrap(), via.to_string())
+        })
+        .collect();
+    let leases = list(&c, 0, "fleet");
+    for l in &leases {
+        let a: std::net::Ipv4Addr = l["host_address"].as_str().unwrap().parse().unwrap();
+        let via: Vec<&String> = routes
+            .iter()
+            .filter(|(b, _)| b.contains(&a))
+            .map(|(_, v)| v)
+            .collect();
+        match l["node"].as_str().unwrap() {
+            "n1" => assert!(via.is_empty(), "{a} of n1 routed away: {via:?}"),
+            n => {
+                let i: usize = n[1..].parse().unwrap();
+                assert_eq!(via, [&c.nodes[i - 1].addr], "{a} of {n}");
+            }
+        }
+    }
+    let o = va(&c, 0, "fleet", &["routes", "--json"]).output().unwrap();
+    let lines = text(&o.stdout);
+    assert_eq!(lines.lines().count(), routes.len());
+    for l in lines.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["node"] == "n2" || v["node"] == "n3", "{v}");
+        assert!(v["block"].as_str().unwrap().ends_with("/26"), "{v}");
+    }
     // Names are fleet-wide: another node shows and releases them.
     let o = va(&c, 2, "fleet", &["show-ip", "c0-0"]).output().unwrap();
     assert_eq!(text(&o.stdout).trim(), printed["c0-0"]["LOCAL_ADDRESS"]);
@@ -556,4 +591,19 @@ fn a_released_node_that_comes_back_hands_out_nothing_another_node_holds() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(64));
+    let o = c.nodes[0]
+        .command(BIN)
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .env("VE_ALLOC_STORE", c.nodes[0].dir().join("sq"))
+        .arg("routes")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    // n2's old block is n1's now, so n3 routes it to n1.
+    let o = va(&c, 2, p, &["routes"]).output().unwrap();
+    let routes = text(&o.stdout);
+    assert!(
+        routes.contains(&format!("10.233.0.0/26 via {}\n", c.nodes[0].addr)),
+        "{routes}"
+    );
 }

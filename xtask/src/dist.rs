@@ -215,7 +215,8 @@ mod tests {
         (
             "ve-alloc",
             &[
-                "alloc", "show-ip", "show", "release", "list", "reserve", "gc", "import", "node",
+                "alloc", "show-ip", "show", "release", "list", "reserve", "gc", "import", "routes",
+                "node",
             ],
         ),
         ("ve-link", &["up", "check", "down", "gc", "list"]),

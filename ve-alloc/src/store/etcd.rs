@@ -326,6 +326,58 @@ impl EtcdStore {
     }
 }
 
+/// A block of another node and where to route it (`ve-alloc routes`).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Route {
+    /// The block, as a network (`10.233.0.64/26`).
+    pub block: String,
+    pub via: IpAddr,
+    pub node: String,
+}
+
+impl EtcdStore {
+    /// The blocks of every other node that has a node address, ordered by family and
+    /// address; blocks of nodes without one are skipped with a warning (nothing to
+    /// route them to).
+    pub fn routes(&mut self) -> Result<Vec<Route>> {
+        let base = self.key("node/");
+        let (_, nodes) = self.range(&base, Some(&prefix_end(&base)))?;
+        let mut via: HashMap<String, Option<IpAddr>> = HashMap::new();
+        for kv in nodes {
+            let r: NodeRecord =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            via.insert(
+                String::from_utf8_lossy(&kv.key[base.len()..]).into_owned(),
+                r.address,
+            );
+        }
+        let mut out = Vec::new();
+        for (fam, bits) in [('4', 32), ('6', 128)] {
+            let base = self.key(&format!("block/{fam}/"));
+            let (_, kvs) = self.range(&base, Some(&prefix_end(&base)))?;
+            for kv in kvs {
+                let node = String::from_utf8_lossy(&kv.value).into_owned();
+                if node == self.node {
+                    continue;
+                }
+                let hex = String::from_utf8_lossy(&kv.key[base.len()..]).into_owned();
+                let n = u128::from_str_radix(&hex, 16).map_err(|e| corrupt(&kv.key, e))?;
+                let start: IpAddr = if fam == '4' {
+                    IpAddr::V4(u32::try_from(n).map_err(|e| corrupt(&kv.key, e))?.into())
+                } else {
+                    IpAddr::V6(n.into())
+                };
+                let block = format!("{start}/{}", bits - self.block_bits);
+                match via.get(&node).copied().flatten() {
+                    Some(via) => out.push(Route { block, via, node }),
+                    None => log::warn!("node {node} has no node address; not routing {block}"),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn revision(v: &Value) -> i64 {
     int(v.get("header").and_then(|h| h.get("revision")))
 }
