@@ -39,7 +39,10 @@ pub const MANUAL: Manual = Manual {
             Exit::TempFail,
             "another process held the store locked longer than --wait; etcd answered but did not commit within --wait (no quorum: nothing printed)",
         ),
-        exit(Exit::NoPerm, "no permission to read or write the store"),
+        exit(
+            Exit::NoPerm,
+            "no permission to read or write the store; etcd refused --etcd-user or its password",
+        ),
         exit(
             Exit::Config,
             "a bad config file, a store written by another version or program, or a --block-size other than the fleet's",
@@ -53,6 +56,11 @@ pub const MANUAL: Manual = Manual {
             "Where other nodes route to this node's containers, as --node-address",
         ),
         entry("VE_ALLOC_BLOCK_SIZE", "Block prefix length in an etcd store, as --block-size"),
+        entry("VE_ALLOC_ETCD_USER", "etcd user name, as --etcd-user"),
+        entry(
+            "VE_ALLOC_ETCD_PASSWORD_FILE",
+            "File with the etcd user's password, as --etcd-password-file",
+        ),
         entry("VE_ALLOC_POOL", "IPv4 pool, as --pool"),
         entry("VE_ALLOC_POOL6", "IPv6 pool, as --pool6"),
         entry("VE_ALLOC_LAYOUT", "Layout of the IPv4 pool, as --layout"),
@@ -61,7 +69,7 @@ pub const MANUAL: Manual = Manual {
     files: &[
         entry(
             "/etc/ve-alloc.conf",
-            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT, and for an etcd store NODE, NODE_ADDRESS, BLOCK_SIZE",
+            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT, and for an etcd store NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE",
         ),
         entry(
             "/var/lib/ve-alloc/leases.db",

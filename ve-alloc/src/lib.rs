@@ -49,7 +49,7 @@ pub const DEFAULT_POOL: &str = "10.233.0.0/16";
 IPv6 pool is configured) from a pool, remember it in an embedded store, and free it again.\n\n\
 Settings come from flags, then VE_ALLOC_* environment variables, then the config file \
 (/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT, and for an etcd store \
-NODE, NODE_ADDRESS, BLOCK_SIZE), then defaults. An empty \
+NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE), then defaults. An empty \
 value anywhere means \"not set here\": the next source decides."
 )]
 struct Cli {
@@ -96,6 +96,18 @@ struct Cli {
         value_name = "PREFIXLEN"
     )]
     block_size: Option<String>,
+    /// User name for an etcd store with authentication enabled (needs
+    /// --etcd-password-file)
+    #[arg(long, env = "VE_ALLOC_ETCD_USER", global = true, value_name = "USER")]
+    etcd_user: Option<String>,
+    /// File holding the password of --etcd-user (one line)
+    #[arg(
+        long,
+        env = "VE_ALLOC_ETCD_PASSWORD_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    etcd_password_file: Option<String>,
     /// Configuration file [default: /etc/ve-alloc.conf, when it exists]
     // Parsed as an OsString so that an empty value reaches `Settings::resolve`, where
     // it means "not set", as everywhere else (clap's PathBuf parser refuses it).
@@ -287,6 +299,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             &e.node,
             e.node_address,
             e.block_prefix,
+            e.auth.clone(),
             settings.wait,
         )),
         None => AnyStore::Sqlite(SqliteStore::new(&settings.store, settings.wait)),
@@ -708,6 +721,7 @@ struct EtcdSettings {
     node: String,
     node_address: Option<IpAddr>,
     block_prefix: u8,
+    auth: Option<crate::store::etcd::Credentials>,
 }
 
 impl EtcdSettings {
@@ -780,11 +794,39 @@ impl EtcdSettings {
                 .filter(|b| (16..=30).contains(b))
                 .ok_or_else(|| bad(format!("{b:?} is not a prefix length from 16 to 30")))?,
         };
+        let (user, bad_user) = pick(
+            &cli.etcd_user,
+            "ETCD_USER",
+            "--etcd-user (or VE_ALLOC_ETCD_USER)",
+        );
+        let (pw_file, _) = pick(
+            &cli.etcd_password_file,
+            "ETCD_PASSWORD_FILE",
+            "--etcd-password-file (or VE_ALLOC_ETCD_PASSWORD_FILE)",
+        );
+        let auth =
+            match (user, pw_file) {
+                (None, None) => None,
+                (Some(user), Some(f)) => {
+                    let text = std::fs::read_to_string(&f)
+                        .map_err(|e| Error::io(format!("reading the etcd password file {f}"), e))?;
+                    let password = text.lines().next().unwrap_or("").to_string();
+                    Some(crate::store::etcd::Credentials { user, password })
+                }
+                (Some(_), None) => {
+                    return Err(bad_user("a user needs --etcd-password-file".to_string()))
+                }
+                (None, Some(_)) => return Err(Error::usage(
+                    "--etcd-password-file (or VE_ALLOC_ETCD_PASSWORD_FILE, ETCD_PASSWORD_FILE) \
+                     needs --etcd-user",
+                )),
+            };
         Ok(EtcdSettings {
             spec,
             node,
             node_address,
             block_prefix,
+            auth,
         })
     }
 }
@@ -816,8 +858,8 @@ fn read_config(path: &Path, explicit: bool) -> Result<std::collections::BTreeMap
     Ok(map)
 }
 
-/// The config file's settings (the last three for an etcd store).
-const CONFIG_KEYS: [&str; 7] = [
+/// The config file's settings (from NODE on for an etcd store).
+const CONFIG_KEYS: [&str; 9] = [
     "STORE",
     "POOL",
     "POOL6",
@@ -825,4 +867,6 @@ const CONFIG_KEYS: [&str; 7] = [
     "NODE",
     "NODE_ADDRESS",
     "BLOCK_SIZE",
+    "ETCD_USER",
+    "ETCD_PASSWORD_FILE",
 ];

@@ -607,3 +607,55 @@ fn a_released_node_that_comes_back_hands_out_nothing_another_node_holds() {
         "{routes}"
     );
 }
+
+/// With authentication enabled in etcd: no credentials or a wrong password is 77 and
+/// prints nothing; a user and its password file work.
+#[test]
+fn etcd_authentication_with_user_and_password_file() {
+    let Some(c) = cluster("etcd_authentication_with_user_and_password_file") else {
+        return;
+    };
+    for args in [
+        &["user", "add", "root:s3cret", "--interactive=false"][..],
+        &["auth", "enable"],
+    ] {
+        let o = c.etcdctl(args).output().unwrap();
+        assert!(o.status.success(), "etcdctl {args:?}: {o:?}");
+    }
+    let dir = c.nodes[0].dir();
+    std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+    std::fs::write(dir.join("bad"), "wrong\n").unwrap();
+    let run = |user: Option<&str>, file: &str| {
+        let mut cmd = va(&c, 0, "auth", &["--wait", "3", "alloc", "web"]);
+        if let Some(u) = user {
+            cmd.env("VE_ALLOC_ETCD_USER", u)
+                .env("VE_ALLOC_ETCD_PASSWORD_FILE", dir.join(file));
+        }
+        cmd.output().unwrap()
+    };
+    for (user, file) in [(Some("root"), "bad"), (Some("nobody"), "pw")] {
+        let o = run(user, file);
+        assert_eq!(
+            o.status.code(),
+            Some(77),
+            "{user:?} {file}: {}",
+            text(&o.stderr)
+        );
+        assert!(o.stdout.is_empty());
+    }
+    // No credentials: etcd's "user name is empty" carries the same gRPC code as any
+    // other refused argument, so it is the store's 74, with etcd's words.
+    let o = run(None, "");
+    assert_eq!(o.status.code(), Some(74), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("user name is empty"));
+    assert!(o.stdout.is_empty());
+    let o = run(Some("root"), "pw");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(env(&text(&o.stdout))["HOST_ADDRESS"], "10.233.0.2");
+    // A user without a password file is a usage error, before etcd is asked.
+    let o = va(&c, 0, "auth", &["alloc", "web"])
+        .env("VE_ALLOC_ETCD_USER", "root")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o.stderr));
+}

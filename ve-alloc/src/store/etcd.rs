@@ -34,6 +34,7 @@ use super::Txn;
 use crate::lease::Lease;
 
 pub use blocks::allocate;
+pub use client::Credentials;
 use client::{b64, unb64, Client};
 
 /// The key prefix when the URL names none.
@@ -168,11 +169,12 @@ impl EtcdStore {
         node: &str,
         node_address: Option<IpAddr>,
         block_prefix: u8,
+        auth: Option<Credentials>,
         wait: Duration,
     ) -> EtcdStore {
         let deadline = Instant::now() + wait;
         EtcdStore {
-            client: Client::new(spec.endpoints.clone(), deadline),
+            client: Client::new(spec.endpoints.clone(), auth, deadline),
             prefix: spec.prefix.clone(),
             node: node.to_string(),
             node_address,

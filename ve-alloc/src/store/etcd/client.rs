@@ -23,8 +23,27 @@ const BACKOFF: Duration = Duration::from_millis(50);
 /// timed out, leader changed).
 const RETRY_CODES: [i64; 4] = [4, 8, 10, 14];
 
+/// gRPC status codes for a refused identity: UNAUTHENTICATED (also an expired
+/// token), PERMISSION_DENIED.
+const UNAUTHENTICATED: i64 = 16;
+const PERMISSION_DENIED: i64 = 7;
+/// What etcd answers an authentication with an unknown user or a wrong password.
+const INVALID_ARGUMENT: i64 = 3;
+
+/// A user name and password for etcd's authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
 pub struct Client {
     endpoints: Vec<String>,
+    auth: Option<Credentials>,
+    /// The token `auth` got, sent with every request.
+    token: Option<String>,
+    /// The gRPC code of the last refused request.
+    last_code: i64,
     current: usize,
     conn: Option<BufReader<TcpStream>>,
     deadline: Instant,
@@ -35,9 +54,12 @@ pub struct Client {
 
 impl Client {
     /// A client for `endpoints` (HOST:PORT) that gives up at `deadline`.
-    pub fn new(endpoints: Vec<String>, deadline: Instant) -> Client {
+    pub fn new(endpoints: Vec<String>, auth: Option<Credentials>, deadline: Instant) -> Client {
         Client {
             endpoints,
+            auth,
+            token: None,
+            last_code: 0,
             current: 0,
             conn: None,
             deadline,
@@ -47,7 +69,51 @@ impl Client {
 
     /// POST `body` to `path` and return the answer's JSON, retrying on other endpoints
     /// until the deadline. A gateway error that is not temporary is returned at once.
+    /// With credentials, a token is fetched first, and fetched again once when etcd
+    /// no longer knows it (simple tokens expire).
     pub fn call(&mut self, path: &str, body: &Value) -> Result<Value> {
+        if self.auth.is_some() && self.token.is_none() {
+            self.authenticate()?;
+        }
+        match self.call_inner(path, body) {
+            Err(_) if self.last_code == UNAUTHENTICATED && self.token.is_some() => {
+                self.token = None;
+                self.authenticate()?;
+                self.call_inner(path, body)
+            }
+            r => r,
+        }
+    }
+
+    fn authenticate(&mut self) -> Result<()> {
+        let Some(c) = self.auth.clone() else {
+            return Ok(());
+        };
+        let v = self
+            .call_inner(
+                "/v3/auth/authenticate",
+                &serde_json::json!({"name": c.user, "password": c.password}),
+            )
+            .map_err(|e| {
+                if self.last_code == INVALID_ARGUMENT {
+                    Error::new(
+                        Kind::Permission,
+                        format!("etcd refused the user {:?}: {e}", c.user),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        let token = v
+            .get("token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::new(Kind::Io, "etcd authentication answered without a token"))?;
+        self.token = Some(token.to_string());
+        Ok(())
+    }
+
+    fn call_inner(&mut self, path: &str, body: &Value) -> Result<Value> {
+        self.last_code = 0;
         let body = serde_json::to_vec(body)
             .map_err(|e| Error::internal(format!("encoding an etcd request: {e}")))?;
         let mut last = String::from("no endpoint tried");
@@ -89,6 +155,13 @@ impl Client {
                         .unwrap_or("")
                         .to_string();
                     last = format!("{endpoint}: HTTP {status}: {msg}");
+                    self.last_code = code;
+                    if matches!(code, UNAUTHENTICATED | PERMISSION_DENIED) {
+                        return Err(Error::new(
+                            Kind::Permission,
+                            format!("etcd refused the request: {last}"),
+                        ));
+                    }
                     if !(RETRY_CODES.contains(&code) || status == 503) {
                         return Err(Error::new(Kind::Io, format!("etcd {last}")));
                     }
@@ -127,9 +200,13 @@ impl Client {
         };
         conn.get_ref().set_read_timeout(Some(timeout))?;
         conn.get_ref().set_write_timeout(Some(timeout))?;
+        let auth = match &self.token {
+            Some(t) => format!("Authorization: {t}\r\n"),
+            None => String::new(),
+        };
         let mut req = format!(
             "POST {path} HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
+             {auth}Content-Length: {}\r\n\r\n",
             body.len()
         )
         .into_bytes();
