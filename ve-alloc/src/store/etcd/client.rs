@@ -13,9 +13,11 @@ use std::{
 use common::{Error, Kind, Result};
 use serde_json::Value;
 
-/// The longest one request may take before the next endpoint is tried: longer than a
-/// quorum write (1-2 ms), shorter than a leader election (1-2 s) plus a retry.
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The longest one request may take before the next endpoint is tried: a quarter of
+/// `--wait` within these bounds, so a loaded cluster still answers (a quorum write takes
+/// 1-2 ms idle) and a dead member still leaves time for others.
+const REQUEST_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(1000), Duration::from_millis(3000));
 /// The pause between two rounds over the endpoints while none answers.
 const BACKOFF: Duration = Duration::from_millis(50);
 /// gRPC status codes the gateway reports that mean "try again, maybe elsewhere":
@@ -47,6 +49,7 @@ pub struct Client {
     current: usize,
     conn: Option<BufReader<TcpStream>>,
     deadline: Instant,
+    timeout: Duration,
     /// Whether any endpoint ever answered: then a failure is "no quorum" (75), else
     /// "unreachable" (69).
     answered: bool,
@@ -60,6 +63,8 @@ impl Client {
             auth,
             token: None,
             last_code: 0,
+            timeout: (deadline.saturating_duration_since(Instant::now()) / 4)
+                .clamp(REQUEST_TIMEOUT.0, REQUEST_TIMEOUT.1),
             current: 0,
             conn: None,
             deadline,
@@ -138,7 +143,7 @@ impl Client {
                 ));
             }
             first = false;
-            let timeout = REQUEST_TIMEOUT.min(left).max(Duration::from_millis(100));
+            let timeout = self.timeout.min(left).max(Duration::from_millis(100));
             let endpoint = self.endpoints[self.current].clone();
             match self.once(&endpoint, path, &body, timeout) {
                 Ok((200, v)) => {
