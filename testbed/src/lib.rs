@@ -7,6 +7,7 @@
 //! - [`host`]: the sandbox host's uplink to an "outside" namespace.
 //! - [`http`]: HTTP served and fetched inside namespaces.
 //! - [`nat`]: a NAT topology (containers -- host -- outside) with real traffic.
+//! - [`etcd`]: a real etcd cluster, with node namespaces that share nothing else.
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
 //! - [`networkd`]: a real systemd-networkd on such a bus.
 //! - [`firewalld`]: a real firewalld on a private D-Bus bus.
@@ -14,6 +15,7 @@
 //!
 //! Everything needed often is re-exported here.
 
+pub mod etcd;
 pub mod firewalld;
 pub mod host;
 pub mod http;

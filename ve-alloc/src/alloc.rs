@@ -134,7 +134,7 @@ pub fn reserve(tx: &mut dyn Txn, pools: &Pools, want: &Lease) -> Result<Lease> {
 /// Refuse a new lease for `name` when its interface name is already another leased
 /// name's: two long names that share their first bytes and, by chance, 40 bits of hash
 /// (see `common::name`). Only those can clash, so only those are compared.
-fn check_ifname(tx: &mut dyn Txn, new: &str, ifname: IfName) -> Result<()> {
+pub(crate) fn check_ifname(tx: &mut dyn Txn, new: &str, ifname: IfName) -> Result<()> {
     let Some(kept) = name::kept_prefix(name::HOST_PREFIX, new) else {
         return Ok(());
     };

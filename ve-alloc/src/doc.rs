@@ -15,7 +15,7 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::Usage,
-            "a missing or unknown argument, several alloc names without --json, --wait out of range, a --store that is a URL or a database file, gc with no names on a terminal",
+            "a missing or unknown argument, several alloc names without --json, --wait out of range, a --store that is a database file or a URL other than a valid etcd://, a bad --node, --node-address or --block-size, gc with no names on a terminal",
         ),
         exit(
             Exit::DataErr,
@@ -25,21 +25,31 @@ pub const MANUAL: Manual = Manual {
             Exit::NoInput,
             "no lease for NAME (show, show-ip), a named config file or import directory missing",
         ),
+        exit(
+            Exit::Unavailable,
+            "no etcd endpoint of an etcd:// store answered within --wait (nothing printed)",
+        ),
         exit(Exit::Software, "a bug in ve-alloc"),
         exit(Exit::OsErr, "a system call failed"),
-        exit(Exit::CantCreate, "the address pool is exhausted"),
+        exit(
+            Exit::CantCreate,
+            "the address pool is exhausted (etcd: this node's blocks are full and every other block is claimed)",
+        ),
         exit(
             Exit::IoErr,
             "the store cannot be read or written, is corrupt (it is never reset), or is not a directory",
         ),
         exit(
             Exit::TempFail,
-            "another process held the store locked longer than --wait",
+            "another process held the store locked longer than --wait; etcd answered but did not commit within --wait (no quorum: nothing printed)",
         ),
-        exit(Exit::NoPerm, "no permission to read or write the store"),
+        exit(
+            Exit::NoPerm,
+            "no permission to read or write the store; etcd refused --etcd-user or its password",
+        ),
         exit(
             Exit::Config,
-            "a bad config file, or a store written by another version or program",
+            "a bad config file, a store written by another version or program, or a --block-size other than the fleet's",
         ),
     ],
     env: &[
@@ -47,7 +57,18 @@ pub const MANUAL: Manual = Manual {
             "CNI_COMMAND",
             "When set (ADD, DEL, CHECK, VERSION, STATUS, GC), ve-alloc is a CNI IPAM plugin: configuration on stdin (store required), CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS, CNI_ARGS (K8S_POD_NAME names the lease) from the environment, the result or CNI error JSON on stdout",
         ),
-        entry("VE_ALLOC_STORE", "Store directory, as --store"),
+        entry("VE_ALLOC_STORE", "Store directory or etcd:// URL, as --store"),
+        entry("VE_ALLOC_NODE", "This host's node name in an etcd store, as --node"),
+        entry(
+            "VE_ALLOC_NODE_ADDRESS",
+            "Where other nodes route to this node's containers, as --node-address",
+        ),
+        entry("VE_ALLOC_BLOCK_SIZE", "Block prefix length in an etcd store, as --block-size"),
+        entry("VE_ALLOC_ETCD_USER", "etcd user name, as --etcd-user"),
+        entry(
+            "VE_ALLOC_ETCD_PASSWORD_FILE",
+            "File with the etcd user's password, as --etcd-password-file",
+        ),
         entry("VE_ALLOC_POOL", "IPv4 pool, as --pool"),
         entry("VE_ALLOC_POOL6", "IPv6 pool, as --pool6"),
         entry("VE_ALLOC_LAYOUT", "Layout of the IPv4 pool, as --layout"),
@@ -56,7 +77,7 @@ pub const MANUAL: Manual = Manual {
     files: &[
         entry(
             "/etc/ve-alloc.conf",
-            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT",
+            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT, and for an etcd store NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE",
         ),
         entry(
             "/var/lib/ve-alloc/leases.db",
@@ -78,6 +99,23 @@ pub const MANUAL: Manual = Manual {
             "ve-alloc alloc c1 c2 c3 --json | ve-link up --from -",
             "Lease several containers in one transaction (one JSON line each) and bring them \
              all up in one ve-link process",
+        ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/fleet --node-address 10.0.0.11 alloc web",
+            "Lease web a pair unique across a fleet of hosts sharing one etcd cluster: this \
+             host (node: its hostname, or --node) hands out pairs from /26 blocks it claims \
+             under the key prefix /fleet; list, show, show-ip and release see the whole fleet, \
+             gc this node's leases",
+        ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379/fleet node release old-host",
+            "A host of the fleet is gone for good: release its dynamic leases and free its \
+             blocks for the other nodes (a directory store has no nodes: exit 64)",
+        ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379/fleet routes",
+            "The blocks of the fleet's other nodes, `10.233.0.64/26 via 10.0.0.12` per line \
+             (--json: JSON Lines with the node's name)",
         ),
         entry("ve-alloc show-ip web", "Print web's container address"),
         entry("ve-alloc list --hosts", "/etc/hosts lines for every lease"),

@@ -14,7 +14,7 @@ use std::{
     collections::HashSet,
     ffi::OsString,
     io::{BufRead, IsTerminal},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -27,7 +27,10 @@ use crate::{
     alloc::Pools,
     lease::{Lease, ROW_HEADERS},
     pool::{Layout, Pool},
-    store::{SqliteStore, Store},
+    store::{
+        etcd::{EtcdStore, Spec},
+        AnyStore, SqliteStore,
+    },
 };
 
 pub use crate::store::Txn;
@@ -46,15 +49,16 @@ pub const DEFAULT_POOL: &str = "10.233.0.0/16";
     long_about = "Lease each container a host/container address pair (IPv4, and IPv6 when an \
 IPv6 pool is configured) from a pool, remember it in an embedded store, and free it again.\n\n\
 Settings come from flags, then VE_ALLOC_* environment variables, then the config file \
-(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT), then defaults. An empty \
+(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT, and for an etcd store \
+NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE), then defaults. An empty \
 value anywhere means \"not set here\": the next source decides."
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Store directory, holding leases.db (a directory, not the file) [default:
-    /// /var/lib/ve-alloc]
-    #[arg(long, env = "VE_ALLOC_STORE", global = true, value_name = "DIR",
+    /// Store directory, holding leases.db (a directory, not the file), or a fleet's
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] [default: /var/lib/ve-alloc]
+    #[arg(long, env = "VE_ALLOC_STORE", global = true, value_name = "DIR|URL",
           value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     store: Option<PathBuf>,
     /// IPv4 pool new leases come from [default: 10.233.0.0/16]
@@ -72,6 +76,39 @@ struct Cli {
         value_parser = LayoutParser
     )]
     layout: Option<String>,
+    /// This host's node name in an etcd store [default: the hostname]
+    #[arg(long, env = "VE_ALLOC_NODE", global = true, value_name = "NAME")]
+    node: Option<String>,
+    /// Where other nodes route to this node's containers (etcd store; recorded with the
+    /// node)
+    #[arg(
+        long,
+        env = "VE_ALLOC_NODE_ADDRESS",
+        global = true,
+        value_name = "ADDR"
+    )]
+    node_address: Option<String>,
+    /// Prefix length of the IPv4 blocks an etcd store's pool is cut into (IPv6 blocks
+    /// hold as many addresses); the whole fleet uses one [default: 26]
+    #[arg(
+        long,
+        env = "VE_ALLOC_BLOCK_SIZE",
+        global = true,
+        value_name = "PREFIXLEN"
+    )]
+    block_size: Option<String>,
+    /// User name for an etcd store with authentication enabled (needs
+    /// --etcd-password-file)
+    #[arg(long, env = "VE_ALLOC_ETCD_USER", global = true, value_name = "USER")]
+    etcd_user: Option<String>,
+    /// File holding the password of --etcd-user (one line)
+    #[arg(
+        long,
+        env = "VE_ALLOC_ETCD_PASSWORD_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    etcd_password_file: Option<String>,
     /// Configuration file [default: /etc/ve-alloc.conf, when it exists]
     // Parsed as an OsString so that an empty value reaches `Settings::resolve`, where
     // it means "not set", as everywhere else (clap's PathBuf parser refuses it).
@@ -165,6 +202,30 @@ enum Cmd {
         /// Directory of NixOS container conf files, e.g. /etc/nixos-containers
         dir: PathBuf,
     },
+    /// Print the blocks of the other nodes of an etcd store, `BLOCK via ADDR` per line
+    ///
+    /// What `ve-link routes --from -` reads to route every other node's containers
+    /// through that node; --json gives JSON Lines with the node's name. Nodes without a
+    /// --node-address are left out (with a warning).
+    Routes,
+    /// The nodes of an etcd store
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Forget a node known to be gone for good: release its dynamic leases, free its
+    /// blocks for other nodes and remove its record; print the released leases' names
+    ///
+    /// Only for a node that will not come back with its containers: their addresses
+    /// can be handed out again at once. A node never heard of is no error.
+    Release {
+        /// The node's name (its --node)
+        name: String,
+    },
 }
 
 /// `--layout`: one of the [`Layout`] names, which completions offer, or empty (the next
@@ -218,7 +279,12 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     // Validate everything the command needs before opening the store.
     let names: Vec<&str> = match &cli.cmd {
         Cmd::Alloc { names } => names.iter().map(String::as_str).collect(),
-        Cmd::ShowIp { name } | Cmd::Show { name } | Cmd::Reserve { name, .. } => vec![name],
+        Cmd::ShowIp { name }
+        | Cmd::Show { name }
+        | Cmd::Reserve { name, .. }
+        | Cmd::Node {
+            cmd: NodeCmd::Release { name },
+        } => vec![name],
         _ => vec![],
     };
     for n in names {
@@ -232,27 +298,23 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             ));
         }
     }
-    let mut store = SqliteStore::new(&settings.store, settings.wait);
+    let mut store = match &settings.etcd {
+        Some(e) => AnyStore::Etcd(EtcdStore::new(
+            &e.spec,
+            &e.node,
+            e.node_address,
+            e.block_prefix,
+            e.auth.clone(),
+            settings.wait,
+        )),
+        None => AnyStore::Sqlite(SqliteStore::new(&settings.store, settings.wait)),
+    };
     match &cli.cmd {
         Cmd::Alloc { names } => {
             let pools = settings.pools()?;
             let mut seen = HashSet::new();
             let names: Vec<&String> = names.iter().filter(|n| seen.insert(*n)).collect();
-            let several = names.len() > 1;
-            let leases = store.write(|tx| {
-                names
-                    .iter()
-                    .map(|n| {
-                        alloc::allocate(tx, &pools, n).map_err(|e| {
-                            if several {
-                                e.context(n)
-                            } else {
-                                e
-                            }
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })?;
+            let leases = store.allocate(&pools, &names)?;
             match leases.as_slice() {
                 [one] => print_lease(one, cli.json),
                 _ => print_json_lines(&leases),
@@ -274,23 +336,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         }
         Cmd::Release { names } => {
             let names = read_names(names, NoNames::None)?;
-            let release = |tx: &mut dyn Txn| {
-                names
-                    .iter()
-                    .map(|n| tx.remove(n).map(|removed| (n, removed)))
-                    .collect::<Result<Vec<_>>>()
-            };
-            // Releasing names that hold nothing touches nothing, not even the lock.
-            let held = store.read(|tx| {
-                names
-                    .iter()
-                    .try_fold(false, |any, n| Ok(any || tx.get(n)?.is_some()))
-            })?;
-            let gone = if held {
-                store.write(release)?
-            } else {
-                names.iter().map(|n| (n, false)).collect()
-            };
+            let gone = store.release(&names)?;
             for (n, removed) in gone {
                 if removed {
                     log::info!("released {n}");
@@ -304,9 +350,16 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             if *hosts {
                 name::validate(domain).map_err(|e| e.context("--domain"))?;
             }
-            let leases = store.read(|tx| tx.all())?;
+            let with_nodes = store.list()?;
+            let leases: Vec<Lease> = with_nodes.iter().map(|(l, _)| l.clone()).collect();
             if *hosts {
                 output::print(&hosts_lines(&leases, domain))
+            } else if cli.json && with_nodes.iter().any(|(_, n)| n.is_some()) {
+                let mut text = String::new();
+                for (lease, node) in &with_nodes {
+                    text.push_str(&output::json_line(&WithNode { lease, node })?);
+                }
+                output::print(&text)
             } else {
                 print_leases(&leases, cli.json)
             }
@@ -354,11 +407,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
                      every dynamic lease; give --all-gone if no container is left",
                 ));
             }
-            let gone = if *dry_run {
-                store.read(|tx| alloc::gc(tx, &keep, true))?
-            } else {
-                store.write(|tx| alloc::gc(tx, &keep, false))?
-            };
+            let gone = store.gc(&keep, *dry_run)?;
             if cli.json {
                 print_json_lines(&gone)
             } else {
@@ -376,10 +425,53 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             })?;
             print_leases(&done, cli.json)
         }
+        Cmd::Routes => {
+            let AnyStore::Etcd(etcd) = &mut store else {
+                return Err(Error::usage(
+                    "routes needs an etcd store (--store etcd://...); a directory store \
+                     serves one host",
+                ));
+            };
+            let routes = etcd.routes()?;
+            let mut text = String::new();
+            for r in &routes {
+                if cli.json {
+                    text.push_str(&output::json_line(r)?);
+                } else {
+                    text.push_str(&format!("{} via {}\n", r.block, r.via));
+                }
+            }
+            output::print(&text)
+        }
+        Cmd::Node {
+            cmd: NodeCmd::Release { name },
+        } => {
+            let AnyStore::Etcd(etcd) = &mut store else {
+                return Err(Error::usage(
+                    "node release needs an etcd store (--store etcd://...); a directory store \
+                     has no nodes",
+                ));
+            };
+            let gone = etcd.release_node(name)?;
+            if cli.json {
+                print_json_lines(&gone)
+            } else {
+                let text: String = gone.iter().map(|l| format!("{}\n", l.name)).collect();
+                output::print(&text)
+            }
+        }
     }
 }
 
-fn get(store: &mut SqliteStore, name: &str) -> Result<Lease> {
+/// A lease with the node holding it, as `list --json` prints it on an etcd store.
+#[derive(serde::Serialize)]
+struct WithNode<'a> {
+    #[serde(flatten)]
+    lease: &'a Lease,
+    node: &'a Option<String>,
+}
+
+fn get(store: &mut AnyStore, name: &str) -> Result<Lease> {
     store
         .read(|tx| tx.get(name))?
         .ok_or_else(|| Error::no_input(format!("no lease for {name}")))
@@ -474,6 +566,8 @@ fn read_names(args: &[String], none: NoNames) -> Result<Vec<String>> {
 /// Settings after flags, environment, config file and defaults are merged.
 struct Settings {
     store: PathBuf,
+    /// Set when the store is a fleet's etcd.
+    etcd: Option<EtcdSettings>,
     pool: (String, bool),
     pool6: Option<(String, bool)>,
     layout: (String, bool),
@@ -515,8 +609,27 @@ impl Settings {
                 None => (PathBuf::from(DEFAULT_STORE), false),
             },
         };
-        check_store_path(&store, store_from_file.then_some(path.as_path()))?;
+        let etcd = match Spec::parse(&store.to_string_lossy()) {
+            Some(spec) => {
+                let spec = spec.map_err(|why| {
+                    store_error(
+                        &format!(
+                            "store {:?} is not a valid etcd URL \
+                             (etcd://HOST:PORT[,HOST:PORT...][/PREFIX]): {why}",
+                            store.to_string_lossy()
+                        ),
+                        store_from_file.then_some(path.as_path()),
+                    )
+                })?;
+                Some(EtcdSettings::resolve(cli, spec, &file, &path)?)
+            }
+            None => {
+                check_store_path(&store, store_from_file.then_some(path.as_path()))?;
+                None
+            }
+        };
         let settings = Settings {
+            etcd,
             store,
             pool: pick(given(&cli.pool), "POOL", DEFAULT_POOL),
             pool6: (pool6.0 != "none").then_some(pool6),
@@ -566,8 +679,18 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     let text = store.to_string_lossy();
     let problem = if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| is_scheme(s)) {
         format!(
-            "store {text:?} is a URL, but this ve-alloc keeps leases in a local directory only \
-             ({scheme}:// stores are not supported); give a directory"
+            "store {text:?} is a URL, but the only store URLs are \
+             etcd://HOST:PORT[,HOST:PORT...][/PREFIX] ({scheme}:// is not one); give a \
+             directory or an etcd:// URL"
+        )
+    } else if let Some(scheme) = text
+        .split_once(':')
+        .map(|(s, _)| s)
+        .filter(|s| STORE_SCHEMES.iter().any(|k| s.eq_ignore_ascii_case(k)))
+    {
+        format!(
+            "store {text:?} looks like a mistyped URL (a {scheme}: store is written \
+             etcd://HOST:PORT[,HOST:PORT...][/PREFIX]); give a directory or an etcd:// URL"
         )
     } else if store.extension().is_some_and(|x| x == "db") && !store.is_dir() {
         let dir = store
@@ -583,10 +706,134 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(match config {
+    Err(store_error(&problem, config))
+}
+
+/// URL schemes a store string must not start with unless it is a valid store URL: a
+/// typo such as `etcd:host:2379` would otherwise become a directory named `etcd:...`.
+const STORE_SCHEMES: [&str; 4] = ["etcd", "etcd+http", "http", "https"];
+
+fn store_error(problem: &str, config: Option<&Path>) -> Error {
+    match config {
         Some(c) => Error::config(format!("{}: STORE: {problem}", c.display())),
         None => Error::usage(format!("--store (or VE_ALLOC_STORE): {problem}")),
-    })
+    }
+}
+
+/// How this host takes part in an etcd store.
+struct EtcdSettings {
+    spec: Spec,
+    node: String,
+    node_address: Option<IpAddr>,
+    block_prefix: u8,
+    auth: Option<crate::store::etcd::Credentials>,
+}
+
+impl EtcdSettings {
+    /// `file` is the config file's settings (`path`); its errors are 78, a flag's or
+    /// the environment's 64.
+    fn resolve(
+        cli: &Cli,
+        spec: Spec,
+        file: &std::collections::BTreeMap<String, String>,
+        path: &Path,
+    ) -> Result<EtcdSettings> {
+        // A flag or the environment, else the config file, and how to word an error
+        // about it.
+        let pick = |flag: &Option<String>, key: &'static str, what: &'static str| {
+            let from_flag = given(flag).is_some();
+            let v = given(flag)
+                .or_else(|| file.get(key).map(String::as_str).filter(|v| !v.is_empty()))
+                .map(str::to_string);
+            let shown = path.display().to_string();
+            let bad = move |why: String| {
+                if from_flag {
+                    Error::usage(format!("{what}: {why}"))
+                } else {
+                    Error::config(format!("{shown}: {key}: {why}"))
+                }
+            };
+            (v, bad)
+        };
+        let (node, bad) = pick(&cli.node, "NODE", "--node (or VE_ALLOC_NODE)");
+        let node = match node {
+            Some(n) => {
+                name::validate(&n).map_err(|e| bad(e.to_string()))?;
+                n
+            }
+            None => {
+                let n = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map_err(|e| Error::io("reading the hostname (for --node)", e))?
+                    .trim()
+                    .to_string();
+                name::validate(&n).map_err(|e| {
+                    Error::config(format!(
+                        "the hostname cannot be a node name ({e}); give --node"
+                    ))
+                })?;
+                n
+            }
+        };
+        let (addr, bad) = pick(
+            &cli.node_address,
+            "NODE_ADDRESS",
+            "--node-address (or VE_ALLOC_NODE_ADDRESS)",
+        );
+        let node_address = addr
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| bad(format!("{a:?} is not an IP address")))
+            })
+            .transpose()?;
+        let (size, bad) = pick(
+            &cli.block_size,
+            "BLOCK_SIZE",
+            "--block-size (or VE_ALLOC_BLOCK_SIZE)",
+        );
+        let block_prefix = match size {
+            None => crate::store::etcd::DEFAULT_BLOCK_PREFIX,
+            Some(b) => b
+                .trim_start_matches('/')
+                .parse::<u8>()
+                .ok()
+                .filter(|b| (16..=30).contains(b))
+                .ok_or_else(|| bad(format!("{b:?} is not a prefix length from 16 to 30")))?,
+        };
+        let (user, bad_user) = pick(
+            &cli.etcd_user,
+            "ETCD_USER",
+            "--etcd-user (or VE_ALLOC_ETCD_USER)",
+        );
+        let (pw_file, _) = pick(
+            &cli.etcd_password_file,
+            "ETCD_PASSWORD_FILE",
+            "--etcd-password-file (or VE_ALLOC_ETCD_PASSWORD_FILE)",
+        );
+        let auth =
+            match (user, pw_file) {
+                (None, None) => None,
+                (Some(user), Some(f)) => {
+                    let text = std::fs::read_to_string(&f)
+                        .map_err(|e| Error::io(format!("reading the etcd password file {f}"), e))?;
+                    let password = text.lines().next().unwrap_or("").to_string();
+                    Some(crate::store::etcd::Credentials { user, password })
+                }
+                (Some(_), None) => {
+                    return Err(bad_user("a user needs --etcd-password-file".to_string()))
+                }
+                (None, Some(_)) => return Err(Error::usage(
+                    "--etcd-password-file (or VE_ALLOC_ETCD_PASSWORD_FILE, ETCD_PASSWORD_FILE) \
+                     needs --etcd-user",
+                )),
+            };
+        Ok(EtcdSettings {
+            spec,
+            node,
+            node_address,
+            block_prefix,
+            auth,
+        })
+    }
 }
 
 /// An RFC 3986 URL scheme: a letter, then letters, digits, `+`, `-`, `.`.
@@ -606,14 +853,25 @@ fn read_config(path: &Path, explicit: bool) -> Result<std::collections::BTreeMap
     };
     let origin = path.display().to_string();
     let map = output::parse_env(&text, &origin).map_err(|e| e.with_kind(Kind::Config))?;
-    if let Some(k) = map
-        .keys()
-        .find(|k| !["STORE", "POOL", "POOL6", "LAYOUT"].contains(&k.as_str()))
-    {
+    if let Some(k) = map.keys().find(|k| !CONFIG_KEYS.contains(&k.as_str())) {
         return Err(Error::config(format!(
-            "{origin}: unknown setting {} (known: STORE, POOL, POOL6, LAYOUT)",
-            output::quote_key(k)
+            "{origin}: unknown setting {} (known: {})",
+            output::quote_key(k),
+            CONFIG_KEYS.join(", ")
         )));
     }
     Ok(map)
 }
+
+/// The config file's settings (from NODE on for an etcd store).
+const CONFIG_KEYS: [&str; 9] = [
+    "STORE",
+    "POOL",
+    "POOL6",
+    "LAYOUT",
+    "NODE",
+    "NODE_ADDRESS",
+    "BLOCK_SIZE",
+    "ETCD_USER",
+    "ETCD_PASSWORD_FILE",
+];

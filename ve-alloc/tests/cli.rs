@@ -575,8 +575,14 @@ fn store_paths_that_are_not_directories_are_refused_before_anything_is_made() {
     let e = va.fails(&["--store", file.to_str().unwrap(), "alloc", "a"], 64);
     assert!(e.contains("did you mean"), "{e}");
     assert!(!root.join("x").exists(), "nothing created");
-    // A URL: never a directory named `etcd:` (in the working directory or anywhere).
-    for url in ["etcd://127.0.0.1:2379", "file:///tmp/x"] {
+    // Not a store URL, or a mistyped or incomplete etcd one: never a directory named
+    // `etcd:` (in the working directory or anywhere), and nothing contacted.
+    for url in [
+        "etcd:127.0.0.1:2379",
+        "file:///tmp/x",
+        "etcd://",
+        "etcd://host",
+    ] {
         let o = va
             .cmd(&["--store", url, "alloc", "a"])
             .current_dir(root)
@@ -587,13 +593,13 @@ fn store_paths_that_are_not_directories_are_refused_before_anything_is_made() {
     }
     let o = va
         .cmd(&["alloc", "a"])
-        .env("VE_ALLOC_STORE", "etcd://127.0.0.1:2379")
+        .env("VE_ALLOC_STORE", "etcd:127.0.0.1:2379")
         .current_dir(root)
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(64));
     let conf = root.join("c.conf");
-    std::fs::write(&conf, "STORE=etcd://127.0.0.1:2379\n").unwrap();
+    std::fs::write(&conf, "STORE=etcd://127.0.0.1\n").unwrap();
     let o = va
         .cmd(&["--config", conf.to_str().unwrap(), "alloc", "a"])
         .env_remove("VE_ALLOC_STORE")

@@ -230,7 +230,8 @@ mod tests {
         (
             "ve-alloc",
             &[
-                "alloc", "show-ip", "show", "release", "list", "reserve", "gc", "import",
+                "alloc", "show-ip", "show", "release", "list", "reserve", "gc", "import", "routes",
+                "node",
             ],
         ),
         ("ve-link", &["up", "check", "down", "gc", "list"]),

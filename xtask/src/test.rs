@@ -16,6 +16,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "debootstrap",
     "systemd-container",
     "containernetworking-plugins",
+    "etcd-server",
+    "etcd-client",
 ];
 
 /// The tools, as installed on a host: e2e/tests/systemd_boot.rs installs their release

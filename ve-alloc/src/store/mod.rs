@@ -2,6 +2,8 @@
 //! SQLite store can be swapped for another (a distributed one) and the allocation logic
 //! is tested against an in-memory store.
 
+mod any;
+pub mod etcd;
 #[cfg(test)]
 pub mod mem;
 mod sqlite;
@@ -12,6 +14,7 @@ use common::Result;
 
 use crate::lease::Lease;
 
+pub use any::AnyStore;
 pub use sqlite::{SqliteStore, DB_FILE};
 
 /// One transaction's view of the leases. Every method sees the writes made earlier in

@@ -1,0 +1,230 @@
+//! A real etcd cluster (Debian's etcd-server) in sandbox namespaces: a `lan` namespace
+//! with a bridge, one namespace per member and per node, each on the bridge by a veth,
+//! addressed from 198.51.100.0/24. Node commands run in a private mount namespace with
+//! their own /var/lib, working directory and TMPDIR, so nodes share nothing but etcd.
+//! Dropping the cluster kills every process in its namespaces and deletes them.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use crate::{process::wait_for, sandbox::run_ok, Netns, Sandbox, TempDir};
+
+pub const CLIENT_PORT: u16 = 2379;
+
+/// One member of the cluster.
+pub struct Member {
+    pub name: String,
+    pub ns: Netns,
+    pub addr: String,
+    child: Mutex<Option<Child>>,
+}
+
+impl Member {
+    /// `ADDR:2379`.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{CLIENT_PORT}", self.addr)
+    }
+
+    /// SIGKILL the member (as a crash would).
+    pub fn kill(&self) {
+        let taken = self.child.lock().ok().and_then(|mut c| c.take());
+        if let Some(mut c) = taken {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A node (host) of the fleet: a namespace with its own scratch directories.
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub addr: String,
+    dir: PathBuf,
+}
+
+impl Node {
+    /// `program ARGS` inside the node: its namespace, a private mount namespace with
+    /// its own /var/lib, working directory and TMPDIR.
+    pub fn command(&self, program: &str) -> Command {
+        let d = self.dir.display();
+        let mut c = self.ns.command("unshare");
+        c.args(["-m", "--propagation", "slave", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {d}/var-lib /var/lib && cd {d}/work && TMPDIR={d}/tmp exec \"$@\""
+            ))
+            .arg("sh")
+            .arg(program);
+        c
+    }
+
+    /// The node's private directory (holding var-lib, work, tmp).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+/// Fields drop in order: the sandbox (killing every process in it) before the scratch
+/// directories.
+pub struct Cluster {
+    sandbox: Sandbox,
+    pub members: Vec<Member>,
+    pub nodes: Vec<Node>,
+    _lan: Netns,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    /// Whether Debian's etcd-server and etcd-client are installed.
+    pub fn available() -> bool {
+        crate::have_command("etcd") && crate::have_command("etcdctl")
+    }
+
+    /// Start `members` etcd members and create `nodes` node namespaces; waits until the
+    /// cluster is healthy.
+    pub fn start(members: usize, node_count: usize) -> Result<Cluster, String> {
+        let mut sandbox = Sandbox::new();
+        let dir = TempDir::new("etcd");
+        let lan = sandbox.netns("lan");
+        lan.ip(&["link", "add", "br0", "type", "bridge"]);
+        lan.ip(&["link", "set", "br0", "up"]);
+        let mut n = 0u8;
+        let mut attach = |sandbox: &mut Sandbox, role: &str| -> (Netns, String) {
+            n += 1;
+            let ns = sandbox.netns(role);
+            let port = format!("p{n}");
+            lan.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ]);
+            lan.ip(&["link", "set", &port, "master", "br0", "up"]);
+            let addr = format!("198.51.100.{}", 10 + n);
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            (ns, addr)
+        };
+        let mut ms = Vec::new();
+        for i in 1..=members {
+            let (ns, addr) = attach(&mut sandbox, &format!("e{i}"));
+            ms.push(Member {
+                name: format!("e{i}"),
+                ns,
+                addr,
+                child: Mutex::new(None),
+            });
+        }
+        let initial: Vec<String> = ms
+            .iter()
+            .map(|m| format!("{}=http://{}:2380", m.name, m.addr))
+            .collect();
+        let token = sandbox.prefix().to_string();
+        for m in &mut ms {
+            let data = dir.path().join(&m.name);
+            let log = std::fs::File::create(dir.path().join(format!("{}.log", m.name)))
+                .map_err(|e| e.to_string())?;
+            let a = &m.addr;
+            let child =
+                m.ns.command("etcd")
+                    .args(["--name", &m.name])
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["--listen-client-urls", &format!("http://{a}:2379")])
+                    .args(["--advertise-client-urls", &format!("http://{a}:2379")])
+                    .args(["--listen-peer-urls", &format!("http://{a}:2380")])
+                    .args(["--initial-advertise-peer-urls", &format!("http://{a}:2380")])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args(["--initial-cluster-token", &token])
+                    .args(["--initial-cluster-state", "new"])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .map_err(|e| format!("starting etcd: {e}"))?;
+            m.child = Mutex::new(Some(child));
+        }
+        let mut nodes = Vec::new();
+        for i in 1..=node_count {
+            let (ns, addr) = attach(&mut sandbox, &format!("n{i}"));
+            let d = dir.path().join(format!("n{i}"));
+            for sub in ["var-lib", "work", "tmp"] {
+                std::fs::create_dir_all(d.join(sub)).map_err(|e| e.to_string())?;
+            }
+            nodes.push(Node {
+                name: format!("n{i}"),
+                ns,
+                addr,
+                dir: d,
+            });
+        }
+        let c = Cluster {
+            sandbox,
+            members: ms,
+            nodes,
+            _lan: lan,
+            _dir: dir,
+        };
+        wait_for("etcd cluster healthy", Duration::from_secs(30), || {
+            c.etcdctl(&["endpoint", "health"])
+                .status()
+                .is_ok_and(|s| s.success())
+        })?;
+        Ok(c)
+    }
+
+    /// Every member's endpoint, comma-separated.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Member::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `etcd://E1,E2,E3/PREFIX`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("etcd://{}/{prefix}", self.endpoints())
+    }
+
+    /// `etcdctl --endpoints=ALL ARGS`, run in the first node.
+    pub fn etcdctl(&self, args: &[&str]) -> Command {
+        let mut c = self.nodes[0].ns.command("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints()))
+            .args(["--dial-timeout=1s", "--command-timeout=2s"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// The index of the member that leads now.
+    pub fn leader(&self) -> Option<usize> {
+        let out = run_ok(&mut self.etcdctl(&["endpoint", "status", "-w", "json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let list = v.as_array()?;
+        for s in list {
+            let st = &s["Status"];
+            if st["header"]["member_id"] == st["leader"] {
+                let ep = s["Endpoint"].as_str()?;
+                return self.members.iter().position(|m| ep.contains(&m.endpoint()));
+            }
+        }
+        None
+    }
+
+    /// The sandbox's unique prefix.
+    pub fn prefix(&self) -> &str {
+        self.sandbox.prefix()
+    }
+}

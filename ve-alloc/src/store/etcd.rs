@@ -1,0 +1,761 @@
+//! The lease store in etcd v3, shared by a fleet of hosts (nodes).
+//!
+//! Keys, all under PREFIX (default `/ve-alloc`):
+//! - `lease/NAME`: the lease, as JSON, with the node that holds it;
+//! - `addr/4/HEX` and `addr/6/HEX` (the address as fixed-width hex, so that a block is
+//!   one key range): the name holding the address; a transaction creates it only where
+//!   it is absent, so an address can never be leased twice;
+//! - `block/4/HEX`, `block/6/HEX`: the node that claimed the block starting there;
+//! - `meta/block-bits/4|6`: the block size every node must agree on;
+//! - `node/NAME`: a node's record (its `--node-address` and the blocks it claimed),
+//!   written on its first write;
+//! - `cursor/NAME/4|6`: the host address the node handed out last (round robin).
+//!
+//! Transactions are optimistic: a [`EtcdTxn`] records the revision of every key it
+//! read and buffers its writes; the commit is one etcd txn that compares the revisions
+//! and applies the writes only when nothing changed, else the closure runs again (within
+//! `--wait`). A commit that etcd acknowledged is in a quorum's log.
+
+mod blocks;
+mod client;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use common::{Error, Kind, Result};
+
+use super::Txn;
+use crate::lease::Lease;
+
+pub use blocks::allocate;
+pub use client::Credentials;
+use client::{b64, unb64, Client};
+
+/// The key prefix when the URL names none.
+pub const DEFAULT_PREFIX: &str = "/ve-alloc";
+/// The IPv4 block size (prefix length) unless `--block-size` says otherwise.
+pub const DEFAULT_BLOCK_PREFIX: u8 = 26;
+
+/// A parsed `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub endpoints: Vec<String>,
+    /// Without a trailing `/`.
+    pub prefix: String,
+}
+
+impl Spec {
+    /// Parse an `etcd://` URL; None when `text` is not one at all.
+    pub fn parse(text: &str) -> Option<std::result::Result<Spec, String>> {
+        let rest = text.strip_prefix("etcd://")?;
+        Some(Self::parse_rest(rest))
+    }
+
+    fn parse_rest(rest: &str) -> std::result::Result<Spec, String> {
+        let (hosts, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let prefix = prefix.trim_end_matches('/');
+        let prefix = if prefix.is_empty() {
+            DEFAULT_PREFIX.to_string()
+        } else {
+            prefix.to_string()
+        };
+        if prefix.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!(
+                "the key prefix {prefix:?} has spaces or control characters"
+            ));
+        }
+        let mut endpoints = Vec::new();
+        for h in hosts.split(',') {
+            let (host, port) = h
+                .rsplit_once(':')
+                .ok_or_else(|| format!("endpoint {h:?} is not HOST:PORT"))?;
+            let bracketed = host.starts_with('[') && host.ends_with(']');
+            if host.is_empty()
+                || (!bracketed && host.contains(':'))
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_[]:".contains(c))
+            {
+                return Err(format!("endpoint {h:?} has no valid host"));
+            }
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("endpoint {h:?} has no valid port"))?;
+            endpoints.push(h.to_string());
+        }
+        Ok(Spec { endpoints, prefix })
+    }
+}
+
+/// A lease as stored: the lease and the node holding it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    name: String,
+    host_address: Option<std::net::Ipv4Addr>,
+    local_address: Option<std::net::Ipv4Addr>,
+    host_address6: Option<std::net::Ipv6Addr>,
+    local_address6: Option<std::net::Ipv6Addr>,
+    #[serde(rename = "static")]
+    fixed: bool,
+    node: String,
+}
+
+impl Record {
+    fn new(l: &Lease, node: &str) -> Record {
+        Record {
+            name: l.name.clone(),
+            host_address: l.host_address,
+            local_address: l.local_address,
+            host_address6: l.host_address6,
+            local_address6: l.local_address6,
+            fixed: l.fixed,
+            node: node.to_string(),
+        }
+    }
+
+    fn lease(&self) -> Lease {
+        let mut l = Lease::new(&self.name);
+        l.host_address = self.host_address;
+        l.local_address = self.local_address;
+        l.host_address6 = self.host_address6;
+        l.local_address6 = self.local_address6;
+        l.fixed = self.fixed;
+        l
+    }
+}
+
+/// This node, as other nodes see it, and the blocks it claimed (`4/HEX`, `6/HEX`): one
+/// small read tells a node its blocks, however large the fleet.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct NodeRecord {
+    address: Option<IpAddr>,
+    #[serde(default)]
+    blocks: Vec<String>,
+}
+
+/// One key and value as a range returned it.
+struct Kv {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    mod_revision: i64,
+}
+
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    node: String,
+    node_address: Option<IpAddr>,
+    /// Host bits of a block (the same number for IPv4 and IPv6).
+    block_bits: u32,
+    deadline: Instant,
+    registered: bool,
+}
+
+impl EtcdStore {
+    /// A store at `spec` for node `node`; every request gives up when `wait` has passed
+    /// since now. Nothing is contacted until first use.
+    pub fn new(
+        spec: &Spec,
+        node: &str,
+        node_address: Option<IpAddr>,
+        block_prefix: u8,
+        auth: Option<Credentials>,
+        wait: Duration,
+    ) -> EtcdStore {
+        let deadline = Instant::now() + wait;
+        EtcdStore {
+            client: Client::new(spec.endpoints.clone(), auth, deadline),
+            prefix: spec.prefix.clone(),
+            node: node.to_string(),
+            node_address,
+            block_bits: 32 - u32::from(block_prefix),
+            deadline,
+            registered: false,
+        }
+    }
+
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}/{rest}", self.prefix).into_bytes()
+    }
+
+    fn lease_key(&self, name: &str) -> Vec<u8> {
+        self.key(&format!("lease/{name}"))
+    }
+
+    fn node_key(&self, node: &str) -> Vec<u8> {
+        self.key(&format!("node/{node}"))
+    }
+
+    fn addr_key(&self, a: IpAddr) -> Vec<u8> {
+        let (fam, hex) = hex_of(a);
+        self.key(&format!("addr/{fam}/{hex}"))
+    }
+
+    fn range(&mut self, key: &[u8], end: Option<&[u8]>) -> Result<(i64, Vec<Kv>)> {
+        let mut req = json!({ "key": b64(key) });
+        if let Some(end) = end {
+            req["range_end"] = json!(b64(end));
+        }
+        let v = self.client.call("/v3/kv/range", &req)?;
+        Ok((revision(&v), kvs(&v)?))
+    }
+
+    /// Several ranges read at one revision, in one round trip.
+    fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
+        if ranges.is_empty() {
+            return Ok(vec![]);
+        }
+        let ops: Vec<Value> = ranges
+            .iter()
+            .map(|(k, e)| json!({"request_range": {"key": b64(k), "range_end": b64(e)}}))
+            .collect();
+        let v = self
+            .client
+            .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
+        let empty = vec![];
+        let resp = v
+            .get("responses")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty);
+        resp.iter()
+            .map(|r| kvs(r.get("response_range").unwrap_or(&Value::Null)))
+            .collect()
+    }
+
+    /// Run `f` in a read-only view (each read linearizable).
+    pub fn read<T>(&mut self, f: impl FnOnce(&mut EtcdTxn) -> Result<T>) -> Result<T> {
+        let mut tx = EtcdTxn::new(self, 0);
+        f(&mut tx)
+    }
+
+    /// Run `f` in a transaction, again while another writer changed what it read, until
+    /// `--wait` has passed (then exit 75).
+    pub fn write<T>(&mut self, mut f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
+        // Only lost races count: a restart after claiming a block is no conflict.
+        let mut conflicts = 0u32;
+        loop {
+            let mut tx = EtcdTxn::new(self, conflicts);
+            let r = f(&mut tx);
+            if !tx.restart {
+                let v = r?;
+                if tx.commit()? {
+                    return Ok(v);
+                }
+                conflicts += 1;
+            }
+            if Instant::now() >= self.deadline {
+                return Err(Error::new(
+                    Kind::TempFail,
+                    "etcd: other writers kept changing the same keys for longer than --wait",
+                ));
+            }
+            log::debug!("etcd transaction started again ({conflicts} lost races)");
+        }
+    }
+}
+
+impl EtcdStore {
+    /// `node release NAME`: release the node's dynamic leases (one transaction each),
+    /// delete its blocks (each only while still its own), then its record and cursors.
+    /// Returns the released leases.
+    pub fn release_node(&mut self, node: &str) -> Result<Vec<Lease>> {
+        let leases = self.read(|tx| tx.all_with_nodes())?;
+        let mut gone = Vec::new();
+        for (l, n) in leases {
+            if n != node || l.fixed {
+                continue;
+            }
+            let removed = self.write(|tx| match tx.record(&l.name)? {
+                Some(r) if r.node == node && r.lease() == l => tx.remove(&l.name),
+                _ => Ok(false),
+            })?;
+            if removed {
+                gone.push(l);
+            }
+        }
+        let mut blocks = Vec::new();
+        for fam in ['4', '6'] {
+            let base = self.key(&format!("block/{fam}/"));
+            let (_, kvs) = self.range(&base, Some(&prefix_end(&base)))?;
+            blocks.extend(kvs.into_iter().filter(|kv| kv.value == node.as_bytes()));
+        }
+        // etcd allows 128 operations per transaction.
+        for chunk in blocks.chunks(100) {
+            let compare: Vec<Value> = chunk
+                .iter()
+                .map(|kv| {
+                    json!({"key": b64(&kv.key), "target": "VALUE", "result": "EQUAL",
+                           "value": b64(node.as_bytes())})
+                })
+                .collect();
+            let delete: Vec<Value> = chunk
+                .iter()
+                .map(|kv| json!({"request_delete_range": {"key": b64(&kv.key)}}))
+                .collect();
+            // A block another run deleted meanwhile fails the compare: nothing to do.
+            self.client.call(
+                "/v3/kv/txn",
+                &json!({"compare": compare, "success": delete, "failure": []}),
+            )?;
+        }
+        let cursors = self.key(&format!("cursor/{node}/"));
+        let record = self.node_key(node);
+        let mut record_end = record.clone();
+        record_end.push(0);
+        self.client.call(
+            "/v3/kv/txn",
+            &json!({"compare": [], "success": [
+                {"request_delete_range": {"key": b64(&record), "range_end": b64(&record_end)}},
+                {"request_delete_range": {"key": b64(&cursors), "range_end": b64(&prefix_end(&cursors))}},
+            ], "failure": []}),
+        )?;
+        log::info!(
+            "node {node}: released {} leases and {} blocks",
+            gone.len(),
+            blocks.len()
+        );
+        Ok(gone)
+    }
+}
+
+/// A block of another node and where to route it (`ve-alloc routes`).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Route {
+    /// The block, as a network (`10.233.0.64/26`).
+    pub block: String,
+    pub via: IpAddr,
+    pub node: String,
+}
+
+impl EtcdStore {
+    /// The blocks of every other node that has a node address, ordered by family and
+    /// address; blocks of nodes without one are skipped with a warning (nothing to
+    /// route them to).
+    pub fn routes(&mut self) -> Result<Vec<Route>> {
+        let base = self.key("node/");
+        let (_, nodes) = self.range(&base, Some(&prefix_end(&base)))?;
+        let mut via: HashMap<String, Option<IpAddr>> = HashMap::new();
+        for kv in nodes {
+            let r: NodeRecord =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            via.insert(
+                String::from_utf8_lossy(&kv.key[base.len()..]).into_owned(),
+                r.address,
+            );
+        }
+        let mut out = Vec::new();
+        for (fam, bits) in [('4', 32), ('6', 128)] {
+            let base = self.key(&format!("block/{fam}/"));
+            let (_, kvs) = self.range(&base, Some(&prefix_end(&base)))?;
+            for kv in kvs {
+                let node = String::from_utf8_lossy(&kv.value).into_owned();
+                if node == self.node {
+                    continue;
+                }
+                let hex = String::from_utf8_lossy(&kv.key[base.len()..]).into_owned();
+                let n = u128::from_str_radix(&hex, 16).map_err(|e| corrupt(&kv.key, e))?;
+                let start: IpAddr = if fam == '4' {
+                    IpAddr::V4(u32::try_from(n).map_err(|e| corrupt(&kv.key, e))?.into())
+                } else {
+                    IpAddr::V6(n.into())
+                };
+                let block = format!("{start}/{}", bits - self.block_bits);
+                match via.get(&node).copied().flatten() {
+                    Some(via) => out.push(Route { block, via, node }),
+                    None => log::warn!("node {node} has no node address; not routing {block}"),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn revision(v: &Value) -> i64 {
+    int(v.get("header").and_then(|h| h.get("revision")))
+}
+
+/// A proto3 int64 as the gateway writes it (a string; absent when 0).
+fn int(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn kvs(v: &Value) -> Result<Vec<Kv>> {
+    let empty = vec![];
+    v.get("kvs")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty)
+        .iter()
+        .map(|kv| {
+            let field = |k: &str| kv.get(k).and_then(Value::as_str).unwrap_or("");
+            Ok(Kv {
+                key: unb64(field("key"))?,
+                value: unb64(field("value"))?,
+                mod_revision: int(kv.get("mod_revision")),
+            })
+        })
+        .collect()
+}
+
+/// The first key after every key that starts with `key`.
+fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The family digit and fixed-width hex of an address (keys sort as addresses do).
+fn hex_of(a: IpAddr) -> (char, String) {
+    match a {
+        IpAddr::V4(a) => ('4', format!("{:08x}", u32::from(a))),
+        IpAddr::V6(a) => ('6', format!("{:032x}", u128::from(a))),
+    }
+}
+
+fn corrupt(key: &[u8], what: impl std::fmt::Display) -> Error {
+    Error::new(
+        Kind::Io,
+        format!(
+            "etcd store: key {} is corrupt: {what}",
+            String::from_utf8_lossy(key)
+        ),
+    )
+}
+
+/// One optimistic transaction on an [`EtcdStore`].
+pub struct EtcdTxn<'a> {
+    store: &'a mut EtcdStore,
+    /// The revision each key read had when read (0: absent).
+    reads: HashMap<Vec<u8>, i64>,
+    /// Key ranges read whole: no key in them may change after the revision read.
+    range_reads: Vec<(Vec<u8>, Vec<u8>, i64)>,
+    /// Keys that must still hold these values at commit (the blocks allocated from).
+    value_checks: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Values read (None: absent).
+    cache: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Buffered writes (None: delete).
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Run the closure again from the start (a block was claimed meanwhile).
+    restart: bool,
+    attempt: u32,
+    /// `all` returns only this node's leases (`gc`).
+    only_this_node: bool,
+}
+
+impl<'a> EtcdTxn<'a> {
+    fn new(store: &'a mut EtcdStore, attempt: u32) -> Self {
+        EtcdTxn {
+            store,
+            reads: HashMap::new(),
+            range_reads: Vec::new(),
+            value_checks: BTreeMap::new(),
+            cache: HashMap::new(),
+            writes: BTreeMap::new(),
+            restart: false,
+            attempt,
+            only_this_node: false,
+        }
+    }
+
+    /// Limit `all` to the leases of this node.
+    pub fn only_this_node(&mut self) {
+        self.only_this_node = true;
+    }
+
+    fn read_key(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(w) = self.writes.get(key) {
+            return Ok(w.clone());
+        }
+        if let Some(v) = self.cache.get(key) {
+            return Ok(v.clone());
+        }
+        let (_, kvs) = self.store.range(key, None)?;
+        let found = kvs.into_iter().find(|kv| kv.key == key);
+        self.reads
+            .insert(key.to_vec(), found.as_ref().map_or(0, |kv| kv.mod_revision));
+        let v = found.map(|kv| kv.value);
+        self.cache.insert(key.to_vec(), v.clone());
+        Ok(v)
+    }
+
+    /// Read `keys` in one round trip (those not read yet), as [`Self::read_key`] would.
+    fn prefetch(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        let want: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .iter()
+            .filter(|k| !self.cache.contains_key(*k) && !self.writes.contains_key(*k))
+            .map(|k| {
+                let mut end = k.clone();
+                end.push(0);
+                (k.clone(), end)
+            })
+            .collect();
+        let got = self.store.ranges(&want)?;
+        for ((k, _), kvs) in want.iter().zip(got) {
+            match kvs.into_iter().find(|kv| kv.key == *k) {
+                Some(kv) => self.saw(k, Some(kv.value), kv.mod_revision),
+                None => self.saw(k, None, 0),
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's record as stored (None before its first write).
+    fn node_record(&mut self) -> Result<Option<NodeRecord>> {
+        let key = self.store.node_key(&self.store.node.clone());
+        self.read_key(&key)?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| corrupt(&key, e)))
+            .transpose()
+    }
+
+    /// Note a key as read at `rev` with `value` without asking etcd (it came in a range).
+    fn saw(&mut self, key: &[u8], value: Option<Vec<u8>>, rev: i64) {
+        if !self.cache.contains_key(key) {
+            self.cache.insert(key.to_vec(), value);
+            self.reads.insert(key.to_vec(), rev);
+        }
+    }
+
+    fn record(&mut self, name: &str) -> Result<Option<Record>> {
+        let key = self.store.lease_key(name);
+        self.read_key(&key)?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| corrupt(&key, e)))
+            .transpose()
+    }
+
+    /// Every lease with its node, ordered by name; with [`Self::only_this_node`], this
+    /// node's only.
+    pub fn all_with_nodes(&mut self) -> Result<Vec<(Lease, String)>> {
+        let start = self.store.key("lease/");
+        let end = prefix_end(&start);
+        let (_, kvs) = self.store.range(&start, Some(&end))?;
+        let mut map: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for kv in kvs {
+            self.saw(&kv.key, Some(kv.value.clone()), kv.mod_revision);
+            map.insert(kv.key, kv.value);
+        }
+        for (k, w) in self.writes.range(start..end) {
+            match w {
+                Some(v) => map.insert(k.clone(), v.clone()),
+                None => map.remove(k),
+            };
+        }
+        let mut out = Vec::with_capacity(map.len());
+        for (k, v) in map {
+            let r: Record = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
+            if !self.only_this_node || r.node == self.store.node {
+                out.push((r.lease(), r.node));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commit the buffered writes; false when another writer got there first.
+    fn commit(&mut self) -> Result<bool> {
+        if self.writes.is_empty() {
+            return Ok(true);
+        }
+        if !self.store.registered {
+            let mut record = self.node_record()?;
+            let address = self.store.node_address;
+            if record.as_ref().is_none_or(|r| r.address != address) {
+                let mut r = record.take().unwrap_or_default();
+                r.address = address;
+                let v = serde_json::to_vec(&r).map_err(|e| Error::internal(e.to_string()))?;
+                let key = self.store.node_key(&self.store.node.clone());
+                self.writes.insert(key, Some(v));
+            }
+        }
+        // The cursor is a hint, not a fact to check: comparing it would make every two
+        // parallel allocations of one node conflict.
+        let hint = self.store.key(&format!("cursor/{}/", self.store.node));
+        let mut compare: Vec<Value> = self
+            .reads
+            .iter()
+            .filter(|(k, _)| !k.starts_with(&hint))
+            .map(|(k, rev)| {
+                json!({"key": b64(k), "target": "MOD", "result": "EQUAL",
+                       "mod_revision": rev.to_string()})
+            })
+            .collect();
+        compare.extend(self.value_checks.iter().map(
+            |(k, v)| json!({"key": b64(k), "target": "VALUE", "result": "EQUAL", "value": b64(v)}),
+        ));
+        compare.extend(self.range_reads.iter().map(|(k, end, rev)| {
+            json!({"key": b64(k), "range_end": b64(end), "target": "MOD", "result": "LESS",
+                   "mod_revision": (rev + 1).to_string()})
+        }));
+        let success: Vec<Value> = self
+            .writes
+            .iter()
+            .map(|(k, w)| match w {
+                Some(v) => json!({"request_put": {"key": b64(k), "value": b64(v)}}),
+                None => json!({"request_delete_range": {"key": b64(k)}}),
+            })
+            .collect();
+        let v = self.store.client.call(
+            "/v3/kv/txn",
+            &json!({"compare": compare, "success": success, "failure": []}),
+        )?;
+        let ok = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
+        if ok {
+            self.store.registered = true;
+        }
+        Ok(ok)
+    }
+}
+
+impl Txn for EtcdTxn<'_> {
+    fn get(&mut self, name: &str) -> Result<Option<Lease>> {
+        Ok(self.record(name)?.map(|r| r.lease()))
+    }
+
+    fn all(&mut self) -> Result<Vec<Lease>> {
+        Ok(self.all_with_nodes()?.into_iter().map(|(l, _)| l).collect())
+    }
+
+    fn names_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
+        let base = self.store.key("lease/");
+        let start = self.store.lease_key(prefix);
+        let end = prefix_end(&start);
+        let (rev, kvs) = self.store.range(&start, Some(&end))?;
+        self.range_reads.push((start.clone(), end.clone(), rev));
+        let mut keys: BTreeMap<Vec<u8>, ()> = kvs.into_iter().map(|kv| (kv.key, ())).collect();
+        for (k, w) in self.writes.range(start..end) {
+            match w {
+                Some(_) => keys.insert(k.clone(), ()),
+                None => keys.remove(k),
+            };
+        }
+        Ok(keys
+            .into_keys()
+            .map(|k| String::from_utf8_lossy(&k[base.len()..]).into_owned())
+            .collect())
+    }
+
+    fn holder(&mut self, addr: IpAddr) -> Result<Option<String>> {
+        let key = self.store.addr_key(addr);
+        Ok(self
+            .read_key(&key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn put(&mut self, lease: &Lease) -> Result<()> {
+        let old = self.record(&lease.name)?;
+        let node = old
+            .as_ref()
+            .map_or_else(|| self.store.node.clone(), |r| r.node.clone());
+        if let Some(old) = &old {
+            for a in old.lease().addresses() {
+                let k = self.store.addr_key(a);
+                self.writes.insert(k, None);
+            }
+        }
+        for a in lease.addresses() {
+            if let Some(other) = self.holder(a)?.filter(|h| *h != lease.name) {
+                return Err(Error::internal(format!("{a} already held by {other}")));
+            }
+            let k = self.store.addr_key(a);
+            self.writes.insert(k, Some(lease.name.clone().into_bytes()));
+        }
+        let v = serde_json::to_vec(&Record::new(lease, &node))
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let k = self.store.lease_key(&lease.name);
+        self.writes.insert(k, Some(v));
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) -> Result<bool> {
+        let Some(old) = self.record(name)? else {
+            return Ok(false);
+        };
+        for a in old.lease().addresses() {
+            let k = self.store.addr_key(a);
+            self.writes.insert(k, None);
+        }
+        let k = self.store.lease_key(name);
+        self.writes.insert(k, None);
+        Ok(true)
+    }
+
+    fn cursor(&mut self, v6: bool) -> Result<Option<IpAddr>> {
+        let key = self.cursor_key(v6);
+        Ok(self
+            .read_key(&key)?
+            .and_then(|v| String::from_utf8_lossy(&v).parse().ok()))
+    }
+
+    fn set_cursor(&mut self, v6: bool, host: IpAddr) -> Result<()> {
+        let key = self.cursor_key(v6);
+        self.writes.insert(key, Some(host.to_string().into_bytes()));
+        Ok(())
+    }
+}
+
+impl EtcdTxn<'_> {
+    fn cursor_key(&self, v6: bool) -> Vec<u8> {
+        let node = &self.store.node;
+        self.store
+            .key(&format!("cursor/{node}/{}", if v6 { 6 } else { 4 }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let s = Spec::parse("etcd://10.0.0.1:2379,e2:2379/fleet/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.endpoints, ["10.0.0.1:2379", "e2:2379"]);
+        assert_eq!(s.prefix, "/fleet");
+        let s = Spec::parse("etcd://[fd00::1]:2379").unwrap().unwrap();
+        assert_eq!(
+            (s.endpoints[0].as_str(), s.prefix.as_str()),
+            ("[fd00::1]:2379", DEFAULT_PREFIX)
+        );
+        for bad in [
+            "etcd://",
+            "etcd://host",
+            "etcd://h:0",
+            "etcd://h:x",
+            "etcd://:1",
+            "etcd://a:1,",
+            "etcd://a b:1",
+            "etcd://fd00::1:2379",
+        ] {
+            assert!(Spec::parse(bad).unwrap().is_err(), "{bad}");
+        }
+        assert!(Spec::parse("/var/lib/x").is_none());
+        assert!(Spec::parse("etcd:x").is_none());
+    }
+
+    #[test]
+    fn keys_sort_as_addresses() {
+        assert_eq!(
+            hex_of("10.233.0.2".parse().unwrap()),
+            ('4', "0ae90002".into())
+        );
+        assert_eq!(prefix_end(b"/p/lease/"), b"/p/lease0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+    }
+}

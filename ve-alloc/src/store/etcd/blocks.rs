@@ -1,0 +1,292 @@
+//! Allocation in per-node blocks: a node hands out pairs only from the blocks it
+//! claimed, so nodes never write the same keys in the common case; it claims the next
+//! free block (one compare-and-swap transaction) when its own are full.
+
+use std::{collections::HashSet, net::IpAddr};
+
+use serde_json::json;
+
+use common::{name, Error, Kind, Result};
+
+use super::{b64, hex_of, prefix_end, EtcdTxn, NodeRecord};
+use crate::{
+    alloc::{self, Pools},
+    lease::Lease,
+    pool::Pool,
+    store::Txn,
+};
+
+/// How many of the free pairs a retry spreads over, so that parallel allocators of one
+/// node stop choosing the same pair.
+const SPREAD: usize = 16;
+
+/// The lease of `name`, allocating one from this node's blocks when it has none (an
+/// existing dynamic lease gains an IPv6 pair once an IPv6 pool is configured), as
+/// `alloc::allocate` does on one host.
+pub fn allocate(tx: &mut EtcdTxn, pools: &Pools, name: &str) -> Result<Lease> {
+    tx.prefetch_for_alloc(name)?;
+    if let Some(mut lease) = tx.get(name)? {
+        if let (Some(p6), None, false) = (pools.v6, lease.host_address6, lease.fixed) {
+            let (h, l) = tx.block_pair(&p6)?;
+            (lease.host_address6, lease.local_address6) = (Some(v6(h)?), Some(v6(l)?));
+            tx.put(&lease)?;
+            log::info!("{name}: added IPv6 pair {h}, {l}");
+        }
+        return Ok(lease);
+    }
+    alloc::check_ifname(tx, name, name::host_ifname)?;
+    let mut lease = Lease::new(name);
+    let (h, l) = tx.block_pair(&pools.v4)?;
+    (lease.host_address, lease.local_address) = (Some(v4(h)?), Some(v4(l)?));
+    if let Some(p6) = pools.v6 {
+        let (h, l) = tx.block_pair(&p6)?;
+        (lease.host_address6, lease.local_address6) = (Some(v6(h)?), Some(v6(l)?));
+    }
+    tx.put(&lease)?;
+    log::info!("{name}: leased {h}, {l}");
+    Ok(lease)
+}
+
+fn v4(a: IpAddr) -> Result<std::net::Ipv4Addr> {
+    match a {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err(Error::internal("IPv4 pool yielded IPv6")),
+    }
+}
+
+fn v6(a: IpAddr) -> Result<std::net::Ipv6Addr> {
+    match a {
+        IpAddr::V6(a) => Ok(a),
+        IpAddr::V4(_) => Err(Error::internal("IPv6 pool yielded IPv4")),
+    }
+}
+
+fn to_u128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn from_u128(n: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(n.into())
+    } else {
+        // Only called with values inside an IPv4 pool.
+        IpAddr::V4(u32::try_from(n).unwrap_or(u32::MAX).into())
+    }
+}
+
+impl EtcdTxn<'_> {
+    /// Read the lease, this node's record and its cursors in one round trip.
+    fn prefetch_for_alloc(&mut self, name: &str) -> Result<()> {
+        let node = self.store.node.clone();
+        let keys = [
+            self.store.lease_key(name),
+            self.store.node_key(&node),
+            self.cursor_key(false),
+            self.cursor_key(true),
+        ];
+        self.prefetch(&keys)
+    }
+
+    /// A free pair of `pool` in one of this node's blocks (listed in its node record),
+    /// its addresses recorded as read-absent (the commit fails if another writer takes
+    /// them) and the block checked at commit to be still this node's. Claims a block and
+    /// restarts the transaction when this node has no free pair.
+    fn block_pair(&mut self, pool: &Pool) -> Result<(IpAddr, IpAddr)> {
+        let net = pool.net();
+        let is6 = net.network().is_ipv6();
+        let fam = if is6 { '6' } else { '4' };
+        let size: u128 = 1 << self.store.block_bits;
+        let (lo, hi) = (to_u128(net.network()), to_u128(net.broadcast()));
+        let record = self.node_record()?.unwrap_or_default();
+        let mut mine: Vec<u128> = Vec::new();
+        for b in &record.blocks {
+            let Some(hex) = b.strip_prefix(fam).and_then(|h| h.strip_prefix('/')) else {
+                continue;
+            };
+            let start = u128::from_str_radix(hex, 16)
+                .map_err(|e| super::corrupt(&self.store.node_key(&self.store.node.clone()), e))?;
+            if start + size > lo && start <= hi {
+                mine.push(start);
+            }
+        }
+        mine.sort_unstable();
+        mine.dedup();
+        let cursor = self.cursor(is6)?.map(to_u128);
+        // Round robin: the first free pair after the one handed out last, block by block
+        // from the cursor's, wrapping; the blocks are read a few at a time, so a node
+        // with room in its current block reads one block.
+        let first = cursor
+            .and_then(|c| mine.iter().position(|s| c < s + size))
+            .unwrap_or(0);
+        let order: Vec<u128> = (0..=mine.len())
+            .filter_map(|k| mine.get((first + k) % mine.len().max(1)).copied())
+            .collect();
+        let mut free = Vec::new();
+        let mut next = 0;
+        let mut batch = 1;
+        while free.is_empty() && next < order.len() {
+            let chunk = &order[next..(next + batch).min(order.len())];
+            let ranges: Vec<(Vec<u8>, Vec<u8>)> = chunk
+                .iter()
+                .map(|start| {
+                    let last = self.store.addr_key(from_u128(start + size - 1, is6));
+                    (
+                        self.store.addr_key(from_u128(*start, is6)),
+                        prefix_end(&last),
+                    )
+                })
+                .collect();
+            let held: HashSet<Vec<u8>> = self
+                .store
+                .ranges(&ranges)?
+                .into_iter()
+                .flatten()
+                .map(|kv| kv.key)
+                .collect();
+            for (k, start) in chunk.iter().enumerate() {
+                // The cursor's block is visited twice: after the cursor, then (wrapped)
+                // up to it.
+                let pass = next + k;
+                for a in (*start).max(lo)..=(start + size - 1).min(hi) {
+                    let Some(i) = pool.index_of(from_u128(a, is6)) else {
+                        continue;
+                    };
+                    let in_turn = match cursor {
+                        Some(c) if pass == 0 => a > c,
+                        Some(c) if pass == mine.len() => a <= c,
+                        _ => pass < mine.len(),
+                    };
+                    if !in_turn {
+                        continue;
+                    }
+                    let (h, l) = pool.pair(i);
+                    let busy = |ip: IpAddr, tx: &Self| {
+                        let k = tx.store.addr_key(ip);
+                        match tx.writes.get(&k) {
+                            Some(w) => w.is_some(),
+                            None => held.contains(&k),
+                        }
+                    };
+                    if !busy(h, self) && !busy(l, self) {
+                        free.push((h, l, *start));
+                    }
+                }
+            }
+            next += chunk.len();
+            batch *= 4;
+        }
+        if free.is_empty() {
+            self.claim(pool, &record, is6, size)?;
+            self.restart = true;
+            return Err(Error::new(
+                Kind::Raced,
+                "claimed a new block; starting again",
+            ));
+        }
+        let spread = if self.attempt == 0 {
+            0
+        } else {
+            (std::process::id() as usize + self.attempt as usize) % free.len().min(SPREAD)
+        };
+        let (h, l, block) = free[spread];
+        for a in [h, l] {
+            let k = self.store.addr_key(a);
+            self.saw(&k, None, 0);
+        }
+        let bkey = self
+            .store
+            .key(&format!("block/{fam}/{}", hex_of(from_u128(block, is6)).1));
+        self.value_checks
+            .insert(bkey, self.store.node.clone().into_bytes());
+        self.set_cursor(is6, h)?;
+        Ok((h, l))
+    }
+
+    /// Claim the first unclaimed block of `pool` for this node in one compare-and-swap
+    /// transaction, which also registers the node, adds the block to its record and
+    /// fixes the fleet's block size. A lost race is no error: the caller starts again and
+    /// sees the new owner.
+    fn claim(&mut self, pool: &Pool, record: &NodeRecord, is6: bool, size: u128) -> Result<()> {
+        let net = pool.net();
+        let (lo, hi) = (to_u128(net.network()), to_u128(net.broadcast()));
+        let fam = if is6 { '6' } else { '4' };
+        let bits = self.store.block_bits.to_string();
+        let meta = self.store.key(&format!("meta/block-bits/{fam}"));
+        let block_base = self.store.key(&format!("block/{fam}/"));
+        let nkey = self.store.node_key(&self.store.node.clone());
+        let node_rev = self.reads.get(&nkey).copied().unwrap_or(0);
+        let (_, m) = self.store.range(&meta, None)?;
+        let meta_rev = match m.first() {
+            Some(kv) if kv.value != bits.as_bytes() => {
+                return Err(Error::config(format!(
+                "etcd store: the fleet's blocks have {} host bits, but --block-size gives {bits}",
+                String::from_utf8_lossy(&kv.value)
+            )))
+            }
+            Some(kv) => kv.mod_revision,
+            None => 0,
+        };
+        let (_, claimed) = self
+            .store
+            .range(&block_base, Some(&prefix_end(&block_base)))?;
+        let taken: HashSet<Vec<u8>> = claimed.into_iter().map(|kv| kv.key).collect();
+        let mut start = lo - lo % size;
+        let (block, bkey) = loop {
+            if start > hi {
+                return Err(Error::new(
+                    Kind::CantCreate,
+                    format!(
+                        "address pool {pool} is exhausted for node {}: its blocks are full and \
+                         every other block is claimed ({} blocks in the fleet)",
+                        self.store.node,
+                        taken.len()
+                    ),
+                ));
+            }
+            let bkey = self
+                .store
+                .key(&format!("block/{fam}/{}", hex_of(from_u128(start, is6)).1));
+            let has_pair = (start.max(lo)..=(start + size - 1).min(hi))
+                .any(|a| pool.index_of(from_u128(a, is6)).is_some());
+            if !taken.contains(&bkey) && has_pair {
+                break (start, bkey);
+            }
+            start += size;
+        };
+        let mut record = NodeRecord {
+            address: self.store.node_address,
+            blocks: record.blocks.clone(),
+        };
+        record
+            .blocks
+            .push(format!("{fam}/{}", hex_of(from_u128(block, is6)).1));
+        let record = serde_json::to_vec(&record).map_err(|e| Error::internal(e.to_string()))?;
+        let cmp = |k: &[u8], rev: i64| json!({"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string()});
+        let put = |k: &[u8], v: &[u8]| json!({"request_put": {"key": b64(k), "value": b64(v)}});
+        // Comparing the node's record serialises the claims of one node's parallel
+        // allocators: one claims, the others see its block when they start again.
+        let body = json!({
+            "compare": [cmp(&bkey, 0), cmp(&nkey, node_rev), cmp(&meta, meta_rev)],
+            "success": [
+                put(&bkey, self.store.node.as_bytes()),
+                put(&nkey, &record),
+                put(&meta, bits.as_bytes()),
+            ],
+            "failure": [],
+        });
+        let v = self.store.client.call("/v3/kv/txn", &body)?;
+        if v.get("succeeded").and_then(serde_json::Value::as_bool) == Some(true) {
+            self.store.registered = true;
+            log::info!(
+                "node {} claimed block {}/{}",
+                self.store.node,
+                from_u128(block, is6),
+                if is6 { 128 } else { 32 } - self.store.block_bits
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,364 @@
+//! A client for etcd's v3 JSON gateway (`POST /v3/kv/range`, `/v3/kv/txn`) over
+//! kept-alive HTTP/1.1 on a plain `TcpStream`: no protoc at build time (etcd-client's
+//! gRPC stubs need it) and no dependency beyond serde_json. Requests that find no
+//! answer in time, or an answer without quorum, move on to the next endpoint until the
+//! deadline (`--wait`) has passed.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream, ToSocketAddrs},
+    time::{Duration, Instant},
+};
+
+use common::{Error, Kind, Result};
+use serde_json::Value;
+
+/// The longest one request may take before the next endpoint is tried: a quarter of
+/// `--wait` within these bounds, so a loaded cluster still answers (a quorum write takes
+/// 1-2 ms idle) and a dead member still leaves time for others.
+const REQUEST_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(1000), Duration::from_millis(3000));
+/// The pause between two rounds over the endpoints while none answers.
+const BACKOFF: Duration = Duration::from_millis(50);
+/// gRPC status codes the gateway reports that mean "try again, maybe elsewhere":
+/// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, UNAVAILABLE (no leader, request
+/// timed out, leader changed).
+const RETRY_CODES: [i64; 4] = [4, 8, 10, 14];
+
+/// gRPC status codes for a refused identity: UNAUTHENTICATED (also an expired
+/// token), PERMISSION_DENIED.
+const UNAUTHENTICATED: i64 = 16;
+const PERMISSION_DENIED: i64 = 7;
+/// What etcd answers an authentication with an unknown user or a wrong password.
+const INVALID_ARGUMENT: i64 = 3;
+
+/// A user name and password for etcd's authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    auth: Option<Credentials>,
+    /// The token `auth` got, sent with every request.
+    token: Option<String>,
+    /// The gRPC code of the last refused request.
+    last_code: i64,
+    current: usize,
+    conn: Option<BufReader<TcpStream>>,
+    deadline: Instant,
+    timeout: Duration,
+    /// Whether any endpoint ever answered: then a failure is "no quorum" (75), else
+    /// "unreachable" (69).
+    answered: bool,
+}
+
+impl Client {
+    /// A client for `endpoints` (HOST:PORT) that gives up at `deadline`.
+    pub fn new(endpoints: Vec<String>, auth: Option<Credentials>, deadline: Instant) -> Client {
+        Client {
+            endpoints,
+            auth,
+            token: None,
+            last_code: 0,
+            timeout: (deadline.saturating_duration_since(Instant::now()) / 4)
+                .clamp(REQUEST_TIMEOUT.0, REQUEST_TIMEOUT.1),
+            current: 0,
+            conn: None,
+            deadline,
+            answered: false,
+        }
+    }
+
+    /// POST `body` to `path` and return the answer's JSON, retrying on other endpoints
+    /// until the deadline. A gateway error that is not temporary is returned at once.
+    /// With credentials, a token is fetched first, and fetched again once when etcd
+    /// no longer knows it (simple tokens expire).
+    pub fn call(&mut self, path: &str, body: &Value) -> Result<Value> {
+        if self.auth.is_some() && self.token.is_none() {
+            self.authenticate()?;
+        }
+        match self.call_inner(path, body) {
+            Err(_) if self.last_code == UNAUTHENTICATED && self.token.is_some() => {
+                self.token = None;
+                self.authenticate()?;
+                self.call_inner(path, body)
+            }
+            r => r,
+        }
+    }
+
+    fn authenticate(&mut self) -> Result<()> {
+        let Some(c) = self.auth.clone() else {
+            return Ok(());
+        };
+        let v = self
+            .call_inner(
+                "/v3/auth/authenticate",
+                &serde_json::json!({"name": c.user, "password": c.password}),
+            )
+            .map_err(|e| {
+                if self.last_code == INVALID_ARGUMENT {
+                    Error::new(
+                        Kind::Permission,
+                        format!("etcd refused the user {:?}: {e}", c.user),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        let token = v
+            .get("token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::new(Kind::Io, "etcd authentication answered without a token"))?;
+        self.token = Some(token.to_string());
+        Ok(())
+    }
+
+    fn call_inner(&mut self, path: &str, body: &Value) -> Result<Value> {
+        self.last_code = 0;
+        let body = serde_json::to_vec(body)
+            .map_err(|e| Error::internal(format!("encoding an etcd request: {e}")))?;
+        let mut last = String::from("no endpoint tried");
+        let mut first = true;
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() && !first {
+                let (kind, what) = if self.answered {
+                    (
+                        Kind::TempFail,
+                        "etcd did not commit the request in time (no quorum?)",
+                    )
+                } else {
+                    (Kind::Unavailable, "etcd is unreachable")
+                };
+                return Err(Error::new(
+                    kind,
+                    format!(
+                        "{what}: endpoints {}, last error: {last}",
+                        self.endpoints.join(",")
+                    ),
+                ));
+            }
+            first = false;
+            let timeout = self.timeout.min(left).max(Duration::from_millis(100));
+            let endpoint = self.endpoints[self.current].clone();
+            match self.once(&endpoint, path, &body, timeout) {
+                Ok((200, v)) => {
+                    self.answered = true;
+                    return Ok(v);
+                }
+                Ok((status, v)) => {
+                    self.answered = true;
+                    let code = v.get("code").and_then(Value::as_i64).unwrap_or(0);
+                    let msg = v
+                        .get("message")
+                        .or_else(|| v.get("error"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    last = format!("{endpoint}: HTTP {status}: {msg}");
+                    self.last_code = code;
+                    if matches!(code, UNAUTHENTICATED | PERMISSION_DENIED) {
+                        return Err(Error::new(
+                            Kind::Permission,
+                            format!("etcd refused the request: {last}"),
+                        ));
+                    }
+                    if !(RETRY_CODES.contains(&code) || status == 503) {
+                        return Err(Error::new(Kind::Io, format!("etcd {last}")));
+                    }
+                }
+                Err(e) => {
+                    last = format!("{endpoint}: {e}");
+                }
+            }
+            log::debug!("etcd request failed, trying the next endpoint: {last}");
+            self.conn = None;
+            self.current = (self.current + 1) % self.endpoints.len();
+            if self.current == 0 {
+                std::thread::sleep(
+                    BACKOFF.min(self.deadline.saturating_duration_since(Instant::now())),
+                );
+            }
+        }
+    }
+
+    /// One request on the kept-alive connection (opened when there is none).
+    fn once(
+        &mut self,
+        endpoint: &str,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> std::io::Result<(u16, Value)> {
+        if self.conn.is_none() {
+            let addr = resolve(endpoint)?;
+            let s = TcpStream::connect_timeout(&addr, timeout)?;
+            s.set_nodelay(true)?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(std::io::Error::other("no connection"));
+        };
+        conn.get_ref().set_read_timeout(Some(timeout))?;
+        conn.get_ref().set_write_timeout(Some(timeout))?;
+        let auth = match &self.token {
+            Some(t) => format!("Authorization: {t}\r\n"),
+            None => String::new(),
+        };
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\n\
+             {auth}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        conn.get_mut().write_all(&req)?;
+        let (status, body) = read_response(conn)?;
+        let v = serde_json::from_slice(&body).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not JSON from the gateway: {e}"),
+            )
+        })?;
+        Ok((status, v))
+    }
+}
+
+fn resolve(endpoint: &str) -> std::io::Result<SocketAddr> {
+    endpoint.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the endpoint")
+    })
+}
+
+fn bad(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Status and body of one HTTP/1.1 response (Content-Length or chunked).
+fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad HTTP status line"))?;
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim(), v.trim());
+            if k.eq_ignore_ascii_case("content-length") {
+                length = Some(v.parse::<usize>().map_err(|_| bad("bad Content-Length"))?);
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = v.eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..])?;
+            line.clear();
+            r.read_line(&mut line)?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let n = length.ok_or_else(|| bad("response without a length"))?;
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    }
+    Ok((status, body))
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, as the gateway's JSON carries bytes.
+pub fn b64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn unb64(text: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut n, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(Error::new(Kind::Io, "etcd gateway sent bad base64")),
+        };
+        n = (n << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((n >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("/ve-alloc/lease/web", "L3ZlLWFsbG9jL2xlYXNlL3dlYg=="),
+        ] {
+            assert_eq!(b64(raw.as_bytes()), enc);
+            assert_eq!(unb64(enc).unwrap(), raw.as_bytes());
+        }
+        assert!(unb64("a*b").is_err());
+    }
+
+    #[test]
+    fn responses_with_length_or_chunks() {
+        let mut r = &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"[..];
+        assert_eq!(read_response(&mut r).unwrap(), (200, b"{}".to_vec()));
+        let mut r =
+            &b"HTTP/1.1 503 x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n"[..];
+        assert_eq!(read_response(&mut r).unwrap(), (503, b"{\"a\":1}".to_vec()));
+    }
+}

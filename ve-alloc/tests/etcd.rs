@@ -1,0 +1,661 @@
+//! `ve-alloc` on a real 3-member etcd cluster (Debian's etcd-server) in sandbox
+//! namespaces, with three node namespaces that share nothing but etcd: concurrency
+//! across nodes, a leader killed mid-round, no quorum, and output and exit codes equal
+//! to the SQLite store's.
+
+use std::{
+    collections::{HashMap, HashSet},
+    process::{Command, Output},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use testbed::{etcd::Cluster, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
+
+fn cluster(test: &str) -> Option<Cluster> {
+    if !testbed::privileged(test, &["ip", "unshare", "etcd", "etcdctl"]) {
+        return None;
+    }
+    Some(Cluster::start(3, 3).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// `ve-alloc ARGS` on node `i` against the cluster's store under `prefix`.
+fn va(c: &Cluster, i: usize, prefix: &str, args: &[&str]) -> Command {
+    let n = &c.nodes[i];
+    let mut cmd = n.command(BIN);
+    cmd.env("VE_ALLOC_STORE", c.url(prefix))
+        .env("VE_ALLOC_NODE", &n.name)
+        .env("VE_ALLOC_NODE_ADDRESS", &n.addr)
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .env_remove("VE_ALLOC_POOL")
+        .env_remove("VE_ALLOC_POOL6")
+        .args(args);
+    cmd
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn list(c: &Cluster, i: usize, prefix: &str) -> Vec<Value> {
+    let o = va(c, i, prefix, &["list", "--json"]).output().unwrap();
+    assert!(o.status.success(), "list: {}", text(&o.stderr));
+    text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `KEY=value` lines of one alloc's stdout.
+fn env(out: &str) -> HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Run `per_node` allocations on every node, `parallel` at a time per node, all nodes
+/// at once, with `during` called once a third of them have finished. Returns each
+/// command's name and output.
+fn round(
+    c: &Cluster,
+    prefix: &str,
+    per_node: usize,
+    parallel: usize,
+    wait: &str,
+    during: impl FnOnce(),
+) -> Vec<(String, Output)> {
+    let done = Arc::new(AtomicUsize::new(0));
+    let total = per_node * c.nodes.len();
+    let results = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for i in 0..c.nodes.len() {
+            let next = Arc::new(AtomicUsize::new(0));
+            for _ in 0..parallel {
+                let (next, done) = (next.clone(), done.clone());
+                handles.push(s.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::SeqCst);
+                        if k >= per_node {
+                            return out;
+                        }
+                        let name = format!("c{i}-{k}");
+                        let o = va(c, i, prefix, &["--wait", wait, "alloc", &name])
+                            .output()
+                            .unwrap();
+                        done.fetch_add(1, Ordering::SeqCst);
+                        out.push((name, o));
+                    }
+                }));
+            }
+        }
+        while done.load(Ordering::SeqCst) < total / 3 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        during();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    results
+}
+
+/// Every address in `leases` is held once.
+fn assert_unique(leases: &[Value]) {
+    let mut seen = HashMap::new();
+    for l in leases {
+        for k in ["host_address", "local_address"] {
+            if let Some(a) = l[k].as_str() {
+                let name = l["name"].as_str().unwrap().to_string();
+                if let Some(other) = seen.insert(a.to_string(), name.clone()) {
+                    panic!("{a} leased to both {other} and {name}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn three_nodes_allocate_concurrently_without_duplicates() {
+    let Some(c) = cluster("three_nodes_allocate_concurrently_without_duplicates") else {
+        return;
+    };
+    let t = Instant::now();
+    let results = round(&c, "fleet", 100, 16, "30", || {});
+    let took = t.elapsed();
+    let mut printed = HashMap::new();
+    for (name, o) in &results {
+        assert!(
+            o.status.success(),
+            "{name}: exit {:?}: {}",
+            o.status.code(),
+            text(&o.stderr)
+        );
+        let e = env(&text(&o.stdout));
+        assert!(
+            e.contains_key("HOST_ADDRESS"),
+            "{name}: {}",
+            text(&o.stdout)
+        );
+        printed.insert(name.clone(), e);
+    }
+    let mut addrs = HashSet::new();
+    for e in printed.values() {
+        assert!(addrs.insert(e["HOST_ADDRESS"].clone()), "duplicate {e:?}");
+        assert!(addrs.insert(e["LOCAL_ADDRESS"].clone()), "duplicate {e:?}");
+    }
+    for i in 0..3 {
+        let leases = list(&c, i, "fleet");
+        assert_eq!(leases.len(), 300, "node {i} sees every lease");
+        assert_unique(&leases);
+        for l in &leases {
+            let name = l["name"].as_str().unwrap();
+            let e = &printed[name];
+            assert_eq!(l["host_address"].as_str(), Some(e["HOST_ADDRESS"].as_str()));
+            assert_eq!(
+                l["local_address"].as_str(),
+                Some(e["LOCAL_ADDRESS"].as_str())
+            );
+            // c<node>-<k> was allocated on node n<node+1>.
+            let node = format!("n{}", &name[1..2].parse::<usize>().unwrap() + 1);
+            assert_eq!(l["node"].as_str(), Some(node.as_str()), "{l}");
+        }
+    }
+    // Routes: from n1, every block of n2 and n3 via their addresses; each of their
+    // leases is inside one of them; none of n1's blocks.
+    let o = va(&c, 0, "fleet", &["routes"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let routes: Vec<(ipnet::Ipv4Net, String)> = text(&o.stdout)
+        .lines()
+        .map(|l| {
+            let (block, via) = l.split_once(" via ").unwrap_or_else(|| panic!("{l}"));
+            (block.parse().unwrap(), via.to_string())
+        })
+        .collect();
+    let leases = list(&c, 0, "fleet");
+    for l in &leases {
+        let a: std::net::Ipv4Addr = l["host_address"].as_str().unwrap().parse().unwrap();
+        let via: Vec<&String> = routes
+            .iter()
+            .filter(|(b, _)| b.contains(&a))
+            .map(|(_, v)| v)
+            .collect();
+        match l["node"].as_str().unwrap() {
+            "n1" => assert!(via.is_empty(), "{a} of n1 routed away: {via:?}"),
+            n => {
+                let i: usize = n[1..].parse().unwrap();
+                assert_eq!(via, [&c.nodes[i - 1].addr], "{a} of {n}");
+            }
+        }
+    }
+    let o = va(&c, 0, "fleet", &["routes", "--json"]).output().unwrap();
+    let lines = text(&o.stdout);
+    assert_eq!(lines.lines().count(), routes.len());
+    for l in lines.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["node"] == "n2" || v["node"] == "n3", "{v}");
+        assert!(v["block"].as_str().unwrap().ends_with("/26"), "{v}");
+    }
+    // Names are fleet-wide: another node shows and releases them.
+    let o = va(&c, 2, "fleet", &["show-ip", "c0-0"]).output().unwrap();
+    assert_eq!(text(&o.stdout).trim(), printed["c0-0"]["LOCAL_ADDRESS"]);
+    let o = va(&c, 2, "fleet", &["release", "c0-0"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(list(&c, 0, "fleet").len(), 299);
+    eprintln!("300 allocations, 3 nodes x 16 at a time: {took:?}");
+}
+
+#[test]
+fn leader_killed_mid_round_loses_nothing_and_duplicates_nothing() {
+    let Some(c) = cluster("leader_killed_mid_round_loses_nothing_and_duplicates_nothing") else {
+        return;
+    };
+    let leader = c.leader().expect("a leader");
+    let results = round(&c, "kill", 40, 8, "20", || c.members[leader].kill());
+    let leases = list(&c, 1, "kill");
+    assert_unique(&leases);
+    let by_name: HashMap<&str, &Value> = leases
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap(), l))
+        .collect();
+    let mut failed = 0;
+    for (name, o) in &results {
+        if o.status.success() {
+            let e = env(&text(&o.stdout));
+            let l = by_name
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("{name} printed {e:?} but is not in the store"));
+            assert_eq!(l["host_address"].as_str(), Some(e["HOST_ADDRESS"].as_str()));
+        } else {
+            failed += 1;
+            assert!(o.stdout.is_empty(), "{name} failed but printed a lease");
+            assert!(
+                matches!(o.status.code(), Some(75 | 69)),
+                "{name}: exit {:?}: {}",
+                o.status.code(),
+                text(&o.stderr)
+            );
+        }
+    }
+    eprintln!(
+        "{} allocations, {failed} failed around the leader kill",
+        results.len()
+    );
+    // After the election allocations go on.
+    let o = va(&c, 0, "kill", &["alloc", "after"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn without_quorum_alloc_fails_within_wait_and_prints_nothing() {
+    let Some(c) = cluster("without_quorum_alloc_fails_within_wait_and_prints_nothing") else {
+        return;
+    };
+    let o = va(&c, 0, "q", &["alloc", "before"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    c.members[0].kill();
+    c.members[1].kill();
+    for args in [
+        &["--wait", "3", "alloc", "x"][..],
+        &["--wait", "3", "alloc", "before"],
+        &["--wait", "3", "show", "before"],
+        &["--wait", "3", "release", "before"],
+    ] {
+        let t = Instant::now();
+        let o = va(&c, 0, "q", args).output().unwrap();
+        let took = t.elapsed();
+        assert!(
+            matches!(o.status.code(), Some(75 | 69)),
+            "{args:?}: exit {:?}: {}",
+            o.status.code(),
+            text(&o.stderr)
+        );
+        assert!(o.stdout.is_empty(), "{args:?} printed {}", text(&o.stdout));
+        assert!(took < Duration::from_millis(4500), "{args:?} took {took:?}");
+    }
+    // Nothing listens at this address of the sandbox LAN: unreachable is 69.
+    let mut cmd = va(&c, 0, "q", &["--wait", "1", "alloc", "x"]);
+    cmd.env("VE_ALLOC_STORE", "etcd://198.51.100.99:2379");
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(69), "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty());
+}
+
+/// Output and exit codes of one command sequence on SQLite and on etcd are the same.
+#[test]
+fn commands_match_the_sqlite_store() {
+    let Some(c) = cluster("commands_match_the_sqlite_store") else {
+        return;
+    };
+    let dir = TempDir::new("va-etcd-sqlite");
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(
+        conf.join("imp.conf"),
+        "HOST_ADDRESS=10.233.8.2\nLOCAL_ADDRESS=10.233.8.3\n",
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    // Two batches of 30 new leases, then a release of 45 names.
+    let batch = |r: std::ops::Range<usize>, verb: &str| -> Vec<String> {
+        let mut v = vec![verb.to_string()];
+        v.extend(r.map(|k| format!("m{k}")));
+        v
+    };
+    let (mut first, mut second) = (batch(0..30, "alloc"), batch(30..60, "alloc"));
+    first.push("--json".into());
+    second.push("--json".into());
+    let release = batch(0..45, "release");
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["alloc", "a"],
+        vec!["alloc", "a"],
+        vec!["alloc", "b", "c", "a", "--json"],
+        vec!["alloc", "b", "c"],
+        vec!["alloc", "bad/name"],
+        vec!["show", "a"],
+        vec!["show", "a", "--json"],
+        vec!["show-ip", "b"],
+        vec!["show-ip", "b", "--json"],
+        vec!["show", "missing"],
+        vec!["list"],
+        vec!["list", "--hosts"],
+        vec!["release", "a", "nothing"],
+        vec!["release", "a"],
+        vec!["alloc", "d"],
+        vec![
+            "reserve",
+            "r",
+            "--host-address",
+            "10.233.9.2",
+            "--local-address",
+            "10.233.9.3",
+        ],
+        vec![
+            "reserve",
+            "r",
+            "--host-address",
+            "10.233.9.2",
+            "--local-address",
+            "10.233.9.3",
+        ],
+        vec![
+            "reserve",
+            "x",
+            "--host-address",
+            "10.233.9.3",
+            "--local-address",
+            "10.233.9.7",
+        ],
+        vec![
+            "reserve",
+            "y",
+            "--host-address",
+            "10.234.9.2",
+            "--local-address",
+            "10.234.9.3",
+        ],
+        vec!["import", &conf],
+        vec!["gc", "--dry-run", "b"],
+        vec!["gc", "b"],
+        vec!["gc", "--all-gone"],
+        vec!["list", "--json"],
+        vec!["list"],
+    ];
+    // On a fresh store and prefix: more leases than one etcd transaction's 128
+    // operations can release (no allocation after the release: there the stores part
+    // on purpose, SQLite walking on through the pool, a node reusing its own blocks).
+    let many: Vec<Vec<&str>> = vec![
+        first.iter().map(String::as_str).collect(),
+        second.iter().map(String::as_str).collect(),
+        vec!["list"],
+        release.iter().map(String::as_str).collect(),
+        vec!["list"],
+        vec!["alloc", "m0"],
+        vec!["gc", "--all-gone"],
+        vec!["list"],
+    ];
+    // Bad node settings are refused before etcd is contacted.
+    for (k, v) in [
+        ("VE_ALLOC_NODE", "bad/name"),
+        ("VE_ALLOC_NODE_ADDRESS", "nope"),
+        ("VE_ALLOC_BLOCK_SIZE", "31"),
+    ] {
+        let o = va(&c, 0, "same", &["alloc", "web"])
+            .env(k, v)
+            .output()
+            .unwrap();
+        assert!(matches!(o.status.code(), Some(64 | 65)), "{k}={v}: {o:?}");
+        assert!(o.stdout.is_empty());
+    }
+    compare(&c, &dir.path().join("store"), "same", &steps);
+    compare(&c, &dir.path().join("many"), "many", &many);
+}
+
+/// Run `steps` on the SQLite store `store` and on the etcd prefix `prefix`, from node 1,
+/// and check that stdout and exit codes are equal.
+fn compare(c: &Cluster, store: &std::path::Path, prefix: &str, steps: &[Vec<&str>]) {
+    for s in steps {
+        let sq = c.nodes[0]
+            .command(BIN)
+            .env("VE_ALLOC_STORE", store)
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .env_remove("VE_ALLOC_POOL")
+            .env_remove("VE_ALLOC_POOL6")
+            .args(s)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let et = va(c, 0, prefix, s)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            sq.status.code(),
+            et.status.code(),
+            "{s:?}: exit codes differ; sqlite: {} etcd: {}",
+            text(&sq.stderr),
+            text(&et.stderr)
+        );
+        let mut etcd_out = text(&et.stdout);
+        if s.contains(&"list") && s.contains(&"--json") {
+            // The etcd store adds each lease's node; otherwise the lines are the same.
+            let lines: Vec<String> = etcd_out
+                .lines()
+                .map(|l| {
+                    let mut v: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+                    assert_eq!(v.remove("node"), Some(Value::from("n1")), "{l}");
+                    format!("{}\n", Value::Object(v))
+                })
+                .collect();
+            let sq_lines: Vec<String> = text(&sq.stdout)
+                .lines()
+                .map(|l| format!("{}\n", serde_json::from_str::<Value>(l).unwrap()))
+                .collect();
+            assert_eq!(lines, sq_lines, "{s:?}");
+            etcd_out = String::new();
+            assert!(!sq.stdout.is_empty());
+        } else {
+            assert_eq!(text(&sq.stdout), etcd_out, "{s:?}: stdout differs");
+        }
+    }
+}
+
+/// A store string that is neither a directory nor a valid store URL is refused before
+/// anything is created: no directory named `etcd:` ever appears.
+#[test]
+fn garbage_store_urls_are_refused_and_create_nothing() {
+    let dir = TempDir::new("va-etcd-garbage");
+    for (store, code) in [
+        ("etcd:", 64),
+        ("etcd:localhost:2379", 64),
+        ("ETCD:x", 64),
+        ("etcd://", 64),
+        ("etcd://host", 64),
+        ("etcd://h:99999/p", 64),
+        ("http://h:2379", 64),
+    ] {
+        let o = Command::new(BIN)
+            .current_dir(dir.path())
+            .env("VE_ALLOC_STORE", store)
+            .env("VE_ALLOC_CONFIG", "/dev/null")
+            .args(["alloc", "web"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(code), "{store}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+        assert_eq!(text(&o.stderr).lines().count(), 1, "{}", text(&o.stderr));
+    }
+    let conf = dir.path().join("ve-alloc.conf");
+    std::fs::write(&conf, "STORE=etcd:foo\n").unwrap();
+    let o = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("VE_ALLOC_STORE")
+        .arg("--config")
+        .arg(&conf)
+        .args(["alloc", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("ve-alloc.conf")]);
+    let o = Command::new(BIN)
+        .args(["alloc", "--help"])
+        .output()
+        .unwrap();
+    for flag in [
+        "--node <NAME>",
+        "--node-address <ADDR>",
+        "--block-size",
+        "etcd://",
+    ] {
+        assert!(text(&o.stdout).contains(flag), "alloc --help lacks {flag}");
+    }
+}
+
+/// A node cut off from etcd fails without printing; once it is released as gone its
+/// blocks go to another node, and when it comes back it never hands out an address
+/// from them: it claims a new block.
+#[test]
+fn a_released_node_that_comes_back_hands_out_nothing_another_node_holds() {
+    let Some(c) = cluster("a_released_node_that_comes_back_hands_out_nothing_another_node_holds")
+    else {
+        return;
+    };
+    let p = "back";
+    let ok = |i: usize, args: &[&str]| {
+        let o = va(&c, i, p, args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    for k in 0..3 {
+        ok(1, &["alloc", &format!("old{k}")]);
+    }
+    let old = env(&ok(1, &["show", "old0"]));
+    assert_eq!(
+        old["HOST_ADDRESS"], "10.233.0.2",
+        "n2 claimed the first block"
+    );
+    ok(0, &["alloc", "a0"]);
+    c.nodes[1].ns.ip(&["link", "set", "eth0", "down"]);
+    let o = va(&c, 1, p, &["--wait", "2", "alloc", "cut"])
+        .output()
+        .unwrap();
+    assert!(matches!(o.status.code(), Some(69 | 75)), "{o:?}");
+    assert!(o.stdout.is_empty());
+    // n2 is known gone: its dynamic leases and blocks are freed.
+    assert_eq!(ok(0, &["node", "release", "n2"]), "old0\nold1\nold2\n");
+    assert_eq!(ok(0, &["node", "release", "n2"]), "", "idempotent");
+    // n1 fills its own block (32 pairs) and takes the freed first one.
+    for batch in [1..21, 21..41] {
+        let names: Vec<String> = batch.map(|k| format!("a{k}")).collect();
+        let mut args = vec!["alloc", "--json"];
+        args.extend(names.iter().map(String::as_str));
+        ok(0, &args);
+    }
+    let leases = list(&c, 0, p);
+    assert!(
+        leases
+            .iter()
+            .any(|l| l["host_address"] == "10.233.0.2" && l["node"] == "n1"),
+        "n1 now holds n2's old first pair"
+    );
+    // n2 comes back: its next lease is from a block of its own, not its old one.
+    c.nodes[1].ns.ip(&["link", "set", "eth0", "up"]);
+    let late = env(&ok(1, &["alloc", "late"]));
+    let leases = list(&c, 2, p);
+    assert_unique(&leases);
+    let late_host: std::net::Ipv4Addr = late["HOST_ADDRESS"].parse().unwrap();
+    assert!(
+        late_host.octets()[3] >= 128,
+        "late got {late_host}, inside a block n1 owns"
+    );
+    // Node settings from the config file; a block size other than the fleet's is 78.
+    let conf = c.nodes[2].dir().join("ve-alloc.conf");
+    let from_conf = |extra: &str| {
+        std::fs::write(&conf, format!("STORE={}\nNODE=n9\n{extra}", c.url(p))).unwrap();
+        va(&c, 2, p, &["alloc", "fromconf"])
+            .env("VE_ALLOC_CONFIG", &conf)
+            .env_remove("VE_ALLOC_STORE")
+            .env_remove("VE_ALLOC_NODE")
+            .env_remove("VE_ALLOC_NODE_ADDRESS")
+            .output()
+            .unwrap()
+    };
+    for bad in ["BLOCK_SIZE=31\n", "BLOCK_SIZE=28\n", "NODE_ADDRESS=x\n"] {
+        let o = from_conf(bad);
+        assert_eq!(o.status.code(), Some(78), "{bad}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+    }
+    let o = from_conf("NODE_ADDRESS=198.51.100.99\nBLOCK_SIZE=26\n");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let l = list(&c, 0, p);
+    let l = l.iter().find(|l| l["name"] == "fromconf").unwrap();
+    assert_eq!(l["node"], "n9");
+    // The directory store has no nodes.
+    let o = c.nodes[0]
+        .command(BIN)
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .env("VE_ALLOC_STORE", c.nodes[0].dir().join("sq"))
+        .args(["node", "release", "n2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let o = c.nodes[0]
+        .command(BIN)
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .env("VE_ALLOC_STORE", c.nodes[0].dir().join("sq"))
+        .arg("routes")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    // n2's old block is n1's now, so n3 routes it to n1.
+    let o = va(&c, 2, p, &["routes"]).output().unwrap();
+    let routes = text(&o.stdout);
+    assert!(
+        routes.contains(&format!("10.233.0.0/26 via {}\n", c.nodes[0].addr)),
+        "{routes}"
+    );
+}
+
+/// With authentication enabled in etcd: no credentials or a wrong password is 77 and
+/// prints nothing; a user and its password file work.
+#[test]
+fn etcd_authentication_with_user_and_password_file() {
+    let Some(c) = cluster("etcd_authentication_with_user_and_password_file") else {
+        return;
+    };
+    for args in [
+        &["user", "add", "root:s3cret", "--interactive=false"][..],
+        &["auth", "enable"],
+    ] {
+        let o = c.etcdctl(args).output().unwrap();
+        assert!(o.status.success(), "etcdctl {args:?}: {o:?}");
+    }
+    let dir = c.nodes[0].dir();
+    std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+    std::fs::write(dir.join("bad"), "wrong\n").unwrap();
+    let run = |user: Option<&str>, file: &str| {
+        let mut cmd = va(&c, 0, "auth", &["--wait", "3", "alloc", "web"]);
+        if let Some(u) = user {
+            cmd.env("VE_ALLOC_ETCD_USER", u)
+                .env("VE_ALLOC_ETCD_PASSWORD_FILE", dir.join(file));
+        }
+        cmd.output().unwrap()
+    };
+    for (user, file) in [(Some("root"), "bad"), (Some("nobody"), "pw")] {
+        let o = run(user, file);
+        assert_eq!(
+            o.status.code(),
+            Some(77),
+            "{user:?} {file}: {}",
+            text(&o.stderr)
+        );
+        assert!(o.stdout.is_empty());
+    }
+    // No credentials: etcd's "user name is empty" carries the same gRPC code as any
+    // other refused argument, so it is the store's 74, with etcd's words.
+    let o = run(None, "");
+    assert_eq!(o.status.code(), Some(74), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("user name is empty"));
+    assert!(o.stdout.is_empty());
+    let o = run(Some("root"), "pw");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(env(&text(&o.stdout))["HOST_ADDRESS"], "10.233.0.2");
+    // A user without a password file is a usage error, before etcd is asked.
+    let o = va(&c, 0, "auth", &["alloc", "web"])
+        .env("VE_ALLOC_ETCD_USER", "root")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o.stderr));
+}
