@@ -4,7 +4,7 @@
 use std::{
     io::Read,
     net::{SocketAddr, TcpStream},
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -14,83 +14,18 @@ use std::{
 
 use testbed::{
     nat::{
-        blocked, fetch, route_loopback_to_host, seen, udp_ask, NatNet, PeerServer as Server,
+        blocked, fetch, route_loopback_to_host, seen, udp_ask, PeerServer as Server,
         UdpPeerServer as UdpServer,
     },
-    privileged, spawn_in, Netns, TempDir,
+    privileged, spawn_in, Netns,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
+mod support;
 
-struct Topo {
-    net: NatNet,
-    /// Holds ve-nat's lock directory (see `lock_dir`).
-    lockdir: TempDir,
-    backend: &'static str,
-}
+use support::{code, topo::Topo, BIN};
 
-impl std::ops::Deref for Topo {
-    type Target = NatNet;
-    fn deref(&self) -> &NatNet {
-        &self.net
-    }
-}
-
-impl std::ops::DerefMut for Topo {
-    fn deref_mut(&mut self) -> &mut NatNet {
-        &mut self.net
-    }
-}
-
+/// nat.rs's own: the iptables backends' tools.
 impl Topo {
-    /// host (up0 192.0.2.1) -- out (up1 192.0.2.2, routes back to the containers),
-    /// plus `n` containers.
-    fn new(backend: &'static str, n: usize, v6: bool) -> Topo {
-        Topo {
-            net: NatNet::new(n, v6),
-            lockdir: TempDir::new("ve-nat-lock"),
-            backend,
-        }
-    }
-
-    /// VE_NAT_LOCK_DIR: a directory ve-nat creates itself (so its mode does not
-    /// depend on the test's umask), never the machine's /run/ve-nat.
-    fn lock_dir(&self) -> std::path::PathBuf {
-        self.lockdir.path().join("ve-nat")
-    }
-
-    /// `ve-nat ARGS --backend B` in the host namespace, not run yet.
-    fn nat_cmd(&self, args: &[&str]) -> Command {
-        self.nat_cmd_with(self.backend, args)
-    }
-
-    /// `ve-nat ARGS --backend BACKEND` in the host namespace, not run yet.
-    fn nat_cmd_with(&self, backend: &str, args: &[&str]) -> Command {
-        let mut c = self.host.command(BIN);
-        c.args(args)
-            .args(["--backend", backend])
-            .env("VE_NAT_LOCK_DIR", self.lock_dir())
-            .env_remove("RUST_LOG");
-        c
-    }
-
-    /// `ve-nat ARGS --backend B` in the host namespace.
-    fn nat(&self, args: &[&str]) -> Output {
-        let out = self.nat_cmd(args).output().expect("running ve-nat");
-        eprintln!(
-            "ve-nat {args:?}: {} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        out
-    }
-
-    fn nat_ok(&self, args: &[&str]) -> String {
-        let out = self.nat(args);
-        assert!(out.status.success(), "ve-nat {args:?} failed");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     /// `iptables-B ARGS` (and `ip6tables-B` with `six`) in the host namespace.
     fn ipt(&self, six: bool, args: &[&str]) {
         let bin = format!(
@@ -147,10 +82,6 @@ impl Topo {
         }
         all
     }
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
 }
 
 fn gate(test: &str, backend: &str) -> bool {

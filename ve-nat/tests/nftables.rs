@@ -4,7 +4,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -14,67 +14,18 @@ use std::{
 
 use testbed::{
     nat::{
-        blocked, fetch, route_loopback_to_host, seen, udp_ask, NatNet, PeerServer as Server,
+        blocked, fetch, route_loopback_to_host, seen, udp_ask, PeerServer as Server,
         UdpPeerServer as UdpServer,
     },
     privileged, spawn_in, TempDir,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
+mod support;
 
-/// The shared topology plus ve-nat run in its host namespace with one backend.
-struct Topo {
-    net: NatNet,
-    lockdir: TempDir,
-    backend: &'static str,
-}
+use support::{code, topo::Topo, BIN};
 
-impl std::ops::Deref for Topo {
-    type Target = NatNet;
-    fn deref(&self) -> &NatNet {
-        &self.net
-    }
-}
-
+/// nftables.rs's own: the nft tool.
 impl Topo {
-    fn new(backend: &'static str, n: usize, v6: bool) -> Topo {
-        Topo {
-            net: NatNet::new(n, v6),
-            lockdir: TempDir::new("ve-nat-lock"),
-            backend,
-        }
-    }
-
-    /// VE_NAT_LOCK_DIR, never the machine's /run/ve-nat.
-    fn lock_dir(&self) -> std::path::PathBuf {
-        self.lockdir.path().join("ve-nat")
-    }
-
-    fn nat_cmd(&self, args: &[&str]) -> Command {
-        self.nat_cmd_with(self.backend, args)
-    }
-
-    fn nat_cmd_with(&self, backend: &str, args: &[&str]) -> Command {
-        let mut c = self.host.command(BIN);
-        c.args(args)
-            .args(["--backend", backend])
-            .env("VE_NAT_LOCK_DIR", self.lock_dir())
-            .env_remove("RUST_LOG");
-        c
-    }
-
-    fn nat(&self, args: &[&str]) -> Output {
-        let out = self.nat_cmd(args).output().expect("running ve-nat");
-        eprintln!("ve-nat {args:?}: {} {}", out.status, stderr(&out).trim());
-        out
-    }
-
-    fn nat_ok(&self, args: &[&str]) -> String {
-        let out = self.nat(args);
-        assert!(out.status.success(), "ve-nat {args:?} failed");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     /// `nft ARGS` in the host namespace; must succeed.
     fn nft(&self, args: &[&str]) -> String {
         let out = self.host.command("nft").args(args).output().unwrap();
@@ -115,10 +66,6 @@ fn topo(n: usize, v6: bool) -> Topo {
 
 fn gate(test: &str) -> bool {
     privileged(test, &["ip", "nft"])
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
 }
 
 fn stderr(o: &Output) -> String {

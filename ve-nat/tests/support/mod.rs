@@ -1,8 +1,11 @@
 //! What the firewalld and watcher tests share: ctr -- host -- out with HTTP servers that
 //! answer with the peer address they saw, ve-nat run in `host` (inside a firewalld
 //! sandbox's mounts when there is one), and a watcher process with its READY=1 socket.
+//! `topo` is the plainer topology nat.rs and nftables.rs share.
 
 #![allow(dead_code)]
+
+pub mod topo;
 
 use std::{
     net::SocketAddr,
@@ -95,13 +98,7 @@ impl Topo {
     }
 
     pub fn nat(&self, args: &[&str]) -> Output {
-        let out = self.nat_cmd(args).output().expect("running ve-nat");
-        eprintln!(
-            "ve-nat {args:?}: {} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        out
+        run_nat(self.nat_cmd(args), args)
     }
 
     pub fn nat_ok(&self, args: &[&str]) {
@@ -234,4 +231,20 @@ pub fn time_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Durati
         std::thread::sleep(Duration::from_millis(10));
     }
     None
+}
+
+/// Run `cmd` (ve-nat with `args`), logging its exit status and stderr.
+pub fn run_nat(mut cmd: Command, args: &[&str]) -> Output {
+    let out = cmd.output().expect("running ve-nat");
+    eprintln!(
+        "ve-nat {args:?}: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
+/// A process's exit code, -1 when killed by a signal.
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
 }
