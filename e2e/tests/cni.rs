@@ -718,6 +718,8 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
     let out = sb.netns("out");
     testbed::uplink(&host, &out);
     let lock = m.dir.path().join("lock");
+    // Never the machine's /var/lib/ve-nat record.
+    let state = m.dir.path().join("ve-nat-state");
     let env = |id: &str, netns: &str| {
         vec![
             ("CNI_PATH", m.path.display().to_string()),
@@ -725,6 +727,7 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
             ("CNI_IFNAME", "eth0".to_string()),
             ("CNI_NETNS", netns.to_string()),
             ("VE_NAT_LOCK_DIR", lock.display().to_string()),
+            ("VE_NAT_STATE_DIR", state.display().to_string()),
             // No bus: firewalld is not asked (never the machine's).
             (
                 "DBUS_SYSTEM_BUS_ADDRESS",
@@ -783,6 +786,7 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
                 .args(["up", "--external", "up0", "--backend", "nftables"])
                 .args(["--forward", "tcp:9090:10.233.250.2:80", "-q"])
                 .env("VE_NAT_LOCK_DIR", &lock)
+                .env("VE_NAT_STATE_DIR", &state)
                 .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
                 .env_remove("CNI_COMMAND")
                 .output()
@@ -914,7 +918,14 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
         host.command(&m.path.join("ve-nat").display().to_string()),
         "GC",
         &gc,
-        &[("VE_NAT_LOCK_DIR", lock.display().to_string())],
+        &[
+            ("VE_NAT_LOCK_DIR", lock.display().to_string()),
+            ("VE_NAT_STATE_DIR", state.display().to_string()),
+            (
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                "unix:path=/nonexistent".to_string(),
+            ),
+        ],
     );
     assert!(r.ok, "GC: {}", r.stdout);
     assert!(!nft_list(&host, "ve-nat-cni").contains(id2.as_str()));

@@ -87,8 +87,10 @@ impl Cluster {
     /// Start `members` etcd members and create `nodes` node namespaces; waits until the
     /// cluster is healthy.
     pub fn start(members: usize, node_count: usize) -> Result<Cluster, String> {
-        let mut sandbox = Sandbox::new();
+        // Locals drop in reverse order: on an early return the sandbox (killing the
+        // members) goes before the directory they write in.
         let dir = TempDir::new("etcd");
+        let mut sandbox = Sandbox::new();
         let lan = sandbox.netns("lan");
         lan.ip(&["link", "add", "br0", "type", "bridge"]);
         lan.ip(&["link", "set", "br0", "up"]);

@@ -503,20 +503,25 @@ fn firewalld_down() -> Vec<Error> {
         Ok(o) => o,
         Err(e) => return vec![e],
     };
+    let recorded = owned.len();
     let mut errors = match firewalld::Firewalld::connect() {
         Some(fw) => firewalld::down(&fw, &mut owned),
         None => {
             for e in &owned {
                 log::warn!(
-                    "firewalld is not running: {e} stays in its zone {} until `ve-nat down`                      runs while it does",
+                    "firewalld is not running: {e} stays in its zone {} until `ve-nat down` \
+                     runs while it does",
                     firewalld::ZONE
                 );
             }
             Vec::new()
         }
     };
-    if let Err(e) = firewalld::save(&dir, &owned) {
-        errors.push(e);
+    // `down` only removes: the same count is the same record, left as it is.
+    if owned.len() != recorded {
+        if let Err(e) = firewalld::save(&dir, &owned) {
+            errors.push(e);
+        }
     }
     errors
 }

@@ -617,9 +617,7 @@ fn injection_rejected(b: &'static str) {
 
     // No iptables at all: exit 69, nothing changed.
     let out = t
-        .host
-        .command("env")
-        .env("VE_NAT_LOCK_DIR", t.lock_dir())
+        .scratch_env(&mut t.host.command("env"))
         .args([
             "PATH=/nonexistent",
             BIN,
@@ -729,13 +727,11 @@ fn unprivileged(b: &'static str) {
         &["status", "--json"],
     ] {
         let o = t
-            .host
-            .command("setpriv")
+            .scratch_env(&mut t.host.command("setpriv"))
             .args(NOBODY)
             .arg(BIN)
             .args(args)
             .args(["--backend", b])
-            .env("VE_NAT_LOCK_DIR", t.lock_dir())
             .output()
             .unwrap();
         assert_eq!(code(&o), 77, "{args:?}");

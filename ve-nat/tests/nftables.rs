@@ -84,13 +84,11 @@ fn has_ours(t: &Topo) -> bool {
 /// `ve-nat ARGS` in the host namespace with PATH set to `path` (for ve-nat only, not
 /// for the `ip netns exec` that starts it).
 fn with_path(t: &Topo, path: &std::path::Path, args: &[&str]) -> Output {
-    t.host
-        .command("/usr/bin/env")
+    t.scratch_env(&mut t.host.command("/usr/bin/env"))
         .arg(format!("PATH={}", path.display()))
         .arg(BIN)
         .args(args)
         .args(["--backend", t.backend])
-        .env("VE_NAT_LOCK_DIR", t.lock_dir())
         .env_remove("RUST_LOG")
         .output()
         .unwrap()

@@ -238,6 +238,11 @@ impl Host<'_> {
             .env("VE_ALLOC_CONFIG", "/dev/null")
             // ve-nat's lock in scratch, never the machine's /run/ve-nat.
             .env("VE_NAT_LOCK_DIR", self.store.with_file_name("ve-nat-lock"))
+            // Its firewalld record in scratch, never the machine's /var/lib/ve-nat.
+            .env(
+                "VE_NAT_STATE_DIR",
+                self.store.with_file_name("ve-nat-state"),
+            )
             .env_remove("VE_ALLOC_POOL")
             .env_remove("VE_ALLOC_POOL6")
             .env_remove("VE_ALLOC_LAYOUT")

@@ -186,6 +186,8 @@ impl Socket {
     /// announcement, or with the child's answer if that comes first (an error, or the
     /// link was gone already). Without a child (fork failed) it waits as before.
     pub fn del_link_unwaited(&self, index: u32) -> io::Result<()> {
+        // Children of earlier calls that have left since.
+        reap_later(None);
         let req = Req::DelLink(index);
         let seq = self.next_seq();
         let mut bytes = Vec::new();
@@ -224,25 +226,42 @@ impl Socket {
             // SAFETY: closing and writing descriptors this process owns; _exit ends it
             // without running anything of the parent's.
             unsafe {
-                let keep = [del.as_raw_fd(), wr.as_raw_fd()];
-                for fd in [0, 1, 2, watch.as_raw_fd(), rd.as_raw_fd()] {
-                    if !keep.contains(&fd) {
+                // The two it needs become 3 and 4 (through copies at 10 and up, which
+                // no dup2 below overwrites); every other inherited descriptor goes.
+                let d = libc::fcntl(del.as_raw_fd(), libc::F_DUPFD, 10);
+                let w = libc::fcntl(wr.as_raw_fd(), libc::F_DUPFD, 10);
+                if d < 0 || w < 0 || libc::dup2(d, 3) < 0 || libc::dup2(w, 4) < 0 {
+                    libc::_exit(1)
+                }
+                for fd in 0..3 {
+                    libc::close(fd);
+                }
+                if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
+                    // Before Linux 5.9: one by one, up to the descriptor limit.
+                    let mut lim: libc::rlimit = std::mem::zeroed();
+                    let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                        lim.rlim_cur.min(1 << 20) as libc::c_int
+                    } else {
+                        1 << 16
+                    };
+                    for fd in 5..max {
                         libc::close(fd);
                     }
                 }
-                let code = answer_to(del.as_raw_fd(), &bytes, seq, &mut answer).to_ne_bytes();
-                libc::write(wr.as_raw_fd(), code.as_ptr().cast(), code.len());
+                let code = answer_to(3, &bytes, seq, &mut answer).to_ne_bytes();
+                libc::write(4, code.as_ptr().cast(), code.len());
                 libc::_exit(0)
             }
         }
         drop(del);
         drop(wr);
-        settle(
-            &req,
-            self.await_gone(index, &watch, &rd, pid)
-                .map(|()| Reply::Done),
-        )
-        .map(|_| ())
+        let mut reaped = false;
+        let gone = self.await_gone(index, &watch, &rd, pid, &mut reaped);
+        if !reaped {
+            // The announcement came first: the child may still wait for its answer.
+            reap_later(Some(pid));
+        }
+        settle(&req, gone.map(|()| Reply::Done)).map(|_| ())
     }
 
     /// Wait (within [`TIMEOUT`]) for link `index` to be announced gone, or for the
@@ -253,6 +272,7 @@ impl Socket {
         watch: &netlink_sys::Socket,
         rd: &OwnedFd,
         pid: libc::pid_t,
+        reaped: &mut bool,
     ) -> io::Result<()> {
         let deadline = Instant::now() + TIMEOUT;
         let mut buf = Vec::with_capacity(RECV_BUF);
@@ -289,6 +309,7 @@ impl Socket {
                 // It leaves right after writing: reap it.
                 // SAFETY: waiting for our own child.
                 unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                *reaped = true;
                 return match (n, i32::from_ne_bytes(code)) {
                     (4, 0) => Ok(()),
                     (4, errno) => Err(io::Error::from_raw_os_error(errno)),
@@ -316,6 +337,19 @@ impl Socket {
             }
         }
     }
+}
+
+/// Children of earlier deletes that had not left yet when their delete returned.
+static UNREAPED: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+
+/// Reap `pid` (if any) if it has left, else keep it for the next delete; and reap every
+/// earlier child that has left since (none stays a zombie past the next delete).
+fn reap_later(pid: Option<libc::pid_t>) {
+    let mut pending = UNREAPED.lock().unwrap_or_else(|p| p.into_inner());
+    pending.extend(pid);
+    // SAFETY: polling our own children, never blocking. 0: still running; else
+    // reaped, or not ours to wait for any more (ECHILD): forgotten either way.
+    pending.retain(|&p| unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) } == 0);
 }
 
 /// Whether a datagram of link notifications says link `index` left the namespace.
@@ -366,7 +400,7 @@ fn answer_to(fd: RawFd, req: &[u8], seq: u32, buf: &mut [u8]) -> i32 {
             let kind = u16::from_ne_bytes([rest[4], rest[5]]);
             let got = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
             if kind == NLMSG_ERROR && got == seq {
-                return -i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
+                return i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]).wrapping_neg();
             }
             let next = (len + 3) & !3;
             if len < 16 || next > rest.len() {

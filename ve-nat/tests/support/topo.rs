@@ -46,6 +46,22 @@ impl Topo {
         self.lockdir.path().join("ve-nat")
     }
 
+    /// VE_NAT_STATE_DIR: never the machine's /var/lib/ve-nat.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self.lockdir.path().join("state")
+    }
+
+    /// Point `c` at this topology's lock and state directories and at a bus address
+    /// that leads nowhere (never the machine's system bus), as support's `nat_cmd`.
+    pub fn scratch_env<'c>(&self, c: &'c mut Command) -> &'c mut Command {
+        c.env("VE_NAT_LOCK_DIR", self.lock_dir())
+            .env("VE_NAT_STATE_DIR", self.state_dir())
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                format!("unix:path={}/no-bus", self.lockdir.path().display()),
+            )
+    }
+
     /// `ve-nat ARGS --backend B` in the host namespace, not run yet.
     pub fn nat_cmd(&self, args: &[&str]) -> Command {
         self.nat_cmd_with(self.backend, args)
@@ -56,8 +72,8 @@ impl Topo {
         let mut c = self.host.command(BIN);
         c.args(args)
             .args(["--backend", backend])
-            .env("VE_NAT_LOCK_DIR", self.lock_dir())
             .env_remove("RUST_LOG");
+        self.scratch_env(&mut c);
         c
     }
 

@@ -147,7 +147,13 @@ fn in_ns(sb: &Sandbox, ns: &str, prog: &Path, args: &[&str]) -> Result<Duration>
     let fd = nsf.as_raw_fd();
     let mut cmd = Command::new(prog);
     cmd.args(args)
-        .env("VE_NAT_LOCK_DIR", sb.tmp.join("ve-nat-lock"));
+        .env("VE_NAT_LOCK_DIR", sb.tmp.join("ve-nat-lock"))
+        // Never the machine's /var/lib/ve-nat record nor its system bus.
+        .env("VE_NAT_STATE_DIR", sb.tmp.join("ve-nat-state"))
+        .env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            format!("unix:path={}/no-bus", sb.tmp.display()),
+        );
     // SAFETY: only setns(2), async-signal-safe, runs in the child; `nsf` outlives spawn.
     unsafe {
         cmd.pre_exec(move || {

@@ -349,11 +349,7 @@ fn bench_networkd(bin: &Path, cycles: usize) -> Result {
     );
 
     // --persist (the file in networkd's /etc/systemd/network, the sandbox's), no watcher.
-    let file = lab
-        .nd
-        .scratch()
-        .join("run/systemd/network")
-        .join(NETWORK_FILE);
+    let file = lab.nd.etc_dir().join(NETWORK_FILE);
     let _ = std::fs::remove_file(&file);
     let out = lab
         .nd

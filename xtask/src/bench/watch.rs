@@ -74,8 +74,11 @@ impl Drop for Watcher {
 /// times, and report the median, p90 and worst time until NAT works again.
 pub fn flush_reapply(bin: &Path, backend: &str, flushes: usize) -> Result<String> {
     let net = NatNet::new(1, false);
+    // An interruption removes the namespaces, the scratch dir and the daemon too.
+    crate::guard::namespaces(net.sb.prefix());
     let (host, out, ctr) = (&net.host, &net.out, &net.ctrs[0]);
     let dirs = TempDir::new("bench-watch");
+    crate::guard::dir(dirs.path());
     let server: SocketAddr = format!("{OUTSIDE}:80")
         .parse()
         .map_err(|e| format!("{e}"))?;
@@ -104,6 +107,7 @@ pub fn flush_reapply(bin: &Path, backend: &str, flushes: usize) -> Result<String
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting ve-nat watch: {e}"))?;
+    crate::guard::pid(child.id());
     let _w = Watcher(child);
     let mut buf = [0u8; 16];
     sock.recv(&mut buf)

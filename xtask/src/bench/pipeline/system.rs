@@ -119,7 +119,15 @@ impl Host<'_> {
 
     /// One of this project's tools, with its state in the scratch directory.
     pub fn tool(&self, name: &str) -> Command {
-        self.cmd(&self.bin.join(name))
+        let mut c = self.cmd(&self.bin.join(name));
+        if name == "ve-nat" {
+            // Never the machine's system bus (ve-nat asks firewalld on it).
+            c.env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                format!("unix:path={}/no-bus", self.work.display()),
+            );
+        }
+        c
     }
 
     /// `program` with this project's state directories pointed at the scratch directory.
@@ -127,7 +135,9 @@ impl Host<'_> {
         let mut c = Command::new(program);
         c.env("VE_ALLOC_STORE", self.work.join("store"))
             .env("VE_ALLOC_CONFIG", "/dev/null")
-            .env("VE_NAT_LOCK_DIR", self.work.join("ve-nat-lock"));
+            .env("VE_NAT_LOCK_DIR", self.work.join("ve-nat-lock"))
+            // Never the machine's /var/lib/ve-nat record.
+            .env("VE_NAT_STATE_DIR", self.work.join("ve-nat-state"));
         c
     }
 
