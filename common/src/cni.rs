@@ -376,7 +376,8 @@ fn parse_args(text: &str) -> Result<Vec<(String, String)>, CniError> {
 }
 
 /// FNV-1a 64 of `bytes`, the low 60 bits in base32 `a-z2-7` (12 characters).
-fn hash12(bytes: &[u8]) -> String {
+/// 12 hex digits of FNV-1a over `bytes`.
+pub fn hash12(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
@@ -403,13 +404,17 @@ pub fn short_id(id: &str) -> String {
 const MARK: &str = "cni-";
 
 /// Longest label (pod or container name) kept at the end of a lease name.
-const LABEL_LEN: usize = 30;
+const LABEL_LEN: usize = 21;
 
-/// The key of an attachment: `cni-<short id>.<ifname>`, the ifname hashed when it has
-/// characters a container name cannot hold (or a `.`). It starts every CNI lease name,
-/// so the store finds an attachment's lease by a range on its key.
-pub fn attachment_key(container_id: &str, ifname: &str) -> String {
+/// Characters of the network name's hash in an attachment key.
+const NET_LEN: usize = 8;
+
+/// `<short id>.<ifname>`, the ifname hashed when it has characters a container name
+/// cannot hold (or a `.`) or is over 15 bytes: distinct per attachment on one network,
+/// at most 28 bytes.
+pub fn attachment_name(container_id: &str, ifname: &str) -> String {
     let ifpart = if !ifname.is_empty()
+        && ifname.len() <= 15
         && ifname
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
@@ -418,14 +423,32 @@ pub fn attachment_key(container_id: &str, ifname: &str) -> String {
     } else {
         hash12(ifname.as_bytes())
     };
-    format!("{MARK}{}.{ifpart}", short_id(container_id))
+    format!("{}.{ifpart}", short_id(container_id))
+}
+
+/// The start of the attachment keys of network `network`: `cni-<8 hex digits of its
+/// name's hash>-`.
+pub fn network_prefix(network: &str) -> String {
+    format!("{MARK}{}-", &hash12(network.as_bytes())[..NET_LEN])
+}
+
+/// The key of an attachment on network `network`: `cni-<net hash>-<short id>.<ifname>`
+/// (see [`network_prefix`], [`attachment_name`]). It starts every CNI lease name, so
+/// the store finds an attachment's lease by a range on its key, and one network's GC
+/// tells its own leases from another's in a shared store.
+pub fn attachment_key(network: &str, container_id: &str, ifname: &str) -> String {
+    format!(
+        "{}{}",
+        network_prefix(network),
+        attachment_name(container_id, ifname)
+    )
 }
 
 /// The lease name of an attachment: its key, then `.<label>` when a pod or container
-/// name is given (cut to 30 bytes, characters a name cannot hold made `-`). At most 63
+/// name is given (cut to 21 bytes, characters a name cannot hold made `-`). At most 63
 /// bytes, always a valid container name.
-pub fn lease_name(container_id: &str, ifname: &str, label: Option<&str>) -> String {
-    let key = attachment_key(container_id, ifname);
+pub fn lease_name(network: &str, container_id: &str, ifname: &str, label: Option<&str>) -> String {
+    let key = attachment_key(network, container_id, ifname);
     let l: String = label
         .unwrap_or("")
         .chars()
@@ -456,8 +479,11 @@ pub fn key_of_lease(name: &str) -> Option<&str> {
     let rest = name.strip_prefix(MARK)?;
     let (id, tail) = rest.split_once('.')?;
     let ifpart = tail.split('.').next().unwrap_or_default();
-    let ok = id.len() == 12
-        && id.bytes().all(|b| b.is_ascii_alphanumeric())
+    let alnum = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric());
+    let ok = id.len() == NET_LEN + 1 + 12
+        && id.as_bytes()[NET_LEN] == b'-'
+        && alnum(&id[..NET_LEN])
+        && alnum(&id[NET_LEN + 1..])
         && !ifpart.is_empty()
         && ifpart
             .bytes()
@@ -702,27 +728,39 @@ mod tests {
     #[test]
     fn lease_names_fit_and_are_recognised() {
         let id = "0123456789abcdef".repeat(4);
-        let n = lease_name(&id, "eth0", None);
-        assert_eq!(n, "cni-0123456789ab.eth0");
-        assert_eq!(key_of_lease(&n), Some("cni-0123456789ab.eth0"));
-        let n = lease_name(&id, "eth0", Some("web"));
-        assert_eq!(n, "cni-0123456789ab.eth0.web");
-        assert_eq!(key_of_lease(&n), Some("cni-0123456789ab.eth0"));
-        assert!(is_lease_of(&n, "cni-0123456789ab.eth0"));
-        assert!(!is_lease_of(
-            "cni-0123456789ab.eth01",
-            "cni-0123456789ab.eth0"
-        ));
+        let net = network_prefix("net");
+        assert_eq!(net.len(), 13);
+        let k = format!("{net}0123456789ab.eth0");
+        let n = lease_name("net", &id, "eth0", None);
+        assert_eq!(n, k);
+        assert_eq!(key_of_lease(&n), Some(k.as_str()));
+        let n = lease_name("net", &id, "eth0", Some("web"));
+        assert_eq!(n, format!("{k}.web"));
+        assert_eq!(key_of_lease(&n), Some(k.as_str()));
+        assert!(is_lease_of(&n, &k));
+        assert!(!is_lease_of(&format!("{k}1"), &k));
+        // Another network: another key, another prefix.
+        let other = attachment_key("net2", &id, "eth0");
+        assert_ne!(other, k);
+        assert!(!other.starts_with(&net));
         let long = "a.very/long pod name that goes on and on and on";
-        let n = lease_name(&id, "eth0.100", Some(long));
-        assert!(n.len() <= crate::name::MAX_NAME_LEN, "{n}");
-        crate::name::validate(&n).unwrap();
-        assert_eq!(
-            key_of_lease(&n),
-            Some(attachment_key(&id, "eth0.100").as_str())
-        );
+        for ifname in ["eth0.100", "abcdefghijklmno", "abcdefghijklmnop"] {
+            let n = lease_name(&"x".repeat(200), &id, ifname, Some(long));
+            assert!(n.len() <= crate::name::MAX_NAME_LEN, "{n}");
+            crate::name::validate(&n).unwrap();
+            assert_eq!(
+                key_of_lease(&n),
+                Some(attachment_key(&"x".repeat(200), &id, ifname).as_str())
+            );
+        }
         assert_ne!(short_id("ctr-1"), short_id("ctr-2"));
-        for shell in ["web", "web.example.com", "cni-x.eth0", "cni-0123456789ab"] {
+        for shell in [
+            "web",
+            "web.example.com",
+            "cni-x.eth0",
+            "cni-0123456789ab",
+            "cni-0123456789ab.eth0",
+        ] {
             assert_eq!(key_of_lease(shell), None, "{shell}");
         }
     }

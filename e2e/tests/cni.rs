@@ -341,7 +341,8 @@ fn ve_alloc_leases_show_in_list_and_gc_keeps_only_valid_attachments() {
         .map(|l| l["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names.len(), 4, "{names:?}");
-    let web = format!("cni-{}.eth0.web", &ids[0][..12]);
+    let lease = |id: &str| common::cni::lease_name("vetest", id, "eth0", Some("web"));
+    let web = lease(&ids[0]);
     assert!(names.contains(&web), "{web} not in {names:?}");
     for n in &names {
         assert!(n.len() <= 63, "{n}");
@@ -356,17 +357,46 @@ fn ve_alloc_leases_show_in_list_and_gc_keeps_only_valid_attachments() {
         .map(|l| l["name"].as_str().unwrap().to_string())
         .collect();
     left.sort();
-    assert_eq!(
-        left,
-        vec![
-            format!("cni-{}.eth0.web", &ids[1][..12]),
-            "shell-one".to_string()
-        ]
-    );
+    assert_eq!(left, vec![lease(&ids[1]), "shell-one".to_string()]);
     // GC is 1.1.0's: an older configuration is refused with code 1, changing nothing.
     let r = call(&p.bin, "GC", &p.conf("1.0.0"), "", "", "");
     assert!(!r.ok);
     assert_eq!(r.stdout["code"], 1);
+    assert_eq!(list(&p).len(), 2);
+}
+
+#[test]
+fn ve_alloc_gc_of_one_network_keeps_another_networks_leases_in_a_shared_store() {
+    let p = ve_alloc();
+    let a = p.conf("1.1.0");
+    let mut b = a.clone();
+    b["name"] = json!("vetest-b");
+    let id = container_id(7);
+    // One container on both networks (same ifname), one only on b.
+    let ra = ok(&p.bin, "ADD", &a, &id, "eth0", "");
+    let rb = ok(&p.bin, "ADD", &b, &id, "eth0", "");
+    assert_ne!(addresses(&ra), addresses(&rb), "one lease for two networks");
+    ok(&p.bin, "ADD", &b, &container_id(8), "eth0", "");
+    assert_eq!(list(&p).len(), 3);
+    let mut gc = a.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    ok(&p.bin, "GC", &gc, "", "", "");
+    let mut left: Vec<String> = list(&p)
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = [7, 8]
+        .iter()
+        .map(|n| common::cni::lease_name("vetest-b", &container_id(*n), "eth0", None))
+        .collect();
+    want.sort();
+    assert_eq!(left, want);
+    // b's attachment is still its own: CHECK passes, and DEL on a of it touches nothing.
+    let mut chk = b.clone();
+    chk["prevResult"] = rb.clone();
+    ok(&p.bin, "CHECK", &chk, &id, "eth0", "");
+    ok(&p.bin, "DEL", &a, &id, "eth0", "");
     assert_eq!(list(&p).len(), 2);
 }
 
@@ -819,11 +849,12 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
         r.as_ref().is_ok_and(|t| t.ends_with(" 80")),
         "hairpin: {r:?}"
     );
-    // No rule per container: the mappings are elements, commented with the ID.
+    // No rule per container: the mappings are elements, commented with the
+    // attachment (network, container ID, ifname).
     let cni_table = nft_list(&host, "ve-nat-cni");
     for (id, ..) in &ctrs {
         assert!(
-            cni_table.contains(&format!("comment \"{id}\"")),
+            cni_table.contains(&format!("comment \"vetest/{id}/eth0\"")),
             "{cni_table}"
         );
     }
@@ -908,8 +939,32 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
         r.stdout
     );
     assert!(!nft_list(&host, "ve-nat-cni").contains(id3.as_str()));
+    // A host port `ve-nat up --forward` forwards: refused with 173, nothing added.
+    let r = call(
+        "ve-nat",
+        "ADD",
+        &nat_conf(&link.stdout, 9090),
+        &id3,
+        &netns3,
+    );
+    assert!(!r.ok && r.stdout["code"] == 173, "9090: {}", r.stdout);
+    assert!(!nft_list(&host, "ve-nat-cni").contains(id3.as_str()));
 
-    // GC keeps only the valid attachments' mappings.
+    // A second network: the third container mapped there.
+    let mut conf_b = nat_conf(&link.stdout, 8085);
+    conf_b["name"] = json!("vetest-b");
+    let add = call("ve-nat", "ADD", &conf_b, &id3, &netns3);
+    assert!(add.ok, "ADD on vetest-b: {}", add.stdout);
+    let addr3 = link.stdout["ips"][0]["address"].as_str().unwrap();
+    let addr3 = addr3.split('/').next().unwrap().to_string();
+    let _web3 = PeerServer::start(&ctr3, &format!("{addr3}:80"));
+    // DEL of the second container on vetest-b (never there) leaves vetest's alone.
+    let d = call("ve-nat", "DEL", &conf_b, id2, netns2);
+    assert!(d.ok, "DEL: {}", d.stdout);
+    let c = call("ve-nat", "CHECK", conf2, id2, netns2);
+    assert!(c.ok, "CHECK after another network's DEL: {}", c.stdout);
+
+    // GC keeps only the valid attachments' mappings, of its own network only.
     let mut gc = conf2.clone();
     gc.as_object_mut().unwrap().remove("prevResult");
     gc["cniVersion"] = json!("1.1.0");
@@ -933,4 +988,13 @@ fn ve_nat_chained_after_ve_link_nats_and_maps_ports_per_container() {
         nft_list(&host, "ve-nat").contains("9090"),
         "GC took ve-nat up's forward"
     );
+    // vetest-b's mapping is still there, and works.
+    assert!(nft_list(&host, "ve-nat-cni").contains(&format!("vetest-b/{id3}/eth0")));
+    let r = fetch(&out, &format!("{}:8085", testbed::HOST_UPLINK));
+    assert!(
+        r.as_ref().is_ok_and(|t| t.ends_with(" 80")),
+        "vetest-b's mapping after vetest's GC: {r:?}"
+    );
+    let c = call("ve-nat", "CHECK", &conf_b, &id3, &netns3);
+    assert!(c.ok, "CHECK on vetest-b after vetest's GC: {}", c.stdout);
 }

@@ -1,6 +1,7 @@
 //! `ve-alloc` as a CNI IPAM plugin (like host-local): ADD leases a pair to an
-//! attachment (container ID + ifname), DEL releases it, CHECK finds it, GC releases
-//! every attachment not in `cni.dev/valid-attachments`, STATUS says whether the store
+//! attachment (network name + container ID + ifname), DEL releases it, CHECK finds it,
+//! GC releases every attachment of its network not in `cni.dev/valid-attachments`
+//! (another network's leases in the same store stay), STATUS says whether the store
 //! can be read. The configuration names the store: no state anywhere else.
 
 use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::Duration};
@@ -31,14 +32,15 @@ pub fn run() -> common::Result<()> {
 fn handle(req: &Request) -> Handled {
     let conf = Conf::parse(req)?;
     let mut store = SqliteStore::new(&conf.store, WAIT);
+    let net = req.field("name")?.unwrap_or_default().to_string();
     let key = matches!(req.verb, Verb::Add | Verb::Del | Verb::Check)
-        .then(|| cni::attachment_key(&req.container_id, &req.ifname));
+        .then(|| cni::attachment_key(&net, &req.container_id, &req.ifname));
     match req.verb {
         Verb::Version => Ok(Some(cni::version_result(&req.version))),
         Verb::Add => {
             let key = key.unwrap_or_default();
             let label = req.arg("K8S_POD_NAME");
-            let fresh = cni::lease_name(&req.container_id, &req.ifname, label);
+            let fresh = cni::lease_name(&net, &req.container_id, &req.ifname, label);
             let pools = conf.pools()?;
             let lease = store.write(|tx| {
                 // An attachment keeps its lease, whatever label a later ADD brings.
@@ -77,14 +79,19 @@ fn handle(req: &Request) -> Handled {
             let valid: HashSet<String> = req
                 .valid_attachments()?
                 .iter()
-                .map(|a| cni::attachment_key(&a.container_id, &a.ifname))
+                .map(|a| cni::attachment_key(&net, &a.container_id, &a.ifname))
                 .collect();
+            let ours = cni::network_prefix(&net);
             let gone = store.write(|tx| {
-                // Leases that are not CNI attachments are the shell's: kept.
+                // Leases that are not CNI attachments are the shell's, those of another
+                // network sharing the store that network's: kept.
                 let keep: HashSet<String> = tx
                     .all()?
                     .into_iter()
-                    .filter(|l| cni::key_of_lease(&l.name).is_none_or(|k| valid.contains(k)))
+                    .filter(|l| {
+                        cni::key_of_lease(&l.name)
+                            .is_none_or(|k| !k.starts_with(&ours) || valid.contains(k))
+                    })
                     .map(|l| l.name)
                     .collect();
                 alloc::gc(tx, &keep, false)

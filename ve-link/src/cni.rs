@@ -111,7 +111,10 @@ fn container_name(req: &Request) -> String {
         id
     } else {
         // Over 15 bytes: shortened by the naming rule, which keeps it distinct.
-        cni::lease_name(&req.container_id, &req.ifname, None)
+        format!(
+            "cni-{}",
+            cni::attachment_name(&req.container_id, &req.ifname)
+        )
     }
 }
 

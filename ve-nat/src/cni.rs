@@ -7,11 +7,14 @@
 //! `ve-nat up --forward`, is left as it is); its `ve-*` masquerade covers every CNI
 //! host end, so nothing is added per container for it. The `portMappings` runtime
 //! capability (`runtimeConfig.portMappings`) becomes elements of table `inet
-//! ve-nat-cni` (`nft_cni`), commented with the container ID, to the container's
-//! addresses from `prevResult`, in one nft transaction with the container's earlier
-//! elements deleted; a host port another container maps is refused. DEL deletes that
-//! container's elements only (nothing there is success); GC those of containers not
-//! in `cni.dev/valid-attachments`; CHECK finds exactly the container's elements and
+//! ve-nat-cni` (`nft_cni`), commented with the attachment (network name, container ID,
+//! ifname), to the container's
+//! addresses from `prevResult`, in one nft transaction with the attachment's earlier
+//! elements deleted; a host port another attachment maps, or `ve-nat up --forward`
+//! forwards in table `inet ve-nat`, is refused (exit 73, CNI code 173). DEL deletes that
+//! attachment's elements only (nothing there is success); GC those of this network's
+//! attachments not in `cni.dev/valid-attachments` (another network's are left alone);
+//! CHECK finds exactly the attachment's elements and
 //! the shared table. ADD passes `prevResult` on. Only the native nftables backend is
 //! supported in CNI mode.
 
@@ -31,7 +34,7 @@ use crate::{
     config::{Family, IfPattern, Request, DEFAULT_INTERNAL},
     firewalld_up, iface, lock, native, need_net_admin, nft,
     nft_cni::{self, Mapping, Owner},
-    up_nftables, LOCK_WAIT,
+    up_nftables_if_absent, LOCK_WAIT,
 };
 
 /// Run one CNI call.
@@ -41,6 +44,13 @@ pub fn run() -> common::Result<()> {
 
 fn config_err(msg: impl Into<String>) -> CniError {
     CniError::new(code::INVALID_CONFIG, Kind::Config, msg)
+}
+
+/// The network's `name`: every element is of one network (`Owner`).
+fn network(req: &Cni) -> Result<String, CniError> {
+    req.field("name")?
+        .map(str::to_string)
+        .ok_or_else(|| config_err("the network configuration has no \"name\""))
 }
 
 fn handle(req: &Cni) -> Handled {
@@ -54,7 +64,7 @@ fn handle(req: &Cni) -> Handled {
         Verb::Gc => return gc(req).map(|()| None),
         Verb::Add | Verb::Check | Verb::Del => {}
     }
-    let owner = Owner::new(&req.container_id)?;
+    let owner = Owner::new(&network(req)?, &req.container_id, &req.ifname)?;
     if req.verb == Verb::Del {
         return del(&owner).map(|()| None);
     }
@@ -76,11 +86,14 @@ fn handle(req: &Cni) -> Handled {
              is an iptables one; give \"backend\": \"nftables\" where nft works)",
         )));
     }
+    // Checked again under ve-nat's lock, where it is installed only when still missing:
+    // a concurrent `ve-nat up --forward` or ADD keeps what it made.
     if !native::present(&native::ruleset()?) {
         let shared = shared_resolved(shared)?;
-        up_nftables(&shared)?;
-        firewalld_up(&shared)?;
-        log::info!("table inet ve-nat installed");
+        if up_nftables_if_absent(&shared)? {
+            firewalld_up(&shared)?;
+            log::info!("table inet ve-nat installed");
+        }
     }
     add(&owner, &mappings, internal()?, mark(req)?)?;
     Ok(Some(prev.clone()))
@@ -287,10 +300,20 @@ fn add(
             return Err(Error::new(
                 Kind::Exists,
                 format!(
-                    "host port {}/{} is mapped already, for container {o}",
+                    "host port {}/{} is mapped already, for attachment {o}",
                     m.fwd.host_ports.first,
                     m.fwd.proto.as_str()
                 ),
+            ));
+        }
+    }
+    // `ve-nat up --forward`'s host ports are taken too.
+    let forwarded = nft_cni::forwarded(&native::ruleset()?);
+    for m in mappings {
+        if let Some((_, p, hp)) = forwarded.iter().find(|f| m.clashes_forward(f)) {
+            return Err(Error::new(
+                Kind::Exists,
+                format!("host port {hp}/{p} is forwarded already, by `ve-nat up --forward`"),
             ));
         }
     }
@@ -331,8 +354,7 @@ fn delete_where(gone: impl Fn(&str) -> bool) -> common::Result<()> {
     let mut n = 0;
     for (o, m) in nft_cni::installed(&have) {
         if gone(&o) {
-            let owner = Owner::new(&o)?;
-            for obj in nft_cni::elements(&owner, std::slice::from_ref(&m)) {
+            for obj in nft_cni::elements_of(&o, std::slice::from_ref(&m)) {
                 batch.delete(obj);
             }
             n += 1;
@@ -351,14 +373,18 @@ fn del(owner: &Owner) -> Result<(), CniError> {
     delete_where(|o| o == owner.as_str()).map_err(CniError::from)
 }
 
+/// Only this network's elements, those of attachments not in `valid-attachments`.
 fn gc(req: &Cni) -> Result<(), CniError> {
+    let net = network(req)?;
     let keep: Vec<String> = req
         .valid_attachments()?
         .into_iter()
-        .map(|a| a.container_id)
+        .filter_map(|a| Owner::new(&net, &a.container_id, &a.ifname).ok())
+        .map(|o| o.as_str().to_string())
         .collect();
     need_net_admin()?;
-    delete_where(|o| !keep.iter().any(|k| k == o)).map_err(CniError::from)
+    delete_where(|o| Owner::on_network(o, &net) && !keep.iter().any(|k| k == o))
+        .map_err(CniError::from)
 }
 
 fn check(owner: &Owner, mappings: &[Mapping]) -> Result<(), CniError> {

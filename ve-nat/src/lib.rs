@@ -384,6 +384,16 @@ fn remove_from_iptables(ruleset: &[serde_json::Value]) -> Vec<Error> {
 }
 
 fn up_nftables(req: &Request) -> Result<()> {
+    up_nftables_with(req, false).map(drop)
+}
+
+/// CNI mode: `up_nftables` only when table inet ve-nat is missing, looked at under the
+/// lock (so a concurrent `up --forward` or ADD keeps what it made). Whether it installed.
+fn up_nftables_if_absent(req: &Request) -> Result<bool> {
+    up_nftables_with(req, true)
+}
+
+fn up_nftables_with(req: &Request, only_if_absent: bool) -> Result<bool> {
     let ext = req.external.as_str();
     // nft is needed before anything else is looked at (exit 69 without it).
     native::installed()?;
@@ -392,6 +402,9 @@ fn up_nftables(req: &Request) -> Result<()> {
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
     let rs = native::ruleset()?;
+    if only_if_absent && native::present(&rs) {
+        return Ok(false);
+    }
     if native::up(req, &rs)? {
         log::info!("table inet ve-nat installed");
     } else {
@@ -410,7 +423,7 @@ fn up_nftables(req: &Request) -> Result<()> {
     for chain in foreign_drops(nft::dropping_forward_chains(&rs, &req.families(), false)) {
         log::warn!("{}", drop_text(&chain));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// With an iptables backend: our nftables table must go (both would apply).

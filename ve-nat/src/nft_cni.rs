@@ -1,7 +1,8 @@
 //! CNI mode's own table, `inet ve-nat-cni`, built here from validated values only (the
 //! rule of `nft_table.rs`, whose helpers it uses): the port mappings of CNI containers,
-//! each element commented with its container's ID, so that one container's ADD or DEL
-//! adds or deletes its own elements and nothing else. `ve-nat up` never touches this
+//! each element commented with its attachment (network, container ID, ifname: `Owner`), so
+//! that one attachment's ADD or DEL adds or deletes its own elements and nothing else,
+//! and a GC only those of its own network. `ve-nat up` never touches this
 //! table, and a CNI call never touches `inet ve-nat`'s maps (the forwards of
 //! `ve-nat up --forward`), beyond installing that table once when it is missing.
 //!
@@ -35,16 +36,57 @@ pub const TABLE: &str = "ve-nat-cni";
 
 const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
 
-/// A container ID fit for an element comment (CNI's characters, at most 128 bytes).
+/// An attachment on one network, fit for an element comment (at most 128 bytes):
+/// `NETWORK/CONTAINER_ID/IFNAME`, the network `#` + a hash when it is long or has other
+/// characters than CNI's, `CONTAINER_ID/IFNAME` likewise when the whole is too long.
+/// Every element starts with its network, so one network's calls leave another's alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner(String);
 
 impl Owner {
-    pub fn new(id: &str) -> Result<Owner> {
+    pub fn new(network: &str, id: &str, ifname: &str) -> Result<Owner> {
         if id.len() > 128 || !common::cni::valid_container_id(id) {
             return Err(Error::data(format!("invalid container ID {id:?}")));
         }
-        Ok(Owner(id.to_string()))
+        let plain = |v: &str, max: usize| {
+            !v.is_empty()
+                && v.len() <= max
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        let hashed = |v: &str| format!("#{}", common::cni::hash12(v.as_bytes()));
+        let net = Owner::network_part(network);
+        let ifpart = if plain(ifname, 15) {
+            ifname.to_string()
+        } else {
+            hashed(ifname)
+        };
+        let full = format!("{net}/{id}/{ifpart}");
+        Ok(Owner(if full.len() <= 128 {
+            full
+        } else {
+            format!("{net}/{}", hashed(&format!("{id}/{ifname}")))
+        }))
+    }
+
+    /// How `network` starts an element's comment.
+    pub fn network_part(network: &str) -> String {
+        if !network.is_empty()
+            && network.len() <= 64
+            && network
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            network.to_string()
+        } else {
+            format!("#{}", common::cni::hash12(network.as_bytes()))
+        }
+    }
+
+    /// Whether comment `comment` is of an attachment on `network`.
+    pub fn on_network(comment: &str, network: &str) -> bool {
+        comment.split('/').next() == Some(Owner::network_part(network).as_str())
+            && comment.contains('/')
     }
 
     pub fn as_str(&self) -> &str {
@@ -262,12 +304,12 @@ pub fn skeleton(internal: &[IfPattern], mark: u32) -> Vec<NfListObject<'static>>
     objs
 }
 
-fn commented(key: Expression<'static>, owner: &Owner) -> Expression<'static> {
+fn commented(key: Expression<'static>, owner: &str) -> Expression<'static> {
     Expression::Named(NamedExpression::Elem(Elem {
         val: Box::new(key),
         timeout: None,
         expires: None,
-        comment: Some(Cow::Owned(owner.as_str().to_string())),
+        comment: Some(Cow::Owned(owner.to_string())),
         counter: None,
     }))
 }
@@ -275,6 +317,11 @@ fn commented(key: Expression<'static>, owner: &Owner) -> Expression<'static> {
 /// The element objects of `mappings`, commented with `owner`: for `add element` (or,
 /// the same objects, `delete element`).
 pub fn elements(owner: &Owner, mappings: &[Mapping]) -> Vec<NfListObject<'static>> {
+    elements_of(owner.as_str(), mappings)
+}
+
+/// As [`elements`], with the comment as listed (`installed`), for deleting them.
+pub fn elements_of(owner: &str, mappings: &[Mapping]) -> Vec<NfListObject<'static>> {
     let mut by_set: Vec<(&'static str, Vec<Expression<'static>>)> = Vec::new();
     let mut push = |name: &'static str, e: Expression<'static>| match by_set
         .iter_mut()
@@ -319,6 +366,50 @@ pub fn elements(owner: &Owner, mappings: &[Mapping]) -> Vec<NfListObject<'static
             })
         })
         .collect()
+}
+
+/// The host ports `ve-nat up --forward` forwards in table `inet ve-nat` (`ruleset`
+/// lists it, or the whole ruleset): `(family, proto, host port)`, from its `fwdF` maps.
+pub fn forwarded(ruleset: &[Value]) -> Vec<(Family, String, u16)> {
+    let mut out = Vec::new();
+    for f in FAMILIES {
+        let name = crate::nft_table::map_name(f);
+        let elems = ruleset
+            .iter()
+            .filter_map(|o| o.get("map"))
+            .find(|m| {
+                m["table"] == crate::nft_table::TABLE && m["family"] == "inet" && m["name"] == name
+            })
+            .and_then(|m| m["elem"].as_array().cloned())
+            .unwrap_or_default();
+        for e in elems {
+            let Some(key) = e.get(0) else { continue };
+            let val = key.get("elem").map_or(key, |x| &x["val"]);
+            let Some(parts) = val["concat"].as_array() else {
+                continue;
+            };
+            if let (Some(p), Some(hp)) = (
+                parts.first().and_then(Value::as_str),
+                parts
+                    .get(1)
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u16::try_from(n).ok()),
+            ) {
+                out.push((f, p.to_string(), hp));
+            }
+        }
+    }
+    out
+}
+
+impl Mapping {
+    /// Whether `ve-nat up --forward`'s `(family, proto, host port)` takes this host port
+    /// (it forwards on every local address, so a `hostIP` does not help).
+    pub fn clashes_forward(&self, (f, proto, port): &(Family, String, u16)) -> bool {
+        self.family() == *f
+            && self.fwd.proto.as_str() == proto
+            && self.fwd.host_ports.first == *port
+    }
 }
 
 /// Whether `ruleset` (`nft -j list ruleset`) holds this table.
@@ -412,7 +503,7 @@ mod tests {
 
     #[test]
     fn elements_are_commented_and_parse_back() {
-        let owner = Owner::new(&"ab".repeat(32)).unwrap();
+        let owner = Owner::new("net", &"ab".repeat(32), "eth0").unwrap();
         let maps = vec![
             m("tcp", 8080, "10.233.0.3", 80, None),
             m("udp", 5353, "fd00::3", 53, Some("2001:db8::1")),
@@ -439,8 +530,17 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(Owner::new("-x").is_err());
-        assert!(Owner::new(&"a".repeat(129)).is_err());
+        assert!(Owner::new("n", "-x", "eth0").is_err());
+        assert!(Owner::new("n", &"a".repeat(129), "eth0").is_err());
+        let long = Owner::new(&"n".repeat(100), &"a".repeat(128), "eth0").unwrap();
+        assert!(long.as_str().len() <= 128, "{}", long.as_str());
+        assert!(Owner::on_network(long.as_str(), &"n".repeat(100)));
+        let a = Owner::new("a", "ctr", "eth0").unwrap();
+        assert_eq!(a.as_str(), "a/ctr/eth0");
+        assert!(Owner::on_network(a.as_str(), "a") && !Owner::on_network(a.as_str(), "b"));
+        assert!(!Owner::on_network("ctr", "ctr"));
+        assert_ne!(a, Owner::new("b", "ctr", "eth0").unwrap());
+        assert_ne!(a, Owner::new("a", "ctr", "eth1").unwrap());
         assert!(Mapping::new("sctp", 1, "10.0.0.2".parse().unwrap(), 1, None).is_err());
         assert!(Mapping::new("tcp", 0, "10.0.0.2".parse().unwrap(), 1, None).is_err());
         assert!(Mapping::new(
