@@ -119,10 +119,19 @@ pub fn merged(dir: &Path, globs: &[String]) -> String {
 
 /// Write the file into `dir` (made, mode 0755, when missing) so that it covers `globs`
 /// too ([`merged`]), with [`persist::write_file`]'s checks. Whether it changed.
+///
+/// The read, merge and replace happen under an exclusive `flock` on the directory
+/// itself, so parallel calls (a container manager starting several containers at once)
+/// never drop each other's names. The lock needs no file of its own: networkd reads
+/// only `*.network`, and the kernel drops the lock with the descriptor.
 pub fn write(dir: &Path, globs: &[String]) -> Result<bool> {
     persist::create_dir(dir)?;
+    let locked = std::fs::File::open(dir)
+        .and_then(|d| d.lock().map(|()| d))
+        .map_err(|e| Error::io(format!("locking {}", dir.display()), e))?;
     let text = merged(dir, globs);
     let changed = persist::write_file(dir, NETWORK_FILE, &text)?;
+    drop(locked);
     let path = dir.join(NETWORK_FILE);
     if changed {
         log::info!("wrote {}", path.display());
@@ -513,6 +522,26 @@ pub(crate) mod tests {
         assert!(!write(&dir, &g(&["vb-*"])).unwrap());
         let text = std::fs::read_to_string(dir.join(NETWORK_FILE)).unwrap();
         assert!(text.contains("\nName=ve-* vb-* ve-web\n"), "{text}");
+    }
+
+    #[test]
+    fn concurrent_calls_never_lose_each_others_names() {
+        // Container managers start containers in parallel, each with its own
+        // one-shot call: every name must end up in the file.
+        let tmp = testbed::TempDir::new("nmu-nd-race");
+        let dir = tmp.path().join("network");
+        persist::create_dir(&dir).unwrap();
+        let names: Vec<String> = (0..16).map(|i| format!("ve-c{i}")).collect();
+        std::thread::scope(|s| {
+            for n in &names {
+                let dir = &dir;
+                s.spawn(move || write(dir, std::slice::from_ref(n)).unwrap());
+            }
+        });
+        let have = current_globs(&dir);
+        for n in &names {
+            assert!(have.contains(n), "{n} lost: {have:?}");
+        }
     }
 
     #[test]
