@@ -33,4 +33,4 @@ pub use netns::{enter, enter_fd, in_netns, spawn_in};
 pub use nm::{nm_command, nm_conf, NetworkManager};
 pub use privilege::{have_command, privileged, REQUIRE_PRIVILEGED};
 pub use process::{stop, wait_for};
-pub use sandbox::{run_ok, Netns, Sandbox, TempDir};
+pub use sandbox::{run_ok, sweep_stale, Netns, Sandbox, TempDir};

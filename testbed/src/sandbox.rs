@@ -7,7 +7,10 @@
 use std::{
     path::PathBuf,
     process::{Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Once,
+    },
 };
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -20,8 +23,13 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A new, empty sandbox whose namespaces are named `vt<pid>x<n>-...`.
+    /// A new, empty sandbox whose namespaces are named `vt<pid>x<n>-...`. The first one
+    /// in a process sweeps away what killed test processes left ([`sweep_stale`]).
     pub fn new() -> Self {
+        static SWEEP: Once = Once::new();
+        SWEEP.call_once(|| {
+            sweep_stale();
+        });
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         Sandbox {
             prefix: format!("vt{}x{n}", std::process::id()),
@@ -61,6 +69,45 @@ impl Drop for Sandbox {
                 .status();
         }
     }
+}
+
+/// The test process a sandbox namespace name says made it: `vt<pid>x<n>-<role>`.
+pub fn owner_pid(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix("vt")?;
+    let (pid, rest) = rest.split_once('x')?;
+    let (n, _role) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then(|| pid.parse().ok())?
+}
+
+/// Delete the sandbox namespaces (and kill what runs in them) whose test process is
+/// gone. A test killed by a signal (SIGKILL, or SIGINT from Ctrl-C on `cargo test`)
+/// runs no destructor; the next sandbox cleans up after it. A namespace whose process
+/// still runs, another test binary's, is left alone. Returns what it deleted.
+pub fn sweep_stale() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    let mut gone = Vec::new();
+    for name in dir.filter_map(|e| e.ok()) {
+        let name = name.file_name().to_string_lossy().into_owned();
+        let Some(pid) = owner_pid(&name) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        kill_all_in(&name);
+        let deleted = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if deleted {
+            gone.push(name);
+        }
+    }
+    gone
 }
 
 /// Kill every process whose network namespace is `name`, so deleting it frees it.
@@ -160,5 +207,26 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn only_sandbox_names_have_an_owner() {
+        assert_eq!(owner_pid("vt123x0-host"), Some(123));
+        assert_eq!(owner_pid("vt123x45-a-b"), Some(123));
+        for other in [
+            "vt123x-host",
+            "vtx0-a",
+            "vt12a3x0-a",
+            "vt123x0",
+            "demo-host",
+            "vt",
+        ] {
+            assert_eq!(owner_pid(other), None, "{other}");
+        }
     }
 }

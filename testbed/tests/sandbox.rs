@@ -103,3 +103,40 @@ fn dropping_the_sandbox_deletes_its_namespaces_and_what_runs_in_them() {
     };
     assert!(!status.success());
 }
+
+#[test]
+fn namespaces_a_killed_test_left_are_swept_and_live_ones_kept() {
+    if !privileged("testbed sandbox test", &["ip"]) {
+        return;
+    }
+    // A pid that has just exited stands for a test process killed mid-run.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!("vt{dead}x0-stale");
+    let live = format!("vt{}x4242-live", std::process::id());
+    for n in [&stale, &live] {
+        testbed::run_ok(std::process::Command::new("ip").args(["netns", "add", n]));
+    }
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &stale, "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    testbed::sweep_stale();
+    let exists = |n: &str| Path::new("/run/netns").join(n).exists();
+    let stale_left = exists(&stale);
+    let live_left = exists(&live);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &live])
+        .status();
+    assert!(!stale_left, "{stale} was not swept");
+    assert!(live_left, "{live} belongs to a running test and was swept");
+    // What ran inside was killed, not left running namespace-less.
+    let t = std::time::Instant::now();
+    while sleeper.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the sleeper survived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
