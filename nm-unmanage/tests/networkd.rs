@@ -10,10 +10,10 @@ use std::{
 };
 
 use support::{
-    nd::{has_networkd_address, tool_in, v4_addrs, wait_setup, AddrMonitor, NdSandbox},
+    nd::{has_networkd_address, tool_in, v4_addrs, wait_setup, NdSandbox},
     wait_until, NmSandbox, Watcher,
 };
-use testbed::networkd::Networkd;
+use testbed::networkd::{AddrMonitor, Networkd};
 
 const UNMANAGED: u32 = nm_unmanage::STATE_UNMANAGED;
 
@@ -35,7 +35,7 @@ fn negative_control_networkd_takes_ve_links_veth_and_adds_its_address() {
         return;
     };
     let ctr = sb.netns("ctr");
-    let mon = AddrMonitor::start(&sb.host);
+    let mon = AddrMonitor::start(&sb.host).expect("ip monitor");
     sb.ve_link_up("x", &ctr, "10.233.0.1", "10.233.0.2");
     wait_until(
         "networkd's address on ve-x",
@@ -170,7 +170,7 @@ fn persist_keeps_20_new_veths_as_ve_link_made_them_and_remove_gives_them_back() 
     let Some(mut sb) = NdSandbox::start("nd_persist") else {
         return;
     };
-    let mon = AddrMonitor::start(&sb.host);
+    let mon = AddrMonitor::start(&sb.host).expect("ip monitor");
     let out = sb
         .tool()
         .args(["--persist", "--networkd-dir", "/etc/systemd/network"])
@@ -220,7 +220,7 @@ fn watch_keeps_new_veths_as_ve_link_made_them_across_a_networkd_restart() {
     let Some(mut sb) = NdSandbox::start("nd_watch") else {
         return;
     };
-    let mon = AddrMonitor::start(&sb.host);
+    let mon = AddrMonitor::start(&sb.host).expect("ip monitor");
     let w = Watcher::spawn(tool_in(&sb.nd), &["--manager", "networkd"]);
     assert!(
         w.logged(
@@ -279,7 +279,7 @@ fn watch_keeps_new_veths_as_ve_link_made_them_across_a_networkd_restart() {
     for l in ["ve-a0", "ve-a4", "ve-b0", "ve-gap"] {
         wait_setup(&sb.nd, l, "unmanaged", Duration::from_secs(5));
     }
-    let mon = AddrMonitor::start(&sb.host);
+    let mon = AddrMonitor::start(&sb.host).expect("ip monitor");
     assert_pairs_left_alone(&mut sb, &mon, "c", 3);
 
     // Stopping leaves the file: removing it would give the links back to networkd.
@@ -374,7 +374,7 @@ fn with_network_manager_and_networkd_on_one_bus_both_are_handled() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let mon = AddrMonitor::start(&sb.host);
+    let mon = AddrMonitor::start(&sb.host).expect("ip monitor");
     let cn = sb.netns("cn");
     support::nd::ve_link_up(&sb.host, "n", &cn, "10.233.2.1", "10.233.2.2");
     let start = Instant::now();
@@ -441,7 +441,7 @@ fn a_default_watcher_on_a_networkd_only_host_keeps_networkd_off_and_waits_for_nm
     let Some(mut sb) = NdSandbox::start("nd_watch_default") else {
         return;
     };
-    let mon = AddrMonitor::start(&sb.host);
+    let mon = AddrMonitor::start(&sb.host).expect("ip monitor");
     let w = Watcher::spawn(tool_in(&sb.nd), &[]);
     assert!(
         w.logged(

@@ -268,3 +268,95 @@ impl Drop for Networkd {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `ip -o monitor address` in a namespace: every address the kernel announces while it
+/// runs, timestamped on arrival. It is how tests and the bench see what networkd added
+/// to a link, even an address it took away again a moment later. Stopped on drop.
+#[derive(Debug)]
+pub struct AddrMonitor {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+}
+
+impl AddrMonitor {
+    pub fn start(ns: &Netns) -> std::io::Result<AddrMonitor> {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args(["-o", "-n", ns.name(), "monitor", "address"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let Some(out) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other("ip monitor has no stdout"));
+        };
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut v) = l2.lock() {
+                    v.push((std::time::Instant::now(), line));
+                }
+            }
+        });
+        // `ip monitor` subscribes right after it starts; give it that moment.
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(AddrMonitor { child, lines })
+    }
+
+    /// The monitor process, for a caller that must kill it if it is itself killed.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many announcements have arrived: a mark for [`AddrMonitor::foreign_since`].
+    pub fn mark(&self) -> usize {
+        self.lines.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// The announcements since `mark` of addresses added to links whose name starts
+    /// with `prefix` that are neither IPv4 addresses `ours` accepts (ve-link's) nor the
+    /// kernel's own IPv6 link-local ones: networkd's, in a sandbox where nothing else
+    /// adds any.
+    pub fn foreign_since(
+        &self,
+        mark: usize,
+        prefix: &str,
+        ours: impl Fn(&str) -> bool,
+    ) -> Vec<(std::time::Instant, String)> {
+        let Ok(v) = self.lines.lock() else {
+            return Vec::new();
+        };
+        v.iter()
+            .skip(mark)
+            .filter(|(_, l)| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (Some(name), Some(fam), Some(addr)) = (f.get(1), f.get(2), f.get(3)) else {
+                    return false;
+                };
+                !l.starts_with("Deleted")
+                    && name.starts_with(prefix)
+                    && ((*fam == "inet" && !ours(addr))
+                        || (*fam == "inet6" && !addr.starts_with("fe80:")))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// [`AddrMonitor::foreign_since`] the start, without the timestamps.
+    pub fn foreign(&self, prefix: &str, ours: impl Fn(&str) -> bool) -> Vec<String> {
+        self.foreign_since(0, prefix, ours)
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
+    }
+}
+
+impl Drop for AddrMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,14 +3,7 @@
 //! /etc/systemd/network are scratch directories), and an address monitor records every
 //! address that ever appears on the host's links.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    thread,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, thread, time::Duration};
 
 use testbed::{networkd::Networkd, privileged, Netns, Sandbox};
 
@@ -120,63 +113,4 @@ pub fn wait_setup(nd: &Networkd, ifname: &str, state: &str, timeout: Duration) {
         timeout,
         || (nd.setup_state(ifname).as_deref() == Some(state)).then_some(()),
     );
-}
-
-/// `ip -o monitor address` in a namespace: every address added to any link while it
-/// runs, as the kernel announced it. Stopped on drop.
-pub struct AddrMonitor {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl AddrMonitor {
-    pub fn start(ns: &Netns) -> AddrMonitor {
-        let mut child = Command::new("ip")
-            .args(["-o", "-n", ns.name(), "monitor", "address"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ip monitor");
-        let out = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l2 = lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                l2.lock().unwrap().push(line);
-            }
-        });
-        // `ip monitor` subscribes right after it starts; give it that moment.
-        thread::sleep(Duration::from_millis(100));
-        AddrMonitor { child, lines }
-    }
-
-    /// The announcements of addresses added to links whose name starts with `prefix`
-    /// that are neither in `ours` (ve-link's) nor the kernel's own IPv6 link-local ones:
-    /// networkd's.
-    pub fn foreign(&self, prefix: &str, ours: impl Fn(&str) -> bool) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.starts_with("Deleted"))
-            .filter(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let (Some(name), Some(fam), Some(addr)) = (f.get(1), f.get(2), f.get(3)) else {
-                    return false;
-                };
-                name.starts_with(prefix)
-                    && ((*fam == "inet" && !ours(addr))
-                        || (*fam == "inet6" && !addr.starts_with("fe80:")))
-            })
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for AddrMonitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -23,7 +23,11 @@ use std::{
 };
 
 use nm_unmanage::NETWORK_FILE;
-use testbed::{have_command, networkd::Networkd, Netns, NetworkManager, Sandbox};
+use testbed::{
+    have_command,
+    networkd::{AddrMonitor, Networkd},
+    Netns, NetworkManager, Sandbox,
+};
 
 use crate::util::{self, Result};
 
@@ -288,7 +292,8 @@ fn bench_networkd(bin: &Path, cycles: usize) -> Result {
         })
         .unwrap_or_default();
     sayln!("networkd: veth re-creations next to systemd-networkd ({version}) on a private bus");
-    let mon = AddrMonitor::start(&host)?;
+    let mon = AddrMonitor::start(&host).map_err(|e| format!("ip monitor: {e}"))?;
+    crate::guard::pid(mon.pid());
     let lab = NdLab { host, ctr, nd };
 
     // Baseline: networkd's first address on a new ve-test.
@@ -299,10 +304,10 @@ fn bench_networkd(bin: &Path, cycles: usize) -> Result {
         let mark = mon.mark();
         lab.add_veth()?;
         let deadline = t0 + Duration::from_secs(3);
-        while Instant::now() < deadline && mon.foreign_since(mark).is_empty() {
+        while Instant::now() < deadline && mon.foreign_since(mark, "ve-", |_| false).is_empty() {
             thread::sleep(Duration::from_millis(1));
         }
-        if let Some((t, _)) = mon.foreign_since(mark).first() {
+        if let Some((t, _)) = mon.foreign_since(mark, "ve-", |_| false).first() {
             first.push(*t - t0);
         }
         lab.del_veth()?;
@@ -338,7 +343,7 @@ fn bench_networkd(bin: &Path, cycles: usize) -> Result {
         }
         lab.del_veth()?;
     }
-    let watch_addrs = mon.foreign_since(mark).len();
+    let watch_addrs = mon.foreign_since(mark, "ve-", |_| false).len();
     drop(watcher);
     sayln!(
         "--watch ({cycles} re-creations): link creation -> \"unmanaged\" in networkctl {}; \
@@ -382,7 +387,7 @@ fn bench_networkd(bin: &Path, cycles: usize) -> Result {
     sayln!(
         "--persist ({cycles} re-creations, no watcher): \"unmanaged\" in networkctl {unmanaged} \
          of {cycles}; networkd addresses seen on ve-*: {}",
-        mon.foreign_since(mark).len()
+        mon.foreign_since(mark, "ve-", |_| false).len()
     );
     Ok(())
 }
@@ -448,70 +453,6 @@ fn ip(ns: &Netns, args: &[&str]) -> Result {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
-    }
-}
-
-/// `ip -o monitor address` in a namespace, every line timestamped on arrival.
-struct AddrMonitor {
-    child: Child,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl AddrMonitor {
-    fn start(ns: &Netns) -> Result<AddrMonitor> {
-        let mut child = Command::new("ip")
-            .args(["-o", "-n", ns.name(), "monitor", "address"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("ip monitor: {e}"))?;
-        crate::guard::pid(child.id());
-        let out = child.stdout.take().ok_or("ip monitor has no stdout")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l2 = lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut v) = l2.lock() {
-                    v.push((Instant::now(), line));
-                }
-            }
-        });
-        thread::sleep(Duration::from_millis(100));
-        Ok(AddrMonitor { child, lines })
-    }
-
-    fn mark(&self) -> usize {
-        self.lines.lock().map(|v| v.len()).unwrap_or(0)
-    }
-
-    /// Addresses added to a ve-* link since `mark` other than the kernel's own IPv6
-    /// link-local ones: networkd's (nothing else in the sandbox adds any).
-    fn foreign_since(&self, mark: usize) -> Vec<(Instant, String)> {
-        let Ok(v) = self.lines.lock() else {
-            return Vec::new();
-        };
-        v.iter()
-            .skip(mark)
-            .filter(|(_, l)| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                !l.starts_with("Deleted")
-                    && f.get(1).is_some_and(|n| n.starts_with("ve-"))
-                    && match (f.get(2), f.get(3)) {
-                        (Some(&"inet"), Some(_)) => true,
-                        (Some(&"inet6"), Some(a)) => !a.starts_with("fe80:"),
-                        _ => false,
-                    }
-            })
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for AddrMonitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
