@@ -5,7 +5,7 @@
 use std::{ffi::OsString, io::Read};
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use common::{cli::Verbosity, Error, Result};
+use common::{cli::Verbosity, netns::NetnsSpec, Error, Result};
 
 mod cni;
 pub mod doc;
@@ -151,6 +151,12 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
                 };
                 return ops::bulk::up_from(&text, &origin, &shared, json);
             }
+            // Addresses from a pipe: open the namespace and the sockets while the
+            // command before it (`ve-alloc alloc`, waiting for its disk) is writing.
+            if let (Some("-"), Some(spec)) = (a.addresses.as_deref(), early_netns(&a)) {
+                let (req, opened) = ops::Opened::early(&spec, move || build(a));
+                return ops::up_opened(&req?, opened.ok(), json);
+            }
             ops::up(&build(a)?, json)
         }
         Cmd::Check(a) => {
@@ -177,6 +183,16 @@ fn read_input(f: &str, what: &str) -> Result<(String, String)> {
     } else {
         let s = std::fs::read_to_string(f).map_err(|e| Error::io(format!("reading {f}"), e))?;
         Ok((s, f.to_string()))
+    }
+}
+
+/// The namespace `a` names, when it names exactly one that parses: anything else is
+/// left to [`build`] to report.
+fn early_netns(a: &UpArgs) -> Option<NetnsSpec> {
+    match (&a.netns, a.pid) {
+        (Some(ns), None) => NetnsSpec::parse(ns).ok(),
+        (None, Some(pid)) if pid != 0 => Some(NetnsSpec::Pid(pid)),
+        _ => None,
     }
 }
 

@@ -1479,3 +1479,69 @@ fn bulk_up_refuses_a_malformed_line_and_rolls_back_a_failed_one_alone() {
     let out = ve_link(&host, &["check", "--from", "-"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 }
+
+/// `ve-link up ... --addresses -` with `input` on its stdin, written after `delay`.
+fn up_piped(host: &Netns, args: &[&str], input: &str, delay: &str) -> Output {
+    let mut c = bounded(host, "sh");
+    c.args([
+        "-c",
+        r#"d=$1; i=$2; shift 2; { sleep "$d"; printf %s "$i"; } | "$@" --addresses -"#,
+        "sh",
+        delay,
+        input,
+        BIN,
+        "up",
+    ])
+    .args(args);
+    c.output().expect("running ve-link")
+}
+
+#[test]
+fn piped_addresses_are_checked_before_what_was_opened_while_waiting() {
+    // With `--addresses -`, up opens the namespace and its sockets while the pipe is
+    // still empty: the answers must be those of reading first.
+    let Some((_sb, host, ctr)) = setup("piped_addresses") else {
+        return;
+    };
+    let good = "HOST_ADDRESS=10.233.7.1\nLOCAL_ADDRESS=10.233.7.2\n";
+    let nothing_made =
+        |host: &Netns| host.ip_json(&["link", "show"]).as_array().unwrap().len() == 1;
+    // The command before the pipe failed: 65, nothing made.
+    let out = up_piped(&host, &["foo", "--netns", ctr.name()], "", "0");
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did the command before the pipe fail"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(nothing_made(&host));
+    // Bad input wins over a missing namespace, as when the input was read first.
+    let missing = "/run/netns/ve-link-test-none";
+    let out = up_piped(
+        &host,
+        &["foo", "--netns", missing],
+        "HOST_ADDRESS=300.1.1.1\n",
+        "0",
+    );
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    let out = up_piped(&host, &["foo", "--netns", missing], good, "0");
+    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    // The namespace ve-link runs in is refused, whatever the pipe says.
+    let out = up_piped(&host, &["foo", "--netns", host.name()], good, "0");
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the one ve-link runs in"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(nothing_made(&host));
+    // Addresses that come late are used once they come.
+    let out = up_piped(&host, &["foo", "--netns", ctr.name()], good, "0.3");
+    ok(&out);
+    assert_eq!(addrs(&host, "ve-foo"), ["10.233.7.1/32"]);
+    assert_eq!(addrs(&ctr, "eth0"), ["10.233.7.2/32"]);
+    // And again: nothing changes.
+    let out = up_piped(&host, &["foo", "--netns", ctr.name(), "--json"], good, "0");
+    let line: Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert_eq!(line["changes"], serde_json::json!([]), "{line}");
+}

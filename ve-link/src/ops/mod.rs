@@ -13,7 +13,7 @@ mod up;
 
 pub use list::list;
 pub use teardown::{down, gc};
-pub use up::{bring_up, check, differences, up};
+pub use up::{bring_up, check, differences, up, up_opened, Opened};
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;

@@ -3,7 +3,10 @@
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use common::{netns::Netns, output, Error, Exit, Result};
+use common::{
+    netns::{Netns, NetnsSpec},
+    output, Error, Exit, Result,
+};
 use serde::Serialize;
 
 use super::require_privilege;
@@ -418,23 +421,75 @@ pub(super) fn refuse_own_namespace(ns: &Netns) -> Result<()> {
 
 /// Bring `req` up (what `up` does, printing nothing): the changes made.
 pub fn bring_up(req: &UpRequest) -> Result<Vec<Change>> {
-    let ns = req.netns.open()?;
-    refuse_own_namespace(&ns)?;
-    require_privilege(true)?;
-    let host = Socket::host()?;
-    let ctr = Socket::inside(&ns)?;
+    bring_up_opened(req, Opened::open(&req.netns)?)
+}
+
+/// What `up` needs before it looks at anything: the container namespace, checked, and
+/// a netlink socket on each side. Opening them changes nothing, so `up` can do it while
+/// the command before the pipe is still writing the addresses ([`Opened::early`]).
+pub struct Opened {
+    spec: NetnsSpec,
+    ns: Netns,
+    host: Socket,
+    ctr: Socket,
+}
+
+impl Opened {
+    pub fn open(spec: &NetnsSpec) -> Result<Opened> {
+        let ns = spec.open()?;
+        refuse_own_namespace(&ns)?;
+        require_privilege(true)?;
+        let host = Socket::host()?;
+        let ctr = Socket::inside(&ns)?;
+        Ok(Opened {
+            spec: spec.clone(),
+            ns,
+            host,
+            ctr,
+        })
+    }
+
+    /// Run `input` (the read of stdin) on a thread while this one opens `spec`, and
+    /// return both. The caller reports `input`'s errors first, as if nothing had been
+    /// opened, and uses the opening only for the request's own namespace.
+    pub fn early<T: Send + 'static>(
+        spec: &NetnsSpec,
+        input: impl FnOnce() -> T + Send + 'static,
+    ) -> (T, Result<Opened>) {
+        let reader = std::thread::spawn(input);
+        let opened = Opened::open(spec);
+        match reader.join() {
+            Ok(read) => (read, opened),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// [`bring_up`] with the namespace and sockets already open. An opening made for
+/// another namespace than the request's is not used.
+pub fn bring_up_opened(req: &UpRequest, o: Opened) -> Result<Vec<Change>> {
+    if o.spec != req.netns {
+        return bring_up(req);
+    }
     let k = Kernels {
-        host: &host,
-        ctr: &ctr,
-        ns: ns.as_fd().as_raw_fd(),
+        host: &o.host,
+        ctr: &o.ctr,
+        ns: o.ns.as_fd().as_raw_fd(),
     };
-    let changes = converge(req, &k)?;
-    Ok(changes)
+    converge(req, &k)
 }
 
 /// `ve-link up`.
 pub fn up(req: &UpRequest, json: bool) -> Result<()> {
-    let changes = bring_up(req)?;
+    up_opened(req, None, json)
+}
+
+/// `ve-link up`, with what [`Opened::early`] opened when it did.
+pub fn up_opened(req: &UpRequest, opened: Option<Opened>, json: bool) -> Result<()> {
+    let changes = match opened {
+        Some(o) => bring_up_opened(req, o)?,
+        None => bring_up(req)?,
+    };
     if changes.is_empty() {
         log::info!("{}: already up, nothing changed", req.name);
     }
