@@ -19,7 +19,7 @@ use testbed::{etcd::Cluster, TempDir};
 const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
 
 fn cluster(test: &str) -> Option<Cluster> {
-    if !testbed::privileged(test, &["ip", "unshare", "etcd", "etcdctl"]) {
+    if !testbed::privileged(test, &["ip", "unshare", "etcd", "etcdctl", "iptables"]) {
         return None;
     }
     Some(Cluster::start(3, 3).unwrap_or_else(|e| panic!("{e}")))
@@ -606,6 +606,108 @@ fn a_released_node_that_comes_back_hands_out_nothing_another_node_holds() {
         routes.contains(&format!("10.233.0.0/26 via {}\n", c.nodes[0].addr)),
         "{routes}"
     );
+}
+
+/// A node cut off from etcd in the middle of an allocation, after it read its blocks
+/// and before its commit reached etcd, while the fleet gives its block away (`node
+/// release`, then another node claims it and allocates): when it comes back, its
+/// delayed commit must not land in the block it no longer owns. The cut is a drop rule
+/// in the node's own namespace that matches only the commit (the one request that
+/// writes, `request_put`), so the node's reads went through and its commit is held
+/// back exactly between "chose a pair" and "committed".
+#[test]
+fn a_node_cut_off_mid_allocation_comes_back_without_using_a_block_given_away() {
+    let Some(c) =
+        cluster("a_node_cut_off_mid_allocation_comes_back_without_using_a_block_given_away")
+    else {
+        return;
+    };
+    let p = "cut";
+    let ok = |i: usize, args: &[&str]| {
+        let o = va(&c, i, p, args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    ok(0, &["alloc", "a0"]);
+    ok(0, &["alloc", "a1"]);
+    let a = &c.nodes[0].ns;
+    let rule = [
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "2379",
+        "-m",
+        "string",
+        "--string",
+        "request_put",
+        "--algo",
+        "bm",
+        "-j",
+        "DROP",
+    ];
+    let iptables = |op: &str| {
+        let o = a.command("iptables").arg(op).args(rule).output().unwrap();
+        assert!(o.status.success(), "iptables {op}: {o:?}");
+    };
+    let dropped = || {
+        let o = a
+            .command("iptables")
+            .args(["-L", "OUTPUT", "-n", "-v", "-x"])
+            .output()
+            .unwrap();
+        text(&o.stdout)
+            .lines()
+            .find(|l| l.contains("STRING match"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    iptables("-I");
+    let late = va(&c, 0, p, &["--wait", "20", "alloc", "late"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while dropped() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "n1 never sent its commit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Meanwhile n1 is taken for gone; n2 claims its freed block and leases from it.
+    assert_eq!(ok(1, &["node", "release", "n1"]), "a0\na1\n");
+    let b0 = env(&ok(1, &["alloc", "b0"]));
+    assert_eq!(b0["HOST_ADDRESS"], "10.233.0.2", "n2 took n1's old block");
+    // n1 comes back: its held commit reaches etcd now.
+    iptables("-D");
+    let o = late.wait_with_output().unwrap();
+    assert!(o.status.success(), "late: {}", text(&o.stderr));
+    let late = env(&text(&o.stdout));
+    for k in 1..4 {
+        ok(1, &["alloc", &format!("b{k}")]);
+    }
+    let leases = list(&c, 2, p);
+    assert_unique(&leases);
+    let host: std::net::Ipv4Addr = late["HOST_ADDRESS"].parse().unwrap();
+    let block = std::net::Ipv4Addr::from(u32::from(host) & !63);
+    let routes = text(&va(&c, 2, p, &["routes"]).output().unwrap().stdout);
+    assert!(
+        routes.contains(&format!("{block}/26 via {}\n", c.nodes[0].addr)),
+        "late got {host}, in a block n1 does not own: routes from n3:\n{routes}"
+    );
+    assert!(
+        routes.contains(&format!("10.233.0.0/26 via {}\n", c.nodes[1].addr)),
+        "{routes}"
+    );
+    let node_of = |name: &str| {
+        leases
+            .iter()
+            .find(|l| l["name"] == name)
+            .map(|l| l["node"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(node_of("late").as_deref(), Some("n1"));
 }
 
 /// With authentication enabled in etcd: no credentials or a wrong password is 77 and
