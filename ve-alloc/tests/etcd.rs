@@ -630,46 +630,14 @@ fn a_node_cut_off_mid_allocation_comes_back_without_using_a_block_given_away() {
     };
     ok(0, &["alloc", "a0"]);
     ok(0, &["alloc", "a1"]);
-    let a = &c.nodes[0].ns;
-    let rule = [
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "2379",
-        "-m",
-        "string",
-        "--string",
-        "request_put",
-        "--algo",
-        "bm",
-        "-j",
-        "DROP",
-    ];
-    let iptables = |op: &str| {
-        let o = a.command("iptables").arg(op).args(rule).output().unwrap();
-        assert!(o.status.success(), "iptables {op}: {o:?}");
-    };
-    let dropped = || {
-        let o = a
-            .command("iptables")
-            .args(["-L", "OUTPUT", "-n", "-v", "-x"])
-            .output()
-            .unwrap();
-        text(&o.stdout)
-            .lines()
-            .find(|l| l.contains("STRING match"))
-            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    iptables("-I");
+    let cut = Cut::new(&c, 0, "request_put");
     let late = va(&c, 0, p, &["--wait", "20", "alloc", "late"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let t = Instant::now();
-    while dropped() == 0 {
+    while cut.dropped() == 0 {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "n1 never sent its commit"
@@ -681,7 +649,7 @@ fn a_node_cut_off_mid_allocation_comes_back_without_using_a_block_given_away() {
     let b0 = env(&ok(1, &["alloc", "b0"]));
     assert_eq!(b0["HOST_ADDRESS"], "10.233.0.2", "n2 took n1's old block");
     // n1 comes back: its held commit reaches etcd now.
-    iptables("-D");
+    cut.heal();
     let o = late.wait_with_output().unwrap();
     assert!(o.status.success(), "late: {}", text(&o.stderr));
     let late = env(&text(&o.stdout));
@@ -708,6 +676,125 @@ fn a_node_cut_off_mid_allocation_comes_back_without_using_a_block_given_away() {
             .map(|l| l["node"].as_str().unwrap_or("").to_string())
     };
     assert_eq!(node_of("late").as_deref(), Some("n1"));
+}
+
+/// A drop rule in node `i`'s own namespace for its etcd requests that contain `text`,
+/// and how many packets it dropped so far.
+struct Cut<'a> {
+    ns: &'a testbed::Netns,
+    text: &'a str,
+}
+
+impl<'a> Cut<'a> {
+    fn new(c: &'a Cluster, i: usize, text: &'a str) -> Cut<'a> {
+        let cut = Cut {
+            ns: &c.nodes[i].ns,
+            text,
+        };
+        cut.iptables("-I");
+        cut
+    }
+
+    fn iptables(&self, op: &str) {
+        let o = self
+            .ns
+            .command("iptables")
+            .args([op, "OUTPUT", "-p", "tcp", "--dport", "2379", "-m", "string"])
+            .args(["--string", self.text, "--algo", "bm", "-j", "DROP"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "iptables {op}: {o:?}");
+    }
+
+    fn dropped(&self) -> u64 {
+        let o = self
+            .ns
+            .command("iptables")
+            .args(["-L", "OUTPUT", "-n", "-v", "-x"])
+            .output()
+            .unwrap();
+        text(&o.stdout)
+            .lines()
+            .find(|l| l.contains("STRING match"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    }
+
+    /// Take the rule away: the node reaches etcd again.
+    fn heal(self) {
+        self.iptables("-D");
+    }
+}
+
+/// `node release` of a node is cut off after it freed the node's blocks and before it
+/// removed the node's record, so the record still lists a block that another node then
+/// claims and leases from. The released node re-validates its blocks as it allocates:
+/// it never leases from that block (nor waits out --wait on it), drops it from its
+/// record and claims a block of its own.
+#[test]
+fn a_node_whose_record_lists_a_block_given_away_never_uses_it() {
+    let Some(c) = cluster("a_node_whose_record_lists_a_block_given_away_never_uses_it") else {
+        return;
+    };
+    let p = "stale";
+    let ok = |i: usize, args: &[&str]| {
+        let o = va(&c, i, p, args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    ok(0, &["alloc", "a0"]);
+    ok(0, &["alloc", "a1"]);
+    // The record's removal is the only request of a release without a compare.
+    let cut = Cut::new(&c, 1, r#""compare":[]"#);
+    let o = va(&c, 1, p, &["--wait", "3", "node", "release", "n1"])
+        .output()
+        .unwrap();
+    assert!(matches!(o.status.code(), Some(69 | 75)), "{o:?}");
+    assert!(cut.dropped() > 0);
+    // The rule stays: the kernel would still deliver the dropped request once it went
+    // (n2 only reads from here on, which the rule lets through).
+    let record = |node: &str| {
+        let o = c
+            .etcdctl(&["get", "--print-value-only", &format!("/{p}/node/{node}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "etcdctl get: {o:?}");
+        text(&o.stdout)
+    };
+    assert!(
+        record("n1").contains("4/0ae90000"),
+        "n1's record kept its block"
+    );
+    // n3 claims the freed block and leases from it.
+    assert_eq!(env(&ok(2, &["alloc", "c0"]))["HOST_ADDRESS"], "10.233.0.2");
+    let t = Instant::now();
+    let back = env(&ok(0, &["--wait", "10", "alloc", "back"]));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    for k in 1..4 {
+        ok(2, &["alloc", &format!("c{k}")]);
+    }
+    assert_unique(&list(&c, 1, p));
+    let host: std::net::Ipv4Addr = back["HOST_ADDRESS"].parse().unwrap();
+    let block = std::net::Ipv4Addr::from(u32::from(host) & !63);
+    let routes = text(&va(&c, 1, p, &["routes"]).output().unwrap().stdout);
+    assert!(
+        routes.contains(&format!("{block}/26 via {}\n", c.nodes[0].addr)),
+        "back got {host}, in a block n1 does not own: routes from n2:\n{routes}"
+    );
+    assert!(
+        routes.contains(&format!("10.233.0.0/26 via {}\n", c.nodes[2].addr)),
+        "{routes}"
+    );
+    assert!(
+        !record("n1").contains("4/0ae90000"),
+        "n1 dropped the block from its record: {}",
+        record("n1")
+    );
+    cut.heal();
 }
 
 /// With authentication enabled in etcd: no credentials or a wrong password is 77 and
