@@ -1,6 +1,7 @@
 //! `ve-alloc` on a real 3-member etcd cluster that serves clients over TLS only and
 //! checks their certificates (`--client-cert-auth`), with certificates the `openssl`
-//! CLI made: alloc and list over `etcd+tls://` work; no client certificate, one from
+//! CLI made: alloc and list over `etcd+tls://` work, also with the first member dead;
+//! no client certificate, one from
 //! another CA, or a CA that did not sign the members' certificate each fail at once
 //! with their documented code and change nothing; bad files are refused before etcd is
 //! asked.
@@ -216,6 +217,12 @@ fn tls_with_client_certificates() {
         nodes,
         [("db".into(), "n2".into()), ("web".into(), "n1".into())]
     );
+    // The first endpoint dies: the next one is tried, over TLS too.
+    c.members[0].kill();
+    let o = with_files(va(&c, 0, &["--wait", "8", "alloc", "after"]), ca, cert, key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
 
     // The same from the config file, and its bad values are 78 (a missing file 66).
     let conf = dir.join("ve-alloc.conf");

@@ -426,5 +426,11 @@ mod tests {
         let mut r =
             &b"HTTP/1.1 503 x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n"[..];
         assert_eq!(read_response(&mut r).unwrap(), (503, b"{\"a\":1}".to_vec()));
+        // No length: the body ends with the connection (an HTTP/1.0 answer).
+        let mut r = &b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request\n"[..];
+        assert_eq!(
+            read_response(&mut r).unwrap(),
+            (400, b"Client sent an HTTP request\n".to_vec())
+        );
     }
 }
