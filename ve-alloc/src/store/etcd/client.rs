@@ -166,10 +166,14 @@ impl Client {
             let endpoint = self.endpoints[self.current].clone();
             match self.once(&endpoint, path, &body, timeout) {
                 Ok(Answer::Foreign(status, text)) => {
+                    let hint = if self.tls.is_none() {
+                        ": do the members want TLS, an etcd+tls:// store?"
+                    } else {
+                        ""
+                    };
                     return Err(Error::config(format!(
                         "{endpoint} answered HTTP {status} but not as etcd's gateway does \
-                         ({text:?}): is the store etcd:// where the members speak TLS \
-                         (etcd+tls://)?"
+                         ({text:?}){hint}"
                     )));
                 }
                 Ok(Answer::Gateway(200, v)) => {
