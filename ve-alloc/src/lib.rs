@@ -694,8 +694,8 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     let problem = if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| is_scheme(s)) {
         format!(
             "store {text:?} is a URL, but the only store URLs are \
-             etcd://HOST:PORT[,HOST:PORT...][/PREFIX] ({scheme}:// is not one); give a \
-             directory or an etcd:// URL"
+             etcd://HOST:PORT[,HOST:PORT...][/PREFIX] and etcd+tls://... ({scheme}:// is not \
+             one); give a directory or an etcd:// URL"
         )
     } else if let Some(scheme) = text
         .split_once(':')
@@ -704,7 +704,8 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     {
         format!(
             "store {text:?} looks like a mistyped URL (a {scheme}: store is written \
-             etcd://HOST:PORT[,HOST:PORT...][/PREFIX]); give a directory or an etcd:// URL"
+             etcd://HOST:PORT[,HOST:PORT...][/PREFIX], or etcd+tls://... for TLS); give a \
+             directory or an etcd:// URL"
         )
     } else if store.extension().is_some_and(|x| x == "db") && !store.is_dir() {
         let dir = store

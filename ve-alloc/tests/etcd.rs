@@ -461,6 +461,9 @@ fn garbage_store_urls_are_refused_and_create_nothing() {
         ("etcd://host", 64),
         ("etcd://h:99999/p", 64),
         ("http://h:2379", 64),
+        ("etcd+tls:h:2379", 64),
+        ("etcd+tls://h", 64),
+        ("etcds://h:2379", 64),
     ] {
         let o = Command::new(BIN)
             .current_dir(dir.path())
@@ -498,6 +501,10 @@ fn garbage_store_urls_are_refused_and_create_nothing() {
         "--node-address <ADDR>",
         "--block-size",
         "etcd://",
+        "etcd+tls://",
+        "--etcd-cacert <FILE>",
+        "--etcd-cert <FILE>",
+        "--etcd-key <FILE>",
     ] {
         assert!(text(&o.stdout).contains(flag), "alloc --help lacks {flag}");
     }
