@@ -72,6 +72,52 @@ impl Client {
         }
     }
 
+    /// Give requests from now on until `deadline`: a long-running `routes --watch`
+    /// renews it before each listing.
+    pub fn renew(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.answered = false;
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The longest one request may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The `Authorization` header line for a request made outside [`Client::call`]
+    /// (the watch stream), authenticating first when there are credentials and no token.
+    pub fn auth_header(&mut self) -> Result<String> {
+        if self.auth.is_some() && self.token.is_none() {
+            self.authenticate()?;
+        }
+        Ok(match &self.token {
+            Some(t) => format!("Authorization: {t}\r\n"),
+            None => String::new(),
+        })
+    }
+
+    /// Fetch a new token before the next request (etcd no longer knew this one).
+    pub fn forget_token(&mut self) {
+        self.token = None;
+    }
+
+    /// A client for endpoint `i` alone, with this one's credentials and token, that
+    /// gives up at `deadline`: asks whether that one member still answers.
+    pub fn pinned(&self, i: usize, deadline: Instant) -> Client {
+        let mut c = Client::new(
+            vec![self.endpoints[i % self.endpoints.len()].clone()],
+            self.auth.clone(),
+            deadline,
+        );
+        c.token = self.token.clone();
+        c.timeout = self.timeout;
+        c
+    }
+
     /// POST `body` to `path` and return the answer's JSON, retrying on other endpoints
     /// until the deadline. A gateway error that is not temporary is returned at once.
     /// With credentials, a token is fetched first, and fetched again once when etcd
@@ -228,7 +274,7 @@ impl Client {
     }
 }
 
-fn resolve(endpoint: &str) -> std::io::Result<SocketAddr> {
+pub fn resolve(endpoint: &str) -> std::io::Result<SocketAddr> {
     endpoint.to_socket_addrs()?.next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the endpoint")
     })
