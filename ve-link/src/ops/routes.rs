@@ -159,7 +159,8 @@ pub fn once(text: &str, origin: &str) -> Result<()> {
 /// ends the command with 65 and the routes of the last good set in place; a set the
 /// kernel refused part of is logged and tried again every [`RETRY`] until the next
 /// comes. At the end of the input, lines after the last blank line are a set cut off
-/// (its writer died while printing it): they are ignored, with a warning.
+/// (its writer died while printing it): they are ignored, with a warning (and 65 when
+/// malformed).
 pub fn follow<R: Read + AsRawFd>(mut input: BufReader<R>, origin: &str) -> Result<()> {
     super::require_privilege(false)?;
     let nl = Socket::host()?;
@@ -183,10 +184,11 @@ pub fn follow<R: Read + AsRawFd>(mut input: BufReader<R>, origin: &str) -> Resul
             .map_err(|e| Error::io(format!("reading route sets from {origin}"), e))?;
         if got == 0 {
             if !pending.is_empty() {
+                // Malformed is still bad input; a well-formed one may be cut short.
+                parse_set(pending.iter().map(|(i, l)| (*i, l.as_str())), origin)?;
                 log::warn!(
-                    "{origin} ended inside a set ({} lines after the last blank line): \
-                     leaving the routes as they are",
-                    pending.len()
+                    "{origin} ended inside a set (no blank line after line {n}): leaving \
+                     the routes as they are"
                 );
             }
             return Ok(());
