@@ -810,3 +810,37 @@ fn routes_watch_follows_claims_and_releases_across_member_loss() {
         .unwrap();
     assert_eq!(o.status.code(), Some(64), "{}", text(&o.stderr));
 }
+
+/// A command run on a node without `--node-address` (a `release` from a shell without
+/// the unit's environment) keeps the address the node recorded, so the other nodes go
+/// on routing its blocks to it; a new address replaces it.
+#[test]
+fn a_write_without_node_address_keeps_the_recorded_one() {
+    let Some(c) = cluster("a_write_without_node_address_keeps_the_recorded_one") else {
+        return;
+    };
+    let p = "keep";
+    let run = |i: usize, args: &[&str], address: Option<&str>| {
+        let mut cmd = va(&c, i, p, args);
+        match address {
+            Some(a) => cmd.env("VE_ALLOC_NODE_ADDRESS", a),
+            None => cmd.env_remove("VE_ALLOC_NODE_ADDRESS"),
+        };
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let n2 = c.nodes[1].addr.clone();
+    run(1, &["alloc", "a"], Some(&n2));
+    run(1, &["alloc", "b"], None);
+    run(1, &["release", "a"], None);
+    assert_eq!(
+        run(0, &["routes"], None),
+        format!("10.233.0.0/26 via {n2}\n")
+    );
+    run(1, &["alloc", "c"], Some("198.51.100.99"));
+    assert_eq!(
+        run(0, &["routes"], None),
+        "10.233.0.0/26 via 198.51.100.99\n"
+    );
+}

@@ -607,7 +607,12 @@ impl<'a> EtcdTxn<'a> {
         if !self.store.registered {
             let mut record = self.node_record()?;
             let address = self.store.node_address;
-            if record.as_ref().is_none_or(|r| r.address != address) {
+            // A command run without --node-address keeps the address recorded: other
+            // nodes route to it (`routes`).
+            if record
+                .as_ref()
+                .is_none_or(|r| address.is_some() && r.address != address)
+            {
                 let mut r = record.take().unwrap_or_default();
                 r.address = address;
                 let v = serde_json::to_vec(&r).map_err(|e| Error::internal(e.to_string()))?;
