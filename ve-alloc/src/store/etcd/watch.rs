@@ -117,40 +117,36 @@ impl EtcdStore {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             while let Some(line) = chunks.line() {
-                let Ok(v) = serde_json::from_slice::<Value>(&line) else {
-                    return Ok(End::Failed(format!(
-                        "{endpoint}: not JSON in the watch stream"
-                    )));
-                };
-                if let Some(e) = v.get("error") {
-                    if int(e.get("grpc_code")) == UNAUTHENTICATED {
-                        self.client.forget_token();
+                match classify(&line) {
+                    Msg::Quiet => {}
+                    Msg::Restart(why) => return Ok(End::Restart(why)),
+                    Msg::Failed {
+                        unauthenticated,
+                        message,
+                    } => {
+                        if unauthenticated {
+                            self.client.forget_token();
+                        }
+                        return Ok(End::Failed(format!("{endpoint}: {message}")));
                     }
-                    let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
-                    return Ok(End::Failed(format!("{endpoint}: {msg}")));
-                }
-                let r = v.get("result").unwrap_or(&Value::Null);
-                if int(r.get("compact_revision")) > 0 {
-                    return Ok(End::Restart("compacted past the watch's revision".into()));
-                }
-                if r.get("canceled").and_then(Value::as_bool) == Some(true) {
-                    let why = r.get("cancel_reason").and_then(Value::as_str).unwrap_or("");
-                    return Ok(End::Restart(format!("canceled by etcd: {why}")));
-                }
-                let changed = r
-                    .get("events")
-                    .and_then(Value::as_array)
-                    .is_some_and(|e| !e.is_empty());
-                if changed {
-                    self.client.renew(Instant::now() + timeout * 2);
-                    match list_routes(&mut self.client, &self.prefix, &self.node, self.block_bits) {
-                        Ok((r, routes)) => {
-                            if routes != *last {
-                                emit(r, &routes)?;
-                                *last = routes;
+                    Msg::Changed => {
+                        self.client.renew(Instant::now() + timeout * 2);
+                        match list_routes(
+                            &mut self.client,
+                            &self.prefix,
+                            &self.node,
+                            self.block_bits,
+                        ) {
+                            Ok((r, routes)) => {
+                                if routes != *last {
+                                    emit(r, &routes)?;
+                                    *last = routes;
+                                }
+                            }
+                            Err(e) => {
+                                return Ok(End::Failed(format!("listing after a change: {e}")))
                             }
                         }
-                        Err(e) => return Ok(End::Failed(format!("listing after a change: {e}"))),
                     }
                 }
             }
@@ -187,6 +183,58 @@ impl EtcdStore {
                 Err(e) => return Ok(End::Failed(format!("{endpoint}: {e}"))),
             }
         }
+    }
+}
+
+/// What one message of the watch stream says.
+#[derive(Debug, PartialEq)]
+enum Msg {
+    /// Nothing to do (a watcher created, a progress notice).
+    Quiet,
+    /// Keys changed: list again.
+    Changed,
+    /// The watch is over: list, then watch again (compacted, canceled).
+    Restart(String),
+    /// An error: watch on the next member (fetching a new token first when it expired).
+    Failed {
+        unauthenticated: bool,
+        message: String,
+    },
+}
+
+fn classify(line: &[u8]) -> Msg {
+    let Ok(v) = serde_json::from_slice::<Value>(line) else {
+        return Msg::Failed {
+            unauthenticated: false,
+            message: "not JSON in the watch stream".into(),
+        };
+    };
+    if let Some(e) = v.get("error") {
+        return Msg::Failed {
+            unauthenticated: int(e.get("grpc_code")) == UNAUTHENTICATED,
+            message: e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        };
+    }
+    let r = v.get("result").unwrap_or(&Value::Null);
+    if int(r.get("compact_revision")) > 0 {
+        return Msg::Restart("compacted past the watch's revision".into());
+    }
+    if r.get("canceled").and_then(Value::as_bool) == Some(true) {
+        let why = r.get("cancel_reason").and_then(Value::as_str).unwrap_or("");
+        return Msg::Restart(format!("canceled by etcd: {why}"));
+    }
+    let changed = r
+        .get("events")
+        .and_then(Value::as_array)
+        .is_some_and(|e| !e.is_empty());
+    if changed {
+        Msg::Changed
+    } else {
+        Msg::Quiet
     }
 }
 
@@ -376,6 +424,56 @@ mod tests {
         assert!(d.done);
         assert!(Dechunk::default().feed(b"zz\r\n").is_err());
         assert!(Dechunk::default().feed(b"1\r\nxyz").is_err());
+    }
+
+    #[test]
+    fn watch_messages_as_the_gateway_writes_them() {
+        let h = r#""header":{"cluster_id":"1","member_id":"2","revision":"7","raft_term":"2"}"#;
+        let m = |s: String| classify(s.as_bytes());
+        assert_eq!(
+            m(format!(r#"{{"result":{{{h},"created":true}}}}"#)),
+            Msg::Quiet
+        );
+        assert_eq!(
+            m(format!(
+                r#"{{"result":{{{h},"watch_id":"1","created":true}}}}"#
+            )),
+            Msg::Quiet
+        );
+        assert_eq!(
+            m(format!(
+                r#"{{"result":{{{h},"watch_id":"1","events":[{{"type":"DELETE","kv":{{"key":"YQ=="}}}}]}}}}"#
+            )),
+            Msg::Changed
+        );
+        assert!(matches!(
+            m(format!(
+                r#"{{"result":{{{h},"canceled":true,"compact_revision":"5"}}}}"#
+            )),
+            Msg::Restart(w) if w.contains("compacted")
+        ));
+        assert!(matches!(
+            m(format!(r#"{{"result":{{{h},"canceled":true,"cancel_reason":"x"}}}}"#)),
+            Msg::Restart(w) if w.contains("canceled by etcd: x")
+        ));
+        assert_eq!(
+            m(
+                r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}"#
+                    .into()
+            ),
+            Msg::Failed {
+                unauthenticated: false,
+                message: "etcdserver: no leader".into()
+            }
+        );
+        assert!(matches!(
+            m(r#"{"error":{"grpc_code":16,"message":"invalid auth token"}}"#.into()),
+            Msg::Failed {
+                unauthenticated: true,
+                ..
+            }
+        ));
+        assert!(matches!(m("nope".into()), Msg::Failed { .. }));
     }
 
     #[test]
