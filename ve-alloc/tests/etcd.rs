@@ -652,6 +652,36 @@ fn etcd_authentication_with_user_and_password_file() {
     let o = run(Some("root"), "pw");
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(env(&text(&o.stdout))["HOST_ADDRESS"], "10.233.0.2");
+    // routes --watch sends the token with its watch stream too: n2's claim arrives.
+    let creds = |mut cmd: Command| {
+        cmd.env("VE_ALLOC_ETCD_USER", "root")
+            .env("VE_ALLOC_ETCD_PASSWORD_FILE", dir.join("pw"));
+        cmd
+    };
+    let mut watch = creds(va(&c, 1, "auth", &["routes", "--watch"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sets = watch_sets(&mut watch);
+    let n1 = &c.nodes[0].addr;
+    next_set(&sets, Duration::from_secs(5), "n1's block", |s| {
+        s == [format!("10.233.0.0/26 via {n1}")]
+    });
+    std::fs::write(c.nodes[2].dir().join("pw"), "s3cret\n").unwrap();
+    let o = va(&c, 2, "auth", &["alloc", "web3"])
+        .env("VE_ALLOC_ETCD_USER", "root")
+        .env("VE_ALLOC_ETCD_PASSWORD_FILE", c.nodes[2].dir().join("pw"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    next_set(&sets, Duration::from_secs(5), "n3's block", |s| {
+        s.len() == 2
+    });
+    let _ = watch.kill();
+    let o = watch.wait_with_output().unwrap();
+    // Through the watch itself, not by listing again after etcd refused it.
+    assert_eq!(text(&o.stderr), "", "the watch had trouble");
     // A user without a password file is a usage error, before etcd is asked.
     let o = va(&c, 0, "auth", &["alloc", "web"])
         .env("VE_ALLOC_ETCD_USER", "root")

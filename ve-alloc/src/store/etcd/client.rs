@@ -105,6 +105,13 @@ impl Client {
         self.token = None;
     }
 
+    /// Take the token `other` (a [`Client::pinned`] one) may have fetched anew.
+    pub fn adopt_token(&mut self, other: &Client) {
+        if other.token.is_some() {
+            self.token.clone_from(&other.token);
+        }
+    }
+
     /// A client for endpoint `i` alone, with this one's credentials and token, that
     /// gives up at `deadline`: asks whether that one member still answers.
     pub fn pinned(&self, i: usize, deadline: Instant) -> Client {

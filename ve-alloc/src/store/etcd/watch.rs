@@ -32,8 +32,9 @@ const UNAUTHENTICATED: i64 = 16;
 enum End {
     /// The member failed: watch on the next one.
     Failed(String),
-    /// The watch must start again from a new listing (compacted, canceled).
-    Restart(String),
+    /// The watch must start again from a new listing.
+    Compacted,
+    Canceled(String),
 }
 
 impl EtcdStore {
@@ -52,12 +53,23 @@ impl EtcdStore {
         emit(rev, &last)?;
         let mut member = 0usize;
         loop {
+            let started = Instant::now();
             match self.session(member, rev, &mut last, &mut emit)? {
                 End::Failed(why) => {
                     log::warn!("etcd watch: {why}; watching on the next member");
                     member += 1;
                 }
-                End::Restart(why) => log::info!("etcd watch: {why}; listing again"),
+                End::Compacted => {
+                    log::info!("etcd watch: compacted past its revision; listing again")
+                }
+                End::Canceled(why) => {
+                    log::warn!("etcd watch: canceled by etcd: {why}; listing again")
+                }
+            }
+            // A member that accepts the watch and drops it at once is not retried in a
+            // tight loop.
+            if started.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(RETRY);
             }
             loop {
                 reader_check()?;
@@ -119,7 +131,8 @@ impl EtcdStore {
             while let Some(line) = chunks.line() {
                 match classify(&line) {
                     Msg::Quiet => {}
-                    Msg::Restart(why) => return Ok(End::Restart(why)),
+                    Msg::Compacted => return Ok(End::Compacted),
+                    Msg::Canceled(why) => return Ok(End::Canceled(why)),
                     Msg::Failed {
                         unauthenticated,
                         message,
@@ -168,7 +181,9 @@ impl EtcdStore {
                 {
                     reader_check()?;
                     let mut probe = self.client.pinned(i, Instant::now() + timeout);
-                    match list_routes(&mut probe, &self.prefix, &self.node, self.block_bits) {
+                    let listed = list_routes(&mut probe, &self.prefix, &self.node, self.block_bits);
+                    self.client.adopt_token(&probe);
+                    match listed {
                         Ok((r, routes)) => {
                             if routes != *last {
                                 log::info!("etcd watch: a listing found a change the watch missed");
@@ -193,8 +208,9 @@ enum Msg {
     Quiet,
     /// Keys changed: list again.
     Changed,
-    /// The watch is over: list, then watch again (compacted, canceled).
-    Restart(String),
+    /// The watch is over: list, then watch again.
+    Compacted,
+    Canceled(String),
     /// An error: watch on the next member (fetching a new token first when it expired).
     Failed {
         unauthenticated: bool,
@@ -221,11 +237,11 @@ fn classify(line: &[u8]) -> Msg {
     }
     let r = v.get("result").unwrap_or(&Value::Null);
     if int(r.get("compact_revision")) > 0 {
-        return Msg::Restart("compacted past the watch's revision".into());
+        return Msg::Compacted;
     }
     if r.get("canceled").and_then(Value::as_bool) == Some(true) {
         let why = r.get("cancel_reason").and_then(Value::as_str).unwrap_or("");
-        return Msg::Restart(format!("canceled by etcd: {why}"));
+        return Msg::Canceled(why.to_string());
     }
     let changed = r
         .get("events")
@@ -446,16 +462,18 @@ mod tests {
             )),
             Msg::Changed
         );
-        assert!(matches!(
+        assert_eq!(
             m(format!(
                 r#"{{"result":{{{h},"canceled":true,"compact_revision":"5"}}}}"#
             )),
-            Msg::Restart(w) if w.contains("compacted")
-        ));
-        assert!(matches!(
-            m(format!(r#"{{"result":{{{h},"canceled":true,"cancel_reason":"x"}}}}"#)),
-            Msg::Restart(w) if w.contains("canceled by etcd: x")
-        ));
+            Msg::Compacted
+        );
+        assert_eq!(
+            m(format!(
+                r#"{{"result":{{{h},"canceled":true,"cancel_reason":"x"}}}}"#
+            )),
+            Msg::Canceled("x".into())
+        );
         assert_eq!(
             m(
                 r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}"#
