@@ -874,3 +874,39 @@ fn a_write_without_node_address_keeps_the_recorded_one() {
         "10.233.0.0/26 via 198.51.100.99\n"
     );
 }
+
+/// With an IPv6 pool, a node known by an IPv4 address has IPv6 blocks no route can go
+/// to: `routes` leaves them out with a warning (ve-link would refuse the whole set),
+/// and prints the IPv6 blocks of a node whose address is IPv6.
+#[test]
+fn routes_leave_out_blocks_of_the_other_family_than_the_node_address() {
+    let Some(c) = cluster("routes_leave_out_blocks_of_the_other_family_than_the_node_address")
+    else {
+        return;
+    };
+    let p = "dual";
+    let alloc = |i: usize, name: &str, address: &str| {
+        let o = va(&c, i, p, &["alloc", name])
+            .env("VE_ALLOC_POOL6", "fd42::/64")
+            .env("VE_ALLOC_NODE_ADDRESS", address)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    let n2 = c.nodes[1].addr.clone();
+    alloc(1, "v4", &n2);
+    let o = va(&c, 0, p, &["routes"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), format!("10.233.0.0/26 via {n2}\n"));
+    assert!(
+        text(&o.stderr).contains("fd42::/122"),
+        "{}",
+        text(&o.stderr)
+    );
+    alloc(2, "v6", "2001:db8::13");
+    let o = va(&c, 0, p, &["routes"]).output().unwrap();
+    assert_eq!(
+        text(&o.stdout),
+        format!("10.233.0.0/26 via {n2}\nfd42::40/122 via 2001:db8::13\n")
+    );
+}

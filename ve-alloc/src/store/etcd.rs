@@ -341,8 +341,9 @@ pub struct Route {
 
 impl EtcdStore {
     /// The blocks of every other node that has a node address, ordered by family and
-    /// address; blocks of nodes without one are skipped with a warning (nothing to
-    /// route them to).
+    /// address; blocks of nodes without one, or of the other family than the node's
+    /// address (an IPv6 block of a node known by its IPv4 address), are skipped with a
+    /// warning (nothing to route them to).
     pub fn routes(&mut self) -> Result<Vec<Route>> {
         let (_, routes) = list_routes(&mut self.client, &self.prefix, &self.node, self.block_bits)?;
         Ok(routes)
@@ -400,11 +401,15 @@ fn list_routes(
             };
             let block = format!("{start}/{}", bits - block_bits);
             match via.get(&owner).copied().flatten() {
-                Some(via) => out.push(Route {
+                Some(via) if via.is_ipv4() == start.is_ipv4() => out.push(Route {
                     block,
                     via,
                     node: owner,
                 }),
+                // A route needs a gateway of its own family.
+                Some(via) => log::warn!(
+                    "node {owner}'s node address {via} is of the other family; not routing {block}"
+                ),
                 None => log::warn!("node {owner} has no node address; not routing {block}"),
             }
         }
