@@ -3,9 +3,11 @@
 //! addressed from 198.51.100.0/24. Node commands run in a private mount namespace with
 //! their own /var/lib, working directory and TMPDIR, so nodes share nothing but etcd.
 //! Dropping the cluster kills every process in its namespaces and deletes them.
+//! [`Cluster::start_tls`] serves clients over TLS only, with certificates the `openssl`
+//! CLI makes in the cluster's scratch directory (see [`Certs`]).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
     time::Duration,
@@ -68,12 +70,123 @@ impl Node {
     }
 }
 
+/// The PEM files of a TLS cluster: a CA that signed the members' certificate (naming
+/// every member's address, and good for client auth too: etcd 3.4's JSON gateway
+/// presents it to the member's own gRPC server) and a client certificate, and a second, unrelated CA with a
+/// client certificate of its own (for "wrong CA" cases).
+pub struct Certs {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub other_ca: PathBuf,
+    pub other_cert: PathBuf,
+    pub other_key: PathBuf,
+}
+
+impl Certs {
+    /// Make the files in `dir` for members at `addrs`.
+    pub fn make(dir: &Path, addrs: &[&str]) -> Result<Certs, String> {
+        let f = |n: &str| dir.join(n);
+        let openssl = |args: &[&str]| -> Result<(), String> {
+            let o = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("running openssl: {e}"))?;
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ))
+            }
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
+            let subj = format!("/CN=ve-test {ca}");
+            a.push(&subj);
+            a.extend(ec);
+            let (cert, key) = (format!("{ca}.pem"), format!("{ca}-key.pem"));
+            a.extend(["-keyout", &key, "-out", &cert]);
+            openssl(&a)?;
+        }
+        let sans: Vec<String> = addrs.iter().map(|a| format!("IP:{a}")).collect();
+        let sign = |name: &str, ca: &str, usage: &str, san: Option<&str>| {
+            let (csr, key, cert) = (
+                format!("{name}.csr"),
+                format!("{name}-key.pem"),
+                format!("{name}.pem"),
+            );
+            let subj = format!("/CN=ve-test {name}");
+            let mut a = vec!["req", "-new", "-subj", &subj];
+            a.extend(ec);
+            a.extend(["-keyout", &key, "-out", &csr]);
+            openssl(&a)?;
+            let ext = format!("{name}.ext");
+            let mut text = format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n");
+            if let Some(san) = san {
+                text.push_str(&format!("subjectAltName={san}\n"));
+            }
+            std::fs::write(dir.join(&ext), text).map_err(|e| e.to_string())?;
+            let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}-key.pem"));
+            openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_cert,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-extfile",
+                &ext,
+                "-out",
+                &cert,
+            ])
+        };
+        sign(
+            "server",
+            "ca",
+            "serverAuth,clientAuth",
+            Some(&sans.join(",")),
+        )?;
+        sign("client", "ca", "clientAuth", None)?;
+        sign("other", "other-ca", "clientAuth", None)?;
+        Ok(Certs {
+            ca: f("ca.pem"),
+            client_cert: f("client.pem"),
+            client_key: f("client-key.pem"),
+            server_cert: f("server.pem"),
+            server_key: f("server-key.pem"),
+            other_ca: f("other-ca.pem"),
+            other_cert: f("other.pem"),
+            other_key: f("other-key.pem"),
+        })
+    }
+}
+
 /// Fields drop in order: the sandbox (killing every process in it) before the scratch
 /// directories.
 pub struct Cluster {
     sandbox: Sandbox,
     pub members: Vec<Member>,
     pub nodes: Vec<Node>,
+    /// Set when clients speak TLS to the members.
+    pub certs: Option<Certs>,
     _lan: Netns,
     _dir: TempDir,
 }
@@ -87,6 +200,16 @@ impl Cluster {
     /// Start `members` etcd members and create `nodes` node namespaces; waits until the
     /// cluster is healthy.
     pub fn start(members: usize, node_count: usize) -> Result<Cluster, String> {
+        Self::start_with(members, node_count, false)
+    }
+
+    /// [`Cluster::start`] with clients served over TLS only, each presenting a client
+    /// certificate the cluster's CA signed (`--client-cert-auth`); needs `openssl`.
+    pub fn start_tls(members: usize, node_count: usize) -> Result<Cluster, String> {
+        Self::start_with(members, node_count, true)
+    }
+
+    fn start_with(members: usize, node_count: usize, tls: bool) -> Result<Cluster, String> {
         // Locals drop in reverse order: on an early return the sandbox (killing the
         // members) goes before the directory they write in.
         let dir = TempDir::new("etcd");
@@ -132,27 +255,43 @@ impl Cluster {
             .map(|m| format!("{}=http://{}:2380", m.name, m.addr))
             .collect();
         let token = sandbox.prefix().to_string();
+        let certs = if tls {
+            let addrs: Vec<&str> = ms.iter().map(|m| m.addr.as_str()).collect();
+            Some(Certs::make(dir.path(), &addrs)?)
+        } else {
+            None
+        };
+        let scheme = if tls { "https" } else { "http" };
         for m in &mut ms {
             let data = dir.path().join(&m.name);
             let log = std::fs::File::create(dir.path().join(format!("{}.log", m.name)))
                 .map_err(|e| e.to_string())?;
             let a = &m.addr;
-            let child =
-                m.ns.command("etcd")
-                    .args(["--name", &m.name])
-                    .arg("--data-dir")
-                    .arg(&data)
-                    .args(["--listen-client-urls", &format!("http://{a}:2379")])
-                    .args(["--advertise-client-urls", &format!("http://{a}:2379")])
-                    .args(["--listen-peer-urls", &format!("http://{a}:2380")])
-                    .args(["--initial-advertise-peer-urls", &format!("http://{a}:2380")])
-                    .args(["--initial-cluster", &initial.join(",")])
-                    .args(["--initial-cluster-token", &token])
-                    .args(["--initial-cluster-state", "new"])
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .map_err(|e| format!("starting etcd: {e}"))?;
+            let mut cmd = m.ns.command("etcd");
+            if let Some(c) = &certs {
+                cmd.arg("--cert-file")
+                    .arg(&c.server_cert)
+                    .arg("--key-file")
+                    .arg(&c.server_key)
+                    .arg("--trusted-ca-file")
+                    .arg(&c.ca)
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd
+                .args(["--name", &m.name])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", &format!("{scheme}://{a}:2379")])
+                .args(["--advertise-client-urls", &format!("{scheme}://{a}:2379")])
+                .args(["--listen-peer-urls", &format!("http://{a}:2380")])
+                .args(["--initial-advertise-peer-urls", &format!("http://{a}:2380")])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-token", &token])
+                .args(["--initial-cluster-state", "new"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("starting etcd: {e}"))?;
             m.child = Mutex::new(Some(child));
         }
         let mut nodes = Vec::new();
@@ -173,6 +312,7 @@ impl Cluster {
             sandbox,
             members: ms,
             nodes,
+            certs,
             _lan: lan,
             _dir: dir,
         };
@@ -193,20 +333,41 @@ impl Cluster {
             .join(",")
     }
 
-    /// `etcd://E1,E2,E3/PREFIX`.
+    /// `etcd://E1,E2,E3/PREFIX` (`etcd+tls://` on a TLS cluster).
     pub fn url(&self, prefix: &str) -> String {
-        format!("etcd://{}/{prefix}", self.endpoints())
+        let scheme = if self.certs.is_some() {
+            "etcd+tls"
+        } else {
+            "etcd"
+        };
+        format!("{scheme}://{}/{prefix}", self.endpoints())
     }
 
     /// `etcdctl --endpoints=ALL ARGS`, run in the first node.
     pub fn etcdctl(&self, args: &[&str]) -> Command {
         let mut c = self.nodes[0].ns.command("etcdctl");
-        c.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints()))
-            .args(["--dial-timeout=1s", "--command-timeout=2s"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        c.env("ETCDCTL_API", "3");
+        match &self.certs {
+            Some(certs) => {
+                let urls: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|m| format!("https://{}", m.endpoint()))
+                    .collect();
+                c.arg(format!("--endpoints={}", urls.join(",")))
+                    .arg("--cacert")
+                    .arg(&certs.ca)
+                    .arg("--cert")
+                    .arg(&certs.client_cert)
+                    .arg("--key")
+                    .arg(&certs.client_key)
+            }
+            None => c.arg(format!("--endpoints={}", self.endpoints())),
+        }
+        .args(["--dial-timeout=1s", "--command-timeout=2s"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         c
     }
 

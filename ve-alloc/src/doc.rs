@@ -15,7 +15,7 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::Usage,
-            "a missing or unknown argument, several alloc names without --json, --wait out of range, a --store that is a database file or a URL other than a valid etcd://, a bad --node, --node-address or --block-size, gc with no names on a terminal",
+            "a missing or unknown argument, several alloc names without --json, --wait out of range, a --store that is a database file or a URL other than a valid etcd:// or etcd+tls://, a bad --node, --node-address or --block-size, --etcd-cert without --etcd-key (or the other way round), TLS files for a plain etcd:// store, gc with no names on a terminal",
         ),
         exit(
             Exit::DataErr,
@@ -23,11 +23,11 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::NoInput,
-            "no lease for NAME (show, show-ip), a named config file or import directory missing",
+            "no lease for NAME (show, show-ip), a named config file, import directory or etcd TLS file (--etcd-cacert, --etcd-cert, --etcd-key) missing",
         ),
         exit(
             Exit::Unavailable,
-            "no etcd endpoint of an etcd:// store answered within --wait (nothing printed)",
+            "no etcd endpoint of an etcd:// store answered within --wait (nothing printed; also etcd:// to members that serve TLS only)",
         ),
         exit(Exit::Software, "a bug in ve-alloc"),
         exit(Exit::OsErr, "a system call failed"),
@@ -45,11 +45,11 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::NoPerm,
-            "no permission to read or write the store; etcd refused --etcd-user or its password",
+            "no permission to read or write the store or a TLS file; etcd refused --etcd-user or its password, or the client certificate (--etcd-cert) or its absence",
         ),
         exit(
             Exit::Config,
-            "a bad config file, a store written by another version or program, or a --block-size other than the fleet's",
+            "a bad config file, a store written by another version or program, or a --block-size other than the fleet's; a TLS file without a PEM certificate or key, a key that is not the certificate's, or an etcd member whose certificate --etcd-cacert does not vouch for",
         ),
     ],
     env: &[
@@ -57,7 +57,7 @@ pub const MANUAL: Manual = Manual {
             "CNI_COMMAND",
             "When set (ADD, DEL, CHECK, VERSION, STATUS, GC), ve-alloc is a CNI IPAM plugin: configuration on stdin (store required), CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS, CNI_ARGS (K8S_POD_NAME names the lease) from the environment, the result or CNI error JSON on stdout",
         ),
-        entry("VE_ALLOC_STORE", "Store directory or etcd:// URL, as --store"),
+        entry("VE_ALLOC_STORE", "Store directory or etcd:// (etcd+tls://) URL, as --store"),
         entry("VE_ALLOC_NODE", "This host's node name in an etcd store, as --node"),
         entry(
             "VE_ALLOC_NODE_ADDRESS",
@@ -69,6 +69,12 @@ pub const MANUAL: Manual = Manual {
             "VE_ALLOC_ETCD_PASSWORD_FILE",
             "File with the etcd user's password, as --etcd-password-file",
         ),
+        entry(
+            "VE_ALLOC_ETCD_CACERT",
+            "CA bundle of an etcd+tls:// store, as --etcd-cacert",
+        ),
+        entry("VE_ALLOC_ETCD_CERT", "Client certificate for etcd, as --etcd-cert"),
+        entry("VE_ALLOC_ETCD_KEY", "Key of the client certificate, as --etcd-key"),
         entry("VE_ALLOC_POOL", "IPv4 pool, as --pool"),
         entry("VE_ALLOC_POOL6", "IPv6 pool, as --pool6"),
         entry("VE_ALLOC_LAYOUT", "Layout of the IPv4 pool, as --layout"),
@@ -77,7 +83,11 @@ pub const MANUAL: Manual = Manual {
     files: &[
         entry(
             "/etc/ve-alloc.conf",
-            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT, and for an etcd store NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE",
+            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT, and for an etcd store NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE, ETCD_CACERT, ETCD_CERT, ETCD_KEY",
+        ),
+        entry(
+            "/etc/ssl/certs/ca-certificates.crt",
+            "The CA bundle an etcd+tls:// store trusts when --etcd-cacert is not given",
         ),
         entry(
             "/var/lib/ve-alloc/leases.db",
@@ -106,6 +116,12 @@ pub const MANUAL: Manual = Manual {
              host (node: its hostname, or --node) hands out pairs from /26 blocks it claims \
              under the key prefix /fleet; list, show, show-ip and release see the whole fleet, \
              gc this node's leases",
+        ),
+        entry(
+            "ve-alloc --store etcd+tls://10.0.0.1:2379,10.0.0.2:2379/fleet --etcd-cacert ca.pem --etcd-cert client.pem --etcd-key client-key.pem alloc web",
+            "The same over TLS, to members started with --cert-file, --key-file, \
+             --trusted-ca-file and --client-cert-auth (https:// client URLs); a certificate \
+             etcd refuses is 77, a member certificate ca.pem did not sign 78, both at once",
         ),
         entry(
             "ve-alloc --store etcd://10.0.0.1:2379/fleet node release old-host",

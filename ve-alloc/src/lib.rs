@@ -50,14 +50,16 @@ pub const DEFAULT_POOL: &str = "10.233.0.0/16";
 IPv6 pool is configured) from a pool, remember it in an embedded store, and free it again.\n\n\
 Settings come from flags, then VE_ALLOC_* environment variables, then the config file \
 (/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT, and for an etcd store \
-NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE), then defaults. An empty \
+NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE, ETCD_CACERT, ETCD_CERT, \
+ETCD_KEY), then defaults. An empty \
 value anywhere means \"not set here\": the next source decides."
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
     /// Store directory, holding leases.db (a directory, not the file), or a fleet's
-    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] [default: /var/lib/ve-alloc]
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (etcd+tls://... for TLS)
+    /// [default: /var/lib/ve-alloc]
     #[arg(long, env = "VE_ALLOC_STORE", global = true, value_name = "DIR|URL",
           value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     store: Option<PathBuf>,
@@ -109,6 +111,17 @@ struct Cli {
         value_name = "FILE"
     )]
     etcd_password_file: Option<String>,
+    /// CA bundle that signed the etcd members' certificates (etcd+tls:// store)
+    /// [default: /etc/ssl/certs/ca-certificates.crt]
+    #[arg(long, env = "VE_ALLOC_ETCD_CACERT", global = true, value_name = "FILE")]
+    etcd_cacert: Option<String>,
+    /// Client certificate (PEM) for an etcd that checks them (--client-cert-auth);
+    /// needs --etcd-key
+    #[arg(long, env = "VE_ALLOC_ETCD_CERT", global = true, value_name = "FILE")]
+    etcd_cert: Option<String>,
+    /// Private key (PEM) of --etcd-cert
+    #[arg(long, env = "VE_ALLOC_ETCD_KEY", global = true, value_name = "FILE")]
+    etcd_key: Option<String>,
     /// Configuration file [default: /etc/ve-alloc.conf, when it exists]
     // Parsed as an OsString so that an empty value reaches `Settings::resolve`, where
     // it means "not set", as everywhere else (clap's PathBuf parser refuses it).
@@ -311,6 +324,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             e.node_address,
             e.block_prefix,
             e.auth.clone(),
+            e.tls.clone(),
             settings.wait,
         )),
         None => AnyStore::Sqlite(SqliteStore::new(&settings.store, settings.wait)),
@@ -627,7 +641,7 @@ impl Settings {
                     store_error(
                         &format!(
                             "store {:?} is not a valid etcd URL \
-                             (etcd://HOST:PORT[,HOST:PORT...][/PREFIX]): {why}",
+                             (etcd[+tls]://HOST:PORT[,HOST:PORT...][/PREFIX]): {why}",
                             store.to_string_lossy()
                         ),
                         store_from_file.then_some(path.as_path()),
@@ -692,8 +706,8 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     let problem = if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| is_scheme(s)) {
         format!(
             "store {text:?} is a URL, but the only store URLs are \
-             etcd://HOST:PORT[,HOST:PORT...][/PREFIX] ({scheme}:// is not one); give a \
-             directory or an etcd:// URL"
+             etcd://HOST:PORT[,HOST:PORT...][/PREFIX] and etcd+tls://... ({scheme}:// is not \
+             one); give a directory or an etcd:// URL"
         )
     } else if let Some(scheme) = text
         .split_once(':')
@@ -702,7 +716,8 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
     {
         format!(
             "store {text:?} looks like a mistyped URL (a {scheme}: store is written \
-             etcd://HOST:PORT[,HOST:PORT...][/PREFIX]); give a directory or an etcd:// URL"
+             etcd://HOST:PORT[,HOST:PORT...][/PREFIX], or etcd+tls://... for TLS); give a \
+             directory or an etcd:// URL"
         )
     } else if store.extension().is_some_and(|x| x == "db") && !store.is_dir() {
         let dir = store
@@ -723,7 +738,7 @@ fn check_store_path(store: &Path, config: Option<&Path>) -> Result<()> {
 
 /// URL schemes a store string must not start with unless it is a valid store URL: a
 /// typo such as `etcd:host:2379` would otherwise become a directory named `etcd:...`.
-const STORE_SCHEMES: [&str; 4] = ["etcd", "etcd+http", "http", "https"];
+const STORE_SCHEMES: [&str; 6] = ["etcd", "etcd+http", "etcd+tls", "etcds", "http", "https"];
 
 fn store_error(problem: &str, config: Option<&Path>) -> Error {
     match config {
@@ -739,6 +754,8 @@ struct EtcdSettings {
     node_address: Option<IpAddr>,
     block_prefix: u8,
     auth: Option<crate::store::etcd::Credentials>,
+    /// Set for an `etcd+tls://` store, its files read and checked.
+    tls: Option<crate::store::etcd::Tls>,
 }
 
 impl EtcdSettings {
@@ -838,12 +855,68 @@ impl EtcdSettings {
                      needs --etcd-user",
                 )),
             };
+        // The TLS files of an `etcd+tls://` store, read and checked now (66, 77, 78);
+        // TLS files for a plain `etcd://` store are refused, so that a certificate is
+        // never silently left unused.
+        let (ca, bad_ca) = pick(
+            &cli.etcd_cacert,
+            "ETCD_CACERT",
+            "--etcd-cacert (or VE_ALLOC_ETCD_CACERT)",
+        );
+        let (cert, bad_cert) = pick(
+            &cli.etcd_cert,
+            "ETCD_CERT",
+            "--etcd-cert (or VE_ALLOC_ETCD_CERT)",
+        );
+        let (key, bad_key) = pick(
+            &cli.etcd_key,
+            "ETCD_KEY",
+            "--etcd-key (or VE_ALLOC_ETCD_KEY)",
+        );
+        let plain = |bad: &dyn Fn(String) -> Error| {
+            Err(bad(format!(
+                "TLS files are for an etcd+tls:// store, but the store is etcd://{}",
+                spec.endpoints.join(",")
+            )))
+        };
+        if !spec.tls {
+            match (&ca, &cert, &key) {
+                (Some(_), _, _) => return plain(&bad_ca),
+                (_, Some(_), _) => return plain(&bad_cert),
+                (_, _, Some(_)) => return plain(&bad_key),
+                _ => {}
+            }
+        }
+        let tls = if spec.tls {
+            let cert = match (cert, key) {
+                (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(bad_cert(
+                        "a client certificate needs its key (--etcd-key, ETCD_KEY)".to_string(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(bad_key(
+                        "a client key needs its certificate (--etcd-cert, ETCD_CERT)".to_string(),
+                    ))
+                }
+            };
+            let files = crate::store::etcd::TlsFiles {
+                ca: ca.map(PathBuf::from),
+                cert,
+            };
+            Some(crate::store::etcd::Tls::load(&files)?)
+        } else {
+            None
+        };
         Ok(EtcdSettings {
             spec,
             node,
             node_address,
             block_prefix,
             auth,
+            tls,
         })
     }
 }
@@ -876,7 +949,7 @@ fn read_config(path: &Path, explicit: bool) -> Result<std::collections::BTreeMap
 }
 
 /// The config file's settings (from NODE on for an etcd store).
-const CONFIG_KEYS: [&str; 9] = [
+const CONFIG_KEYS: [&str; 12] = [
     "STORE",
     "POOL",
     "POOL6",
@@ -886,4 +959,7 @@ const CONFIG_KEYS: [&str; 9] = [
     "BLOCK_SIZE",
     "ETCD_USER",
     "ETCD_PASSWORD_FILE",
+    "ETCD_CACERT",
+    "ETCD_CERT",
+    "ETCD_KEY",
 ];

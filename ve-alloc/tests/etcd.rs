@@ -19,7 +19,7 @@ use testbed::{etcd::Cluster, TempDir};
 const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
 
 fn cluster(test: &str) -> Option<Cluster> {
-    if !testbed::privileged(test, &["ip", "unshare", "etcd", "etcdctl"]) {
+    if !testbed::privileged(test, &["ip", "unshare", "etcd", "etcdctl", "iptables"]) {
         return None;
     }
     Some(Cluster::start(3, 3).unwrap_or_else(|e| panic!("{e}")))
@@ -461,6 +461,9 @@ fn garbage_store_urls_are_refused_and_create_nothing() {
         ("etcd://host", 64),
         ("etcd://h:99999/p", 64),
         ("http://h:2379", 64),
+        ("etcd+tls:h:2379", 64),
+        ("etcd+tls://h", 64),
+        ("etcds://h:2379", 64),
     ] {
         let o = Command::new(BIN)
             .current_dir(dir.path())
@@ -498,6 +501,10 @@ fn garbage_store_urls_are_refused_and_create_nothing() {
         "--node-address <ADDR>",
         "--block-size",
         "etcd://",
+        "etcd+tls://",
+        "--etcd-cacert <FILE>",
+        "--etcd-cert <FILE>",
+        "--etcd-key <FILE>",
     ] {
         assert!(text(&o.stdout).contains(flag), "alloc --help lacks {flag}");
     }
@@ -606,6 +613,195 @@ fn a_released_node_that_comes_back_hands_out_nothing_another_node_holds() {
         routes.contains(&format!("10.233.0.0/26 via {}\n", c.nodes[0].addr)),
         "{routes}"
     );
+}
+
+/// A node cut off from etcd in the middle of an allocation, after it read its blocks
+/// and before its commit reached etcd, while the fleet gives its block away (`node
+/// release`, then another node claims it and allocates): when it comes back, its
+/// delayed commit must not land in the block it no longer owns. The cut is a drop rule
+/// in the node's own namespace that matches only the commit (the one request that
+/// writes, `request_put`), so the node's reads went through and its commit is held
+/// back exactly between "chose a pair" and "committed".
+#[test]
+fn a_node_cut_off_mid_allocation_comes_back_without_using_a_block_given_away() {
+    let Some(c) =
+        cluster("a_node_cut_off_mid_allocation_comes_back_without_using_a_block_given_away")
+    else {
+        return;
+    };
+    let p = "cut";
+    let ok = |i: usize, args: &[&str]| {
+        let o = va(&c, i, p, args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    ok(0, &["alloc", "a0"]);
+    ok(0, &["alloc", "a1"]);
+    let cut = Cut::new(&c, 0, "request_put");
+    let late = va(&c, 0, p, &["--wait", "20", "alloc", "late"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while cut.dropped() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "n1 never sent its commit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Meanwhile n1 is taken for gone; n2 claims its freed block and leases from it.
+    assert_eq!(ok(1, &["node", "release", "n1"]), "a0\na1\n");
+    let b0 = env(&ok(1, &["alloc", "b0"]));
+    assert_eq!(b0["HOST_ADDRESS"], "10.233.0.2", "n2 took n1's old block");
+    // n1 comes back: its held commit reaches etcd now.
+    cut.heal();
+    let o = late.wait_with_output().unwrap();
+    assert!(o.status.success(), "late: {}", text(&o.stderr));
+    let late = env(&text(&o.stdout));
+    for k in 1..4 {
+        ok(1, &["alloc", &format!("b{k}")]);
+    }
+    let leases = list(&c, 2, p);
+    assert_unique(&leases);
+    let host: std::net::Ipv4Addr = late["HOST_ADDRESS"].parse().unwrap();
+    let block = std::net::Ipv4Addr::from(u32::from(host) & !63);
+    let routes = text(&va(&c, 2, p, &["routes"]).output().unwrap().stdout);
+    assert!(
+        routes.contains(&format!("{block}/26 via {}\n", c.nodes[0].addr)),
+        "late got {host}, in a block n1 does not own: routes from n3:\n{routes}"
+    );
+    assert!(
+        routes.contains(&format!("10.233.0.0/26 via {}\n", c.nodes[1].addr)),
+        "{routes}"
+    );
+    let node_of = |name: &str| {
+        leases
+            .iter()
+            .find(|l| l["name"] == name)
+            .map(|l| l["node"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(node_of("late").as_deref(), Some("n1"));
+}
+
+/// A drop rule in node `i`'s own namespace for its etcd requests that contain `text`,
+/// and how many packets it dropped so far.
+struct Cut<'a> {
+    ns: &'a testbed::Netns,
+    text: &'a str,
+}
+
+impl<'a> Cut<'a> {
+    fn new(c: &'a Cluster, i: usize, text: &'a str) -> Cut<'a> {
+        let cut = Cut {
+            ns: &c.nodes[i].ns,
+            text,
+        };
+        cut.iptables("-I");
+        cut
+    }
+
+    fn iptables(&self, op: &str) {
+        let o = self
+            .ns
+            .command("iptables")
+            .args([op, "OUTPUT", "-p", "tcp", "--dport", "2379", "-m", "string"])
+            .args(["--string", self.text, "--algo", "bm", "-j", "DROP"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "iptables {op}: {o:?}");
+    }
+
+    fn dropped(&self) -> u64 {
+        let o = self
+            .ns
+            .command("iptables")
+            .args(["-L", "OUTPUT", "-n", "-v", "-x"])
+            .output()
+            .unwrap();
+        text(&o.stdout)
+            .lines()
+            .find(|l| l.contains("STRING match"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    }
+
+    /// Take the rule away: the node reaches etcd again.
+    fn heal(self) {
+        self.iptables("-D");
+    }
+}
+
+/// `node release` of a node is cut off after it freed the node's blocks and before it
+/// removed the node's record, so the record still lists a block that another node then
+/// claims and leases from. The released node re-validates its blocks as it allocates:
+/// it never leases from that block (nor waits out --wait on it), drops it from its
+/// record and claims a block of its own.
+#[test]
+fn a_node_whose_record_lists_a_block_given_away_never_uses_it() {
+    let Some(c) = cluster("a_node_whose_record_lists_a_block_given_away_never_uses_it") else {
+        return;
+    };
+    let p = "stale";
+    let ok = |i: usize, args: &[&str]| {
+        let o = va(&c, i, p, args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    ok(0, &["alloc", "a0"]);
+    ok(0, &["alloc", "a1"]);
+    // The record's removal is the only request of a release without a compare.
+    let cut = Cut::new(&c, 1, r#""compare":[]"#);
+    let o = va(&c, 1, p, &["--wait", "3", "node", "release", "n1"])
+        .output()
+        .unwrap();
+    assert!(matches!(o.status.code(), Some(69 | 75)), "{o:?}");
+    assert!(cut.dropped() > 0);
+    // The rule stays: the kernel would still deliver the dropped request once it went
+    // (n2 only reads from here on, which the rule lets through).
+    let record = |node: &str| {
+        let o = c
+            .etcdctl(&["get", "--print-value-only", &format!("/{p}/node/{node}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "etcdctl get: {o:?}");
+        text(&o.stdout)
+    };
+    assert!(
+        record("n1").contains("4/0ae90000"),
+        "n1's record kept its block"
+    );
+    // n3 claims the freed block and leases from it.
+    assert_eq!(env(&ok(2, &["alloc", "c0"]))["HOST_ADDRESS"], "10.233.0.2");
+    let t = Instant::now();
+    let back = env(&ok(0, &["--wait", "10", "alloc", "back"]));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    for k in 1..4 {
+        ok(2, &["alloc", &format!("c{k}")]);
+    }
+    assert_unique(&list(&c, 1, p));
+    let host: std::net::Ipv4Addr = back["HOST_ADDRESS"].parse().unwrap();
+    let block = std::net::Ipv4Addr::from(u32::from(host) & !63);
+    let routes = text(&va(&c, 1, p, &["routes"]).output().unwrap().stdout);
+    assert!(
+        routes.contains(&format!("{block}/26 via {}\n", c.nodes[0].addr)),
+        "back got {host}, in a block n1 does not own: routes from n2:\n{routes}"
+    );
+    assert!(
+        routes.contains(&format!("10.233.0.0/26 via {}\n", c.nodes[2].addr)),
+        "{routes}"
+    );
+    assert!(
+        !record("n1").contains("4/0ae90000"),
+        "n1 dropped the block from its record: {}",
+        record("n1")
+    );
+    cut.heal();
 }
 
 /// With authentication enabled in etcd: no credentials or a wrong password is 77 and

@@ -18,6 +18,7 @@
 
 mod blocks;
 mod client;
+mod tls;
 mod watch;
 
 use std::{
@@ -37,6 +38,7 @@ use crate::lease::Lease;
 pub use blocks::allocate;
 pub use client::Credentials;
 use client::{b64, unb64, Client};
+pub use tls::{Tls, TlsFiles};
 pub use watch::render as render_route_set;
 
 /// The key prefix when the URL names none.
@@ -44,22 +46,27 @@ pub const DEFAULT_PREFIX: &str = "/ve-alloc";
 /// The IPv4 block size (prefix length) unless `--block-size` says otherwise.
 pub const DEFAULT_BLOCK_PREFIX: u8 = 26;
 
-/// A parsed `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
+/// A parsed `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (or `etcd+tls://...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     pub endpoints: Vec<String>,
     /// Without a trailing `/`.
     pub prefix: String,
+    /// `etcd+tls://`: every endpoint is spoken to over TLS.
+    pub tls: bool,
 }
 
 impl Spec {
-    /// Parse an `etcd://` URL; None when `text` is not one at all.
+    /// Parse an `etcd://` or `etcd+tls://` URL; None when `text` is not one at all.
     pub fn parse(text: &str) -> Option<std::result::Result<Spec, String>> {
-        let rest = text.strip_prefix("etcd://")?;
-        Some(Self::parse_rest(rest))
+        let (rest, tls) = match text.strip_prefix("etcd://") {
+            Some(rest) => (rest, false),
+            None => (text.strip_prefix("etcd+tls://")?, true),
+        };
+        Some(Self::parse_rest(rest, tls))
     }
 
-    fn parse_rest(rest: &str) -> std::result::Result<Spec, String> {
+    fn parse_rest(rest: &str, tls: bool) -> std::result::Result<Spec, String> {
         let (hosts, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -95,7 +102,11 @@ impl Spec {
                 .ok_or_else(|| format!("endpoint {h:?} has no valid port"))?;
             endpoints.push(h.to_string());
         }
-        Ok(Spec { endpoints, prefix })
+        Ok(Spec {
+            endpoints,
+            prefix,
+            tls,
+        })
     }
 }
 
@@ -172,11 +183,12 @@ impl EtcdStore {
         node_address: Option<IpAddr>,
         block_prefix: u8,
         auth: Option<Credentials>,
+        tls: Option<Tls>,
         wait: Duration,
     ) -> EtcdStore {
         let deadline = Instant::now() + wait;
         EtcdStore {
-            client: Client::new(spec.endpoints.clone(), auth, deadline),
+            client: Client::new(spec.endpoints.clone(), auth, tls, deadline),
             prefix: spec.prefix.clone(),
             node: node.to_string(),
             node_address,
@@ -787,6 +799,11 @@ mod tests {
         ] {
             assert!(Spec::parse(bad).unwrap().is_err(), "{bad}");
         }
+        assert!(!s.tls);
+        let s = Spec::parse("etcd+tls://e1:2379,e2:2379").unwrap().unwrap();
+        assert!(s.tls);
+        assert_eq!(s.endpoints, ["e1:2379", "e2:2379"]);
+        assert!(Spec::parse("etcd+tls://e1").unwrap().is_err());
         assert!(Spec::parse("/var/lib/x").is_none());
         assert!(Spec::parse("etcd:x").is_none());
     }

@@ -94,13 +94,18 @@ impl EtcdTxn<'_> {
     /// its addresses recorded as read-absent (the commit fails if another writer takes
     /// them) and the block checked at commit to be still this node's. Claims a block and
     /// restarts the transaction when this node has no free pair.
+    ///
+    /// Each block's owner is read with its addresses (same round trip): a block the
+    /// record lists but another node owns now, or nobody (a `node release` of this node
+    /// cut off halfway, then the block claimed again), is never used and is dropped
+    /// from the record in this transaction.
     fn block_pair(&mut self, pool: &Pool) -> Result<(IpAddr, IpAddr)> {
         let net = pool.net();
         let is6 = net.network().is_ipv6();
         let fam = if is6 { '6' } else { '4' };
         let size: u128 = 1 << self.store.block_bits;
         let (lo, hi) = (to_u128(net.network()), to_u128(net.broadcast()));
-        let record = self.node_record()?.unwrap_or_default();
+        let mut record = self.node_record()?.unwrap_or_default();
         let mut mine: Vec<u128> = Vec::new();
         for b in &record.blocks {
             let Some(hex) = b.strip_prefix(fam).and_then(|h| h.strip_prefix('/')) else {
@@ -124,12 +129,18 @@ impl EtcdTxn<'_> {
         let order: Vec<u128> = (0..=mine.len())
             .filter_map(|k| mine.get((first + k) % mine.len().max(1)).copied())
             .collect();
+        let block_key = |tx: &Self, start: u128| {
+            tx.store
+                .key(&format!("block/{fam}/{}", hex_of(from_u128(start, is6)).1))
+        };
+        let me = self.store.node.clone().into_bytes();
+        let mut lost: HashSet<u128> = HashSet::new();
         let mut free = Vec::new();
         let mut next = 0;
         let mut batch = 1;
         while free.is_empty() && next < order.len() {
             let chunk = &order[next..(next + batch).min(order.len())];
-            let ranges: Vec<(Vec<u8>, Vec<u8>)> = chunk
+            let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = chunk
                 .iter()
                 .map(|start| {
                     let last = self.store.addr_key(from_u128(start + size - 1, is6));
@@ -139,14 +150,33 @@ impl EtcdTxn<'_> {
                     )
                 })
                 .collect();
-            let held: HashSet<Vec<u8>> = self
-                .store
-                .ranges(&ranges)?
-                .into_iter()
-                .flatten()
-                .map(|kv| kv.key)
-                .collect();
+            ranges.extend(chunk.iter().map(|start| {
+                let k = block_key(self, *start);
+                let mut end = k.clone();
+                end.push(0);
+                (k, end)
+            }));
+            let mut got = self.store.ranges(&ranges)?;
+            let owners = got.split_off(chunk.len());
+            for (start, owner) in chunk.iter().zip(owners) {
+                if owner.first().map(|kv| &kv.value) != Some(&me) && lost.insert(*start) {
+                    log::warn!(
+                        "node {}: block {}/{} is listed as its own but is {}; not using it",
+                        self.store.node,
+                        from_u128(*start, is6),
+                        if is6 { 128 } else { 32 } - self.store.block_bits,
+                        owner.first().map_or("nobody's".to_string(), |kv| format!(
+                            "node {}'s",
+                            String::from_utf8_lossy(&kv.value)
+                        ))
+                    );
+                }
+            }
+            let held: HashSet<Vec<u8>> = got.into_iter().flatten().map(|kv| kv.key).collect();
             for (k, start) in chunk.iter().enumerate() {
+                if lost.contains(start) {
+                    continue;
+                }
                 // The cursor's block is visited twice: after the cursor, then (wrapped)
                 // up to it.
                 let pass = next + k;
@@ -177,6 +207,14 @@ impl EtcdTxn<'_> {
             }
             next += chunk.len();
             batch *= 4;
+        }
+        if !lost.is_empty() {
+            let fam_hex = |start: u128| format!("{fam}/{}", hex_of(from_u128(start, is6)).1);
+            let gone: HashSet<String> = lost.iter().map(|s| fam_hex(*s)).collect();
+            record.blocks.retain(|b| !gone.contains(b));
+            let v = serde_json::to_vec(&record).map_err(|e| Error::internal(e.to_string()))?;
+            let nkey = self.store.node_key(&self.store.node.clone());
+            self.writes.insert(nkey, Some(v));
         }
         if free.is_empty() {
             self.claim(pool, &record, is6, size)?;

@@ -1,8 +1,8 @@
 //! A client for etcd's v3 JSON gateway (`POST /v3/kv/range`, `/v3/kv/txn`) over
-//! kept-alive HTTP/1.1 on a plain `TcpStream`: no protoc at build time (etcd-client's
-//! gRPC stubs need it) and no dependency beyond serde_json. Requests that find no
-//! answer in time, or an answer without quorum, move on to the next endpoint until the
-//! deadline (`--wait`) has passed.
+//! kept-alive HTTP/1.1 on a `TcpStream`, with TLS (rustls) for `etcd+tls://`: no protoc
+//! at build time (etcd-client's gRPC stubs need it). Requests that find no answer in
+//! time, or an answer without quorum, move on to the next endpoint until the deadline
+//! (`--wait`) has passed; a certificate refused either way ends the command at once.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -12,6 +12,8 @@ use std::{
 
 use common::{Error, Kind, Result};
 use serde_json::Value;
+
+use super::tls::{Stream, Tls};
 
 /// The longest one request may take before the next endpoint is tried: a quarter of
 /// `--wait` within these bounds, so a loaded cluster still answers (a quorum write takes
@@ -47,20 +49,30 @@ pub struct Client {
     /// The gRPC code of the last refused request.
     last_code: i64,
     current: usize,
-    conn: Option<BufReader<TcpStream>>,
+    tls: Option<Tls>,
+    conn: Option<BufReader<Stream>>,
     deadline: Instant,
     timeout: Duration,
     /// Whether any endpoint ever answered: then a failure is "no quorum" (75), else
     /// "unreachable" (69).
     answered: bool,
+    /// Whether an endpoint took the connection and closed it without a word, as a TLS
+    /// listener does to plain HTTP.
+    closed_unanswered: bool,
 }
 
 impl Client {
     /// A client for `endpoints` (HOST:PORT) that gives up at `deadline`.
-    pub fn new(endpoints: Vec<String>, auth: Option<Credentials>, deadline: Instant) -> Client {
+    pub fn new(
+        endpoints: Vec<String>,
+        auth: Option<Credentials>,
+        tls: Option<Tls>,
+        deadline: Instant,
+    ) -> Client {
         Client {
             endpoints,
             auth,
+            tls,
             token: None,
             last_code: 0,
             timeout: (deadline.saturating_duration_since(Instant::now()) / 4)
@@ -69,6 +81,7 @@ impl Client {
             conn: None,
             deadline,
             answered: false,
+            closed_unanswered: false,
         }
     }
 
@@ -105,6 +118,20 @@ impl Client {
         self.token = None;
     }
 
+    /// A new connection to `endpoint` (TLS when the store is `etcd+tls://`), each step
+    /// and later reads and writes bounded by `timeout`.
+    pub fn connect(&self, endpoint: &str, timeout: Duration) -> std::io::Result<Stream> {
+        let addr = resolve(endpoint)?;
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        match &self.tls {
+            Some(tls) => tls.connect(host_of(endpoint), s),
+            None => Ok(Stream::Plain(s)),
+        }
+    }
+
     /// Take the token `other` (a [`Client::pinned`] one) may have fetched anew.
     pub fn adopt_token(&mut self, other: &Client) {
         if other.token.is_some() {
@@ -118,6 +145,7 @@ impl Client {
         let mut c = Client::new(
             vec![self.endpoints[i % self.endpoints.len()].clone()],
             self.auth.clone(),
+            self.tls.clone(),
             deadline,
         );
         c.token = self.token.clone();
@@ -184,6 +212,12 @@ impl Client {
                         Kind::TempFail,
                         "etcd did not commit the request in time (no quorum?)",
                     )
+                } else if self.closed_unanswered && self.tls.is_none() {
+                    (
+                        Kind::Unavailable,
+                        "etcd is unreachable (its members close plain connections unanswered: \
+                         do they want TLS, an etcd+tls:// store?)",
+                    )
                 } else {
                     (Kind::Unavailable, "etcd is unreachable")
                 };
@@ -199,11 +233,22 @@ impl Client {
             let timeout = self.timeout.min(left).max(Duration::from_millis(100));
             let endpoint = self.endpoints[self.current].clone();
             match self.once(&endpoint, path, &body, timeout) {
-                Ok((200, v)) => {
+                Ok(Answer::Foreign(status, text)) => {
+                    let hint = if self.tls.is_none() {
+                        ": do the members want TLS, an etcd+tls:// store?"
+                    } else {
+                        ""
+                    };
+                    return Err(Error::config(format!(
+                        "{endpoint} answered HTTP {status} but not as etcd's gateway does \
+                         ({text:?}){hint}"
+                    )));
+                }
+                Ok(Answer::Gateway(200, v)) => {
                     self.answered = true;
                     return Ok(v);
                 }
-                Ok((status, v)) => {
+                Ok(Answer::Gateway(status, v)) => {
                     self.answered = true;
                     let code = v.get("code").and_then(Value::as_i64).unwrap_or(0);
                     let msg = v
@@ -225,6 +270,13 @@ impl Client {
                     }
                 }
                 Err(e) => {
+                    if let Some(refused) = self.tls.as_ref().and_then(|t| t.refusal(&endpoint, &e))
+                    {
+                        return Err(refused);
+                    }
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        self.closed_unanswered = true;
+                    }
                     last = format!("{endpoint}: {e}");
                 }
             }
@@ -246,18 +298,15 @@ impl Client {
         path: &str,
         body: &[u8],
         timeout: Duration,
-    ) -> std::io::Result<(u16, Value)> {
+    ) -> std::io::Result<Answer> {
         if self.conn.is_none() {
-            let addr = resolve(endpoint)?;
-            let s = TcpStream::connect_timeout(&addr, timeout)?;
-            s.set_nodelay(true)?;
-            self.conn = Some(BufReader::new(s));
+            self.conn = Some(BufReader::new(self.connect(endpoint, timeout)?));
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(std::io::Error::other("no connection"));
         };
-        conn.get_ref().set_read_timeout(Some(timeout))?;
-        conn.get_ref().set_write_timeout(Some(timeout))?;
+        conn.get_ref().tcp().set_read_timeout(Some(timeout))?;
+        conn.get_ref().tcp().set_write_timeout(Some(timeout))?;
         let auth = match &self.token {
             Some(t) => format!("Authorization: {t}\r\n"),
             None => String::new(),
@@ -270,18 +319,43 @@ impl Client {
         .into_bytes();
         req.extend_from_slice(body);
         conn.get_mut().write_all(&req)?;
+        conn.get_mut().flush()?;
         let (status, body) = read_response(conn)?;
+        if (400..500).contains(&status) && serde_json::from_slice::<Value>(&body).is_err() {
+            // Not the gateway's answer: etcd's TLS listener answering plain HTTP, say.
+            self.conn = None;
+            let text = String::from_utf8_lossy(&body)
+                .trim()
+                .chars()
+                .take(100)
+                .collect();
+            return Ok(Answer::Foreign(status, text));
+        }
         let v = serde_json::from_slice(&body).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("not JSON from the gateway: {e}"),
             )
         })?;
-        Ok((status, v))
+        Ok(Answer::Gateway(status, v))
     }
 }
 
-pub fn resolve(endpoint: &str) -> std::io::Result<SocketAddr> {
+/// What one request got back.
+enum Answer {
+    /// The gateway's status and JSON.
+    Gateway(u16, Value),
+    /// A client error that is not JSON, so not from the gateway (a TLS listener's
+    /// answer to plain HTTP): the status and the start of the text.
+    Foreign(u16, String),
+}
+
+/// The host of `HOST:PORT` (an IPv6 address keeps its brackets).
+fn host_of(endpoint: &str) -> &str {
+    endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h)
+}
+
+fn resolve(endpoint: &str) -> std::io::Result<SocketAddr> {
     endpoint.to_socket_addrs()?.next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the endpoint")
     })
@@ -338,10 +412,12 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
                 break;
             }
         }
-    } else {
-        let n = length.ok_or_else(|| bad("response without a length"))?;
+    } else if let Some(n) = length {
         body.resize(n, 0);
         r.read_exact(&mut body)?;
+    } else {
+        // HTTP/1.0 style: the body ends where the connection does.
+        r.read_to_end(&mut body)?;
     }
     Ok((status, body))
 }
@@ -413,5 +489,11 @@ mod tests {
         let mut r =
             &b"HTTP/1.1 503 x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n"[..];
         assert_eq!(read_response(&mut r).unwrap(), (503, b"{\"a\":1}".to_vec()));
+        // No length: the body ends with the connection (an HTTP/1.0 answer).
+        let mut r = &b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request\n"[..];
+        assert_eq!(
+            read_response(&mut r).unwrap(),
+            (400, b"Client sent an HTTP request\n".to_vec())
+        );
     }
 }

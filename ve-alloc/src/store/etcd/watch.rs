@@ -9,7 +9,6 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpStream,
     time::{Duration, Instant},
 };
 
@@ -17,7 +16,7 @@ use serde_json::{json, Value};
 
 use common::{Error, Kind, Result};
 
-use super::{b64, client::resolve, int, list_routes, prefix_end, EtcdStore, Route};
+use super::{b64, client::Client, int, list_routes, prefix_end, tls::Stream, EtcdStore, Route};
 
 /// How long the watch stream may stay silent before its member is asked for the whole
 /// set: a member that went away without closing the connection fails that, and a set
@@ -120,7 +119,7 @@ impl EtcdStore {
                 .to_string()
             })
             .collect();
-        let mut stream = match open(&endpoint, &auth, &body, timeout) {
+        let mut stream = match open(&self.client, &endpoint, &auth, &body, timeout) {
             Ok(s) => s,
             Err(e) => return Ok(End::Failed(format!("{endpoint}: {e}"))),
         };
@@ -256,12 +255,14 @@ fn classify(line: &[u8]) -> Msg {
 
 /// Connect to `endpoint`, send the watch request and read the response's head: a
 /// stream positioned at the first chunk.
-fn open(endpoint: &str, auth: &str, body: &str, timeout: Duration) -> std::io::Result<TcpStream> {
-    let addr = resolve(endpoint)?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+fn open(
+    client: &Client,
+    endpoint: &str,
+    auth: &str,
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<Stream> {
+    let mut s = client.connect(endpoint, timeout)?;
     // hasleader: etcd cancels the watch when this member loses its leader, rather
     // than leaving it open and silent on a minority.
     let req = format!(
@@ -270,6 +271,7 @@ fn open(endpoint: &str, auth: &str, body: &str, timeout: Duration) -> std::io::R
         body.len()
     );
     s.write_all(req.as_bytes())?;
+    s.flush()?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -298,7 +300,7 @@ fn open(endpoint: &str, auth: &str, body: &str, timeout: Duration) -> std::io::R
     if !chunked {
         return Err(bad("watch answered without a chunked stream"));
     }
-    s.set_read_timeout(Some(PROBE))?;
+    s.tcp().set_read_timeout(Some(PROBE))?;
     Ok(s)
 }
 
