@@ -66,8 +66,9 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         from: String,
         /// Read sets continuously, each ended by a blank line (as `ve-alloc routes
-        /// --watch` prints them), and converge after each; lines after the last blank
-        /// line at the end of the input are ignored
+        /// --watch` prints them), and converge after each, and every 5 s again while
+        /// none comes; lines after the last blank line at the end of the input are
+        /// ignored
         #[arg(long)]
         follow: bool,
     },

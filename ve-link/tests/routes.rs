@@ -62,6 +62,20 @@ fn gw_routes(host: &Netns) -> Vec<String> {
     out
 }
 
+/// Wait until the host's gateway routes are `want`.
+#[track_caller]
+fn until_within(host: &Netns, what: &str, want: &[&str], within: Duration) {
+    let t = Instant::now();
+    loop {
+        let got = gw_routes(host);
+        if got == want {
+            return;
+        }
+        assert!(t.elapsed() < within, "{what}: {got:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn setup(test: &str) -> Option<(Sandbox, Netns)> {
     if !privileged(test, &["ip", "timeout"]) {
         return None;
@@ -212,17 +226,7 @@ fn routes_follow_converges_after_every_set_and_ignores_a_cut_off_one() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let until = |what: &str, want: &[&str]| {
-        let t = Instant::now();
-        loop {
-            let got = gw_routes(&host);
-            if got == want {
-                return;
-            }
-            assert!(t.elapsed() < Duration::from_secs(5), "{what}: {got:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let until = |what: &str, want: &[&str]| until_within(&host, what, want, Duration::from_secs(5));
     let foreign = "10.233.2.0/26 via 198.51.100.9 proto static";
     stdin
         .write_all(b"10.233.0.64/26 via 198.51.100.12\nfd42::40/122 via 2001:db8::12\n\n")
@@ -246,6 +250,21 @@ fn routes_follow_converges_after_every_set_and_ignores_a_cut_off_one() {
             foreign,
         ],
     );
+    // A route removed behind its back (as a link going down takes its routes) is back
+    // within the recheck (5 s).
+    host.ip(&["route", "del", "10.233.0.128/26"]);
+    let t = Instant::now();
+    until_within(
+        &host,
+        "the removed route back",
+        &[
+            "10.233.0.128/26 via 198.51.100.13 proto 118",
+            "10.233.0.64/26 via 198.51.100.12 proto 118",
+            foreign,
+        ],
+        Duration::from_secs(8),
+    );
+    eprintln!("a removed route was back after {:?}", t.elapsed());
     // The empty set: every route of ours goes, the container's and others' stay.
     stdin.write_all(b"\n").unwrap();
     until("the empty set", &[foreign]);

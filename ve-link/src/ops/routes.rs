@@ -18,9 +18,10 @@ use crate::{
     request::{full_len, Route},
 };
 
-/// How soon a set the kernel refused part of is tried again while `--follow` waits
-/// for the next one.
-const RETRY: Duration = Duration::from_secs(5);
+/// How often `--follow` converges the last set again while no new one comes: a route
+/// someone removed (a link that went down takes its routes along) is put back, and one
+/// the kernel refused is tried again.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// The set of `text` (`origin` names it in messages): one `BLOCK via ADDR` per line,
 /// blank lines and `#` comments ignored. A block with host bits set, a gateway of
@@ -156,24 +157,31 @@ pub fn once(text: &str, origin: &str) -> Result<()> {
 }
 
 /// `--follow`: converge after every set of `input` (a blank line ends one). A bad set
-/// ends the command with 65 and the routes of the last good set in place; a set the
-/// kernel refused part of is logged and tried again every [`RETRY`] until the next
-/// comes. At the end of the input, lines after the last blank line are a set cut off
-/// (its writer died while printing it): they are ignored, with a warning (and 65 when
-/// malformed).
+/// ends the command with 65 and the routes of the last good set in place. While no new
+/// set comes, the last is converged again every [`RECHECK`] (a route removed behind its
+/// back comes back, one the kernel refused is tried again). At the end of the input,
+/// lines after the last blank line are a set cut off (its writer died while printing
+/// it): they are ignored, with a warning (and 65 when malformed).
 pub fn follow<R: Read + AsRawFd>(mut input: BufReader<R>, origin: &str) -> Result<()> {
     super::require_privilege(false)?;
     let nl = Socket::host()?;
     let mut pending: Vec<(usize, String)> = Vec::new();
-    let mut failed: Option<Vec<Route>> = None;
+    // The last good set, and whether the kernel has it all.
+    let mut current: Option<Vec<Route>> = None;
+    let mut in_place = true;
     let mut n = 0usize;
     let mut line = String::new();
     loop {
-        if let Some(want) = &failed {
-            if input.buffer().is_empty() && !readable(input.get_ref().as_raw_fd(), RETRY)? {
-                if converge(&nl, want).is_ok() {
-                    log::info!("the routes are in place now");
-                    failed = None;
+        if let Some(want) = &current {
+            let idle = pending.is_empty() && input.buffer().is_empty();
+            if idle && !readable(input.get_ref().as_raw_fd(), RECHECK)? {
+                match converge(&nl, want) {
+                    Ok(()) if !in_place => {
+                        log::info!("the routes are in place now");
+                        in_place = true;
+                    }
+                    Ok(()) => {}
+                    Err(e) => log::debug!("still: {e}"),
                 }
                 continue;
             }
@@ -200,13 +208,14 @@ pub fn follow<R: Read + AsRawFd>(mut input: BufReader<R>, origin: &str) -> Resul
         }
         let want = parse_set(pending.iter().map(|(i, l)| (*i, l.as_str())), origin)?;
         pending.clear();
-        match converge(&nl, &want) {
-            Ok(()) => failed = None,
+        in_place = match converge(&nl, &want) {
+            Ok(()) => true,
             Err(e) => {
-                log::error!("{e}; trying again in {} s", RETRY.as_secs());
-                failed = Some(want);
+                log::error!("{e}; trying again every {} s", RECHECK.as_secs());
+                false
             }
-        }
+        };
+        current = Some(want);
     }
 }
 
