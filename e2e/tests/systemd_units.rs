@@ -62,7 +62,8 @@ fn words(line: &str) -> Vec<String> {
 }
 
 /// Check one Exec line: tools through their clap definitions, container-net by its
-/// usage; `sh -c SCRIPT` is looked into. Returns the programs it runs.
+/// usage; `sh -c SCRIPT` is looked into (each command of its `||` lists and `|`
+/// pipes). Returns the programs it runs.
 fn check_exec(line: &str) -> Vec<String> {
     // %i as a container name, the environment as ve-nat.service sets it by default and
     // /etc/default/ve-nat's example adds to it.
@@ -75,7 +76,8 @@ fn check_exec(line: &str) -> Vec<String> {
     if w[0] == "/bin/sh" {
         assert_eq!(w[1], "-c", "{line}");
         return w[2]
-            .split("||")
+            .split('|')
+            .filter(|cmd| !cmd.trim().is_empty())
             .flat_map(|cmd| check_exec(cmd.trim().trim_start_matches("exec ").trim()))
             .collect();
     }
@@ -199,6 +201,17 @@ fn nm_unmanage_unit_is_ready_before_network_manager_starts() {
     );
     assert_eq!(one(&u, "Restart"), "on-failure");
     assert_eq!(one(&u, "WantedBy"), "multi-user.target");
+}
+
+#[test]
+fn ve_routes_unit_pipes_the_watch_into_ve_link() {
+    let u = unit("ve-routes.service");
+    assert_eq!(one(&u, "Type"), "simple");
+    assert_eq!(one(&u, "Restart"), "always");
+    assert_eq!(programs(&u), ["ve-alloc", "ve-link"]);
+    let exec = one(&u, "ExecStart");
+    assert!(exec.contains("routes --watch |"), "{exec}");
+    assert!(exec.contains("--follow"), "{exec}");
 }
 
 #[test]

@@ -133,6 +133,14 @@ pub const MANUAL: Manual = Manual {
             "The blocks of the fleet's other nodes, `10.233.0.64/26 via 10.0.0.12` per line \
              (--json: JSON Lines with the node's name)",
         ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379/fleet routes --watch | ve-link routes --from - --follow",
+            "Keep this host's routes to the other nodes' blocks current: the whole set again, \
+             then a blank line, each time a block is claimed or freed (through etcd's watch; \
+             --json: one {\"revision\",\"routes\"} line per set). It retries etcd trouble for \
+             ever after the first set (the routes stay as they were meanwhile) and ends, 0, \
+             when its reader does",
+        ),
         entry("ve-alloc show-ip web", "Print web's container address"),
         entry("ve-alloc list --hosts", "/etc/hosts lines for every lease"),
         entry(

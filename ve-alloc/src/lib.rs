@@ -220,7 +220,13 @@ enum Cmd {
     /// What `ve-link routes --from -` reads to route every other node's containers
     /// through that node; --json gives JSON Lines with the node's name. Nodes without a
     /// --node-address are left out (with a warning).
-    Routes,
+    Routes {
+        /// Keep printing: the whole set again, then a blank line, each time it changes
+        /// (through etcd's watch); with --json one {"revision":N,"routes":[...]} line per
+        /// set. For `ve-link routes --from - --follow`
+        #[arg(long)]
+        watch: bool,
+    },
     /// The nodes of an etcd store
     Node {
         #[command(subcommand)]
@@ -439,13 +445,19 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             })?;
             print_leases(&done, cli.json)
         }
-        Cmd::Routes => {
+        Cmd::Routes { watch } => {
             let AnyStore::Etcd(etcd) = &mut store else {
                 return Err(Error::usage(
                     "routes needs an etcd store (--store etcd://...); a directory store \
                      serves one host",
                 ));
             };
+            if *watch {
+                let json = cli.json;
+                return etcd.watch_routes(settings.wait, |rev, routes| {
+                    output::print(&store::etcd::render_route_set(rev, routes, json)?)
+                });
+            }
             let routes = etcd.routes()?;
             let mut text = String::new();
             for r in &routes {

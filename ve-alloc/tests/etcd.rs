@@ -848,10 +848,261 @@ fn etcd_authentication_with_user_and_password_file() {
     let o = run(Some("root"), "pw");
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(env(&text(&o.stdout))["HOST_ADDRESS"], "10.233.0.2");
+    // routes --watch sends the token with its watch stream too: n2's claim arrives.
+    let creds = |mut cmd: Command| {
+        cmd.env("VE_ALLOC_ETCD_USER", "root")
+            .env("VE_ALLOC_ETCD_PASSWORD_FILE", dir.join("pw"));
+        cmd
+    };
+    let mut watch = creds(va(&c, 1, "auth", &["routes", "--watch"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sets = watch_sets(&mut watch);
+    let n1 = &c.nodes[0].addr;
+    next_set(&sets, Duration::from_secs(5), "n1's block", |s| {
+        s == [format!("10.233.0.0/26 via {n1}")]
+    });
+    std::fs::write(c.nodes[2].dir().join("pw"), "s3cret\n").unwrap();
+    let o = va(&c, 2, "auth", &["alloc", "web3"])
+        .env("VE_ALLOC_ETCD_USER", "root")
+        .env("VE_ALLOC_ETCD_PASSWORD_FILE", c.nodes[2].dir().join("pw"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    next_set(&sets, Duration::from_secs(5), "n3's block", |s| {
+        s.len() == 2
+    });
+    let _ = watch.kill();
+    let o = watch.wait_with_output().unwrap();
+    // Through the watch itself, not by listing again after etcd refused it.
+    assert_eq!(text(&o.stderr), "", "the watch had trouble");
     // A user without a password file is a usage error, before etcd is asked.
     let o = va(&c, 0, "auth", &["alloc", "web"])
         .env("VE_ALLOC_ETCD_USER", "root")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(64), "{}", text(&o.stderr));
+}
+
+/// The sets `routes --watch` prints, read on a thread: each set's lines, sent when its
+/// blank line comes.
+fn watch_sets(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<Vec<String>> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut set = Vec::new();
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if line.is_empty() {
+                if tx.send(std::mem::take(&mut set)).is_err() {
+                    return;
+                }
+            } else {
+                set.push(line);
+            }
+        }
+    });
+    rx
+}
+
+/// The first set from `rx` within `within` that satisfies `f`, and when it came.
+#[track_caller]
+fn next_set(
+    rx: &std::sync::mpsc::Receiver<Vec<String>>,
+    within: Duration,
+    what: &str,
+    f: impl Fn(&[String]) -> bool,
+) -> (Vec<String>, Duration) {
+    let t = Instant::now();
+    loop {
+        let left = within.saturating_sub(t.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(set) if f(&set) => return (set, t.elapsed()),
+            Ok(_) => {}
+            Err(e) => panic!("no set with {what} within {within:?}: {e}"),
+        }
+    }
+}
+
+/// `routes --watch` prints the whole set again, then a blank line, when a block is
+/// claimed or freed; it goes on when the member it watches on is cut off without a word
+/// (the silence probe moves it) and when that next member is killed; it ends when its
+/// reader goes away; a directory store has no routes to watch (64).
+#[test]
+fn routes_watch_follows_claims_and_releases_across_member_loss() {
+    let Some(c) = cluster("routes_watch_follows_claims_and_releases_across_member_loss") else {
+        return;
+    };
+    let p = "watch";
+    let ok = |i: usize, args: &[&str]| {
+        let o = va(&c, i, p, args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    ok(1, &["alloc", "b0"]);
+    let mut watch = va(&c, 0, p, &["--wait", "5", "routes", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sets = watch_sets(&mut watch);
+    let (n2, n3) = (&c.nodes[1].addr, &c.nodes[2].addr);
+    let (first, _) = next_set(&sets, Duration::from_secs(5), "the first set", |_| true);
+    assert_eq!(first, [format!("10.233.0.0/26 via {n2}")]);
+    // A claim is printed at once, as the whole set.
+    let t = Instant::now();
+    ok(2, &["alloc", "c0"]);
+    let (set, _) = next_set(&sets, Duration::from_secs(5), "n3's block", |s| {
+        s.len() == 2
+    });
+    let took = t.elapsed();
+    assert_eq!(
+        set,
+        [
+            format!("10.233.0.0/26 via {n2}"),
+            format!("10.233.0.64/26 via {n3}")
+        ]
+    );
+    eprintln!("a claim reached the watch within {took:?} of its alloc starting");
+    // The watch runs on the first endpoint: cut that member off silently. A claim made
+    // meanwhile arrives once the probe has moved the watch on (5 s of silence, then a
+    // failed listing).
+    c.members[0].ns.ip(&["link", "set", "eth0", "down"]);
+    let cut = Instant::now();
+    ok(1, &["--pool", "10.234.0.0/16", "alloc", "b1"]);
+    next_set(&sets, Duration::from_secs(20), "n2's second block", |s| {
+        s.contains(&format!("10.234.0.0/26 via {n2}"))
+    });
+    let took = cut.elapsed();
+    eprintln!("with the watched member cut off, a claim reached the watch {took:?} after the cut");
+    c.members[0].ns.ip(&["link", "set", "eth0", "up"]);
+    testbed::wait_for("member 1 back", Duration::from_secs(20), || {
+        c.etcdctl(&["endpoint", "health"])
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .unwrap();
+    // Now it watches on the second member: kill it.
+    c.members[1].kill();
+    let t = Instant::now();
+    ok(0, &["node", "release", "n3"]);
+    let (set, _) = next_set(&sets, Duration::from_secs(15), "n3's block gone", |s| {
+        !s.iter().any(|l| l.ends_with(&format!(" via {n3}")))
+    });
+    assert_eq!(
+        set,
+        [
+            format!("10.233.0.0/26 via {n2}"),
+            format!("10.234.0.0/26 via {n2}")
+        ]
+    );
+    let took = t.elapsed();
+    eprintln!("with the watched member killed, a release reached the watch within {took:?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // The reader goes away: the watch ends (0) though it has nothing more to print.
+    let t = Instant::now();
+    let o = c.nodes[0]
+        .command("sh")
+        .env("VE_ALLOC_STORE", c.url(p))
+        .env("VE_ALLOC_NODE", "n1")
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .args([
+            "-c",
+            &format!("{{ {BIN} routes --watch; echo watch exit $? >&2; }} | head -1"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&o.stderr).contains("watch exit 0"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(text(&o.stdout), format!("10.233.0.0/26 via {n2}\n"));
+    let took = t.elapsed();
+    eprintln!("the watch ended {took:?} after it started, its reader gone after one line");
+    assert!(
+        took < Duration::from_secs(10),
+        "watch outlived its reader: {took:?}"
+    );
+    let o = c.nodes[0]
+        .command(BIN)
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .env("VE_ALLOC_STORE", c.nodes[0].dir().join("sq"))
+        .args(["routes", "--watch"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o.stderr));
+}
+
+/// A command run on a node without `--node-address` (a `release` from a shell without
+/// the unit's environment) keeps the address the node recorded, so the other nodes go
+/// on routing its blocks to it; a new address replaces it.
+#[test]
+fn a_write_without_node_address_keeps_the_recorded_one() {
+    let Some(c) = cluster("a_write_without_node_address_keeps_the_recorded_one") else {
+        return;
+    };
+    let p = "keep";
+    let run = |i: usize, args: &[&str], address: Option<&str>| {
+        let mut cmd = va(&c, i, p, args);
+        match address {
+            Some(a) => cmd.env("VE_ALLOC_NODE_ADDRESS", a),
+            None => cmd.env_remove("VE_ALLOC_NODE_ADDRESS"),
+        };
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let n2 = c.nodes[1].addr.clone();
+    run(1, &["alloc", "a"], Some(&n2));
+    run(1, &["alloc", "b"], None);
+    run(1, &["release", "a"], None);
+    assert_eq!(
+        run(0, &["routes"], None),
+        format!("10.233.0.0/26 via {n2}\n")
+    );
+    run(1, &["alloc", "c"], Some("198.51.100.99"));
+    assert_eq!(
+        run(0, &["routes"], None),
+        "10.233.0.0/26 via 198.51.100.99\n"
+    );
+}
+
+/// With an IPv6 pool, a node known by an IPv4 address has IPv6 blocks no route can go
+/// to: `routes` leaves them out with a warning (ve-link would refuse the whole set),
+/// and prints the IPv6 blocks of a node whose address is IPv6.
+#[test]
+fn routes_leave_out_blocks_of_the_other_family_than_the_node_address() {
+    let Some(c) = cluster("routes_leave_out_blocks_of_the_other_family_than_the_node_address")
+    else {
+        return;
+    };
+    let p = "dual";
+    let alloc = |i: usize, name: &str, address: &str| {
+        let o = va(&c, i, p, &["alloc", name])
+            .env("VE_ALLOC_POOL6", "fd42::/64")
+            .env("VE_ALLOC_NODE_ADDRESS", address)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    let n2 = c.nodes[1].addr.clone();
+    alloc(1, "v4", &n2);
+    let o = va(&c, 0, p, &["routes"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), format!("10.233.0.0/26 via {n2}\n"));
+    assert!(
+        text(&o.stderr).contains("fd42::/122"),
+        "{}",
+        text(&o.stderr)
+    );
+    alloc(2, "v6", "2001:db8::13");
+    let o = va(&c, 0, p, &["routes"]).output().unwrap();
+    assert_eq!(
+        text(&o.stdout),
+        format!("10.233.0.0/26 via {n2}\nfd42::40/122 via 2001:db8::13\n")
+    );
 }

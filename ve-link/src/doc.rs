@@ -16,21 +16,26 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::DataErr,
-            "a malformed NAME, address, MTU or address file; addresses that clash",
+            "a malformed NAME, address, MTU or address file; addresses that clash; a bad \
+             line of a routes set (nothing changes; --follow ends, the last good set in place)",
         ),
         exit(
             Exit::NoInput,
-            "the container namespace, process, bridge or address file does not exist",
+            "the container namespace, process, bridge, address file or routes file does not exist",
         ),
         exit(
             Exit::Unavailable,
             "CNI: the IPAM plugin is not in CNI_PATH or failed",
         ),
         exit(Exit::Software, "a bug in ve-link"),
-        exit(Exit::OsErr, "the kernel refused a change"),
+        exit(
+            Exit::OsErr,
+            "the kernel refused a change (routes: a gateway on no connected network)",
+        ),
         exit(
             Exit::CantCreate,
-            "a link that is not ve-link's is in the way of the one to create",
+            "a link that is not ve-link's is in the way of the one to create; routes: \
+             someone else's route to a block",
         ),
         exit(
             Exit::TempFail,
@@ -86,6 +91,17 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-link down web",
             "Remove web's pair (already gone is success); down --all at shutdown",
+        ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379/fleet routes | ve-link routes --from -",
+            "Route the other hosts' container blocks through those hosts: the host's \
+             protocol-118 routes with a gateway become exactly these BLOCK via ADDR lines \
+             (container routes, which have no gateway, are left alone)",
+        ),
+        entry(
+            "ve-alloc --store etcd://10.0.0.1:2379/fleet routes --watch | ve-link routes --from - --follow",
+            "The same, kept current: converge after every set (each ended by a blank line) \
+             as blocks are claimed and freed; exits 0 at the end of the input",
         ),
         entry(
             "ve-link gc | ve-alloc release -",

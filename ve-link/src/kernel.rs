@@ -68,6 +68,20 @@ pub enum Req {
     Routes(u32),
     /// The most specific route covering an address ([`Reply::Cover`]).
     RouteTo(IpAddr),
+    /// Every route of `ve-link routes` ([`crate::ours::is_node_route`]) of one family
+    /// ([`Reply::Routes`]); a family without a main table has none.
+    NodeRoutes {
+        v6: bool,
+    },
+    /// A route to another node's block through its gateway, with no given link (the
+    /// kernel picks the one the gateway is on); `replace` takes over the route of ours
+    /// to the same block, else a route already there (someone else's) is EEXIST.
+    AddNodeRoute {
+        route: Route,
+        replace: bool,
+    },
+    /// Only a route with this gateway and ve-link's protocol matches.
+    DelNodeRoute(Route),
     /// The id this namespace gives a namespace fd ([`Reply::Nsid`]).
     NsidOf(RawFd),
     AddAddr(u32, Addr),
@@ -165,7 +179,13 @@ fn settle(req: &Req, r: io::Result<Reply>) -> io::Result<Reply> {
         Req::RouteTo(_) if is(&e, &[libc::ENETUNREACH, libc::EHOSTUNREACH, libc::ENOENT]) => {
             Ok(Reply::Cover(None))
         }
-        Req::DelAddr(..) | Req::DelRoute(..) | Req::DelLink(_) | Req::DelGroup(_)
+        // A strict dump of a table the family does not have yet.
+        Req::NodeRoutes { .. } if is(&e, &[libc::ENOENT]) => Ok(Reply::Routes(Vec::new())),
+        Req::DelAddr(..)
+        | Req::DelRoute(..)
+        | Req::DelNodeRoute(_)
+        | Req::DelLink(_)
+        | Req::DelGroup(_)
             if is(&e, &gone) =>
         {
             Ok(Reply::Done)

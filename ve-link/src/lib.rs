@@ -53,6 +53,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Route other nodes' blocks: converge the host's routes to exactly the `BLOCK via
+    /// ADDR` lines `ve-alloc routes` prints
+    ///
+    /// Adds the routes missing, replaces those whose gateway changed and removes the
+    /// ones it made that the set no longer has; they carry protocol 118 and a gateway,
+    /// which the per-container routes of `up` never have, so those stay alone. Bad
+    /// input changes nothing (exit 65).
+    Routes {
+        /// The set, one `BLOCK via ADDR` per line (`-`: stdin); blank lines and `#`
+        /// comments are ignored
+        #[arg(long, value_name = "FILE")]
+        from: String,
+        /// Read sets continuously, each ended by a blank line (as `ve-alloc routes
+        /// --watch` prints them), and converge after each, and every 5 s again while
+        /// none comes; lines after the last blank line at the end of the input are
+        /// ignored
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +188,24 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         Cmd::Down(a) => ops::down(&a.names, a.all),
         Cmd::Gc { dry_run } => ops::gc(dry_run),
         Cmd::List { json } => ops::list(json),
+        Cmd::Routes { from, follow } => {
+            if follow {
+                return if from == "-" {
+                    // Larger than Stdin's own buffer, so that one stays empty and what
+                    // is buffered is this reader's, which `follow` checks before polling.
+                    ops::routes::follow(
+                        std::io::BufReader::with_capacity(64 * 1024, std::io::stdin()),
+                        "stdin",
+                    )
+                } else {
+                    let f = std::fs::File::open(&from)
+                        .map_err(|e| Error::io(format!("reading {from}"), e))?;
+                    ops::routes::follow(std::io::BufReader::new(f), &from)
+                };
+            }
+            let (text, origin) = read_input(&from, "routes")?;
+            ops::routes::once(&text, &origin)
+        }
     }
 }
 

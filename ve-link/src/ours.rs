@@ -1,4 +1,5 @@
-//! Which links are ve-link's: the one rule `up`, `down`, `gc` and `list` share.
+//! Which links are ve-link's: the one rule `up`, `down`, `gc` and `list` share; and
+//! which routes are `ve-link routes`' (routes to other nodes' blocks).
 
 use common::name;
 
@@ -20,6 +21,15 @@ pub fn is_host_end_of(l: &Link, name: &str) -> bool {
     l.veth && named && marked
 }
 
+/// Whether a route is one `ve-link routes` made, to another node's block: ve-link's
+/// protocol (118) in the main table, a gateway, and a prefix (not a default route).
+/// The routes `up` makes for containers carry protocol 118 too, but never a gateway
+/// on the host (they lead to a container's address over its veth), so converging the
+/// node routes never touches them; nor a container's default route, were it run there.
+pub fn is_node_route(protocol: u8, main_table: bool, len: u8, gateway: bool) -> bool {
+    protocol == crate::kernel::ROUTE_PROTOCOL && main_table && gateway && len > 0
+}
+
 /// The container whose marked host end `l` is, if it is one.
 pub fn container(l: &Link) -> Option<&str> {
     let c = container_of(l.alias.as_deref())?;
@@ -39,6 +49,17 @@ mod tests {
             veth: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn node_routes_are_protocol_118_main_table_prefixes_with_a_gateway() {
+        assert!(is_node_route(118, true, 26, true));
+        // A container's host route (no gateway), a container's default route, someone
+        // else's protocol, another table.
+        assert!(!is_node_route(118, true, 32, false));
+        assert!(!is_node_route(118, true, 0, true));
+        assert!(!is_node_route(4, true, 26, true));
+        assert!(!is_node_route(118, false, 26, true));
     }
 
     #[test]

@@ -234,7 +234,7 @@ mod tests {
                 "node",
             ],
         ),
-        ("ve-link", &["up", "check", "down", "gc", "list"]),
+        ("ve-link", &["up", "check", "down", "gc", "list", "routes"]),
         ("ve-nat", &["up", "down", "check", "status", "watch"]),
         ("nm-unmanage", &[]),
     ];

@@ -46,6 +46,10 @@ pub struct State {
     pub links: Vec<FakeLink>,
     pub log: Vec<(Where, Req)>,
     rules: Vec<Rule>,
+    /// Routes through a gateway with no given link (`ve-link routes`'), and others'
+    /// routes as [`crate::ours::is_node_route`] tells them apart: (namespace, protocol,
+    /// route).
+    pub gw_routes: Vec<(Where, u8, Route)>,
 }
 
 /// The shared kernel; [`World::host`] and [`World::ctr`] are its two namespaces.
@@ -262,6 +266,40 @@ impl State {
             }
             Req::Routes(i) => Reply::Routes(self.find(ns, *i)?.routes.clone()),
             Req::RouteTo(_) => return Err(errno(libc::ENETUNREACH)),
+            Req::NodeRoutes { v6 } => Reply::Routes(
+                self.gw_routes
+                    .iter()
+                    .filter(|(n, p, r)| {
+                        *n == ns
+                            && r.dst.is_ipv6() == *v6
+                            && crate::ours::is_node_route(*p, true, r.len, r.via.is_some())
+                    })
+                    .map(|(_, _, r)| *r)
+                    .collect(),
+            ),
+            Req::AddNodeRoute { route, replace } => {
+                let same = |(n, _, r): &(Where, u8, Route)| {
+                    *n == ns && r.dst == route.dst && r.len == route.len
+                };
+                match self.gw_routes.iter().position(same) {
+                    Some(_) if !replace => return Err(errno(libc::EEXIST)),
+                    Some(i) => self.gw_routes[i] = (ns, crate::kernel::ROUTE_PROTOCOL, *route),
+                    None => self
+                        .gw_routes
+                        .push((ns, crate::kernel::ROUTE_PROTOCOL, *route)),
+                }
+                Reply::Done
+            }
+            Req::DelNodeRoute(route) => {
+                let n = self.gw_routes.len();
+                self.gw_routes.retain(|(w, p, r)| {
+                    !(*w == ns && *p == crate::kernel::ROUTE_PROTOCOL && r == route)
+                });
+                if self.gw_routes.len() == n {
+                    return Err(errno(libc::ESRCH));
+                }
+                Reply::Done
+            }
             Req::NsidOf(_) => Reply::Nsid(Some(if ns == Where::Host {
                 CTR_NSID
             } else {

@@ -82,6 +82,22 @@ pub fn encode(req: &Req) -> Vec<Part> {
                 .push(RouteAttribute::Destination(route_addr(*addr)));
             vec![(M::GetRoute(m), 0)]
         }
+        Req::NodeRoutes { v6 } => {
+            let mut m = RouteMessage::default();
+            m.header.address_family = if *v6 {
+                AddressFamily::Inet6
+            } else {
+                AddressFamily::Inet
+            };
+            m.header.table = RouteHeader::RT_TABLE_MAIN;
+            m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+            vec![(M::GetRoute(m), NLM_F_DUMP)]
+        }
+        Req::AddNodeRoute { route, replace } => {
+            let how = if *replace { NLM_F_REPLACE } else { NLM_F_EXCL };
+            vec![(M::NewRoute(route_on(None, route)), ack | NLM_F_CREATE | how)]
+        }
+        Req::DelNodeRoute(r) => vec![(M::DelRoute(route_on(None, r)), ack)],
         Req::NsidOf(fd) => {
             let mut m = NsidMessage::default();
             m.attributes.push(NsidAttribute::Fd(*fd as u32));
@@ -152,6 +168,9 @@ pub fn decode(req: &Req, replies: Vec<M>) -> Reply {
                 .collect(),
         ),
         Req::RouteTo(addr) => Reply::Cover(replies.into_iter().find_map(|r| as_cover(r, *addr))),
+        Req::NodeRoutes { .. } => {
+            Reply::Routes(replies.into_iter().filter_map(as_node_route).collect())
+        }
         Req::NsidOf(_) => Reply::Nsid(replies.into_iter().find_map(|r| match r {
             M::NewNsId(n) => n.attributes.into_iter().find_map(|a| match a {
                 NsidAttribute::Id(id) if id >= 0 => Some(id),
@@ -245,6 +264,11 @@ fn addr_message(index: u32, ip: IpAddr, len: u8) -> AddressMessage {
 
 /// The route message for `r` through link `index`, tagged with [`ROUTE_PROTOCOL`].
 pub fn route_message(index: u32, r: &Route) -> RouteMessage {
+    route_on(Some(index), r)
+}
+
+/// The route message for `r`, through link `oif` or (None) wherever its gateway is.
+fn route_on(oif: Option<u32>, r: &Route) -> RouteMessage {
     let mut m = RouteMessage::default();
     let v4 = r.dst.is_ipv4();
     m.header.address_family = family(r.dst);
@@ -264,7 +288,9 @@ pub fn route_message(index: u32, r: &Route) -> RouteMessage {
     if let Some(gw) = r.via {
         m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
     }
-    m.attributes.push(RouteAttribute::Oif(index));
+    if let Some(index) = oif {
+        m.attributes.push(RouteAttribute::Oif(index));
+    }
     m
 }
 
@@ -326,6 +352,29 @@ fn as_route(r: M, index: u32) -> Option<Route> {
     Some(Route {
         dst,
         len: r.header.destination_prefix_length,
+        via,
+    })
+}
+
+/// A route of `ve-link routes`: ours by [`crate::ours::is_node_route`].
+fn as_node_route(r: M) -> Option<Route> {
+    let M::NewRoute(r) = r else { return None };
+    let (mut dst, mut via) = (None, None);
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = ip_of(d),
+            RouteAttribute::Gateway(g) => via = ip_of(g),
+            _ => {}
+        }
+    }
+    let len = r.header.destination_prefix_length;
+    let main = r.header.table == RouteHeader::RT_TABLE_MAIN;
+    if !crate::ours::is_node_route(u8::from(r.header.protocol), main, len, via.is_some()) {
+        return None;
+    }
+    Some(Route {
+        dst: dst?,
+        len,
         via,
     })
 }

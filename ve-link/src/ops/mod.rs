@@ -8,6 +8,7 @@ use common::{Error, Exit, Result};
 
 pub mod bulk;
 mod list;
+pub mod routes;
 mod teardown;
 mod up;
 

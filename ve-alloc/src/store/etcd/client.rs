@@ -85,6 +85,74 @@ impl Client {
         }
     }
 
+    /// Give requests from now on until `deadline`: a long-running `routes --watch`
+    /// renews it before each listing.
+    pub fn renew(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.answered = false;
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The longest one request may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The `Authorization` header line for a request made outside [`Client::call`]
+    /// (the watch stream), authenticating first when there are credentials and no token.
+    pub fn auth_header(&mut self) -> Result<String> {
+        if self.auth.is_some() && self.token.is_none() {
+            self.authenticate()?;
+        }
+        Ok(match &self.token {
+            Some(t) => format!("Authorization: {t}\r\n"),
+            None => String::new(),
+        })
+    }
+
+    /// Fetch a new token before the next request (etcd no longer knew this one).
+    pub fn forget_token(&mut self) {
+        self.token = None;
+    }
+
+    /// A new connection to `endpoint` (TLS when the store is `etcd+tls://`), each step
+    /// and later reads and writes bounded by `timeout`.
+    pub fn connect(&self, endpoint: &str, timeout: Duration) -> std::io::Result<Stream> {
+        let addr = resolve(endpoint)?;
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        match &self.tls {
+            Some(tls) => tls.connect(host_of(endpoint), s),
+            None => Ok(Stream::Plain(s)),
+        }
+    }
+
+    /// Take the token `other` (a [`Client::pinned`] one) may have fetched anew.
+    pub fn adopt_token(&mut self, other: &Client) {
+        if other.token.is_some() {
+            self.token.clone_from(&other.token);
+        }
+    }
+
+    /// A client for endpoint `i` alone, with this one's credentials and token, that
+    /// gives up at `deadline`: asks whether that one member still answers.
+    pub fn pinned(&self, i: usize, deadline: Instant) -> Client {
+        let mut c = Client::new(
+            vec![self.endpoints[i % self.endpoints.len()].clone()],
+            self.auth.clone(),
+            self.tls.clone(),
+            deadline,
+        );
+        c.token = self.token.clone();
+        c.timeout = self.timeout;
+        c
+    }
+
     /// POST `body` to `path` and return the answer's JSON, retrying on other endpoints
     /// until the deadline. A gateway error that is not temporary is returned at once.
     /// With credentials, a token is fetched first, and fetched again once when etcd
@@ -232,16 +300,7 @@ impl Client {
         timeout: Duration,
     ) -> std::io::Result<Answer> {
         if self.conn.is_none() {
-            let addr = resolve(endpoint)?;
-            let s = TcpStream::connect_timeout(&addr, timeout)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            let s = match &self.tls {
-                Some(tls) => tls.connect(host_of(endpoint), s)?,
-                None => Stream::Plain(s),
-            };
-            self.conn = Some(BufReader::new(s));
+            self.conn = Some(BufReader::new(self.connect(endpoint, timeout)?));
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(std::io::Error::other("no connection"));
