@@ -20,7 +20,7 @@ mod blocks;
 mod client;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -210,26 +210,28 @@ impl EtcdStore {
         Ok((revision(&v), kvs(&v)?))
     }
 
-    /// Several ranges read at one revision, in one round trip.
+    /// Several ranges read at one revision, in one round trip (one per 100 ranges: etcd
+    /// allows 128 operations per transaction).
     fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
-        if ranges.is_empty() {
-            return Ok(vec![]);
+        let mut out = Vec::with_capacity(ranges.len());
+        for chunk in ranges.chunks(100) {
+            let ops: Vec<Value> = chunk
+                .iter()
+                .map(|(k, e)| json!({"request_range": {"key": b64(k), "range_end": b64(e)}}))
+                .collect();
+            let v = self
+                .client
+                .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
+            let empty = vec![];
+            let resp = v
+                .get("responses")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
+            for r in resp {
+                out.push(kvs(r.get("response_range").unwrap_or(&Value::Null))?);
+            }
         }
-        let ops: Vec<Value> = ranges
-            .iter()
-            .map(|(k, e)| json!({"request_range": {"key": b64(k), "range_end": b64(e)}}))
-            .collect();
-        let v = self
-            .client
-            .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
-        let empty = vec![];
-        let resp = v
-            .get("responses")
-            .and_then(Value::as_array)
-            .unwrap_or(&empty);
-        resp.iter()
-            .map(|r| kvs(r.get("response_range").unwrap_or(&Value::Null)))
-            .collect()
+        Ok(out)
     }
 
     /// Run `f` in a read-only view (each read linearizable).
@@ -451,6 +453,10 @@ pub struct EtcdTxn<'a> {
     value_checks: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Values read (None: absent).
     cache: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The held address keys of each block read (by family and start), so that the
+    /// names of one `alloc NAME...` read a block once; this transaction's own writes
+    /// are laid over them where used.
+    blocks_read: HashMap<(bool, u128), HashSet<Vec<u8>>>,
     /// Buffered writes (None: delete).
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Run the closure again from the start (a block was claimed meanwhile).
@@ -468,6 +474,7 @@ impl<'a> EtcdTxn<'a> {
             range_reads: Vec::new(),
             value_checks: BTreeMap::new(),
             cache: HashMap::new(),
+            blocks_read: HashMap::new(),
             writes: BTreeMap::new(),
             restart: false,
             attempt,

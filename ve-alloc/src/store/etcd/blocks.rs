@@ -24,7 +24,7 @@ const SPREAD: usize = 16;
 /// existing dynamic lease gains an IPv6 pair once an IPv6 pool is configured), as
 /// `alloc::allocate` does on one host.
 pub fn allocate(tx: &mut EtcdTxn, pools: &Pools, name: &str) -> Result<Lease> {
-    tx.prefetch_for_alloc(name)?;
+    tx.prefetch_for_alloc(&[name])?;
     if let Some(mut lease) = tx.get(name)? {
         if let (Some(p6), None, false) = (pools.v6, lease.host_address6, lease.fixed) {
             let (h, l) = tx.block_pair(&p6)?;
@@ -78,15 +78,16 @@ fn from_u128(n: u128, v6: bool) -> IpAddr {
 }
 
 impl EtcdTxn<'_> {
-    /// Read the lease, this node's record and its cursors in one round trip.
-    fn prefetch_for_alloc(&mut self, name: &str) -> Result<()> {
+    /// Read the leases of `names`, this node's record and its cursors in one round trip
+    /// (those not read yet in this transaction).
+    pub fn prefetch_for_alloc(&mut self, names: &[&str]) -> Result<()> {
         let node = self.store.node.clone();
-        let keys = [
-            self.store.lease_key(name),
+        let mut keys = vec![
             self.store.node_key(&node),
             self.cursor_key(false),
             self.cursor_key(true),
         ];
+        keys.extend(names.iter().map(|n| self.store.lease_key(n)));
         self.prefetch(&keys)
     }
 
@@ -129,7 +130,12 @@ impl EtcdTxn<'_> {
         let mut batch = 1;
         while free.is_empty() && next < order.len() {
             let chunk = &order[next..(next + batch).min(order.len())];
-            let ranges: Vec<(Vec<u8>, Vec<u8>)> = chunk
+            let unread: Vec<u128> = chunk
+                .iter()
+                .filter(|start| !self.blocks_read.contains_key(&(is6, **start)))
+                .copied()
+                .collect();
+            let ranges: Vec<(Vec<u8>, Vec<u8>)> = unread
                 .iter()
                 .map(|start| {
                     let last = self.store.addr_key(from_u128(start + size - 1, is6));
@@ -139,12 +145,14 @@ impl EtcdTxn<'_> {
                     )
                 })
                 .collect();
-            let held: HashSet<Vec<u8>> = self
-                .store
-                .ranges(&ranges)?
-                .into_iter()
-                .flatten()
-                .map(|kv| kv.key)
+            for (start, kvs) in unread.iter().zip(self.store.ranges(&ranges)?) {
+                self.blocks_read
+                    .insert((is6, *start), kvs.into_iter().map(|kv| kv.key).collect());
+            }
+            let empty = HashSet::new();
+            let held: HashSet<&Vec<u8>> = chunk
+                .iter()
+                .flat_map(|start| self.blocks_read.get(&(is6, *start)).unwrap_or(&empty))
                 .collect();
             for (k, start) in chunk.iter().enumerate() {
                 // The cursor's block is visited twice: after the cursor, then (wrapped)
