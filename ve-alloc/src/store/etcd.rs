@@ -7,6 +7,8 @@
 //!   it is absent, so an address can never be leased twice;
 //! - `block/4/HEX`, `block/6/HEX`: the node that claimed the block starting there;
 //! - `meta/block-bits/4|6`: the block size every node must agree on;
+//! - `meta/claimed/4|6`: a hint for the next claim, `{"from","to"}` in hex: every block
+//!   in between is claimed (kept true by compare-and-swap, deleted by `node release`);
 //! - `node/NAME`: a node's record (its `--node-address` and the blocks it claimed),
 //!   written on its first write;
 //! - `cursor/NAME/4|6`: the host address the node handed out last (round robin).
@@ -210,6 +212,28 @@ impl EtcdStore {
         Ok((revision(&v), kvs(&v)?))
     }
 
+    /// `base` followed by the fixed-width hex of `a` (a block or address key).
+    fn addr_hex_key(&self, base: &[u8], a: IpAddr) -> Vec<u8> {
+        let mut k = base.to_vec();
+        k.extend_from_slice(hex_of(a).1.as_bytes());
+        k
+    }
+
+    /// At most `limit` keys (no values) from `key` up to `end`, in order.
+    fn keys_page(&mut self, key: &[u8], end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
+        let req =
+            json!({"key": b64(key), "range_end": b64(end), "limit": limit, "keys_only": true});
+        let v = self.client.call("/v3/kv/range", &req)?;
+        Ok(kvs(&v)?.into_iter().map(|kv| kv.key).collect())
+    }
+
+    /// How many keys there are from `key` up to `end`.
+    fn count(&mut self, key: &[u8], end: &[u8]) -> Result<i64> {
+        let req = json!({"key": b64(key), "range_end": b64(end), "count_only": true});
+        let v = self.client.call("/v3/kv/range", &req)?;
+        Ok(int(v.get("count")))
+    }
+
     /// Several ranges read at one revision, in one round trip (one per 100 ranges: etcd
     /// allows 128 operations per transaction).
     fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
@@ -300,10 +324,16 @@ impl EtcdStore {
                            "value": b64(node.as_bytes())})
                 })
                 .collect();
-            let delete: Vec<Value> = chunk
+            let mut delete: Vec<Value> = chunk
                 .iter()
                 .map(|kv| json!({"request_delete_range": {"key": b64(&kv.key)}}))
                 .collect();
+            // The claimed-blocks hints no longer hold: the next claim searches from the
+            // start of the pool and finds the freed blocks.
+            for fam in ['4', '6'] {
+                let hint = self.key(&format!("meta/claimed/{fam}"));
+                delete.push(json!({"request_delete_range": {"key": b64(&hint)}}));
+            }
             // A block another run deleted meanwhile fails the compare: nothing to do.
             self.client.call(
                 "/v3/kv/txn",
