@@ -334,16 +334,46 @@ pub fn run(args: &[String]) -> Result {
         let three = f.throughput("tput-3", 3, parallel, per_node)?;
         let _ = writeln!(
             table,
-            "throughput: 1 node x {parallel} allocators {one:.0} allocs/s, 3 nodes x \
-             {parallel} {three:.0} allocs/s: {:.2}x (target >= 3x; {per_node} allocations \
-             per node)",
-            three / one
+            "throughput: 1 node x {parallel} allocators {:.0} allocs/s, 3 nodes x {parallel} \
+             {:.0} allocs/s: {:.2}x (target >= 3x; {per_node} allocations per node)",
+            one.per_second,
+            three.per_second,
+            three.per_second / one.per_second
+        );
+        for (what, t) in [("1 node ", &one), ("3 nodes", &three)] {
+            let _ = writeln!(
+                table,
+                "  {what}: CPU per allocation {} ms in ve-alloc + {} ms in etcd; machine CPU \
+                 {:.0}% busy during the round",
+                ms(t.alloc_cpu),
+                ms(t.etcd_cpu),
+                t.machine_busy * 100.0
+            );
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cap = cores as f64 / (one.alloc_cpu + one.etcd_cpu).as_secs_f64().max(1e-9);
+        let _ = writeln!(
+            table,
+            "  at that CPU per allocation, {cores} cores run at most {cap:.0} allocs/s with \
+             members and nodes on one machine"
         );
         for (metric, v, unit) in [
             ("etcdctl_put_median", ms(ctl.0), "ms"),
             ("gateway_put_median", ms(gw.0), "ms"),
-            ("throughput_1_node", format!("{one:.1}"), "allocs/s"),
-            ("throughput_3_nodes", format!("{three:.1}"), "allocs/s"),
+            (
+                "throughput_1_node",
+                format!("{:.1}", one.per_second),
+                "allocs/s",
+            ),
+            (
+                "throughput_3_nodes",
+                format!("{:.1}", three.per_second),
+                "allocs/s",
+            ),
+            ("cpu_per_alloc_1_node_ve_alloc", ms(one.alloc_cpu), "ms"),
+            ("cpu_per_alloc_1_node_etcd", ms(one.etcd_cpu), "ms"),
+            ("cpu_per_alloc_3_nodes_ve_alloc", ms(three.alloc_cpu), "ms"),
+            ("cpu_per_alloc_3_nodes_etcd", ms(three.etcd_cpu), "ms"),
         ] {
             let _ = writeln!(fleet_csv, "{metric},{v},{unit}");
         }

@@ -190,17 +190,29 @@ impl Fleet {
         })
     }
 
+    /// CPU time the etcd members have used so far.
+    fn members_cpu(&self) -> Duration {
+        self.cluster
+            .members
+            .iter()
+            .flat_map(|m| pids_in(m.ns.name()))
+            .map(cpu_of)
+            .sum()
+    }
+
     /// Allocations per second of `nodes` nodes (prefix `prefix`, empty at the start),
     /// `parallel` allocator threads per node, `per_node` allocations per node, all at
-    /// once; each allocation is one `ve-alloc alloc NAME` process.
+    /// once; each allocation is one `ve-alloc alloc NAME` process. With the CPU time
+    /// the allocations and the etcd members used, to tell a CPU-bound run.
     pub fn throughput(
         &self,
         prefix: &str,
         nodes: usize,
         parallel: usize,
         per_node: usize,
-    ) -> Result<f64> {
+    ) -> Result<Throughput> {
         let url = self.url(prefix);
+        let (etcd0, children0, machine0) = (self.members_cpu(), children_cpu(), machine_cpu());
         let t = Instant::now();
         let results: Vec<Result> = std::thread::scope(|s| {
             let mut handles = Vec::new();
@@ -237,9 +249,95 @@ impl Fleet {
                 .collect()
         });
         let took = t.elapsed();
+        let n = (nodes * per_node) as u32;
+        let (busy, total) = machine_cpu();
+        let tp = Throughput {
+            per_second: f64::from(n) / took.as_secs_f64(),
+            alloc_cpu: children_cpu().saturating_sub(children0) / n,
+            etcd_cpu: self.members_cpu().saturating_sub(etcd0) / n,
+            machine_busy: (busy - machine0.0) as f64 / ((total - machine0.1).max(1)) as f64,
+        };
         results.into_iter().collect::<Result<Vec<()>>>()?;
-        Ok((nodes * per_node) as f64 / took.as_secs_f64())
+        Ok(tp)
     }
+}
+
+/// One throughput round's result.
+pub struct Throughput {
+    pub per_second: f64,
+    /// CPU time per allocation of the ve-alloc processes (user + system).
+    pub alloc_cpu: Duration,
+    /// CPU time per allocation of the three etcd members.
+    pub etcd_cpu: Duration,
+    /// The share of the machine's CPU time that was busy during the round (any
+    /// process's, also other work's).
+    pub machine_busy: f64,
+}
+
+/// The processes in network namespace `ns`.
+fn pids_in(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ticks(t: u64) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(t * 1_000_000_000 / hz)
+}
+
+/// User + system CPU time of process `pid` (zero when it is gone).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which ends with the last ')': state is field 3,
+    // utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    ticks(f.iter().sum())
+}
+
+/// User + system CPU time of this process's waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass; zeroed is a valid rusage.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The machine's busy and total CPU ticks so far (/proc/stat).
+fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    (total - idle, total)
 }
 
 /// One `alloc` on node 1 at a fleet's size, released again (untimed).
