@@ -234,6 +234,38 @@ impl EtcdStore {
         Ok(int(v.get("count")))
     }
 
+    /// How many keys each of several ranges holds, in one round trip per 100 ranges.
+    fn counts(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<i64>> {
+        let mut out = Vec::with_capacity(ranges.len());
+        for chunk in ranges.chunks(100) {
+            let ops: Vec<Value> = chunk
+                .iter()
+                .map(|(k, e)| {
+                    json!({"request_range": {"key": b64(k), "range_end": b64(e), "count_only": true}})
+                })
+                .collect();
+            let v = self
+                .client
+                .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
+            let empty = vec![];
+            let resp = v
+                .get("responses")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
+            if resp.len() != chunk.len() {
+                return Err(Error::new(
+                    Kind::Io,
+                    "etcd answered a different number of ranges",
+                ));
+            }
+            out.extend(
+                resp.iter()
+                    .map(|r| int(r.get("response_range").and_then(|r| r.get("count")))),
+            );
+        }
+        Ok(out)
+    }
+
     /// Several ranges read at one revision, in one round trip (one per 100 ranges: etcd
     /// allows 128 operations per transaction).
     fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
@@ -487,6 +519,8 @@ pub struct EtcdTxn<'a> {
     /// names of one `alloc NAME...` read a block once; this transaction's own writes
     /// are laid over them where used.
     blocks_read: HashMap<(bool, u128), HashSet<Vec<u8>>>,
+    /// Blocks whose every address was held when counted.
+    blocks_full: HashSet<(bool, u128)>,
     /// Buffered writes (None: delete).
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Run the closure again from the start (a block was claimed meanwhile).
@@ -505,6 +539,7 @@ impl<'a> EtcdTxn<'a> {
             value_checks: BTreeMap::new(),
             cache: HashMap::new(),
             blocks_read: HashMap::new(),
+            blocks_full: HashSet::new(),
             writes: BTreeMap::new(),
             restart: false,
             attempt,

@@ -131,20 +131,43 @@ impl EtcdTxn<'_> {
         let mut batch = 1;
         while free.is_empty() && next < order.len() {
             let chunk = &order[next..(next + batch).min(order.len())];
-            let unread: Vec<u128> = chunk
+            let mut unread: Vec<u128> = chunk
                 .iter()
-                .filter(|start| !self.blocks_read.contains_key(&(is6, **start)))
+                .filter(|start| {
+                    !self.blocks_read.contains_key(&(is6, **start))
+                        && !self.blocks_full.contains(&(is6, **start))
+                })
                 .copied()
                 .collect();
+            if batch > 1 && !unread.is_empty() {
+                // Past the cursor's block, most blocks of a busy node are full: count
+                // their held addresses first and read the keys of the others only.
+                // The part of each block inside the pool, and how many addresses it has.
+                let parts: Vec<(u128, u128)> = unread
+                    .iter()
+                    .map(|b| ((*b).max(lo), (b + size - 1).min(hi)))
+                    .collect();
+                let spans: Vec<(Vec<u8>, Vec<u8>)> = parts
+                    .iter()
+                    .map(|(a, z)| {
+                        let last = self.store.addr_key(from_u128(*z, is6));
+                        (self.store.addr_key(from_u128(*a, is6)), prefix_end(&last))
+                    })
+                    .collect();
+                let counts = self.store.counts(&spans)?;
+                let mut left = Vec::new();
+                for ((b, (a, z)), n) in unread.into_iter().zip(parts).zip(counts) {
+                    if u128::try_from(n).is_ok_and(|n| n > z - a) {
+                        self.blocks_full.insert((is6, b));
+                    } else {
+                        left.push(b);
+                    }
+                }
+                unread = left;
+            }
             let ranges: Vec<(Vec<u8>, Vec<u8>)> = unread
                 .iter()
-                .map(|start| {
-                    let last = self.store.addr_key(from_u128(start + size - 1, is6));
-                    (
-                        self.store.addr_key(from_u128(*start, is6)),
-                        prefix_end(&last),
-                    )
-                })
+                .map(|start| self.block_span(*start, size, is6))
                 .collect();
             for (start, kvs) in unread.iter().zip(self.store.ranges(&ranges)?) {
                 self.blocks_read
@@ -156,6 +179,9 @@ impl EtcdTxn<'_> {
                 .flat_map(|start| self.blocks_read.get(&(is6, *start)).unwrap_or(&empty))
                 .collect();
             for (k, start) in chunk.iter().enumerate() {
+                if self.blocks_full.contains(&(is6, *start)) {
+                    continue;
+                }
                 // The cursor's block is visited twice: after the cursor, then (wrapped)
                 // up to it.
                 let pass = next + k;
@@ -357,6 +383,15 @@ fn key_end(key: &[u8]) -> Vec<u8> {
 const PAGE: usize = 64;
 
 impl EtcdTxn<'_> {
+    /// The range of address keys of the block starting at `start`.
+    fn block_span(&self, start: u128, size: u128, is6: bool) -> (Vec<u8>, Vec<u8>) {
+        let last = self.store.addr_key(from_u128(start + size - 1, is6));
+        (
+            self.store.addr_key(from_u128(start, is6)),
+            prefix_end(&last),
+        )
+    }
+
     /// The first block from `start` on that no node claimed and that holds a pair of
     /// `pool`, and the first unclaimed block the search passed (with or without a pair),
     /// reading the claimed block keys a page at a time from `start`.
