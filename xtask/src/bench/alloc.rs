@@ -319,16 +319,19 @@ pub fn run(args: &[String]) -> Result {
             );
         }
         let mut ctl = f.etcdctl_put(runs)?;
+        let before = f.members_cpu();
         let mut gw = f.gateway_put(runs)?;
+        let gw_cpu = f.members_cpu().saturating_sub(before) / (runs as u32 + 1);
         let (ctl, gw) = (median_p90(&mut ctl), median_p90(&mut gw));
         let _ = writeln!(
             table,
             "quorum-write floor: `etcdctl put` process {} / {} ms, one put on a kept-alive \
-             gateway connection {} / {} ms (median / p90 of {runs})",
+             gateway connection {} / {} ms (median / p90 of {runs}; {} ms of etcd CPU each)",
             ms(ctl.0),
             ms(ctl.1),
             ms(gw.0),
-            ms(gw.1)
+            ms(gw.1),
+            ms(gw_cpu)
         );
         let one = f.throughput("tput-1", 1, parallel, per_node)?;
         let three = f.throughput("tput-3", 3, parallel, per_node)?;
@@ -360,6 +363,7 @@ pub fn run(args: &[String]) -> Result {
         for (metric, v, unit) in [
             ("etcdctl_put_median", ms(ctl.0), "ms"),
             ("gateway_put_median", ms(gw.0), "ms"),
+            ("gateway_put_etcd_cpu", ms(gw_cpu), "ms"),
             (
                 "throughput_1_node",
                 format!("{:.1}", one.per_second),

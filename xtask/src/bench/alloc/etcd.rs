@@ -191,7 +191,7 @@ impl Fleet {
     }
 
     /// CPU time the etcd members have used so far.
-    fn members_cpu(&self) -> Duration {
+    pub fn members_cpu(&self) -> Duration {
         self.cluster
             .members
             .iter()
