@@ -283,6 +283,12 @@ impl EtcdStore {
                 .get("responses")
                 .and_then(Value::as_array)
                 .unwrap_or(&empty);
+            if resp.len() != chunk.len() {
+                return Err(Error::new(
+                    Kind::Io,
+                    "etcd answered a different number of ranges",
+                ));
+            }
             for r in resp {
                 out.push(kvs(r.get("response_range").unwrap_or(&Value::Null))?);
             }
