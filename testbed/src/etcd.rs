@@ -390,4 +390,9 @@ impl Cluster {
     pub fn prefix(&self) -> &str {
         self.sandbox.prefix()
     }
+
+    /// The scratch directory holding the members' data and the nodes' directories.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
 }

@@ -806,6 +806,64 @@ fn a_node_whose_record_lists_a_block_given_away_never_uses_it() {
 
 /// With authentication enabled in etcd: no credentials or a wrong password is 77 and
 /// prints nothing; a user and its password file work.
+/// Claims are first-fit: the lowest free block, also past the first page of claimed
+/// blocks the search reads, also when `node release` freed it below where the last
+/// claims went (the claim hint is dropped then).
+#[test]
+fn claims_take_the_lowest_free_block_beyond_a_page_and_after_node_release() {
+    let Some(c) = cluster("claims_take_the_lowest_free_block_beyond_a_page_and_after_node_release")
+    else {
+        return;
+    };
+    let p = "firstfit";
+    // /29 blocks: 4 pairs each, the first 3 (10.233.0.0 is the pool's network).
+    let ok = |i: usize, args: &[&str]| {
+        let o = va(&c, i, p, args)
+            .env("VE_ALLOC_BLOCK_SIZE", "29")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let host = |out: &str| env(out)["HOST_ADDRESS"].clone();
+    let batch = |i: usize, names: std::ops::Range<usize>, tag: &str| {
+        let names: Vec<String> = names.map(|k| format!("{tag}{k}")).collect();
+        for chunk in names.chunks(24) {
+            let mut args = vec!["alloc", "--json"];
+            args.extend(chunk.iter().map(String::as_str));
+            ok(i, &args);
+        }
+    };
+    assert_eq!(host(&ok(0, &["alloc", "a0"])), "10.233.0.2");
+    batch(0, 1..3, "a");
+    // n2: blocks 1 to 66, more than one page (64) of claimed blocks.
+    batch(1, 0..264, "b");
+    // n3: block 67 (10.233.2.24/29); n2 then block 68.
+    assert_eq!(host(&ok(2, &["alloc", "c0"])), "10.233.2.24");
+    batch(1, 264..268, "b");
+    assert_eq!(ok(0, &["node", "release", "n3"]), "c0\n");
+    // n1's block is full: it claims block 67 again, found on the second page.
+    assert_eq!(host(&ok(0, &["alloc", "a3"])), "10.233.2.24");
+    batch(0, 4..7, "a");
+    // Block 67 is full too: the next free one is 69 (10.233.2.40/29).
+    assert_eq!(host(&ok(0, &["alloc", "a7"])), "10.233.2.40");
+    // Pairs freed in n1's older blocks are found after the wrap (those blocks are
+    // counted, not all held, then read), before any new block is claimed.
+    ok(0, &["release", "a1", "a4"]);
+    for (name, want) in [
+        ("a8", "10.233.2.42"),
+        ("a9", "10.233.2.44"),
+        ("a10", "10.233.2.46"),
+        ("a11", "10.233.0.4"),
+        ("a12", "10.233.2.26"),
+    ] {
+        assert_eq!(host(&ok(0, &["alloc", name])), want, "{name}");
+    }
+    let leases = list(&c, 1, p);
+    assert_eq!(leases.len(), 3 + 268 + 8);
+    assert_unique(&leases);
+}
+
 #[test]
 fn etcd_authentication_with_user_and_password_file() {
     let Some(c) = cluster("etcd_authentication_with_user_and_password_file") else {

@@ -47,6 +47,9 @@ impl AnyStore {
                     .collect()
             }),
             AnyStore::Etcd(s) => s.write(|tx| {
+                // Every name's lease in one round trip, not one each.
+                let all: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                tx.prefetch_for_alloc(&all)?;
                 names
                     .iter()
                     .map(|n| etcd::allocate(tx, pools, n).map_err(|e| ctx(n, e)))

@@ -7,6 +7,8 @@
 //!   it is absent, so an address can never be leased twice;
 //! - `block/4/HEX`, `block/6/HEX`: the node that claimed the block starting there;
 //! - `meta/block-bits/4|6`: the block size every node must agree on;
+//! - `meta/claimed/4|6`: a hint for the next claim, `{"from","to"}` in hex: every block
+//!   in between is claimed (kept true by compare-and-swap, deleted by `node release`);
 //! - `node/NAME`: a node's record (its `--node-address` and the blocks it claimed),
 //!   written on its first write;
 //! - `cursor/NAME/4|6`: the host address the node handed out last (round robin).
@@ -22,7 +24,7 @@ mod tls;
 mod watch;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -224,26 +226,88 @@ impl EtcdStore {
         Ok((revision(&v), kvs(&v)?))
     }
 
-    /// Several ranges read at one revision, in one round trip.
-    fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
-        if ranges.is_empty() {
-            return Ok(vec![]);
+    /// `base` followed by the fixed-width hex of `a` (a block or address key).
+    fn addr_hex_key(&self, base: &[u8], a: IpAddr) -> Vec<u8> {
+        let mut k = base.to_vec();
+        k.extend_from_slice(hex_of(a).1.as_bytes());
+        k
+    }
+
+    /// At most `limit` keys (no values) from `key` up to `end`, in order.
+    fn keys_page(&mut self, key: &[u8], end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
+        let req =
+            json!({"key": b64(key), "range_end": b64(end), "limit": limit, "keys_only": true});
+        let v = self.client.call("/v3/kv/range", &req)?;
+        Ok(kvs(&v)?.into_iter().map(|kv| kv.key).collect())
+    }
+
+    /// How many keys there are from `key` up to `end`.
+    fn count(&mut self, key: &[u8], end: &[u8]) -> Result<i64> {
+        let req = json!({"key": b64(key), "range_end": b64(end), "count_only": true});
+        let v = self.client.call("/v3/kv/range", &req)?;
+        Ok(int(v.get("count")))
+    }
+
+    /// How many keys each of several ranges holds, in one round trip per 100 ranges.
+    fn counts(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<i64>> {
+        let mut out = Vec::with_capacity(ranges.len());
+        for chunk in ranges.chunks(100) {
+            let ops: Vec<Value> = chunk
+                .iter()
+                .map(|(k, e)| {
+                    json!({"request_range": {"key": b64(k), "range_end": b64(e), "count_only": true}})
+                })
+                .collect();
+            let v = self
+                .client
+                .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
+            let empty = vec![];
+            let resp = v
+                .get("responses")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
+            if resp.len() != chunk.len() {
+                return Err(Error::new(
+                    Kind::Io,
+                    "etcd answered a different number of ranges",
+                ));
+            }
+            out.extend(
+                resp.iter()
+                    .map(|r| int(r.get("response_range").and_then(|r| r.get("count")))),
+            );
         }
-        let ops: Vec<Value> = ranges
-            .iter()
-            .map(|(k, e)| json!({"request_range": {"key": b64(k), "range_end": b64(e)}}))
-            .collect();
-        let v = self
-            .client
-            .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
-        let empty = vec![];
-        let resp = v
-            .get("responses")
-            .and_then(Value::as_array)
-            .unwrap_or(&empty);
-        resp.iter()
-            .map(|r| kvs(r.get("response_range").unwrap_or(&Value::Null)))
-            .collect()
+        Ok(out)
+    }
+
+    /// Several ranges read at one revision, in one round trip (one per 100 ranges: etcd
+    /// allows 128 operations per transaction).
+    fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
+        let mut out = Vec::with_capacity(ranges.len());
+        for chunk in ranges.chunks(100) {
+            let ops: Vec<Value> = chunk
+                .iter()
+                .map(|(k, e)| json!({"request_range": {"key": b64(k), "range_end": b64(e)}}))
+                .collect();
+            let v = self
+                .client
+                .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
+            let empty = vec![];
+            let resp = v
+                .get("responses")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
+            if resp.len() != chunk.len() {
+                return Err(Error::new(
+                    Kind::Io,
+                    "etcd answered a different number of ranges",
+                ));
+            }
+            for r in resp {
+                out.push(kvs(r.get("response_range").unwrap_or(&Value::Null))?);
+            }
+        }
+        Ok(out)
     }
 
     /// Run `f` in a read-only view (each read linearizable).
@@ -312,10 +376,16 @@ impl EtcdStore {
                            "value": b64(node.as_bytes())})
                 })
                 .collect();
-            let delete: Vec<Value> = chunk
+            let mut delete: Vec<Value> = chunk
                 .iter()
                 .map(|kv| json!({"request_delete_range": {"key": b64(&kv.key)}}))
                 .collect();
+            // The claimed-blocks hints no longer hold: the next claim searches from the
+            // start of the pool and finds the freed blocks.
+            for fam in ['4', '6'] {
+                let hint = self.key(&format!("meta/claimed/{fam}"));
+                delete.push(json!({"request_delete_range": {"key": b64(&hint)}}));
+            }
             // A block another run deleted meanwhile fails the compare: nothing to do.
             self.client.call(
                 "/v3/kv/txn",
@@ -502,6 +572,13 @@ pub struct EtcdTxn<'a> {
     value_checks: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Values read (None: absent).
     cache: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The held address keys of each block read (by family and start), so that the
+    /// names of one `alloc NAME...` read a block once; this transaction's own writes
+    /// are laid over them where used.
+    blocks_read: HashMap<(bool, u128), HashSet<Vec<u8>>>,
+    /// Blocks never to allocate from in this transaction: every address was held when
+    /// counted, or the block is not this node's any more.
+    blocks_full: HashSet<(bool, u128)>,
     /// Buffered writes (None: delete).
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Run the closure again from the start (a block was claimed meanwhile).
@@ -519,6 +596,8 @@ impl<'a> EtcdTxn<'a> {
             range_reads: Vec::new(),
             value_checks: BTreeMap::new(),
             cache: HashMap::new(),
+            blocks_read: HashMap::new(),
+            blocks_full: HashSet::new(),
             writes: BTreeMap::new(),
             restart: false,
             attempt,

@@ -13,6 +13,8 @@ use std::{
 use super::stats::{list_opt, machine, median_p90, ms, opt, out_dir, refuse_unknown, timed};
 use crate::util::{self, cargo, ensure_debian_packages, Result};
 
+mod etcd;
+
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 
 /// Median and p90 of one measurement point.
@@ -20,20 +22,33 @@ type Stat = (Duration, Duration);
 
 pub(super) const USAGE: &str = "\
 usage: cargo xtask bench alloc [--runs K] [--sizes N,N,...] [--host-local-sizes N,...]
+                               [--etcd on|off] [--fleet-leases N,...] [--parallel P]
+                               [--per-node N]
 
   --runs K                 timed allocations per point (default 100)
   --sizes N,...            lease counts ve-alloc is measured at (default 100,1000,10000,30000)
   --host-local-sizes N,... lease counts the CNI host-local plugin is measured at
                            (default 1000,10000)
+  --etcd on|off            the etcd store's rows (default on; as root, with etcd-server
+                           and etcd-client): a 3-member etcd cluster in namespaces,
+                           ve-alloc started from a node namespace
+  --fleet-leases N,...     fleet lease counts the etcd store is measured at
+                           (default 100,1000,30000)
+  --parallel P             allocators per node in the throughput rounds (default 16)
+  --per-node N             allocations per node in each throughput round (default 160)
 
-Installs containernetworking-plugins when missing (as root). Writes
-target/bench/alloc.csv and alloc.txt.
+Installs containernetworking-plugins (and etcd-server, etcd-client for the etcd rows)
+when missing (as root). Writes target/bench/alloc.csv, alloc-etcd.csv and alloc.txt.
 ";
 
 pub(super) struct Opts {
     runs: usize,
     sizes: Vec<usize>,
     hl_sizes: Vec<usize>,
+    etcd: bool,
+    fleet: Vec<usize>,
+    parallel: usize,
+    per_node: usize,
 }
 
 /// The options, or `None` for `--help`; unknown options are refused.
@@ -41,16 +56,60 @@ pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
     if refuse_unknown(
         "bench alloc",
         args,
-        &["--runs", "--sizes", "--host-local-sizes"],
+        &[
+            "--runs",
+            "--sizes",
+            "--host-local-sizes",
+            "--etcd",
+            "--fleet-leases",
+            "--parallel",
+            "--per-node",
+        ],
         USAGE,
     )? {
         return Ok(None);
     }
+    let etcd = match opt::<String>(args, "--etcd")?.as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(format!(
+                "bench alloc: --etcd takes on or off, not {other:?}"
+            ))
+        }
+    };
+    let positive = |name: &str, default: usize| -> Result<usize> {
+        match opt::<usize>(args, name)?.unwrap_or(default) {
+            0 => Err(format!("bench alloc: {name} must be at least 1")),
+            n => Ok(n),
+        }
+    };
     Ok(Some(Opts {
-        runs: opt(args, "--runs")?.unwrap_or(100),
+        runs: positive("--runs", 100)?,
         sizes: list_opt(args, "--sizes", &[100, 1000, 10_000, 30_000])?,
         hl_sizes: list_opt(args, "--host-local-sizes", &[1000, 10_000])?,
+        etcd,
+        fleet: list_opt(args, "--fleet-leases", &[100, 1000, 30_000])?,
+        parallel: positive("--parallel", 16)?,
+        per_node: positive("--per-node", 160)?,
     }))
+}
+
+/// Which column a point belongs to.
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    VeAlloc,
+    Etcd,
+    HostLocal,
+}
+
+/// One row of the table: medians and p90s at one lease count.
+#[derive(Default)]
+struct Row {
+    n: usize,
+    sqlite: Option<Stat>,
+    etcd: Option<Stat>,
+    hl: Option<Stat>,
 }
 
 pub fn run(args: &[String]) -> Result {
@@ -58,13 +117,22 @@ pub fn run(args: &[String]) -> Result {
         runs,
         sizes,
         hl_sizes,
+        etcd,
+        fleet: fleet_sizes,
+        parallel,
+        per_node,
     }) = parse(args)?
     else {
         crate::out::print(USAGE);
         return Ok(());
     };
-    if util::is_root() {
-        ensure_debian_packages(&["containernetworking-plugins"])?;
+    let root = util::is_root();
+    if root {
+        let mut want = vec!["containernetworking-plugins"];
+        if etcd {
+            want.extend(["etcd-server", "etcd-client"]);
+        }
+        ensure_debian_packages(&want)?;
     }
     util::run(cargo().args(["build", "--release", "--quiet", "-p", "ve-alloc"]))?;
     let bin = util::root().join("target/release/ve-alloc");
@@ -83,13 +151,13 @@ pub fn run(args: &[String]) -> Result {
     // Whichever store is made first measures some 0.5 ms slower, whatever its size (a
     // file system effect we have not pinned down): the largest goes first, so the
     // flatness figure errs against us.
-    let mut points: Vec<(usize, bool, Point)> = Vec::new();
+    let mut points: Vec<(usize, Tool, Point)> = Vec::new();
     let mut sizes = sizes;
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     for &n in &sizes {
         points.push((
             n,
-            false,
+            Tool::VeAlloc,
             Point::ve_alloc(&bin, &work.join(format!("va-{n}")), n)?,
         ));
     }
@@ -97,13 +165,40 @@ pub fn run(args: &[String]) -> Result {
         for &n in &hl_sizes {
             points.push((
                 n,
-                true,
+                Tool::HostLocal,
                 Point::host_local(&work.join(format!("hl-{n}")), n)?,
             ));
         }
     } else {
         eprintln!("bench alloc: {HOST_LOCAL} missing; host-local not measured");
     }
+    let fleet = if !etcd {
+        None
+    } else if !root || !testbed::etcd::Cluster::available() {
+        eprintln!("bench alloc: the etcd rows need root and etcd-server, etcd-client; skipped");
+        None
+    } else {
+        let f = etcd::Fleet::start(&bin)?;
+        let mut fleet_sizes = fleet_sizes.clone();
+        fleet_sizes.sort_unstable_by(|a, b| b.cmp(a));
+        for &n in &fleet_sizes {
+            let prefix = format!("bench-{n}");
+            let took = f.fill(&prefix, n)?;
+            eprintln!(
+                "bench alloc: {n} fleet leases on {} other nodes written in {:.1} s",
+                etcd::FILL_NODES,
+                took.as_secs_f64()
+            );
+            let mut p = Point::Etcd {
+                p: f.point(&prefix),
+                next: 0,
+            };
+            // The measured node claims its block here, untimed.
+            p.sample()?;
+            points.push((n, Tool::Etcd, p));
+        }
+        Some(f)
+    };
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); points.len()];
     for round in 0..runs {
         // Rotate who goes first: a point right after host-local's directory scan would
@@ -113,25 +208,32 @@ pub fn run(args: &[String]) -> Result {
             samples[i].push(points[i].2.sample()?);
         }
     }
-    let mut rows: Vec<(usize, Option<Stat>, Option<Stat>)> = Vec::new();
-    for ((n, hl, _), mut s) in points.into_iter().zip(samples) {
+    let mut rows: Vec<Row> = Vec::new();
+    for ((n, tool, _), mut s) in points.into_iter().zip(samples) {
         let t = median_p90(&mut s);
-        let tool = if hl { "host-local" } else { "ve-alloc  " };
-        eprintln!("  {tool} at {n:>6} leases: median {} ms", ms(t.0));
-        let row = match rows.iter_mut().position(|r| r.0 == n) {
+        let name = match tool {
+            Tool::VeAlloc => "ve-alloc (SQLite)",
+            Tool::Etcd => "ve-alloc (etcd)  ",
+            Tool::HostLocal => "host-local       ",
+        };
+        eprintln!("  {name} at {n:>6} leases: median {} ms", ms(t.0));
+        let row = match rows.iter_mut().position(|r| r.n == n) {
             Some(i) => &mut rows[i],
             None => {
-                rows.push((n, None, None));
+                rows.push(Row {
+                    n,
+                    ..Row::default()
+                });
                 rows.last_mut().expect("just pushed")
             }
         };
-        if hl {
-            row.2 = Some(t);
-        } else {
-            row.1 = Some(t);
+        match tool {
+            Tool::VeAlloc => row.sqlite = Some(t),
+            Tool::Etcd => row.etcd = Some(t),
+            Tool::HostLocal => row.hl = Some(t),
         }
     }
-    rows.sort_by_key(|r| r.0);
+    rows.sort_by_key(|r| r.n);
     let _ = std::fs::remove_dir_all(&work);
 
     let cell =
@@ -144,38 +246,51 @@ pub fn run(args: &[String]) -> Result {
     );
     let _ = writeln!(
         table,
-        "{:>8}  {:>17}  {:>17}",
-        "leases", "ve-alloc alloc", "host-local ADD"
+        "{:>8}  {:>17}  {:>17}  {:>17}",
+        "leases", "ve-alloc (SQLite)", "ve-alloc (etcd)", "host-local ADD"
     );
     let mut csv = String::from("leases,tool,median_ms,p90_ms\n");
-    for (n, va, hl) in &rows {
-        let _ = writeln!(table, "{n:>8}  {:>17}  {:>17}", cell(*va), cell(*hl));
-        for (tool, t) in [("ve-alloc", va), ("host-local", hl)] {
+    for r in &rows {
+        let _ = writeln!(
+            table,
+            "{:>8}  {:>17}  {:>17}  {:>17}",
+            r.n,
+            cell(r.sqlite),
+            cell(r.etcd),
+            cell(r.hl)
+        );
+        for (tool, t) in [
+            ("ve-alloc", r.sqlite),
+            ("ve-alloc-etcd", r.etcd),
+            ("host-local", r.hl),
+        ] {
             if let Some((m, p)) = t {
-                let _ = writeln!(csv, "{n},{tool},{},{}", ms(*m), ms(*p));
+                let _ = writeln!(csv, "{},{tool},{},{}", r.n, ms(m), ms(p));
             }
         }
     }
-    let med = |n: usize, hl: bool| {
+    let med = |n: usize, tool: Tool| {
         rows.iter()
-            .find(|r| r.0 == n)
-            .and_then(|r| if hl { r.2 } else { r.1 })
+            .find(|r| r.n == n)
+            .and_then(|r| match tool {
+                Tool::VeAlloc => r.sqlite,
+                Tool::Etcd => r.etcd,
+                Tool::HostLocal => r.hl,
+            })
             .map(|t| t.0.as_secs_f64())
     };
-    if let (Some(lo), Some(hi)) = (
-        sizes.iter().min().and_then(|&n| med(n, false)),
-        sizes.iter().max().and_then(|&n| med(n, false)),
-    ) {
+    let flat = |sizes: &[usize], tool: Tool| {
+        let (lo, hi) = (sizes.iter().min()?, sizes.iter().max()?);
+        Some((*lo, *hi, med(*hi, tool)? / med(*lo, tool)?))
+    };
+    if let Some((lo, hi, x)) = flat(&sizes, Tool::VeAlloc) {
         let _ = writeln!(
             table,
-            "flatness: ve-alloc at {} leases costs {:.2}x its cost at {} (target <= 1.5x)",
-            sizes.iter().max().copied().unwrap_or(0),
-            hi / lo,
-            sizes.iter().min().copied().unwrap_or(0)
+            "flatness: ve-alloc at {hi} leases costs {x:.2}x its cost at {lo} (target <= 1.5x)"
         );
     }
     for &n in &hl_sizes {
-        if let (Some(va), Some(hl)) = (med(n, false), med(n, true)) {
+        if let (Some(va), Some(hl)) = (med(n, Tool::VeAlloc), med(n, Tool::HostLocal)) {
             let _ = writeln!(
                 table,
                 "speed-up: ve-alloc is {:.2}x faster than host-local at {n} leases{}",
@@ -184,9 +299,96 @@ pub fn run(args: &[String]) -> Result {
             );
         }
     }
+    let mut fleet_csv = String::from("metric,value,unit\n");
+    if let Some(f) = &fleet {
+        for &n in &fleet_sizes {
+            if let (Some(e), Some(s)) = (med(n, Tool::Etcd), med(n, Tool::VeAlloc)) {
+                let _ = writeln!(
+                    table,
+                    "etcd store: alloc costs {:.2}x the SQLite store's at {n} leases{}",
+                    e / s,
+                    if n == 1000 { " (target <= 3x)" } else { "" }
+                );
+            }
+        }
+        if let Some((lo, hi, x)) = flat(&fleet_sizes, Tool::Etcd) {
+            let _ = writeln!(
+                table,
+                "etcd flatness: alloc at {hi} fleet leases costs {x:.2}x its cost at {lo} \
+                 (target <= 1.5x)"
+            );
+        }
+        let mut ctl = f.etcdctl_put(runs)?;
+        let before = f.members_cpu();
+        let mut gw = f.gateway_put(runs)?;
+        let gw_cpu = f.members_cpu().saturating_sub(before) / (runs as u32 + 1);
+        let (ctl, gw) = (median_p90(&mut ctl), median_p90(&mut gw));
+        let _ = writeln!(
+            table,
+            "quorum-write floor: `etcdctl put` process {} / {} ms, one put on a kept-alive \
+             gateway connection {} / {} ms (median / p90 of {runs}; {} ms of etcd CPU each)",
+            ms(ctl.0),
+            ms(ctl.1),
+            ms(gw.0),
+            ms(gw.1),
+            ms(gw_cpu)
+        );
+        let one = f.throughput("tput-1", 1, parallel, per_node)?;
+        let three = f.throughput("tput-3", 3, parallel, per_node)?;
+        let _ = writeln!(
+            table,
+            "throughput: 1 node x {parallel} allocators {:.0} allocs/s, 3 nodes x {parallel} \
+             {:.0} allocs/s: {:.2}x (target >= 3x; {per_node} allocations per node)",
+            one.per_second,
+            three.per_second,
+            three.per_second / one.per_second
+        );
+        for (what, t) in [("1 node ", &one), ("3 nodes", &three)] {
+            let _ = writeln!(
+                table,
+                "  {what}: CPU per allocation {} ms in ve-alloc + {} ms in etcd; machine CPU \
+                 {:.0}% busy during the round",
+                ms(t.alloc_cpu),
+                ms(t.etcd_cpu),
+                t.machine_busy * 100.0
+            );
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cap = cores as f64 / (one.alloc_cpu + one.etcd_cpu).as_secs_f64().max(1e-9);
+        let _ = writeln!(
+            table,
+            "  at that CPU per allocation, {cores} cores run at most {cap:.0} allocs/s with \
+             members and nodes on one machine"
+        );
+        for (metric, v, unit) in [
+            ("etcdctl_put_median", ms(ctl.0), "ms"),
+            ("gateway_put_median", ms(gw.0), "ms"),
+            ("gateway_put_etcd_cpu", ms(gw_cpu), "ms"),
+            (
+                "throughput_1_node",
+                format!("{:.1}", one.per_second),
+                "allocs/s",
+            ),
+            (
+                "throughput_3_nodes",
+                format!("{:.1}", three.per_second),
+                "allocs/s",
+            ),
+            ("cpu_per_alloc_1_node_ve_alloc", ms(one.alloc_cpu), "ms"),
+            ("cpu_per_alloc_1_node_etcd", ms(one.etcd_cpu), "ms"),
+            ("cpu_per_alloc_3_nodes_ve_alloc", ms(three.alloc_cpu), "ms"),
+            ("cpu_per_alloc_3_nodes_etcd", ms(three.etcd_cpu), "ms"),
+        ] {
+            let _ = writeln!(fleet_csv, "{metric},{v},{unit}");
+        }
+    }
+    drop(fleet);
     say!("{table}");
     let dir = out_dir()?;
     std::fs::write(dir.join("alloc.csv"), csv).map_err(|e| e.to_string())?;
+    if etcd {
+        std::fs::write(dir.join("alloc-etcd.csv"), fleet_csv).map_err(|e| e.to_string())?;
+    }
     std::fs::write(dir.join("alloc.txt"), table).map_err(|e| e.to_string())?;
     eprintln!("bench alloc: wrote {}", dir.join("alloc.csv").display());
     Ok(())
@@ -202,6 +404,10 @@ enum Point {
     },
     HostLocal {
         conf: String,
+        next: usize,
+    },
+    Etcd {
+        p: etcd::Point,
         next: usize,
     },
 }
@@ -305,7 +511,9 @@ impl Point {
 
     /// Time one allocation of a new container, then release it (untimed).
     fn sample(&mut self) -> Result<Duration> {
-        let (Point::VeAlloc { next, .. } | Point::HostLocal { next, .. }) = self;
+        let (Point::VeAlloc { next, .. }
+        | Point::HostLocal { next, .. }
+        | Point::Etcd { next, .. }) = self;
         let name = format!("bench-{next}");
         *next += 1;
         match self {
@@ -319,6 +527,7 @@ impl Point {
                 self.cni("DEL", &name)?;
                 Ok(d)
             }
+            Point::Etcd { p, .. } => p.sample(&name),
         }
     }
 }

@@ -14,10 +14,15 @@ const USAGE: &str = "\
 usage: cargo xtask bench [WHAT] [options]
 
 WHAT:
-  alloc   ve-alloc per process at growing lease counts, and the CNI host-local plugin
+  alloc   ve-alloc per process at growing lease counts, and the CNI host-local plugin;
+          the etcd store on a 3-member etcd cluster in namespaces: alloc at growing
+          fleet lease counts, the etcdctl put floor, 1 vs 3 nodes x 16 allocators
           options: --runs K (timed allocations per point, default 100)
                    --sizes N,N,...  (default 100,1000,10000,30000)
                    --host-local-sizes N,...  (default 1000,10000)
+                   --etcd on|off  (default on)
+                   --fleet-leases N,...  (default 100,1000,30000)
+                   --parallel P, --per-node N  (default 16, 160)
   nm      nm-unmanage --watch and --persist against a sandboxed NetworkManager and
           systemd-networkd: time from veth creation to unmanaged, DHCP DISCOVERs
           and networkd addresses that got out

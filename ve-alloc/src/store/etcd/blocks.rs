@@ -4,6 +4,7 @@
 
 use std::{collections::HashSet, net::IpAddr};
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use common::{name, Error, Kind, Result};
@@ -24,7 +25,7 @@ const SPREAD: usize = 16;
 /// existing dynamic lease gains an IPv6 pair once an IPv6 pool is configured), as
 /// `alloc::allocate` does on one host.
 pub fn allocate(tx: &mut EtcdTxn, pools: &Pools, name: &str) -> Result<Lease> {
-    tx.prefetch_for_alloc(name)?;
+    tx.prefetch_for_alloc(&[name])?;
     if let Some(mut lease) = tx.get(name)? {
         if let (Some(p6), None, false) = (pools.v6, lease.host_address6, lease.fixed) {
             let (h, l) = tx.block_pair(&p6)?;
@@ -78,15 +79,16 @@ fn from_u128(n: u128, v6: bool) -> IpAddr {
 }
 
 impl EtcdTxn<'_> {
-    /// Read the lease, this node's record and its cursors in one round trip.
-    fn prefetch_for_alloc(&mut self, name: &str) -> Result<()> {
+    /// Read the leases of `names`, this node's record and its cursors in one round trip
+    /// (those not read yet in this transaction).
+    pub fn prefetch_for_alloc(&mut self, names: &[&str]) -> Result<()> {
         let node = self.store.node.clone();
-        let keys = [
-            self.store.lease_key(name),
+        let mut keys = vec![
             self.store.node_key(&node),
             self.cursor_key(false),
             self.cursor_key(true),
         ];
+        keys.extend(names.iter().map(|n| self.store.lease_key(n)));
         self.prefetch(&keys)
     }
 
@@ -140,26 +142,55 @@ impl EtcdTxn<'_> {
         let mut batch = 1;
         while free.is_empty() && next < order.len() {
             let chunk = &order[next..(next + batch).min(order.len())];
-            let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = chunk
+            let mut unread: Vec<u128> = chunk
                 .iter()
-                .map(|start| {
-                    let last = self.store.addr_key(from_u128(start + size - 1, is6));
-                    (
-                        self.store.addr_key(from_u128(*start, is6)),
-                        prefix_end(&last),
-                    )
+                .filter(|start| {
+                    !self.blocks_read.contains_key(&(is6, **start))
+                        && !self.blocks_full.contains(&(is6, **start))
                 })
+                .copied()
                 .collect();
-            ranges.extend(chunk.iter().map(|start| {
+            if batch > 1 && !unread.is_empty() {
+                // Past the cursor's block, most blocks of a busy node are full: count
+                // their held addresses first and read the keys of the others only.
+                // The part of each block inside the pool, and how many addresses it has.
+                let parts: Vec<(u128, u128)> = unread
+                    .iter()
+                    .map(|b| ((*b).max(lo), (b + size - 1).min(hi)))
+                    .collect();
+                let spans: Vec<(Vec<u8>, Vec<u8>)> = parts
+                    .iter()
+                    .map(|(a, z)| {
+                        let last = self.store.addr_key(from_u128(*z, is6));
+                        (self.store.addr_key(from_u128(*a, is6)), prefix_end(&last))
+                    })
+                    .collect();
+                let counts = self.store.counts(&spans)?;
+                let mut left = Vec::new();
+                for ((b, (a, z)), n) in unread.into_iter().zip(parts).zip(counts) {
+                    if u128::try_from(n).is_ok_and(|n| n > z - a) {
+                        self.blocks_full.insert((is6, b));
+                    } else {
+                        left.push(b);
+                    }
+                }
+                unread = left;
+            }
+            // The blocks' addresses, then their owner keys, in one round trip.
+            let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = unread
+                .iter()
+                .map(|start| self.block_span(*start, size, is6))
+                .collect();
+            ranges.extend(unread.iter().map(|start| {
                 let k = block_key(self, *start);
                 let mut end = k.clone();
                 end.push(0);
                 (k, end)
             }));
             let mut got = self.store.ranges(&ranges)?;
-            let owners = got.split_off(chunk.len());
-            for (start, owner) in chunk.iter().zip(owners) {
-                if owner.first().map(|kv| &kv.value) != Some(&me) && lost.insert(*start) {
+            let owners = got.split_off(unread.len());
+            for ((start, kvs), owner) in unread.iter().zip(got).zip(owners) {
+                if owner.first().map(|kv| &kv.value) != Some(&me) {
                     log::warn!(
                         "node {}: block {}/{} is listed as its own but is {}; not using it",
                         self.store.node,
@@ -170,11 +201,21 @@ impl EtcdTxn<'_> {
                             String::from_utf8_lossy(&kv.value)
                         ))
                     );
+                    lost.insert(*start);
+                    // Never used again in this transaction, as a full block is not.
+                    self.blocks_full.insert((is6, *start));
+                    continue;
                 }
+                self.blocks_read
+                    .insert((is6, *start), kvs.into_iter().map(|kv| kv.key).collect());
             }
-            let held: HashSet<Vec<u8>> = got.into_iter().flatten().map(|kv| kv.key).collect();
+            let empty = HashSet::new();
+            let held: HashSet<&Vec<u8>> = chunk
+                .iter()
+                .flat_map(|start| self.blocks_read.get(&(is6, *start)).unwrap_or(&empty))
+                .collect();
             for (k, start) in chunk.iter().enumerate() {
-                if lost.contains(start) {
+                if self.blocks_full.contains(&(is6, *start)) {
                     continue;
                 }
                 // The cursor's block is visited twice: after the cursor, then (wrapped)
@@ -248,15 +289,19 @@ impl EtcdTxn<'_> {
     /// fixes the fleet's block size. A lost race is no error: the caller starts again and
     /// sees the new owner.
     fn claim(&mut self, pool: &Pool, record: &NodeRecord, is6: bool, size: u128) -> Result<()> {
-        let net = pool.net();
-        let (lo, hi) = (to_u128(net.network()), to_u128(net.broadcast()));
+        let lo = to_u128(pool.net().network());
         let fam = if is6 { '6' } else { '4' };
         let bits = self.store.block_bits.to_string();
         let meta = self.store.key(&format!("meta/block-bits/{fam}"));
         let block_base = self.store.key(&format!("block/{fam}/"));
         let nkey = self.store.node_key(&self.store.node.clone());
         let node_rev = self.reads.get(&nkey).copied().unwrap_or(0);
-        let (_, m) = self.store.range(&meta, None)?;
+        let hint_key = self.store.key(&format!("meta/claimed/{fam}"));
+        let mut got = self.store.ranges(&[
+            (meta.clone(), key_end(&meta)),
+            (hint_key.clone(), key_end(&hint_key)),
+        ])?;
+        let (m, h) = (got.remove(0), got.remove(0));
         let meta_rev = match m.first() {
             Some(kv) if kv.value != bits.as_bytes() => {
                 return Err(Error::config(format!(
@@ -267,33 +312,57 @@ impl EtcdTxn<'_> {
             Some(kv) => kv.mod_revision,
             None => 0,
         };
-        let (_, claimed) = self
-            .store
-            .range(&block_base, Some(&prefix_end(&block_base)))?;
-        let taken: HashSet<Vec<u8>> = claimed.into_iter().map(|kv| kv.key).collect();
-        let mut start = lo - lo % size;
-        let (block, bkey) = loop {
-            if start > hi {
+        let first = lo - lo % size;
+        // Every block from `from` up to `to` is claimed: the search starts at `to`
+        // rather than reading every claimed block. The hint is compared at commit, so
+        // claims keep it true; `node release` deletes it with the blocks it frees.
+        let hint_rev = h.first().map_or(0, |kv| kv.mod_revision);
+        let hint = h
+            .first()
+            .and_then(|kv| serde_json::from_slice::<Claimed>(&kv.value).ok())
+            .and_then(|c| Some((parse_hex(&c.from)?, parse_hex(&c.to)?)))
+            .filter(|(from, to)| *from <= first && first <= *to);
+        let from = hint.map_or(first, |(from, _)| from);
+        let mut found = self.first_free_block(
+            &block_base,
+            pool,
+            is6,
+            size,
+            hint.map_or(first, |(_, to)| to),
+        )?;
+        if found.0.is_none() && hint.is_some() {
+            // Never trust a hint for "exhausted": look at every block once.
+            found = self.first_free_block(&block_base, pool, is6, size, first)?;
+        }
+        let (block, claimed_to) = match found {
+            (Some(b), gap) => (b, gap.unwrap_or(b)),
+            (None, _) => {
+                let n = self.store.count(&block_base, &prefix_end(&block_base))?;
                 return Err(Error::new(
                     Kind::CantCreate,
                     format!(
                         "address pool {pool} is exhausted for node {}: its blocks are full and \
-                         every other block is claimed ({} blocks in the fleet)",
+                         every other block is claimed ({n} blocks in the fleet)",
                         self.store.node,
-                        taken.len()
                     ),
                 ));
             }
-            let bkey = self
-                .store
-                .key(&format!("block/{fam}/{}", hex_of(from_u128(start, is6)).1));
-            let has_pair = (start.max(lo)..=(start + size - 1).min(hi))
-                .any(|a| pool.index_of(from_u128(a, is6)).is_some());
-            if !taken.contains(&bkey) && has_pair {
-                break (start, bkey);
-            }
-            start += size;
         };
+        let bkey = self
+            .store
+            .key(&format!("block/{fam}/{}", hex_of(from_u128(block, is6)).1));
+        // After this claim, every block from `from` up to the first unclaimed one the
+        // search passed (or the one after this block) is claimed.
+        let to = if claimed_to == block {
+            block.saturating_add(size)
+        } else {
+            claimed_to
+        };
+        let hint = serde_json::to_vec(&Claimed {
+            from: format!("{from:x}"),
+            to: format!("{to:x}"),
+        })
+        .map_err(|e| Error::internal(e.to_string()))?;
         let mut record = NodeRecord {
             address: self.store.node_address,
             blocks: record.blocks.clone(),
@@ -307,11 +376,17 @@ impl EtcdTxn<'_> {
         // Comparing the node's record serialises the claims of one node's parallel
         // allocators: one claims, the others see its block when they start again.
         let body = json!({
-            "compare": [cmp(&bkey, 0), cmp(&nkey, node_rev), cmp(&meta, meta_rev)],
+            "compare": [
+                cmp(&bkey, 0),
+                cmp(&nkey, node_rev),
+                cmp(&meta, meta_rev),
+                cmp(&hint_key, hint_rev),
+            ],
             "success": [
                 put(&bkey, self.store.node.as_bytes()),
                 put(&nkey, &record),
                 put(&meta, bits.as_bytes()),
+                put(&hint_key, &hint),
             ],
             "failure": [],
         });
@@ -326,5 +401,88 @@ impl EtcdTxn<'_> {
             );
         }
         Ok(())
+    }
+}
+
+/// The claimed-blocks hint (`meta/claimed/4|6`): every block starting from `from` up
+/// to, not including, `to` (hex) is claimed.
+#[derive(Serialize, Deserialize)]
+struct Claimed {
+    from: String,
+    to: String,
+}
+
+fn parse_hex(h: &str) -> Option<u128> {
+    u128::from_str_radix(h, 16).ok()
+}
+
+/// The end of a range holding only `key`.
+fn key_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    end.push(0);
+    end
+}
+
+/// Claimed block keys read per round trip while looking for a free block.
+const PAGE: usize = 64;
+
+impl EtcdTxn<'_> {
+    /// The range of address keys of the block starting at `start`.
+    fn block_span(&self, start: u128, size: u128, is6: bool) -> (Vec<u8>, Vec<u8>) {
+        let last = self.store.addr_key(from_u128(start + size - 1, is6));
+        (
+            self.store.addr_key(from_u128(start, is6)),
+            prefix_end(&last),
+        )
+    }
+
+    /// The first block from `start` on that no node claimed and that holds a pair of
+    /// `pool`, and the first unclaimed block the search passed (with or without a pair),
+    /// reading the claimed block keys a page at a time from `start`.
+    fn first_free_block(
+        &mut self,
+        base: &[u8],
+        pool: &Pool,
+        is6: bool,
+        size: u128,
+        start: u128,
+    ) -> Result<(Option<u128>, Option<u128>)> {
+        let net = pool.net();
+        let (lo, hi) = (to_u128(net.network()), to_u128(net.broadcast()));
+        let mut b = start;
+        let mut gap = None;
+        while b <= hi {
+            let from = self.store.addr_hex_key(base, from_u128(b, is6));
+            let page = self.store.keys_page(&from, &prefix_end(base), PAGE)?;
+            let claimed: HashSet<u128> = page
+                .iter()
+                .map(|k| {
+                    std::str::from_utf8(&k[base.len()..])
+                        .ok()
+                        .and_then(parse_hex)
+                        .ok_or_else(|| super::corrupt(k, "not a block start"))
+                })
+                .collect::<Result<_>>()?;
+            // A full page says nothing beyond its last key: look up to there only.
+            let until = match claimed.iter().max() {
+                Some(last) if page.len() == PAGE => last.saturating_add(1),
+                _ => hi.saturating_add(1),
+            };
+            while b < until && b <= hi {
+                if !claimed.contains(&b) {
+                    gap.get_or_insert(b);
+                    let has_pair = (b.max(lo)..=(b + size - 1).min(hi))
+                        .any(|a| pool.index_of(from_u128(a, is6)).is_some());
+                    if has_pair {
+                        return Ok((Some(b), gap));
+                    }
+                }
+                match b.checked_add(size) {
+                    Some(n) => b = n,
+                    None => return Ok((None, gap)),
+                }
+            }
+        }
+        Ok((None, gap))
     }
 }

@@ -262,6 +262,8 @@ pub fn run(args: &[String]) -> Result {
             "1000,10000".into(),
             "--runs".into(),
             "50".into(),
+            "--etcd".into(),
+            "off".into(),
         ])?;
         text.push_str(&report::alloc_summary()?);
     }

@@ -1,0 +1,417 @@
+//! `bench alloc`'s etcd rows: ve-alloc on its etcd store, a real 3-member etcd cluster
+//! (testbed::etcd) in sandbox namespaces, every process started from a node namespace
+//! with nothing in between (the spawning thread has entered the namespace).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use testbed::etcd::Cluster;
+
+use crate::{bench::stats::timed, util::Result};
+
+/// Fleet nodes that hold the fleet's leases (besides the measured node, which holds
+/// only what it allocates itself); each is filled by one thread.
+pub const FILL_NODES: usize = 4;
+/// Names per `ve-alloc alloc --json NAME...` while filling: one etcd transaction, which
+/// etcd caps at 128 operations (3 puts and about 3 compares per name).
+const FILL_BATCH: usize = 32;
+
+/// The cluster and the release binary.
+pub struct Fleet {
+    pub cluster: Cluster,
+    bin: PathBuf,
+}
+
+/// `ve-alloc` with the etcd store at `url` as node `node`.
+fn va(bin: &Path, url: &str, node: &str, addr: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.env("VE_ALLOC_STORE", url)
+        .env("VE_ALLOC_NODE", node)
+        .env("VE_ALLOC_NODE_ADDRESS", addr)
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .env_remove("VE_ALLOC_POOL")
+        .env_remove("VE_ALLOC_POOL6");
+    c
+}
+
+/// Run `f` on a thread inside the network namespace at `ns` (its children start there).
+fn in_ns<T: Send + 'static>(
+    ns: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    testbed::in_netns(ns, f).map_err(|e| format!("entering {}: {e}", ns.display()))?
+}
+
+impl Fleet {
+    /// Start 3 members and 3 node namespaces; registered with the interrupt guard.
+    pub fn start(bin: &Path) -> Result<Fleet> {
+        let t = Instant::now();
+        let cluster = Cluster::start(3, 3)?;
+        crate::guard::namespaces(cluster.prefix());
+        crate::guard::dir(cluster.dir());
+        eprintln!(
+            "bench alloc: etcd cluster of 3 members up in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        Ok(Fleet {
+            cluster,
+            bin: bin.to_path_buf(),
+        })
+    }
+
+    fn url(&self, prefix: &str) -> String {
+        self.cluster.url(prefix)
+    }
+
+    /// Fill the store under `prefix` with `n` leases held by [`FILL_NODES`] other nodes,
+    /// through `ve-alloc alloc --json` of [`FILL_BATCH`] names per process, all nodes at
+    /// once (from node namespace 2). Returns how long it took.
+    pub fn fill(&self, prefix: &str, n: usize) -> Result<Duration> {
+        let t = Instant::now();
+        let ns = self.cluster.nodes[1].ns.path();
+        let addr = self.cluster.nodes[1].addr.clone();
+        let url = self.url(prefix);
+        let results: Vec<Result> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..FILL_NODES)
+                .map(|f| {
+                    let (ns, url, addr, bin) =
+                        (ns.clone(), url.clone(), addr.clone(), self.bin.clone());
+                    s.spawn(move || {
+                        // Node f holds leases f, f + FILL_NODES, ...
+                        let names: Vec<String> = (f..n)
+                            .step_by(FILL_NODES)
+                            .map(|i| format!("f{i}"))
+                            .collect();
+                        let node = format!("fleet-{f}");
+                        in_ns(&ns, move || {
+                            for batch in names.chunks(FILL_BATCH) {
+                                timed(
+                                    va(&bin, &url, &node, &addr)
+                                        .args(["--wait", "30", "alloc", "--json"])
+                                        .args(batch),
+                                    None,
+                                )?;
+                            }
+                            Ok(())
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("fill thread panicked".into()))
+                })
+                .collect()
+        });
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(t.elapsed())
+    }
+
+    /// A measurement point on node 1 under `prefix`.
+    pub fn point(&self, prefix: &str) -> Point {
+        let n = &self.cluster.nodes[0];
+        Point {
+            bin: self.bin.clone(),
+            ns: n.ns.path(),
+            url: self.url(prefix),
+            node: n.name.clone(),
+            addr: n.addr.clone(),
+        }
+    }
+
+    /// `etcdctl put` as a process from node 1, `runs` times: the quorum-write floor of a
+    /// per-process client.
+    pub fn etcdctl_put(&self, runs: usize) -> Result<Vec<Duration>> {
+        let ns = self.cluster.nodes[0].ns.path();
+        let endpoints = self.cluster.endpoints();
+        in_ns(&ns, move || {
+            (0..runs)
+                .map(|i| {
+                    timed(
+                        Command::new("etcdctl")
+                            .env("ETCDCTL_API", "3")
+                            .arg(format!("--endpoints={endpoints}"))
+                            .args(["put", "/floor/etcdctl", &i.to_string()]),
+                        None,
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// One `PUT` per request over one kept-alive connection to the gateway of the first
+    /// endpoint (the one ve-alloc talks to first), `runs` times, after one untimed.
+    pub fn gateway_put(&self, runs: usize) -> Result<Vec<Duration>> {
+        let ns = self.cluster.nodes[0].ns.path();
+        let ep = self.cluster.members[0].endpoint();
+        in_ns(&ns, move || {
+            let s = TcpStream::connect(&ep).map_err(|e| format!("connecting {ep}: {e}"))?;
+            s.set_nodelay(true).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let mut r = BufReader::new(s);
+            let mut out = Vec::with_capacity(runs);
+            for i in 0..=runs {
+                // "/floor/gateway" and a value, base64 as the gateway takes bytes.
+                let body = format!(
+                    r#"{{"key":"L2Zsb29yL2dhdGV3YXk=","value":"{}"}}"#,
+                    ["MA==", "MQ=="][i % 2]
+                );
+                let req = format!(
+                    "POST /v3/kv/put HTTP/1.1\r\nHost: {ep}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let t = Instant::now();
+                r.get_mut()
+                    .write_all(req.as_bytes())
+                    .map_err(|e| format!("gateway put: {e}"))?;
+                let status = read_response(&mut r).map_err(|e| format!("gateway put: {e}"))?;
+                let d = t.elapsed();
+                if status != 200 {
+                    return Err(format!("gateway put: HTTP {status}"));
+                }
+                if i > 0 {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// CPU time the etcd members have used so far.
+    pub fn members_cpu(&self) -> Duration {
+        self.cluster
+            .members
+            .iter()
+            .flat_map(|m| pids_in(m.ns.name()))
+            .map(cpu_of)
+            .sum()
+    }
+
+    /// Allocations per second of `nodes` nodes (prefix `prefix`, empty at the start),
+    /// `parallel` allocator threads per node, `per_node` allocations per node, all at
+    /// once; each allocation is one `ve-alloc alloc NAME` process. With the CPU time
+    /// the allocations and the etcd members used, to tell a CPU-bound run.
+    pub fn throughput(
+        &self,
+        prefix: &str,
+        nodes: usize,
+        parallel: usize,
+        per_node: usize,
+    ) -> Result<Throughput> {
+        let url = self.url(prefix);
+        let (etcd0, children0, machine0) = (self.members_cpu(), children_cpu(), machine_cpu());
+        let t = Instant::now();
+        let results: Vec<Result> = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for node in &self.cluster.nodes[..nodes] {
+                let next = Arc::new(AtomicUsize::new(0));
+                for _ in 0..parallel {
+                    let (next, url, bin) = (next.clone(), url.clone(), self.bin.clone());
+                    let (ns, name, addr) = (node.ns.path(), node.name.clone(), node.addr.clone());
+                    handles.push(s.spawn(move || {
+                        in_ns(&ns, move || loop {
+                            let k = next.fetch_add(1, Ordering::SeqCst);
+                            if k >= per_node {
+                                return Ok(());
+                            }
+                            timed(
+                                va(&bin, &url, &name, &addr).args([
+                                    "--wait",
+                                    "30",
+                                    "alloc",
+                                    &format!("{name}-{k}"),
+                                ]),
+                                None,
+                            )?;
+                        })
+                    }));
+                }
+            }
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("allocator thread panicked".into()))
+                })
+                .collect()
+        });
+        let took = t.elapsed();
+        let n = (nodes * per_node) as u32;
+        let (busy, total) = machine_cpu();
+        let tp = Throughput {
+            per_second: f64::from(n) / took.as_secs_f64(),
+            alloc_cpu: children_cpu().saturating_sub(children0) / n,
+            etcd_cpu: self.members_cpu().saturating_sub(etcd0) / n,
+            machine_busy: (busy - machine0.0) as f64 / ((total - machine0.1).max(1)) as f64,
+        };
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(tp)
+    }
+}
+
+/// One throughput round's result.
+pub struct Throughput {
+    pub per_second: f64,
+    /// CPU time per allocation of the ve-alloc processes (user + system).
+    pub alloc_cpu: Duration,
+    /// CPU time per allocation of the three etcd members.
+    pub etcd_cpu: Duration,
+    /// The share of the machine's CPU time that was busy during the round (any
+    /// process's, also other work's).
+    pub machine_busy: f64,
+}
+
+/// The processes in network namespace `ns`.
+fn pids_in(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ticks(t: u64) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(t * 1_000_000_000 / hz)
+}
+
+/// User + system CPU time of process `pid` (zero when it is gone).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which ends with the last ')': state is field 3,
+    // utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    ticks(f.iter().sum())
+}
+
+/// User + system CPU time of this process's waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass; zeroed is a valid rusage.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The machine's busy and total CPU ticks so far (/proc/stat).
+fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// One `alloc` on node 1 at a fleet's size, released again (untimed).
+pub struct Point {
+    bin: PathBuf,
+    ns: PathBuf,
+    url: String,
+    node: String,
+    addr: String,
+}
+
+impl Point {
+    /// Time `alloc NAME`, then release it.
+    pub fn sample(&self, name: &str) -> Result<Duration> {
+        let (bin, url, node, addr, name) = (
+            self.bin.clone(),
+            self.url.clone(),
+            self.node.clone(),
+            self.addr.clone(),
+            name.to_string(),
+        );
+        in_ns(&self.ns, move || {
+            let d = timed(va(&bin, &url, &node, &addr).args(["alloc", &name]), None)?;
+            timed(va(&bin, &url, &node, &addr).args(["release", &name]), None)?;
+            Ok(d)
+        })
+    }
+}
+
+/// The status of one HTTP/1.1 response, its body read and dropped (Content-Length or
+/// chunked), so the connection can carry the next request.
+fn read_response(r: &mut impl BufRead) -> std::io::Result<u16> {
+    let bad = |w: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, w.to_string());
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().map_err(|_| bad("bad Content-Length"))?;
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = v.trim().eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let n = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk"))?;
+            skip(r, n)?;
+            line.clear();
+            r.read_line(&mut line)?;
+            if n == 0 {
+                return Ok(status);
+            }
+        }
+    }
+    skip(r, length)?;
+    Ok(status)
+}
+
+/// Read and drop `n` bytes.
+fn skip(r: &mut impl BufRead, n: usize) -> std::io::Result<()> {
+    std::io::copy(&mut r.by_ref().take(n as u64), &mut std::io::sink()).map(|_| ())
+}
