@@ -18,6 +18,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "etcd-server",
     "etcd-client",
+    "podman",
 ];
 
 /// The tools, as installed on a host: e2e/tests/systemd_boot.rs installs their release
