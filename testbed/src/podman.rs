@@ -238,12 +238,31 @@ impl Podman {
 
     /// `podman run OPTIONS --rootfs ROOTFS:O ARGV`; its stdout.
     pub fn run(&self, options: &[&str], argv: &[&str]) -> Result<String, String> {
-        let rootfs = format!("{}:O", self.rootfs.display());
-        let mut args = vec!["run"];
-        args.extend_from_slice(options);
-        args.extend(["--rootfs", &rootfs]);
-        args.extend_from_slice(argv);
-        self.podman(&args)
+        let out = self
+            .run_command(options, argv)
+            .output()
+            .map_err(|e| format!("running podman: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "podman run {} {}: {}: {}",
+                options.join(" "),
+                argv.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The command `podman run OPTIONS --rootfs ROOTFS:O ARGV`, not yet started.
+    pub fn run_command(&self, options: &[&str], argv: &[&str]) -> Command {
+        let mut c = self.command();
+        c.arg("run")
+            .args(options)
+            .arg("--rootfs")
+            .arg(format!("{}:O", self.rootfs.display()))
+            .args(argv);
+        c
     }
 
     /// The scratch directory everything lives in (removed on drop).
