@@ -71,19 +71,21 @@ impl PodmanRow {
 
     /// The table: median, p90 and network share per row, then the ratio and verdict.
     pub fn report(&self) -> String {
+        let rows = [&self.none, &self.ours, &self.reference];
+        let w = rows.iter().map(|t| t.label.len()).max().unwrap_or(0);
         let mut s = format!(
-            "podman 4.3 `run --rm --rootfs ... true`, {} runs each (ms)\n\
-             {:<36} {:>9} {:>9} {:>9}\n",
+            "podman 4.3 `run --rm --rootfs ... true`, {} runs each (ms; share: minus none)\n\
+             {:<w$} {:>9} {:>9} {:>9}\n",
             self.runs, "network", "median", "p90", "share"
         );
-        for t in [&self.none, &self.ours, &self.reference] {
+        for t in rows {
             let share = if t.label == self.none.label {
                 "-".to_string()
             } else {
                 ms(t.median.saturating_sub(self.none.median))
             };
             s.push_str(&format!(
-                "{:<36} {:>9} {:>9} {:>9}\n",
+                "{:<w$} {:>9} {:>9} {:>9}\n",
                 t.label,
                 ms(t.median),
                 ms(t.p90),
