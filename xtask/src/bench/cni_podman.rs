@@ -5,8 +5,9 @@
 //! portmap) and with `--network none`. The network's share is a time minus the
 //! none time; issue 15's target is ours at most half the reference's.
 //!
-//! The three run in lockstep, each in a sandbox host namespace of its own, so load
-//! changes hit all alike; one discarded warm-up run each (podman's first run in a fresh
+//! The three run in lockstep (round-robin, the order rotating every round), each in a
+//! sandbox host namespace of its own, so load changes hit all alike; one discarded
+//! warm-up run each (podman's first run in a fresh
 //! root initialises its database, and ve-nat's first ADD installs its table).
 
 use std::{
@@ -282,9 +283,12 @@ pub fn podman_row(tools: &Path, runs: usize) -> Result<PodmanRow> {
         bed.once()?;
     }
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); beds.len()];
-    for _ in 0..runs {
-        for (bed, s) in beds.iter().zip(samples.iter_mut()) {
-            s.push(bed.once()?);
+    // Round-robin, each round starting one bed later: no network always runs right
+    // after the same other one.
+    for round in 0..runs {
+        for k in 0..beds.len() {
+            let i = (round + k) % beds.len();
+            samples[i].push(beds[i].once()?);
         }
     }
     let mut timings = beds.iter().zip(samples.iter_mut()).map(|(bed, s)| {
