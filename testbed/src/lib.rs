@@ -11,6 +11,8 @@
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
 //! - [`networkd`]: a real systemd-networkd on such a bus.
 //! - [`firewalld`]: a real firewalld on a private D-Bus bus.
+//! - [`podman`]: a real podman with its CNI backend, containers from [`rootfs`].
+//! - [`rootfs`]: a debootstrap Debian rootfs, built once and cached.
 //! - [`process`]: stopping children, polling.
 //!
 //! Everything needed often is re-exported here.
@@ -23,8 +25,10 @@ pub mod nat;
 pub mod netns;
 pub mod networkd;
 pub mod nm;
+pub mod podman;
 pub mod privilege;
 pub mod process;
+pub mod rootfs;
 pub mod sandbox;
 
 pub use host::{uplink, HOST_UPLINK, OUTSIDE};

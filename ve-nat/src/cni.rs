@@ -350,18 +350,26 @@ fn delete_where(gone: impl Fn(&str) -> bool) -> common::Result<()> {
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
     let have = listing()?;
-    let mut batch = Batch::new();
-    let mut n = 0;
+    // Per owner, all its mappings at once: elements they share are deleted once.
+    let mut by_owner: Vec<(String, Vec<Mapping>)> = Vec::new();
     for (o, m) in nft_cni::installed(&have) {
-        if gone(&o) {
-            for obj in nft_cni::elements_of(&o, std::slice::from_ref(&m)) {
-                batch.delete(obj);
-            }
-            n += 1;
+        if !gone(&o) {
+            continue;
+        }
+        match by_owner.iter_mut().find(|(x, _)| *x == o) {
+            Some((_, ms)) => ms.push(m),
+            None => by_owner.push((o, vec![m])),
         }
     }
+    let n: usize = by_owner.iter().map(|(_, ms)| ms.len()).sum();
     if n == 0 {
         return Ok(());
+    }
+    let mut batch = Batch::new();
+    for (o, ms) in &by_owner {
+        for obj in nft_cni::elements_of(o, ms) {
+            batch.delete(obj);
+        }
     }
     run_batch(batch, "deleting port mappings from table inet ve-nat-cni")?;
     log::info!("{n} port mapping(s) deleted");

@@ -321,12 +321,15 @@ pub fn elements(owner: &Owner, mappings: &[Mapping]) -> Vec<NfListObject<'static
 }
 
 /// As [`elements`], with the comment as listed (`installed`), for deleting them.
+/// Each element appears once: mappings to one container port share their `dst`
+/// element, and nft fails a whole transaction that deletes an element twice.
 pub fn elements_of(owner: &str, mappings: &[Mapping]) -> Vec<NfListObject<'static>> {
     let mut by_set: Vec<(&'static str, Vec<Expression<'static>>)> = Vec::new();
     let mut push = |name: &'static str, e: Expression<'static>| match by_set
         .iter_mut()
         .find(|(n, _)| *n == name)
     {
+        Some((_, v)) if v.contains(&e) => {}
         Some((_, v)) => v.push(e),
         None => by_set.push((name, vec![e])),
     };
@@ -526,6 +529,30 @@ mod tests {
         assert!(back.iter().any(|(_, x)| *x == maps[1]));
         assert!(maps[0].clashes(&m("tcp", 8080, "10.233.0.9", 81, None)));
         assert!(!maps[0].clashes(&m("udp", 8080, "10.233.0.9", 81, None)));
+    }
+
+    #[test]
+    fn mappings_to_one_container_port_share_one_dst_element() {
+        // podman -p 8080:80 -p 192.0.2.1:8082:80: two keys, one destination. Deleting
+        // an element twice fails nft's whole transaction (and with it the CNI DEL).
+        let maps = vec![
+            m("tcp", 8080, "10.233.0.3", 80, None),
+            m("tcp", 8082, "10.233.0.3", 80, Some("192.0.2.1")),
+        ];
+        for obj in elements_of("net/ctr/eth0", &maps) {
+            let v = serde_json::to_value(&obj).unwrap();
+            let elems = v["element"]["elem"].as_array().unwrap().clone();
+            for (i, e) in elems.iter().enumerate() {
+                assert!(
+                    !elems[..i].contains(e),
+                    "twice in {}: {e}",
+                    v["element"]["name"]
+                );
+            }
+            if v["element"]["name"] == "dst4" {
+                assert_eq!(elems.len(), 1, "{v}");
+            }
+        }
     }
 
     #[test]

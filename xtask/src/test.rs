@@ -19,6 +19,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "openssl",
+    "podman",
 ];
 
 /// The tools, as installed on a host: e2e/tests/systemd_boot.rs installs their release

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the tools measured next to what users would pick instead.
 
 mod alloc;
+mod cni_podman;
 mod link;
 mod nat;
 mod nm;
@@ -29,6 +30,8 @@ WHAT:
           options: see `cargo xtask bench nm --help`
   nat     ve-nat up/down and the per-container NAT cost, against CNI ptp with ipMasq
           options: --containers N, --runs R
+  cni-podman  podman 4.3 `run --rm ... true` on our CNI plugins, the reference ones and
+          `--network none`: each network's share and the ratio (--runs N, default 20)
   watch   ve-nat watch: NAT back after `nft flush ruleset` (--flushes N, default 20)
   link    ve-link up/down alone against the NixOS `ip` sequence: the pipeline bench
           with ve, ve-link, both NixOS rows and `ip -batch`
@@ -55,6 +58,7 @@ pub fn run(args: &[String]) -> Result {
         "link" => link::run(rest),
         "pipeline" => pipeline::run(rest),
         "watch" => watch::run(rest),
+        "cni-podman" => cni_podman::run(rest),
         "all" => {
             if help_only(what, rest)? {
                 say!("{USAGE}");
@@ -82,6 +86,7 @@ fn help_only(what: &str, rest: &[String]) -> Result<bool> {
         "nat" => nat::parse(rest).map(|o| o.is_none()),
         "link" => link::parse(rest).map(|o| o.is_none()),
         "pipeline" => pipeline::parse(rest).map(|o| o.is_none()),
+        "cni-podman" => cni_podman::parse(rest).map(|o| o.is_none()),
         "all" => match rest {
             [] => Ok(false),
             [h] if h == "-h" || h == "--help" => Ok(true),
@@ -103,7 +108,15 @@ mod tests {
 
     #[test]
     fn every_bench_takes_help_and_refuses_unknown_options_before_running() {
-        for what in ["all", "alloc", "nm", "nat", "link", "pipeline"] {
+        for what in [
+            "all",
+            "alloc",
+            "nm",
+            "nat",
+            "link",
+            "pipeline",
+            "cni-podman",
+        ] {
             for help in ["-h", "--help"] {
                 assert_eq!(help_only(what, &args(&[help])), Ok(true), "{what} {help}");
             }
