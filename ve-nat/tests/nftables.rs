@@ -652,3 +652,62 @@ fn loopback_guard() {
     assert_eq!(t.route_localnet("ve-c1"), Some(false));
     assert!(blocked(ctr, "127.0.0.1:9999"));
 }
+
+/// `down` deletes table inet ve-nat over netlink: no `nft` process at all, and only one
+/// (the listing that gives the table's --internal patterns) while route_localnet is on
+/// somewhere. Every nft ve-nat starts goes through a logging wrapper first on PATH.
+#[test]
+fn down_runs_nft_at_most_to_read_patterns() {
+    if !gate("down_runs_nft_at_most_to_read_patterns") {
+        return;
+    }
+    let t = topo(1, false);
+    let dir = TempDir::new("ve-nat-nft-wrap");
+    let log = dir.path().join("nft.log");
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nft installed");
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec {real} \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let down = |backend: &str| {
+        let _ = std::fs::remove_file(&log);
+        let mut c = t.nat_cmd_with(backend, &["down"]);
+        let o = c.env("PATH", &path).output().unwrap();
+        assert!(o.status.success(), "down: {}", stderr(&o));
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let a = ["--external", "up0", "--forward", "tcp:8080:10.233.1.2:80"];
+    for backend in ["nftables", "auto"] {
+        t.nat_ok(&[&["up"][..], &a, &["--no-localhost"]].concat());
+        assert!(has_ours(&t));
+        assert_eq!(down(backend), "", "--backend {backend}: nft ran");
+        assert!(
+            !has_ours(&t),
+            "--backend {backend}: the table is still there"
+        );
+        // Gone already: still no nft, still success.
+        assert_eq!(down(backend), "", "--backend {backend}: nft ran");
+    }
+    // Localhost forwards on: the table's patterns are read first (one nft), then
+    // route_localnet goes off while the loopback guard is still in.
+    t.nat_ok(&[&["up"][..], &a].concat());
+    assert_eq!(t.route_localnet_on(), ["ve-c1"]);
+    assert_eq!(down("nftables").lines().count(), 1);
+    assert!(!has_ours(&t));
+    assert!(t.route_localnet_on().is_empty());
+}
