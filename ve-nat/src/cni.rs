@@ -154,13 +154,15 @@ fn delete_everywhere(
     gone_nft: &dyn Fn(&str) -> bool,
     gone_tag: &dyn Fn(&str) -> bool,
 ) -> Result<(), CniError> {
-    let rs = nft::ruleset();
     let mut errors = Vec::new();
-    if rs.as_deref().is_some_and(nft_cni::present) {
-        if let Err(e) = delete_where(gone_nft) {
+    // One listing serves both the elements and where else to look.
+    let rs = match delete_where(gone_nft) {
+        Ok(rs) => rs,
+        Err(e) => {
             errors.push(e);
+            nft::ruleset()
         }
-    }
+    };
     let mut backends = Vec::new();
     if let Chosen::Iptables(b) = choose(backend, rs.as_deref()) {
         backends.push(b);
@@ -388,8 +390,12 @@ fn mappings(req: &Cni, prev: &Value, ipv6: bool) -> Result<Vec<Mapping>, CniErro
 
 /// `nft -j list table inet ve-nat-cni`, or nothing when it is not there.
 fn listing() -> common::Result<Vec<Value>> {
-    let rs = native::ruleset()?;
-    Ok(rs
+    Ok(cni_table(native::ruleset()?))
+}
+
+/// The objects of table inet ve-nat-cni in `ruleset`.
+fn cni_table(ruleset: Vec<Value>) -> Vec<Value> {
+    ruleset
         .into_iter()
         .filter(|o| {
             o.as_object()
@@ -400,7 +406,7 @@ fn listing() -> common::Result<Vec<Value>> {
                             || (o.get("table").is_some() && v["name"] == nft_cni::TABLE))
                 })
         })
-        .collect())
+        .collect()
 }
 
 fn run_batch(batch: Batch<'_>, what: &str) -> common::Result<()> {
@@ -473,14 +479,16 @@ fn add(
     Ok(())
 }
 
-/// Delete the elements of the containers `gone` chooses, in one transaction.
-fn delete_where(gone: impl Fn(&str) -> bool) -> common::Result<()> {
+/// Delete the elements of the containers `gone` chooses, in one transaction. Returns
+/// the ruleset as listed (under the lock, before the deletion), `None` without nft.
+fn delete_where(gone: &dyn Fn(&str) -> bool) -> common::Result<Option<Vec<Value>>> {
     // Without nft there is nothing of ours to delete.
     if native::installed().is_err() {
-        return Ok(());
+        return Ok(None);
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
-    let have = listing()?;
+    let rs = native::ruleset()?;
+    let have = cni_table(rs.clone());
     let mut batch = Batch::new();
     let mut n = 0;
     for (o, m) in nft_cni::installed(&have) {
@@ -491,12 +499,11 @@ fn delete_where(gone: impl Fn(&str) -> bool) -> common::Result<()> {
             n += 1;
         }
     }
-    if n == 0 {
-        return Ok(());
+    if n > 0 {
+        run_batch(batch, "deleting port mappings from table inet ve-nat-cni")?;
+        log::info!("{n} port mapping(s) deleted");
     }
-    run_batch(batch, "deleting port mappings from table inet ve-nat-cni")?;
-    log::info!("{n} port mapping(s) deleted");
-    Ok(())
+    Ok(Some(rs))
 }
 
 /// Only this network's mappings, those of attachments not in `valid-attachments`.

@@ -115,9 +115,8 @@ pub const MANUAL: Manual = Manual {
              backend, per address family and table one -save to read and at most one \
              `-restore --noflush` transaction to change, and after down with iptables-nft nft \
              deletes the tables and built-in chains left empty; iptables-legacy-save is read \
-             only when the kernel lists a legacy table. down with nftables runs no nft \
-             (the table is deleted over nf_tables netlink) unless route_localnet is on \
-             somewhere: then one nft listing first",
+             only when the kernel lists a legacy table. down with nftables runs no nft: \
+             it reads and deletes over nf_tables netlink",
         ),
     ],
     examples: &[

@@ -845,36 +845,45 @@ fn down_nftables(cni: bool) -> Result<()> {
     let mut nl = nfnl::Nfnl::open()
         .map_err(|e| log::debug!("nf_tables netlink: {e}; using nft"))
         .ok();
+    let localnet = route_localnet_anywhere(&sys)?;
+    // What is where, and (with route_localnet on somewhere) the table's --internal
+    // patterns: over netlink, or from nft's listing when netlink cannot tell.
+    let listed = nl.as_mut().map(|nl| -> std::io::Result<_> {
+        let seen = Seen::of_netlink(nl)?;
+        let pats = if localnet {
+            nl.iifnames(
+                netlink_packet_netfilter::NetfilterProtoFamily::Inet,
+                nft_table::TABLE,
+                "prerouting",
+            )?
+        } else {
+            Vec::new()
+        };
+        Ok((seen, nft_table::patterns_of(&pats)))
+    });
+    let (seen, mut pats) = match listed {
+        Some(Ok(found)) => found,
+        other => {
+            if let Some(Err(e)) = other {
+                log::debug!("nf_tables netlink: {e}; using nft");
+            }
+            let rs = native::ruleset()?;
+            (Seen::of_ruleset(&rs), nft_table::internal_patterns(&rs))
+        }
+    };
+    let holders = iptables_holding(seen.shell);
     let mut errors = Vec::new();
-    let (holders, seen) = if route_localnet_anywhere(&sys)? {
-        let rs = native::ruleset()?;
-        let holders = iptables_holding_ours(&rs);
-        let mut pats = nft_table::internal_patterns(&rs);
+    if localnet {
         for fw in &holders {
             pats.extend(localnet_patterns(apply::installed(fw).ok().as_deref()));
         }
         pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
         // route_localnet off while the loopback guard is still there.
         errors.extend(sys.clear_route_localnet(&pats));
-        if let Err(e) = delete_native(nl.as_mut()) {
-            errors.push(e);
-        }
-        (holders, Seen::of_ruleset(&rs))
-    } else {
-        if let Err(e) = delete_native(nl.as_mut()) {
-            errors.push(e);
-        }
-        let seen = match nl.as_mut().map(Seen::of_netlink) {
-            Some(Ok(seen)) => seen,
-            other => {
-                if let Some(Err(e)) = other {
-                    log::debug!("nf_tables netlink: {e}; using nft");
-                }
-                Seen::of_ruleset(&native::ruleset()?)
-            }
-        };
-        (iptables_holding(seen.shell), seen)
-    };
+    }
+    if let Err(e) = delete_native(nl.as_mut()) {
+        errors.push(e);
+    }
     for fw in &holders {
         log::info!(
             "{}: removing ve-nat's rules from the {} backend",

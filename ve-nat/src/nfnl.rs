@@ -3,7 +3,8 @@
 //! `down` that deleted table inet ve-nat through two nft processes spent most of its
 //! 21-28 ms starting them. Here one socket deletes the table (one transaction,
 //! `NFT_MSG_DELTABLE`; not there is ENOENT, which counts as done) and lists chain
-//! names (a `NFT_MSG_GETCHAIN` dump), with messages built and parsed by
+//! names (a `NFT_MSG_GETCHAIN` dump) and the interface names one chain's rules match
+//! (a `NFT_MSG_GETRULE` dump), with messages built and parsed by
 //! `netlink-packet-netfilter`.
 
 use std::{io, time::Duration};
@@ -13,7 +14,11 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::{
-    nftables::{ChainAttribute, ChainMessage, NfTablesMessage, TableAttribute, TableMessage},
+    nftables::{
+        ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions,
+        ListAttribute, Meta, MetaKey, NfTablesMessage, Operator, RuleAttribute, RuleMessage,
+        TableAttribute, TableMessage,
+    },
     none::ControlMessage,
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
@@ -154,6 +159,69 @@ impl Nfnl {
         Ok(chains)
     }
 
+    /// The input interface names the rules of chain `family table chain` compare
+    /// with (`meta iifname == NAME`), as nft writes them: `ve-*` for a prefix match
+    /// (nft sends the stem without its NUL), `eth0` for a whole name. Nothing when the
+    /// table or chain is not there.
+    pub fn iifnames(
+        &mut self,
+        family: NetfilterProtoFamily,
+        table: &str,
+        chain: &str,
+    ) -> io::Result<Vec<String>> {
+        let seq = self.next_seq();
+        let mut out = Vec::new();
+        emit(
+            &mut out,
+            seq,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            NetfilterMessage::new(
+                NetfilterHeader::new(family, 0, 0),
+                NfTablesMessage::GetRule(RuleMessage {
+                    attributes: vec![
+                        RuleAttribute::Table(table.to_string()),
+                        RuleAttribute::Chain(chain.to_string()),
+                    ],
+                }),
+            ),
+        );
+        self.sock.send(&out, 0)?;
+        let mut names = Vec::new();
+        self.read(|m| {
+            if m.header.sequence_number != seq {
+                return Ok(false);
+            }
+            if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                return Err(io::Error::other(
+                    "the ruleset changed while its rules were listed",
+                ));
+            }
+            match &m.payload {
+                NetlinkPayload::Done(_) => return Ok(true),
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        Some(c) if -c.get() == libc::ENOENT => Ok(true),
+                        Some(_) => Err(e.to_io()),
+                        None => Ok(true),
+                    }
+                }
+                NetlinkPayload::InnerMessage(NetfilterMessage {
+                    inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)),
+                    ..
+                }) => {
+                    for a in &r.attributes {
+                        if let RuleAttribute::Expressions(list) = a {
+                            names.extend(iifname_matches(list));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            Ok(false)
+        })?;
+        Ok(names)
+    }
+
     /// Hand each message that comes in to `each` until it says the answer is complete.
     fn read(
         &self,
@@ -184,6 +252,55 @@ impl Nfnl {
             }
         }
     }
+}
+
+/// In one rule's expressions: each `meta load iifname => reg R` followed by `cmp eq
+/// reg R DATA`, as the name nft would print.
+fn iifname_matches(list: &[ListAttribute<ExpressionAttribute>]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut iifname_in = None;
+    for item in list {
+        let ListAttribute::Element(attrs) = item else {
+            continue;
+        };
+        for a in attrs {
+            let ExpressionAttribute::Data(data) = a else {
+                continue;
+            };
+            match data {
+                Expressions::Meta(m) => {
+                    let key = m.iter().find_map(|x| match x {
+                        Meta::Key(k) => Some(*k),
+                        _ => None,
+                    });
+                    iifname_in = m.iter().find_map(|x| match x {
+                        Meta::DestinationRegister(r) if key == Some(MetaKey::Iifname) => Some(*r),
+                        _ => None,
+                    });
+                }
+                Expressions::Cmp(c) => {
+                    let reg = c.iter().find_map(|x| match x {
+                        Cmp::SourceRegister(r) => Some(*r),
+                        _ => None,
+                    });
+                    let eq = c.iter().any(|x| matches!(x, Cmp::Op(Operator::Equal)));
+                    let value = c.iter().find_map(|x| match x {
+                        Cmp::Data(DataAttribute::Value(v)) => Some(v.clone()),
+                        _ => None,
+                    });
+                    if let (true, true, Some(v)) = (reg.is_some() && reg == iifname_in, eq, value) {
+                        out.push(match v.iter().position(|b| *b == 0) {
+                            Some(end) => String::from_utf8_lossy(&v[..end]).into_owned(),
+                            None => format!("{}*", String::from_utf8_lossy(&v)),
+                        });
+                    }
+                    iifname_in = None;
+                }
+                _ => iifname_in = None,
+            }
+        }
+    }
+    out
 }
 
 fn emit(out: &mut Vec<u8>, seq: u32, flags: u16, msg: NetfilterMessage) {
