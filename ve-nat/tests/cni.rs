@@ -151,6 +151,17 @@ fn cni_lifecycle(backend: &'static str) {
         "192.0.2.1",
         "masquerade"
     );
+    // `ve-nat up` with a forward of its own replaces the shared chains; later ADDs
+    // leave them as they are.
+    let up = [
+        "up",
+        "--external",
+        "up0",
+        "--forward",
+        "tcp:9090:10.233.3.2:80",
+    ];
+    t.nat_ok(&up);
+    assert_eq!(seen(&t.out, "192.0.2.1:9090"), "192.0.2.2");
     assert_eq!(
         seen(&t.out, "192.0.2.1:8080"),
         "192.0.2.2",
@@ -160,7 +171,6 @@ fn cni_lifecycle(backend: &'static str) {
     assert_eq!(seen(&t.ctrs[1], "192.0.2.1:8080"), "10.233.1.1");
     let post = chain(&t, "nat", "ve-nat-post");
     let fwd = chain(&t, "filter", "ve-nat-fwd");
-    assert_eq!(post.len(), 1, "{post:?}");
     // Nothing of iptables' other backend, and no nftables table of ours.
     assert!(!t.host.sh("nft list tables").contains("inet ve-nat"));
 
@@ -212,7 +222,16 @@ fn cni_lifecycle(backend: &'static str) {
     let c3 = conf(&t, 3, &[(8081, 80)], NET);
     let r = call(&t, "ADD", &c3, &id(3));
     assert!(!r.ok && r.stdout["code"] == 173, "{}", r.stdout);
+    // And `ve-nat up --forward`'s host port: refused too.
+    let r = call(&t, "ADD", &conf(&t, 3, &[(9090, 80)], NET), &id(3));
+    assert!(!r.ok && r.stdout["code"] == 173, "{}", r.stdout);
     assert_eq!(chain(&t, "nat", "ve-nat-cni-pre").len(), 2);
+    let check = [&["check"][..], &up[1..]].concat();
+    assert_eq!(
+        t.nat(&check).status.code(),
+        Some(0),
+        "ADD changed up's chains"
+    );
 
     // DEL of container 1: its rules go, container 2's stay; DEL twice is fine.
     ok(&t, "DEL", &c1, &id(1));
@@ -250,6 +269,11 @@ fn cni_lifecycle(backend: &'static str) {
     ok(&t, "GC", &gc, "");
     assert!(blocked(&t.out, "192.0.2.1:8081"));
     assert_eq!(seen(&t.out, "192.0.2.1:8084"), "192.0.2.2");
+    assert_eq!(
+        seen(&t.out, "192.0.2.1:9090"),
+        "192.0.2.2",
+        "GC took up's forward"
+    );
 
     // `ve-nat down` (shell mode): ve-nat's chains go, CNI mode's mapping stays (and
     // still answers), with a note; `down --cni` removes it too.
@@ -313,4 +337,36 @@ fn down_leaves_cni_mappings_unless_asked() {
     assert!(!t.host.sh("nft list tables").contains("ve-nat"));
     assert!(blocked(&t.out, "192.0.2.1:8080"));
     t.nat_ok(&["down", "--cni"]);
+}
+
+/// IPv6 (`"ipv6": true`) with iptables-nft: ip6tables gets the shared NAT and the
+/// mapping to the container's IPv6 address; DEL takes both families' rules.
+#[test]
+fn cni_mode_with_iptables_ipv6() {
+    if !gate("cni_mode_with_iptables_ipv6") {
+        return;
+    }
+    let t = Topo::new("iptables-nft", 1, true);
+    let _srv = Server::start(&t.ctrs[0], "[fd00:1::2]:80");
+    let _srv4 = Server::start(&t.ctrs[0], "10.233.1.2:80");
+    let outside = Server::start(&t.out, "[2001:db8::2]:9000");
+    let mut c = conf(&t, 1, &[(8080, 80)], NET);
+    c["ipv6"] = json!(true);
+    c["prevResult"]["ips"] = json!([{"address": "10.233.1.2/24", "interface": 1},
+                                    {"address": "fd00:1::2/64", "interface": 1}]);
+    ok(&t, "ADD", &c, &id(1));
+    assert_eq!(
+        seen(&t.ctrs[0], "[2001:db8::2]:9000"),
+        "2001:db8::1",
+        "NAT66"
+    );
+    assert_eq!(seen(&t.out, "[2001:db8::1]:8080"), "2001:db8::2");
+    assert_eq!(seen(&t.out, "192.0.2.1:8080"), "192.0.2.2");
+    ok(&t, "CHECK", &c, &id(1));
+    ok(&t, "DEL", &c, &id(1));
+    assert!(blocked(&t.out, "[2001:db8::1]:8080"));
+    assert!(blocked(&t.out, "192.0.2.1:8080"));
+    let v6 = t.host.sh("ip6tables-nft-save -t nat");
+    assert!(!v6.contains("vecni-"), "{v6}");
+    drop(outside);
 }
