@@ -209,9 +209,24 @@ impl Nfnl {
                     inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)),
                     ..
                 }) => {
-                    for a in &r.attributes {
-                        if let RuleAttribute::Expressions(list) = a {
-                            names.extend(iifname_matches(list));
+                    // Kernels filter the dump by table and chain; these lines make
+                    // sure of it.
+                    let is = |want: &str, f: fn(&RuleAttribute) -> Option<&String>| {
+                        r.attributes.iter().filter_map(f).any(|v| v == want)
+                    };
+                    let in_table = is(table, |a| match a {
+                        RuleAttribute::Table(t) => Some(t),
+                        _ => None,
+                    });
+                    let in_chain = is(chain, |a| match a {
+                        RuleAttribute::Chain(c) => Some(c),
+                        _ => None,
+                    });
+                    if in_table && in_chain {
+                        for a in &r.attributes {
+                            if let RuleAttribute::Expressions(list) = a {
+                                names.extend(iifname_matches(list));
+                            }
                         }
                     }
                 }
@@ -334,4 +349,58 @@ fn set_recv_timeout(sock: &Socket, t: Duration) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_netfilter::nftables::Register;
+
+    fn expr(name: &str, data: Expressions) -> ListAttribute<ExpressionAttribute> {
+        ListAttribute::Element(vec![
+            ExpressionAttribute::Name(name.into()),
+            ExpressionAttribute::Data(data),
+        ])
+    }
+
+    fn iifname(reg: Register) -> ListAttribute<ExpressionAttribute> {
+        expr(
+            "meta",
+            Expressions::Meta(vec![
+                Meta::Key(MetaKey::Iifname),
+                Meta::DestinationRegister(reg),
+            ]),
+        )
+    }
+
+    fn cmp(reg: Register, op: Operator, v: &[u8]) -> ListAttribute<ExpressionAttribute> {
+        expr(
+            "cmp",
+            Expressions::Cmp(vec![
+                Cmp::SourceRegister(reg),
+                Cmp::Op(op),
+                Cmp::Data(DataAttribute::Value(v.to_vec())),
+            ]),
+        )
+    }
+
+    #[test]
+    fn iifname_comparisons_read_as_nft_prints_them() {
+        let mut padded = b"vq0".to_vec();
+        padded.resize(16, 0);
+        let rule = vec![
+            iifname(Register::Reg1),
+            cmp(Register::Reg1, Operator::Equal, b"ve-"),
+            iifname(Register::Reg1),
+            cmp(Register::Reg1, Operator::Equal, &padded),
+            // Not an equality, or not the register iifname went to: not a pattern.
+            iifname(Register::Reg1),
+            cmp(Register::Reg1, Operator::NotEqual, b"lo\0"),
+            iifname(Register::Reg1),
+            cmp(Register::Reg2, Operator::Equal, b"x-"),
+            // A cmp with no iifname load before it.
+            cmp(Register::Reg1, Operator::Equal, b"y-"),
+        ];
+        assert_eq!(iifname_matches(&rule), ["ve-*", "vq0"]);
+    }
 }
