@@ -97,6 +97,8 @@ impl Nfnl {
                 None if seq == del => result = Some(true),
                 None => return Ok(false),
                 Some(c) if seq == del && -c.get() == libc::ENOENT => result = Some(false),
+                // No nf_tables in this kernel: no table either.
+                Some(c) if seq == begin && -c.get() == libc::EOPNOTSUPP => result = Some(false),
                 Some(_) => return Err(e.to_io()),
             }
             Ok(true)
