@@ -933,7 +933,8 @@ fn down_iptables(backend: Option<Backend>, cni: bool) -> Result<()> {
     let have = apply::installed(&v4).ok();
     // route_localnet off while the loopback guard is still there.
     errors.extend(Sysctl::default().clear_route_localnet(&localnet_patterns(have.as_deref())));
-    if let Err(e) = remove_native(nft::ruleset().as_deref()) {
+    let rs = nft::ruleset();
+    if let Err(e) = remove_native(rs.as_deref()) {
         errors.push(e);
     }
     errors.extend(down_one(&v4, have));
@@ -956,10 +957,9 @@ fn down_iptables(backend: Option<Backend>, cni: bool) -> Result<()> {
         let ctx = format!("{} {}", fw.family, fw.kind);
         errors.extend(down_one(&fw, have).into_iter().map(|e| e.context(&ctx)));
     }
-    let rs = nft::ruleset();
-    let seen = rs.as_deref().map(Seen::of_ruleset).unwrap_or_default();
+    // The listing from before: what goes here is ve-nat's own chains, never CNI's.
+    let mut seen = rs.as_deref().map(Seen::of_ruleset).unwrap_or_default();
     // Without nft, iptables-nft's CNI chains are asked for through iptables-save.
-    let mut seen = seen;
     if rs.is_none() && v4.kind == "nf_tables" {
         seen.cni_ipt[0] = ipt_cni::present(&v4).unwrap_or(false);
     }
