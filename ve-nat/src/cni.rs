@@ -15,8 +15,10 @@
 //! attachment's elements only (nothing there is success); GC those of this network's
 //! attachments not in `cni.dev/valid-attachments` (another network's are left alone);
 //! CHECK finds exactly the attachment's elements and
-//! the shared table. ADD passes `prevResult` on. Only the native nftables backend is
-//! supported in CNI mode.
+//! the shared table. ADD passes `prevResult` on. With an iptables backend the shared
+//! NAT is ve-nat's chains (as `ve-nat up --backend ...` makes them), installed once, and
+//! the mappings are tagged rules in chains of their own (`ipt_cni`): the same verbs, the
+//! same refusals.
 
 use std::net::IpAddr;
 
@@ -29,12 +31,14 @@ use nftables::batch::Batch;
 use serde_json::Value;
 
 use crate::{
+    apply,
     backend::{BackendName, Chosen},
     choose,
     config::{Family, IfPattern, Request, DEFAULT_INTERNAL},
-    firewalld_up, iface, lock, native, need_net_admin, nft,
+    firewall::{Backend, Iptables},
+    firewalld_up, iface, ipt_cni, lock, native, need_net_admin, nft,
     nft_cni::{self, Mapping, Owner},
-    up_nftables_if_absent, LOCK_WAIT,
+    up_iptables_if_absent, up_nftables_if_absent, LOCK_WAIT,
 };
 
 /// Run one CNI call.
@@ -56,47 +60,176 @@ fn network(req: &Cni) -> Result<String, CniError> {
 fn handle(req: &Cni) -> Handled {
     match req.verb {
         Verb::Version => return Ok(Some(cni::version_result(&req.version))),
-        Verb::Status => {
-            native::installed()
-                .map_err(|e| CniError::new(code::NOT_AVAILABLE, Kind::Unavailable, e.message()))?;
-            return Ok(None);
-        }
+        Verb::Status => return status(backend(req)?).map(|()| None),
         Verb::Gc => return gc(req).map(|()| None),
         Verb::Add | Verb::Check | Verb::Del => {}
     }
-    let owner = Owner::new(&network(req)?, &req.container_id, &req.ifname)?;
+    let net = network(req)?;
+    let owner = Owner::new(&net, &req.container_id, &req.ifname)?;
+    let backend = backend(req)?;
     if req.verb == Verb::Del {
-        return del(&owner).map(|()| None);
+        need_net_admin()?;
+        let tag = ipt_cni::tag(&net, &owner);
+        return delete_everywhere(backend, &|o| o == owner.as_str(), &|t| t == tag).map(|()| None);
     }
     let prev = req.config.get("prevResult").ok_or_else(|| {
         config_err("ve-nat is a chained plugin: the configuration needs prevResult")
     })?;
     let shared = shared_request(req)?;
     let mappings = mappings(req, prev, shared.ipv6)?;
-    let backend = backend(req)?;
-    if req.verb == Verb::Check {
-        return check(&owner, &mappings).map(|()| None);
-    }
+    let mark = mark(req)?;
+    let internal = internal()?;
     // Every value is valid: now the system.
     need_net_admin()?;
-    let rs = nft::ruleset();
-    if let Chosen::Iptables(_) = choose(backend, rs.as_deref()) {
-        return Err(CniError::from(Error::unavailable(
-            "only the nftables backend is supported in CNI mode for now (the backend here \
-             is an iptables one; give \"backend\": \"nftables\" where nft works)",
-        )));
+    let chosen = choose(backend, nft::ruleset().as_deref());
+    if req.verb == Verb::Check {
+        return match chosen {
+            Chosen::Nftables => check(&owner, &mappings),
+            Chosen::Iptables(b) => {
+                check_iptables(b, shared.ipv6, &ipt_cni::tag(&net, &owner), &mappings)
+            }
+        }
+        .map(|()| None);
     }
-    // Checked again under ve-nat's lock, where it is installed only when still missing:
-    // a concurrent `ve-nat up --forward` or ADD keeps what it made.
-    if !native::present(&native::ruleset()?) {
-        let shared = shared_resolved(shared)?;
-        if up_nftables_if_absent(&shared)? {
-            firewalld_up(&shared)?;
-            log::info!("table inet ve-nat installed");
+    match chosen {
+        Chosen::Nftables => {
+            // Checked again under ve-nat's lock, where it is installed only when still
+            // missing: a concurrent `ve-nat up --forward` or ADD keeps what it made.
+            if !native::present(&native::ruleset()?) {
+                let shared = shared_resolved(shared)?;
+                if up_nftables_if_absent(&shared)? {
+                    firewalld_up(&shared)?;
+                    log::info!("table inet ve-nat installed");
+                }
+            }
+            add(&owner, &mappings, internal, mark)?;
+        }
+        Chosen::Iptables(b) => {
+            let fws = firewalls(b, shared.ipv6)?;
+            // The shared NAT once, as for nftables (checked again under the lock).
+            if !apply::holds_ours(&fws[0])? {
+                let shared = shared_resolved(shared)?;
+                if up_iptables_if_absent(&shared, b)? {
+                    firewalld_up(&shared)?;
+                    log::info!("{}: ve-nat's chains installed", fws[0].kind);
+                }
+            }
+            let _lock = lock::acquire(LOCK_WAIT)?;
+            let tag = ipt_cni::tag(&net, &owner);
+            for fw in &fws {
+                if ipt_cni::add(fw, fw.family, &mappings, &tag, &internal[0], mark)? {
+                    log::info!("{}: port mappings of {} set", fw.family, owner.as_str());
+                }
+            }
         }
     }
-    add(&owner, &mappings, internal()?, mark(req)?)?;
     Ok(Some(prev.clone()))
+}
+
+/// The iptables firewalls of CNI mode: IPv4, and IPv6 with `ipv6`.
+fn firewalls(b: Option<Backend>, ipv6: bool) -> common::Result<Vec<Iptables>> {
+    let mut fws = vec![Iptables::open(b, Family::Ipv4)?];
+    if ipv6 {
+        fws.push(Iptables::open(b, Family::Ipv6)?);
+    }
+    Ok(fws)
+}
+
+fn status(backend: BackendName) -> Result<(), CniError> {
+    let unavailable = |e: Error| CniError::new(code::NOT_AVAILABLE, Kind::Unavailable, e.message());
+    match backend.explicit() {
+        Some(Chosen::Iptables(b)) => Iptables::open(b, Family::Ipv4)
+            .map(drop)
+            .map_err(unavailable),
+        _ => native::installed().map_err(unavailable),
+    }
+}
+
+/// DEL and GC: the mappings `gone_nft` (by nftables element comment) and `gone_tag` (by
+/// iptables rule tag) choose, wherever they are: table inet ve-nat-cni, and the chosen
+/// iptables backend, or iptables-nft when its ruleset shows CNI chains of ours (an
+/// `auto` that picked otherwise at ADD). Best effort: every place is tried.
+fn delete_everywhere(
+    backend: BackendName,
+    gone_nft: &dyn Fn(&str) -> bool,
+    gone_tag: &dyn Fn(&str) -> bool,
+) -> Result<(), CniError> {
+    let mut errors = Vec::new();
+    // One listing serves both the elements and where else to look.
+    let rs = match delete_where(gone_nft) {
+        Ok(rs) => rs,
+        Err(e) => {
+            errors.push(e);
+            nft::ruleset()
+        }
+    };
+    let mut backends = Vec::new();
+    if let Chosen::Iptables(b) = choose(backend, rs.as_deref()) {
+        backends.push(b);
+    }
+    if rs.as_deref().is_some_and(in_iptables_nft_cni) && !backends.contains(&Some(Backend::Nft)) {
+        backends.push(Some(Backend::Nft));
+    }
+    let _lock = if backends.is_empty() {
+        None
+    } else {
+        Some(lock::acquire(LOCK_WAIT)?)
+    };
+    for b in backends {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let fw = match Iptables::open_optional(b, family) {
+                Ok(Some(fw)) => fw,
+                Ok(None) => continue,
+                Err(e) if family == Family::Ipv4 => {
+                    errors.push(e);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            match ipt_cni::delete_where(&fw, gone_tag) {
+                Ok(0) => {}
+                Ok(n) => log::info!("{family} {}: {n} mapping rule(s) deleted", fw.kind),
+                // IPv6 may have no ip6tables nat table at all (no --ipv6, no module).
+                Err(e) if family == Family::Ipv4 => errors.push(e),
+                Err(e) => log::debug!("{family}: {e}"),
+            }
+        }
+    }
+    match errors.into_iter().next() {
+        Some(e) => Err(CniError::from(e)),
+        None => Ok(()),
+    }
+}
+
+/// Whether iptables-nft's tables (families ip, ip6) hold a CNI chain of ours.
+fn in_iptables_nft_cni(ruleset: &[Value]) -> bool {
+    ruleset.iter().filter_map(|o| o.get("chain")).any(|c| {
+        (c["family"] == "ip" || c["family"] == "ip6")
+            && crate::rules::CNI_CHAINS
+                .iter()
+                .any(|x| c["name"] == x.chain)
+    })
+}
+
+fn check_iptables(
+    b: Option<Backend>,
+    ipv6: bool,
+    tag: &str,
+    mappings: &[Mapping],
+) -> Result<(), CniError> {
+    let fws = firewalls(b, ipv6)?;
+    let mut diffs = Vec::new();
+    if !apply::holds_ours(&fws[0])? {
+        diffs.push(format!("{}: ve-nat's chains are missing", fws[0].kind));
+    }
+    for fw in &fws {
+        diffs.extend(ipt_cni::differences(fw, fw.family, mappings, tag)?);
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::from(Error::new(Kind::Differs, diffs.join("; "))))
+    }
 }
 
 /// The shared NAT's request as far as the configuration says (`external` unresolved).
@@ -257,8 +390,12 @@ fn mappings(req: &Cni, prev: &Value, ipv6: bool) -> Result<Vec<Mapping>, CniErro
 
 /// `nft -j list table inet ve-nat-cni`, or nothing when it is not there.
 fn listing() -> common::Result<Vec<Value>> {
-    let rs = native::ruleset()?;
-    Ok(rs
+    Ok(cni_table(native::ruleset()?))
+}
+
+/// The objects of table inet ve-nat-cni in `ruleset`.
+fn cni_table(ruleset: Vec<Value>) -> Vec<Value> {
+    ruleset
         .into_iter()
         .filter(|o| {
             o.as_object()
@@ -269,7 +406,7 @@ fn listing() -> common::Result<Vec<Value>> {
                             || (o.get("table").is_some() && v["name"] == nft_cni::TABLE))
                 })
         })
-        .collect())
+        .collect()
 }
 
 fn run_batch(batch: Batch<'_>, what: &str) -> common::Result<()> {
@@ -342,14 +479,16 @@ fn add(
     Ok(())
 }
 
-/// Delete the elements of the containers `gone` chooses, in one transaction.
-fn delete_where(gone: impl Fn(&str) -> bool) -> common::Result<()> {
+/// Delete the elements of the containers `gone` chooses, in one transaction. Returns
+/// the ruleset as listed (under the lock, before the deletion), `None` without nft.
+fn delete_where(gone: &dyn Fn(&str) -> bool) -> common::Result<Option<Vec<Value>>> {
     // Without nft there is nothing of ours to delete.
     if native::installed().is_err() {
-        return Ok(());
+        return Ok(None);
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
-    let have = listing()?;
+    let rs = native::ruleset()?;
+    let have = cni_table(rs.clone());
     // Per owner, all its mappings at once: elements they share are deleted once.
     let mut by_owner: Vec<(String, Vec<Mapping>)> = Vec::new();
     for (o, m) in nft_cni::installed(&have) {
@@ -362,37 +501,36 @@ fn delete_where(gone: impl Fn(&str) -> bool) -> common::Result<()> {
         }
     }
     let n: usize = by_owner.iter().map(|(_, ms)| ms.len()).sum();
-    if n == 0 {
-        return Ok(());
-    }
-    let mut batch = Batch::new();
-    for (o, ms) in &by_owner {
-        for obj in nft_cni::elements_of(o, ms) {
-            batch.delete(obj);
+    if n > 0 {
+        let mut batch = Batch::new();
+        for (o, ms) in &by_owner {
+            for obj in nft_cni::elements_of(o, ms) {
+                batch.delete(obj);
+            }
         }
+        run_batch(batch, "deleting port mappings from table inet ve-nat-cni")?;
+        log::info!("{n} port mapping(s) deleted");
     }
-    run_batch(batch, "deleting port mappings from table inet ve-nat-cni")?;
-    log::info!("{n} port mapping(s) deleted");
-    Ok(())
+    Ok(Some(rs))
 }
 
-fn del(owner: &Owner) -> Result<(), CniError> {
-    need_net_admin()?;
-    delete_where(|o| o == owner.as_str()).map_err(CniError::from)
-}
-
-/// Only this network's elements, those of attachments not in `valid-attachments`.
+/// Only this network's mappings, those of attachments not in `valid-attachments`.
 fn gc(req: &Cni) -> Result<(), CniError> {
     let net = network(req)?;
-    let keep: Vec<String> = req
+    let backend = backend(req)?;
+    let keep: Vec<Owner> = req
         .valid_attachments()?
         .into_iter()
         .filter_map(|a| Owner::new(&net, &a.container_id, &a.ifname).ok())
-        .map(|o| o.as_str().to_string())
         .collect();
+    let keep_tags: Vec<String> = keep.iter().map(|o| ipt_cni::tag(&net, o)).collect();
+    let net_tag = ipt_cni::network_tag(&net);
     need_net_admin()?;
-    delete_where(|o| Owner::on_network(o, &net) && !keep.iter().any(|k| k == o))
-        .map_err(CniError::from)
+    delete_everywhere(
+        backend,
+        &|o| Owner::on_network(o, &net) && !keep.iter().any(|k| k.as_str() == o),
+        &|t| t.starts_with(&net_tag) && !keep_tags.iter().any(|k| k == t),
+    )
 }
 
 fn check(owner: &Owner, mappings: &[Mapping]) -> Result<(), CniError> {

@@ -27,8 +27,7 @@ pub const MANUAL: Manual = Manual {
         exit(
             Exit::Unavailable,
             "the chosen backend's program is not installed (nft for nftables, iptables-nft or \
-             iptables-legacy); firewalld refused a zone change or did not answer; CNI mode \
-             with an iptables backend",
+             iptables-legacy); firewalld refused a zone change or did not answer",
         ),
         exit(Exit::Software, "a bug in ve-nat"),
         exit(
@@ -54,10 +53,12 @@ pub const MANUAL: Manual = Manual {
         entry(
             "CNI_COMMAND",
             "When set (ADD, DEL, CHECK, GC, STATUS, VERSION), ve-nat is a chained CNI \
-             plugin (configuration on stdin, result on stdout): ADD installs table inet \
-             ve-nat once when missing and the portMappings capability as elements of table \
-             inet ve-nat-cni commented with the container ID; DEL and GC delete only those; \
-             only the nftables backend is supported in CNI mode",
+             plugin (configuration on stdin, result on stdout): ADD installs the shared NAT \
+             once when missing (table inet ve-nat, or with an iptables backend ve-nat's \
+             chains) and the portMappings capability as elements of table inet ve-nat-cni \
+             commented with the attachment (iptables: one rule per mapping and chain in \
+             ve-nat-cni-pre, -out, -post and filter ve-nat-cni-fwd, tagged vecni-NET-ID); \
+             DEL and GC delete only those; ve-nat down leaves them (down --cni removes them)",
         ),
         entry(
             "VE_NAT_LOCK_DIR",
@@ -114,7 +115,8 @@ pub const MANUAL: Manual = Manual {
              backend, per address family and table one -save to read and at most one \
              `-restore --noflush` transaction to change, and after down with iptables-nft nft \
              deletes the tables and built-in chains left empty; iptables-legacy-save is read \
-             only when the kernel lists a legacy table",
+             only when the kernel lists a legacy table. down with nftables runs no nft: \
+             it reads and deletes over nf_tables netlink",
         ),
     ],
     examples: &[

@@ -10,8 +10,10 @@ pub mod doc;
 pub mod firewall;
 pub mod firewalld;
 pub mod iface;
+mod ipt_cni;
 mod lock;
 pub mod native;
+mod nfnl;
 pub mod nft;
 pub mod nft_cni;
 pub mod nft_table;
@@ -74,8 +76,9 @@ enum Cmd {
     /// `up`, then stay and re-apply whenever the rules vanish (nft flush ruleset, a
     /// firewalld reload, iptables flushed); SIGTERM or SIGINT end it (exit 0)
     Watch(Want),
-    /// Remove ve-nat's table and chains from every backend, nothing else (already gone is success)
-    Down(BackendArg),
+    /// Remove ve-nat's table and chains from every backend, nothing else (already gone is
+    /// success); CNI mode's port mappings stay unless --cni
+    Down(DownArgs),
     /// Exit 0 if the installed rules match the request, 1 if not
     Check(Want),
     /// Show what is installed, with packet counters
@@ -93,6 +96,16 @@ struct BackendArg {
     /// Which backend writes the rules (`ve-nat --help` says what auto picks)
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendName,
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    #[command(flatten)]
+    backend: BackendArg,
+    /// Also remove CNI mode's port mappings: table inet ve-nat-cni and the iptables
+    /// chains ve-nat-cni-* (CNI DEL and GC remove a container's own)
+    #[arg(long)]
+    cni: bool,
 }
 
 #[derive(Debug, Args)]
@@ -181,7 +194,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             watch: true,
         })
         | Cmd::Watch(w) => watch(&w.request()?, w.backend.backend),
-        Cmd::Down(b) => down(b.backend),
+        Cmd::Down(d) => down(d.backend.backend, d.cni),
         Cmd::Check(w) => check(&w.request()?, w.backend.backend),
         Cmd::Status { backend, json } => status(backend.backend, json),
     }
@@ -324,18 +337,26 @@ fn up(req: &Request, name: BackendName) -> Result<()> {
 /// seen from the nftables side: iptables-nft's tables are in `ruleset`; legacy ones are
 /// asked only when the kernel has a legacy nat or filter table.
 fn iptables_holding_ours(ruleset: &[serde_json::Value]) -> Vec<Iptables> {
-    let mut out = Vec::new();
-    for family in [Family::Ipv4, Family::Ipv6] {
-        let fam = match family {
-            Family::Ipv4 => "ip",
-            Family::Ipv6 => "ip6",
-        };
-        let in_nft = ruleset.iter().filter_map(|o| o.get("chain")).any(|c| {
+    iptables_holding(in_iptables_nft(ruleset))
+}
+
+/// Whether chains of ours (`ve-nat-*`) are in the nf_tables families ip and ip6: the
+/// iptables-nft backend's, IPv4 and IPv6.
+fn in_iptables_nft(ruleset: &[serde_json::Value]) -> [bool; 2] {
+    ["ip", "ip6"].map(|fam| {
+        ruleset.iter().filter_map(|o| o.get("chain")).any(|c| {
             c.get("family").and_then(|f| f.as_str()) == Some(fam)
                 && c.get("name")
                     .and_then(|n| n.as_str())
-                    .is_some_and(|n| n.starts_with("ve-nat-"))
-        });
+                    .is_some_and(rules::is_ours)
+        })
+    })
+}
+
+/// `iptables_holding_ours`, with `in_nft` saying where iptables-nft holds ours (IPv4, IPv6).
+fn iptables_holding(in_nft: [bool; 2]) -> Vec<Iptables> {
+    let mut out = Vec::new();
+    for (family, in_nft) in [Family::Ipv4, Family::Ipv6].into_iter().zip(in_nft) {
         if in_nft {
             match Iptables::open_optional(Some(Backend::Nft), family) {
                 Ok(Some(fw)) => out.push(fw),
@@ -369,13 +390,21 @@ fn legacy_table_loaded(family: Family) -> bool {
 
 /// Remove ours from iptables (both backends apply, and they now live in nftables).
 fn remove_from_iptables(ruleset: &[serde_json::Value]) -> Vec<Error> {
-    let mut errors = Vec::new();
-    for fw in iptables_holding_ours(ruleset) {
+    let fws = iptables_holding_ours(ruleset);
+    for fw in &fws {
         log::warn!(
             "{}: removing ve-nat's rules from the {} backend (they now live in table inet ve-nat)",
             fw.family,
             fw.kind
         );
+    }
+    remove_from(fws)
+}
+
+/// Remove ours from each of `fws`.
+fn remove_from(fws: Vec<Iptables>) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for fw in fws {
         let have = apply::installed(&fw).ok();
         let ctx = format!("{} {}", fw.family, fw.kind);
         errors.extend(down_one(&fw, have).into_iter().map(|e| e.context(&ctx)));
@@ -440,12 +469,25 @@ fn remove_native(ruleset: Option<&[serde_json::Value]>) -> Result<()> {
 }
 
 fn up_iptables(req: &Request, backend: Option<Backend>) -> Result<()> {
+    up_iptables_with(req, backend, false).map(drop)
+}
+
+/// CNI mode: `up_iptables` only when no chain of ours is there, looked at under the
+/// lock (so a concurrent `up --forward` or ADD keeps what it made). Whether it installed.
+fn up_iptables_if_absent(req: &Request, backend: Option<Backend>) -> Result<bool> {
+    up_iptables_with(req, backend, true)
+}
+
+fn up_iptables_with(req: &Request, backend: Option<Backend>, only_if_absent: bool) -> Result<bool> {
     let (fws, other) = open(req, backend)?;
     let ext = req.external.as_str();
     if !iface::exists(ext)? {
         return Err(Error::no_input(iface::missing(ext)));
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
+    if only_if_absent && apply::holds_ours(&fws[0])? {
+        return Ok(false);
+    }
     // Where the last up may have set route_localnet.
     let before = apply::internal_patterns(&fws[0]).unwrap_or_default();
     for fw in &fws {
@@ -489,7 +531,7 @@ fn up_iptables(req: &Request, backend: Option<Backend>) -> Result<()> {
     for chain in foreign_drops(dropping_chains(&fws, &req.families())) {
         log::warn!("{}", drop_text(&chain));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Where firewalld runs: the containers into its trusted zone (see `firewalld`).
@@ -649,44 +691,229 @@ fn localnet_patterns(have: Option<&[apply::Installed]>) -> Vec<config::IfPattern
     pats
 }
 
-fn down(name: BackendName) -> Result<()> {
+fn down(name: BackendName, cni: bool) -> Result<()> {
     need_net_admin()?;
-    let rules = down_rules(name);
+    let rules = down_rules(name, cni);
     let mut errors: Vec<Error> = rules.err().into_iter().collect();
     errors.extend(firewalld_down());
     joined(errors)
 }
 
-fn down_rules(name: BackendName) -> Result<()> {
-    let rs = nft::ruleset();
-    match choose(name, rs.as_deref()) {
-        Chosen::Nftables => {
-            // nft is needed (exit 69 without it).
-            native::installed()?;
-            let _lock = lock::acquire(LOCK_WAIT)?;
-            let sys = Sysctl::default();
-            // Nothing has route_localnet on: no order to keep between it and the
-            // guard, so the table goes in the same nft process that lists the ruleset.
-            if !route_localnet_anywhere(&sys)? {
-                let rs = native::delete_listing()?;
-                log::info!("table inet ve-nat removed (if it was there)");
-                return joined(remove_from_iptables(&rs));
+/// What the kernel holds of ours, by where it lives.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// Shell-mode chains in iptables-nft (IPv4, IPv6).
+    shell: [bool; 2],
+    /// CNI chains in iptables-nft (IPv4, IPv6).
+    cni_ipt: [bool; 2],
+    /// Table inet ve-nat-cni.
+    cni_nft: bool,
+}
+
+impl Seen {
+    /// From `nft -j list ruleset`.
+    fn of_ruleset(ruleset: &[serde_json::Value]) -> Seen {
+        let chains = |fam: &str| -> Vec<(String, String)> {
+            ruleset
+                .iter()
+                .filter_map(|o| o.get("chain"))
+                .filter(|c| c["family"] == fam)
+                .map(|c| {
+                    let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+                    (s("table"), s("name"))
+                })
+                .collect()
+        };
+        Seen::of_chains(&chains("ip"), &chains("ip6"), &chains("inet"))
+    }
+
+    /// From the chain names (table, chain) of the families ip, ip6 and inet.
+    fn of_chains(
+        ip: &[(String, String)],
+        ip6: &[(String, String)],
+        inet: &[(String, String)],
+    ) -> Seen {
+        let shell = |cs: &[(String, String)]| cs.iter().any(|(_, n)| rules::is_ours(n));
+        let cni = |cs: &[(String, String)]| {
+            cs.iter()
+                .any(|(_, n)| rules::CNI_CHAINS.iter().any(|c| c.chain == n))
+        };
+        Seen {
+            shell: [shell(ip), shell(ip6)],
+            cni_ipt: [cni(ip), cni(ip6)],
+            cni_nft: inet.iter().any(|(t, _)| t == nft_cni::TABLE),
+        }
+    }
+
+    /// Over netlink (see `nfnl`).
+    fn of_netlink(nl: &mut nfnl::Nfnl) -> std::io::Result<Seen> {
+        use netlink_packet_netfilter::NetfilterProtoFamily as F;
+        Ok(Seen::of_chains(
+            &nl.chains(F::IPv4)?,
+            &nl.chains(F::IPv6)?,
+            &nl.chains(F::Inet)?,
+        ))
+    }
+}
+
+/// After `down`: CNI mode's mappings are removed with `--cni`, else they stay (CNI
+/// containers keep their port mappings; DEL and GC remove them) and a note says so.
+/// `seen` is what nf_tables shows; legacy tables are asked only when loaded.
+fn down_cni(cni: bool, seen: Seen, nl: Option<&mut nfnl::Nfnl>) -> Vec<Error> {
+    let mut errors = Vec::new();
+    let mut fws = Vec::new();
+    for (family, there) in [Family::Ipv4, Family::Ipv6].into_iter().zip(seen.cni_ipt) {
+        if there {
+            if let Ok(Some(fw)) = Iptables::open_optional(Some(Backend::Nft), family) {
+                fws.push(fw);
+            }
+        }
+    }
+    for family in [Family::Ipv4, Family::Ipv6] {
+        if legacy_table_loaded(family) {
+            if let Ok(Some(fw)) = Iptables::open_optional(Some(Backend::Legacy), family) {
+                if ipt_cni::present(&fw).unwrap_or(false) {
+                    fws.push(fw);
+                }
+            }
+        }
+    }
+    if !cni {
+        if seen.cni_nft || !fws.is_empty() {
+            log::warn!(
+                "CNI mode's port mappings stay (table inet {} or chains ve-nat-cni-*): CNI \
+                 DEL or GC removes a container's, `ve-nat down --cni` all; CNI containers \
+                 are not masqueraded until the next CNI ADD or `ve-nat up`",
+                nft_cni::TABLE
+            );
+        }
+        return errors;
+    }
+    if seen.cni_nft {
+        let done = match nl {
+            Some(nl) => nl
+                .delete_table(
+                    netlink_packet_netfilter::NetfilterProtoFamily::Inet,
+                    nft_cni::TABLE,
+                )
+                .map_err(|e| Error::io(format!("deleting table inet {}", nft_cni::TABLE), e)),
+            None => native::nft(&["delete", "table", "inet", nft_cni::TABLE], None).map(|_| true),
+        };
+        match done {
+            Ok(_) => log::info!("table inet {} removed", nft_cni::TABLE),
+            Err(e) => errors.push(e),
+        }
+    }
+    for fw in fws {
+        match ipt_cni::remove(&fw) {
+            Ok(_) => log::info!("{} {}: chains ve-nat-cni-* removed", fw.family, fw.kind),
+            Err(e) => errors.push(e.context(format!("{} {}", fw.family, fw.kind))),
+        }
+    }
+    errors
+}
+
+fn down_rules(name: BackendName, cni: bool) -> Result<()> {
+    let chosen = match name.explicit() {
+        Some(c) => c,
+        // Either way `down` removes ours from every backend: only what decides how it
+        // goes is looked at (no nft listing, see `down_nftables`).
+        None => {
+            let (c, why) = backend::pick(&backend::Facts {
+                nft_installed: native::installed().is_ok(),
+                legacy_in_use: backend::legacy_in_use(),
+                iptables_forward_drops: Vec::new(),
+            });
+            log::info!("--backend auto: {c:?} ({why})");
+            c
+        }
+    };
+    match chosen {
+        Chosen::Nftables => down_nftables(cni),
+        Chosen::Iptables(b) => down_iptables(b, cni),
+    }
+}
+
+/// Delete table inet ve-nat and whatever of ours the iptables backends hold. The table
+/// goes over netlink (see `nfnl`): no nft process unless route_localnet is on somewhere,
+/// when the table's own patterns must be read before it goes.
+fn down_nftables(cni: bool) -> Result<()> {
+    // nft is needed (exit 69 without it).
+    native::installed()?;
+    let _lock = lock::acquire(LOCK_WAIT)?;
+    let sys = Sysctl::default();
+    let mut nl = nfnl::Nfnl::open()
+        .map_err(|e| log::debug!("nf_tables netlink: {e}; using nft"))
+        .ok();
+    let localnet = route_localnet_anywhere(&sys)?;
+    // What is where, and (with route_localnet on somewhere) the table's --internal
+    // patterns: over netlink, or from nft's listing when netlink cannot tell.
+    let listed = nl.as_mut().map(|nl| -> std::io::Result<_> {
+        let seen = Seen::of_netlink(nl)?;
+        let pats = if localnet {
+            nl.iifnames(
+                netlink_packet_netfilter::NetfilterProtoFamily::Inet,
+                nft_table::TABLE,
+                "prerouting",
+            )?
+        } else {
+            Vec::new()
+        };
+        Ok((seen, nft_table::patterns_of(&pats)))
+    });
+    let (seen, mut pats) = match listed {
+        Some(Ok(found)) => found,
+        other => {
+            if let Some(Err(e)) = other {
+                log::debug!("nf_tables netlink: {e}; using nft");
             }
             let rs = native::ruleset()?;
-            let mut pats = nft_table::internal_patterns(&rs);
-            pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
-            // route_localnet off while the loopback guard is still there.
-            let mut errors = sys.clear_route_localnet(&pats);
-            match native::down(&rs) {
-                Ok(true) => log::info!("table inet ve-nat removed"),
-                Ok(false) => log::info!("table inet ve-nat was not there"),
-                Err(e) => errors.push(e),
-            }
-            errors.extend(remove_from_iptables(&rs));
-            joined(errors)
+            (Seen::of_ruleset(&rs), nft_table::internal_patterns(&rs))
         }
-        Chosen::Iptables(b) => down_iptables(b),
+    };
+    let holders = iptables_holding(seen.shell);
+    let mut errors = Vec::new();
+    if localnet {
+        for fw in &holders {
+            pats.extend(localnet_patterns(apply::installed(fw).ok().as_deref()));
+        }
+        pats.extend(config::DEFAULT_INTERNAL.parse::<config::IfPattern>());
+        // route_localnet off while the loopback guard is still there.
+        errors.extend(sys.clear_route_localnet(&pats));
     }
+    if let Err(e) = delete_native(nl.as_mut()) {
+        errors.push(e);
+    }
+    for fw in &holders {
+        log::info!(
+            "{}: removing ve-nat's rules from the {} backend",
+            fw.family,
+            fw.kind
+        );
+    }
+    errors.extend(remove_from(holders));
+    errors.extend(down_cni(cni, seen, nl.as_mut()));
+    joined(errors)
+}
+
+/// Delete table inet ve-nat (gone already is success): over netlink, or with nft when
+/// there is no netlink socket.
+fn delete_native(nl: Option<&mut nfnl::Nfnl>) -> Result<()> {
+    let was = match nl {
+        Some(nl) => nl
+            .delete_table(
+                netlink_packet_netfilter::NetfilterProtoFamily::Inet,
+                nft_table::TABLE,
+            )
+            .map_err(|e| Error::io("deleting table inet ve-nat", e))?,
+        None => native::delete()?,
+    };
+    if was {
+        log::info!("table inet ve-nat removed");
+    } else {
+        log::info!("table inet ve-nat was not there");
+    }
+    Ok(())
 }
 
 /// Whether any interface of this namespace has route_localnet on.
@@ -699,14 +926,15 @@ fn route_localnet_anywhere(sys: &Sysctl) -> Result<bool> {
     Ok(false)
 }
 
-fn down_iptables(backend: Option<Backend>) -> Result<()> {
+fn down_iptables(backend: Option<Backend>, cni: bool) -> Result<()> {
     let mut errors = Vec::new();
     let v4 = Iptables::open(backend, Family::Ipv4)?;
     let _lock = lock::acquire(LOCK_WAIT)?;
     let have = apply::installed(&v4).ok();
     // route_localnet off while the loopback guard is still there.
     errors.extend(Sysctl::default().clear_route_localnet(&localnet_patterns(have.as_deref())));
-    if let Err(e) = remove_native(nft::ruleset().as_deref()) {
+    let rs = nft::ruleset();
+    if let Err(e) = remove_native(rs.as_deref()) {
         errors.push(e);
     }
     errors.extend(down_one(&v4, have));
@@ -729,6 +957,13 @@ fn down_iptables(backend: Option<Backend>) -> Result<()> {
         let ctx = format!("{} {}", fw.family, fw.kind);
         errors.extend(down_one(&fw, have).into_iter().map(|e| e.context(&ctx)));
     }
+    // The listing from before: what goes here is ve-nat's own chains, never CNI's.
+    let mut seen = rs.as_deref().map(Seen::of_ruleset).unwrap_or_default();
+    // Without nft, iptables-nft's CNI chains are asked for through iptables-save.
+    if rs.is_none() && v4.kind == "nf_tables" {
+        seen.cni_ipt[0] = ipt_cni::present(&v4).unwrap_or(false);
+    }
+    errors.extend(down_cni(cni, seen, nfnl::Nfnl::open().ok().as_mut()));
     joined(errors)
 }
 

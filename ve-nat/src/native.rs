@@ -119,19 +119,18 @@ pub fn down(ruleset: &[Value]) -> Result<bool> {
     Ok(true)
 }
 
-/// Delete our table (gone already is success) and list the ruleset, in one nft
-/// process. nft runs the list after the batch has committed: the listing shows the
-/// ruleset without our table (enough for what iptables-nft holds of ours).
-pub fn delete_listing() -> Result<Vec<Value>> {
+/// Delete our table (gone already is success), without a look at the ruleset first:
+/// the leading `add table` makes `delete` succeed when it is not there. Returns `true`
+/// (nft cannot say whether it was).
+pub fn delete() -> Result<bool> {
     let table = serde_json::json!({"family": "inet", "name": nft_table::TABLE});
     let batch = serde_json::json!({"nftables": [
-        {"list": {"ruleset": null}},
         {"add": {"table": table}},
         {"delete": {"table": table}},
     ]});
-    let text = nft(&["-j", "-f", "-"], Some(&batch.to_string()))
+    nft(&["-j", "-f", "-"], Some(&batch.to_string()))
         .map_err(|e| e.context("deleting table inet ve-nat"))?;
-    parse_ruleset(&text)
+    Ok(true)
 }
 
 fn parse_ruleset(text: &str) -> Result<Vec<Value>> {

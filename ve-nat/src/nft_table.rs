@@ -602,7 +602,7 @@ pub fn same(a: &[Value], b: &[Value]) -> bool {
 /// "ve-*" ... mark set`), as `ve-+` patterns: where an earlier `up` may have set
 /// `route_localnet`.
 pub fn internal_patterns(ruleset: &[Value]) -> Vec<IfPattern> {
-    let mut out = Vec::new();
+    let mut names = Vec::new();
     for r in ours(ruleset).iter().filter_map(|o| o.get("rule")) {
         if r["chain"] != "prerouting" {
             continue;
@@ -611,16 +611,26 @@ pub fn internal_patterns(ruleset: &[Value]) -> Vec<IfPattern> {
             let m = &st["match"];
             if m["left"]["meta"]["key"] == "iifname" && m["op"] == "==" {
                 if let Some(name) = m["right"].as_str() {
-                    let pat = match name.strip_suffix('*') {
-                        Some(stem) => format!("{stem}+"),
-                        None => name.to_string(),
-                    };
-                    if let Ok(p) = pat.parse::<IfPattern>() {
-                        if !out.contains(&p) {
-                            out.push(p);
-                        }
-                    }
+                    names.push(name.to_string());
                 }
+            }
+        }
+    }
+    patterns_of(&names)
+}
+
+/// Interface names as nft writes them (`ve-*`, `eth0`) as our patterns (`ve-+`),
+/// without repeats; anything that is not a valid pattern is left out.
+pub fn patterns_of(names: &[String]) -> Vec<IfPattern> {
+    let mut out = Vec::new();
+    for name in names {
+        let pat = match name.strip_suffix('*') {
+            Some(stem) => format!("{stem}+"),
+            None => name.to_string(),
+        };
+        if let Ok(p) = pat.parse::<IfPattern>() {
+            if !out.contains(&p) {
+                out.push(p);
             }
         }
     }

@@ -75,6 +75,127 @@ pub const IN: ChainId = ChainId {
 /// traffic is accepted and the loopback guard is in place before anything is NATed.
 pub const CHAINS: [ChainId; 5] = [FWD, IN, PRE, OUT, POST];
 
+/// Whether `name` is one of our chains (or an earlier version's staging chain): the
+/// shell-mode NAT's, not CNI mode's (`CNI_CHAINS`).
+pub fn is_ours(name: &str) -> bool {
+    CHAINS.iter().any(|c| c.chain == name || c.staging == name)
+}
+
+/// CNI mode's chains with an iptables backend (see `ipt_cni`): the port mappings of CNI
+/// containers, one rule per mapping and chain, tagged with a comment naming the
+/// attachment; `ve-nat up` and `down` never touch them. `first`: the jump goes at the
+/// top of the hook (the forward accepts, before anyone's drop); otherwise at the end,
+/// after ve-nat's own jump, whose MARK the hairpin masquerade needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CniChain {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub hook: &'static str,
+    pub first: bool,
+}
+
+pub const CNI_FWD: CniChain = CniChain {
+    table: FILTER,
+    chain: "ve-nat-cni-fwd",
+    hook: "FORWARD",
+    first: true,
+};
+pub const CNI_PRE: CniChain = CniChain {
+    table: NAT,
+    chain: "ve-nat-cni-pre",
+    hook: "PREROUTING",
+    first: false,
+};
+pub const CNI_OUT: CniChain = CniChain {
+    table: NAT,
+    chain: "ve-nat-cni-out",
+    hook: "OUTPUT",
+    first: false,
+};
+pub const CNI_POST: CniChain = CniChain {
+    table: NAT,
+    chain: "ve-nat-cni-post",
+    hook: "POSTROUTING",
+    first: false,
+};
+pub const CNI_CHAINS: [CniChain; 4] = [CNI_FWD, CNI_PRE, CNI_OUT, CNI_POST];
+
+/// CNI mode's fixed rule: a container reaching a mapped port through a host address
+/// (hairpin) is masqueraded, so the reply comes back through the host.
+pub fn cni_hairpin(internal: &IfPattern, mark: u32) -> String {
+    let p = internal.as_str();
+    format!("-o {p} -m mark --mark 0x{mark:x}/0x{mark:x} -m conntrack --ctstate DNAT -j MASQUERADE")
+}
+
+/// The rules of one CNI port mapping (`fwd`, a single port, on `host_ip` only when
+/// given), tagged `tag` (letters, digits and `-` only: iptables-save prints it bare).
+pub fn cni_mapping(fwd: &Forward, host_ip: Option<IpAddr>, tag: &str) -> Vec<(CniChain, String)> {
+    let p = fwd.proto.as_str();
+    let hp = fwd.host_ports.first;
+    let to = format!("{}:{}", bracket(fwd.addr), fwd.ports.first);
+    let comment = format!("-m comment --comment {tag}");
+    let dnat = |dst: String| {
+        format!(
+            "{dst}-p {p} -m addrtype --dst-type LOCAL -m {p} --dport {hp} {comment} -j DNAT \
+             --to-destination {to}"
+        )
+    };
+    let mut out = Vec::new();
+    let on = host_ip.map(|h| format!("-d {} ", host_cidr(&h)));
+    out.push((CNI_PRE, dnat(on.clone().unwrap_or_default())));
+    // From the host itself: any local address but loopback (nothing answers there).
+    let loopback = match fwd.family() {
+        Family::Ipv4 => LOOPBACK4,
+        Family::Ipv6 => "::1/128",
+    };
+    match (host_ip, on) {
+        (Some(h), _) if h.is_loopback() => {}
+        (_, Some(on)) => out.push((CNI_OUT, dnat(on))),
+        (_, None) => out.push((CNI_OUT, dnat(format!("! -d {loopback} ")))),
+    }
+    out.push((
+        CNI_FWD,
+        format!(
+            "-d {} -p {p} -m {p} --dport {} -m conntrack --ctstate DNAT {comment} -j ACCEPT",
+            host_cidr(&fwd.addr),
+            fwd.ports.first
+        ),
+    ));
+    out
+}
+
+/// The tag of a CNI mapping rule (`--comment TAG`).
+pub fn cni_tag(rule: &str) -> Option<&str> {
+    let mut it = rule.split(' ');
+    it.find(|t| *t == "--comment")?;
+    it.next()
+}
+
+/// What a DNAT rule in a prerouting chain takes: `(destination or None for every
+/// local address, protocol, first and last host port)`, from its `-d`, `-p` and
+/// `--dport` (a range `A:B` too), for finding host ports taken twice.
+pub fn dnat_key(rule: &str) -> Option<(Option<String>, String, u16, u16)> {
+    if !rule.contains(" -j DNAT ") {
+        return None;
+    }
+    let toks: Vec<&str> = rule.split(' ').collect();
+    let after = |k: &str| {
+        toks.iter()
+            .position(|t| *t == k)
+            .filter(|&i| i == 0 || toks[i - 1] != "!")
+            .and_then(|i| toks.get(i + 1).copied())
+    };
+    let proto = after("-p")?.to_string();
+    let ports = after("--dport")?;
+    let (a, b) = ports.split_once(':').unwrap_or((ports, ports));
+    Some((
+        after("-d").map(str::to_string),
+        proto,
+        a.parse().ok()?,
+        b.parse().ok()?,
+    ))
+}
+
 /// IPv4's loopback network, which only `lo` may deliver to unless we DNATed it.
 const LOOPBACK4: &str = "127.0.0.0/8";
 
@@ -479,5 +600,39 @@ mod tests {
         assert!(!is_safe(""));
         assert!(!is_safe("-o a\n-F -j ACCEPT"));
         assert!(is_safe("-j ve-nat-pre"));
+    }
+
+    #[test]
+    fn cni_mapping_rules_and_their_keys() {
+        let f: Forward = "tcp:8080:10.233.1.2:80".parse().unwrap();
+        let rs = cni_mapping(&f, None, "vecni-a-b");
+        let chains: Vec<&str> = rs.iter().map(|(c, _)| c.chain).collect();
+        assert_eq!(
+            chains,
+            ["ve-nat-cni-pre", "ve-nat-cni-out", "ve-nat-cni-fwd"]
+        );
+        assert!(rs
+            .iter()
+            .all(|(_, r)| is_safe(r) && cni_tag(r) == Some("vecni-a-b")));
+        assert_eq!(
+            rs[1].1,
+            "! -d 127.0.0.0/8 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 -m \
+             comment --comment vecni-a-b -j DNAT --to-destination 10.233.1.2:80"
+        );
+        assert_eq!(dnat_key(&rs[0].1), Some((None, "tcp".into(), 8080, 8080)));
+        // `! -d` is no destination; the forward accept is no DNAT.
+        assert_eq!(dnat_key(&rs[1].1), Some((None, "tcp".into(), 8080, 8080)));
+        assert_eq!(dnat_key(&rs[2].1), None);
+        let on = cni_mapping(&f, Some("127.0.0.1".parse().unwrap()), "t");
+        assert_eq!(on.len(), 2, "no output DNAT to a loopback hostIP");
+        assert_eq!(
+            dnat_key(&on[0].1),
+            Some((Some("127.0.0.1/32".into()), "tcp".into(), 8080, 8080))
+        );
+        let range: Forward = "udp:5000-5009:10.233.1.2:5000-5009".parse().unwrap();
+        let shell = dnat(&range, None);
+        assert_eq!(dnat_key(&shell), Some((None, "udp".into(), 5000, 5009)));
+        assert!(is_ours("ve-nat-pre") && is_ours("ve-nat-fwd-new"));
+        assert!(!is_ours("ve-nat-cni-pre"));
     }
 }

@@ -652,3 +652,79 @@ fn loopback_guard() {
     assert_eq!(t.route_localnet("ve-c1"), Some(false));
     assert!(blocked(ctr, "127.0.0.1:9999"));
 }
+
+/// `down` deletes table inet ve-nat over netlink and reads the table's --internal
+/// patterns the same way (where route_localnet must go off): no `nft` process at all.
+/// Every nft ve-nat starts goes through a logging wrapper first on PATH.
+#[test]
+fn down_runs_no_nft() {
+    if !gate("down_runs_no_nft") {
+        return;
+    }
+    let t = topo(1, false);
+    let dir = TempDir::new("ve-nat-nft-wrap");
+    let log = dir.path().join("nft.log");
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nft installed");
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec {real} \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let down = |backend: &str| {
+        let _ = std::fs::remove_file(&log);
+        let mut c = t.nat_cmd_with(backend, &["down"]);
+        let o = c.env("PATH", &path).output().unwrap();
+        assert!(o.status.success(), "down: {}", stderr(&o));
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let a = ["--external", "up0", "--forward", "tcp:8080:10.233.1.2:80"];
+    for backend in ["nftables", "auto"] {
+        t.nat_ok(&[&["up"][..], &a, &["--no-localhost"]].concat());
+        assert!(has_ours(&t));
+        assert_eq!(down(backend), "", "--backend {backend}: nft ran");
+        assert!(
+            !has_ours(&t),
+            "--backend {backend}: the table is still there"
+        );
+        // Gone already: still no nft, still success.
+        assert_eq!(down(backend), "", "--backend {backend}: nft ran");
+    }
+    // Localhost forwards on, with a pattern of the request's own (not the default
+    // ve-+): the table's patterns are read over netlink first, then route_localnet
+    // goes off everywhere up turned it on, while the loopback guard is still in.
+    for (a, b) in [("vz-a", "pz-a"), ("vq0", "pq0")] {
+        t.host
+            .ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    }
+    let own = [
+        "--internal",
+        "ve-+",
+        "--internal",
+        "vz-+",
+        "--internal",
+        "vq0",
+    ];
+    t.nat_ok(&[&["up"][..], &a, &own].concat());
+    assert_eq!(t.route_localnet_on(), ["ve-c1", "vq0", "vz-a"]);
+    assert_eq!(down("nftables"), "", "nft ran");
+    assert!(!has_ours(&t));
+    assert!(
+        t.route_localnet_on().is_empty(),
+        "{:?}",
+        t.route_localnet_on()
+    );
+}
