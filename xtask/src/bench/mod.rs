@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the tools measured next to what users would pick instead.
 
 mod alloc;
+mod cni;
 mod link;
 mod nat;
 mod nm;
@@ -18,6 +19,10 @@ WHAT:
           options: --runs K (timed allocations per point, default 100)
                    --sizes N,N,...  (default 100,1000,10000,30000)
                    --host-local-sizes N,...  (default 1000,10000)
+  cni     the tools as a CNI chain (ve-link + ve-alloc, ve-nat, nm-unmanage) against
+          ptp + host-local (ipMasq) and portmap, called as a runtime calls a conflist:
+          ADD and DEL up to N containers, rules per container
+          options: --containers N (default 1000), --tools DIR
   nm      nm-unmanage --watch and --persist against a sandboxed NetworkManager and
           systemd-networkd: time from veth creation to unmanaged, DHCP DISCOVERs
           and networkd addresses that got out
@@ -45,6 +50,7 @@ pub fn run(args: &[String]) -> Result {
     };
     match what {
         "alloc" => alloc::run(rest),
+        "cni" => cni::run(rest),
         "nm" => nm::run(rest),
         "nat" => nat::run(rest),
         "link" => link::run(rest),
@@ -73,6 +79,7 @@ pub fn run(args: &[String]) -> Result {
 fn help_only(what: &str, rest: &[String]) -> Result<bool> {
     match what {
         "alloc" => alloc::parse(rest).map(|o| o.is_none()),
+        "cni" => cni::parse(rest).map(|o| o.is_none()),
         "nm" => nm::parse(rest).map(|o| o.is_none()),
         "nat" => nat::parse(rest).map(|o| o.is_none()),
         "link" => link::parse(rest).map(|o| o.is_none()),
@@ -98,7 +105,7 @@ mod tests {
 
     #[test]
     fn every_bench_takes_help_and_refuses_unknown_options_before_running() {
-        for what in ["all", "alloc", "nm", "nat", "link", "pipeline"] {
+        for what in ["all", "alloc", "cni", "nm", "nat", "link", "pipeline"] {
             for help in ["-h", "--help"] {
                 assert_eq!(help_only(what, &args(&[help])), Ok(true), "{what} {help}");
             }
