@@ -7,31 +7,22 @@
 mod support;
 
 use std::{
-    io::Write,
     net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use serde_json::{json, Value};
-use testbed::TempDir;
+use testbed::{
+    cni::{container_id, Reply},
+    TempDir,
+};
 
 /// Every spec version the tools speak.
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// Where Debian's containernetworking-plugins live.
 const REFERENCE: &str = "/usr/lib/cni";
-
-/// A 64-hex container ID, as runtimes make them; `n` tells them apart.
-fn container_id(n: u32) -> String {
-    format!("{n:08x}").repeat(8)
-}
-
-/// What one plugin call printed and how it ended.
-struct Reply {
-    ok: bool,
-    stdout: Value,
-}
 
 /// One call: the runtime's environment (nothing inherited but PATH) and stdin.
 fn call(bin: &Path, verb: &str, conf: &Value, id: &str, ifname: &str, args: &str) -> Reply {
@@ -51,42 +42,11 @@ fn call(bin: &Path, verb: &str, conf: &Value, id: &str, ifname: &str, args: &str
     run_plugin(Command::new(bin), verb, conf, &env)
 }
 
-/// Run a plugin command with `CNI_COMMAND=verb`, `env` and nothing else but PATH, the
-/// configuration on stdin.
+/// Run a plugin command as a runtime does, with nothing inherited but PATH; a failure
+/// must come with a CNI error object (testbed::cni::invoke checks).
 fn run_plugin(mut c: Command, verb: &str, conf: &Value, env: &[(&str, String)]) -> Reply {
-    c.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", verb)
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let stdout = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{verb}: not JSON ({e}): {text}"))
-    };
-    if !out.status.success() {
-        // The spec: a failure prints an error object with a code and a message.
-        assert!(
-            stdout["code"].as_u64().is_some() && stdout["msg"].is_string(),
-            "{verb} failed without a CNI error: {text} / {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Reply {
-        ok: out.status.success(),
-        stdout,
-    }
+    testbed::cni::clean_env(&mut c);
+    testbed::cni::invoke(c, verb, conf, env).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn ok(bin: &Path, verb: &str, conf: &Value, id: &str, ifname: &str, args: &str) -> Value {

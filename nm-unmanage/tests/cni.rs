@@ -6,11 +6,7 @@
 
 mod support;
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::{json, Value};
 use support::{
@@ -32,32 +28,17 @@ fn prev(host_if: &str) -> Value {
 }
 
 /// One call with exactly a runtime's environment; (success, stdout as JSON or Null).
-fn call(mut c: Command, verb: &str, version: &str, prev: &Value) -> (bool, Value) {
+fn call(c: Command, verb: &str, version: &str, prev: &Value) -> (bool, Value) {
     let conf = json!({"cniVersion": version, "name": "vetest", "type": "nm-unmanage",
                       "prevResult": prev});
-    c.env("CNI_COMMAND", verb)
-        .env("CNI_CONTAINERID", "0123456789abcdef")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", "/run/netns/x")
-        .env("CNI_PATH", "/nonexistent")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{verb}: {e}: {text}"))
-    };
-    (out.status.success(), v)
+    let env = [
+        ("CNI_CONTAINERID", "0123456789abcdef".to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_NETNS", "/run/netns/x".to_string()),
+        ("CNI_PATH", "/nonexistent".to_string()),
+    ];
+    let r = testbed::cni::invoke(c, verb, &conf, &env).unwrap_or_else(|e| panic!("{e}"));
+    (r.ok, r.stdout)
 }
 
 /// The result passed on is the previous one, in the request's version.
@@ -119,25 +100,15 @@ fn without_network_manager_every_version_passes_the_result_on() {
         assert!(ok && out.is_null(), "{v} DEL: {out}");
     }
     // Chained means a previous result: without one, CNI error 7 and exit 78.
-    let mut c = sb.tool();
-    c.env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "x")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", "/run/netns/x")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"cniVersion":"1.0.0","name":"n","type":"nm-unmanage"}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["code"], 7);
+    let env = [
+        ("CNI_CONTAINERID", "x".to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_NETNS", "/run/netns/x".to_string()),
+    ];
+    let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "nm-unmanage"});
+    let r = testbed::cni::invoke(sb.tool(), "ADD", &conf, &env).unwrap();
+    assert_eq!(r.code, Some(78));
+    assert_eq!(r.stdout["code"], 7);
 }
 
 #[test]

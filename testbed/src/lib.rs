@@ -6,6 +6,7 @@
 //! - [`netns`]: running test code on a thread inside a namespace.
 //! - [`host`]: the sandbox host's uplink to an "outside" namespace.
 //! - [`http`]: HTTP served and fetched inside namespaces.
+//! - [`cni`]: CNI plugins called as a runtime calls them, and conflists chained.
 //! - [`nat`]: a NAT topology (containers -- host -- outside) with real traffic.
 //! - [`etcd`]: a real etcd cluster, with node namespaces that share nothing else.
 //! - [`nm`]: a real NetworkManager on a private D-Bus bus.
@@ -17,6 +18,7 @@
 //!
 //! Everything needed often is re-exported here.
 
+pub mod cni;
 pub mod etcd;
 pub mod firewalld;
 pub mod host;

@@ -81,7 +81,12 @@ fn handle(req: &Cni) -> Handled {
     let internal = internal()?;
     // Every value is valid: now the system.
     need_net_admin()?;
-    let chosen = choose(backend, nft::ruleset().as_deref());
+    // Only `auto` looks at the ruleset to choose; an explicit backend is its own answer.
+    let rs = match backend.explicit() {
+        Some(_) => None,
+        None => nft::ruleset(),
+    };
+    let chosen = choose(backend, rs.as_deref());
     if req.verb == Verb::Check {
         return match chosen {
             Chosen::Nftables => check(&owner, &mappings),
@@ -92,18 +97,7 @@ fn handle(req: &Cni) -> Handled {
         .map(|()| None);
     }
     match chosen {
-        Chosen::Nftables => {
-            // Checked again under ve-nat's lock, where it is installed only when still
-            // missing: a concurrent `ve-nat up --forward` or ADD keeps what it made.
-            if !native::present(&native::ruleset()?) {
-                let shared = shared_resolved(shared)?;
-                if up_nftables_if_absent(&shared)? {
-                    firewalld_up(&shared)?;
-                    log::info!("table inet ve-nat installed");
-                }
-            }
-            add(&owner, &mappings, internal, mark)?;
-        }
+        Chosen::Nftables => add(&owner, &mappings, internal, mark, shared)?,
         Chosen::Iptables(b) => {
             let fws = firewalls(b, shared.ipv6)?;
             // The shared NAT once, as for nftables (checked again under the lock).
@@ -124,6 +118,19 @@ fn handle(req: &Cni) -> Handled {
         }
     }
     Ok(Some(prev.clone()))
+}
+
+/// The shared table, installed when the ruleset (read under the lock) lacks it.
+/// Checked again under ve-nat's lock by `up_nftables_if_absent`, where it is installed
+/// only when still missing: a concurrent `ve-nat up --forward` or ADD keeps what it
+/// made.
+fn install_shared(shared: Shared) -> common::Result<()> {
+    let shared = shared_resolved(shared)?;
+    if up_nftables_if_absent(&shared)? {
+        firewalld_up(&shared)?;
+        log::info!("table inet ve-nat installed");
+    }
+    Ok(())
 }
 
 /// The iptables firewalls of CNI mode: IPv4, and IPv6 with `ipv6`.
@@ -388,27 +395,6 @@ fn mappings(req: &Cni, prev: &Value, ipv6: bool) -> Result<Vec<Mapping>, CniErro
     Ok(out)
 }
 
-/// `nft -j list table inet ve-nat-cni`, or nothing when it is not there.
-fn listing() -> common::Result<Vec<Value>> {
-    Ok(cni_table(native::ruleset()?))
-}
-
-/// The objects of table inet ve-nat-cni in `ruleset`.
-fn cni_table(ruleset: Vec<Value>) -> Vec<Value> {
-    ruleset
-        .into_iter()
-        .filter(|o| {
-            o.as_object()
-                .and_then(|m| m.values().next())
-                .is_some_and(|v| {
-                    v["family"] == "inet"
-                        && (v["table"] == nft_cni::TABLE
-                            || (o.get("table").is_some() && v["name"] == nft_cni::TABLE))
-                })
-        })
-        .collect()
-}
-
 fn run_batch(batch: Batch<'_>, what: &str) -> common::Result<()> {
     let text = serde_json::to_string(&batch.to_nftables())
         .map_err(|e| Error::internal(format!("writing nft's JSON: {e}")))?;
@@ -418,16 +404,27 @@ fn run_batch(batch: Batch<'_>, what: &str) -> common::Result<()> {
 }
 
 /// The container's elements replace its earlier ones, in one transaction; the table
-/// is made in the same one when missing.
+/// is made in the same one when missing, and the shared table `inet ve-nat` first when
+/// that is missing. One `nft -j list ruleset`, under the lock, is all it reads: every
+/// process it starts is paid by every container.
 fn add(
     owner: &Owner,
     mappings: &[Mapping],
     internal: Vec<IfPattern>,
     mark: u32,
+    shared: Shared,
 ) -> common::Result<()> {
     native::installed()?;
-    let _lock = lock::acquire(LOCK_WAIT)?;
-    let have = listing()?;
+    let mut lock = lock::acquire(LOCK_WAIT)?;
+    let mut have = native::ruleset()?;
+    if !native::present(&have) {
+        // Installing takes the lock itself.
+        drop(lock);
+        install_shared(shared)?;
+        lock = lock::acquire(LOCK_WAIT)?;
+        have = native::ruleset()?;
+    }
+    let _lock = lock;
     let installed = nft_cni::installed(&have);
     for m in mappings {
         if let Some((o, _)) = installed
@@ -445,7 +442,7 @@ fn add(
         }
     }
     // `ve-nat up --forward`'s host ports are taken too.
-    let forwarded = nft_cni::forwarded(&native::ruleset()?);
+    let forwarded = nft_cni::forwarded(&have);
     for m in mappings {
         if let Some((_, p, hp)) = forwarded.iter().find(|f| m.clashes_forward(f)) {
             return Err(Error::new(
@@ -488,10 +485,9 @@ fn delete_where(gone: &dyn Fn(&str) -> bool) -> common::Result<Option<Vec<Value>
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
     let rs = native::ruleset()?;
-    let have = cni_table(rs.clone());
     // Per owner, all its mappings at once: elements they share are deleted once.
     let mut by_owner: Vec<(String, Vec<Mapping>)> = Vec::new();
-    for (o, m) in nft_cni::installed(&have) {
+    for (o, m) in nft_cni::installed(&rs) {
         if !gone(&o) {
             continue;
         }

@@ -11,7 +11,7 @@
 //! PROTO . HOST_PORT`) for those with a `hostIP`, and the set `dstF` of destinations for
 //! the forward accept. The rules are fixed: a mapping adds elements, never a rule.
 
-use std::{borrow::Cow, net::IpAddr};
+use std::{borrow::Cow, collections::HashMap, net::IpAddr};
 
 use nftables::{
     expr::{self, Elem, Expression, MetaKey, NamedExpression},
@@ -440,7 +440,14 @@ pub fn installed(ruleset: &[Value]) -> Vec<(String, Mapping)> {
     for f in FAMILIES {
         let [fwd, port, hfwd, hport, _] = names(f);
         for (a, p, host) in [(fwd, port, false), (hfwd, hport, true)] {
-            let ports = map(p);
+            // The container port by key: one look-up per element, not a scan of the
+            // port map (which holds an element per container).
+            let mut ports: HashMap<String, u64> = HashMap::new();
+            for pe in map(p) {
+                if let (Some(k), Some(port)) = (pe.get(0), pe.get(1).and_then(Value::as_u64)) {
+                    ports.entry(k["elem"]["val"].to_string()).or_insert(port);
+                }
+            }
             for e in map(a) {
                 let (Some(key), Some(to)) = (e.get(0), e.get(1)) else {
                     continue;
@@ -453,11 +460,8 @@ pub fn installed(ruleset: &[Value]) -> Vec<(String, Mapping)> {
                     continue;
                 };
                 let port_of = ports
-                    .iter()
-                    .find(|pe| pe.get(0).map(|k| &k["elem"]["val"]) == Some(val))
-                    .and_then(|pe| pe.get(1))
-                    .and_then(Value::as_u64)
-                    .and_then(|n| u16::try_from(n).ok());
+                    .get(&val.to_string())
+                    .and_then(|&n| u16::try_from(n).ok());
                 let (host_ip, rest) = if host {
                     let h = parts
                         .first()
@@ -511,22 +515,61 @@ mod tests {
             m("tcp", 8080, "10.233.0.3", 80, None),
             m("udp", 5353, "fd00::3", 53, Some("2001:db8::1")),
         ];
-        let objs = elements(&owner, &maps);
-        // As nft lists them: the element objects' maps with their elements.
-        let listing: Vec<Value> = objs
-            .iter()
-            .map(|o| {
-                let v = serde_json::to_value(o).unwrap();
-                let e = &v["element"];
+        // Other containers' elements in the same maps, each to a port of its own.
+        let others: Vec<(Owner, Mapping)> = (1..=3u16)
+            .map(|i| {
+                let o = Owner::new("net", &format!("{i:02}").repeat(32), "eth0").unwrap();
+                (
+                    o,
+                    m(
+                        "tcp",
+                        9000 + i,
+                        &format!("10.233.0.{}", 10 + i),
+                        100 + i,
+                        None,
+                    ),
+                )
+            })
+            .collect();
+        let mut objs = elements(&owner, &maps);
+        for (o, x) in &others {
+            objs.extend(elements(o, std::slice::from_ref(x)));
+        }
+        // As nft lists them: one object per map, with all its elements.
+        let mut by_map: Vec<(Value, Vec<Value>)> = Vec::new();
+        for o in &objs {
+            let v = serde_json::to_value(o).unwrap();
+            let e = &v["element"];
+            let elems = e["elem"].as_array().cloned().unwrap_or_default();
+            match by_map.iter_mut().find(|(n, _)| *n == e["name"]) {
+                Some((_, all)) => all.extend(elems),
+                None => by_map.push((e["name"].clone(), elems)),
+            }
+        }
+        let listing: Vec<Value> = by_map
+            .into_iter()
+            .map(|(name, elem)| {
                 serde_json::json!({"map": {"family": "inet", "table": TABLE,
-                    "name": e["name"], "elem": e["elem"]}})
+                    "name": name, "elem": elem}})
             })
             .collect();
         let back = installed(&listing);
-        assert_eq!(back.len(), 2, "{listing:?}");
-        assert!(back.iter().all(|(o, _)| o == owner.as_str()));
-        assert!(back.iter().any(|(_, x)| *x == maps[0]));
-        assert!(back.iter().any(|(_, x)| *x == maps[1]));
+        assert_eq!(back.len(), 5, "{listing:?}");
+        let mine: Vec<&Mapping> = back
+            .iter()
+            .filter(|(o, _)| o == owner.as_str())
+            .map(|(_, x)| x)
+            .collect();
+        assert_eq!(mine.len(), 2);
+        assert!(mine.contains(&&maps[0]) && mine.contains(&&maps[1]));
+        for (o, x) in &others {
+            let got: Vec<&Mapping> = back
+                .iter()
+                .filter(|(b, _)| b == o.as_str())
+                .map(|(_, x)| x)
+                .collect();
+            assert_eq!(got, [x], "{}", o.as_str());
+        }
         assert!(maps[0].clashes(&m("tcp", 8080, "10.233.0.9", 81, None)));
         assert!(!maps[0].clashes(&m("udp", 8080, "10.233.0.9", 81, None)));
     }

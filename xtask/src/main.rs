@@ -24,7 +24,7 @@ tasks:
                         ve-alloc tour; see `cargo xtask demo --help`
   dist [--no-build]     release binaries, man pages, bash/zsh/fish completions and
                         the examples in target/dist; see `cargo xtask dist --help`
-  bench [WHAT] [opts]   benchmarks; WHAT is one of: pipeline, alloc, link, nat, nm,
+  bench [WHAT] [opts]   benchmarks; WHAT is one of: pipeline, alloc, cni, link, nat, nm,
                         all (the default); see `cargo xtask bench --help`
 
 Every task prints its usage on -h/--help and runs nothing. Interrupted (SIGINT,

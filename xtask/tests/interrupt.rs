@@ -1,4 +1,4 @@
-//! The built xtask binary, interrupted: the demo and a bench stopped by a signal or a
+//! The built xtask binary, interrupted: the demo and the benches stopped by a signal or a
 //! closed stdout leave no namespace under /run/netns, no process and no scratch
 //! directory behind. And `--help` on every task runs nothing.
 
@@ -249,6 +249,55 @@ fn bench_link_stopped_by_sigterm_removes_its_namespaces() {
     run.assert_clean(&pids, &[]);
 }
 
+#[test]
+fn bench_cni_stopped_by_sigterm_removes_its_namespaces_bus_and_scratch() {
+    if !privileged(
+        "bench_cni_stopped_by_sigterm_removes_its_namespaces_bus_and_scratch",
+        &["ip", "nft", "dbus-daemon"],
+    ) {
+        return;
+    }
+    let mut c = xtask();
+    c.args(["bench", "cni", "--containers", "300"])
+        .arg("--tools")
+        .arg(tools_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // testbed's sandbox: host namespaces vt<pid>x0-ours and -ref, container namespaces
+    // vt<pid>x0-o<i> and -r<i>; the scratch directory ve-test-bench-cni-<pid>-<n>.
+    let mut run = Run::start(c, |pid| format!("vt{pid}x"));
+    wait_until("10 containers per chain", Duration::from_secs(60), || {
+        netns_with(&run.prefix).len() >= 22
+    });
+    let hosts: Vec<String> = netns_with(&run.prefix)
+        .into_iter()
+        .filter(|n| n.ends_with("-ours") || n.ends_with("-ref"))
+        .collect();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    // The private bus nm-unmanage talks to runs in ours.
+    let pids = pids_in(&hosts);
+    assert!(!pids.is_empty(), "no dbus-daemon in {hosts:?}");
+    let scratch = format!("ve-test-bench-cni-{}-", run.child.id());
+    let scratch_dirs = || -> Vec<PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .expect("temp dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&scratch))
+            .map(|e| e.path())
+            .collect()
+    };
+    assert_eq!(scratch_dirs().len(), 1, "the bench's scratch directory");
+    run.signal(libc::SIGTERM);
+    let st = run.wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(143), "{st}");
+    assert_eq!(
+        scratch_dirs(),
+        Vec::<PathBuf>::new(),
+        "scratch directories left"
+    );
+    run.assert_clean(&pids, &[]);
+}
+
 /// `bench nm` runs nm-unmanage --watch and --persist against a sandboxed
 /// NetworkManager; it fails itself when the machine's NetworkManager or networkd
 /// directories changed, and leaves nothing behind.
@@ -300,6 +349,7 @@ fn help_prints_usage_and_runs_nothing() {
         &["bench", "all"],
         &["bench", "pipeline"],
         &["bench", "alloc"],
+        &["bench", "cni"],
         &["bench", "link"],
         &["bench", "nat"],
         &["bench", "nm"],

@@ -21,15 +21,6 @@ use testbed::{podman::Podman, Sandbox, TempDir, OUTSIDE};
 use super::stats::{median_p90, ms, timed};
 use crate::util::{self, Result};
 
-const USAGE: &str = "\
-usage: cargo xtask bench cni-podman [--runs N]
-
-  --runs N   timed `podman run --rm ... true` per network (default 20)
-
-Needs root, podman (with crun and conmon), Debian's containernetworking-plugins in
-/usr/lib/cni and debootstrap (the container rootfs is built once and cached under
-target/tmp/boot-rootfs, shared with the tests).";
-
 /// Debian's containernetworking-plugins.
 const REFERENCE: &str = "/usr/lib/cni";
 
@@ -102,47 +93,6 @@ impl PodmanRow {
     }
 }
 
-/// `--runs N`, or `None` for `--help`; unknown options are refused.
-pub(super) fn parse(args: &[String]) -> Result<Option<usize>> {
-    let mut runs = 20usize;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--runs" => {
-                runs = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or("bench cni-podman: --runs needs a positive number")?;
-            }
-            "-h" | "--help" => return Ok(None),
-            other => {
-                return Err(format!(
-                    "bench cni-podman: unknown option {other:?}\n{USAGE}"
-                ))
-            }
-        }
-    }
-    Ok(Some(runs))
-}
-
-/// `cargo xtask bench cni-podman`: the release build of the tools, then the row.
-pub fn run(args: &[String]) -> Result {
-    let Some(runs) = parse(args)? else {
-        sayln!("{USAGE}");
-        return Ok(());
-    };
-    let mut build = util::cargo();
-    build.args(["build", "--release", "--quiet"]);
-    for t in ["ve-alloc", "ve-link", "ve-nat", "nm-unmanage"] {
-        build.args(["-p", t]);
-    }
-    util::run(&mut build)?;
-    let row = podman_row(&util::root().join("target/release"), runs)?;
-    sayln!("{}", row.report());
-    Ok(())
-}
-
 /// One sandbox: a host namespace with an uplink (the default route, for ve-nat's
 /// `external: auto`) and podman with one network, or none.
 struct Bed {
@@ -171,7 +121,7 @@ impl Bed {
         let plugins: Vec<(&str, &Path)> = plugins.iter().map(|(n, p)| (*n, p.as_path())).collect();
         let networks: Vec<(&str, &Value)> = conflist.iter().map(|c| ("vetest", c)).collect();
         let pm = Podman::start(&host, rootfs, &plugins, &networks)
-            .map_err(|e| format!("bench cni-podman: {label}: {e}"))?;
+            .map_err(|e| format!("bench cni (podman): {label}: {e}"))?;
         crate::guard::dir(pm.scratch());
         Ok(Bed {
             label,
@@ -186,7 +136,7 @@ impl Bed {
         let mut run = self
             .pm
             .run_command(&["--rm", "--network", self.network], &["true"]);
-        timed(&mut run, None).map_err(|e| format!("bench cni-podman: {}: {e}", self.label))
+        timed(&mut run, None).map_err(|e| format!("bench cni (podman): {}: {e}", self.label))
     }
 }
 
@@ -224,11 +174,11 @@ fn reference(state: &Path) -> Value {
 /// binaries, e.g. target/release) and `runs` timed runs per network.
 pub fn podman_row(tools: &Path, runs: usize) -> Result<PodmanRow> {
     if !util::is_root() {
-        return Err("bench cni-podman: needs root (it creates network namespaces)".into());
+        return Err("bench cni (podman): needs root (it creates network namespaces)".into());
     }
     if !Podman::available() {
         return Err(format!(
-            "bench cni-podman: needs {:?} (apt-get install podman)",
+            "bench cni (podman): needs {:?} (apt-get install podman)",
             Podman::COMMANDS
         ));
     }
@@ -238,7 +188,7 @@ pub fn podman_row(tools: &Path, runs: usize) -> Result<PodmanRow> {
         .collect();
     if let Some((p, path)) = ref_plugins.iter().find(|(_, path)| !path.is_file()) {
         return Err(format!(
-            "bench cni-podman: {} ({p}) is missing: apt-get install containernetworking-plugins",
+            "bench cni (podman): {} ({p}) is missing: apt-get install containernetworking-plugins",
             path.display()
         ));
     }
@@ -247,7 +197,7 @@ pub fn podman_row(tools: &Path, runs: usize) -> Result<PodmanRow> {
         .map(|t| (t, tools.join(t)))
         .collect();
     if let Some((_, path)) = our_plugins.iter().find(|(_, path)| !path.is_file()) {
-        return Err(format!("bench cni-podman: {} is missing", path.display()));
+        return Err(format!("bench cni (podman): {} is missing", path.display()));
     }
     let rootfs = testbed::rootfs::cached(&util::root().join("target/tmp/boot-rootfs"));
 
@@ -302,7 +252,7 @@ pub fn podman_row(tools: &Path, runs: usize) -> Result<PodmanRow> {
     let (Some(none), Some(ours), Some(reference)) =
         (timings.next(), timings.next(), timings.next())
     else {
-        return Err("bench cni-podman: three networks expected".into());
+        return Err("bench cni (podman): three networks expected".into());
     };
     Ok(PodmanRow {
         runs,
@@ -340,9 +290,5 @@ mod tests {
         };
         assert!(!worse.met());
         assert!(worse.report().contains("NOT met"), "{}", worse.report());
-        assert_eq!(parse(&["--runs".into(), "3".into()]), Ok(Some(3)));
-        assert_eq!(parse(&["-h".into()]), Ok(None));
-        assert!(parse(&["--runs".into(), "0".into()]).is_err());
-        assert!(parse(&["--bogus".into()]).is_err());
     }
 }

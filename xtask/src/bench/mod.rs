@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the tools measured next to what users would pick instead.
 
 mod alloc;
+mod cni;
 mod cni_podman;
 mod link;
 mod nat;
@@ -24,14 +25,19 @@ WHAT:
                    --etcd on|off  (default on)
                    --fleet-leases N,...  (default 100,1000,30000)
                    --parallel P, --per-node N  (default 16, 160)
+  cni     the tools as a CNI chain (ve-link + ve-alloc, ve-nat, nm-unmanage) against
+          ptp + host-local (ipMasq) and portmap, called as a runtime calls a conflist:
+          ADD and DEL up to N containers, rules per container
+          ADD and DEL up to N containers, rules per container; then podman 4.3
+          `run --rm ... true` on each chain and on `--network none`: each network's
+          share of it
+          options: --containers N (default 1000), --tools DIR, --podman-runs K
   nm      nm-unmanage --watch and --persist against a sandboxed NetworkManager and
           systemd-networkd: time from veth creation to unmanaged, DHCP DISCOVERs
           and networkd addresses that got out
           options: see `cargo xtask bench nm --help`
   nat     ve-nat up/down and the per-container NAT cost, against CNI ptp with ipMasq
           options: --containers N, --runs R
-  cni-podman  podman 4.3 `run --rm ... true` on our CNI plugins, the reference ones and
-          `--network none`: each network's share and the ratio (--runs N, default 20)
   watch   ve-nat watch: NAT back after `nft flush ruleset` (--flushes N, default 20)
   link    ve-link up/down alone against the NixOS `ip` sequence: the pipeline bench
           with ve, ve-link, both NixOS rows and `ip -batch`
@@ -53,12 +59,12 @@ pub fn run(args: &[String]) -> Result {
     };
     match what {
         "alloc" => alloc::run(rest),
+        "cni" => cni::run(rest),
         "nm" => nm::run(rest),
         "nat" => nat::run(rest),
         "link" => link::run(rest),
         "pipeline" => pipeline::run(rest),
         "watch" => watch::run(rest),
-        "cni-podman" => cni_podman::run(rest),
         "all" => {
             if help_only(what, rest)? {
                 say!("{USAGE}");
@@ -82,11 +88,11 @@ pub fn run(args: &[String]) -> Result {
 fn help_only(what: &str, rest: &[String]) -> Result<bool> {
     match what {
         "alloc" => alloc::parse(rest).map(|o| o.is_none()),
+        "cni" => cni::parse(rest).map(|o| o.is_none()),
         "nm" => nm::parse(rest).map(|o| o.is_none()),
         "nat" => nat::parse(rest).map(|o| o.is_none()),
         "link" => link::parse(rest).map(|o| o.is_none()),
         "pipeline" => pipeline::parse(rest).map(|o| o.is_none()),
-        "cni-podman" => cni_podman::parse(rest).map(|o| o.is_none()),
         "all" => match rest {
             [] => Ok(false),
             [h] if h == "-h" || h == "--help" => Ok(true),
@@ -108,15 +114,7 @@ mod tests {
 
     #[test]
     fn every_bench_takes_help_and_refuses_unknown_options_before_running() {
-        for what in [
-            "all",
-            "alloc",
-            "nm",
-            "nat",
-            "link",
-            "pipeline",
-            "cni-podman",
-        ] {
+        for what in ["all", "alloc", "cni", "nm", "nat", "link", "pipeline"] {
             for help in ["-h", "--help"] {
                 assert_eq!(help_only(what, &args(&[help])), Ok(true), "{what} {help}");
             }

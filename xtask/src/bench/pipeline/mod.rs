@@ -434,13 +434,13 @@ impl Samples {
 }
 
 /// Containers `lo..=hi` (1-based): "the ~100th container".
-struct Window {
-    label: String,
-    lo: usize,
-    hi: usize,
+pub(in crate::bench) struct Window {
+    pub(in crate::bench) label: String,
+    pub(in crate::bench) lo: usize,
+    pub(in crate::bench) hi: usize,
 }
 
-fn windows(n: usize) -> Vec<Window> {
+pub(in crate::bench) fn windows(n: usize) -> Vec<Window> {
     let mut v: Vec<Window> = [
         ("1st-10th", 1, 10),
         ("~100th", 91, 110),
@@ -473,7 +473,7 @@ fn thousands(n: usize) -> String {
     }
 }
 
-fn load_average() -> String {
+pub(in crate::bench) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
