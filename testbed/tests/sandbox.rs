@@ -75,6 +75,21 @@ fn a_missing_namespace_is_an_error() {
     assert!(joined.is_err(), "spawn_in ran outside the namespace");
 }
 
+/// Wait until process `pid` runs in the network namespace mounted at `ns`.
+fn wait_inside(pid: u32, ns: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let its = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let t = std::time::Instant::now();
+    while ino(ns).is_none() || ino(ns) != ino(&its) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{pid} never got into {ns:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn dropping_the_sandbox_deletes_its_namespaces_and_what_runs_in_them() {
     if !privileged("testbed sandbox test", &["ip", "sleep"]) {
@@ -90,6 +105,9 @@ fn dropping_the_sandbox_deletes_its_namespaces_and_what_runs_in_them() {
         .spawn()
         .unwrap();
     assert!(path.exists());
+    // `ip netns exec` enters the namespace a moment after it starts: wait for that, or
+    // the drop may find nothing to kill yet.
+    wait_inside(child.id(), &path);
     drop(sb);
     assert!(!path.exists(), "{} is still there", path.display());
     // Killed, not left running in a namespace nobody can name.
@@ -123,7 +141,7 @@ fn namespaces_a_killed_test_left_are_swept_and_live_ones_kept() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_inside(sleeper.id(), &Path::new("/run/netns").join(&stale));
     testbed::sweep_stale();
     let exists = |n: &str| Path::new("/run/netns").join(n).exists();
     let stale_left = exists(&stale);
