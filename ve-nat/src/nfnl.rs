@@ -108,55 +108,22 @@ impl Nfnl {
 
     /// The chains of `family` as `(table, chain)`.
     pub fn chains(&mut self, family: NetfilterProtoFamily) -> io::Result<Vec<(String, String)>> {
-        let seq = self.next_seq();
-        let mut out = Vec::new();
-        emit(
-            &mut out,
-            seq,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            NetfilterMessage::new(
-                NetfilterHeader::new(family, 0, 0),
-                NfTablesMessage::GetChain(ChainMessage { attributes: vec![] }),
-            ),
-        );
-        self.sock.send(&out, 0)?;
         let mut chains = Vec::new();
-        self.read(|m| {
-            if m.header.sequence_number != seq {
-                return Ok(false);
-            }
-            if m.header.flags & NLM_F_DUMP_INTR != 0 {
-                return Err(io::Error::other(
-                    "the ruleset changed while its chains were listed",
-                ));
-            }
-            match &m.payload {
-                NetlinkPayload::Done(_) => return Ok(true),
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        Some(_) => Err(e.to_io()),
-                        None => Ok(true),
+        let ask = NfTablesMessage::GetChain(ChainMessage { attributes: vec![] });
+        self.dump(family, ask, "chains", false, |m| {
+            if let NfTablesMessage::NewChain(c) = m {
+                let (mut table, mut name) = (None, None);
+                for a in &c.attributes {
+                    match a {
+                        ChainAttribute::Table(t) => table = Some(t.clone()),
+                        ChainAttribute::Name(n) => name = Some(n.clone()),
+                        _ => {}
                     }
                 }
-                NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewChain(c)),
-                    ..
-                }) => {
-                    let (mut table, mut name) = (None, None);
-                    for a in &c.attributes {
-                        match a {
-                            ChainAttribute::Table(t) => table = Some(t.clone()),
-                            ChainAttribute::Name(n) => name = Some(n.clone()),
-                            _ => {}
-                        }
-                    }
-                    if let (Some(t), Some(n)) = (table, name) {
-                        chains.push((t, n));
-                    }
+                if let (Some(t), Some(n)) = (table, name) {
+                    chains.push((t, n));
                 }
-                _ => {}
             }
-            Ok(false)
         })?;
         Ok(chains)
     }
@@ -171,72 +138,86 @@ impl Nfnl {
         table: &str,
         chain: &str,
     ) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        let ask = NfTablesMessage::GetRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(table.to_string()),
+                RuleAttribute::Chain(chain.to_string()),
+            ],
+        });
+        self.dump(family, ask, "rules", true, |m| {
+            let NfTablesMessage::NewRule(r) = m else {
+                return;
+            };
+            // Kernels filter the dump by table and chain; these lines make sure of it.
+            let is = |want: &str, f: fn(&RuleAttribute) -> Option<&String>| {
+                r.attributes.iter().filter_map(f).any(|v| v == want)
+            };
+            let in_table = is(table, |a| match a {
+                RuleAttribute::Table(t) => Some(t),
+                _ => None,
+            });
+            let in_chain = is(chain, |a| match a {
+                RuleAttribute::Chain(c) => Some(c),
+                _ => None,
+            });
+            if in_table && in_chain {
+                for a in &r.attributes {
+                    if let RuleAttribute::Expressions(list) = a {
+                        names.extend(iifname_matches(list));
+                    }
+                }
+            }
+        })?;
+        Ok(names)
+    }
+
+    /// Send the dump request `ask` for `family` and hand each nf_tables message of the
+    /// answer to `each`. A dump the ruleset changed under is an error; so is the
+    /// kernel's refusal, but for ENOENT (nothing of the kind there) when `absent_ok`.
+    fn dump(
+        &mut self,
+        family: NetfilterProtoFamily,
+        ask: NfTablesMessage,
+        what: &str,
+        absent_ok: bool,
+        mut each: impl FnMut(&NfTablesMessage),
+    ) -> io::Result<()> {
         let seq = self.next_seq();
         let mut out = Vec::new();
         emit(
             &mut out,
             seq,
             NLM_F_REQUEST | NLM_F_DUMP,
-            NetfilterMessage::new(
-                NetfilterHeader::new(family, 0, 0),
-                NfTablesMessage::GetRule(RuleMessage {
-                    attributes: vec![
-                        RuleAttribute::Table(table.to_string()),
-                        RuleAttribute::Chain(chain.to_string()),
-                    ],
-                }),
-            ),
+            NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), ask),
         );
         self.sock.send(&out, 0)?;
-        let mut names = Vec::new();
         self.read(|m| {
             if m.header.sequence_number != seq {
                 return Ok(false);
             }
             if m.header.flags & NLM_F_DUMP_INTR != 0 {
-                return Err(io::Error::other(
-                    "the ruleset changed while its rules were listed",
-                ));
+                return Err(io::Error::other(format!(
+                    "the ruleset changed while its {what} were listed"
+                )));
             }
             match &m.payload {
                 NetlinkPayload::Done(_) => return Ok(true),
                 NetlinkPayload::Error(e) => {
                     return match e.code {
-                        Some(c) if -c.get() == libc::ENOENT => Ok(true),
+                        Some(c) if absent_ok && -c.get() == libc::ENOENT => Ok(true),
                         Some(_) => Err(e.to_io()),
                         None => Ok(true),
                     }
                 }
                 NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)),
+                    inner: NetfilterMessageInner::NfTables(msg),
                     ..
-                }) => {
-                    // Kernels filter the dump by table and chain; these lines make
-                    // sure of it.
-                    let is = |want: &str, f: fn(&RuleAttribute) -> Option<&String>| {
-                        r.attributes.iter().filter_map(f).any(|v| v == want)
-                    };
-                    let in_table = is(table, |a| match a {
-                        RuleAttribute::Table(t) => Some(t),
-                        _ => None,
-                    });
-                    let in_chain = is(chain, |a| match a {
-                        RuleAttribute::Chain(c) => Some(c),
-                        _ => None,
-                    });
-                    if in_table && in_chain {
-                        for a in &r.attributes {
-                            if let RuleAttribute::Expressions(list) = a {
-                                names.extend(iifname_matches(list));
-                            }
-                        }
-                    }
-                }
+                }) => each(msg),
                 _ => {}
             }
             Ok(false)
-        })?;
-        Ok(names)
+        })
     }
 
     /// Hand each message that comes in to `each` until it says the answer is complete.

@@ -250,12 +250,36 @@ impl EtcdStore {
 
     /// How many keys each of several ranges holds, in one round trip per 100 ranges.
     fn counts(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<i64>> {
+        Ok(self
+            .range_txns(ranges, true)?
+            .iter()
+            .map(|r| int(r.get("count")))
+            .collect())
+    }
+
+    /// Several ranges read at one revision, in one round trip (one per 100 ranges: etcd
+    /// allows 128 operations per transaction).
+    fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
+        self.range_txns(ranges, false)?.iter().map(kvs).collect()
+    }
+
+    /// The `response_range` of each range, read by transactions of 100 ranges each
+    /// (only their counts with `count_only`).
+    fn range_txns(
+        &mut self,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        count_only: bool,
+    ) -> Result<Vec<Value>> {
         let mut out = Vec::with_capacity(ranges.len());
         for chunk in ranges.chunks(100) {
             let ops: Vec<Value> = chunk
                 .iter()
                 .map(|(k, e)| {
-                    json!({"request_range": {"key": b64(k), "range_end": b64(e), "count_only": true}})
+                    let mut r = json!({"key": b64(k), "range_end": b64(e)});
+                    if count_only {
+                        r["count_only"] = Value::Bool(true);
+                    }
+                    json!({ "request_range": r })
                 })
                 .collect();
             let v = self
@@ -274,38 +298,8 @@ impl EtcdStore {
             }
             out.extend(
                 resp.iter()
-                    .map(|r| int(r.get("response_range").and_then(|r| r.get("count")))),
+                    .map(|r| r.get("response_range").cloned().unwrap_or(Value::Null)),
             );
-        }
-        Ok(out)
-    }
-
-    /// Several ranges read at one revision, in one round trip (one per 100 ranges: etcd
-    /// allows 128 operations per transaction).
-    fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
-        let mut out = Vec::with_capacity(ranges.len());
-        for chunk in ranges.chunks(100) {
-            let ops: Vec<Value> = chunk
-                .iter()
-                .map(|(k, e)| json!({"request_range": {"key": b64(k), "range_end": b64(e)}}))
-                .collect();
-            let v = self
-                .client
-                .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
-            let empty = vec![];
-            let resp = v
-                .get("responses")
-                .and_then(Value::as_array)
-                .unwrap_or(&empty);
-            if resp.len() != chunk.len() {
-                return Err(Error::new(
-                    Kind::Io,
-                    "etcd answered a different number of ranges",
-                ));
-            }
-            for r in resp {
-                out.push(kvs(r.get("response_range").unwrap_or(&Value::Null))?);
-            }
         }
         Ok(out)
     }
