@@ -18,7 +18,9 @@
 //!   data dir) and /var/tmp, empty tmpfs over /etc/containers and /etc/cni (the machine's
 //!   configuration is never read and nothing can land there), and `mount -t cgroup2
 //!   none /sys/fs/cgroup` (`ip netns exec` mounts a fresh sysfs without it, and crun
-//!   fails).
+//!   fails), and tmpfs over /dev/shm: rootful podman keeps its locks in a shared memory
+//!   segment there (`libpod_lock`), and a fresh podman's first "refresh" frees every
+//!   lock in it, which must never be the machine's or another sandbox's.
 //! - Configuration: `CONTAINERS_CONF` names a scratch containers.conf
 //!   (`network_backend = "cni"`, `cni_plugin_dirs` a directory of symlinks named after
 //!   each plugin `type`, `network_config_dir` the scratch conflists, `cgroups =
@@ -105,6 +107,7 @@ impl Podman {
             "mount --bind {dd}/run /run && mount -t tmpfs tmpfs /var/lib && \
              mount -t tmpfs tmpfs /var/tmp && mount -t tmpfs tmpfs /etc/containers && \
              mount -t tmpfs tmpfs /etc/cni && mount -t cgroup2 none /sys/fs/cgroup && \
+             mount -t tmpfs tmpfs /dev/shm && \
              exec sleep infinity"
         );
         for etc in ["/etc/containers", "/etc/cni"] {

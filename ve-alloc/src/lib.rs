@@ -219,7 +219,7 @@ enum Cmd {
     ///
     /// What `ve-link routes --from -` reads to route every other node's containers
     /// through that node; --json gives JSON Lines with the node's name. Nodes without a
-    /// --node-address are left out (with a warning).
+    /// --node-address are left out (with a warning). The empty set is a blank line.
     Routes {
         /// Keep printing: the whole set again, then a blank line, each time it changes
         /// (through etcd's watch); with --json one {"revision":N,"routes":[...]} line per
@@ -466,6 +466,11 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
                 } else {
                     text.push_str(&format!("{} via {}\n", r.block, r.via));
                 }
+            }
+            // The empty set is a blank line, so that `ve-link routes --from -` can tell
+            // it from the nothing a failed `routes` leaves in the pipe.
+            if routes.is_empty() && !cli.json {
+                text.push('\n');
             }
             output::print(&text)
         }

@@ -1147,6 +1147,10 @@ fn routes_leave_out_blocks_of_the_other_family_than_the_node_address() {
             .unwrap();
         assert!(o.status.success(), "{}", text(&o.stderr));
     };
+    // No node has blocks yet: the empty set is a blank line, never nothing.
+    let o = va(&c, 0, p, &["routes"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "\n");
     let n2 = c.nodes[1].addr.clone();
     alloc(1, "v4", &n2);
     let o = va(&c, 0, p, &["routes"]).output().unwrap();

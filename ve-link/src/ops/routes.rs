@@ -150,7 +150,18 @@ pub fn converge(nl: &impl Netlink, want: &[Route]) -> Result<()> {
 }
 
 /// `ve-link routes --from FILE` (not following): the whole file is one set.
+///
+/// Input with no bytes at all is refused (65), nothing changed: it is what a failed
+/// `ve-alloc routes` leaves in the pipe, and taking it for the empty set would remove
+/// every route to the other hosts. The empty set is a blank line, as `ve-alloc routes`
+/// prints it.
 pub fn once(text: &str, origin: &str) -> Result<()> {
+    if text.is_empty() {
+        return Err(Error::data(format!(
+            "{origin}: no input (did the command before the pipe fail?); the empty set, \
+             which removes every route of ours, is a blank line"
+        )));
+    }
     let want = parse_set(text.lines().enumerate().map(|(i, l)| (i + 1, l)), origin)?;
     super::require_privilege(false)?;
     converge(&Socket::host()?, &want)
@@ -246,6 +257,20 @@ mod tests {
 
     fn set(text: &str) -> Result<Vec<Route>> {
         parse_set(text.lines().enumerate().map(|(i, l)| (i + 1, l)), "test")
+    }
+
+    #[test]
+    fn no_input_at_all_is_refused_before_anything_is_looked_at() {
+        // What a failed `ve-alloc routes` leaves in the pipe: not the empty set.
+        let e = once("", "stdin").unwrap_err();
+        assert_eq!(e.code(), 65, "{e}");
+        assert!(
+            e.to_string()
+                .contains("did the command before the pipe fail"),
+            "{e}"
+        );
+        // A blank line is the empty set.
+        assert_eq!(set("\n").unwrap(), []);
     }
 
     fn r(block: &str, via: &str) -> Route {
