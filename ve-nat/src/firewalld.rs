@@ -431,6 +431,29 @@ impl Firewalld {
     }
 }
 
+impl Firewalld {
+    /// `add` or `remove` (`verb`) entry `e` in our zone, at its layer: runtime through
+    /// the zone interface, permanent through the zone's configuration object.
+    fn change(&self, e: &Entry, verb: &str) -> Result<()> {
+        let m = Self::method(e, verb);
+        match e.layer {
+            Layer::Runtime => self
+                .call::<_, String>(NAME, PATH, ZONE_IFACE, &m, &(ZONE, e.value.as_str()))
+                .map(drop),
+            Layer::Permanent => {
+                let zone = self.config_zone(ZONE)?;
+                self.call::<_, ()>(
+                    NAME,
+                    zone.as_str(),
+                    CONFIG_ZONE_IFACE,
+                    &m,
+                    &(e.value.as_str(),),
+                )
+            }
+        }
+    }
+}
+
 impl Zones for Firewalld {
     fn zone_of(&self, e: &Entry) -> Result<String> {
         let m = Self::method(e, "getZoneOf");
@@ -443,41 +466,11 @@ impl Zones for Firewalld {
     }
 
     fn add(&self, e: &Entry) -> Result<()> {
-        let m = Self::method(e, "add");
-        match e.layer {
-            Layer::Runtime => self
-                .call::<_, String>(NAME, PATH, ZONE_IFACE, &m, &(ZONE, e.value.as_str()))
-                .map(drop),
-            Layer::Permanent => {
-                let zone = self.config_zone(ZONE)?;
-                self.call::<_, ()>(
-                    NAME,
-                    zone.as_str(),
-                    CONFIG_ZONE_IFACE,
-                    &m,
-                    &(e.value.as_str(),),
-                )
-            }
-        }
+        self.change(e, "add")
     }
 
     fn remove(&self, e: &Entry) -> Result<()> {
-        let m = Self::method(e, "remove");
-        match e.layer {
-            Layer::Runtime => self
-                .call::<_, String>(NAME, PATH, ZONE_IFACE, &m, &(ZONE, e.value.as_str()))
-                .map(drop),
-            Layer::Permanent => {
-                let zone = self.config_zone(ZONE)?;
-                self.call::<_, ()>(
-                    NAME,
-                    zone.as_str(),
-                    CONFIG_ZONE_IFACE,
-                    &m,
-                    &(e.value.as_str(),),
-                )
-            }
-        }
+        self.change(e, "remove")
     }
 }
 
