@@ -27,17 +27,16 @@ use common::{
     cni::{self, code, CniError, Handled, Request as Cni, Verb},
     Error, Kind,
 };
-use nftables::batch::Batch;
 use serde_json::Value;
 
 use crate::{
     apply,
     backend::{BackendName, Chosen},
-    choose,
+    cni_nft,
     config::{Family, IfPattern, Request, DEFAULT_INTERNAL},
     firewall::{Backend, Iptables},
-    firewalld_up, iface, ipt_cni, lock, native, need_net_admin, nft,
-    nft_cni::{self, Mapping, Owner},
+    firewalld_up, iface, ipt_cni, lock, native, need_net_admin,
+    nft_cni::{Mapping, Owner},
     up_iptables_if_absent, up_nftables_if_absent, LOCK_WAIT,
 };
 
@@ -81,15 +80,12 @@ fn handle(req: &Cni) -> Handled {
     let internal = internal()?;
     // Every value is valid: now the system.
     need_net_admin()?;
-    // Only `auto` looks at the ruleset to choose; an explicit backend is its own answer.
-    let rs = match backend.explicit() {
-        Some(_) => None,
-        None => nft::ruleset(),
-    };
-    let chosen = choose(backend, rs.as_deref());
+    // Only `auto` looks at the firewall to choose; an explicit backend is its own answer.
+    let mut io = cni_nft::Io::open();
+    let chosen = choose_with(backend, &mut io);
     if req.verb == Verb::Check {
         return match chosen {
-            Chosen::Nftables => check(&owner, &mappings),
+            Chosen::Nftables => check(&mut io, &owner, &mappings),
             Chosen::Iptables(b) => {
                 check_iptables(b, shared.ipv6, &ipt_cni::tag(&net, &owner), &mappings)
             }
@@ -97,7 +93,7 @@ fn handle(req: &Cni) -> Handled {
         .map(|()| None);
     }
     match chosen {
-        Chosen::Nftables => add(&owner, &mappings, internal, mark, shared)?,
+        Chosen::Nftables => add(&mut io, &owner, &mappings, internal, mark, shared)?,
         Chosen::Iptables(b) => {
             let fws = firewalls(b, shared.ipv6)?;
             // The shared NAT once, as for nftables (checked again under the lock).
@@ -152,9 +148,19 @@ fn status(backend: BackendName) -> Result<(), CniError> {
     }
 }
 
+/// `--backend`, `auto` decided by what `io` reads (see `backend::pick`).
+fn choose_with(backend: BackendName, io: &mut cni_nft::Io) -> Chosen {
+    if let Some(c) = backend.explicit() {
+        return c;
+    }
+    let (c, why) = crate::backend::pick(&io.facts().0);
+    log::info!("backend auto: {c:?} ({why})");
+    c
+}
+
 /// DEL and GC: the mappings `gone_nft` (by nftables element comment) and `gone_tag` (by
 /// iptables rule tag) choose, wherever they are: table inet ve-nat-cni, and the chosen
-/// iptables backend, or iptables-nft when its ruleset shows CNI chains of ours (an
+/// iptables backend, or iptables-nft when its tables show CNI chains of ours (an
 /// `auto` that picked otherwise at ADD). Best effort: every place is tried.
 fn delete_everywhere(
     backend: BackendName,
@@ -162,19 +168,20 @@ fn delete_everywhere(
     gone_tag: &dyn Fn(&str) -> bool,
 ) -> Result<(), CniError> {
     let mut errors = Vec::new();
-    // One listing serves both the elements and where else to look.
-    let rs = match delete_where(gone_nft) {
-        Ok(rs) => rs,
-        Err(e) => {
-            errors.push(e);
-            nft::ruleset()
-        }
-    };
+    let mut io = cni_nft::Io::open();
+    if let Err(e) = delete_where(&mut io, gone_nft) {
+        errors.push(e);
+    }
+    let (facts, cni_ipt) = io.facts();
     let mut backends = Vec::new();
-    if let Chosen::Iptables(b) = choose(backend, rs.as_deref()) {
+    let chosen = match backend.explicit() {
+        Some(c) => c,
+        None => crate::backend::pick(&facts).0,
+    };
+    if let Chosen::Iptables(b) = chosen {
         backends.push(b);
     }
-    if rs.as_deref().is_some_and(in_iptables_nft_cni) && !backends.contains(&Some(Backend::Nft)) {
+    if cni_ipt && !backends.contains(&Some(Backend::Nft)) {
         backends.push(Some(Backend::Nft));
     }
     let _lock = if backends.is_empty() {
@@ -206,16 +213,6 @@ fn delete_everywhere(
         Some(e) => Err(CniError::from(e)),
         None => Ok(()),
     }
-}
-
-/// Whether iptables-nft's tables (families ip, ip6) hold a CNI chain of ours.
-fn in_iptables_nft_cni(ruleset: &[Value]) -> bool {
-    ruleset.iter().filter_map(|o| o.get("chain")).any(|c| {
-        (c["family"] == "ip" || c["family"] == "ip6")
-            && crate::rules::CNI_CHAINS
-                .iter()
-                .any(|x| c["name"] == x.chain)
-    })
 }
 
 fn check_iptables(
@@ -395,19 +392,12 @@ fn mappings(req: &Cni, prev: &Value, ipv6: bool) -> Result<Vec<Mapping>, CniErro
     Ok(out)
 }
 
-fn run_batch(batch: Batch<'_>, what: &str) -> common::Result<()> {
-    let text = serde_json::to_string(&batch.to_nftables())
-        .map_err(|e| Error::internal(format!("writing nft's JSON: {e}")))?;
-    native::nft(&["-j", "-f", "-"], Some(&text))
-        .map(drop)
-        .map_err(|e| e.context(what))
-}
-
 /// The container's elements replace its earlier ones, in one transaction; the table
 /// is made in the same one when missing, and the shared table `inet ve-nat` first when
-/// that is missing. One `nft -j list ruleset`, under the lock, is all it reads: every
-/// process it starts is paid by every container.
+/// that is missing. What it reads and how it writes is `cni_nft`'s: with the tables
+/// there, no process at all (every process it starts is paid by every container).
 fn add(
+    io: &mut cni_nft::Io,
     owner: &Owner,
     mappings: &[Mapping],
     internal: Vec<IfPattern>,
@@ -416,18 +406,18 @@ fn add(
 ) -> common::Result<()> {
     native::installed()?;
     let mut lock = lock::acquire(LOCK_WAIT)?;
-    let mut have = native::ruleset()?;
-    if !native::present(&have) {
+    let mut have = io.read(true)?;
+    if !have.shared {
         // Installing takes the lock itself.
         drop(lock);
         install_shared(shared)?;
         lock = lock::acquire(LOCK_WAIT)?;
-        have = native::ruleset()?;
+        have = io.read(true)?;
     }
     let _lock = lock;
-    let installed = nft_cni::installed(&have);
     for m in mappings {
-        if let Some((o, _)) = installed
+        if let Some((o, _)) = have
+            .installed
             .iter()
             .find(|(o, x)| o != owner.as_str() && x.clashes(m))
         {
@@ -442,72 +432,67 @@ fn add(
         }
     }
     // `ve-nat up --forward`'s host ports are taken too.
-    let forwarded = nft_cni::forwarded(&have);
     for m in mappings {
-        if let Some((_, p, hp)) = forwarded.iter().find(|f| m.clashes_forward(f)) {
+        if let Some((_, p, hp)) = have.forwarded.iter().find(|f| m.clashes_forward(f)) {
             return Err(Error::new(
                 Kind::Exists,
                 format!("host port {hp}/{p} is forwarded already, by `ve-nat up --forward`"),
             ));
         }
     }
-    let old: Vec<Mapping> = installed
-        .into_iter()
+    let old: Vec<Mapping> = have
+        .installed
+        .iter()
         .filter(|(o, _)| o == owner.as_str())
-        .map(|(_, m)| m)
+        .map(|(_, m)| m.clone())
         .collect();
     if old == mappings {
         return Ok(());
     }
-    let mut batch = Batch::new();
-    if !nft_cni::present(&have) {
-        for o in nft_cni::skeleton(&internal, mark) {
-            batch.add(o);
-        }
-    }
-    for o in nft_cni::elements(owner, &old) {
-        batch.delete(o);
-    }
-    for o in nft_cni::elements(owner, mappings) {
-        batch.add(o);
-    }
-    run_batch(batch, "adding the port mappings to table inet ve-nat-cni")?;
+    let delete = vec![(owner.as_str().to_string(), old)];
+    io.write(
+        &have,
+        &delete,
+        Some((owner, mappings)),
+        Some((&internal, mark)),
+        "adding the port mappings to table inet ve-nat-cni",
+    )?;
     log::info!("{} port mapping(s) for {}", mappings.len(), owner.as_str());
     Ok(())
 }
 
-/// Delete the elements of the containers `gone` chooses, in one transaction. Returns
-/// the ruleset as listed (under the lock, before the deletion), `None` without nft.
-fn delete_where(gone: &dyn Fn(&str) -> bool) -> common::Result<Option<Vec<Value>>> {
-    // Without nft there is nothing of ours to delete.
+/// Delete the elements of the containers `gone` chooses, in one transaction, under
+/// the lock.
+fn delete_where(io: &mut cni_nft::Io, gone: &dyn Fn(&str) -> bool) -> common::Result<()> {
+    // Without nft no table of ours was made.
     if native::installed().is_err() {
-        return Ok(None);
+        return Ok(());
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
-    let rs = native::ruleset()?;
+    let have = io.read(false)?;
     // Per owner, all its mappings at once: elements they share are deleted once.
     let mut by_owner: Vec<(String, Vec<Mapping>)> = Vec::new();
-    for (o, m) in nft_cni::installed(&rs) {
-        if !gone(&o) {
+    for (o, m) in &have.installed {
+        if !gone(o) {
             continue;
         }
-        match by_owner.iter_mut().find(|(x, _)| *x == o) {
-            Some((_, ms)) => ms.push(m),
-            None => by_owner.push((o, vec![m])),
+        match by_owner.iter_mut().find(|(x, _)| x == o) {
+            Some((_, ms)) => ms.push(m.clone()),
+            None => by_owner.push((o.clone(), vec![m.clone()])),
         }
     }
     let n: usize = by_owner.iter().map(|(_, ms)| ms.len()).sum();
     if n > 0 {
-        let mut batch = Batch::new();
-        for (o, ms) in &by_owner {
-            for obj in nft_cni::elements_of(o, ms) {
-                batch.delete(obj);
-            }
-        }
-        run_batch(batch, "deleting port mappings from table inet ve-nat-cni")?;
+        io.write(
+            &have,
+            &by_owner,
+            None,
+            None,
+            "deleting port mappings from table inet ve-nat-cni",
+        )?;
         log::info!("{n} port mapping(s) deleted");
     }
-    Ok(Some(rs))
+    Ok(())
 }
 
 /// Only this network's mappings, those of attachments not in `valid-attachments`.
@@ -529,14 +514,15 @@ fn gc(req: &Cni) -> Result<(), CniError> {
     )
 }
 
-fn check(owner: &Owner, mappings: &[Mapping]) -> Result<(), CniError> {
+fn check(io: &mut cni_nft::Io, owner: &Owner, mappings: &[Mapping]) -> Result<(), CniError> {
     native::installed()?;
-    let rs = native::ruleset()?;
+    let seen = io.read(false)?;
     let mut diffs = Vec::new();
-    if !native::present(&rs) {
+    if !seen.shared {
         diffs.push("table inet ve-nat is missing".to_string());
     }
-    let have: Vec<Mapping> = nft_cni::installed(&rs)
+    let have: Vec<Mapping> = seen
+        .installed
         .into_iter()
         .filter(|(o, _)| o == owner.as_str())
         .map(|(_, m)| m)

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod backend;
 mod cni;
+mod cni_nft;
 pub mod config;
 pub mod doc;
 pub mod firewall;

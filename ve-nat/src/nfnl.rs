@@ -1,23 +1,29 @@
-//! nf_tables over netlink, in this process: what `down` needs, without starting `nft`.
-//! Starting nft and letting it fetch its cache costs more than the kernel's work: a
-//! `down` that deleted table inet ve-nat through two nft processes spent most of its
-//! 21-28 ms starting them. Here one socket deletes the table (one transaction,
-//! `NFT_MSG_DELTABLE`; not there is ENOENT, which counts as done) and lists chain
-//! names (a `NFT_MSG_GETCHAIN` dump) and the interface names one chain's rules match
-//! (a `NFT_MSG_GETRULE` dump), with messages built and parsed by
-//! `netlink-packet-netfilter`.
+//! nf_tables over netlink, in this process: what `down` and CNI mode's calls need,
+//! without starting `nft`. Starting nft and letting it fetch its cache costs more than
+//! the kernel's work: a `down` that deleted table inet ve-nat through two nft processes
+//! spent most of its 21-28 ms starting them, and a CNI call's `nft -j list ruleset`
+//! grew to 90 ms with 1,000 containers' elements. Here one socket deletes a table (one
+//! transaction, `NFT_MSG_DELTABLE`; not there is ENOENT, which counts as done), asks
+//! whether a table is there (`NFT_MSG_GETTABLE`), lists chains (a `NFT_MSG_GETCHAIN`
+//! dump), the interface names one chain's rules match and whether a chain ends in a
+//! drop (`NFT_MSG_GETRULE` dumps), the elements of one set (a `NFT_MSG_GETSETELEM`
+//! dump), and adds and deletes set elements in one transaction (`NFT_MSG_NEWSETELEM`,
+//! `NFT_MSG_DELSETELEM`, every message acknowledged), with messages built and parsed by
+//! `netlink-packet-netfilter`. Elements are raw bytes here; what they mean is the
+//! caller's (`nft_cni`).
 
 use std::{io, time::Duration};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::{
     nftables::{
         ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions,
-        ListAttribute, Meta, MetaKey, NfTablesMessage, Operator, RuleAttribute, RuleMessage,
-        TableAttribute, TableMessage,
+        Immediate, ListAttribute, Meta, MetaKey, NfTablesMessage, Operator, RuleAttribute,
+        RuleMessage, SetElementAttribute, SetElementList, SetElementMessage, TableAttribute,
+        TableMessage, VerdictAttribute,
     },
     none::ControlMessage,
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
@@ -32,6 +38,57 @@ const RECV_BUF: usize = 64 * 1024;
 
 /// How long an answer may take before the socket gives up.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Elements per `NFT_MSG_NEWSETELEM`/`DELSETELEM` message: its element list is one
+/// attribute, whose length is 16 bits.
+const ELEMS_PER_MESSAGE: usize = 64;
+
+/// A dump the ruleset changed under is asked again, this many times in all.
+const DUMP_TRIES: usize = 3;
+
+/// One element of a set or map as nf_tables holds it: the key and (in a map) the data,
+/// in the set's byte layout, and its user data (nft keeps the comment there).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SetElem {
+    pub key: Vec<u8>,
+    pub data: Option<Vec<u8>>,
+    pub userdata: Option<Vec<u8>>,
+}
+
+/// What a transaction does to the elements of one set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElemOp {
+    /// `add element`: an element already there with the same data is no error.
+    Add,
+    /// `delete element`: one not there fails the whole transaction.
+    Delete,
+}
+
+/// nftables' user data TLV for an element comment (`NFTNL_UDATA_SET_ELEM_COMMENT`):
+/// type 0, a length byte, the text NUL-terminated, as nft writes it. `None` when the
+/// text does not fit the length byte (nft allows 128 bytes).
+pub fn comment_udata(text: &str) -> Option<Vec<u8>> {
+    let len = u8::try_from(text.len() + 1).ok()?;
+    let mut out = vec![0, len];
+    out.extend_from_slice(text.as_bytes());
+    out.push(0);
+    Some(out)
+}
+
+/// The comment in an element's user data (see [`comment_udata`]), if any.
+pub fn udata_comment(udata: &[u8]) -> Option<String> {
+    let mut at = 0;
+    while at + 2 <= udata.len() {
+        let (kind, len) = (udata[at], usize::from(udata[at + 1]));
+        let value = udata.get(at + 2..at + 2 + len)?;
+        if kind == 0 {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return std::str::from_utf8(text).ok().map(str::to_string);
+        }
+        at += 2 + len;
+    }
+    None
+}
 
 /// An nf_tables netlink socket of this namespace.
 pub struct Nfnl {
@@ -104,6 +161,270 @@ impl Nfnl {
             Ok(true)
         })?;
         result.ok_or_else(|| io::Error::other("no answer to NFT_MSG_DELTABLE"))
+    }
+
+    /// Whether table `family name` is there.
+    pub fn table_exists(&mut self, family: NetfilterProtoFamily, name: &str) -> io::Result<bool> {
+        let seq = self.next_seq();
+        let mut out = Vec::new();
+        emit(
+            &mut out,
+            seq,
+            NLM_F_REQUEST | NLM_F_ACK,
+            NetfilterMessage::new(
+                NetfilterHeader::new(family, 0, 0),
+                NfTablesMessage::GetTable(TableMessage {
+                    attributes: vec![TableAttribute::Name(name.to_string())],
+                }),
+            ),
+        );
+        self.sock.send(&out, 0)?;
+        let mut there = false;
+        self.read(|m| {
+            if m.header.sequence_number != seq {
+                return Ok(false);
+            }
+            match &m.payload {
+                NetlinkPayload::InnerMessage(NetfilterMessage {
+                    inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewTable(_)),
+                    ..
+                }) => there = true,
+                NetlinkPayload::Error(e) => match e.code {
+                    None => return Ok(true),
+                    Some(c) if -c.get() == libc::ENOENT => {
+                        there = false;
+                        return Ok(true);
+                    }
+                    Some(_) => return Err(e.to_io()),
+                },
+                _ => {}
+            }
+            Ok(false)
+        })?;
+        Ok(there)
+    }
+
+    /// The elements of set (or map) `set` of table `family table`; `None` when the
+    /// table or the set is not there.
+    pub fn set_elements(
+        &mut self,
+        family: NetfilterProtoFamily,
+        table: &str,
+        set: &str,
+    ) -> io::Result<Option<Vec<SetElem>>> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.set_elements_once(family, table, set) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && tries < DUMP_TRIES => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn set_elements_once(
+        &mut self,
+        family: NetfilterProtoFamily,
+        table: &str,
+        set: &str,
+    ) -> io::Result<Option<Vec<SetElem>>> {
+        let mut elems = Vec::new();
+        let mut absent = false;
+        let ask = NfTablesMessage::GetSetElement(SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(table.to_string()),
+                SetElementList::Set(set.to_string()),
+            ],
+        });
+        self.dump_or_absent(family, ask, "set elements", &mut absent, |m| {
+            let NfTablesMessage::NewSetElement(msg) = m else {
+                return;
+            };
+            for a in &msg.attributes {
+                let SetElementList::Elements(list) = a else {
+                    continue;
+                };
+                for item in list {
+                    let ListAttribute::Element(attrs) = item else {
+                        continue;
+                    };
+                    let mut e = SetElem::default();
+                    for x in attrs {
+                        match x {
+                            SetElementAttribute::Key(DataAttribute::Value(v)) => e.key = v.clone(),
+                            SetElementAttribute::Data(DataAttribute::Value(v)) => {
+                                e.data = Some(v.clone())
+                            }
+                            SetElementAttribute::UserData(u) => e.userdata = Some(u.clone()),
+                            _ => {}
+                        }
+                    }
+                    elems.push(e);
+                }
+            }
+        })?;
+        Ok(if absent { None } else { Some(elems) })
+    }
+
+    /// Add and delete elements of sets of table `family table`, in one transaction, in
+    /// the order given. Every message is acknowledged; the first refusal (which
+    /// aborts the whole transaction) is the error.
+    pub fn set_elements_batch(
+        &mut self,
+        family: NetfilterProtoFamily,
+        table: &str,
+        ops: &[(ElemOp, &str, Vec<SetElem>)],
+    ) -> io::Result<()> {
+        let batch = NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, NFNL_SUBSYS_NFTABLES);
+        let mut out = Vec::new();
+        let begin = self.next_seq();
+        emit(
+            &mut out,
+            begin,
+            NLM_F_REQUEST,
+            NetfilterMessage::new(batch.clone(), ControlMessage::BatchBegin),
+        );
+        let mut pending = Vec::new();
+        for (op, set, elems) in ops {
+            for chunk in elems.chunks(ELEMS_PER_MESSAGE) {
+                let list = chunk
+                    .iter()
+                    .map(|e| {
+                        let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(
+                            e.key.clone(),
+                        ))];
+                        if let (ElemOp::Add, Some(d)) = (op, &e.data) {
+                            attrs.push(SetElementAttribute::Data(DataAttribute::Value(d.clone())));
+                        }
+                        if let Some(u) = &e.userdata {
+                            attrs.push(SetElementAttribute::UserData(u.clone()));
+                        }
+                        ListAttribute::Element(attrs)
+                    })
+                    .collect();
+                let msg = SetElementMessage {
+                    attributes: vec![
+                        SetElementList::Table(table.to_string()),
+                        SetElementList::Set((*set).to_string()),
+                        SetElementList::Elements(list),
+                    ],
+                };
+                let (msg, flags) = match op {
+                    ElemOp::Add => (NfTablesMessage::NewSetElement(msg), NLM_F_CREATE),
+                    ElemOp::Delete => (NfTablesMessage::DeleteSetElement(msg), 0),
+                };
+                let seq = self.next_seq();
+                emit(
+                    &mut out,
+                    seq,
+                    NLM_F_REQUEST | NLM_F_ACK | flags,
+                    NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), msg),
+                );
+                pending.push(seq);
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let end = self.next_seq();
+        emit(
+            &mut out,
+            end,
+            NLM_F_REQUEST,
+            NetfilterMessage::new(batch, ControlMessage::BatchEnd),
+        );
+        // The kernel takes a batch in one datagram, within the socket's send buffer.
+        if out.len() > 128 * 1024 {
+            set_sndbuf(&self.sock, out.len() * 2)?;
+        }
+        self.sock.send(&out, 0)?;
+        self.read(|m| {
+            let NetlinkPayload::Error(e) = &m.payload else {
+                return Ok(false);
+            };
+            let seq = m.header.sequence_number;
+            if e.code.is_some() {
+                if seq == begin || pending.contains(&seq) {
+                    let what = if seq == begin {
+                        "the batch"
+                    } else {
+                        "set elements"
+                    };
+                    let err = e.to_io();
+                    return Err(io::Error::new(
+                        err.kind(),
+                        format!("nf_tables refused {what} in table {table}: {err}"),
+                    ));
+                }
+                return Ok(false);
+            }
+            pending.retain(|s| *s != seq);
+            Ok(pending.is_empty())
+        })
+    }
+
+    /// Whether base chain `family table chain` drops what reaches its end: policy drop,
+    /// or a last rule that drops or rejects unconditionally (only counter, log or limit
+    /// before the drop), as `nft::unconditional_drop` reads nft's listing. `false`
+    /// when there is no such base chain.
+    pub fn chain_drops(
+        &mut self,
+        family: NetfilterProtoFamily,
+        table: &str,
+        chain: &str,
+    ) -> io::Result<bool> {
+        let mut policy = None;
+        let ask = NfTablesMessage::GetChain(ChainMessage { attributes: vec![] });
+        self.dump(family, ask, "chains", true, |m| {
+            let NfTablesMessage::NewChain(c) = m else {
+                return;
+            };
+            let has = |f: &dyn Fn(&ChainAttribute) -> bool| c.attributes.iter().any(f);
+            if has(&|a| matches!(a, ChainAttribute::Table(t) if t == table))
+                && has(&|a| matches!(a, ChainAttribute::Name(n) if n == chain))
+                && has(&|a| matches!(a, ChainAttribute::Hook(_)))
+            {
+                policy = c.attributes.iter().find_map(|a| match a {
+                    ChainAttribute::Policy(p) => Some(*p),
+                    _ => None,
+                });
+            }
+        })?;
+        let Some(policy) = policy else {
+            return Ok(false);
+        };
+        if policy == NF_DROP {
+            return Ok(true);
+        }
+        let mut last = None;
+        let ask = NfTablesMessage::GetRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(table.to_string()),
+                RuleAttribute::Chain(chain.to_string()),
+            ],
+        });
+        self.dump(family, ask, "rules", true, |m| {
+            let NfTablesMessage::NewRule(r) = m else {
+                return;
+            };
+            let is = |want: &str, f: fn(&RuleAttribute) -> Option<&String>| {
+                r.attributes.iter().filter_map(f).any(|v| v == want)
+            };
+            let here = is(table, |a| match a {
+                RuleAttribute::Table(t) => Some(t),
+                _ => None,
+            }) && is(chain, |a| match a {
+                RuleAttribute::Chain(c) => Some(c),
+                _ => None,
+            });
+            if here {
+                last = Some(r.attributes.iter().any(|a| match a {
+                    RuleAttribute::Expressions(list) => unconditional_drop(list),
+                    _ => false,
+                }));
+            }
+        })?;
+        Ok(last.unwrap_or(false))
     }
 
     /// The chains of `family` as `(table, chain)`.
@@ -181,6 +502,24 @@ impl Nfnl {
         ask: NfTablesMessage,
         what: &str,
         absent_ok: bool,
+        each: impl FnMut(&NfTablesMessage),
+    ) -> io::Result<()> {
+        let mut absent = false;
+        self.dump_or_absent(family, ask, what, &mut absent, each)?;
+        if absent && !absent_ok {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok(())
+    }
+
+    /// As `dump`, saying in `absent` whether the kernel answered ENOENT (nothing of
+    /// the kind there). A dump the ruleset changed under is `Interrupted`.
+    fn dump_or_absent(
+        &mut self,
+        family: NetfilterProtoFamily,
+        ask: NfTablesMessage,
+        what: &str,
+        absent: &mut bool,
         mut each: impl FnMut(&NfTablesMessage),
     ) -> io::Result<()> {
         let seq = self.next_seq();
@@ -197,15 +536,19 @@ impl Nfnl {
                 return Ok(false);
             }
             if m.header.flags & NLM_F_DUMP_INTR != 0 {
-                return Err(io::Error::other(format!(
-                    "the ruleset changed while its {what} were listed"
-                )));
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    format!("the ruleset changed while its {what} were listed"),
+                ));
             }
             match &m.payload {
                 NetlinkPayload::Done(_) => return Ok(true),
                 NetlinkPayload::Error(e) => {
                     return match e.code {
-                        Some(c) if absent_ok && -c.get() == libc::ENOENT => Ok(true),
+                        Some(c) if -c.get() == libc::ENOENT => {
+                            *absent = true;
+                            Ok(true)
+                        }
                         Some(_) => Err(e.to_io()),
                         None => Ok(true),
                     }
@@ -301,6 +644,38 @@ fn iifname_matches(list: &[ListAttribute<ExpressionAttribute>]) -> Vec<String> {
     out
 }
 
+/// `NF_DROP`, a verdict and a chain policy.
+const NF_DROP: u32 = 0;
+
+/// Whether a rule's expressions are only counter, log or limit, then a drop verdict
+/// or a reject.
+fn unconditional_drop(list: &[ListAttribute<ExpressionAttribute>]) -> bool {
+    let mut kinds = Vec::new();
+    for item in list {
+        let ListAttribute::Element(attrs) = item else {
+            continue;
+        };
+        let name = attrs.iter().find_map(|a| match a {
+            ExpressionAttribute::Name(n) => Some(n.as_str()),
+            _ => None,
+        });
+        let drop_verdict = attrs.iter().any(|a| {
+            matches!(a, ExpressionAttribute::Data(Expressions::Immediate(im))
+                if im.iter().any(|x| matches!(x,
+                    Immediate::Data(DataAttribute::Verdict(v))
+                        if v.iter().any(|c| matches!(c,
+                            VerdictAttribute::Code(code) if u32::from(*code) == NF_DROP)))))
+        });
+        kinds.push(match name {
+            Some("immediate") if drop_verdict => "drop",
+            Some(n @ ("counter" | "log" | "limit" | "reject")) => n,
+            _ => "other",
+        });
+    }
+    kinds.last().is_some_and(|k| *k == "drop" || *k == "reject")
+        && kinds.iter().all(|k| *k != "other")
+}
+
 fn emit(out: &mut Vec<u8>, seq: u32, flags: u16, msg: NetfilterMessage) {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
@@ -310,6 +685,25 @@ fn emit(out: &mut Vec<u8>, seq: u32, flags: u16, msg: NetfilterMessage) {
     let at = out.len();
     out.resize(at + m.buffer_len(), 0);
     m.serialize(&mut out[at..]);
+}
+
+fn set_sndbuf(sock: &Socket, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let n = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with an int option value of the right length.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&n as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set_recv_timeout(sock: &Socket, t: Duration) -> io::Result<()> {
@@ -365,6 +759,49 @@ mod tests {
                 Cmp::Data(DataAttribute::Value(v.to_vec())),
             ]),
         )
+    }
+
+    #[test]
+    fn comments_are_nftables_user_data() {
+        let u = comment_udata("net/ab/eth0").unwrap();
+        assert_eq!(&u[..2], &[0, 12]);
+        assert_eq!(u.last(), Some(&0));
+        assert_eq!(udata_comment(&u).as_deref(), Some("net/ab/eth0"));
+        // Another TLV first (type 1, as nft's element flags), then the comment.
+        let mut two = vec![1, 4, 1, 0, 0, 0];
+        two.extend(&u);
+        assert_eq!(udata_comment(&two).as_deref(), Some("net/ab/eth0"));
+        assert_eq!(udata_comment(&[0, 9, b'x']), None, "truncated");
+        assert!(comment_udata(&"x".repeat(255)).is_none());
+    }
+
+    #[test]
+    fn a_drop_at_the_end_of_a_chain() {
+        let verdict = |code: u32| {
+            expr(
+                "immediate",
+                Expressions::Immediate(vec![
+                    Immediate::DestinationRegister(Register::Verdict),
+                    Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(
+                        netlink_packet_netfilter::nftables::Verdict::Other(code),
+                    )])),
+                ]),
+            )
+        };
+        let counter = expr("counter", Expressions::Unknown(vec![]));
+        assert!(unconditional_drop(&[counter.clone(), verdict(NF_DROP)]));
+        assert!(unconditional_drop(&[expr(
+            "reject",
+            Expressions::Unknown(vec![])
+        )]));
+        // Accept, or a match before the drop: not unconditional.
+        assert!(!unconditional_drop(&[counter, verdict(1)]));
+        assert!(!unconditional_drop(&[
+            iifname(Register::Reg1),
+            cmp(Register::Reg1, Operator::Equal, b"x\0"),
+            verdict(NF_DROP)
+        ]));
+        assert!(!unconditional_drop(&[]));
     }
 
     #[test]

@@ -24,7 +24,8 @@ use serde_json::Value;
 use common::{Error, Result};
 
 use crate::{
-    config::{Family, Forward, IfPattern},
+    config::{Family, Forward, IfPattern, Proto},
+    nfnl::{self, SetElem},
     nft_table::{
         addr, addr_type, concat, counter, ct_in, eq, has_mark, ifname, local_daddr, loopback,
         matches, meta, payload, proto, s, CHAINS,
@@ -371,6 +372,188 @@ pub fn elements_of(owner: &str, mappings: &[Mapping]) -> Vec<NfListObject<'stati
         .collect()
 }
 
+/// The sets (and maps) of the table that hold what `installed_raw` reads: the maps
+/// with keys, owners and addresses, and those with container ports.
+pub const MAPS: [&str; 8] = [
+    "fwd4", "port4", "hfwd4", "hport4", "fwd6", "port6", "hfwd6", "hport6",
+];
+
+/// nf_tables' byte layout of nft's types, as nft sends them: in a concatenated key
+/// every field takes a multiple of 4 bytes (zero padded); `inet_proto` is 1 byte,
+/// `inet_service` 2 bytes big-endian, an address 4 or 16 bytes.
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(bytes);
+    out.resize(out.len().div_ceil(4) * 4, 0);
+}
+
+fn addr_bytes(a: &IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn proto_byte(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => libc::IPPROTO_TCP as u8,
+        Proto::Udp => libc::IPPROTO_UDP as u8,
+    }
+}
+
+fn proto_name(b: u8) -> Option<&'static str> {
+    match i32::from(b) {
+        libc::IPPROTO_TCP => Some("tcp"),
+        libc::IPPROTO_UDP => Some("udp"),
+        _ => None,
+    }
+}
+
+impl Mapping {
+    /// The map key in nf_tables' layout: `[HOST_IP .] PROTO . HOST_PORT`.
+    fn key_bytes(&self) -> Vec<u8> {
+        let mut k = Vec::new();
+        if let Some(h) = &self.host_ip {
+            field(&mut k, &addr_bytes(h));
+        }
+        field(&mut k, &[proto_byte(self.fwd.proto)]);
+        field(&mut k, &self.fwd.host_ports.first.to_be_bytes());
+        k
+    }
+
+    /// The `dstF` element in nf_tables' layout: `PROTO . ADDR . PORT`.
+    fn dst_bytes(&self) -> Vec<u8> {
+        let mut k = Vec::new();
+        field(&mut k, &[proto_byte(self.fwd.proto)]);
+        field(&mut k, &addr_bytes(&self.fwd.addr));
+        field(&mut k, &self.fwd.ports.first.to_be_bytes());
+        k
+    }
+}
+
+/// As [`elements_of`], in nf_tables' layout for `nfnl`: per set, its elements (each
+/// once), commented with `owner`. Fails only for a comment too long for nftables.
+pub(crate) fn raw_elements(
+    owner: &str,
+    mappings: &[Mapping],
+) -> Result<Vec<(&'static str, Vec<SetElem>)>> {
+    let udata = nfnl::comment_udata(owner)
+        .ok_or_else(|| Error::internal(format!("element comment {owner:?} is too long")))?;
+    let mut by_set: Vec<(&'static str, Vec<SetElem>)> = Vec::new();
+    let mut push =
+        |name: &'static str, e: SetElem| match by_set.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) if v.iter().any(|x| x.key == e.key) => {}
+            Some((_, v)) => v.push(e),
+            None => by_set.push((name, vec![e])),
+        };
+    for m in mappings {
+        let [fwd, port, hfwd, hport, dst] = names(m.family());
+        let (a, p) = if m.host_ip.is_some() {
+            (hfwd, hport)
+        } else {
+            (fwd, port)
+        };
+        let elem = |key: Vec<u8>, data: Option<Vec<u8>>| SetElem {
+            key,
+            data,
+            userdata: Some(udata.clone()),
+        };
+        push(a, elem(m.key_bytes(), Some(addr_bytes(&m.fwd.addr))));
+        push(
+            p,
+            elem(
+                m.key_bytes(),
+                Some(m.fwd.ports.first.to_be_bytes().to_vec()),
+            ),
+        );
+        push(dst, elem(m.dst_bytes(), None));
+    }
+    Ok(by_set)
+}
+
+/// A key in nf_tables' layout split into its fields: `[ADDR .] PROTO . PORT`, with an
+/// address of `addr_len` bytes first when given.
+fn split_key(key: &[u8], addr_len: Option<usize>) -> Option<(Option<IpAddr>, &'static str, u16)> {
+    let (host, rest) = match addr_len {
+        Some(n) => (Some(ip_of(key.get(..n)?)?), key.get(n..)?),
+        None => (None, key),
+    };
+    if rest.len() != 8 {
+        return None;
+    }
+    let proto = proto_name(rest[0])?;
+    Some((host, proto, u16::from_be_bytes([rest[4], rest[5]])))
+}
+
+fn ip_of(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
+fn addr_len(f: Family) -> usize {
+    match f {
+        Family::Ipv4 => 4,
+        Family::Ipv6 => 16,
+    }
+}
+
+/// As [`installed`], from the elements of the table's maps as nf_tables holds them
+/// (`maps`: each map's name and elements; elements written by nft or by `raw_elements`
+/// alike).
+pub(crate) fn installed_raw(maps: &[(&str, Vec<SetElem>)]) -> Vec<(String, Mapping)> {
+    let elems = |n: &str| -> &[SetElem] {
+        maps.iter()
+            .find(|(m, _)| *m == n)
+            .map_or(&[][..], |(_, e)| e.as_slice())
+    };
+    let mut out = Vec::new();
+    for f in FAMILIES {
+        let [fwd, port, hfwd, hport, _] = names(f);
+        for (a, p, host) in [(fwd, port, false), (hfwd, hport, true)] {
+            let ports: HashMap<&[u8], u16> = elems(p)
+                .iter()
+                .filter_map(|e| {
+                    let d = e.data.as_deref()?;
+                    Some((e.key.as_slice(), u16::from_be_bytes(d.try_into().ok()?)))
+                })
+                .collect();
+            for e in elems(a) {
+                let Some(owner) = e.userdata.as_deref().and_then(nfnl::udata_comment) else {
+                    continue;
+                };
+                let parsed = split_key(&e.key, host.then(|| addr_len(f)));
+                let (Some((host_ip, proto, hp)), Some(&cp), Some(to)) = (
+                    parsed,
+                    ports.get(e.key.as_slice()),
+                    e.data.as_deref().and_then(ip_of),
+                ) else {
+                    continue;
+                };
+                if let Ok(m) = Mapping::new(proto, hp, to, cp, host_ip) {
+                    out.push((owner, m));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// As [`forwarded`], from the elements of table `inet ve-nat`'s maps `fwd4` and
+/// `fwd6` as nf_tables holds them (`PROTO . HOST_PORT` keys).
+pub(crate) fn forwarded_raw(fwd4: &[SetElem], fwd6: &[SetElem]) -> Vec<(Family, String, u16)> {
+    let mut out = Vec::new();
+    for (f, elems) in [(Family::Ipv4, fwd4), (Family::Ipv6, fwd6)] {
+        for e in elems {
+            if let Some((_, p, hp)) = split_key(&e.key, None) {
+                out.push((f, p.to_string(), hp));
+            }
+        }
+    }
+    out
+}
+
 /// The host ports `ve-nat up --forward` forwards in table `inet ve-nat` (`ruleset`
 /// lists it, or the whole ruleset): `(family, proto, host port)`, from its `fwdF` maps.
 pub fn forwarded(ruleset: &[Value]) -> Vec<(Family, String, u16)> {
@@ -621,6 +804,61 @@ mod tests {
             Some("2001:db8::1".parse().unwrap())
         )
         .is_err());
+    }
+
+    #[test]
+    fn raw_elements_are_laid_out_as_nft_sends_them_and_parse_back() {
+        // As `nft --debug=netlink add element` shows them (nft 1.0.6): every field of a
+        // concatenation padded to 4 bytes, a port big-endian, the comment as udata.
+        let maps = vec![
+            m("tcp", 8080, "10.233.0.3", 80, None),
+            m("udp", 53, "fd00::3", 5353, Some("2001:db8::1")),
+        ];
+        let raw = raw_elements("n", &maps).unwrap();
+        let get = |name: &str| &raw.iter().find(|(n, _)| *n == name).unwrap().1;
+        let udata = Some(vec![0, 2, b'n', 0]);
+        assert_eq!(
+            get("fwd4"),
+            &[SetElem {
+                key: vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0],
+                data: Some(vec![10, 233, 0, 3]),
+                userdata: udata.clone(),
+            }]
+        );
+        assert_eq!(get("port4")[0].data, Some(vec![0, 80]));
+        assert_eq!(get("dst4")[0].key, [6, 0, 0, 0, 10, 233, 0, 3, 0, 80, 0, 0]);
+        assert_eq!(get("dst4")[0].data, None);
+        let mut hkey = "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+            .to_vec();
+        hkey.extend([17, 0, 0, 0, 0, 53, 0, 0]);
+        assert_eq!(get("hfwd6")[0].key, hkey);
+        assert_eq!(get("hport6")[0].data, Some(vec![0x14, 0xe9]));
+        // Read back as nf_tables lists them.
+        let listed: Vec<(&str, Vec<SetElem>)> = raw.clone();
+        let back = installed_raw(&listed);
+        assert_eq!(
+            back,
+            vec![
+                ("n".to_string(), maps[0].clone()),
+                ("n".to_string(), maps[1].clone())
+            ]
+        );
+        // No comment, an unknown protocol, a short key: left out, as in `installed`.
+        let mut odd = raw.clone();
+        for (_, elems) in &mut odd {
+            elems[0].userdata = None;
+        }
+        assert!(installed_raw(&odd).is_empty());
+        let mut odd = raw.clone();
+        odd.iter_mut().find(|(n, _)| *n == "fwd4").unwrap().1[0].key[0] = 132;
+        assert_eq!(installed_raw(&odd).len(), 1);
+        assert_eq!(
+            forwarded_raw(&get("fwd4")[..], &[]),
+            [(Family::Ipv4, "tcp".to_string(), 8080)]
+        );
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! ve-nat as a chained CNI plugin, for what a runtime pays per container: after the
-//! first ADD installed the tables, an ADD or DEL reads the ruleset once and writes it
-//! once (every nft process is paid by every container, and each listing grows with the
-//! containers), and the mappings it adds and deletes are still exactly the container's.
-//! (The NAT and port mappings with real traffic are e2e/tests/cni.rs's.)
+//! first ADD installed the tables, an ADD, DEL, CHECK or GC starts no nft process at all
+//! (it talks to nf_tables over netlink; every process is paid by every container, and
+//! nft's listing grows with the containers), and the mappings it adds and deletes are
+//! still exactly the container's. Elements it writes are those nft writes, byte for
+//! byte, and it reads and deletes those an older ve-nat wrote through nft. (The NAT and
+//! port mappings with real traffic are e2e/tests/cni.rs's.)
 
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use serde_json::{json, Value};
 use testbed::{cni, privileged, Netns, Sandbox, TempDir};
+use ve_nat::nft_cni::{self, Mapping, Owner};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-nat");
 
@@ -27,15 +30,22 @@ struct Host {
 
 impl Host {
     /// The nft calls one ve-nat call made, as `nft` was given them (logged by a wrapper
-    /// first on PATH), and its reply.
+    /// first on PATH), and its reply, which must be a success.
     fn call(&self, verb: &str, n: u32) -> (Vec<String>, cni::Reply) {
+        let (calls, r) = self.call_port(verb, n, 8000 + n);
+        assert!(r.ok, "{verb} {n}: {} {}", r.stdout, r.stderr);
+        (calls, r)
+    }
+
+    /// As `call`, container `n` mapping host port `host_port`, whatever the reply.
+    fn call_port(&self, verb: &str, n: u32, host_port: u32) -> (Vec<String>, cni::Reply) {
         let log = self.dir.path().join("nft.log");
         let _ = std::fs::remove_file(&log);
         let conf = json!({"cniVersion": "1.0.0", "name": "vetest", "type": "ve-nat",
             "external": "up0", "backend": "nftables",
             "capabilities": {"portMappings": true},
             "runtimeConfig": {"portMappings": [
-                {"hostPort": 8000 + n, "containerPort": 80, "protocol": "tcp"}]},
+                {"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]},
             "prevResult": prev(n)});
         let mut c = cni::command_in(&self.ns.path(), Path::new(BIN)).unwrap();
         cni::clean_env(&mut c)
@@ -59,13 +69,72 @@ impl Host {
             ("CNI_PATH", "/nonexistent".to_string()),
         ];
         let r = cni::invoke(c, verb, &conf, &env).unwrap_or_else(|e| panic!("{e}"));
-        assert!(r.ok, "{verb} {n}: {} {}", r.stdout, r.stderr);
         let calls = std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
             .collect();
         (calls, r)
+    }
+
+    fn nft(&self, args: &[&str], input: Option<&str>) -> String {
+        use std::io::Write;
+        let mut c = self.ns.command("nft");
+        c.args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.unwrap_or("").as_bytes()).unwrap();
+        drop(stdin);
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The mappings in table inet ve-nat-cni as nft lists them, parsed as an older
+    /// ve-nat did.
+    fn listed(&self) -> Vec<(String, Mapping)> {
+        let text = self.nft(&["-j", "list", "table", "inet", "ve-nat-cni"], None);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        nft_cni::installed(v["nftables"].as_array().unwrap())
+    }
+
+    /// The elements of container `n` (its comment) as the kernel holds them, byte by
+    /// byte: nft's netlink debug output of the table's maps and sets.
+    fn raw_elements(&self, n: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, set) in [("map", "fwd4"), ("map", "port4"), ("set", "dst4")] {
+            let text = self.nft(
+                &["--debug=netlink", "list", kind, "inet", "ve-nat-cni", set],
+                None,
+            );
+            out.extend(
+                text.lines()
+                    .filter(|l| l.contains("element") && l.contains(&cni::container_id(n)))
+                    .map(|l| format!("{set}: {}", l.trim())),
+            );
+        }
+        out
+    }
+
+    /// Container `n`'s mapping written as an older ve-nat wrote it: through nft's JSON.
+    fn write_with_nft(&self, n: u32, delete: bool) {
+        let mut batch = nftables::batch::Batch::new();
+        for o in nft_cni::elements(&owner(n), &[mapping(n)]) {
+            if delete {
+                batch.delete(o);
+            } else {
+                batch.add(o);
+            }
+        }
+        let text = serde_json::to_string(&batch.to_nftables()).unwrap();
+        self.nft(&["-j", "-f", "-"], Some(&text));
     }
 
     fn cni_table(&self) -> String {
@@ -79,12 +148,19 @@ impl Host {
     }
 }
 
+fn owner(n: u32) -> Owner {
+    Owner::new("vetest", &cni::container_id(n), "eth0").unwrap()
+}
+
+/// The mapping `Host::call` asks for container `n`.
+fn mapping(n: u32) -> Mapping {
+    let to = format!("10.233.0.{}", 10 + n).parse().unwrap();
+    Mapping::new("tcp", u16::try_from(8000 + n).unwrap(), to, 80, None).unwrap()
+}
+
 #[test]
-fn add_and_del_read_the_ruleset_once_and_write_it_once() {
-    if !privileged(
-        "add_and_del_read_the_ruleset_once_and_write_it_once",
-        &["ip", "nft"],
-    ) {
+fn calls_with_the_tables_there_start_no_nft() {
+    if !privileged("calls_with_the_tables_there_start_no_nft", &["ip", "nft"]) {
         return;
     }
     let mut sb = Sandbox::new();
@@ -116,7 +192,7 @@ fn add_and_del_read_the_ruleset_once_and_write_it_once() {
     for n in 2..=3 {
         let (calls, r) = host.call("ADD", n);
         assert_eq!(r.stdout["interfaces"], prev(n)["interfaces"]);
-        assert_eq!(calls, ["-j list ruleset", "-j -f -"], "ADD {n}");
+        assert!(calls.is_empty(), "ADD {n}: {calls:?}");
     }
     let table = host.cni_table();
     for n in 1..=3 {
@@ -124,17 +200,74 @@ fn add_and_del_read_the_ruleset_once_and_write_it_once() {
         assert!(table.contains(&owner), "{owner} not in {table}");
         assert!(table.contains(&format!("{}", 8000 + n)), "{table}");
     }
-    // A repeated ADD with the same mapping reads and writes nothing more.
+    // What this ve-nat wrote over netlink (2, 3) reads back through nft's listing as
+    // what nft itself wrote (1, in the first ADD's transaction).
+    let mut listed = host.listed();
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, Mapping)> = (1..=3)
+        .map(|n| (owner(n).as_str().to_string(), mapping(n)))
+        .collect();
+    assert_eq!(listed, want);
+    // A repeated ADD with the same mapping writes nothing; CHECK reads only.
     let (calls, _) = host.call("ADD", 2);
-    assert_eq!(calls, ["-j list ruleset"], "a repeated ADD");
+    assert!(calls.is_empty(), "a repeated ADD: {calls:?}");
+    let (calls, _) = host.call("CHECK", 2);
+    assert!(calls.is_empty(), "CHECK: {calls:?}");
+    // Another container's host port: refused, nothing changed.
+    let (calls, r) = host.call_port("ADD", 4, 8002);
+    assert!(
+        !r.ok && r.stdout["code"] == 173,
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(calls.is_empty(), "a refused ADD: {calls:?}");
+    let (_, r) = host.call_port("DEL", 4, 8002);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        host.cni_table().contains(&cni::container_id(2)),
+        "DEL after a refused ADD"
+    );
 
     let (calls, r) = host.call("DEL", 2);
     assert!(r.stdout.is_null());
-    assert_eq!(calls, ["-j list ruleset", "-j -f -"], "DEL");
+    assert!(calls.is_empty(), "DEL: {calls:?}");
     let table = host.cni_table();
     assert!(!table.contains(&cni::container_id(2)), "{table}");
     assert!(table.contains(&cni::container_id(1)) && table.contains(&cni::container_id(3)));
-    // DEL of what is gone already: one look, nothing written.
-    let (calls, _) = host.call("DEL", 2);
-    assert_eq!(calls, ["-j list ruleset"], "a second DEL");
+    // DEL of what is gone already: nothing written.
+    let (calls, r) = host.call("DEL", 2);
+    assert!(r.ok && calls.is_empty(), "a second DEL: {calls:?}");
+
+    // Byte for byte what nft writes: container 5's elements over netlink, then the
+    // same mapping through nft (as an older ve-nat wrote it), as the kernel holds them.
+    host.call("ADD", 5);
+    let ours = host.raw_elements(5);
+    assert_eq!(ours.len(), 3, "{ours:?}");
+    host.write_with_nft(5, true);
+    assert!(
+        host.raw_elements(5).is_empty(),
+        "nft deleted what netlink wrote"
+    );
+    host.write_with_nft(5, false);
+    assert_eq!(host.raw_elements(5), ours);
+    // And what nft wrote is read (CHECK, a clash) and deleted (DEL) over netlink.
+    let (calls, r) = host.call("CHECK", 5);
+    assert!(
+        r.ok && calls.is_empty(),
+        "CHECK of nft's elements: {calls:?}"
+    );
+    let (_, r) = host.call_port("ADD", 6, 8005);
+    assert!(
+        !r.ok && r.stdout["code"] == 173,
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let (calls, _) = host.call("DEL", 5);
+    assert!(calls.is_empty(), "{calls:?}");
+    assert!(host.raw_elements(5).is_empty(), "DEL left nft's elements");
+    let mut left: Vec<String> = host.listed().into_iter().map(|(o, _)| o).collect();
+    left.sort();
+    assert_eq!(left, [owner(1).as_str(), owner(3).as_str()]);
 }
