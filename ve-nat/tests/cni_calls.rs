@@ -26,9 +26,52 @@ fn prev(n: u32) -> Value {
 struct Host {
     ns: Netns,
     dir: TempDir,
+    /// The configuration's `backend`.
+    backend: &'static str,
 }
 
 impl Host {
+    /// A host namespace with an uplink, and an `nft` that logs its calls.
+    fn new(sb: &mut Sandbox, backend: &'static str) -> Host {
+        let ns = sb.netns("host");
+        ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+        ns.ip(&["link", "set", "up0", "up"]);
+        let dir = TempDir::new("ve-nat-cni-calls");
+        let nft = Command::new("sh")
+            .args(["-c", "command -v nft"])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap();
+        let real = String::from_utf8_lossy(&nft.stdout).trim().to_string();
+        let wrapper = dir.path().join("nft");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\nexec {real} \"$@\"\n",
+                dir.path().join("nft.log").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Host { ns, dir, backend }
+    }
+
+    fn iptables(&self, args: &[&str]) -> String {
+        let o = self.ns.command("iptables-nft").args(args).output().unwrap();
+        assert!(o.status.success(), "iptables-nft {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn has_cni_table(&self) -> bool {
+        self.ns
+            .command("nft")
+            .args(["list", "table", "inet", "ve-nat-cni"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
     /// The nft calls one ve-nat call made, as `nft` was given them (logged by a wrapper
     /// first on PATH), and its reply, which must be a success.
     fn call(&self, verb: &str, n: u32) -> (Vec<String>, cni::Reply) {
@@ -42,7 +85,7 @@ impl Host {
         let log = self.dir.path().join("nft.log");
         let _ = std::fs::remove_file(&log);
         let conf = json!({"cniVersion": "1.0.0", "name": "vetest", "type": "ve-nat",
-            "external": "up0", "backend": "nftables",
+            "external": "up0", "backend": self.backend,
             "capabilities": {"portMappings": true},
             "runtimeConfig": {"portMappings": [
                 {"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]},
@@ -164,27 +207,7 @@ fn calls_with_the_tables_there_start_no_nft() {
         return;
     }
     let mut sb = Sandbox::new();
-    let ns = sb.netns("host");
-    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
-    ns.ip(&["link", "set", "up0", "up"]);
-    let dir = TempDir::new("ve-nat-cni-calls");
-    let nft = Command::new("sh")
-        .args(["-c", "command -v nft"])
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .unwrap();
-    let real = String::from_utf8_lossy(&nft.stdout).trim().to_string();
-    let wrapper = dir.path().join("nft");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> {}\nexec {real} \"$@\"\n",
-            dir.path().join("nft.log").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let host = Host { ns, dir };
+    let host = Host::new(&mut sb, "nftables");
 
     // The first ADD installs both tables; what it runs is not counted.
     let (_, first) = host.call("ADD", 1);
@@ -270,4 +293,51 @@ fn calls_with_the_tables_there_start_no_nft() {
     let mut left: Vec<String> = host.listed().into_iter().map(|(o, _)| o).collect();
     left.sort();
     assert_eq!(left, [owner(1).as_str(), owner(3).as_str()]);
+}
+
+/// `backend: auto` decides from what netlink shows: nftables unless iptables-nft's
+/// `filter FORWARD` drops (policy drop, or a last rule that drops whatever reaches it),
+/// as `ve-nat up` decides from nft's listing; with the tables there, it starts no nft.
+#[test]
+fn auto_reads_the_firewall_over_netlink() {
+    if !privileged(
+        "auto_reads_the_firewall_over_netlink",
+        &["ip", "nft", "iptables-nft"],
+    ) {
+        return;
+    }
+    let mut sb = Sandbox::new();
+    let host = Host::new(&mut sb, "auto");
+    host.call("ADD", 1);
+    assert!(host.has_cni_table(), "auto picked nftables");
+    let (calls, _) = host.call("ADD", 2);
+    assert!(calls.is_empty(), "ADD with auto: {calls:?}");
+    let (calls, _) = host.call("DEL", 2);
+    assert!(calls.is_empty(), "DEL with auto: {calls:?}");
+    assert!(!host.cni_table().contains(&cni::container_id(2)));
+
+    // A FORWARD chain that drops: its mappings go into iptables-nft, found there by DEL.
+    for drop in [
+        &["-P", "FORWARD", "DROP"][..],
+        &["-A", "FORWARD", "-j", "DROP"],
+    ] {
+        let mut sb = Sandbox::new();
+        let host = Host::new(&mut sb, "auto");
+        // A rule that matches first: only the last rule counts.
+        host.iptables(&["-A", "FORWARD", "-i", "up0", "-j", "DROP"]);
+        host.iptables(drop);
+        host.call("ADD", 3);
+        assert!(!host.has_cni_table(), "{drop:?}: auto picked nftables");
+        let saved = host.iptables(&["-S", "-t", "nat"]);
+        assert!(saved.contains("8003"), "{drop:?}: {saved}");
+        host.call("DEL", 3);
+        let saved = host.iptables(&["-S", "-t", "nat"]);
+        assert!(!saved.contains("8003"), "{drop:?}: DEL left {saved}");
+    }
+    // A drop that only matches some traffic: nftables.
+    let mut sb = Sandbox::new();
+    let host = Host::new(&mut sb, "auto");
+    host.iptables(&["-A", "FORWARD", "-i", "up0", "-j", "DROP"]);
+    host.call("ADD", 4);
+    assert!(host.has_cni_table(), "a conditional drop");
 }
