@@ -116,7 +116,8 @@ pub const MANUAL: Manual = Manual {
              `-restore --noflush` transaction to change, and after down with iptables-nft nft \
              deletes the tables and built-in chains left empty; iptables-legacy-save is read \
              only when the kernel lists a legacy table. down with nftables runs no nft: \
-             it reads and deletes over nf_tables netlink",
+             it reads and deletes over nf_tables netlink; nor does a CNI call on nftables \
+             once its tables are there (the first ADD installs them with nft)",
         ),
     ],
     examples: &[
