@@ -153,7 +153,7 @@ fn choose_with(backend: BackendName, io: &mut cni_nft::Io) -> Chosen {
     if let Some(c) = backend.explicit() {
         return c;
     }
-    let (c, why) = crate::backend::pick(&io.facts().0);
+    let (c, why) = crate::backend::pick(&io.facts(true).0);
     log::info!("backend auto: {c:?} ({why})");
     c
 }
@@ -172,7 +172,7 @@ fn delete_everywhere(
     if let Err(e) = delete_where(&mut io, gone_nft) {
         errors.push(e);
     }
-    let (facts, cni_ipt) = io.facts();
+    let (facts, cni_ipt) = io.facts(backend.explicit().is_none());
     let mut backends = Vec::new();
     let chosen = match backend.explicit() {
         Some(c) => c,

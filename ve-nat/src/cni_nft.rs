@@ -94,15 +94,27 @@ impl Io {
         what: &str,
     ) -> Result<()> {
         if let (Io::Netlink(nl), true) = (&mut *self, seen.cni) {
+            // One message per set and kind (a GC deletes thousands of elements), the
+            // deletions first, each element once (twice fails the transaction).
             let mut ops: Vec<(ElemOp, &str, Vec<SetElem>)> = Vec::new();
+            let mut seen_keys = std::collections::HashSet::new();
+            let mut push = |op: ElemOp, set: &'static str, elems: Vec<SetElem>| {
+                let elems = elems
+                    .into_iter()
+                    .filter(|e| seen_keys.insert((op == ElemOp::Add, set, e.key.clone())));
+                match ops.iter_mut().find(|(o, s, _)| *o == op && *s == set) {
+                    Some((_, _, all)) => all.extend(elems),
+                    None => ops.push((op, set, elems.collect())),
+                }
+            };
             for (o, ms) in delete {
                 for (set, elems) in nft_cni::raw_elements(o, ms)? {
-                    ops.push((ElemOp::Delete, set, elems));
+                    push(ElemOp::Delete, set, elems);
                 }
             }
             if let Some((o, ms)) = add {
                 for (set, elems) in nft_cni::raw_elements(o.as_str(), ms)? {
-                    ops.push((ElemOp::Add, set, elems));
+                    push(ElemOp::Add, set, elems);
                 }
             }
             return nl
@@ -132,12 +144,13 @@ impl Io {
             .map_err(|e| e.context(what))
     }
 
-    /// What `--backend auto` looks at (`backend::Facts`), and whether iptables-nft's
-    /// tables hold CNI chains of ours: over netlink (chains of the families ip and ip6,
-    /// and the rules of a `filter FORWARD` chain there), else from nft's listing.
-    pub fn facts(&mut self) -> (Facts, bool) {
+    /// What `--backend auto` looks at (`backend::Facts`; only with `decide`, else
+    /// left empty), and whether iptables-nft's tables hold CNI chains of ours: over
+    /// netlink (chains of the families ip and ip6, and the rules of a `filter FORWARD`
+    /// chain there), else from nft's listing.
+    pub fn facts(&mut self, decide: bool) -> (Facts, bool) {
         if let Io::Netlink(nl) = self {
-            match facts_netlink(nl) {
+            match facts_netlink(nl, decide) {
                 Ok(f) => return f,
                 Err(e) => {
                     log::debug!("nf_tables netlink: {e}; using nft");
@@ -147,7 +160,12 @@ impl Io {
         }
         let rs = nft::ruleset();
         let cni_ipt = rs.as_deref().is_some_and(in_iptables_nft_cni);
-        (Facts::read(rs.as_deref()), cni_ipt)
+        let facts = if decide {
+            Facts::read(rs.as_deref())
+        } else {
+            Facts::default()
+        };
+        (facts, cni_ipt)
     }
 }
 
@@ -176,7 +194,7 @@ fn read_netlink(nl: &mut Nfnl, forwarded: bool) -> std::io::Result<Seen> {
     Ok(seen)
 }
 
-fn facts_netlink(nl: &mut Nfnl) -> std::io::Result<(Facts, bool)> {
+fn facts_netlink(nl: &mut Nfnl, decide: bool) -> std::io::Result<(Facts, bool)> {
     let mut drops = Vec::new();
     let mut cni_ipt = false;
     for (family, name) in [(F::IPv4, "ip"), (F::IPv6, "ip6")] {
@@ -185,13 +203,13 @@ fn facts_netlink(nl: &mut Nfnl) -> std::io::Result<(Facts, bool)> {
             .iter()
             .any(|(_, c)| crate::rules::CNI_CHAINS.iter().any(|x| x.chain == c));
         let forward = chains.iter().any(|(t, c)| t == "filter" && c == "FORWARD");
-        if forward && nl.chain_drops(family, "filter", "FORWARD")? {
+        if decide && forward && nl.chain_drops(family, "filter", "FORWARD")? {
             drops.push(format!("{name} filter FORWARD"));
         }
     }
     let facts = Facts {
         nft_installed: native::installed().is_ok(),
-        legacy_in_use: backend::legacy_in_use(),
+        legacy_in_use: decide && backend::legacy_in_use(),
         iptables_forward_drops: drops,
     };
     Ok((facts, cni_ipt))

@@ -15,8 +15,8 @@
 use std::{io, time::Duration};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::{
     nftables::{
@@ -40,8 +40,8 @@ const RECV_BUF: usize = 64 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Elements per `NFT_MSG_NEWSETELEM`/`DELSETELEM` message: its element list is one
-/// attribute, whose length is 16 bits.
-const ELEMS_PER_MESSAGE: usize = 64;
+/// attribute, whose length is 16 bits (an element of ours takes at most ~200 bytes).
+const ELEMS_PER_MESSAGE: usize = 256;
 
 /// A dump the ruleset changed under is asked again, this many times in all.
 const DUMP_TRIES: usize = 3;
@@ -222,48 +222,103 @@ impl Nfnl {
         }
     }
 
+    /// One dump, read raw: netlink-packet-netfilter's parser of element lists formats
+    /// the whole buffer for an error context at every element, which made a dump of
+    /// 1,000 elements take 0.25 s; the attributes needed here are read directly.
     fn set_elements_once(
         &mut self,
         family: NetfilterProtoFamily,
         table: &str,
         set: &str,
     ) -> io::Result<Option<Vec<SetElem>>> {
+        let seq = self.next_seq();
+        let mut out = Vec::new();
+        emit(
+            &mut out,
+            seq,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            NetfilterMessage::new(
+                NetfilterHeader::new(family, 0, 0),
+                NfTablesMessage::GetSetElement(SetElementMessage {
+                    attributes: vec![
+                        SetElementList::Table(table.to_string()),
+                        SetElementList::Set(set.to_string()),
+                    ],
+                }),
+            ),
+        );
+        self.sock.send(&out, 0)?;
         let mut elems = Vec::new();
         let mut absent = false;
-        let ask = NfTablesMessage::GetSetElement(SetElementMessage {
-            attributes: vec![
-                SetElementList::Table(table.to_string()),
-                SetElementList::Set(set.to_string()),
-            ],
-        });
-        self.dump_or_absent(family, ask, "set elements", &mut absent, |m| {
-            let NfTablesMessage::NewSetElement(msg) = m else {
-                return;
-            };
-            for a in &msg.attributes {
-                let SetElementList::Elements(list) = a else {
-                    continue;
-                };
-                for item in list {
-                    let ListAttribute::Element(attrs) = item else {
-                        continue;
-                    };
-                    let mut e = SetElem::default();
-                    for x in attrs {
-                        match x {
-                            SetElementAttribute::Key(DataAttribute::Value(v)) => e.key = v.clone(),
-                            SetElementAttribute::Data(DataAttribute::Value(v)) => {
-                                e.data = Some(v.clone())
+        self.read_raw(|m| {
+            if m.seq != seq {
+                return Ok(false);
+            }
+            if m.flags & NLM_F_DUMP_INTR != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "the ruleset changed while a set's elements were listed",
+                ));
+            }
+            match m.kind {
+                NLMSG_DONE => return Ok(true),
+                NLMSG_ERROR => {
+                    return match m.errno() {
+                        0 => Ok(true),
+                        libc::ENOENT => {
+                            absent = true;
+                            Ok(true)
+                        }
+                        e => Err(io::Error::from_raw_os_error(e)),
+                    }
+                }
+                NFT_NEWSETELEM => {
+                    // After the 4-byte nfgenmsg: the list attributes.
+                    let attrs = m.body.get(4..).unwrap_or(&[]);
+                    for a in nlas(attrs)? {
+                        if a.kind() == NFTA_SET_ELEM_LIST_ELEMENTS {
+                            for item in nlas(a.value())? {
+                                elems.push(raw_elem(item.value())?);
                             }
-                            SetElementAttribute::UserData(u) => e.userdata = Some(u.clone()),
-                            _ => {}
                         }
                     }
-                    elems.push(e);
                 }
+                _ => {}
             }
+            Ok(false)
         })?;
         Ok(if absent { None } else { Some(elems) })
+    }
+
+    /// As `read`, without parsing: each message's header fields and body.
+    fn read_raw(&self, mut each: impl FnMut(&RawMsg) -> io::Result<bool>) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        loop {
+            buf.clear();
+            match self.sock.recv(&mut buf, 0) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let mut at = 0;
+            while at + 16 <= buf.len() {
+                let h = &buf[at..at + 16];
+                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                if len < 16 || at + len > buf.len() {
+                    return Err(io::Error::other("a netlink message of a bad length"));
+                }
+                let m = RawMsg {
+                    kind: u16::from_ne_bytes([h[4], h[5]]),
+                    flags: u16::from_ne_bytes([h[6], h[7]]),
+                    seq: u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
+                    body: &buf[at + 16..at + len],
+                };
+                if each(&m)? {
+                    return Ok(());
+                }
+                at += (len + 3) & !3;
+            }
+        }
     }
 
     /// Add and delete elements of sets of table `family table`, in one transaction, in
@@ -333,9 +388,14 @@ impl Nfnl {
             NLM_F_REQUEST,
             NetfilterMessage::new(batch, ControlMessage::BatchEnd),
         );
-        // The kernel takes a batch in one datagram, within the socket's send buffer.
+        // The kernel takes a batch in one datagram, within the socket's send buffer,
+        // and queues every answer (~1 KiB each in the socket's accounting) before this
+        // process reads one.
         if out.len() > 128 * 1024 {
-            set_sndbuf(&self.sock, out.len() * 2)?;
+            set_buf(&self.sock, libc::SO_SNDBUFFORCE, out.len() * 2)?;
+        }
+        if pending.len() > 64 {
+            set_buf(&self.sock, libc::SO_RCVBUFFORCE, pending.len() * 4096)?;
         }
         self.sock.send(&out, 0)?;
         self.read(|m| {
@@ -644,6 +704,59 @@ fn iifname_matches(list: &[ListAttribute<ExpressionAttribute>]) -> Vec<String> {
     out
 }
 
+/// `netlink.h`, `nf_tables.h`: what `read_raw`'s callers look for.
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NFT_NEWSETELEM: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 12;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// One netlink message, unparsed (`Nfnl::read_raw`).
+struct RawMsg<'a> {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    body: &'a [u8],
+}
+
+impl RawMsg<'_> {
+    /// An `NLMSG_ERROR`'s errno (0: an acknowledgement).
+    fn errno(&self) -> i32 {
+        self.body.get(..4).map_or(libc::EPROTO, |b| {
+            -i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+        })
+    }
+}
+
+fn nlas(buf: &[u8]) -> io::Result<Vec<NlaBuffer<&[u8]>>> {
+    NlasIterator::new(buf)
+        .map(|a| a.map_err(|e| io::Error::other(format!("reading nf_tables netlink: {e}"))))
+        .collect()
+}
+
+/// One `NFTA_LIST_ELEM` of a set element list: key, data value, user data.
+fn raw_elem(attrs: &[u8]) -> io::Result<SetElem> {
+    let value = |nested: &[u8]| -> io::Result<Option<Vec<u8>>> {
+        Ok(nlas(nested)?
+            .into_iter()
+            .find(|v| v.kind() == NFTA_DATA_VALUE)
+            .map(|v| v.value().to_vec()))
+    };
+    let mut e = SetElem::default();
+    for a in nlas(attrs)? {
+        match a.kind() {
+            NFTA_SET_ELEM_KEY => e.key = value(a.value())?.unwrap_or_default(),
+            NFTA_SET_ELEM_DATA => e.data = value(a.value())?,
+            NFTA_SET_ELEM_USERDATA => e.userdata = Some(a.value().to_vec()),
+            _ => {}
+        }
+    }
+    Ok(e)
+}
+
 /// `NF_DROP`, a verdict and a chain policy.
 const NF_DROP: u32 = 0;
 
@@ -687,7 +800,7 @@ fn emit(out: &mut Vec<u8>, seq: u32, flags: u16, msg: NetfilterMessage) {
     m.serialize(&mut out[at..]);
 }
 
-fn set_sndbuf(sock: &Socket, bytes: usize) -> io::Result<()> {
+fn set_buf(sock: &Socket, option: libc::c_int, bytes: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let n = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // SAFETY: setsockopt with an int option value of the right length.
@@ -695,7 +808,7 @@ fn set_sndbuf(sock: &Socket, bytes: usize) -> io::Result<()> {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
+            option,
             (&n as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
