@@ -80,16 +80,22 @@ impl Host {
         (calls, r)
     }
 
-    /// As `call`, container `n` mapping host port `host_port`, whatever the reply.
+    /// As `call`, container `n` mapping host port `host_port`, whatever the reply. A
+    /// GC keeps container `n` only.
     fn call_port(&self, verb: &str, n: u32, host_port: u32) -> (Vec<String>, cni::Reply) {
         let log = self.dir.path().join("nft.log");
         let _ = std::fs::remove_file(&log);
-        let conf = json!({"cniVersion": "1.0.0", "name": "vetest", "type": "ve-nat",
+        let mut conf = json!({"cniVersion": "1.0.0", "name": "vetest", "type": "ve-nat",
             "external": "up0", "backend": self.backend,
             "capabilities": {"portMappings": true},
             "runtimeConfig": {"portMappings": [
                 {"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]},
             "prevResult": prev(n)});
+        if verb == "GC" {
+            conf["cniVersion"] = json!("1.1.0");
+            conf["cni.dev/valid-attachments"] =
+                json!([{"containerID": cni::container_id(n), "ifname": "eth0"}]);
+        }
         let mut c = cni::command_in(&self.ns.path(), Path::new(BIN)).unwrap();
         cni::clean_env(&mut c)
             .env(
@@ -293,6 +299,11 @@ fn calls_with_the_tables_there_start_no_nft() {
     let mut left: Vec<String> = host.listed().into_iter().map(|(o, _)| o).collect();
     left.sort();
     assert_eq!(left, [owner(1).as_str(), owner(3).as_str()]);
+    // GC keeping container 3: container 1's elements (written by nft) go, no nft runs.
+    let (calls, _) = host.call("GC", 3);
+    assert!(calls.is_empty(), "GC: {calls:?}");
+    let left: Vec<String> = host.listed().into_iter().map(|(o, _)| o).collect();
+    assert_eq!(left, [owner(3).as_str()]);
 }
 
 /// `backend: auto` decides from what netlink shows: nftables unless iptables-nft's
