@@ -8,11 +8,11 @@
 //! host end, so nothing is added per container for it. The `portMappings` runtime
 //! capability (`runtimeConfig.portMappings`) becomes elements of table `inet
 //! ve-nat-cni` (`nft_cni`), commented with the attachment (network name, container ID,
-//! ifname), to the container's
-//! addresses from `prevResult`, in one nft transaction with the attachment's earlier
-//! elements deleted; a host port another attachment maps, or `ve-nat up --forward`
-//! forwards in table `inet ve-nat`, is refused (exit 73, CNI code 173). DEL deletes that
-//! attachment's elements only (nothing there is success); GC those of this network's
+//! ifname), to the container's addresses from `prevResult`, in one nf_tables
+//! transaction with the attachment's earlier elements deleted (over netlink once the
+//! tables are there: `cni_nft`); a host port another attachment maps, or `ve-nat up
+//! --forward` forwards in table `inet ve-nat`, is refused (exit 73, CNI code 173).
+//! DEL deletes that attachment's elements only (nothing there is success); GC those of this network's
 //! attachments not in `cni.dev/valid-attachments` (another network's are left alone);
 //! CHECK finds exactly the attachment's elements and
 //! the shared table. ADD passes `prevResult` on. With an iptables backend the shared

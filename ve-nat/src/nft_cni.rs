@@ -10,6 +10,10 @@
 //! in `inet ve-nat`) for mappings on every local address, `hfwdF`/`hportF` (`HOST_IP .
 //! PROTO . HOST_PORT`) for those with a `hostIP`, and the set `dstF` of destinations for
 //! the forward accept. The rules are fixed: a mapping adds elements, never a rule.
+//! Elements exist twice here: as nft JSON objects (the first ADD, which installs the
+//! table through nft, and the listing when netlink cannot be used) and as nf_tables'
+//! bytes for `nfnl` (`raw_elements`, `installed_raw`), laid out exactly as nft lays
+//! them out, so each reads and deletes what the other wrote.
 
 use std::{borrow::Cow, collections::HashMap, net::IpAddr};
 
