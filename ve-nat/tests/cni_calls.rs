@@ -96,6 +96,13 @@ impl Host {
             conf["cni.dev/valid-attachments"] =
                 json!([{"containerID": cni::container_id(n), "ifname": "eth0"}]);
         }
+        self.call_conf(verb, n, &conf)
+    }
+
+    /// Container `n`'s call with configuration `conf`, whatever the reply.
+    fn call_conf(&self, verb: &str, n: u32, conf: &Value) -> (Vec<String>, cni::Reply) {
+        let log = self.dir.path().join("nft.log");
+        let _ = std::fs::remove_file(&log);
         let mut c = cni::command_in(&self.ns.path(), Path::new(BIN)).unwrap();
         cni::clean_env(&mut c)
             .env(
@@ -117,7 +124,7 @@ impl Host {
             ("CNI_NETNS", format!("/run/netns/c{n}")),
             ("CNI_PATH", "/nonexistent".to_string()),
         ];
-        let r = cni::invoke(c, verb, &conf, &env).unwrap_or_else(|e| panic!("{e}"));
+        let r = cni::invoke(c, verb, conf, &env).unwrap_or_else(|e| panic!("{e}"));
         let calls = std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
@@ -158,14 +165,21 @@ impl Host {
     /// byte: nft's netlink debug output of the table's maps and sets.
     fn raw_elements(&self, n: u32) -> Vec<String> {
         let mut out = Vec::new();
-        for (kind, set) in [("map", "fwd4"), ("map", "port4"), ("set", "dst4")] {
+        let sets = ["fwd", "port", "hfwd", "hport"]
+            .into_iter()
+            .map(|m| ("map", m))
+            .chain([("set", "dst")]);
+        for (kind, set) in sets.flat_map(|(k, s)| ["4", "6"].map(|f| (k, format!("{s}{f}")))) {
+            let set = set.as_str();
             let text = self.nft(
                 &["--debug=netlink", "list", kind, "inet", "ve-nat-cni", set],
                 None,
             );
             out.extend(
                 text.lines()
-                    .filter(|l| l.contains("element") && l.contains(&cni::container_id(n)))
+                    .filter(|l| {
+                        l.trim_start().starts_with("element ") && l.contains(&cni::container_id(n))
+                    })
                     .map(|l| format!("{set}: {}", l.trim())),
             );
         }
@@ -174,8 +188,12 @@ impl Host {
 
     /// Container `n`'s mapping written as an older ve-nat wrote it: through nft's JSON.
     fn write_with_nft(&self, n: u32, delete: bool) {
+        self.write_mappings_with_nft(n, &[mapping(n)], delete);
+    }
+
+    fn write_mappings_with_nft(&self, n: u32, mappings: &[Mapping], delete: bool) {
         let mut batch = nftables::batch::Batch::new();
-        for o in nft_cni::elements(&owner(n), &[mapping(n)]) {
+        for o in nft_cni::elements(&owner(n), mappings) {
             if delete {
                 batch.delete(o);
             } else {
@@ -351,4 +369,79 @@ fn auto_reads_the_firewall_over_netlink() {
     host.iptables(&["-A", "FORWARD", "-i", "up0", "-j", "DROP"]);
     host.call("ADD", 4);
     assert!(host.has_cni_table(), "a conditional drop");
+}
+
+/// Every map and set of the table, both families, with and without `hostIP`: what this
+/// ve-nat writes over netlink is byte for byte what nft writes for the same mappings,
+/// and each side reads and deletes the other's.
+#[test]
+fn netlink_elements_of_every_map_are_nfts() {
+    if !privileged("netlink_elements_of_every_map_are_nfts", &["ip", "nft"]) {
+        return;
+    }
+    let mut sb = Sandbox::new();
+    let host = Host::new(&mut sb, "nftables");
+    host.call("ADD", 1);
+    let n = 2;
+    let conf = json!({"cniVersion": "1.0.0", "name": "vetest", "type": "ve-nat",
+        "external": "up0", "backend": "nftables", "ipv6": true,
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [
+            {"hostPort": 8002, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 53, "containerPort": 5353, "protocol": "udp", "hostIP": "2001:db8::1"},
+            {"hostPort": 8443, "containerPort": 443, "protocol": "tcp", "hostIP": "192.0.2.1"}]},
+        "prevResult": {"cniVersion": "1.0.0",
+            "interfaces": [{"name": "ve-x"}, {"name": "eth0", "sandbox": "/run/netns/c2"}],
+            "ips": [{"address": "10.233.0.12/32", "interface": 1},
+                    {"address": "fd42::12/128", "interface": 1}]}});
+    let (calls, r) = host.call_conf("ADD", n, &conf);
+    assert!(r.ok && calls.is_empty(), "{calls:?} {}", r.stderr);
+    let ip = |s: &str| s.parse().unwrap();
+    let mut want = vec![
+        Mapping::new("tcp", 8002, ip("10.233.0.12"), 80, None).unwrap(),
+        Mapping::new("tcp", 8002, ip("fd42::12"), 80, None).unwrap(),
+        Mapping::new("udp", 53, ip("fd42::12"), 5353, Some(ip("2001:db8::1"))).unwrap(),
+        Mapping::new("tcp", 8443, ip("10.233.0.12"), 443, Some(ip("192.0.2.1"))).unwrap(),
+    ];
+    let key = |m: &Mapping| m.fwd.to_string() + &format!("{:?}", m.host_ip);
+    want.sort_by_key(key);
+    let mine = || {
+        let mut m: Vec<Mapping> = host
+            .listed()
+            .into_iter()
+            .filter(|(o, _)| o == owner(n).as_str())
+            .map(|(_, m)| m)
+            .collect();
+        m.sort_by_key(key);
+        m
+    };
+    assert_eq!(mine(), want, "netlink's elements as nft lists them");
+    let ours = host.raw_elements(n);
+    // 4 mappings: 4 address, 4 port and 4 destination elements.
+    assert_eq!(ours.len(), 12, "{ours:#?}");
+    for set in [
+        "fwd4", "fwd6", "hfwd4", "hfwd6", "port6", "hport4", "dst4", "dst6",
+    ] {
+        assert!(
+            ours.iter().any(|l| l.starts_with(&format!("{set}:"))),
+            "{set}: {ours:#?}"
+        );
+    }
+    host.write_mappings_with_nft(n, &want, true);
+    assert!(
+        host.raw_elements(n).is_empty(),
+        "nft deleted what netlink wrote"
+    );
+    host.write_mappings_with_nft(n, &want, false);
+    assert_eq!(host.raw_elements(n), ours, "nft's bytes");
+    let (calls, r) = host.call_conf("CHECK", n, &conf);
+    assert!(
+        r.ok && calls.is_empty(),
+        "CHECK of nft's elements: {calls:?} {}",
+        r.stderr
+    );
+    let (calls, r) = host.call_conf("DEL", n, &conf);
+    assert!(r.ok && calls.is_empty(), "{calls:?}");
+    assert!(host.raw_elements(n).is_empty(), "DEL left nft's elements");
+    assert_eq!(host.listed().len(), 1, "container 1's stays");
 }
