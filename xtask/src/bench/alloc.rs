@@ -352,13 +352,22 @@ pub fn run(args: &[String]) -> Result {
                 ms(t.etcd_cpu),
                 t.machine_busy * 100.0
             );
+            if let (Some(r), Some(q)) = (t.requests, t.quorum_writes) {
+                let _ = writeln!(
+                    table,
+                    "  {what}: {r:.2} gateway requests and {q:.2} quorum writes per allocation \
+                     (3 and 1 when no commit is lost)"
+                );
+            }
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cap = cores as f64 / (one.alloc_cpu + one.etcd_cpu).as_secs_f64().max(1e-9);
         let _ = writeln!(
             table,
             "  at that CPU per allocation, {cores} cores run at most {cap:.0} allocs/s with \
-             members and nodes on one machine"
+             members and nodes on one machine: {:.2}x the 1-node round at best, whatever \
+             the number of nodes",
+            cap / one.per_second.max(1e-9)
         );
         for (metric, v, unit) in [
             ("etcdctl_put_median", ms(ctl.0), "ms"),
@@ -374,10 +383,27 @@ pub fn run(args: &[String]) -> Result {
                 format!("{:.1}", three.per_second),
                 "allocs/s",
             ),
+            ("cpu_ceiling", format!("{cap:.1}"), "allocs/s"),
             ("cpu_per_alloc_1_node_ve_alloc", ms(one.alloc_cpu), "ms"),
             ("cpu_per_alloc_1_node_etcd", ms(one.etcd_cpu), "ms"),
             ("cpu_per_alloc_3_nodes_ve_alloc", ms(three.alloc_cpu), "ms"),
             ("cpu_per_alloc_3_nodes_etcd", ms(three.etcd_cpu), "ms"),
+            ("requests_per_alloc_1_node", opt2(one.requests), "requests"),
+            (
+                "requests_per_alloc_3_nodes",
+                opt2(three.requests),
+                "requests",
+            ),
+            (
+                "quorum_writes_per_alloc_1_node",
+                opt2(one.quorum_writes),
+                "writes",
+            ),
+            (
+                "quorum_writes_per_alloc_3_nodes",
+                opt2(three.quorum_writes),
+                "writes",
+            ),
         ] {
             let _ = writeln!(fleet_csv, "{metric},{v},{unit}");
         }
@@ -530,4 +556,9 @@ impl Point {
             Point::Etcd { p, .. } => p.sample(&name),
         }
     }
+}
+
+/// A per-allocation figure with two decimals, `-` when it was not measured.
+fn opt2(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.2}"))
 }
