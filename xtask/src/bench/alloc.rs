@@ -322,7 +322,14 @@ pub fn run(args: &[String]) -> Result {
         let before = f.members_cpu();
         let mut gw = f.gateway_put(runs)?;
         let gw_cpu = f.members_cpu().saturating_sub(before) / (runs as u32 + 1);
-        let (ctl, gw) = (median_p90(&mut ctl), median_p90(&mut gw));
+        let before = f.members_cpu();
+        let mut rd = f.gateway_read(runs)?;
+        let rd_cpu = f.members_cpu().saturating_sub(before) / (runs as u32 + 1);
+        let (ctl, gw, rd) = (
+            median_p90(&mut ctl),
+            median_p90(&mut gw),
+            median_p90(&mut rd),
+        );
         let _ = writeln!(
             table,
             "quorum-write floor: `etcdctl put` process {} / {} ms, one put on a kept-alive \
@@ -332,6 +339,16 @@ pub fn run(args: &[String]) -> Result {
             ms(gw.0),
             ms(gw.1),
             ms(gw_cpu)
+        );
+        let _ = writeln!(
+            table,
+            "  one linearizable read (a transaction of 3 ranges) on that connection {} / {} \
+             ms ({} ms of etcd CPU): an allocation's 2 reads and 1 commit cost at least \
+             {} ms of etcd CPU, one after another",
+            ms(rd.0),
+            ms(rd.1),
+            ms(rd_cpu),
+            ms(gw_cpu + rd_cpu * 2)
         );
         let one = f.throughput("tput-1", 1, parallel, per_node)?;
         let three = f.throughput("tput-3", 3, parallel, per_node)?;
@@ -369,10 +386,21 @@ pub fn run(args: &[String]) -> Result {
              the number of nodes",
             cap / one.per_second.max(1e-9)
         );
+        let floor = one.alloc_cpu + gw_cpu + rd_cpu * 2;
+        let _ = writeln!(
+            table,
+            "  at the floor ({} ms of etcd CPU for 2 reads and 1 commit, {} ms in ve-alloc), \
+             {cores} cores run at most {:.0} allocs/s",
+            ms(gw_cpu + rd_cpu * 2),
+            ms(one.alloc_cpu),
+            cores as f64 / floor.as_secs_f64().max(1e-9)
+        );
         for (metric, v, unit) in [
             ("etcdctl_put_median", ms(ctl.0), "ms"),
             ("gateway_put_median", ms(gw.0), "ms"),
             ("gateway_put_etcd_cpu", ms(gw_cpu), "ms"),
+            ("gateway_read_median", ms(rd.0), "ms"),
+            ("gateway_read_etcd_cpu", ms(rd_cpu), "ms"),
             (
                 "throughput_1_node",
                 format!("{:.1}", one.per_second),

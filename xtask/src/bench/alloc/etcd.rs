@@ -153,6 +153,33 @@ impl Fleet {
     /// One `PUT` per request over one kept-alive connection to the gateway of the first
     /// endpoint (the one ve-alloc talks to first), `runs` times, after one untimed.
     pub fn gateway_put(&self, runs: usize) -> Result<Vec<Duration>> {
+        // "/floor/gateway" and a value, base64 as the gateway takes bytes.
+        self.gateway_calls(runs, "/v3/kv/put", |i| {
+            format!(
+                r#"{{"key":"L2Zsb29yL2dhdGV3YXk=","value":"{}"}}"#,
+                ["MA==", "MQ=="][i % 2]
+            )
+        })
+    }
+
+    /// One linearizable read-only transaction of three ranges per request (as the
+    /// first of an allocation's two reads is), as [`Self::gateway_put`] does its puts.
+    pub fn gateway_read(&self, runs: usize) -> Result<Vec<Duration>> {
+        // Three ranges of "/floor/gateway".
+        let range = r#"{"request_range":{"key":"L2Zsb29yL2dhdGV3YXk="}}"#;
+        self.gateway_calls(runs, "/v3/kv/txn", move |_| {
+            format!(r#"{{"compare":[],"success":[{range},{range},{range}]}}"#)
+        })
+    }
+
+    /// `POST path` with `body(i)`, `runs` timed times after one untimed, over one
+    /// kept-alive connection to the first endpoint's gateway, from node 1.
+    fn gateway_calls(
+        &self,
+        runs: usize,
+        path: &'static str,
+        body: impl Fn(usize) -> String + Send + 'static,
+    ) -> Result<Vec<Duration>> {
         let ns = self.cluster.nodes[0].ns.path();
         let ep = self.cluster.members[0].endpoint();
         in_ns(&ns, move || {
@@ -163,24 +190,20 @@ impl Fleet {
             let mut r = BufReader::new(s);
             let mut out = Vec::with_capacity(runs);
             for i in 0..=runs {
-                // "/floor/gateway" and a value, base64 as the gateway takes bytes.
-                let body = format!(
-                    r#"{{"key":"L2Zsb29yL2dhdGV3YXk=","value":"{}"}}"#,
-                    ["MA==", "MQ=="][i % 2]
-                );
+                let body = body(i);
                 let req = format!(
-                    "POST /v3/kv/put HTTP/1.1\r\nHost: {ep}\r\nContent-Type: application/json\r\n\
+                    "POST {path} HTTP/1.1\r\nHost: {ep}\r\nContent-Type: application/json\r\n\
                      Content-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 let t = Instant::now();
                 r.get_mut()
                     .write_all(req.as_bytes())
-                    .map_err(|e| format!("gateway put: {e}"))?;
-                let status = read_response(&mut r).map_err(|e| format!("gateway put: {e}"))?;
+                    .map_err(|e| format!("gateway {path}: {e}"))?;
+                let status = read_response(&mut r).map_err(|e| format!("gateway {path}: {e}"))?;
                 let d = t.elapsed();
                 if status != 200 {
-                    return Err(format!("gateway put: HTTP {status}"));
+                    return Err(format!("gateway {path}: HTTP {status}"));
                 }
                 if i > 0 {
                     out.push(d);
