@@ -349,11 +349,16 @@ impl EtcdStore {
     /// `--wait` has passed (then exit 75).
     ///
     /// The writes of one node's processes on this host take turns ([`lock`]), waiting
-    /// for their turn at most one request timeout; lost races are retried after a
-    /// random pause that grows with each loss, so that racing writers drift apart.
+    /// for their turn at most one request timeout and half the time left; lost races
+    /// are retried after a random pause that grows with each loss, so that racing
+    /// writers drift apart.
     pub fn write<T>(&mut self, mut f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
-        let turn = Instant::now() + self.client.request_timeout();
-        let _turn = lock::acquire(&self.lock_name, turn.min(self.deadline));
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
+        let _turn = lock::acquire(
+            &self.lock_name,
+            now + self.client.request_timeout().min(left / 2),
+        );
         // Only lost races count: a restart after claiming a block is no conflict.
         let mut conflicts = 0u32;
         loop {
