@@ -94,6 +94,13 @@ pub const MANUAL: Manual = Manual {
             "The lease store (SQLite, with its -wal and -shm files; directory 0750, files 0640); \
              --store DIR moves it",
         ),
+        entry(
+            "@ve-alloc/etcd-node/HASH",
+            "An abstract Unix socket (no file) a command holds while it writes to an etcd \
+             store, named after the store and node: the writers of one node in one network \
+             namespace take turns instead of losing commits to each other; a writer that \
+             waits longer than one request timeout (or half its --wait) goes on without its turn",
+        ),
     ],
     examples: &[
         entry(

@@ -20,6 +20,7 @@
 
 mod blocks;
 mod client;
+mod lock;
 mod tls;
 mod watch;
 
@@ -112,6 +113,14 @@ impl Spec {
     }
 }
 
+/// What a range read returns ([`EtcdStore::range_txns`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Only {
+    Values,
+    Keys,
+    Count,
+}
+
 /// A lease as stored: the lease and the node holding it.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -174,6 +183,8 @@ pub struct EtcdStore {
     block_bits: u32,
     deadline: Instant,
     registered: bool,
+    /// The name of this node's write lock on this host ([`lock`]).
+    lock_name: String,
 }
 
 impl EtcdStore {
@@ -197,6 +208,7 @@ impl EtcdStore {
             block_bits: 32 - u32::from(block_prefix),
             deadline,
             registered: false,
+            lock_name: lock::name(&spec.endpoints, &spec.prefix, node),
         }
     }
 
@@ -251,7 +263,7 @@ impl EtcdStore {
     /// How many keys each of several ranges holds, in one round trip per 100 ranges.
     fn counts(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<i64>> {
         Ok(self
-            .range_txns(ranges, true)?
+            .range_txns(ranges, Only::Count, 0)?
             .iter()
             .map(|r| int(r.get("count")))
             .collect())
@@ -260,24 +272,47 @@ impl EtcdStore {
     /// Several ranges read at one revision, in one round trip (one per 100 ranges: etcd
     /// allows 128 operations per transaction).
     fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
-        self.range_txns(ranges, false)?.iter().map(kvs).collect()
+        self.range_txns(ranges, Only::Values, 0)?
+            .iter()
+            .map(kvs)
+            .collect()
     }
 
-    /// The `response_range` of each range, read by transactions of 100 ranges each
-    /// (only their counts with `count_only`).
+    /// [`Self::ranges`] with only the keys (empty values) of the first `keys_only`
+    /// ranges: the held addresses of a block need no names, and the answer is smaller.
+    fn ranges_keys_first(
+        &mut self,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        keys_only: usize,
+    ) -> Result<Vec<Vec<Kv>>> {
+        self.range_txns(ranges, Only::Keys, keys_only)?
+            .iter()
+            .map(kvs)
+            .collect()
+    }
+
+    /// The `response_range` of each range, read by transactions of 100 ranges each;
+    /// with `only` other than [`Only::Values`], the first `first` ranges (every range
+    /// for [`Only::Count`]) give only their keys or counts.
     fn range_txns(
         &mut self,
         ranges: &[(Vec<u8>, Vec<u8>)],
-        count_only: bool,
+        only: Only,
+        first: usize,
     ) -> Result<Vec<Value>> {
         let mut out = Vec::with_capacity(ranges.len());
-        for chunk in ranges.chunks(100) {
+        for (c, chunk) in ranges.chunks(100).enumerate() {
             let ops: Vec<Value> = chunk
                 .iter()
-                .map(|(k, e)| {
+                .enumerate()
+                .map(|(i, (k, e))| {
                     let mut r = json!({"key": b64(k), "range_end": b64(e)});
-                    if count_only {
-                        r["count_only"] = Value::Bool(true);
+                    match only {
+                        Only::Count => r["count_only"] = Value::Bool(true),
+                        Only::Keys if c * 100 + i < first => {
+                            r["keys_only"] = Value::Bool(true);
+                        }
+                        _ => {}
                     }
                     json!({ "request_range": r })
                 })
@@ -312,7 +347,18 @@ impl EtcdStore {
 
     /// Run `f` in a transaction, again while another writer changed what it read, until
     /// `--wait` has passed (then exit 75).
+    ///
+    /// The writes of one node's processes on this host take turns ([`lock`]), waiting
+    /// for their turn at most one request timeout and half the time left; lost races
+    /// are retried after a random pause that grows with each loss, so that racing
+    /// writers drift apart.
     pub fn write<T>(&mut self, mut f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
+        let _turn = lock::acquire(
+            &self.lock_name,
+            now + self.client.request_timeout().min(left / 2),
+        );
         // Only lost races count: a restart after claiming a block is no conflict.
         let mut conflicts = 0u32;
         loop {
@@ -324,6 +370,9 @@ impl EtcdStore {
                     return Ok(v);
                 }
                 conflicts += 1;
+                std::thread::sleep(
+                    backoff(conflicts).min(self.deadline.saturating_duration_since(Instant::now())),
+                );
             }
             if Instant::now() >= self.deadline {
                 return Err(Error::new(
@@ -493,6 +542,25 @@ fn list_routes(
         }
     }
     Ok((rev, out))
+}
+
+/// The pause before the attempt after the `n`th lost race: uniformly random below
+/// 1 ms, 2 ms, 4 ms, ... up to 32 ms ("full jitter").
+fn backoff(n: u32) -> Duration {
+    let cap = 1000u64 << n.saturating_sub(1).min(5);
+    Duration::from_micros(jitter() % cap)
+}
+
+/// A number that differs between processes and calls (no randomness needed beyond that).
+fn jitter() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut x = (u64::from(std::process::id()) << 32) ^ u64::from(nanos);
+    // splitmix64's finaliser.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn revision(v: &Value) -> i64 {

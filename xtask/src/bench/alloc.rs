@@ -320,18 +320,39 @@ pub fn run(args: &[String]) -> Result {
         }
         let mut ctl = f.etcdctl_put(runs)?;
         let before = f.members_cpu();
-        let mut gw = f.gateway_put(runs)?;
-        let gw_cpu = f.members_cpu().saturating_sub(before) / (runs as u32 + 1);
-        let (ctl, gw) = (median_p90(&mut ctl), median_p90(&mut gw));
+        // The members' CPU time counts in clock ticks (10 ms): enough requests that a
+        // tick is a small part of their sum.
+        let gw_runs = runs.max(300);
+        let mut gw = f.gateway_put(gw_runs)?;
+        let gw_cpu = f.members_cpu().saturating_sub(before) / (gw_runs as u32 + 1);
+        let before = f.members_cpu();
+        let mut rd = f.gateway_read(gw_runs)?;
+        let rd_cpu = f.members_cpu().saturating_sub(before) / (gw_runs as u32 + 1);
+        let (ctl, gw, rd) = (
+            median_p90(&mut ctl),
+            median_p90(&mut gw),
+            median_p90(&mut rd),
+        );
         let _ = writeln!(
             table,
             "quorum-write floor: `etcdctl put` process {} / {} ms, one put on a kept-alive \
-             gateway connection {} / {} ms (median / p90 of {runs}; {} ms of etcd CPU each)",
+             gateway connection {} / {} ms (median / p90 of {runs} and {gw_runs}; {} ms of \
+             etcd CPU each)",
             ms(ctl.0),
             ms(ctl.1),
             ms(gw.0),
             ms(gw.1),
             ms(gw_cpu)
+        );
+        let _ = writeln!(
+            table,
+            "  one linearizable read (a transaction of 3 ranges) on that connection {} / {} \
+             ms ({} ms of etcd CPU): an allocation's 2 reads and 1 commit sent alone cost \
+             {} ms of etcd CPU",
+            ms(rd.0),
+            ms(rd.1),
+            ms(rd_cpu),
+            ms(gw_cpu + rd_cpu * 2)
         );
         let one = f.throughput("tput-1", 1, parallel, per_node)?;
         let three = f.throughput("tput-3", 3, parallel, per_node)?;
@@ -352,18 +373,43 @@ pub fn run(args: &[String]) -> Result {
                 ms(t.etcd_cpu),
                 t.machine_busy * 100.0
             );
+            if let (Some(r), Some(q)) = (t.requests, t.quorum_writes) {
+                let _ = writeln!(
+                    table,
+                    "  {what}: {r:.2} gateway requests and {q:.2} quorum writes per allocation \
+                     (3 and 1 when no commit is lost)"
+                );
+            }
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let cap = cores as f64 / (one.alloc_cpu + one.etcd_cpu).as_secs_f64().max(1e-9);
+        // The cheaper round's CPU per allocation (more nodes batch more in etcd): the
+        // most any number of nodes could run on these cores.
+        let cpu = (one.alloc_cpu + one.etcd_cpu).min(three.alloc_cpu + three.etcd_cpu);
+        let cap = cores as f64 / cpu.as_secs_f64().max(1e-9);
         let _ = writeln!(
             table,
-            "  at that CPU per allocation, {cores} cores run at most {cap:.0} allocs/s with \
-             members and nodes on one machine"
+            "  at the lower of those CPU costs ({} ms per allocation), {cores} cores run at \
+             most {cap:.0} allocs/s with members and nodes on one machine: {:.2}x the \
+             1-node round at best, whatever the number of nodes",
+            ms(cpu),
+            cap / one.per_second.max(1e-9)
+        );
+        let floor = one.alloc_cpu + gw_cpu + rd_cpu * 2;
+        let _ = writeln!(
+            table,
+            "  an allocation's requests one at a time (2 reads, 1 commit: {} ms of etcd \
+             CPU) and {} ms in ve-alloc: {cores} cores would run at most {:.0} allocs/s \
+             without the batching etcd does when requests overlap",
+            ms(gw_cpu + rd_cpu * 2),
+            ms(one.alloc_cpu),
+            cores as f64 / floor.as_secs_f64().max(1e-9)
         );
         for (metric, v, unit) in [
             ("etcdctl_put_median", ms(ctl.0), "ms"),
             ("gateway_put_median", ms(gw.0), "ms"),
             ("gateway_put_etcd_cpu", ms(gw_cpu), "ms"),
+            ("gateway_read_median", ms(rd.0), "ms"),
+            ("gateway_read_etcd_cpu", ms(rd_cpu), "ms"),
             (
                 "throughput_1_node",
                 format!("{:.1}", one.per_second),
@@ -374,10 +420,27 @@ pub fn run(args: &[String]) -> Result {
                 format!("{:.1}", three.per_second),
                 "allocs/s",
             ),
+            ("cpu_ceiling", format!("{cap:.1}"), "allocs/s"),
             ("cpu_per_alloc_1_node_ve_alloc", ms(one.alloc_cpu), "ms"),
             ("cpu_per_alloc_1_node_etcd", ms(one.etcd_cpu), "ms"),
             ("cpu_per_alloc_3_nodes_ve_alloc", ms(three.alloc_cpu), "ms"),
             ("cpu_per_alloc_3_nodes_etcd", ms(three.etcd_cpu), "ms"),
+            ("requests_per_alloc_1_node", opt2(one.requests), "requests"),
+            (
+                "requests_per_alloc_3_nodes",
+                opt2(three.requests),
+                "requests",
+            ),
+            (
+                "quorum_writes_per_alloc_1_node",
+                opt2(one.quorum_writes),
+                "writes",
+            ),
+            (
+                "quorum_writes_per_alloc_3_nodes",
+                opt2(three.quorum_writes),
+                "writes",
+            ),
         ] {
             let _ = writeln!(fleet_csv, "{metric},{v},{unit}");
         }
@@ -530,4 +593,9 @@ impl Point {
             Point::Etcd { p, .. } => p.sample(&name),
         }
     }
+}
+
+/// A per-allocation figure with two decimals, `-` when it was not measured.
+fn opt2(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.2}"))
 }

@@ -187,7 +187,7 @@ impl EtcdTxn<'_> {
                 end.push(0);
                 (k, end)
             }));
-            let mut got = self.store.ranges(&ranges)?;
+            let mut got = self.store.ranges_keys_first(&ranges, unread.len())?;
             let owners = got.split_off(unread.len());
             for ((start, kvs), owner) in unread.iter().zip(got).zip(owners) {
                 if owner.first().map(|kv| &kv.value) != Some(&me) {

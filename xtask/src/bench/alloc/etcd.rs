@@ -153,6 +153,33 @@ impl Fleet {
     /// One `PUT` per request over one kept-alive connection to the gateway of the first
     /// endpoint (the one ve-alloc talks to first), `runs` times, after one untimed.
     pub fn gateway_put(&self, runs: usize) -> Result<Vec<Duration>> {
+        // "/floor/gateway" and a value, base64 as the gateway takes bytes.
+        self.gateway_calls(runs, "/v3/kv/put", |i| {
+            format!(
+                r#"{{"key":"L2Zsb29yL2dhdGV3YXk=","value":"{}"}}"#,
+                ["MA==", "MQ=="][i % 2]
+            )
+        })
+    }
+
+    /// One linearizable read-only transaction of three ranges per request (as the
+    /// first of an allocation's two reads is), as [`Self::gateway_put`] does its puts.
+    pub fn gateway_read(&self, runs: usize) -> Result<Vec<Duration>> {
+        // Three ranges of "/floor/gateway".
+        let range = r#"{"request_range":{"key":"L2Zsb29yL2dhdGV3YXk="}}"#;
+        self.gateway_calls(runs, "/v3/kv/txn", move |_| {
+            format!(r#"{{"compare":[],"success":[{range},{range},{range}]}}"#)
+        })
+    }
+
+    /// `POST path` with `body(i)`, `runs` timed times after one untimed, over one
+    /// kept-alive connection to the first endpoint's gateway, from node 1.
+    fn gateway_calls(
+        &self,
+        runs: usize,
+        path: &'static str,
+        body: impl Fn(usize) -> String + Send + 'static,
+    ) -> Result<Vec<Duration>> {
         let ns = self.cluster.nodes[0].ns.path();
         let ep = self.cluster.members[0].endpoint();
         in_ns(&ns, move || {
@@ -163,24 +190,20 @@ impl Fleet {
             let mut r = BufReader::new(s);
             let mut out = Vec::with_capacity(runs);
             for i in 0..=runs {
-                // "/floor/gateway" and a value, base64 as the gateway takes bytes.
-                let body = format!(
-                    r#"{{"key":"L2Zsb29yL2dhdGV3YXk=","value":"{}"}}"#,
-                    ["MA==", "MQ=="][i % 2]
-                );
+                let body = body(i);
                 let req = format!(
-                    "POST /v3/kv/put HTTP/1.1\r\nHost: {ep}\r\nContent-Type: application/json\r\n\
+                    "POST {path} HTTP/1.1\r\nHost: {ep}\r\nContent-Type: application/json\r\n\
                      Content-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 let t = Instant::now();
                 r.get_mut()
                     .write_all(req.as_bytes())
-                    .map_err(|e| format!("gateway put: {e}"))?;
-                let status = read_response(&mut r).map_err(|e| format!("gateway put: {e}"))?;
+                    .map_err(|e| format!("gateway {path}: {e}"))?;
+                let status = read_response(&mut r).map_err(|e| format!("gateway {path}: {e}"))?;
                 let d = t.elapsed();
                 if status != 200 {
-                    return Err(format!("gateway put: HTTP {status}"));
+                    return Err(format!("gateway {path}: HTTP {status}"));
                 }
                 if i > 0 {
                     out.push(d);
@@ -200,6 +223,26 @@ impl Fleet {
             .sum()
     }
 
+    /// The members' request counters: gateway requests the members served (`Range` and
+    /// `Txn` calls, summed over members) and quorum writes (proposals committed, the
+    /// highest count of any member, as each member commits every one). None when a
+    /// member's `/metrics` could not be read.
+    pub fn counters(&self) -> Option<(u64, u64)> {
+        let ns = self.cluster.nodes[0].ns.path();
+        let eps: Vec<String> = self.cluster.members.iter().map(|m| m.endpoint()).collect();
+        in_ns(&ns, move || {
+            let (mut requests, mut proposals) = (0u64, 0u64);
+            for ep in &eps {
+                let text = get_metrics(ep).map_err(|e| format!("{ep}/metrics: {e}"))?;
+                let (r, p) = parse_counters(&text);
+                requests += r;
+                proposals = proposals.max(p);
+            }
+            Ok((requests, proposals))
+        })
+        .ok()
+    }
+
     /// Allocations per second of `nodes` nodes (prefix `prefix`, empty at the start),
     /// `parallel` allocator threads per node, `per_node` allocations per node, all at
     /// once; each allocation is one `ve-alloc alloc NAME` process. With the CPU time
@@ -212,6 +255,7 @@ impl Fleet {
         per_node: usize,
     ) -> Result<Throughput> {
         let url = self.url(prefix);
+        let counters0 = self.counters();
         let (etcd0, children0, machine0) = (self.members_cpu(), children_cpu(), machine_cpu());
         let t = Instant::now();
         let results: Vec<Result> = std::thread::scope(|s| {
@@ -251,11 +295,18 @@ impl Fleet {
         let took = t.elapsed();
         let n = (nodes * per_node) as u32;
         let (busy, total) = machine_cpu();
+        let per_alloc = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / f64::from(n);
+        let counts = match (counters0, self.counters()) {
+            (Some((r0, p0)), Some((r1, p1))) => Some((per_alloc(r0, r1), per_alloc(p0, p1))),
+            _ => None,
+        };
         let tp = Throughput {
             per_second: f64::from(n) / took.as_secs_f64(),
             alloc_cpu: children_cpu().saturating_sub(children0) / n,
             etcd_cpu: self.members_cpu().saturating_sub(etcd0) / n,
             machine_busy: (busy - machine0.0) as f64 / ((total - machine0.1).max(1)) as f64,
+            requests: counts.map(|c| c.0),
+            quorum_writes: counts.map(|c| c.1),
         };
         results.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(tp)
@@ -272,6 +323,45 @@ pub struct Throughput {
     /// The share of the machine's CPU time that was busy during the round (any
     /// process's, also other work's).
     pub machine_busy: f64,
+    /// Gateway requests per allocation (three when no commit is lost).
+    pub requests: Option<f64>,
+    /// Quorum writes per allocation (one when no commit is lost: a commit that loses
+    /// its compare is a quorum write too, plus one per block claimed).
+    pub quorum_writes: Option<f64>,
+}
+
+/// `GET /metrics` of the member at `ep` (HOST:PORT): its Prometheus text.
+fn get_metrics(ep: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(ep)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {ep}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// From a member's metrics: the `Range` and `Txn` calls it served, and the proposals
+/// it committed.
+fn parse_counters(text: &str) -> (u64, u64) {
+    let (mut requests, mut proposals) = (0u64, 0u64);
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        // Counters print as floats ("1.234e+06" for large ones).
+        let v = value.parse::<f64>().unwrap_or(0.0) as u64;
+        if name.starts_with("grpc_server_handled_total{")
+            && (name.contains("grpc_method=\"Range\"") || name.contains("grpc_method=\"Txn\""))
+        {
+            requests += v;
+        } else if name == "etcd_server_proposals_committed_total" {
+            proposals = v;
+        }
+    }
+    (requests, proposals)
 }
 
 /// The processes in network namespace `ns`.
