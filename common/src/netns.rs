@@ -1,5 +1,5 @@
 //! Network namespace handles: a path, a name under /run/netns or a process id, opened as
-//! an fd, and entered only on a thread of its own.
+//! an fd, and entered only on a thread of its own or for one call and straight back.
 
 use std::{
     fmt,
@@ -136,8 +136,10 @@ impl Netns {
     }
 
     /// Move the calling thread into this namespace. Only ever call this on a thread of
-    /// its own (see [`Netns::spawn`]): everything later created on the thread, such as
-    /// a netlink socket, belongs to this namespace.
+    /// its own (see [`Netns::spawn`]), or for one call and straight back to a handle of
+    /// the thread's own namespace ([`Netns::current`]), as ve-link opens its container
+    /// socket: everything created on the thread meanwhile, such as a netlink socket,
+    /// belongs to this namespace.
     pub fn enter(&self) -> Result<()> {
         // SAFETY: setns on a valid namespace fd; affects only the calling thread.
         let rc = unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) };

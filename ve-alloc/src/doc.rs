@@ -78,12 +78,16 @@ pub const MANUAL: Manual = Manual {
         entry("VE_ALLOC_POOL", "IPv4 pool, as --pool"),
         entry("VE_ALLOC_POOL6", "IPv6 pool, as --pool6"),
         entry("VE_ALLOC_LAYOUT", "Layout of the IPv4 pool, as --layout"),
+        entry(
+            "VE_ALLOC_DURABILITY",
+            "What a printed lease survives in a SQLite store, as --durability: full (default; a power cut) or normal (a kill only: writes are not synced)",
+        ),
         entry("VE_ALLOC_CONFIG", "Configuration file, as --config"),
     ],
     files: &[
         entry(
             "/etc/ve-alloc.conf",
-            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT, and for an etcd store NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE, ETCD_CACERT, ETCD_CERT, ETCD_KEY",
+            "Configuration, when it exists: KEY=value lines STORE, POOL, POOL6, LAYOUT, DURABILITY, and for an etcd store NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE, ETCD_CACERT, ETCD_CERT, ETCD_KEY",
         ),
         entry(
             "/etc/ssl/certs/ca-certificates.crt",

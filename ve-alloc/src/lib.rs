@@ -29,7 +29,7 @@ use crate::{
     pool::{Layout, Pool},
     store::{
         etcd::{EtcdStore, Spec},
-        AnyStore, SqliteStore,
+        AnyStore, Durability, SqliteStore,
     },
 };
 
@@ -49,7 +49,7 @@ pub const DEFAULT_POOL: &str = "10.233.0.0/16";
     long_about = "Lease each container a host/container address pair (IPv4, and IPv6 when an \
 IPv6 pool is configured) from a pool, remember it in an embedded store, and free it again.\n\n\
 Settings come from flags, then VE_ALLOC_* environment variables, then the config file \
-(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT, and for an etcd store \
+(/etc/ve-alloc.conf, KEY=value lines: STORE, POOL, POOL6, LAYOUT, DURABILITY, and for an etcd store \
 NODE, NODE_ADDRESS, BLOCK_SIZE, ETCD_USER, ETCD_PASSWORD_FILE, ETCD_CACERT, ETCD_CERT, \
 ETCD_KEY), then defaults. An empty \
 value anywhere means \"not set here\": the next source decides."
@@ -131,6 +131,10 @@ struct Cli {
     /// How long to wait for a store another process holds locked before exit 75
     #[arg(long, global = true, value_name = "SECONDS", default_value = "10")]
     wait: f64,
+    /// What a printed lease survives (SQLite store): full (a power cut; every write
+    /// synced) or normal (a kill, not a power cut; faster) [default: full]
+    #[arg(long, env = "VE_ALLOC_DURABILITY", global = true, value_name = "LEVEL")]
+    durability: Option<String>,
     /// Print JSON instead of KEY=value lines or columns (lists: one object per line)
     #[arg(long, global = true)]
     json: bool,
@@ -327,7 +331,9 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             e.tls.clone(),
             settings.wait,
         )),
-        None => AnyStore::Sqlite(SqliteStore::new(&settings.store, settings.wait)),
+        None => AnyStore::Sqlite(
+            SqliteStore::new(&settings.store, settings.wait).with_durability(settings.durability),
+        ),
     };
     match &cli.cmd {
         Cmd::Alloc { names } => {
@@ -603,6 +609,7 @@ struct Settings {
     pool6: Option<(String, bool)>,
     layout: (String, bool),
     wait: Duration,
+    durability: Durability,
 }
 
 /// A value from a flag or the environment; empty means not given.
@@ -666,6 +673,7 @@ impl Settings {
             pool6: (pool6.0 != "none").then_some(pool6),
             layout: pick(given(&cli.layout), "LAYOUT", "pairs"),
             wait: Duration::from_secs_f64(cli.wait),
+            durability: durability(pick(given(&cli.durability), "DURABILITY", "full"))?,
         };
         log::debug!(
             "store {}, pool {}, pool6 {}, layout {} (config {})",
@@ -953,12 +961,26 @@ fn read_config(path: &Path, explicit: bool) -> Result<std::collections::BTreeMap
     Ok(map)
 }
 
+/// `--durability` / DURABILITY; a bad value from the config file is 78, else 64.
+fn durability((v, from_file): (String, bool)) -> Result<Durability> {
+    use clap::ValueEnum;
+    Durability::from_str(&v, false).map_err(|_| {
+        let msg = format!("durability {v:?} is neither full nor normal");
+        if from_file {
+            Error::config(format!("{msg} (in the config file)"))
+        } else {
+            Error::usage(msg)
+        }
+    })
+}
+
 /// The config file's settings (from NODE on for an etcd store).
-const CONFIG_KEYS: [&str; 12] = [
+const CONFIG_KEYS: [&str; 13] = [
     "STORE",
     "POOL",
     "POOL6",
     "LAYOUT",
+    "DURABILITY",
     "NODE",
     "NODE_ADDRESS",
     "BLOCK_SIZE",

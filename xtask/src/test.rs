@@ -20,6 +20,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "etcd-client",
     "openssl",
     "podman",
+    "strace",
 ];
 
 /// The tools, as installed on a host: e2e/tests/systemd_boot.rs installs their release

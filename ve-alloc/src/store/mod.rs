@@ -15,7 +15,7 @@ use common::Result;
 use crate::lease::Lease;
 
 pub use any::AnyStore;
-pub use sqlite::{SqliteStore, DB_FILE};
+pub use sqlite::{Durability, SqliteStore, DB_FILE};
 
 /// One transaction's view of the leases. Every method sees the writes made earlier in
 /// the same transaction.

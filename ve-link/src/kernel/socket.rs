@@ -69,18 +69,24 @@ impl Socket {
         Self::open().map_err(|e| Error::io("opening a netlink socket", e))
     }
 
-    /// A socket in the container namespace `ns`, opened on a short-lived thread that
-    /// entered it; the socket stays bound to that namespace wherever it is used.
+    /// A socket in the container namespace `ns`; it stays bound to that namespace
+    /// wherever it is used. The calling thread steps into `ns` for the one `socket(2)`
+    /// and straight back, and nothing else runs on it meanwhile: two `setns` calls,
+    /// where a thread of its own cost a start and a join, which waits for the scheduler
+    /// (`strace -T`: the join's futex 4.2 ms with both cores busy).
     pub fn inside(ns: &Netns) -> Result<Self> {
-        let t = ns.spawn("ve-link-netns", || {
-            netlink_sys::Socket::new(NETLINK_ROUTE)
-                .map_err(|e| Error::io("opening a netlink socket in the container namespace", e))
-        })?;
-        let sock = t
-            .join()
-            .map_err(|_| Error::internal("the container namespace thread died"))??;
-        Self::configure(sock)
-            .map_err(|e| Error::io("opening a netlink socket in the container namespace", e))
+        const DOING: &str = "opening a netlink socket in the container namespace";
+        let home = Netns::current()?;
+        ns.enter()?;
+        let sock = netlink_sys::Socket::new(NETLINK_ROUTE);
+        if let Err(e) = home.enter() {
+            // Cannot happen (the thread just left it, with the right to): but no other
+            // work may ever run in the container's namespace by mistake.
+            eprintln!("ve-link: error: {e}; stopping");
+            std::process::abort();
+        }
+        let sock = sock.map_err(|e| Error::io(DOING, e))?;
+        Self::configure(sock).map_err(|e| Error::io(DOING, e))
     }
 
     fn configure(mut sock: netlink_sys::Socket) -> io::Result<Self> {
@@ -666,6 +672,51 @@ mod tests {
         };
         let (u, w) = (median(&mut unwaited), median(&mut waited));
         assert!(u * 2 < w, "unwaited {unwaited:?}, waited {waited:?}");
+    }
+
+    /// `inside` leaves the calling thread where it was and gives a socket that sees the
+    /// container's links, not the caller's.
+    #[test]
+    fn a_socket_inside_sees_the_container_and_the_caller_stays_home() {
+        if !testbed::privileged("socket_inside", &["ip"]) {
+            return;
+        }
+        let mut sb = testbed::Sandbox::new();
+        let (host, ctr) = (sb.netns("host"), sb.netns("ctr"));
+        host.ip(&[
+            "link",
+            "add",
+            "only-host0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "only-host1",
+        ]);
+        ctr.ip(&[
+            "link",
+            "add",
+            "only-ctr0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "only-ctr1",
+        ]);
+        let ctr_path = ctr.path();
+        testbed::spawn_in(&host.path(), move || {
+            let home = Netns::current().unwrap().id().unwrap();
+            let ns = common::netns::NetnsSpec::Path(ctr_path).open().unwrap();
+            let inside = Socket::inside(&ns).unwrap();
+            assert_eq!(Netns::current().unwrap().id().unwrap(), home);
+            assert!(inside.link_by_name("only-ctr0").unwrap().is_some());
+            assert_eq!(inside.link_by_name("only-host0").unwrap(), None);
+            let here = Socket::open().unwrap();
+            assert!(here.link_by_name("only-host0").unwrap().is_some());
+            assert_eq!(here.link_by_name("only-ctr0").unwrap(), None);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

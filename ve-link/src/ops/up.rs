@@ -449,19 +449,14 @@ impl Opened {
         })
     }
 
-    /// Run `input` (the read of stdin) on a thread while this one opens `spec`, and
-    /// return both. The caller reports `input`'s errors first, as if nothing had been
-    /// opened, and uses the opening only for the request's own namespace.
-    pub fn early<T: Send + 'static>(
-        spec: &NetnsSpec,
-        input: impl FnOnce() -> T + Send + 'static,
-    ) -> (T, Result<Opened>) {
-        let reader = std::thread::spawn(input);
+    /// Open `spec`, then run `input` (the read of stdin), and return both: the opening
+    /// overlaps the writer's wait (the pipe holds what it writes meanwhile). The caller
+    /// reports `input`'s errors first, as if nothing had been opened, and uses the
+    /// opening only for the request's own namespace. (No reader thread: its start and
+    /// two wake-ups, when the bytes come and at the join, wait for the scheduler.)
+    pub fn early<T>(spec: &NetnsSpec, input: impl FnOnce() -> T) -> (T, Result<Opened>) {
         let opened = Opened::open(spec);
-        match reader.join() {
-            Ok(read) => (read, opened),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        (input(), opened)
     }
 }
 
