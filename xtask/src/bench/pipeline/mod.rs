@@ -42,8 +42,9 @@ usage: cargo xtask bench pipeline [--containers N] [--systems S,S,...] [--tools 
 
   --containers N  containers per system (default 1000); figures for the 1st-10th, ~100th,
                   ~500th and ~Nth container (windows of 10 and 20 containers)
-  --systems LIST  which of ve,nixos,nixos-ipn,cni,netavark,batch (default: all of
-                  these) and ve-link (ve-link alone, as `bench link` runs it)
+  --systems LIST  which of ve,ve-normal,nixos,nixos-ipn,cni,netavark,batch (default:
+                  all of these) and ve-link (ve-link alone, as `bench link` runs it);
+                  ve-normal is ve with the store's opt-in --durability normal
   --tools DIR     the tools in DIR instead of release builds
   --no-alloc      skip ve-alloc against host-local at 1,000 and 10,000 leases
   --no-nm         skip nm-unmanage --watch against a sandboxed NetworkManager
@@ -54,7 +55,8 @@ per container and system), pipeline-summary.csv, pipeline.txt and pipeline.png."
 
 /// The compared systems, in table order.
 static SYSTEMS: &[&dyn System] = &[
-    &ve::Ve,
+    &ve::Ve { normal: false },
+    &ve::Ve { normal: true },
     &ve_link::VeLink,
     &nixos::Nixos,
     &nixos_ipn::NixosIpN,

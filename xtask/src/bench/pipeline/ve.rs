@@ -1,7 +1,10 @@
 //! This project as users run it: `ve-alloc alloc NAME | ve-link up NAME --addresses -`
 //! in one shell pipeline per container, `ve-nat up` once; teardown `ve-link down` then
 //! `ve-alloc release`; bulk teardown `ve-link down --all` and one `ve-alloc release` of
-//! every name. Its extra figures: each process alone, and the store on tmpfs.
+//! every name. Its extra figures: each process alone, and the store on tmpfs. A second,
+//! labelled row runs the same with the store's opt-in `--durability normal`
+//! (`VE_ALLOC_DURABILITY`), which syncs nothing per lease: what the default's durable
+//! commit costs in the pipeline.
 
 use std::{
     fmt::Write as _,
@@ -20,45 +23,90 @@ use crate::util::Result;
 /// Samples of each process alone.
 const PHASE_SAMPLES: usize = 10;
 
-pub struct Ve;
+/// `normal`: the store with `--durability normal`, through the environment of every
+/// process of the system (the shell passes it on to the pipeline's ve-alloc).
+pub struct Ve {
+    pub normal: bool,
+}
 
 pub const KEY: &str = "ve";
 
+/// The row of [`Ve`] with `normal`.
+pub const KEY_NORMAL: &str = "ve-normal";
+
+/// What `normal` puts in the environment.
+const NORMAL: (&str, &str) = ("VE_ALLOC_DURABILITY", "normal");
+
+impl Ve {
+    fn env(&self, mut c: Command) -> Command {
+        if self.normal {
+            c.env(NORMAL.0, NORMAL.1);
+        }
+        c
+    }
+}
+
 impl System for Ve {
     fn key(&self) -> &'static str {
-        KEY
+        if self.normal {
+            KEY_NORMAL
+        } else {
+            KEY
+        }
     }
 
     fn label(&self) -> &'static str {
-        "ve-alloc piped to ve-link (ve-nat once)"
+        if self.normal {
+            "the same, store with --durability normal (no sync per lease)"
+        } else {
+            "ve-alloc piped to ve-link (ve-nat once)"
+        }
     }
 
     fn prepare(&self, h: &Host) -> Result {
         // Installed once, before any container; the store exists on a real host too.
         timed(h.tool("ve-nat").args(["up", "--external", "up0"]), None)?;
-        timed(h.tool("ve-alloc").args(["alloc", "warm-up"]), None)?;
-        timed(h.tool("ve-alloc").args(["release", "warm-up"]), None)?;
+        timed(
+            self.env(h.tool("ve-alloc")).args(["alloc", "warm-up"]),
+            None,
+        )?;
+        timed(
+            self.env(h.tool("ve-alloc")).args(["release", "warm-up"]),
+            None,
+        )?;
         Ok(())
     }
 
     fn setup(&self, h: &Host, c: &Ctr) -> Result<Duration> {
-        timed(&mut pipeline(h, c), None)
+        timed(&mut self.env(pipeline(h, c)), None)
     }
 
     fn teardown(&self, h: &Host, c: &Ctr) -> Result<Parts> {
-        let (d, r) = down(h, &c.name)?;
+        let (d, r) = down(h, &c.name, self.normal)?;
         Ok(vec![("teardown-link", d), ("teardown-release", r)])
     }
 
     fn bulk_setup(&self) -> Option<fn(&Host, usize) -> Result<Duration>> {
-        Some(bulk_setup)
+        Some(if self.normal {
+            |h, n| timed(&mut Ve { normal: true }.env(bulk_pipeline(h, n)), None)
+        } else {
+            bulk_setup
+        })
     }
 
     fn bulk_teardown(&self) -> Option<fn(&Host, usize) -> Result<Parts>> {
-        Some(bulk_teardown)
+        Some(if self.normal {
+            |h, n| bulk_teardown(h, n, true)
+        } else {
+            |h, n| bulk_teardown(h, n, false)
+        })
     }
 
     fn extra(&self, h: &Host) -> Result<Vec<Fig>> {
+        // The phases are measured once, on the default store.
+        if self.normal {
+            return Ok(Vec::new());
+        }
         let xs: Vec<String> = (0..PHASE_SAMPLES)
             .map(|j| format!("{}-x{j}", h.prefix))
             .collect();
@@ -70,6 +118,9 @@ impl System for Ve {
 
     fn notes(&self, s: &Samples, ws: &[Window], n: usize) -> String {
         let mut r = String::new();
+        if self.normal {
+            return r;
+        }
         if let (Some(d), Some(rel)) = (s.total("bulk-down"), s.total("bulk-release")) {
             let _ = writeln!(
                 r,
@@ -149,16 +200,27 @@ fn bulk_setup(h: &Host, n: usize) -> Result<Duration> {
     timed(&mut bulk_pipeline(h, n), None)
 }
 
-fn down(h: &Host, name: &str) -> Result<(Duration, Duration)> {
+fn down(h: &Host, name: &str, normal: bool) -> Result<(Duration, Duration)> {
     let d = timed(h.tool("ve-link").args(["down", name]), None)?;
-    let r = timed(h.tool("ve-alloc").args(["release", name]), None)?;
+    let r = timed(
+        Ve { normal }
+            .env(h.tool("ve-alloc"))
+            .args(["release", name]),
+        None,
+    )?;
     Ok((d, r))
 }
 
-fn bulk_teardown(h: &Host, n: usize) -> Result<Parts> {
+fn bulk_teardown(h: &Host, n: usize, normal: bool) -> Result<Parts> {
     let names: Vec<String> = (0..n).map(|i| h.ctr(i).name).collect();
     let down = timed(h.tool("ve-link").args(["down", "--all"]), None)?;
-    let release = timed(h.tool("ve-alloc").arg("release").args(&names), None)?;
+    let release = timed(
+        Ve { normal }
+            .env(h.tool("ve-alloc"))
+            .arg("release")
+            .args(&names),
+        None,
+    )?;
     Ok(vec![("bulk-down", down), ("bulk-release", release)])
 }
 
@@ -194,7 +256,7 @@ fn phases(h: &Host) -> Result<Vec<Fig>> {
             Some(&String::from_utf8_lossy(&out.stdout)),
         )?;
         figs.push(("phase-up", j, up));
-        let (d, r) = down(h, &name)?;
+        let (d, r) = down(h, &name, false)?;
         figs.push(("phase-down", j, d));
         figs.push(("phase-release", j, r));
     }
