@@ -14,8 +14,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
 
 /// The files `args` synced (fsync or fdatasync), by path, in order, and its output.
 fn synced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
+    let (events, o) = traced(store, trace, args);
+    (events.into_iter().filter(|e| e != PRINT).collect(), o)
+}
+
+/// What `traced` lists for a write to stdout.
+const PRINT: &str = "(stdout)";
+
+/// The files `args` synced, by path, and [`PRINT`] for each write to stdout, in order.
+fn traced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
     let o = Command::new("strace")
-        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,write", "-o"])
         .arg(trace)
         .arg(BIN)
         .args(args)
@@ -27,11 +36,19 @@ fn synced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(trace).unwrap();
-    let paths = text
+    let events = text
         .lines()
-        .filter_map(|l| Some(l.split_once('<')?.1.split_once('>')?.0.to_string()))
+        .filter_map(|l| {
+            if l.contains("write(1<") {
+                return Some(PRINT.to_string());
+            }
+            if !(l.contains("fsync(") || l.contains("fdatasync(")) {
+                return None;
+            }
+            Some(l.split_once('<')?.1.split_once('>')?.0.to_string())
+        })
         .collect();
-    (paths, o)
+    (events, o)
 }
 
 fn count(paths: &[String]) -> HashMap<&str, usize> {
@@ -127,6 +144,50 @@ fn a_write_the_fold_cannot_finish_still_syncs_its_log_before_printing() {
             .len(),
         0
     );
+}
+
+/// The log a reader recreated after the last connection deleted it (as `sqlite3` does
+/// on close) is a new directory entry: a write the fold cannot finish syncs the
+/// directory too, and the log, before it prints the lease.
+#[test]
+fn a_write_into_a_new_log_the_fold_cannot_finish_syncs_the_directory_before_printing() {
+    if !testbed::privileged(
+        "a_write_into_a_new_log_the_fold_cannot_finish_syncs_the_directory_before_printing",
+        &["strace"],
+    ) {
+        return;
+    }
+    let dir = TempDir::new("va-syncs-dir");
+    let store = dir.path().join("store");
+    let trace = dir.path().join("trace");
+    synced(&store, &trace, &["alloc", "a"]);
+    let wal = store.join("leases.db-wal");
+    // The last connection to close folds and deletes the log.
+    let last = rusqlite::Connection::open(store.join("leases.db")).unwrap();
+    last.execute_batch("SELECT count(*) FROM leases").unwrap();
+    drop(last);
+    assert!(!wal.exists());
+    let conn = rusqlite::Connection::open(store.join("leases.db")).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    let (events, o) = traced(&store, &trace, &["alloc", "b"]);
+    assert!(!o.stdout.is_empty());
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "unfolded");
+    let printed = events.iter().position(|e| e == PRINT).unwrap();
+    let before = &events[..printed];
+    let store_dir = std::fs::canonicalize(&store).unwrap();
+    assert!(
+        before.iter().any(|p| Path::new(p) == store_dir),
+        "the directory of the new log was not synced before printing: {events:?}"
+    );
+    assert!(
+        before.iter().any(|p| p.ends_with("leases.db-wal")),
+        "the log was not synced before printing: {events:?}"
+    );
+    conn.execute_batch("COMMIT").unwrap();
 }
 
 #[test]
