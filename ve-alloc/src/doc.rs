@@ -103,7 +103,9 @@ pub const MANUAL: Manual = Manual {
             "An abstract Unix socket (no file) a command holds while it writes to an etcd \
              store, named after the store and node: the writers of one node in one network \
              namespace take turns instead of losing commits to each other; a writer that \
-             waits longer than one request timeout (or half its --wait) goes on without its turn",
+             waits longer than one request timeout (or half its --wait) goes on without its turn, \
+             and so does one that finds the name bound by another user or by a socket that \
+             does not listen",
         ),
     ],
     examples: &[
