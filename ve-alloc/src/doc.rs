@@ -80,7 +80,7 @@ pub const MANUAL: Manual = Manual {
         entry("VE_ALLOC_LAYOUT", "Layout of the IPv4 pool, as --layout"),
         entry(
             "VE_ALLOC_DURABILITY",
-            "What a printed lease survives in a SQLite store, as --durability: full (default; a power cut) or normal (a kill only: writes are not synced)",
+            "What a printed lease survives in a SQLite store, as --durability: full (default; a power cut) or normal (a kill only: writes are not synced). Ignored with an etcd store (as is DURABILITY= in the config file), which refuses the --durability flag (64)",
         ),
         entry("VE_ALLOC_CONFIG", "Configuration file, as --config"),
     ],

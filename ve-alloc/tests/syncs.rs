@@ -14,7 +14,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
 
 /// The files `args` synced (fsync or fdatasync), by path, in order, and its output.
 fn synced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
-    let (events, o) = traced(store, trace, args);
+    synced_with(store, trace, args, &[])
+}
+
+/// [`synced`] with more environment variables.
+fn synced_with(
+    store: &Path,
+    trace: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<String>, Output) {
+    let (events, o) = traced(store, trace, args, env);
     (events.into_iter().filter(|e| e != PRINT).collect(), o)
 }
 
@@ -22,7 +32,12 @@ fn synced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
 const PRINT: &str = "(stdout)";
 
 /// The files `args` synced, by path, and [`PRINT`] for each write to stdout, in order.
-fn traced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
+fn traced(
+    store: &Path,
+    trace: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<String>, Output) {
     let o = Command::new("strace")
         .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,write", "-o"])
         .arg(trace)
@@ -32,6 +47,8 @@ fn traced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
         .env("VE_ALLOC_CONFIG", "/dev/null")
         .env_remove("VE_ALLOC_POOL")
         .env_remove("VE_ALLOC_POOL6")
+        .env_remove("VE_ALLOC_DURABILITY")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -173,7 +190,7 @@ fn a_write_into_a_new_log_the_fold_cannot_finish_syncs_the_directory_before_prin
         .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1);
-    let (events, o) = traced(&store, &trace, &["alloc", "b"]);
+    let (events, o) = traced(&store, &trace, &["alloc", "b"], &[]);
     assert!(!o.stdout.is_empty());
     assert!(std::fs::metadata(&wal).unwrap().len() > 0, "unfolded");
     let printed = events.iter().position(|e| e == PRINT).unwrap();
@@ -211,14 +228,21 @@ fn durability_normal_syncs_nothing_until_the_log_is_large_and_full_folds_it() {
     }
     assert!(std::fs::metadata(&wal).unwrap().len() > 0, "unfolded");
     // The env var says the same; the default folds what the log holds.
+    let (paths, o) = synced_with(
+        &store,
+        &trace,
+        &["alloc", "e"],
+        &[("VE_ALLOC_DURABILITY", "normal")],
+    );
+    assert!(!o.stdout.is_empty());
+    assert_eq!(paths, Vec::<String>::new(), "VE_ALLOC_DURABILITY=normal");
     let o = Command::new(BIN)
         .args(["list", "--json"])
         .env("VE_ALLOC_STORE", &store)
         .env("VE_ALLOC_CONFIG", "/dev/null")
-        .env("VE_ALLOC_DURABILITY", "normal")
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 6);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 7);
     let (paths, _) = synced(&store, &trace, &["release", "n0"]);
     assert_eq!(count(&paths).get("db"), Some(&1), "{paths:?}");
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "folded");
