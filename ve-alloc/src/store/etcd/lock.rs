@@ -32,13 +32,11 @@ pub struct NodeLock {
 /// The abstract socket name of the lock of `node` at `prefix` of the cluster at
 /// `endpoints` (hashed: abstract names hold at most 107 bytes).
 pub fn name(endpoints: &[String], prefix: &str, node: &str) -> String {
-    // FNV-1a, 64 bits.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut text = Vec::new();
     for part in [endpoints.join(","), prefix.to_string(), node.to_string()] {
-        for b in part.bytes().chain([0]) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        text.extend(part.bytes().chain([0]));
     }
+    let h = common::name::fnv1a64(&text);
     format!("ve-alloc/etcd-node/{h:016x}")
 }
 
@@ -345,6 +343,15 @@ mod tests {
             t.elapsed()
         );
         drop(squatter);
+    }
+
+    /// The name outlives a version: processes of two versions must meet on one lock.
+    #[test]
+    fn names_are_stable() {
+        assert_eq!(
+            name(&["a:1".into()], "/p", "n1"),
+            "ve-alloc/etcd-node/08705822453681df"
+        );
     }
 
     #[test]
