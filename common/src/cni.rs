@@ -376,7 +376,6 @@ fn parse_args(text: &str) -> Result<Vec<(String, String)>, CniError> {
 }
 
 /// FNV-1a 64 of `bytes`, the low 60 bits in base32 `a-z2-7` (12 characters).
-/// 12 hex digits of FNV-1a over `bytes`.
 pub fn hash12(bytes: &[u8]) -> String {
     let h = crate::name::fnv1a64(bytes);
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
