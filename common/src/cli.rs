@@ -58,7 +58,9 @@ pub fn parse<T: FromArgMatches>(cmd: Command, args: Vec<OsString>) -> Result<T> 
     T::from_arg_matches(&matches).map_err(clap_error)
 }
 
-fn parse_matches(cmd: Command, args: Vec<OsString>) -> Result<ArgMatches> {
+/// [`parse`] without the conversion, for a tool that needs to know where a value came
+/// from (`ArgMatches::value_source`).
+pub fn parse_matches(cmd: Command, args: Vec<OsString>) -> Result<ArgMatches> {
     cmd.try_get_matches_from(args).map_err(clap_error)
 }
 

@@ -376,13 +376,8 @@ fn parse_args(text: &str) -> Result<Vec<(String, String)>, CniError> {
 }
 
 /// FNV-1a 64 of `bytes`, the low 60 bits in base32 `a-z2-7` (12 characters).
-/// 12 hex digits of FNV-1a over `bytes`.
 pub fn hash12(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::name::fnv1a64(bytes);
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     (0..12)
         .map(|i| ALPHABET[((h >> (5 * i)) & 31) as usize] as char)

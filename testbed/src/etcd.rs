@@ -7,6 +7,8 @@
 //! CLI makes in the cluster's scratch directory (see [`Certs`]).
 
 use std::{
+    io::{Read, Write},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -386,6 +388,25 @@ impl Cluster {
         None
     }
 
+    /// The members' request counters, read from node 1: gateway requests the members
+    /// served (`Range` and `Txn` calls, summed over members) and quorum writes
+    /// (proposals committed: each member commits every one, so the highest count).
+    pub fn counters(&self) -> Result<(u64, u64), String> {
+        let eps: Vec<String> = self.members.iter().map(|m| m.endpoint()).collect();
+        let ns = self.nodes[0].ns.path();
+        crate::in_netns(&ns, move || {
+            let (mut requests, mut proposals) = (0u64, 0u64);
+            for ep in &eps {
+                let text = get_metrics(ep).map_err(|e| format!("{ep}/metrics: {e}"))?;
+                let (r, p) = parse_counters(&text);
+                requests += r;
+                proposals = proposals.max(p);
+            }
+            Ok((requests, proposals))
+        })
+        .map_err(|e| format!("entering {}: {e}", ns.display()))?
+    }
+
     /// The sandbox's unique prefix.
     pub fn prefix(&self) -> &str {
         self.sandbox.prefix()
@@ -394,5 +415,54 @@ impl Cluster {
     /// The scratch directory holding the members' data and the nodes' directories.
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
+    }
+}
+
+/// `GET /metrics` of the member at `ep` (HOST:PORT): its Prometheus text. A member that
+/// stops answering is an error after 5 s, not a hang.
+fn get_metrics(ep: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(ep)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {ep}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// From a member's metrics: the `Range` and `Txn` calls it served, and the proposals
+/// it committed.
+fn parse_counters(text: &str) -> (u64, u64) {
+    let (mut requests, mut proposals) = (0u64, 0u64);
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        // Counters print as floats ("1.234e+06" for large ones).
+        let v = value.parse::<f64>().unwrap_or(0.0) as u64;
+        if name.starts_with("grpc_server_handled_total{")
+            && (name.contains("grpc_method=\"Range\"") || name.contains("grpc_method=\"Txn\""))
+        {
+            requests += v;
+        } else if name == "etcd_server_proposals_committed_total" {
+            proposals = v;
+        }
+    }
+    (requests, proposals)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counters_sum_range_and_txn_and_read_float_notation() {
+        let text = "# HELP x\n\
+            grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 7\n\
+            grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Txn\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1.5e+03\n\
+            grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"} 9\n\
+            etcd_server_proposals_committed_total 42\n";
+        assert_eq!(super::parse_counters(text), (1507, 42));
     }
 }

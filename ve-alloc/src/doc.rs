@@ -80,7 +80,7 @@ pub const MANUAL: Manual = Manual {
         entry("VE_ALLOC_LAYOUT", "Layout of the IPv4 pool, as --layout"),
         entry(
             "VE_ALLOC_DURABILITY",
-            "What a printed lease survives in a SQLite store, as --durability: full (default; a power cut) or normal (a kill only: writes are not synced)",
+            "What a printed lease survives in a SQLite store, as --durability: full (default; a power cut) or normal (a kill only: writes are not synced). Ignored with an etcd store (as is DURABILITY= in the config file), which refuses the --durability flag (64)",
         ),
         entry("VE_ALLOC_CONFIG", "Configuration file, as --config"),
     ],
@@ -103,7 +103,9 @@ pub const MANUAL: Manual = Manual {
             "An abstract Unix socket (no file) a command holds while it writes to an etcd \
              store, named after the store and node: the writers of one node in one network \
              namespace take turns instead of losing commits to each other; a writer that \
-             waits longer than one request timeout (or half its --wait) goes on without its turn",
+             waits longer than one request timeout (or half its --wait) goes on without its turn, \
+             and so does one that finds the name bound by another user or by a socket that \
+             does not listen",
         ),
     ],
     examples: &[

@@ -19,7 +19,9 @@ use std::{
     time::Duration,
 };
 
-use clap::{builder::TypedValueParser as _, CommandFactory, Parser, Subcommand};
+use clap::{
+    builder::TypedValueParser as _, CommandFactory, FromArgMatches as _, Parser, Subcommand,
+};
 
 use common::{cli::Verbosity, name, output, Error, Kind, Result};
 
@@ -131,8 +133,9 @@ struct Cli {
     /// How long to wait for a store another process holds locked before exit 75
     #[arg(long, global = true, value_name = "SECONDS", default_value = "10")]
     wait: f64,
-    /// What a printed lease survives (SQLite store): full (a power cut; every write
-    /// synced) or normal (a kill, not a power cut; faster) [default: full]
+    /// What a printed lease survives (SQLite store; an etcd store refuses the flag):
+    /// full (a power cut; every write synced) or normal (a kill, not a power cut;
+    /// faster) [default: full]
     #[arg(long, env = "VE_ALLOC_DURABILITY", global = true, value_name = "LEVEL")]
     durability: Option<String>,
     /// Print JSON instead of KEY=value lines or columns (lists: one object per line)
@@ -296,9 +299,12 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     if common::cni::command().is_some() {
         return cni::run();
     }
-    let cli: Cli = common::cli::parse(command(), args)?;
+    let matches = common::cli::parse_matches(command(), args)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| Error::internal(e.to_string()))?;
     cli.verbosity.init_logging("ve-alloc");
-    let settings = Settings::resolve(&cli)?;
+    let durability_flag =
+        matches.value_source("durability") == Some(clap::parser::ValueSource::CommandLine);
+    let settings = Settings::resolve(&cli, durability_flag)?;
     // Validate everything the command needs before opening the store.
     let names: Vec<&str> = match &cli.cmd {
         Cmd::Alloc { names } => names.iter().map(String::as_str).collect(),
@@ -618,7 +624,9 @@ fn given(v: &Option<String>) -> Option<&str> {
 }
 
 impl Settings {
-    fn resolve(cli: &Cli) -> Result<Settings> {
+    /// `durability_flag`: --durability was given on the command line (not through
+    /// the environment), which an etcd store refuses.
+    fn resolve(cli: &Cli, durability_flag: bool) -> Result<Settings> {
         let (path, explicit) = match &cli.config {
             Some(p) if !p.as_os_str().is_empty() => (p.clone(), true),
             _ => (PathBuf::from(DEFAULT_CONFIG), false),
@@ -649,6 +657,15 @@ impl Settings {
         };
         let etcd = match Spec::parse(&store.to_string_lossy()) {
             Some(spec) => {
+                // Durability is the SQLite store's: etcd syncs every write on a quorum.
+                // The environment and the config file may be shared with SQLite hosts,
+                // so only the flag is refused.
+                if durability_flag && given(&cli.durability).is_some() {
+                    return Err(Error::usage(
+                        "--durability is for a SQLite store; an etcd store syncs every \
+                         write on a quorum of its members",
+                    ));
+                }
                 let spec = spec.map_err(|why| {
                     store_error(
                         &format!(
@@ -667,13 +684,16 @@ impl Settings {
             }
         };
         let settings = Settings {
-            etcd,
             store,
             pool: pick(given(&cli.pool), "POOL", DEFAULT_POOL),
             pool6: (pool6.0 != "none").then_some(pool6),
             layout: pick(given(&cli.layout), "LAYOUT", "pairs"),
             wait: Duration::from_secs_f64(cli.wait),
-            durability: durability(pick(given(&cli.durability), "DURABILITY", "full"))?,
+            durability: match etcd {
+                Some(_) => Durability::Full,
+                None => durability(pick(given(&cli.durability), "DURABILITY", "full"))?,
+            },
+            etcd,
         };
         log::debug!(
             "store {}, pool {}, pool6 {}, layout {} (config {})",

@@ -39,6 +39,7 @@ impl Va {
             .env_remove("VE_ALLOC_POOL")
             .env_remove("VE_ALLOC_POOL6")
             .env_remove("VE_ALLOC_LAYOUT")
+            .env_remove("VE_ALLOC_DURABILITY")
             .env_remove("RUST_LOG");
         // A config file that does not exist but is named explicitly is an error, so
         // tests that want no config point at an empty one.
@@ -351,6 +352,49 @@ fn config_file_and_environment() {
         &["--config", "/nonexistent/ve-alloc.conf", "alloc", "c"],
         66,
     );
+}
+
+/// A bad durability is refused before anything is created: from the flag or the
+/// environment 64, from the config file 78. An etcd store refuses the flag (64) and
+/// ignores the environment and the config file (the bad name is what fails then).
+#[test]
+fn durability_is_validated_and_refused_as_a_flag_for_etcd() {
+    let va = Va::new();
+    let store = va.dir.path().join("store");
+    let e = va.fails(&["alloc", "a", "--durability", "fast"], 64);
+    assert!(e.contains("durability"), "{e}");
+    let o = va
+        .cmd(&["alloc", "a"])
+        .env("VE_ALLOC_DURABILITY", "fast")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{o:?}");
+    let conf = va.dir.path().join("ve-alloc.conf");
+    let c = conf.to_str().unwrap();
+    std::fs::write(&conf, "DURABILITY=fast\n").unwrap();
+    let e = va.fails(&["--config", c, "alloc", "a"], 78);
+    assert!(e.contains("config file"), "{e}");
+    assert!(!store.exists(), "a refused call created the store");
+
+    let etcd = ["--store", "etcd://198.51.100.1:2379", "--node", "n1"];
+    let args = |more: &[&'static str]| [&etcd[..], more].concat();
+    let e = va.fails(&args(&["--durability", "normal", "alloc", "bad/name"]), 64);
+    assert!(e.contains("--durability") && e.contains("etcd"), "{e}");
+    let e = va.fails(&args(&["--durability", "full", "alloc", "bad/name"]), 64);
+    assert!(e.contains("--durability"), "{e}");
+    // Through the environment or the config file (even a bad value): ignored.
+    std::fs::write(&conf, "DURABILITY=normal\n").unwrap();
+    for (env, config) in [("normal", "/dev/null"), ("fast", "/dev/null"), ("", c)] {
+        let o = va
+            .cmd(&args(&["alloc", "bad/name"]))
+            .env("VE_ALLOC_DURABILITY", env)
+            .env("VE_ALLOC_CONFIG", config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(65), "{env} {config}: {err}");
+        assert!(!err.contains("durability"), "{err}");
+    }
 }
 
 #[test]

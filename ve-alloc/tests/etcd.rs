@@ -5,7 +5,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{Read, Write},
     process::{Command, Output},
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -109,42 +108,6 @@ fn round(
     results
 }
 
-/// The gateway requests the members served (`Range` and `Txn`, summed) and the quorum
-/// writes (proposals committed: every member commits each one; the highest count),
-/// from the members' `/metrics`, read from node 1.
-fn counters(c: &Cluster) -> (u64, u64) {
-    let eps: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    testbed::in_netns(&c.nodes[0].ns.path(), move || {
-        let (mut requests, mut writes) = (0u64, 0u64);
-        for ep in eps {
-            let mut s = std::net::TcpStream::connect(&ep).unwrap();
-            write!(
-                s,
-                "GET /metrics HTTP/1.1\r\nHost: {ep}\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            for line in text.lines() {
-                let Some((name, v)) = line.rsplit_once(' ') else {
-                    continue;
-                };
-                let v = v.parse::<f64>().unwrap_or(0.0) as u64;
-                if name.starts_with("grpc_server_handled_total{")
-                    && (name.contains("grpc_method=\"Range\"")
-                        || name.contains("grpc_method=\"Txn\""))
-                {
-                    requests += v;
-                } else if name == "etcd_server_proposals_committed_total" {
-                    writes = writes.max(v);
-                }
-            }
-        }
-        (requests, writes)
-    })
-    .unwrap()
-}
-
 /// Every address in `leases` is held once.
 fn assert_unique(leases: &[Value]) {
     let mut seen = HashMap::new();
@@ -165,14 +128,14 @@ fn three_nodes_allocate_concurrently_without_duplicates() {
     let Some(c) = cluster("three_nodes_allocate_concurrently_without_duplicates") else {
         return;
     };
-    let before = counters(&c);
+    let before = c.counters().unwrap();
     let t = Instant::now();
     let results = round(&c, "fleet", 100, 16, "30", || {});
     let took = t.elapsed();
     // A node's parallel allocators take turns: next to no commit is lost (each lost
     // one is a quorum write and three more requests). Without the turns: 2.6 quorum
     // writes and 10 requests per allocation.
-    let after = counters(&c);
+    let after = c.counters().unwrap();
     let per = |a: u64, b: u64| (b - a) as f64 / 300.0;
     let (requests, writes) = (per(before.0, after.0), per(before.1, after.1));
     eprintln!("per allocation: {requests:.2} requests, {writes:.2} quorum writes");

@@ -14,8 +14,32 @@ const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
 
 /// The files `args` synced (fsync or fdatasync), by path, in order, and its output.
 fn synced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
+    synced_with(store, trace, args, &[])
+}
+
+/// [`synced`] with more environment variables.
+fn synced_with(
+    store: &Path,
+    trace: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<String>, Output) {
+    let (events, o) = traced(store, trace, args, env);
+    (events.into_iter().filter(|e| e != PRINT).collect(), o)
+}
+
+/// What `traced` lists for a write to stdout.
+const PRINT: &str = "(stdout)";
+
+/// The files `args` synced, by path, and [`PRINT`] for each write to stdout, in order.
+fn traced(
+    store: &Path,
+    trace: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<String>, Output) {
     let o = Command::new("strace")
-        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,write", "-o"])
         .arg(trace)
         .arg(BIN)
         .args(args)
@@ -23,15 +47,25 @@ fn synced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
         .env("VE_ALLOC_CONFIG", "/dev/null")
         .env_remove("VE_ALLOC_POOL")
         .env_remove("VE_ALLOC_POOL6")
+        .env_remove("VE_ALLOC_DURABILITY")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(trace).unwrap();
-    let paths = text
+    let events = text
         .lines()
-        .filter_map(|l| Some(l.split_once('<')?.1.split_once('>')?.0.to_string()))
+        .filter_map(|l| {
+            if l.contains("write(1<") {
+                return Some(PRINT.to_string());
+            }
+            if !(l.contains("fsync(") || l.contains("fdatasync(")) {
+                return None;
+            }
+            Some(l.split_once('<')?.1.split_once('>')?.0.to_string())
+        })
         .collect();
-    (paths, o)
+    (events, o)
 }
 
 fn count(paths: &[String]) -> HashMap<&str, usize> {
@@ -129,6 +163,50 @@ fn a_write_the_fold_cannot_finish_still_syncs_its_log_before_printing() {
     );
 }
 
+/// The log a reader recreated after the last connection deleted it (as `sqlite3` does
+/// on close) is a new directory entry: a write the fold cannot finish syncs the
+/// directory too, and the log, before it prints the lease.
+#[test]
+fn a_write_into_a_new_log_the_fold_cannot_finish_syncs_the_directory_before_printing() {
+    if !testbed::privileged(
+        "a_write_into_a_new_log_the_fold_cannot_finish_syncs_the_directory_before_printing",
+        &["strace"],
+    ) {
+        return;
+    }
+    let dir = TempDir::new("va-syncs-dir");
+    let store = dir.path().join("store");
+    let trace = dir.path().join("trace");
+    synced(&store, &trace, &["alloc", "a"]);
+    let wal = store.join("leases.db-wal");
+    // The last connection to close folds and deletes the log.
+    let last = rusqlite::Connection::open(store.join("leases.db")).unwrap();
+    last.execute_batch("SELECT count(*) FROM leases").unwrap();
+    drop(last);
+    assert!(!wal.exists());
+    let conn = rusqlite::Connection::open(store.join("leases.db")).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    let (events, o) = traced(&store, &trace, &["alloc", "b"], &[]);
+    assert!(!o.stdout.is_empty());
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "unfolded");
+    let printed = events.iter().position(|e| e == PRINT).unwrap();
+    let before = &events[..printed];
+    let store_dir = std::fs::canonicalize(&store).unwrap();
+    assert!(
+        before.iter().any(|p| Path::new(p) == store_dir),
+        "the directory of the new log was not synced before printing: {events:?}"
+    );
+    assert!(
+        before.iter().any(|p| p.ends_with("leases.db-wal")),
+        "the log was not synced before printing: {events:?}"
+    );
+    conn.execute_batch("COMMIT").unwrap();
+}
+
 #[test]
 fn durability_normal_syncs_nothing_until_the_log_is_large_and_full_folds_it() {
     if !testbed::privileged(
@@ -150,14 +228,21 @@ fn durability_normal_syncs_nothing_until_the_log_is_large_and_full_folds_it() {
     }
     assert!(std::fs::metadata(&wal).unwrap().len() > 0, "unfolded");
     // The env var says the same; the default folds what the log holds.
+    let (paths, o) = synced_with(
+        &store,
+        &trace,
+        &["alloc", "e"],
+        &[("VE_ALLOC_DURABILITY", "normal")],
+    );
+    assert!(!o.stdout.is_empty());
+    assert_eq!(paths, Vec::<String>::new(), "VE_ALLOC_DURABILITY=normal");
     let o = Command::new(BIN)
         .args(["list", "--json"])
         .env("VE_ALLOC_STORE", &store)
         .env("VE_ALLOC_CONFIG", "/dev/null")
-        .env("VE_ALLOC_DURABILITY", "normal")
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 6);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 7);
     let (paths, _) = synced(&store, &trace, &["release", "n0"]);
     assert_eq!(count(&paths).get("db"), Some(&1), "{paths:?}");
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "folded");

@@ -406,11 +406,7 @@ pub struct Want {
 /// A locally administered unicast MAC derived from the container name, stable across
 /// restarts (FNV-1a 64 of a side label and the name; same idea as systemd-nspawn).
 pub fn mac_for(name: &str, side: &str) -> [u8; 6] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in format!("ve-link/{side}/{name}").as_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = common::name::fnv1a64(format!("ve-link/{side}/{name}").as_bytes());
     let b = h.to_be_bytes();
     [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }

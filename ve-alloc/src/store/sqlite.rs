@@ -188,8 +188,8 @@ impl SqliteStore {
         // and a new log file per call, which under disk load cost 10-20 ms. So the log
         // file stays, and `fold_log` empties it after each commit. The commit itself is
         // not synced (synchronous=NORMAL): the fold syncs the log, then the database
-        // file, and when it cannot run, syncs the log itself. Either way a lease is on
-        // disk before it is printed and survives a power cut.
+        // file, and when it cannot run, syncs the log and its directory itself. Either
+        // way a lease is on disk before it is printed and survives a power cut.
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;")
             .map_err(|e| self.err(e))?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
@@ -322,13 +322,11 @@ fn log_path(db: &Path) -> PathBuf {
     PathBuf::from(wal)
 }
 
-/// True when the write-ahead log holds fewer than `limit` bytes (or does not exist
-/// yet); false when it cannot be looked at.
+/// True when the write-ahead log exists and holds fewer than `limit` bytes; false when
+/// it is missing or cannot be looked at. (A log about to be created keeps SQLite's own
+/// first sync, which syncs the directory that gets the new entry.)
 fn log_is_smaller_than(db: &Path, limit: u64) -> bool {
-    match fs::metadata(log_path(db)) {
-        Ok(m) => m.len() < limit,
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-    }
+    fs::metadata(log_path(db)).is_ok_and(|m| m.len() < limit)
 }
 
 /// `PRAGMA synchronous` (allowed only outside a transaction).
@@ -346,7 +344,8 @@ const FOLD_WAIT: Duration = Duration::from_secs(1);
 /// do: its frames stay in the log, and recovering a damaged log would serve their older
 /// page versions instead of the folded ones.) Another process reading or
 /// writing the store at that moment is waited for up to [`FOLD_WAIT`]; if it is still
-/// busy, the log is synced to disk here and left for the next writer's fold. (SQLite's
+/// busy, the log and its directory are synced to disk here and the log is left for
+/// the next writer's fold. (SQLite's
 /// automatic checkpoint is off: it would fold only at 1,000 pages.)
 fn fold_log(conn: &Connection, db: &Path, wait: Duration) -> Result<()> {
     let r = conn.busy_timeout(wait.min(FOLD_WAIT)).and_then(|()| {
@@ -362,7 +361,14 @@ fn fold_log(conn: &Connection, db: &Path, wait: Duration) -> Result<()> {
     let wal = log_path(db);
     fs::File::open(&wal)
         .and_then(|f| f.sync_all())
-        .map_err(|e| io_error(format!("syncing store log {}", wal.display()), e))
+        .map_err(|e| io_error(format!("syncing store log {}", wal.display()), e))?;
+    // The log may be a new directory entry (another connection recreated it after the
+    // last one to close deleted it) that nobody synced: without the directory, a power
+    // cut could lose the log and the lease in it.
+    let dir = db.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(format!("syncing store directory {}", dir.display()), e))
 }
 
 /// An I/O error on the store's paths: a path through a regular file is 74 like one that

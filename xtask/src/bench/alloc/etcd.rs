@@ -228,19 +228,7 @@ impl Fleet {
     /// highest count of any member, as each member commits every one). None when a
     /// member's `/metrics` could not be read.
     pub fn counters(&self) -> Option<(u64, u64)> {
-        let ns = self.cluster.nodes[0].ns.path();
-        let eps: Vec<String> = self.cluster.members.iter().map(|m| m.endpoint()).collect();
-        in_ns(&ns, move || {
-            let (mut requests, mut proposals) = (0u64, 0u64);
-            for ep in &eps {
-                let text = get_metrics(ep).map_err(|e| format!("{ep}/metrics: {e}"))?;
-                let (r, p) = parse_counters(&text);
-                requests += r;
-                proposals = proposals.max(p);
-            }
-            Ok((requests, proposals))
-        })
-        .ok()
+        self.cluster.counters().ok()
     }
 
     /// Allocations per second of `nodes` nodes (prefix `prefix`, empty at the start),
@@ -328,40 +316,6 @@ pub struct Throughput {
     /// Quorum writes per allocation (one when no commit is lost: a commit that loses
     /// its compare is a quorum write too, plus one per block claimed).
     pub quorum_writes: Option<f64>,
-}
-
-/// `GET /metrics` of the member at `ep` (HOST:PORT): its Prometheus text.
-fn get_metrics(ep: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(ep)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {ep}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text)
-}
-
-/// From a member's metrics: the `Range` and `Txn` calls it served, and the proposals
-/// it committed.
-fn parse_counters(text: &str) -> (u64, u64) {
-    let (mut requests, mut proposals) = (0u64, 0u64);
-    for line in text.lines() {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        // Counters print as floats ("1.234e+06" for large ones).
-        let v = value.parse::<f64>().unwrap_or(0.0) as u64;
-        if name.starts_with("grpc_server_handled_total{")
-            && (name.contains("grpc_method=\"Range\"") || name.contains("grpc_method=\"Txn\""))
-        {
-            requests += v;
-        } else if name == "etcd_server_proposals_committed_total" {
-            proposals = v;
-        }
-    }
-    (requests, proposals)
 }
 
 /// The processes in network namespace `ns`.
