@@ -36,7 +36,7 @@ use crate::{
     config::{Family, IfPattern, Request, DEFAULT_INTERNAL},
     firewall::{Backend, Iptables},
     firewalld_up, iface, ipt_cni, lock, native, need_net_admin,
-    nft_cni::{Mapping, Owner},
+    nft_cni::{Deletion, Mapping, Owner},
     up_iptables_if_absent, up_nftables_if_absent, LOCK_WAIT,
 };
 
@@ -449,7 +449,12 @@ fn add(
     if old == mappings {
         return Ok(());
     }
-    let delete = vec![(owner.as_str().to_string(), old)];
+    let delete = Deletion::new(
+        &have.installed,
+        &have.dsts,
+        &|o| o == owner.as_str(),
+        mappings,
+    );
     io.write(
         &have,
         &delete,
@@ -470,22 +475,12 @@ fn delete_where(io: &mut cni_nft::Io, gone: &dyn Fn(&str) -> bool) -> common::Re
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
     let have = io.read(false)?;
-    // Per owner, all its mappings at once: elements they share are deleted once.
-    let mut by_owner: Vec<(String, Vec<Mapping>)> = Vec::new();
-    for (o, m) in &have.installed {
-        if !gone(o) {
-            continue;
-        }
-        match by_owner.iter_mut().find(|(x, _)| x == o) {
-            Some((_, ms)) => ms.push(m.clone()),
-            None => by_owner.push((o.clone(), vec![m.clone()])),
-        }
-    }
-    let n: usize = by_owner.iter().map(|(_, ms)| ms.len()).sum();
+    let delete = Deletion::new(&have.installed, &have.dsts, gone, &[]);
+    let n = delete.mappings();
     if n > 0 {
         io.write(
             &have,
-            &by_owner,
+            &delete,
             None,
             None,
             "deleting port mappings from table inet ve-nat-cni",
