@@ -209,8 +209,14 @@ fn facts_netlink(nl: &mut Nfnl, decide: bool) -> std::io::Result<(Facts, bool)> 
             drops.push(format!("{name} filter FORWARD"));
         }
     }
+    // `backend::Facts::read` counts nft as installed when `nft -j list ruleset` works.
+    // Table inet ve-nat-cni shows that: nft made it (`nft -j -f -`). Without it this
+    // call runs nft anyway (an ADD installs the table), so it asks nft as before.
+    let nft_installed = decide
+        && native::installed().is_ok()
+        && (nl.table_exists(F::Inet, nft_cni::TABLE)? || nft::ruleset().is_some());
     let facts = Facts {
-        nft_installed: native::installed().is_ok(),
+        nft_installed,
         legacy_in_use: decide && backend::legacy_in_use(),
         iptables_forward_drops: drops,
     };

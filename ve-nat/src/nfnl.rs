@@ -30,6 +30,8 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
+use crate::nft::Stmt;
+
 /// `nfnetlink.h`: the nf_tables subsystem, named in a batch's `res_id`.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
@@ -423,9 +425,9 @@ impl Nfnl {
         })
     }
 
-    /// Whether base chain `family table chain` drops what reaches its end: policy drop,
-    /// or a last rule that drops or rejects unconditionally (only counter, log or limit
-    /// before the drop), as `nft::unconditional_drop` reads nft's listing. `false`
+    /// Whether base chain `family table chain` drops what reaches its end, as
+    /// `nft::chain_drops` decides for nft's listing: policy drop, or any rule that drops
+    /// or rejects unconditionally (only counter, log or limit before the drop). `false`
     /// when there is no such base chain.
     pub fn chain_drops(
         &mut self,
@@ -456,7 +458,7 @@ impl Nfnl {
         if policy == NF_DROP {
             return Ok(true);
         }
-        let mut last = None;
+        let mut drops = Vec::new();
         let ask = NfTablesMessage::GetRule(RuleMessage {
             attributes: vec![
                 RuleAttribute::Table(table.to_string()),
@@ -478,13 +480,13 @@ impl Nfnl {
                 _ => None,
             });
             if here {
-                last = Some(r.attributes.iter().any(|a| match a {
+                drops.push(r.attributes.iter().any(|a| match a {
                     RuleAttribute::Expressions(list) => unconditional_drop(list),
                     _ => false,
                 }));
             }
         })?;
-        Ok(last.unwrap_or(false))
+        Ok(crate::nft::chain_drops(false, drops.into_iter()))
     }
 
     /// The chains of `family` as `(table, chain)`.
@@ -760,33 +762,36 @@ fn raw_elem(attrs: &[u8]) -> io::Result<SetElem> {
 /// `NF_DROP`, a verdict and a chain policy.
 const NF_DROP: u32 = 0;
 
-/// Whether a rule's expressions are only counter, log or limit, then a drop verdict
-/// or a reject.
+/// A rule's expressions as `nft::Stmt`s: counter, log and limit passive, a drop
+/// verdict or a reject a drop, anything else (a match, another verdict) other.
 fn unconditional_drop(list: &[ListAttribute<ExpressionAttribute>]) -> bool {
-    let mut kinds = Vec::new();
-    for item in list {
-        let ListAttribute::Element(attrs) = item else {
-            continue;
-        };
-        let name = attrs.iter().find_map(|a| match a {
-            ExpressionAttribute::Name(n) => Some(n.as_str()),
+    let stmts: Vec<Stmt> = list
+        .iter()
+        .filter_map(|item| match item {
+            ListAttribute::Element(attrs) => Some(attrs),
             _ => None,
-        });
-        let drop_verdict = attrs.iter().any(|a| {
-            matches!(a, ExpressionAttribute::Data(Expressions::Immediate(im))
-                if im.iter().any(|x| matches!(x,
-                    Immediate::Data(DataAttribute::Verdict(v))
-                        if v.iter().any(|c| matches!(c,
-                            VerdictAttribute::Code(code) if u32::from(*code) == NF_DROP)))))
-        });
-        kinds.push(match name {
-            Some("immediate") if drop_verdict => "drop",
-            Some(n @ ("counter" | "log" | "limit" | "reject")) => n,
-            _ => "other",
-        });
-    }
-    kinds.last().is_some_and(|k| *k == "drop" || *k == "reject")
-        && kinds.iter().all(|k| *k != "other")
+        })
+        .map(|attrs| {
+            let name = attrs.iter().find_map(|a| match a {
+                ExpressionAttribute::Name(n) => Some(n.as_str()),
+                _ => None,
+            });
+            let drop_verdict = attrs.iter().any(|a| {
+                matches!(a, ExpressionAttribute::Data(Expressions::Immediate(im))
+                    if im.iter().any(|x| matches!(x,
+                        Immediate::Data(DataAttribute::Verdict(v))
+                            if v.iter().any(|c| matches!(c,
+                                VerdictAttribute::Code(code) if u32::from(*code) == NF_DROP)))))
+            });
+            match name {
+                Some("immediate") if drop_verdict => Stmt::Drop,
+                Some("reject") => Stmt::Drop,
+                Some("counter" | "log" | "limit") => Stmt::Passive,
+                _ => Stmt::Other,
+            }
+        })
+        .collect();
+    crate::nft::drops_all(&stmts)
 }
 
 fn emit(out: &mut Vec<u8>, seq: u32, flags: u16, msg: NetfilterMessage) {

@@ -340,8 +340,9 @@ fn calls_with_the_tables_there_start_no_nft() {
 }
 
 /// `backend: auto` decides from what netlink shows: nftables unless iptables-nft's
-/// `filter FORWARD` drops (policy drop, or a last rule that drops whatever reaches it),
-/// as `ve-nat up` decides from nft's listing; with the tables there, it starts no nft.
+/// `filter FORWARD` drops (policy drop, or a rule anywhere in it that drops whatever
+/// reaches it), as `ve-nat up` decides from nft's listing; with the tables there, it
+/// starts no nft.
 #[test]
 fn auto_reads_the_firewall_over_netlink() {
     if !privileged(
@@ -362,14 +363,21 @@ fn auto_reads_the_firewall_over_netlink() {
 
     // A FORWARD chain that drops: its mappings go into iptables-nft, found there by DEL.
     for drop in [
-        &["-P", "FORWARD", "DROP"][..],
-        &["-A", "FORWARD", "-j", "DROP"],
+        &[&["-P", "FORWARD", "DROP"][..]][..],
+        &[&["-A", "FORWARD", "-j", "DROP"]],
+        // An accept after the unconditional drop changes nothing (nft's reading, too).
+        &[
+            &["-A", "FORWARD", "-j", "DROP"],
+            &["-A", "FORWARD", "-i", "x", "-j", "ACCEPT"],
+        ],
     ] {
         let mut sb = Sandbox::new();
         let host = Host::new(&mut sb, "auto");
-        // A rule that matches first: only the last rule counts.
+        // A rule that matches some traffic first.
         host.iptables(&["-A", "FORWARD", "-i", "up0", "-j", "DROP"]);
-        host.iptables(drop);
+        for rule in drop {
+            host.iptables(rule);
+        }
         host.call("ADD", 3);
         assert!(!host.has_cni_table(), "{drop:?}: auto picked nftables");
         let saved = host.iptables(&["-S", "-t", "nat"]);
