@@ -207,92 +207,87 @@ impl Nfnl {
     }
 
     /// The elements of set (or map) `set` of table `family table`; `None` when the
-    /// table or the set is not there.
+    /// table or the set is not there. Read raw: netlink-packet-netfilter's parser of
+    /// element lists formats the whole buffer for an error context at every element,
+    /// which made a dump of 1,000 elements take 0.25 s; the attributes needed here are
+    /// read directly.
     pub fn set_elements(
         &mut self,
         family: NetfilterProtoFamily,
         table: &str,
         set: &str,
     ) -> io::Result<Option<Vec<SetElem>>> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.set_elements_once(family, table, set) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && tries < DUMP_TRIES => {}
-                other => return other,
-            }
-        }
+        let ask = NfTablesMessage::GetSetElement(SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(table.to_string()),
+                SetElementList::Set(set.to_string()),
+            ],
+        });
+        self.dump_raw(
+            family,
+            &ask,
+            "a set's elements",
+            |elems: &mut Vec<SetElem>, m| {
+                if m.kind != NFT_NEWSETELEM {
+                    return Ok(());
+                }
+                // After the 4-byte nfgenmsg: the list attributes.
+                let attrs = m.body.get(4..).unwrap_or(&[]);
+                for a in nlas(attrs)? {
+                    if a.kind() == NFTA_SET_ELEM_LIST_ELEMENTS {
+                        for item in nlas(a.value())? {
+                            elems.push(raw_elem(item.value())?);
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 
-    /// One dump, read raw: netlink-packet-netfilter's parser of element lists formats
-    /// the whole buffer for an error context at every element, which made a dump of
-    /// 1,000 elements take 0.25 s; the attributes needed here are read directly.
-    fn set_elements_once(
+    /// Send the dump request `ask` for `family` and hand each message of the answer
+    /// to `each`, raw, with what it gathers so far; `None` when the kernel answered
+    /// ENOENT (nothing of the kind there). A dump the ruleset changed under
+    /// (`NLM_F_DUMP_INTR`) is read to its end, so the socket is free again, and asked
+    /// again from scratch, `DUMP_TRIES` times in all.
+    fn dump_raw<T: Default>(
         &mut self,
         family: NetfilterProtoFamily,
-        table: &str,
-        set: &str,
-    ) -> io::Result<Option<Vec<SetElem>>> {
-        let seq = self.next_seq();
-        let mut out = Vec::new();
-        emit(
-            &mut out,
-            seq,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            NetfilterMessage::new(
-                NetfilterHeader::new(family, 0, 0),
-                NfTablesMessage::GetSetElement(SetElementMessage {
-                    attributes: vec![
-                        SetElementList::Table(table.to_string()),
-                        SetElementList::Set(set.to_string()),
-                    ],
-                }),
-            ),
-        );
-        self.sock.send(&out, 0)?;
-        let mut elems = Vec::new();
-        let mut absent = false;
-        self.read_raw(|m| {
-            if m.seq != seq {
-                return Ok(false);
+        ask: &NfTablesMessage,
+        what: &str,
+        mut each: impl FnMut(&mut T, &RawMsg) -> io::Result<()>,
+    ) -> io::Result<Option<T>> {
+        for _ in 0..DUMP_TRIES {
+            let seq = self.next_seq();
+            let mut out = Vec::new();
+            emit(
+                &mut out,
+                seq,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), ask.clone()),
+            );
+            self.sock.send(&out, 0)?;
+            let mut got = T::default();
+            let mut dump = Dump::new(seq);
+            self.read_raw(|m| match dump.step(m)? {
+                Step::Skip => Ok(false),
+                Step::Data => each(&mut got, m).map(|()| false),
+                Step::End => Ok(true),
+            })?;
+            match dump {
+                Dump { intr: true, .. } => continue,
+                Dump { absent: true, .. } => return Ok(None),
+                _ => return Ok(Some(got)),
             }
-            if m.flags & NLM_F_DUMP_INTR != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "the ruleset changed while a set's elements were listed",
-                ));
-            }
-            match m.kind {
-                NLMSG_DONE => return Ok(true),
-                NLMSG_ERROR => {
-                    return match m.errno() {
-                        0 => Ok(true),
-                        libc::ENOENT => {
-                            absent = true;
-                            Ok(true)
-                        }
-                        e => Err(io::Error::from_raw_os_error(e)),
-                    }
-                }
-                NFT_NEWSETELEM => {
-                    // After the 4-byte nfgenmsg: the list attributes.
-                    let attrs = m.body.get(4..).unwrap_or(&[]);
-                    for a in nlas(attrs)? {
-                        if a.kind() == NFTA_SET_ELEM_LIST_ELEMENTS {
-                            for item in nlas(a.value())? {
-                                elems.push(raw_elem(item.value())?);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-            Ok(false)
-        })?;
-        Ok(if absent { None } else { Some(elems) })
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            format!("the ruleset kept changing while {what} were listed"),
+        ))
     }
 
-    /// As `read`, without parsing: each message's header fields and body.
+    /// Each message that comes in, unparsed, to `each` until it says the answer is
+    /// complete.
     fn read_raw(&self, mut each: impl FnMut(&RawMsg) -> io::Result<bool>) -> io::Result<()> {
         let mut buf = Vec::with_capacity(RECV_BUF);
         loop {
@@ -302,25 +297,18 @@ impl Nfnl {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let mut at = 0;
-            while at + 16 <= buf.len() {
-                let h = &buf[at..at + 16];
-                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                if len < 16 || at + len > buf.len() {
-                    return Err(io::Error::other("a netlink message of a bad length"));
-                }
-                let m = RawMsg {
-                    kind: u16::from_ne_bytes([h[4], h[5]]),
-                    flags: u16::from_ne_bytes([h[6], h[7]]),
-                    seq: u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
-                    body: &buf[at + 16..at + len],
-                };
-                if each(&m)? {
-                    return Ok(());
-                }
-                at += (len + 3) & !3;
+            if each_message(&buf, &mut each)? {
+                return Ok(());
             }
         }
+    }
+
+    /// As `read_raw`, each message parsed.
+    fn read(
+        &self,
+        mut each: impl FnMut(&NetlinkMessage<NetfilterMessage>) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        self.read_raw(|raw| each(&raw.parse()?))
     }
 
     /// Add and delete elements of sets of table `family table`, in one transaction, in
@@ -555,9 +543,9 @@ impl Nfnl {
         Ok(names)
     }
 
-    /// Send the dump request `ask` for `family` and hand each nf_tables message of the
-    /// answer to `each`. A dump the ruleset changed under is an error; so is the
-    /// kernel's refusal, but for ENOENT (nothing of the kind there) when `absent_ok`.
+    /// As `dump_raw`, each nf_tables message of the answer parsed and handed to
+    /// `each` (once the dump is complete). The kernel's refusal is an error, but for
+    /// ENOENT (nothing of the kind there) when `absent_ok`.
     fn dump(
         &mut self,
         family: NetfilterProtoFamily,
@@ -566,93 +554,102 @@ impl Nfnl {
         absent_ok: bool,
         each: impl FnMut(&NfTablesMessage),
     ) -> io::Result<()> {
-        let mut absent = false;
-        self.dump_or_absent(family, ask, what, &mut absent, each)?;
-        if absent && !absent_ok {
-            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        let got = self.dump_raw(family, &ask, what, |all: &mut Vec<NfTablesMessage>, m| {
+            if let NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::NfTables(msg),
+                ..
+            }) = m.parse()?.payload
+            {
+                all.push(msg);
+            }
+            Ok(())
+        })?;
+        match got {
+            Some(all) => all.iter().for_each(each),
+            None if absent_ok => {}
+            None => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
         }
         Ok(())
     }
+}
 
-    /// As `dump`, saying in `absent` whether the kernel answered ENOENT (nothing of
-    /// the kind there). A dump the ruleset changed under is `Interrupted`.
-    fn dump_or_absent(
-        &mut self,
-        family: NetfilterProtoFamily,
-        ask: NfTablesMessage,
-        what: &str,
-        absent: &mut bool,
-        mut each: impl FnMut(&NfTablesMessage),
-    ) -> io::Result<()> {
-        let seq = self.next_seq();
-        let mut out = Vec::new();
-        emit(
-            &mut out,
+/// Each netlink message in datagram `buf` to `each`, until it says the answer is
+/// complete: then `true`.
+fn each_message(
+    buf: &[u8],
+    each: &mut impl FnMut(&RawMsg) -> io::Result<bool>,
+) -> io::Result<bool> {
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let h = &buf[at..at + 16];
+        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if len < 16 || at + len > buf.len() {
+            return Err(io::Error::other("a netlink message of a bad length"));
+        }
+        let m = RawMsg {
+            kind: u16::from_ne_bytes([h[4], h[5]]),
+            flags: u16::from_ne_bytes([h[6], h[7]]),
+            seq: u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
+            body: &buf[at + 16..at + len],
+            whole: &buf[at..at + len],
+        };
+        if each(&m)? {
+            return Ok(true);
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(false)
+}
+
+/// One dump's answer, read message by message (`Dump::step`).
+struct Dump {
+    seq: u32,
+    /// The ruleset changed while it was listed: ask again.
+    intr: bool,
+    /// The kernel answered ENOENT.
+    absent: bool,
+}
+
+/// What a message is to a dump.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Another request's.
+    Skip,
+    /// Part of the answer.
+    Data,
+    /// The end of the answer (`NLMSG_DONE`, or an error ack).
+    End,
+}
+
+impl Dump {
+    fn new(seq: u32) -> Dump {
+        Dump {
             seq,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), ask),
-        );
-        self.sock.send(&out, 0)?;
-        self.read(|m| {
-            if m.header.sequence_number != seq {
-                return Ok(false);
-            }
-            if m.header.flags & NLM_F_DUMP_INTR != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    format!("the ruleset changed while its {what} were listed"),
-                ));
-            }
-            match &m.payload {
-                NetlinkPayload::Done(_) => return Ok(true),
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        Some(c) if -c.get() == libc::ENOENT => {
-                            *absent = true;
-                            Ok(true)
-                        }
-                        Some(_) => Err(e.to_io()),
-                        None => Ok(true),
-                    }
-                }
-                NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::NfTables(msg),
-                    ..
-                }) => each(msg),
-                _ => {}
-            }
-            Ok(false)
-        })
+            intr: false,
+            absent: false,
+        }
     }
 
-    /// Hand each message that comes in to `each` until it says the answer is complete.
-    fn read(
-        &self,
-        mut each: impl FnMut(&NetlinkMessage<NetfilterMessage>) -> io::Result<bool>,
-    ) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(RECV_BUF);
-        loop {
-            buf.clear();
-            match self.sock.recv(&mut buf, 0) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            let mut at = 0;
-            while at + 16 <= buf.len() {
-                let m = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[at..])
-                    .map_err(|e| io::Error::other(format!("reading nf_tables netlink: {e}")))?;
-                let len = m.header.length as usize;
-                if len < 16 {
-                    return Err(io::Error::other(
-                        "a netlink message shorter than its header",
-                    ));
+    /// Read on to the end whatever the flags say: a reader that stops at the first
+    /// `NLM_F_DUMP_INTR` leaves the rest queued, and the next dump gets EBUSY.
+    fn step(&mut self, m: &RawMsg) -> io::Result<Step> {
+        if m.seq != self.seq {
+            return Ok(Step::Skip);
+        }
+        if m.flags & NLM_F_DUMP_INTR != 0 {
+            self.intr = true;
+        }
+        match m.kind {
+            NLMSG_DONE => Ok(Step::End),
+            NLMSG_ERROR => match m.errno() {
+                0 => Ok(Step::End),
+                libc::ENOENT => {
+                    self.absent = true;
+                    Ok(Step::End)
                 }
-                if each(&m)? {
-                    return Ok(());
-                }
-                at += (len + 3) & !3;
-            }
+                e => Err(io::Error::from_raw_os_error(e)),
+            },
+            _ => Ok(Step::Data),
         }
     }
 }
@@ -721,10 +718,18 @@ struct RawMsg<'a> {
     kind: u16,
     flags: u16,
     seq: u32,
+    /// After the header.
     body: &'a [u8],
+    /// Header and body.
+    whole: &'a [u8],
 }
 
 impl RawMsg<'_> {
+    fn parse(&self) -> io::Result<NetlinkMessage<NetfilterMessage>> {
+        NetlinkMessage::<NetfilterMessage>::deserialize(self.whole)
+            .map_err(|e| io::Error::other(format!("reading nf_tables netlink: {e}")))
+    }
+
     /// An `NLMSG_ERROR`'s errno (0: an acknowledgement).
     fn errno(&self) -> i32 {
         self.body.get(..4).map_or(libc::EPROTO, |b| {
@@ -849,6 +854,7 @@ fn set_recv_timeout(sock: &Socket, t: Duration) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::NLM_F_MULTIPART;
     use netlink_packet_netfilter::nftables::Register;
 
     fn expr(name: &str, data: Expressions) -> ListAttribute<ExpressionAttribute> {
@@ -877,6 +883,68 @@ mod tests {
                 Cmp::Data(DataAttribute::Value(v.to_vec())),
             ]),
         )
+    }
+
+    /// A netlink message as the kernel queues it, padded to 4 bytes.
+    fn raw(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(16 + body.len()).unwrap();
+        let mut m = len.to_ne_bytes().to_vec();
+        m.extend(kind.to_ne_bytes());
+        m.extend(flags.to_ne_bytes());
+        m.extend(seq.to_ne_bytes());
+        m.extend(0u32.to_ne_bytes());
+        m.extend(body);
+        m.resize(m.len().div_ceil(4) * 4, 0);
+        m
+    }
+
+    /// The steps of one dump over datagrams `bufs`, as `dump_raw` reads them.
+    fn steps(dump: &mut Dump, bufs: &[Vec<u8>]) -> io::Result<Vec<Step>> {
+        let mut out = Vec::new();
+        for buf in bufs {
+            let done = each_message(buf, &mut |m| {
+                let s = dump.step(m)?;
+                let end = s == Step::End;
+                out.push(s);
+                Ok(end)
+            })?;
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn an_interrupted_dump_is_read_to_its_end() {
+        let elem = |flags| raw(NFT_NEWSETELEM, NLM_F_MULTIPART | flags, 7, &[2, 0, 0, 0]);
+        let done = raw(NLMSG_DONE, NLM_F_MULTIPART, 7, &0i32.to_ne_bytes());
+        // The ruleset changed after the first datagram: the rest is read all the same,
+        // to NLMSG_DONE, and the dump is asked again.
+        let first = [elem(0), raw(NLMSG_ERROR, 0, 6, &0i32.to_ne_bytes())].concat();
+        let second = [elem(NLM_F_DUMP_INTR), elem(0), done.clone()].concat();
+        let mut d = Dump::new(7);
+        let got = steps(&mut d, &[first, second, elem(0)]).unwrap();
+        assert_eq!(
+            got,
+            [Step::Data, Step::Skip, Step::Data, Step::Data, Step::End]
+        );
+        assert!(d.intr && !d.absent);
+        // ENOENT: nothing there; another error is the kernel's refusal.
+        let mut d = Dump::new(7);
+        let enoent = raw(NLMSG_ERROR, 0, 7, &(-libc::ENOENT).to_ne_bytes());
+        assert_eq!(steps(&mut d, &[enoent]).unwrap(), [Step::End]);
+        assert!(d.absent && !d.intr);
+        let eperm = raw(NLMSG_ERROR, 0, 7, &(-libc::EPERM).to_ne_bytes());
+        let e = steps(&mut Dump::new(7), &[eperm]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let mut d = Dump::new(7);
+        assert_eq!(steps(&mut d, &[done]).unwrap(), [Step::End]);
+        assert!(!d.intr && !d.absent);
+        // A length past the datagram.
+        let mut bad = elem(0);
+        bad[0] = 200;
+        assert!(steps(&mut Dump::new(7), &[bad]).is_err());
     }
 
     #[test]
