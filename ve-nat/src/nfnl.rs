@@ -104,6 +104,10 @@ impl Nfnl {
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
         set_recv_timeout(&sock, TIMEOUT)?;
+        // An error answer without a copy of the message it refuses (a batch message
+        // holds up to 256 elements), with the kernel's note on what it refused.
+        sock.set_cap_ack(true)?;
+        sock.set_ext_ack(true)?;
         Ok(Nfnl { sock, seq: 0 })
     }
 
@@ -291,14 +295,21 @@ impl Nfnl {
     fn read_raw(&self, mut each: impl FnMut(&RawMsg) -> io::Result<bool>) -> io::Result<()> {
         let mut buf = Vec::with_capacity(RECV_BUF);
         loop {
-            buf.clear();
-            match self.sock.recv(&mut buf, 0) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+            self.recv(&mut buf, 0)?;
             if each_message(&buf, &mut each)? {
                 return Ok(());
+            }
+        }
+    }
+
+    /// One datagram into `buf` (emptied first), through signals.
+    fn recv(&self, buf: &mut Vec<u8>, flags: libc::c_int) -> io::Result<()> {
+        loop {
+            buf.clear();
+            match self.sock.recv(buf, flags) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -388,29 +399,51 @@ impl Nfnl {
             set_buf(&self.sock, libc::SO_RCVBUFFORCE, pending.len() * 4096)?;
         }
         self.sock.send(&out, 0)?;
-        self.read(|m| {
-            let NetlinkPayload::Error(e) = &m.payload else {
-                return Ok(false);
+        // Every answer is read, also after a refusal (the kernel answers every message
+        // of a refused batch it got to): all are queued by the time `send` returns, so
+        // after the first refusal what is queued is read without waiting.
+        let mut first = None;
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        while !pending.is_empty() {
+            let flags = if first.is_some() {
+                libc::MSG_DONTWAIT
+            } else {
+                0
             };
-            let seq = m.header.sequence_number;
-            if e.code.is_some() {
-                if seq == begin || pending.contains(&seq) {
-                    let what = if seq == begin {
-                        "the batch"
-                    } else {
-                        "set elements"
-                    };
-                    let err = e.to_io();
-                    return Err(io::Error::new(
-                        err.kind(),
-                        format!("nf_tables refused {what} in table {table}: {err}"),
-                    ));
-                }
-                return Ok(false);
+            match self.recv(&mut buf, flags) {
+                Ok(()) => {}
+                Err(e) if first.is_some() && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
-            pending.retain(|s| *s != seq);
-            Ok(pending.is_empty())
-        })
+            each_message(&buf, &mut |m| {
+                if m.kind != NLMSG_ERROR || !(m.seq == begin || pending.contains(&m.seq)) {
+                    return Ok(false);
+                }
+                pending.retain(|s| *s != m.seq);
+                if m.seq == begin {
+                    // The batch as a whole: nothing else follows.
+                    pending.clear();
+                }
+                match m.errno() {
+                    0 => {}
+                    e if first.is_none() => first = Some((m.seq == begin, e, m.ext_ack_msg())),
+                    _ => {}
+                }
+                Ok(pending.is_empty())
+            })?;
+        }
+        match first {
+            None => Ok(()),
+            Some((whole, e, note)) => {
+                let what = if whole { "the batch" } else { "set elements" };
+                let err = io::Error::from_raw_os_error(e);
+                let note = note.map(|n| format!(" ({n})")).unwrap_or_default();
+                Err(io::Error::new(
+                    err.kind(),
+                    format!("nf_tables refused {what} in table {table}: {err}{note}"),
+                ))
+            }
+        }
     }
 
     /// Whether base chain `family table chain` drops what reaches its end, as
@@ -706,6 +739,9 @@ fn iifname_matches(list: &[ListAttribute<ExpressionAttribute>]) -> Vec<String> {
 /// `netlink.h`, `nf_tables.h`: what `read_raw`'s callers look for.
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+/// An error answer carries attributes (`NLM_F_ACK_TLVS`); the note's type.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
 const NFT_NEWSETELEM: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 12;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_KEY: u16 = 1;
@@ -725,6 +761,21 @@ struct RawMsg<'a> {
 }
 
 impl RawMsg<'_> {
+    /// An `NLMSG_ERROR`'s note (`NLMSGERR_ATTR_MSG`, with `NETLINK_EXT_ACK`), after
+    /// the errno and the refused message's header (`NETLINK_CAP_ACK`).
+    fn ext_ack_msg(&self) -> Option<String> {
+        if self.flags & NLM_F_ACK_TLVS == 0 {
+            return None;
+        }
+        let tlvs = self.body.get(20..)?;
+        let msg = nlas(tlvs)
+            .ok()?
+            .into_iter()
+            .find(|a| a.kind() == NLMSGERR_ATTR_MSG)?;
+        let text = msg.value().strip_suffix(&[0]).unwrap_or(msg.value());
+        std::str::from_utf8(text).ok().map(str::to_string)
+    }
+
     fn parse(&self) -> io::Result<NetlinkMessage<NetfilterMessage>> {
         NetlinkMessage::<NetfilterMessage>::deserialize(self.whole)
             .map_err(|e| io::Error::other(format!("reading nf_tables netlink: {e}")))
@@ -945,6 +996,63 @@ mod tests {
         let mut bad = elem(0);
         bad[0] = 200;
         assert!(steps(&mut Dump::new(7), &[bad]).is_err());
+    }
+
+    /// A refused batch: the first refusal is the error, and every answer to it is read,
+    /// so nothing is left queued for the next request.
+    #[test]
+    fn a_refused_batch_leaves_nothing_queued() {
+        if !testbed::privileged("a_refused_batch_leaves_nothing_queued", &["ip", "nft"]) {
+            return;
+        }
+        let mut sb = testbed::Sandbox::new();
+        let ns = sb.netns("host");
+        let nft = ns
+            .command("nft")
+            .args(["add table inet t; add set inet t a { type inet_service; };"])
+            .args(["add set inet t b { type inet_service; }; add element inet t b { 80 }"])
+            .output()
+            .unwrap();
+        assert!(nft.status.success(), "{nft:?}");
+        let got = testbed::netns::in_netns(&ns.path(), || {
+            let mut nl = Nfnl::open().unwrap();
+            let port = |p: u16| SetElem {
+                key: p.to_be_bytes().to_vec(),
+                ..SetElem::default()
+            };
+            // Two refusals (neither element is there), one message that would do.
+            let ops = [
+                (ElemOp::Delete, "a", vec![port(1)]),
+                (ElemOp::Add, "b", vec![port(81)]),
+                (ElemOp::Delete, "a", vec![port(2)]),
+            ];
+            let e = nl
+                .set_elements_batch(NetfilterProtoFamily::Inet, "t", &ops)
+                .unwrap_err();
+            let mut buf = vec![0u8; 1 << 16];
+            // SAFETY: recv into a buffer of the length given.
+            let left = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&nl.sock),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let b = nl
+                .set_elements(NetfilterProtoFamily::Inet, "t", "b")
+                .unwrap();
+            (e.kind(), left, b)
+        })
+        .unwrap();
+        assert_eq!(got.0, io::ErrorKind::NotFound, "the first refusal");
+        assert_eq!(got.1, -1, "answers left queued");
+        let keys: Vec<Vec<u8>> = got.2.unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(
+            keys,
+            [80u16.to_be_bytes().to_vec()],
+            "the batch was aborted"
+        );
     }
 
     #[test]
