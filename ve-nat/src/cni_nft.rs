@@ -203,10 +203,14 @@ fn facts_netlink(nl: &mut Nfnl, decide: bool) -> std::io::Result<(Facts, bool)> 
         let chains = nl.chains(family)?;
         cni_ipt |= chains
             .iter()
-            .any(|(_, c)| crate::rules::CNI_CHAINS.iter().any(|x| x.chain == c));
-        let forward = chains.iter().any(|(t, c)| t == "filter" && c == "FORWARD");
-        if decide && forward && nl.chain_drops(family, "filter", "FORWARD")? {
-            drops.push(format!("{name} filter FORWARD"));
+            .any(|c| crate::rules::CNI_CHAINS.iter().any(|x| x.chain == c.name));
+        let forward = chains
+            .iter()
+            .find(|c| c.table == "filter" && c.name == "FORWARD");
+        if let (true, Some(c)) = (decide, forward) {
+            if nl.chain_drops(family, c)? {
+                drops.push(format!("{name} filter FORWARD"));
+            }
         }
     }
     // `backend::Facts::read` counts nft as installed when `nft -j list ruleset` works.

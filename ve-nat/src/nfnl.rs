@@ -5,8 +5,8 @@
 //! grew to 90 ms with 1,000 containers' elements. Here one socket deletes a table (one
 //! transaction, `NFT_MSG_DELTABLE`; not there is ENOENT, which counts as done), asks
 //! whether a table is there (`NFT_MSG_GETTABLE`), lists chains (a `NFT_MSG_GETCHAIN`
-//! dump), the interface names one chain's rules match and whether a chain ends in a
-//! drop (`NFT_MSG_GETRULE` dumps), the elements of one set (a `NFT_MSG_GETSETELEM`
+//! dump), the interface names one chain's rules match and whether a base chain
+//! drops (`NFT_MSG_GETRULE` dumps), the elements of one set (a `NFT_MSG_GETSETELEM`
 //! dump), and adds and deletes set elements in one transaction (`NFT_MSG_NEWSETELEM`,
 //! `NFT_MSG_DELSETELEM`, every message acknowledged), with messages built and parsed by
 //! `netlink-packet-netfilter`. Elements are raw bytes here; what they mean is the
@@ -55,6 +55,17 @@ pub struct SetElem {
     pub key: Vec<u8>,
     pub data: Option<Vec<u8>>,
     pub userdata: Option<Vec<u8>>,
+}
+
+/// A chain as `Nfnl::chains` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub table: String,
+    pub name: String,
+    /// It has a hook.
+    pub base: bool,
+    /// A base chain's policy (`NF_DROP` 0, `NF_ACCEPT` 1).
+    pub policy: Option<u32>,
 }
 
 /// What a transaction does to the elements of one set.
@@ -446,87 +457,47 @@ impl Nfnl {
         }
     }
 
-    /// Whether base chain `family table chain` drops what reaches its end, as
+    /// Whether base chain `c` (as `chains` listed it) drops what reaches its end, as
     /// `nft::chain_drops` decides for nft's listing: policy drop, or any rule that drops
     /// or rejects unconditionally (only counter, log or limit before the drop). `false`
-    /// when there is no such base chain.
-    pub fn chain_drops(
-        &mut self,
-        family: NetfilterProtoFamily,
-        table: &str,
-        chain: &str,
-    ) -> io::Result<bool> {
-        let mut policy = None;
-        let ask = NfTablesMessage::GetChain(ChainMessage { attributes: vec![] });
-        self.dump(family, ask, "chains", true, |m| {
-            let NfTablesMessage::NewChain(c) = m else {
-                return;
-            };
-            let has = |f: &dyn Fn(&ChainAttribute) -> bool| c.attributes.iter().any(f);
-            if has(&|a| matches!(a, ChainAttribute::Table(t) if t == table))
-                && has(&|a| matches!(a, ChainAttribute::Name(n) if n == chain))
-                && has(&|a| matches!(a, ChainAttribute::Hook(_)))
-            {
-                policy = c.attributes.iter().find_map(|a| match a {
-                    ChainAttribute::Policy(p) => Some(*p),
-                    _ => None,
-                });
-            }
-        })?;
-        let Some(policy) = policy else {
+    /// for a chain without a hook.
+    pub fn chain_drops(&mut self, family: NetfilterProtoFamily, c: &Chain) -> io::Result<bool> {
+        let Some(policy) = c.policy.filter(|_| c.base) else {
             return Ok(false);
         };
+        // A drop policy needs no look at the rules.
         if policy == NF_DROP {
             return Ok(true);
         }
-        let mut drops = Vec::new();
-        let ask = NfTablesMessage::GetRule(RuleMessage {
-            attributes: vec![
-                RuleAttribute::Table(table.to_string()),
-                RuleAttribute::Chain(chain.to_string()),
-            ],
-        });
-        self.dump(family, ask, "rules", true, |m| {
-            let NfTablesMessage::NewRule(r) = m else {
-                return;
-            };
-            let is = |want: &str, f: fn(&RuleAttribute) -> Option<&String>| {
-                r.attributes.iter().filter_map(f).any(|v| v == want)
-            };
-            let here = is(table, |a| match a {
-                RuleAttribute::Table(t) => Some(t),
-                _ => None,
-            }) && is(chain, |a| match a {
-                RuleAttribute::Chain(c) => Some(c),
-                _ => None,
-            });
-            if here {
-                drops.push(r.attributes.iter().any(|a| match a {
-                    RuleAttribute::Expressions(list) => unconditional_drop(list),
-                    _ => false,
-                }));
-            }
-        })?;
-        Ok(crate::nft::chain_drops(false, drops.into_iter()))
+        let rules = self.rules(family, &c.table, &c.name)?;
+        Ok(crate::nft::chain_drops(
+            false,
+            rules.iter().map(|r| unconditional_drop(r)),
+        ))
     }
 
-    /// The chains of `family` as `(table, chain)`.
-    pub fn chains(&mut self, family: NetfilterProtoFamily) -> io::Result<Vec<(String, String)>> {
+    /// The chains of `family`.
+    pub fn chains(&mut self, family: NetfilterProtoFamily) -> io::Result<Vec<Chain>> {
         let mut chains = Vec::new();
         let ask = NfTablesMessage::GetChain(ChainMessage { attributes: vec![] });
         self.dump(family, ask, "chains", false, |m| {
-            if let NfTablesMessage::NewChain(c) = m {
-                let (mut table, mut name) = (None, None);
-                for a in &c.attributes {
-                    match a {
-                        ChainAttribute::Table(t) => table = Some(t.clone()),
-                        ChainAttribute::Name(n) => name = Some(n.clone()),
-                        _ => {}
-                    }
+            let NfTablesMessage::NewChain(c) = m else {
+                return;
+            };
+            let mut chain = Chain::default();
+            let (mut table, mut name) = (None, None);
+            for a in &c.attributes {
+                match a {
+                    ChainAttribute::Table(t) => table = Some(t.clone()),
+                    ChainAttribute::Name(n) => name = Some(n.clone()),
+                    ChainAttribute::Hook(_) => chain.base = true,
+                    ChainAttribute::Policy(p) => chain.policy = Some(*p),
+                    _ => {}
                 }
-                if let (Some(t), Some(n)) = (table, name) {
-                    chains.push((t, n));
-                }
+            }
+            if let (Some(t), Some(n)) = (table, name) {
+                (chain.table, chain.name) = (t, n);
+                chains.push(chain);
             }
         })?;
         Ok(chains)
@@ -542,7 +513,19 @@ impl Nfnl {
         table: &str,
         chain: &str,
     ) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
+        let rules = self.rules(family, table, chain)?;
+        Ok(rules.iter().flat_map(|r| iifname_matches(r)).collect())
+    }
+
+    /// The expressions of each rule of chain `family table chain`, in order; nothing
+    /// when the table or chain is not there.
+    fn rules(
+        &mut self,
+        family: NetfilterProtoFamily,
+        table: &str,
+        chain: &str,
+    ) -> io::Result<Vec<Vec<ListAttribute<ExpressionAttribute>>>> {
+        let mut rules = Vec::new();
         let ask = NfTablesMessage::GetRule(RuleMessage {
             attributes: vec![
                 RuleAttribute::Table(table.to_string()),
@@ -553,27 +536,21 @@ impl Nfnl {
             let NfTablesMessage::NewRule(r) = m else {
                 return;
             };
-            // Kernels filter the dump by table and chain; these lines make sure of it.
-            let is = |want: &str, f: fn(&RuleAttribute) -> Option<&String>| {
-                r.attributes.iter().filter_map(f).any(|v| v == want)
-            };
-            let in_table = is(table, |a| match a {
-                RuleAttribute::Table(t) => Some(t),
-                _ => None,
-            });
-            let in_chain = is(chain, |a| match a {
-                RuleAttribute::Chain(c) => Some(c),
-                _ => None,
-            });
-            if in_table && in_chain {
-                for a in &r.attributes {
-                    if let RuleAttribute::Expressions(list) = a {
-                        names.extend(iifname_matches(list));
-                    }
+            // Kernels filter the dump by table and chain; this makes sure of it.
+            let (mut in_table, mut in_chain, mut exprs) = (false, false, Vec::new());
+            for a in &r.attributes {
+                match a {
+                    RuleAttribute::Table(t) => in_table |= t == table,
+                    RuleAttribute::Chain(c) => in_chain |= c == chain,
+                    RuleAttribute::Expressions(list) => exprs.extend(list.iter().cloned()),
+                    _ => {}
                 }
             }
+            if in_table && in_chain {
+                rules.push(exprs);
+            }
         })?;
-        Ok(names)
+        Ok(rules)
     }
 
     /// As `dump_raw`, each nf_tables message of the answer parsed and handed to
@@ -862,15 +839,24 @@ fn emit(out: &mut Vec<u8>, seq: u32, flags: u16, msg: NetfilterMessage) {
 }
 
 fn set_buf(sock: &Socket, option: libc::c_int, bytes: usize) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let n = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_option(sock, libc::SOL_SOCKET, option, n)
+}
+
+/// `setsockopt` of an int option (also `watch`'s).
+pub(crate) fn set_int_option(
+    sock: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt with an int option value of the right length.
     let r = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             option,
-            (&n as *const libc::c_int).cast(),
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
