@@ -407,39 +407,18 @@ fn add(
     native::installed()?;
     let mut lock = lock::acquire(LOCK_WAIT)?;
     let mut have = io.read(true)?;
+    // A refused ADD changes nothing: the clashes are looked for before anything is
+    // installed, and again once the shared table is there (with its forwards).
+    refuse_clashes(&have, owner, mappings)?;
     if !have.shared {
         // Installing takes the lock itself.
         drop(lock);
         install_shared(shared)?;
         lock = lock::acquire(LOCK_WAIT)?;
         have = io.read(true)?;
+        refuse_clashes(&have, owner, mappings)?;
     }
     let _lock = lock;
-    for m in mappings {
-        if let Some((o, _)) = have
-            .installed
-            .iter()
-            .find(|(o, x)| o != owner.as_str() && x.clashes(m))
-        {
-            return Err(Error::new(
-                Kind::Exists,
-                format!(
-                    "host port {}/{} is mapped already, for attachment {o}",
-                    m.fwd.host_ports.first,
-                    m.fwd.proto.as_str()
-                ),
-            ));
-        }
-    }
-    // `ve-nat up --forward`'s host ports are taken too.
-    for m in mappings {
-        if let Some((_, p, hp)) = have.forwarded.iter().find(|f| m.clashes_forward(f)) {
-            return Err(Error::new(
-                Kind::Exists,
-                format!("host port {hp}/{p} is forwarded already, by `ve-nat up --forward`"),
-            ));
-        }
-    }
     let old: Vec<Mapping> = have
         .installed
         .iter()
@@ -463,6 +442,36 @@ fn add(
         "adding the port mappings to table inet ve-nat-cni",
     )?;
     log::info!("{} port mapping(s) for {}", mappings.len(), owner.as_str());
+    Ok(())
+}
+
+/// A host port of `mappings` that another attachment maps, or `ve-nat up --forward`
+/// forwards, is refused.
+fn refuse_clashes(have: &cni_nft::Seen, owner: &Owner, mappings: &[Mapping]) -> common::Result<()> {
+    for m in mappings {
+        if let Some((o, _)) = have
+            .installed
+            .iter()
+            .find(|(o, x)| o != owner.as_str() && x.clashes(m))
+        {
+            return Err(Error::new(
+                Kind::Exists,
+                format!(
+                    "host port {}/{} is mapped already, for attachment {o}",
+                    m.fwd.host_ports.first,
+                    m.fwd.proto.as_str()
+                ),
+            ));
+        }
+    }
+    for m in mappings {
+        if let Some((_, p, hp)) = have.forwarded.iter().find(|f| m.clashes_forward(f)) {
+            return Err(Error::new(
+                Kind::Exists,
+                format!("host port {hp}/{p} is forwarded already, by `ve-nat up --forward`"),
+            ));
+        }
+    }
     Ok(())
 }
 

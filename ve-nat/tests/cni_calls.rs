@@ -529,3 +529,33 @@ fn a_dst_element_another_mapping_needs_stays() {
         assert!(host.listed().is_empty(), "{verb} left {:?}", host.listed());
     }
 }
+
+/// An ADD refused for a host port another container maps changes nothing: not even
+/// the shared table inet ve-nat, when it is missing, is installed.
+#[test]
+fn a_refused_add_installs_nothing() {
+    if !privileged("a_refused_add_installs_nothing", &["ip", "nft"]) {
+        return;
+    }
+    let mut sb = Sandbox::new();
+    let host = Host::new(&mut sb, "nftables");
+    host.call("ADD", 1);
+    host.nft(&["delete", "table", "inet", "ve-nat"], None);
+    let before = host.nft(&["list", "ruleset"], None);
+    let (_, r) = host.call_port("ADD", 2, 8001);
+    assert!(
+        !r.ok && r.stdout["code"] == 173,
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        host.nft(&["list", "ruleset"], None) == before,
+        "a refused ADD changed the ruleset: {}",
+        host.nft(&["list", "tables"], None)
+    );
+    // Not refused: the shared table is installed again.
+    host.call("ADD", 2);
+    let after = host.nft(&["list", "tables"], None);
+    assert!(after.contains("table inet ve-nat\n"), "{after}");
+}
