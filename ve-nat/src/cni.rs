@@ -36,7 +36,7 @@ use crate::{
     config::{Family, IfPattern, Request, DEFAULT_INTERNAL},
     firewall::{Backend, Iptables},
     firewalld_up, iface, ipt_cni, lock, native, need_net_admin,
-    nft_cni::{Mapping, Owner},
+    nft_cni::{Deletion, Mapping, Owner},
     up_iptables_if_absent, up_nftables_if_absent, LOCK_WAIT,
 };
 
@@ -407,14 +407,47 @@ fn add(
     native::installed()?;
     let mut lock = lock::acquire(LOCK_WAIT)?;
     let mut have = io.read(true)?;
+    // A refused ADD changes nothing: the clashes are looked for before anything is
+    // installed, and again once the shared table is there (with its forwards).
+    refuse_clashes(&have, owner, mappings)?;
     if !have.shared {
         // Installing takes the lock itself.
         drop(lock);
         install_shared(shared)?;
         lock = lock::acquire(LOCK_WAIT)?;
         have = io.read(true)?;
+        refuse_clashes(&have, owner, mappings)?;
     }
     let _lock = lock;
+    let old: Vec<Mapping> = have
+        .installed
+        .iter()
+        .filter(|(o, _)| o == owner.as_str())
+        .map(|(_, m)| m.clone())
+        .collect();
+    if old == mappings {
+        return Ok(());
+    }
+    let delete = Deletion::new(
+        &have.installed,
+        &have.dsts,
+        &|o| o == owner.as_str(),
+        mappings,
+    );
+    io.write(
+        &have,
+        &delete,
+        Some((owner, mappings)),
+        Some((&internal, mark)),
+        "adding the port mappings to table inet ve-nat-cni",
+    )?;
+    log::info!("{} port mapping(s) for {}", mappings.len(), owner.as_str());
+    Ok(())
+}
+
+/// A host port of `mappings` that another attachment maps, or `ve-nat up --forward`
+/// forwards, is refused.
+fn refuse_clashes(have: &cni_nft::Seen, owner: &Owner, mappings: &[Mapping]) -> common::Result<()> {
     for m in mappings {
         if let Some((o, _)) = have
             .installed
@@ -431,7 +464,6 @@ fn add(
             ));
         }
     }
-    // `ve-nat up --forward`'s host ports are taken too.
     for m in mappings {
         if let Some((_, p, hp)) = have.forwarded.iter().find(|f| m.clashes_forward(f)) {
             return Err(Error::new(
@@ -440,24 +472,6 @@ fn add(
             ));
         }
     }
-    let old: Vec<Mapping> = have
-        .installed
-        .iter()
-        .filter(|(o, _)| o == owner.as_str())
-        .map(|(_, m)| m.clone())
-        .collect();
-    if old == mappings {
-        return Ok(());
-    }
-    let delete = vec![(owner.as_str().to_string(), old)];
-    io.write(
-        &have,
-        &delete,
-        Some((owner, mappings)),
-        Some((&internal, mark)),
-        "adding the port mappings to table inet ve-nat-cni",
-    )?;
-    log::info!("{} port mapping(s) for {}", mappings.len(), owner.as_str());
     Ok(())
 }
 
@@ -470,22 +484,12 @@ fn delete_where(io: &mut cni_nft::Io, gone: &dyn Fn(&str) -> bool) -> common::Re
     }
     let _lock = lock::acquire(LOCK_WAIT)?;
     let have = io.read(false)?;
-    // Per owner, all its mappings at once: elements they share are deleted once.
-    let mut by_owner: Vec<(String, Vec<Mapping>)> = Vec::new();
-    for (o, m) in &have.installed {
-        if !gone(o) {
-            continue;
-        }
-        match by_owner.iter_mut().find(|(x, _)| x == o) {
-            Some((_, ms)) => ms.push(m.clone()),
-            None => by_owner.push((o.clone(), vec![m.clone()])),
-        }
-    }
-    let n: usize = by_owner.iter().map(|(_, ms)| ms.len()).sum();
+    let delete = Deletion::new(&have.installed, &have.dsts, gone, &[]);
+    let n = delete.mappings();
     if n > 0 {
         io.write(
             &have,
-            &by_owner,
+            &delete,
             None,
             None,
             "deleting port mappings from table inet ve-nat-cni",

@@ -10,6 +10,8 @@
 //! Elements are the same either way: `nft_cni::raw_elements` writes them as nft does,
 //! so each side reads and deletes what the other wrote.
 
+use std::collections::HashSet;
+
 use netlink_packet_netfilter::NetfilterProtoFamily as F;
 use serde_json::Value;
 
@@ -21,7 +23,7 @@ use crate::{
     native,
     nfnl::{ElemOp, Nfnl, SetElem},
     nft, nft_cni,
-    nft_cni::{Mapping, Owner},
+    nft_cni::{Deletion, Mapping, Owner},
     nft_table,
 };
 
@@ -34,6 +36,8 @@ pub struct Seen {
     pub cni: bool,
     /// Every mapping in inet ve-nat-cni, with its owner (`nft_cni::installed`).
     pub installed: Vec<(String, Mapping)>,
+    /// The keys of its `dstF` sets (`nft_cni::Deletion`).
+    pub dsts: HashSet<Vec<u8>>,
     /// The host ports `ve-nat up --forward` forwards (only when asked for).
     pub forwarded: Vec<(Family, String, u16)>,
 }
@@ -73,6 +77,7 @@ impl Io {
             shared: native::present(&rs),
             cni: nft_cni::present(&rs),
             installed: nft_cni::installed(&rs),
+            dsts: nft_cni::dsts(&rs),
             forwarded: if forwarded {
                 nft_cni::forwarded(&rs)
             } else {
@@ -81,14 +86,14 @@ impl Io {
         })
     }
 
-    /// In one transaction: delete each owner's mappings in `delete` (as `read` found
-    /// them), then add `add`'s. Over netlink when table inet ve-nat-cni is there
+    /// In one transaction: delete what `delete` chose (of what `read` found), then add
+    /// `add`'s. Over netlink when table inet ve-nat-cni is there
     /// (`seen.cni`); else through nft, with the table made first when `skeleton`
     /// gives its parts (the container interfaces and the mark).
     pub fn write(
         &mut self,
         seen: &Seen,
-        delete: &[(String, Vec<Mapping>)],
+        delete: &Deletion,
         add: Option<(&Owner, &[Mapping])>,
         skeleton: Option<(&[IfPattern], u32)>,
         what: &str,
@@ -107,10 +112,8 @@ impl Io {
                     None => ops.push((op, set, elems.collect())),
                 }
             };
-            for (o, ms) in delete {
-                for (set, elems) in nft_cni::raw_elements(o, ms)? {
-                    push(ElemOp::Delete, set, elems);
-                }
+            for (set, elems) in delete.raw()? {
+                push(ElemOp::Delete, set, elems);
             }
             if let Some((o, ms)) = add {
                 for (set, elems) in nft_cni::raw_elements(o.as_str(), ms)? {
@@ -127,10 +130,8 @@ impl Io {
                 batch.add(o);
             }
         }
-        for (o, ms) in delete {
-            for obj in nft_cni::elements_of(o, ms) {
-                batch.delete(obj);
-            }
+        for obj in delete.objects() {
+            batch.delete(obj);
         }
         if let Some((o, ms)) = add {
             for obj in nft_cni::elements(o, ms) {
@@ -182,6 +183,7 @@ fn read_netlink(nl: &mut Nfnl, forwarded: bool) -> std::io::Result<Seen> {
             maps.push((name, elems.unwrap_or_default()));
         }
         seen.installed = nft_cni::installed_raw(&maps);
+        seen.dsts = nft_cni::dsts_raw(&maps);
     }
     if forwarded && seen.shared {
         let mut get = |f: Family| {
@@ -201,14 +203,24 @@ fn facts_netlink(nl: &mut Nfnl, decide: bool) -> std::io::Result<(Facts, bool)> 
         let chains = nl.chains(family)?;
         cni_ipt |= chains
             .iter()
-            .any(|(_, c)| crate::rules::CNI_CHAINS.iter().any(|x| x.chain == c));
-        let forward = chains.iter().any(|(t, c)| t == "filter" && c == "FORWARD");
-        if decide && forward && nl.chain_drops(family, "filter", "FORWARD")? {
-            drops.push(format!("{name} filter FORWARD"));
+            .any(|c| crate::rules::CNI_CHAINS.iter().any(|x| x.chain == c.name));
+        let forward = chains
+            .iter()
+            .find(|c| c.table == "filter" && c.name == "FORWARD");
+        if let (true, Some(c)) = (decide, forward) {
+            if nl.chain_drops(family, c)? {
+                drops.push(format!("{name} filter FORWARD"));
+            }
         }
     }
+    // `backend::Facts::read` counts nft as installed when `nft -j list ruleset` works.
+    // Table inet ve-nat-cni shows that: nft made it (`nft -j -f -`). Without it this
+    // call runs nft anyway (an ADD installs the table), so it asks nft as before.
+    let nft_installed = decide
+        && native::installed().is_ok()
+        && (nl.table_exists(F::Inet, nft_cni::TABLE)? || nft::ruleset().is_some());
     let facts = Facts {
-        nft_installed: native::installed().is_ok(),
+        nft_installed,
         legacy_in_use: decide && backend::legacy_in_use(),
         iptables_forward_drops: drops,
     };

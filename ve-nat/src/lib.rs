@@ -749,10 +749,17 @@ impl Seen {
     /// Over netlink (see `nfnl`).
     fn of_netlink(nl: &mut nfnl::Nfnl) -> std::io::Result<Seen> {
         use netlink_packet_netfilter::NetfilterProtoFamily as F;
+        let mut names = |f: F| -> std::io::Result<Vec<(String, String)>> {
+            Ok(nl
+                .chains(f)?
+                .into_iter()
+                .map(|c| (c.table, c.name))
+                .collect())
+        };
         Ok(Seen::of_chains(
-            &nl.chains(F::IPv4)?,
-            &nl.chains(F::IPv6)?,
-            &nl.chains(F::Inet)?,
+            &names(F::IPv4)?,
+            &names(F::IPv6)?,
+            &names(F::Inet)?,
         ))
     }
 }

@@ -55,18 +55,46 @@ fn nft_family(f: Family) -> &'static str {
     }
 }
 
-/// Whether rule `r` (a `rule` object) drops or rejects whatever reaches it: no match,
-/// only statements such as counter or log, then drop or reject.
+/// A statement of a rule, as far as "drops whatever reaches it" goes: nft's listing
+/// (`unconditional_drop`) and nf_tables' expressions (`nfnl`) both read into this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stmt {
+    /// Counter, log, limit: changes no verdict.
+    Passive,
+    /// Drop or reject.
+    Drop,
+    /// Anything else: a match, another verdict.
+    Other,
+}
+
+/// Whether a rule of `stmts` drops or rejects whatever reaches it: no match, only
+/// passive statements, then drop or reject.
+pub(crate) fn drops_all(stmts: &[Stmt]) -> bool {
+    stmts.last() == Some(&Stmt::Drop) && stmts.iter().all(|s| *s != Stmt::Other)
+}
+
+/// Whether a base chain drops what reaches its end: policy drop, or any rule that drops
+/// whatever reaches it (`drops_all`; the rules after it see nothing).
+pub(crate) fn chain_drops(policy_drop: bool, mut rules: impl Iterator<Item = bool>) -> bool {
+    policy_drop || rules.any(|r| r)
+}
+
+/// Whether rule `r` (a `rule` object) drops or rejects whatever reaches it.
 fn unconditional_drop(r: &Value) -> bool {
     let Some(expr) = r.get("expr").and_then(Value::as_array) else {
         return false;
     };
     let kind = |s: &Value| s.as_object().and_then(|m| m.keys().next().cloned());
-    let kinds: Vec<String> = expr.iter().filter_map(kind).collect();
-    kinds.last().is_some_and(|k| k == "drop" || k == "reject")
-        && kinds
-            .iter()
-            .all(|k| matches!(k.as_str(), "counter" | "log" | "limit" | "drop" | "reject"))
+    let stmts: Vec<Stmt> = expr
+        .iter()
+        .filter_map(kind)
+        .map(|k| match k.as_str() {
+            "counter" | "log" | "limit" => Stmt::Passive,
+            "drop" | "reject" => Stmt::Drop,
+            _ => Stmt::Other,
+        })
+        .collect();
+    drops_all(&stmts)
 }
 
 /// Forward base chains that drop what reaches their end (policy drop, or an
@@ -81,14 +109,11 @@ fn forward_drops(ruleset: &[Value], keep: impl Fn(&str, &str, &str) -> bool) -> 
         if s("hook") != "forward" || !keep(s("family"), s("table"), s("name")) {
             continue;
         }
-        let final_drop = ruleset.iter().filter_map(|i| i.get("rule")).any(|r| {
+        let rules = ruleset.iter().filter_map(|i| i.get("rule")).filter(|r| {
             let g = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
-            g("family") == s("family")
-                && g("table") == s("table")
-                && g("chain") == s("name")
-                && unconditional_drop(r)
+            g("family") == s("family") && g("table") == s("table") && g("chain") == s("name")
         });
-        if s("policy") == "drop" || final_drop {
+        if chain_drops(s("policy") == "drop", rules.map(unconditional_drop)) {
             out.push(format!("{} {} {}", s("family"), s("table"), s("name")));
         }
     }
@@ -332,5 +357,16 @@ mod tests {
             ["inet fw2 fwd"]
         );
         assert_eq!(iptables_forward_drops(&r), ["ip filter FORWARD"]);
+    }
+
+    #[test]
+    fn a_drop_anywhere_in_a_chain_counts() {
+        // `-A FORWARD -j DROP` then `-A FORWARD -i x -j ACCEPT`: the accept sees nothing.
+        assert!(chain_drops(false, [false, true, false].into_iter()));
+        assert!(chain_drops(true, std::iter::empty()));
+        assert!(!chain_drops(false, [false, false].into_iter()));
+        use Stmt::*;
+        assert!(drops_all(&[Passive, Drop]) && drops_all(&[Drop]));
+        assert!(!drops_all(&[Other, Drop]) && !drops_all(&[Passive]) && !drops_all(&[]));
     }
 }

@@ -15,7 +15,11 @@
 //! bytes for `nfnl` (`raw_elements`, `installed_raw`), laid out exactly as nft lays
 //! them out, so each reads and deletes what the other wrote.
 
-use std::{borrow::Cow, collections::HashMap, net::IpAddr};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use nftables::{
     expr::{self, Elem, Expression, MetaKey, NamedExpression},
@@ -142,6 +146,15 @@ impl Mapping {
         parts.push(s(self.fwd.proto.as_str()));
         parts.push(Expression::Number(u32::from(self.fwd.host_ports.first)));
         concat(parts)
+    }
+
+    /// The `dstF` key: `PROTO . ADDR . PORT`.
+    fn dst_key(&self) -> Expression<'static> {
+        concat(vec![
+            s(self.fwd.proto.as_str()),
+            addr(&self.fwd.addr),
+            Expression::Number(u32::from(self.fwd.ports.first)),
+        ])
     }
 
     /// Whether `other` takes the same host port (same key).
@@ -322,13 +335,14 @@ fn commented(key: Expression<'static>, owner: &str) -> Expression<'static> {
 /// The element objects of `mappings`, commented with `owner`: for `add element` (or,
 /// the same objects, `delete element`).
 pub fn elements(owner: &Owner, mappings: &[Mapping]) -> Vec<NfListObject<'static>> {
-    elements_of(owner.as_str(), mappings)
+    elements_of(owner.as_str(), mappings, true)
 }
 
-/// As [`elements`], with the comment as listed (`installed`), for deleting them.
+/// As [`elements`], with the comment as listed (`installed`); `dst`: with the `dstF`
+/// elements (an add), or without (a deletion: those are `deletion`'s to choose).
 /// Each element appears once: mappings to one container port share their `dst`
 /// element, and nft fails a whole transaction that deletes an element twice.
-pub fn elements_of(owner: &str, mappings: &[Mapping]) -> Vec<NfListObject<'static>> {
+fn elements_of(owner: &str, mappings: &[Mapping], dst: bool) -> Vec<NfListObject<'static>> {
     let mut by_set: Vec<(&'static str, Vec<Expression<'static>>)> = Vec::new();
     let mut push = |name: &'static str, e: Expression<'static>| match by_set
         .iter_mut()
@@ -339,7 +353,7 @@ pub fn elements_of(owner: &str, mappings: &[Mapping]) -> Vec<NfListObject<'stati
         None => by_set.push((name, vec![e])),
     };
     for m in mappings {
-        let [fwd, port, hfwd, hport, dst] = names(m.family());
+        let [fwd, port, hfwd, hport, dst_set] = names(m.family());
         let (a, p) = if m.host_ip.is_some() {
             (hfwd, hport)
         } else {
@@ -351,35 +365,166 @@ pub fn elements_of(owner: &str, mappings: &[Mapping]) -> Vec<NfListObject<'stati
             p,
             Expression::List(vec![k(), Expression::Number(u32::from(m.fwd.ports.first))]),
         );
-        push(
-            dst,
-            commented(
-                concat(vec![
-                    s(m.fwd.proto.as_str()),
-                    addr(&m.fwd.addr),
-                    Expression::Number(u32::from(m.fwd.ports.first)),
-                ]),
-                owner,
-            ),
-        );
+        if dst {
+            push(dst_set, commented(m.dst_key(), owner));
+        }
     }
     by_set
         .into_iter()
-        .map(|(name, elem)| {
-            NfListObject::Element(Element {
-                family: NfFamily::INet,
-                table: TABLE.into(),
-                name: name.into(),
-                elem: elem.into(),
-            })
-        })
+        .map(|(name, elem)| element(name, elem))
         .collect()
 }
 
-/// The sets (and maps) of the table that hold what `installed_raw` reads: the maps
-/// with keys, owners and addresses, and those with container ports.
-pub const MAPS: [&str; 8] = [
-    "fwd4", "port4", "hfwd4", "hport4", "fwd6", "port6", "hfwd6", "hport6",
+fn element(name: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
+    NfListObject::Element(Element {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.into(),
+        elem: elem.into(),
+    })
+}
+
+/// What a DEL, a GC or an ADD's replacement of a container's mappings deletes: each
+/// leaving owner's mappings (their address and port map elements, all there, as read),
+/// and the `dstF` elements (`PROTO . ADDR . PORT`, one per key) that are there and no
+/// mapping that stays needs. A `dst` key is shared: two mappings to one container port,
+/// or an address given to a second container while the first one's elements are still
+/// there (its DEL failed), whose ADD then keeps the first one's element. Deleting an
+/// element that is not there fails the whole transaction.
+#[derive(Debug, Default, PartialEq)]
+pub struct Deletion {
+    pub owners: Vec<(String, Vec<Mapping>)>,
+    pub dsts: Vec<Mapping>,
+}
+
+impl Deletion {
+    /// The mappings `installed` holds of the owners `gone` chooses; `present`: the
+    /// `dstF` keys there (`dsts`, `dsts_raw`); `adding`: mappings the same transaction
+    /// adds (they stay).
+    pub fn new(
+        installed: &[(String, Mapping)],
+        present: &HashSet<Vec<u8>>,
+        gone: &dyn Fn(&str) -> bool,
+        adding: &[Mapping],
+    ) -> Deletion {
+        let needed: HashSet<Vec<u8>> = installed
+            .iter()
+            .filter(|(o, _)| !gone(o))
+            .map(|(_, m)| m)
+            .chain(adding)
+            .map(Mapping::dst_bytes)
+            .collect();
+        let mut d = Deletion::default();
+        let mut chosen = HashSet::new();
+        for (o, m) in installed.iter().filter(|(o, _)| gone(o)) {
+            match d.owners.iter_mut().find(|(x, _)| x == o) {
+                Some((_, ms)) => ms.push(m.clone()),
+                None => d.owners.push((o.clone(), vec![m.clone()])),
+            }
+            let k = m.dst_bytes();
+            if present.contains(&k) && !needed.contains(&k) && chosen.insert(k) {
+                d.dsts.push(m.clone());
+            }
+        }
+        d
+    }
+
+    /// How many mappings it deletes.
+    pub fn mappings(&self) -> usize {
+        self.owners.iter().map(|(_, ms)| ms.len()).sum()
+    }
+
+    /// Its element objects, for nft's `delete element`.
+    pub fn objects(&self) -> Vec<NfListObject<'static>> {
+        let mut out = Vec::new();
+        for (o, ms) in &self.owners {
+            out.extend(elements_of(o, ms, false));
+        }
+        for f in FAMILIES {
+            let keys: Vec<Expression<'static>> = self
+                .dsts
+                .iter()
+                .filter(|m| m.family() == f)
+                .map(Mapping::dst_key)
+                .collect();
+            if !keys.is_empty() {
+                out.push(element(names(f)[4], keys));
+            }
+        }
+        out
+    }
+
+    /// Its elements in nf_tables' layout, per set, for `nfnl`.
+    pub(crate) fn raw(&self) -> Result<Vec<(&'static str, Vec<SetElem>)>> {
+        let mut out = Vec::new();
+        for (o, ms) in &self.owners {
+            out.extend(raw_elements_of(o, ms, false)?);
+        }
+        for m in &self.dsts {
+            out.push((
+                names(m.family())[4],
+                vec![SetElem {
+                    key: m.dst_bytes(),
+                    ..SetElem::default()
+                }],
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// The `dstF` keys in `ruleset` (nft's listing of the table, or the whole ruleset), in
+/// nf_tables' layout (as [`dsts_raw`]), for [`Deletion::new`].
+pub fn dsts(ruleset: &[Value]) -> HashSet<Vec<u8>> {
+    let mut out = HashSet::new();
+    for f in FAMILIES {
+        let elems = ruleset
+            .iter()
+            .filter_map(|o| o.get("set"))
+            .filter(|m| m["table"] == TABLE && m["family"] == "inet" && m["name"] == names(f)[4])
+            .filter_map(|m| m["elem"].as_array())
+            .flatten();
+        for e in elems {
+            let val = e.get("elem").map_or(e, |x| &x["val"]);
+            let Some([p, a, port]) = val["concat"].as_array().map(Vec::as_slice) else {
+                continue;
+            };
+            let (Some(p), Some(a), Some(port)) = (
+                p.as_str(),
+                a.as_str().and_then(|a| a.parse::<IpAddr>().ok()),
+                port.as_u64().and_then(|n| u16::try_from(n).ok()),
+            ) else {
+                continue;
+            };
+            if let Ok(m) = Mapping::new(p, 1, a, port, None) {
+                out.insert(m.dst_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// The `dstF` keys in `maps` (as `installed_raw` takes them) that are well formed.
+pub(crate) fn dsts_raw(maps: &[(&str, Vec<SetElem>)]) -> HashSet<Vec<u8>> {
+    let mut out = HashSet::new();
+    for f in FAMILIES {
+        let len = 4 + addr_len(f) + 4;
+        out.extend(
+            maps.iter()
+                .filter(|(n, _)| *n == names(f)[4])
+                .flat_map(|(_, e)| e)
+                .filter(|e| e.key.len() == len && proto_name(e.key[0]).is_some())
+                .map(|e| e.key.clone()),
+        );
+    }
+    out
+}
+
+/// The sets (and maps) of the table that hold what `installed_raw` and `dsts_raw`
+/// read: the maps with keys, owners and addresses, those with container ports, and the
+/// forward accepts' destinations.
+pub const MAPS: [&str; 10] = [
+    "fwd4", "port4", "hfwd4", "hport4", "dst4", "fwd6", "port6", "hfwd6", "hport6", "dst6",
 ];
 
 /// nf_tables' byte layout of nft's types, as nft sends them: in a concatenated key
@@ -440,6 +585,14 @@ pub(crate) fn raw_elements(
     owner: &str,
     mappings: &[Mapping],
 ) -> Result<Vec<(&'static str, Vec<SetElem>)>> {
+    raw_elements_of(owner, mappings, true)
+}
+
+fn raw_elements_of(
+    owner: &str,
+    mappings: &[Mapping],
+    dst: bool,
+) -> Result<Vec<(&'static str, Vec<SetElem>)>> {
     let udata = nfnl::comment_udata(owner)
         .ok_or_else(|| Error::internal(format!("element comment {owner:?} is too long")))?;
     let mut by_set: Vec<(&'static str, Vec<SetElem>)> = Vec::new();
@@ -450,7 +603,7 @@ pub(crate) fn raw_elements(
             None => by_set.push((name, vec![e])),
         };
     for m in mappings {
-        let [fwd, port, hfwd, hport, dst] = names(m.family());
+        let [fwd, port, hfwd, hport, dst_set] = names(m.family());
         let (a, p) = if m.host_ip.is_some() {
             (hfwd, hport)
         } else {
@@ -469,7 +622,9 @@ pub(crate) fn raw_elements(
                 Some(m.fwd.ports.first.to_be_bytes().to_vec()),
             ),
         );
-        push(dst, elem(m.dst_bytes(), None));
+        if dst {
+            push(dst_set, elem(m.dst_bytes(), None));
+        }
     }
     Ok(by_set)
 }
@@ -769,7 +924,7 @@ mod tests {
             m("tcp", 8080, "10.233.0.3", 80, None),
             m("tcp", 8082, "10.233.0.3", 80, Some("192.0.2.1")),
         ];
-        for obj in elements_of("net/ctr/eth0", &maps) {
+        for obj in elements_of("net/ctr/eth0", &maps, true) {
             let v = serde_json::to_value(&obj).unwrap();
             let elems = v["element"]["elem"].as_array().unwrap().clone();
             for (i, e) in elems.iter().enumerate() {
@@ -863,6 +1018,77 @@ mod tests {
             forwarded_raw(&get("fwd4")[..], &[]),
             [(Family::Ipv4, "tcp".to_string(), 8080)]
         );
+    }
+
+    #[test]
+    fn a_dst_key_a_staying_mapping_needs_is_not_deleted() {
+        // A and B map different host ports to one address and port (B got A's address
+        // while A's elements stayed); C's own; D's element is not there.
+        let a = m("tcp", 8001, "10.233.0.11", 80, None);
+        let b = m("tcp", 8002, "10.233.0.11", 80, None);
+        let c = m("tcp", 8003, "10.233.0.13", 80, None);
+        let d = m("tcp", 8004, "fd42::14", 80, None);
+        let installed: Vec<(String, Mapping)> = [("a", &a), ("b", &b), ("c", &c), ("d", &d)]
+            .into_iter()
+            .map(|(o, x)| (o.to_string(), x.clone()))
+            .collect();
+        // The same keys from nft's listing and from nf_tables' bytes.
+        let mut raw = Vec::new();
+        let mut listing = Vec::new();
+        for (o, x) in &installed[..3] {
+            raw.extend(raw_elements(o, std::slice::from_ref(x)).unwrap());
+            for obj in elements_of(o, std::slice::from_ref(x), true) {
+                let v = serde_json::to_value(&obj).unwrap()["element"].clone();
+                let kind = if v["name"] == "dst4" { "set" } else { "map" };
+                listing.push(serde_json::json!({kind: {"family": "inet", "table": TABLE,
+                    "name": v["name"], "elem": v["elem"]}}));
+            }
+        }
+        let present = dsts_raw(&raw);
+        assert_eq!(present.len(), 2);
+        assert_eq!(dsts(&listing), present);
+
+        let del = Deletion::new(&installed, &present, &|o| o == "a", &[]);
+        assert_eq!(del.owners, [("a".to_string(), vec![a.clone()])]);
+        assert!(del.dsts.is_empty(), "B needs it");
+        let both = Deletion::new(&installed, &present, &|o| o == "a" || o == "b", &[]);
+        assert_eq!(both.dsts, std::slice::from_ref(&a), "once");
+        let gc = Deletion::new(&installed, &present, &|o| o != "b", &[]);
+        assert_eq!(gc.mappings(), 3);
+        assert_eq!(
+            gc.dsts,
+            std::slice::from_ref(&c),
+            "D's is not there, B's stays"
+        );
+        // An ADD replacing B's mapping by one to the same port keeps the element.
+        let add = Deletion::new(
+            &installed,
+            &present,
+            &|o| o == "c",
+            std::slice::from_ref(&c),
+        );
+        assert!(add.dsts.is_empty());
+        let objs: Vec<Value> = gc
+            .objects()
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap())
+            .collect();
+        let dst: Vec<&Value> = objs
+            .iter()
+            .filter(|o| o["element"]["name"] == "dst4")
+            .collect();
+        assert_eq!(dst.len(), 1, "{objs:?}");
+        assert_eq!(
+            dst[0]["element"]["elem"],
+            serde_json::json!([{"concat": ["tcp", "10.233.0.13", 80]}])
+        );
+        let raw_del = gc.raw().unwrap();
+        let keys: Vec<&SetElem> = raw_del
+            .iter()
+            .filter(|(n, _)| n.starts_with("dst"))
+            .flat_map(|(_, e)| e)
+            .collect();
+        assert_eq!(keys.len(), 1);
     }
 
     #[test]

@@ -208,17 +208,7 @@ fn nf_events() -> io::Result<OwnedFd> {
     }
     // A big transaction is many messages: a larger buffer overflows less often (an
     // overflow is a wake-up all the same).
-    let size: libc::c_int = 1 << 20;
-    // SAFETY: setsockopt with a c_int option value of the right length.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    let _ = crate::nfnl::set_int_option(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 1 << 20);
     Ok(sock)
 }
 

@@ -83,20 +83,28 @@ impl Host {
     /// As `call`, container `n` mapping host port `host_port`, whatever the reply. A
     /// GC keeps container `n` only.
     fn call_port(&self, verb: &str, n: u32, host_port: u32) -> (Vec<String>, cni::Reply) {
-        let log = self.dir.path().join("nft.log");
-        let _ = std::fs::remove_file(&log);
+        self.call_conf(verb, n, &self.conf(verb, n, host_port, prev(n)))
+    }
+
+    /// The configuration of `call_port`, with previous result `prev`.
+    fn conf(&self, verb: &str, n: u32, host_port: u32, prev: Value) -> Value {
         let mut conf = json!({"cniVersion": "1.0.0", "name": "vetest", "type": "ve-nat",
             "external": "up0", "backend": self.backend,
             "capabilities": {"portMappings": true},
             "runtimeConfig": {"portMappings": [
                 {"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]},
-            "prevResult": prev(n)});
+            "prevResult": prev});
         if verb == "GC" {
             conf["cniVersion"] = json!("1.1.0");
             conf["cni.dev/valid-attachments"] =
                 json!([{"containerID": cni::container_id(n), "ifname": "eth0"}]);
         }
-        self.call_conf(verb, n, &conf)
+        conf
+    }
+
+    /// The elements of set `dst4` (the forward accepts) as nft lists them.
+    fn dst4(&self) -> String {
+        self.nft(&["list", "set", "inet", "ve-nat-cni", "dst4"], None)
     }
 
     /// Container `n`'s call with configuration `conf`, whatever the reply.
@@ -219,6 +227,13 @@ fn owner(n: u32) -> Owner {
     Owner::new("vetest", &cni::container_id(n), "eth0").unwrap()
 }
 
+/// `prev(n)`, the container's address that of container `addr_of`.
+fn prev_at(n: u32, addr_of: u32) -> Value {
+    let mut p = prev(n);
+    p["ips"][0]["address"] = json!(format!("10.233.0.{}/32", 10 + addr_of));
+    p
+}
+
 /// The mapping `Host::call` asks for container `n`.
 fn mapping(n: u32) -> Mapping {
     let to = format!("10.233.0.{}", 10 + n).parse().unwrap();
@@ -325,8 +340,9 @@ fn calls_with_the_tables_there_start_no_nft() {
 }
 
 /// `backend: auto` decides from what netlink shows: nftables unless iptables-nft's
-/// `filter FORWARD` drops (policy drop, or a last rule that drops whatever reaches it),
-/// as `ve-nat up` decides from nft's listing; with the tables there, it starts no nft.
+/// `filter FORWARD` drops (policy drop, or a rule anywhere in it that drops whatever
+/// reaches it), as `ve-nat up` decides from nft's listing; with the tables there, it
+/// starts no nft.
 #[test]
 fn auto_reads_the_firewall_over_netlink() {
     if !privileged(
@@ -347,14 +363,21 @@ fn auto_reads_the_firewall_over_netlink() {
 
     // A FORWARD chain that drops: its mappings go into iptables-nft, found there by DEL.
     for drop in [
-        &["-P", "FORWARD", "DROP"][..],
-        &["-A", "FORWARD", "-j", "DROP"],
+        &[&["-P", "FORWARD", "DROP"][..]][..],
+        &[&["-A", "FORWARD", "-j", "DROP"]],
+        // An accept after the unconditional drop changes nothing (nft's reading, too).
+        &[
+            &["-A", "FORWARD", "-j", "DROP"],
+            &["-A", "FORWARD", "-i", "x", "-j", "ACCEPT"],
+        ],
     ] {
         let mut sb = Sandbox::new();
         let host = Host::new(&mut sb, "auto");
-        // A rule that matches first: only the last rule counts.
+        // A rule that matches some traffic first.
         host.iptables(&["-A", "FORWARD", "-i", "up0", "-j", "DROP"]);
-        host.iptables(drop);
+        for rule in drop {
+            host.iptables(rule);
+        }
         host.call("ADD", 3);
         assert!(!host.has_cni_table(), "{drop:?}: auto picked nftables");
         let saved = host.iptables(&["-S", "-t", "nat"]);
@@ -444,4 +467,95 @@ fn netlink_elements_of_every_map_are_nfts() {
     assert!(r.ok && calls.is_empty(), "{calls:?}");
     assert!(host.raw_elements(n).is_empty(), "DEL left nft's elements");
     assert_eq!(host.listed().len(), 1, "container 1's stays");
+}
+
+/// A `dst` element (the forward accept of `PROTO . ADDR . PORT`) is deleted only when
+/// it is there and no mapping that stays needs it. A's ADD succeeded but its DEL never
+/// reached ve-nat, so IPAM gave A's address to B, for another host port: B's element
+/// is A's (the same key, A's comment). A's DEL retried, or a GC, must leave it; B's DEL
+/// then deletes it; a DEL or GC with an element already gone still does the rest.
+#[test]
+fn a_dst_element_another_mapping_needs_stays() {
+    if !privileged("a_dst_element_another_mapping_needs_stays", &["ip", "nft"]) {
+        return;
+    }
+    let mut sb = Sandbox::new();
+    let host = Host::new(&mut sb, "nftables");
+    let ok = |(_, r): (Vec<String>, cni::Reply), what: &str| {
+        assert!(r.ok, "{what}: {} {}", r.stdout, r.stderr);
+    };
+    let a = host.conf("ADD", 1, 8001, prev(1));
+    ok(host.call_conf("ADD", 1, &a), "A's ADD");
+    let b = host.conf("ADD", 2, 8002, prev_at(2, 1));
+    ok(host.call_conf("ADD", 2, &b), "B's ADD (A's address)");
+    ok(host.call_conf("ADD", 2, &b), "B's ADD again");
+    let b_dst = "tcp . 10.233.0.11 . 80";
+    assert!(host.dst4().contains(b_dst), "{}", host.dst4());
+
+    ok(host.call_conf("DEL", 1, &a), "A's DEL");
+    assert!(
+        host.dst4().contains(b_dst),
+        "A's DEL took B's: {}",
+        host.dst4()
+    );
+    let left: Vec<String> = host.listed().into_iter().map(|(o, _)| o).collect();
+    assert_eq!(left, [owner(2).as_str()]);
+    // A's elements back (as an older ve-nat left them), then a GC that keeps B.
+    let a_map = Mapping::new("tcp", 8001, "10.233.0.11".parse().unwrap(), 80, None).unwrap();
+    host.write_mappings_with_nft(1, std::slice::from_ref(&a_map), false);
+    assert_eq!(host.listed().len(), 2);
+    ok(host.call_port("GC", 2, 8002), "GC keeping B");
+    assert!(host.dst4().contains(b_dst), "GC took B's: {}", host.dst4());
+    let left: Vec<String> = host.listed().into_iter().map(|(o, _)| o).collect();
+    assert_eq!(left, [owner(2).as_str()]);
+    ok(host.call_conf("CHECK", 2, &b), "B's CHECK");
+    ok(host.call_conf("DEL", 2, &b), "B's DEL");
+    assert!(host.listed().is_empty());
+    assert!(!host.dst4().contains("10.233.0.11"), "{}", host.dst4());
+
+    // An element already gone: DEL and GC still delete the rest, and succeed.
+    for verb in ["DEL", "GC"] {
+        ok(host.call("ADD", 3), "ADD");
+        let missing = "{ tcp . 10.233.0.13 . 80 }";
+        host.nft(
+            &["delete", "element", "inet", "ve-nat-cni", "dst4", missing],
+            None,
+        );
+        let r = match verb {
+            "DEL" => host.call("DEL", 3),
+            _ => host.call_port("GC", 9, 8009),
+        };
+        ok(r, verb);
+        assert!(host.listed().is_empty(), "{verb} left {:?}", host.listed());
+    }
+}
+
+/// An ADD refused for a host port another container maps changes nothing: not even
+/// the shared table inet ve-nat, when it is missing, is installed.
+#[test]
+fn a_refused_add_installs_nothing() {
+    if !privileged("a_refused_add_installs_nothing", &["ip", "nft"]) {
+        return;
+    }
+    let mut sb = Sandbox::new();
+    let host = Host::new(&mut sb, "nftables");
+    host.call("ADD", 1);
+    host.nft(&["delete", "table", "inet", "ve-nat"], None);
+    let before = host.nft(&["list", "ruleset"], None);
+    let (_, r) = host.call_port("ADD", 2, 8001);
+    assert!(
+        !r.ok && r.stdout["code"] == 173,
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        host.nft(&["list", "ruleset"], None) == before,
+        "a refused ADD changed the ruleset: {}",
+        host.nft(&["list", "tables"], None)
+    );
+    // Not refused: the shared table is installed again.
+    host.call("ADD", 2);
+    let after = host.nft(&["list", "tables"], None);
+    assert!(after.contains("table inet ve-nat\n"), "{after}");
 }
