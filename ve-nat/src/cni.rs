@@ -425,7 +425,10 @@ fn add(
         .filter(|(o, _)| o == owner.as_str())
         .map(|(_, m)| m.clone())
         .collect();
-    if old == mappings {
+    // The same mappings with every `dst` element there: nothing to do. A lost `dst`
+    // element (deleted by an older ve-nat's DEL of a container that shared it) is
+    // written again.
+    if old == mappings && mappings.iter().all(|m| have.dsts.contains(&m.dst_bytes())) {
         return Ok(());
     }
     let delete = Deletion::new(

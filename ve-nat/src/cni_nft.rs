@@ -214,11 +214,12 @@ fn facts_netlink(nl: &mut Nfnl, decide: bool) -> std::io::Result<(Facts, bool)> 
         }
     }
     // `backend::Facts::read` counts nft as installed when `nft -j list ruleset` works.
-    // Table inet ve-nat-cni shows that: nft made it (`nft -j -f -`). Without it this
-    // call runs nft anyway (an ADD installs the table), so it asks nft as before.
-    let nft_installed = decide
-        && native::installed().is_ok()
-        && (nl.table_exists(F::Inet, nft_cni::TABLE)? || nft::ruleset().is_some());
+    // Here the nf_tables socket that just answered these dumps shows the kernel's side,
+    // and nft on PATH is what installing the tables needs: no nft is started to ask
+    // (with auto on iptables-nft the CNI table never exists, and asking nft would cost
+    // every call a whole listing). A broken nft on PATH fails the first install with
+    // nft's own error instead of choosing iptables.
+    let nft_installed = decide && native::installed().is_ok();
     let facts = Facts {
         nft_installed,
         legacy_in_use: decide && backend::legacy_in_use(),

@@ -118,7 +118,8 @@ impl Nfnl {
         // An error answer without a copy of the message it refuses (a batch message
         // holds up to 256 elements), with the kernel's note on what it refused.
         sock.set_cap_ack(true)?;
-        sock.set_ext_ack(true)?;
+        // Only a better error text: kernels without it (before 4.12) still work.
+        let _ = sock.set_ext_ack(true);
         Ok(Nfnl { sock, seq: 0 })
     }
 

@@ -378,11 +378,14 @@ fn auto_reads_the_firewall_over_netlink() {
         for rule in drop {
             host.iptables(rule);
         }
-        host.call("ADD", 3);
+        // Deciding starts no nft either: the CNI table never exists on this path.
+        let (calls, _) = host.call("ADD", 3);
+        assert!(calls.is_empty(), "{drop:?}: ADD with auto: {calls:?}");
         assert!(!host.has_cni_table(), "{drop:?}: auto picked nftables");
         let saved = host.iptables(&["-S", "-t", "nat"]);
         assert!(saved.contains("8003"), "{drop:?}: {saved}");
-        host.call("DEL", 3);
+        let (calls, _) = host.call("DEL", 3);
+        assert!(calls.is_empty(), "{drop:?}: DEL with auto: {calls:?}");
         let saved = host.iptables(&["-S", "-t", "nat"]);
         assert!(!saved.contains("8003"), "{drop:?}: DEL left {saved}");
     }
@@ -512,6 +515,22 @@ fn a_dst_element_another_mapping_needs_stays() {
     ok(host.call_conf("DEL", 2, &b), "B's DEL");
     assert!(host.listed().is_empty());
     assert!(!host.dst4().contains("10.233.0.11"), "{}", host.dst4());
+
+    // A repeated ADD writes a lost `dst` element again (its forward accept).
+    ok(host.call("ADD", 3), "ADD");
+    let lost = "{ tcp . 10.233.0.13 . 80 }";
+    host.nft(
+        &["delete", "element", "inet", "ve-nat-cni", "dst4", lost],
+        None,
+    );
+    assert!(!host.dst4().contains("10.233.0.13"), "{}", host.dst4());
+    ok(host.call("ADD", 3), "a repeated ADD");
+    assert!(
+        host.dst4().contains("10.233.0.13"),
+        "not repaired: {}",
+        host.dst4()
+    );
+    ok(host.call("DEL", 3), "DEL");
 
     // An element already gone: DEL and GC still delete the rest, and succeed.
     for verb in ["DEL", "GC"] {

@@ -280,7 +280,8 @@ mod tests {
         });
         assert!(!got);
         assert!(took >= Duration::from_millis(200), "{took:?}");
-        assert!(took < Duration::from_millis(800), "{took:?}");
+        // Loose: a loaded CI machine; `within` catches a blocked connect.
+        assert!(took < Duration::from_secs(2), "{took:?}");
     }
 
     #[test]
@@ -289,11 +290,7 @@ mod tests {
         let _squatter = squat(&name, None);
         let t = Instant::now();
         assert!(acquire(&name, t + Duration::from_secs(5)).is_none());
-        assert!(
-            t.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     }
 
     #[test]
@@ -337,11 +334,7 @@ mod tests {
         drop(s);
         let t = Instant::now();
         assert!(acquire(&name, t + Duration::from_secs(5)).is_none());
-        assert!(
-            t.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         drop(squatter);
     }
 
