@@ -570,7 +570,7 @@ impl Mapping {
     }
 
     /// The `dstF` element in nf_tables' layout: `PROTO . ADDR . PORT`.
-    fn dst_bytes(&self) -> Vec<u8> {
+    pub(crate) fn dst_bytes(&self) -> Vec<u8> {
         let mut k = Vec::new();
         field(&mut k, &[proto_byte(self.fwd.proto)]);
         field(&mut k, &addr_bytes(&self.fwd.addr));

@@ -378,14 +378,17 @@ fn auto_reads_the_firewall_over_netlink() {
         for rule in drop {
             host.iptables(rule);
         }
-        // Deciding starts no nft either: the CNI table never exists on this path.
-        let (calls, _) = host.call("ADD", 3);
-        assert!(calls.is_empty(), "{drop:?}: ADD with auto: {calls:?}");
+        host.call("ADD", 3);
         assert!(!host.has_cni_table(), "{drop:?}: auto picked nftables");
+        // Once the shared chains are there, deciding starts no nft either (the CNI
+        // table never exists on this path).
+        let (calls, _) = host.call("ADD", 5);
+        assert!(calls.is_empty(), "{drop:?}: ADD with auto: {calls:?}");
+        let (calls, _) = host.call("DEL", 5);
+        assert!(calls.is_empty(), "{drop:?}: DEL with auto: {calls:?}");
         let saved = host.iptables(&["-S", "-t", "nat"]);
         assert!(saved.contains("8003"), "{drop:?}: {saved}");
-        let (calls, _) = host.call("DEL", 3);
-        assert!(calls.is_empty(), "{drop:?}: DEL with auto: {calls:?}");
+        host.call("DEL", 3);
         let saved = host.iptables(&["-S", "-t", "nat"]);
         assert!(!saved.contains("8003"), "{drop:?}: DEL left {saved}");
     }
