@@ -4,13 +4,24 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
 use testbed::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ve-alloc");
+
+/// A scratch store and trace file for test `test`, or None (skipped) without strace or
+/// root; the directory goes with the returned guard.
+fn scratch(test: &str, prefix: &str) -> Option<(TempDir, PathBuf, PathBuf)> {
+    if !testbed::privileged(test, &["strace"]) {
+        return None;
+    }
+    let dir = TempDir::new(prefix);
+    let (store, trace) = (dir.path().join("store"), dir.path().join("trace"));
+    Some((dir, store, trace))
+}
 
 /// The files `args` synced (fsync or fdatasync), by path, in order, and its output.
 fn synced(store: &Path, trace: &Path, args: &[&str]) -> (Vec<String>, Output) {
@@ -85,15 +96,12 @@ fn count(paths: &[String]) -> HashMap<&str, usize> {
 
 #[test]
 fn a_write_syncs_the_log_once_and_the_database_once() {
-    if !testbed::privileged(
+    let Some((_dir, store, trace)) = scratch(
         "a_write_syncs_the_log_once_and_the_database_once",
-        &["strace"],
-    ) {
+        "va-syncs",
+    ) else {
         return;
-    }
-    let dir = TempDir::new("va-syncs");
-    let store = dir.path().join("store");
-    let trace = dir.path().join("trace");
+    };
     let (_, o) = synced(&store, &trace, &["alloc", "first"]);
     assert!(!o.stdout.is_empty());
     for args in [
@@ -118,15 +126,12 @@ fn a_write_syncs_the_log_once_and_the_database_once() {
 
 #[test]
 fn a_write_the_fold_cannot_finish_still_syncs_its_log_before_printing() {
-    if !testbed::privileged(
+    let Some((_dir, store, trace)) = scratch(
         "a_write_the_fold_cannot_finish_still_syncs_its_log_before_printing",
-        &["strace"],
-    ) {
+        "va-syncs-busy",
+    ) else {
         return;
-    }
-    let dir = TempDir::new("va-syncs-busy");
-    let store = dir.path().join("store");
-    let trace = dir.path().join("trace");
+    };
     synced(&store, &trace, &["alloc", "a"]);
     // A reader in a transaction keeps the fold from emptying the log.
     let conn = rusqlite::Connection::open(store.join("leases.db")).unwrap();
@@ -168,15 +173,12 @@ fn a_write_the_fold_cannot_finish_still_syncs_its_log_before_printing() {
 /// directory too, and the log, before it prints the lease.
 #[test]
 fn a_write_into_a_new_log_the_fold_cannot_finish_syncs_the_directory_before_printing() {
-    if !testbed::privileged(
+    let Some((_dir, store, trace)) = scratch(
         "a_write_into_a_new_log_the_fold_cannot_finish_syncs_the_directory_before_printing",
-        &["strace"],
-    ) {
+        "va-syncs-dir",
+    ) else {
         return;
-    }
-    let dir = TempDir::new("va-syncs-dir");
-    let store = dir.path().join("store");
-    let trace = dir.path().join("trace");
+    };
     synced(&store, &trace, &["alloc", "a"]);
     let wal = store.join("leases.db-wal");
     // The last connection to close folds and deletes the log.
@@ -209,15 +211,12 @@ fn a_write_into_a_new_log_the_fold_cannot_finish_syncs_the_directory_before_prin
 
 #[test]
 fn durability_normal_syncs_nothing_until_the_log_is_large_and_full_folds_it() {
-    if !testbed::privileged(
+    let Some((_dir, store, trace)) = scratch(
         "durability_normal_syncs_nothing_until_the_log_is_large_and_full_folds_it",
-        &["strace"],
-    ) {
+        "va-syncs-normal",
+    ) else {
         return;
-    }
-    let dir = TempDir::new("va-syncs-normal");
-    let store = dir.path().join("store");
-    let trace = dir.path().join("trace");
+    };
     synced(&store, &trace, &["alloc", "first"]);
     let wal = store.join("leases.db-wal");
     for i in 0..5 {
