@@ -208,6 +208,63 @@ fn up_plumbs_both_sides_and_tcp_flows_both_ways() {
     );
 }
 
+/// `up --addresses -` opens the namespace while the command before the pipe is still
+/// writing; if that command deleted the namespace and made a new one of the same name
+/// meanwhile, the pair goes into the new one, not the old one ve-link held open.
+#[test]
+fn up_from_a_pipe_follows_a_namespace_made_again_while_it_waited() {
+    let Some((_sb, host, ctr)) = setup("up_pipe_renewed") else {
+        return;
+    };
+    let old = std::fs::metadata(ctr.path()).unwrap().ino();
+    let mut child = bounded(&host, BIN)
+        .args(["up", "foo", "--netns", ctr.name(), "--addresses", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until ve-link holds the namespace open (it then waits for stdin).
+    let holds = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read_link(p.path().join("exe")).is_ok_and(|e| e == std::path::Path::new(BIN))
+                && std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+                    fds.flatten()
+                        .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.ino() == old))
+                })
+        })
+    };
+    let t = std::time::Instant::now();
+    while !holds() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "ve-link never opened the namespace"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let run = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().unwrap();
+        assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+    };
+    run(&["netns", "del", ctr.name()]);
+    run(&["netns", "add", ctr.name()]);
+    let new = std::fs::metadata(ctr.path()).unwrap().ino();
+    assert_ne!(old, new, "the namespace was not made again");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"HOST_ADDRESS=10.233.0.1\nLOCAL_ADDRESS=10.233.0.2\n")
+        .unwrap();
+    ok(&child.wait_with_output().unwrap());
+    assert!(
+        link(&ctr, "eth0").is_some(),
+        "eth0 is not in the namespace named {} now",
+        ctr.name()
+    );
+    assert_eq!(addrs(&ctr, "eth0"), ["10.233.0.2/32"]);
+}
+
 /// Administratively up with carrier (operstate follows later, from the linkwatch queue).
 fn is_up(l: &Value) -> bool {
     let flags = l["flags"].as_array().unwrap();

@@ -1,7 +1,10 @@
 //! `up` and `check`: observe both namespaces, plan, and (for `up`) apply the plan in
 //! batches, rolling back on failure and converging once more after losing a race.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::{
+    fd::{AsFd, AsRawFd, RawFd},
+    unix::fs::MetadataExt,
+};
 
 use common::{
     netns::{Netns, NetnsSpec},
@@ -449,6 +452,17 @@ impl Opened {
         })
     }
 
+    /// Whether the namespace's name (or path, or pid) still leads to the namespace
+    /// opened: the command before the pipe may have deleted it and made a new one of
+    /// that name while `up` waited for the addresses ([`Opened::early`]). One stat.
+    fn still_names_it(&self) -> bool {
+        let Ok(st) = std::fs::metadata(self.spec.path()) else {
+            // Gone: opening it again reports that as the plain `up` would.
+            return false;
+        };
+        self.ns.id().is_ok_and(|id| id == (st.dev(), st.ino()))
+    }
+
     /// Open `spec`, then run `input` (the read of stdin), and return both: the opening
     /// overlaps the writer's wait (the pipe holds what it writes meanwhile). The caller
     /// reports `input`'s errors first, as if nothing had been opened, and uses the
@@ -463,7 +477,7 @@ impl Opened {
 /// [`bring_up`] with the namespace and sockets already open. An opening made for
 /// another namespace than the request's is not used.
 pub fn bring_up_opened(req: &UpRequest, o: Opened) -> Result<Vec<Change>> {
-    if o.spec != req.netns {
+    if o.spec != req.netns || !o.still_names_it() {
         return bring_up(req);
     }
     let k = Kernels {
