@@ -370,3 +370,45 @@ fn cni_mode_with_iptables_ipv6() {
     assert!(!v6.contains("vecni-"), "{v6}");
     drop(outside);
 }
+
+/// A refused ADD changes nothing with an iptables backend: container 1's mapping
+/// stays after `ve-nat down` (which removes ve-nat's own chains), and container 2's ADD
+/// of the same host port is refused (173) without installing ve-nat's chains again
+/// first; iptables-save shows exactly what it showed before. Then the usual ADD
+/// still works, the shared chains with it.
+fn refused_add_installs_nothing(backend: &'static str) {
+    let t = Topo::new(backend, 2, false);
+    let _srv = Server::start(&t.ctrs[1], "10.233.2.2:80");
+    let _outside = Server::start(&t.out, "192.0.2.2:9000");
+    ok(&t, "ADD", &conf(&t, 1, &[(8080, 80)], NET), &id(1));
+    assert!(t.nat_cmd(&["down"]).output().unwrap().status.success());
+    assert!(chain(&t, "nat", "ve-nat-post").is_empty(), "down left ours");
+    assert_eq!(chain(&t, "nat", "ve-nat-cni-pre").len(), 1);
+    let before = save(&t, "nat") + &save(&t, "filter");
+    let r = call(&t, "ADD", &conf(&t, 2, &[(8080, 80)], NET), &id(2));
+    assert!(!r.ok && r.stdout["code"] == 173, "{}", r.stdout);
+    let after = save(&t, "nat") + &save(&t, "filter");
+    assert_eq!(after, before, "a refused ADD changed iptables");
+    ok(&t, "ADD", &conf(&t, 2, &[(8081, 80)], NET), &id(2));
+    assert!(!chain(&t, "nat", "ve-nat-post").is_empty(), "no shared NAT");
+    assert_eq!(seen(&t.out, "192.0.2.1:8081"), "192.0.2.2");
+    assert_eq!(
+        seen(&t.ctrs[1], "192.0.2.2:9000"),
+        "192.0.2.1",
+        "masquerade"
+    );
+}
+
+#[test]
+fn refused_add_installs_nothing_iptables_nft() {
+    if gate("refused_add_installs_nothing_iptables_nft") {
+        refused_add_installs_nothing("iptables-nft");
+    }
+}
+
+#[test]
+fn refused_add_installs_nothing_iptables_legacy() {
+    if gate("refused_add_installs_nothing_iptables_legacy") {
+        refused_add_installs_nothing("iptables-legacy");
+    }
+}
