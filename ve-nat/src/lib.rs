@@ -248,12 +248,15 @@ fn other_backend(fw: &Iptables) -> Option<Backend> {
 /// The firewalls of the other backend than `used` (both families) that hold chains of
 /// ours. iptables-legacy is only asked when the kernel has a legacy table in this
 /// namespace already: listing would load the x_tables modules and create empty tables.
-/// iptables-nft lists without creating anything.
-fn others_holding_ours(used: &Iptables) -> Vec<Iptables> {
+/// iptables-nft lists without creating anything. And the firewalls that could not be
+/// listed (not "nothing there": `down` fails with them once the rest is done, `up` and
+/// `check` warn).
+fn others_holding_ours(used: &Iptables) -> (Vec<Iptables>, Vec<Error>) {
     let Some(b) = other_backend(used) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut out = Vec::new();
+    let mut failed = Vec::new();
     for family in [Family::Ipv4, Family::Ipv6] {
         if b == Backend::Legacy {
             let names = match family {
@@ -273,14 +276,25 @@ fn others_holding_ours(used: &Iptables) -> Vec<Iptables> {
                 continue;
             }
         };
-        if apply::holds_ours(&fw).unwrap_or_else(|e| {
-            log::debug!("{family}: listing the {} backend: {e}", fw.kind);
-            false
-        }) {
-            out.push(fw);
+        match apply::holds_ours(&fw) {
+            Ok(true) => out.push(fw),
+            Ok(false) => {}
+            Err(e) => failed.push(e.context(format!(
+                "{family} {}: cannot tell whether ve-nat's chains are there",
+                fw.kind
+            ))),
         }
     }
-    out
+    (out, failed)
+}
+
+/// `others_holding_ours` where a firewall that cannot be listed is only a warning.
+fn others_holding_ours_warned(used: &Iptables) -> Vec<Iptables> {
+    let (fws, failed) = others_holding_ours(used);
+    for e in failed {
+        log::warn!("{e}");
+    }
+    fws
 }
 
 /// Native nftables forward chains with policy drop that would drop container traffic.
@@ -519,7 +533,7 @@ fn up_iptables_with(req: &Request, backend: Option<Backend>, only_if_absent: boo
         }
     }
     // Both backends' rules apply: ours live in the chosen one only.
-    for fw in others_holding_ours(&fws[0]) {
+    for fw in others_holding_ours_warned(&fws[0]) {
         log::warn!(
             "{}: removing ve-nat's rules from the {} backend (both backends apply; they \
              now live in {} only)",
@@ -994,7 +1008,9 @@ fn down_iptables(backend: Option<Backend>, cni: bool) -> Result<()> {
             );
         }
     }
-    for fw in others_holding_ours(&v4) {
+    let (others, failed) = others_holding_ours(&v4);
+    errors.extend(failed);
+    for fw in others {
         log::info!(
             "{}: removing ve-nat's rules from the {} backend too",
             fw.family,
@@ -1098,7 +1114,7 @@ fn check_iptables(req: &Request, backend: Option<Backend>) -> Result<Vec<String>
             diffs.push(format!("IPv6: {d}"));
         }
     }
-    for fw in others_holding_ours(&fws[0]) {
+    for fw in others_holding_ours_warned(&fws[0]) {
         diffs.push(format!(
             "{}: ve-nat's chains are in the {} backend too, and both backends apply \
              (`ve-nat up` or `down` removes them)",

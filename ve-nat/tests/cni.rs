@@ -471,6 +471,18 @@ fn down_reports_a_failed_iptables_listing() {
         "{warnings:?}"
     );
     assert_eq!(ours("ve-nat-post"), 1, "ve-nat's chains");
+    // The same with iptables-nft chosen (legacy is the other backend then).
+    let failing = |backend: &str, args: &[&str]| {
+        let mut c = t.nat_cmd_with(backend, args);
+        c.env(
+            "PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.path().display()),
+        );
+        c.output().unwrap()
+    };
+    let o = failing("iptables-nft", &["down"]);
+    assert_eq!(o.status.code(), Some(71), "{o:?}");
+    assert_eq!(ours("ve-nat-post"), 1, "ve-nat's chains");
     // They go with the real iptables-legacy-save; CNI mode's stay.
     assert_eq!(down(&["down"], false).0, Some(0));
     assert_eq!(ours("ve-nat-post"), 0);
