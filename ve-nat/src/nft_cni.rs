@@ -10,10 +10,11 @@
 //! in `inet ve-nat`) for mappings on every local address, `hfwdF`/`hportF` (`HOST_IP .
 //! PROTO . HOST_PORT`) for those with a `hostIP`, and the set `dstF` of destinations for
 //! the forward accept. The rules are fixed: a mapping adds elements, never a rule.
-//! Elements exist twice here: as nft JSON objects (the first ADD, which installs the
-//! table through nft, and the listing when netlink cannot be used) and as nf_tables'
-//! bytes for `nfnl` (`raw_elements`, `installed_raw`), laid out exactly as nft lays
-//! them out, so each reads and deletes what the other wrote.
+//! Which elements a mapping writes is chosen once (`per_set`) and written two ways: as
+//! nft JSON objects (the first ADD, which installs the table through nft, and the
+//! listing when netlink cannot be used) and as nf_tables' bytes for `nfnl`
+//! (`raw_elements`, `installed_raw`), laid out exactly as nft lays them out, so each
+//! reads and deletes what the other wrote.
 
 use std::{
     borrow::Cow,
@@ -340,18 +341,42 @@ pub fn elements(owner: &Owner, mappings: &[Mapping]) -> Vec<NfListObject<'static
 
 /// As [`elements`], with the comment as listed (`installed`); `dst`: with the `dstF`
 /// elements (an add), or without (a deletion: those are `deletion`'s to choose).
-/// Each element appears once: mappings to one container port share their `dst`
-/// element, and nft fails a whole transaction that deletes an element twice.
 fn elements_of(owner: &str, mappings: &[Mapping], dst: bool) -> Vec<NfListObject<'static>> {
-    let mut by_set: Vec<(&'static str, Vec<Expression<'static>>)> = Vec::new();
-    let mut push = |name: &'static str, e: Expression<'static>| match by_set
-        .iter_mut()
-        .find(|(n, _)| *n == name)
-    {
-        Some((_, v)) if v.contains(&e) => {}
-        Some((_, v)) => v.push(e),
-        None => by_set.push((name, vec![e])),
-    };
+    per_set(mappings, dst, |part, m| {
+        let k = || commented(m.key(), owner);
+        match part {
+            Part::Addr => Expression::List(vec![k(), addr(&m.fwd.addr)]),
+            Part::Port => {
+                Expression::List(vec![k(), Expression::Number(u32::from(m.fwd.ports.first))])
+            }
+            Part::Dst => commented(m.dst_key(), owner),
+        }
+    })
+    .into_iter()
+    .map(|(name, elem)| element(name, elem))
+    .collect()
+}
+
+/// One of a mapping's elements: in its address map, its port map, its `dstF` set.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Addr,
+    Port,
+    Dst,
+}
+
+/// The elements of `mappings` per set, each once (by set and key), made by `make`: the
+/// one choice of what a mapping writes, for nft's JSON (`elements_of`) and nf_tables'
+/// bytes (`raw_elements_of`) alike. `dst`: with the `dstF` elements. Mappings to one
+/// container port share their `dst` element, and nf_tables fails a whole transaction
+/// that adds or deletes an element twice.
+fn per_set<E>(
+    mappings: &[Mapping],
+    dst: bool,
+    mut make: impl FnMut(Part, &Mapping) -> E,
+) -> Vec<(&'static str, Vec<E>)> {
+    let mut by_set: Vec<(&'static str, Vec<E>)> = Vec::new();
+    let mut seen = HashSet::new();
     for m in mappings {
         let [fwd, port, hfwd, hport, dst_set] = names(m.family());
         let (a, p) = if m.host_ip.is_some() {
@@ -359,20 +384,25 @@ fn elements_of(owner: &str, mappings: &[Mapping], dst: bool) -> Vec<NfListObject
         } else {
             (fwd, port)
         };
-        let k = || commented(m.key(), owner);
-        push(a, Expression::List(vec![k(), addr(&m.fwd.addr)]));
-        push(
-            p,
-            Expression::List(vec![k(), Expression::Number(u32::from(m.fwd.ports.first))]),
-        );
+        let mut parts = vec![
+            (a, Part::Addr, m.key_bytes()),
+            (p, Part::Port, m.key_bytes()),
+        ];
         if dst {
-            push(dst_set, commented(m.dst_key(), owner));
+            parts.push((dst_set, Part::Dst, m.dst_bytes()));
+        }
+        for (set, part, key) in parts {
+            if !seen.insert((set, key)) {
+                continue;
+            }
+            let e = make(part, m);
+            match by_set.iter_mut().find(|(n, _)| *n == set) {
+                Some((_, v)) => v.push(e),
+                None => by_set.push((set, vec![e])),
+            }
         }
     }
     by_set
-        .into_iter()
-        .map(|(name, elem)| element(name, elem))
-        .collect()
 }
 
 fn element(name: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
@@ -579,8 +609,8 @@ impl Mapping {
     }
 }
 
-/// As [`elements_of`], in nf_tables' layout for `nfnl`: per set, its elements (each
-/// once), commented with `owner`. Fails only for a comment too long for nftables.
+/// As [`elements`], in nf_tables' layout for `nfnl`: per set, its elements (each
+/// once, `per_set`), commented with `owner`. Fails only for a comment too long for nftables.
 pub(crate) fn raw_elements(
     owner: &str,
     mappings: &[Mapping],
@@ -595,38 +625,21 @@ fn raw_elements_of(
 ) -> Result<Vec<(&'static str, Vec<SetElem>)>> {
     let udata = nfnl::comment_udata(owner)
         .ok_or_else(|| Error::internal(format!("element comment {owner:?} is too long")))?;
-    let mut by_set: Vec<(&'static str, Vec<SetElem>)> = Vec::new();
-    let mut push =
-        |name: &'static str, e: SetElem| match by_set.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, v)) if v.iter().any(|x| x.key == e.key) => {}
-            Some((_, v)) => v.push(e),
-            None => by_set.push((name, vec![e])),
-        };
-    for m in mappings {
-        let [fwd, port, hfwd, hport, dst_set] = names(m.family());
-        let (a, p) = if m.host_ip.is_some() {
-            (hfwd, hport)
-        } else {
-            (fwd, port)
-        };
-        let elem = |key: Vec<u8>, data: Option<Vec<u8>>| SetElem {
-            key,
-            data,
-            userdata: Some(udata.clone()),
-        };
-        push(a, elem(m.key_bytes(), Some(addr_bytes(&m.fwd.addr))));
-        push(
-            p,
-            elem(
+    Ok(per_set(mappings, dst, |part, m| {
+        let (key, data) = match part {
+            Part::Addr => (m.key_bytes(), Some(addr_bytes(&m.fwd.addr))),
+            Part::Port => (
                 m.key_bytes(),
                 Some(m.fwd.ports.first.to_be_bytes().to_vec()),
             ),
-        );
-        if dst {
-            push(dst_set, elem(m.dst_bytes(), None));
+            Part::Dst => (m.dst_bytes(), None),
+        };
+        SetElem {
+            key,
+            data,
+            userdata: Some(udata.clone()),
         }
-    }
-    Ok(by_set)
+    }))
 }
 
 /// A key in nf_tables' layout split into its fields: `[ADDR .] PROTO . PORT`, with an
@@ -938,6 +951,21 @@ mod tests {
                 assert_eq!(elems.len(), 1, "{v}");
             }
         }
+        // nf_tables' bytes: the same sets, the same elements.
+        let json: Vec<(String, usize)> = elements_of("net/ctr/eth0", &maps, true)
+            .iter()
+            .map(|o| {
+                let v = serde_json::to_value(o).unwrap();
+                let n = v["element"]["elem"].as_array().map_or(0, Vec::len);
+                (v["element"]["name"].as_str().unwrap().to_string(), n)
+            })
+            .collect();
+        let raw: Vec<(String, usize)> = raw_elements("net/ctr/eth0", &maps)
+            .unwrap()
+            .iter()
+            .map(|(n, e)| (n.to_string(), e.len()))
+            .collect();
+        assert_eq!(json, raw);
     }
 
     #[test]
