@@ -1,7 +1,7 @@
 //! A NAT topology with real traffic, for every NAT backend's tests: containers --
-//! host -- outside, peer-reporting TCP and UDP servers, clients that say what the
-//! server saw, and the container-side route tricks that try to reach the host's
-//! loopback (CVE-2020-8558).
+//! host -- outside, peer-reporting TCP and UDP servers, a TCP echo server, clients
+//! that say what the server saw, and the container-side route tricks that try to
+//! reach the host's loopback (CVE-2020-8558).
 //!
 //! ```text
 //! ctr i (eth0 10.233.i.2, fd00:i::2) -- ve-c<i> (10.233.i.1, fd00:i::1)
@@ -143,46 +143,86 @@ pub fn route_loopback_to_host(ctr: &Netns, gateway: &str) {
 
 /// A TCP server that answers every connection with `PEER_IP LOCAL_PORT` and closes.
 pub struct PeerServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _serving: Serving,
 }
 
 impl PeerServer {
     pub fn start(ns: &Netns, addr: &str) -> PeerServer {
-        let addr: SocketAddr = addr.parse().expect("a socket address");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = spawn_in(&ns.path(), move || {
-            let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-            l.set_nonblocking(true).expect("nonblocking");
-            let _ = tx.send(());
-            while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, peer)) => {
-                        let _ = s.set_nonblocking(false);
-                        let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
-                        let _ = write!(s, "{} {local}", peer.ip());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
+        let _serving = serve_tcp(ns, addr, |mut s, peer| {
+            let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
+            let _ = write!(s, "{} {local}", peer.ip());
         });
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("server did not start");
-        PeerServer {
-            stop,
-            thread: Some(thread),
-        }
+        PeerServer { _serving }
     }
 }
 
-impl Drop for PeerServer {
+/// A TCP server that echoes every byte back as it comes, until the peer closes (each
+/// connection on a thread of its own, so one kept open does not hold up the others).
+pub struct EchoServer {
+    _serving: Serving,
+}
+
+impl EchoServer {
+    pub fn start(ns: &Netns, addr: &str) -> EchoServer {
+        let _serving = serve_tcp(ns, addr, |mut s, _| {
+            std::thread::spawn(move || {
+                let mut b = [0u8; 64];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        });
+        EchoServer { _serving }
+    }
+}
+
+/// A TCP server's accept loop: stopped and joined when dropped.
+struct Serving {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Serving {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Listen on `addr` in `ns` and hand every connection (blocking) to `handle`, until
+/// dropped; returns once it listens.
+fn serve_tcp(
+    ns: &Netns,
+    addr: &str,
+    handle: impl Fn(TcpStream, SocketAddr) + Send + 'static,
+) -> Serving {
+    let addr: SocketAddr = addr.parse().expect("a socket address");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let flag = stop.clone();
+    let thread = spawn_in(&ns.path(), move || {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        l.set_nonblocking(true).expect("nonblocking");
+        let _ = tx.send(());
+        while !flag.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    handle(s, peer);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server did not start");
+    Serving {
+        stop,
+        thread: Some(thread),
     }
 }
 

@@ -96,6 +96,13 @@ fn handle(req: &Cni) -> Handled {
         Chosen::Nftables => add(&mut io, &owner, &mappings, internal, mark, shared)?,
         Chosen::Iptables(b) => {
             let fws = firewalls(b, shared.ipv6)?;
+            let tag = ipt_cni::tag(&net, &owner);
+            // A refused ADD changes nothing: the clashes of every family are looked
+            // for before the shared chains or any mapping is written (and again by
+            // `ipt_cni::add`, under the lock), as on nftables.
+            for fw in &fws {
+                ipt_cni::refuse_clashes(fw, fw.family, &mappings, &tag)?;
+            }
             // The shared NAT once, as for nftables (checked again under the lock).
             if !apply::holds_ours(&fws[0])? {
                 let shared = shared_resolved(shared)?;
@@ -105,7 +112,6 @@ fn handle(req: &Cni) -> Handled {
                 }
             }
             let _lock = lock::acquire(LOCK_WAIT)?;
-            let tag = ipt_cni::tag(&net, &owner);
             for fw in &fws {
                 if ipt_cni::add(fw, fw.family, &mappings, &tag, &internal[0], mark)? {
                     log::info!("{}: port mappings of {} set", fw.family, owner.as_str());

@@ -32,7 +32,10 @@ pub const MANUAL: Manual = Manual {
         exit(Exit::Software, "a bug in ve-nat"),
         exit(
             Exit::OsErr,
-            "nft, iptables or the kernel refused a change, or a sysctl could not be written",
+            "nft, iptables or the kernel refused a change, or a sysctl could not be written; \
+             down: a table that may hold ve-nat's chains (a loaded iptables-legacy table) or, \
+             with --cni, CNI mode's chains could not be listed (down does the rest first; \
+             without --cni an unlistable CNI table is a warning)",
         ),
         exit(
             Exit::CantCreate,

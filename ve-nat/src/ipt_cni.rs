@@ -143,6 +143,7 @@ pub fn add(
     check_safe(&want)?;
     let nat = fw.save(NAT)?;
     let filter = fw.save(FILTER)?;
+    // Again under the lock: `refuse_clashes` looked before anything was installed.
     clashes(&nat, &want, tag)?;
     let have: Vec<(CniChain, String)> = tagged(&nat, &filter)
         .into_iter()
@@ -168,6 +169,22 @@ pub fn add(
         }
     }
     Ok(changed)
+}
+
+/// ADD's look before it installs anything (ve-nat's chains, or another family's
+/// mappings): a host port of `mappings` (those of `family`) that another attachment's
+/// rules map or `ve-nat up --forward` forwards is refused, with nothing changed.
+pub fn refuse_clashes(
+    fw: &dyn Firewall,
+    family: Family,
+    mappings: &[Mapping],
+    tag: &str,
+) -> Result<()> {
+    let want = wanted(mappings, family, tag);
+    if want.is_empty() {
+        return Ok(());
+    }
+    clashes(&fw.save(NAT)?, &want, tag)
 }
 
 /// Delete the rules whose tag `gone` chooses (DEL: one attachment's; GC: this

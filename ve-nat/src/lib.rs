@@ -248,12 +248,15 @@ fn other_backend(fw: &Iptables) -> Option<Backend> {
 /// The firewalls of the other backend than `used` (both families) that hold chains of
 /// ours. iptables-legacy is only asked when the kernel has a legacy table in this
 /// namespace already: listing would load the x_tables modules and create empty tables.
-/// iptables-nft lists without creating anything.
-fn others_holding_ours(used: &Iptables) -> Vec<Iptables> {
+/// iptables-nft lists without creating anything. And the firewalls that could not be
+/// listed (not "nothing there": `down` fails with them once the rest is done, `up` and
+/// `check` warn).
+fn others_holding_ours(used: &Iptables) -> (Vec<Iptables>, Vec<Error>) {
     let Some(b) = other_backend(used) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut out = Vec::new();
+    let mut failed = Vec::new();
     for family in [Family::Ipv4, Family::Ipv6] {
         if b == Backend::Legacy {
             let names = match family {
@@ -273,14 +276,25 @@ fn others_holding_ours(used: &Iptables) -> Vec<Iptables> {
                 continue;
             }
         };
-        if apply::holds_ours(&fw).unwrap_or_else(|e| {
-            log::debug!("{family}: listing the {} backend: {e}", fw.kind);
-            false
-        }) {
-            out.push(fw);
+        match apply::holds_ours(&fw) {
+            Ok(true) => out.push(fw),
+            Ok(false) => {}
+            Err(e) => failed.push(e.context(format!(
+                "{family} {}: cannot tell whether ve-nat's chains are there",
+                fw.kind
+            ))),
         }
     }
-    out
+    (out, failed)
+}
+
+/// `others_holding_ours` where a firewall that cannot be listed is only a warning.
+fn others_holding_ours_warned(used: &Iptables) -> Vec<Iptables> {
+    let (fws, failed) = others_holding_ours(used);
+    for e in failed {
+        log::warn!("{e}");
+    }
+    fws
 }
 
 /// Native nftables forward chains with policy drop that would drop container traffic.
@@ -337,8 +351,14 @@ fn up(req: &Request, name: BackendName) -> Result<()> {
 /// The iptables firewalls (either backend, both families) that hold chains of ours,
 /// seen from the nftables side: iptables-nft's tables are in `ruleset`; legacy ones are
 /// asked only when the kernel has a legacy nat or filter table.
+/// A legacy table that cannot be listed is a warning here (`up`, `check`: what they
+/// do does not depend on it).
 fn iptables_holding_ours(ruleset: &[serde_json::Value]) -> Vec<Iptables> {
-    iptables_holding(in_iptables_nft(ruleset))
+    let (fws, failed) = iptables_holding(in_iptables_nft(ruleset));
+    for e in failed {
+        log::warn!("{e}");
+    }
+    fws
 }
 
 /// Whether chains of ours (`ve-nat-*`) are in the nf_tables families ip and ip6: the
@@ -354,9 +374,11 @@ fn in_iptables_nft(ruleset: &[serde_json::Value]) -> [bool; 2] {
     })
 }
 
-/// `iptables_holding_ours`, with `in_nft` saying where iptables-nft holds ours (IPv4, IPv6).
-fn iptables_holding(in_nft: [bool; 2]) -> Vec<Iptables> {
+/// `iptables_holding_ours`, with `in_nft` saying where iptables-nft holds ours (IPv4,
+/// IPv6); and the loaded legacy tables that could not be listed (not "nothing there").
+fn iptables_holding(in_nft: [bool; 2]) -> (Vec<Iptables>, Vec<Error>) {
     let mut out = Vec::new();
+    let mut failed = Vec::new();
     for (family, in_nft) in [Family::Ipv4, Family::Ipv6].into_iter().zip(in_nft) {
         if in_nft {
             match Iptables::open_optional(Some(Backend::Nft), family) {
@@ -371,12 +393,17 @@ fn iptables_holding(in_nft: [bool; 2]) -> Vec<Iptables> {
             continue;
         }
         if let Ok(Some(fw)) = Iptables::open_optional(Some(Backend::Legacy), family) {
-            if apply::holds_ours(&fw).unwrap_or(false) {
-                out.push(fw);
+            match apply::holds_ours(&fw) {
+                Ok(true) => out.push(fw),
+                Ok(false) => {}
+                Err(e) => failed.push(e.context(format!(
+                    "{family} {}: cannot tell whether ve-nat's chains are there",
+                    fw.kind
+                ))),
             }
         }
     }
-    out
+    (out, failed)
 }
 
 /// Whether the kernel has an iptables-legacy nat or filter table of `family` here.
@@ -506,7 +533,7 @@ fn up_iptables_with(req: &Request, backend: Option<Backend>, only_if_absent: boo
         }
     }
     // Both backends' rules apply: ours live in the chosen one only.
-    for fw in others_holding_ours(&fws[0]) {
+    for fw in others_holding_ours_warned(&fws[0]) {
         log::warn!(
             "{}: removing ve-nat's rules from the {} backend (both backends apply; they \
              now live in {} only)",
@@ -764,12 +791,32 @@ impl Seen {
     }
 }
 
+/// Whether `fw` holds CNI chains of ours. A listing that fails is not "nothing
+/// there": with `--cni`, which asked for them, it is an error (`down` does the rest
+/// and then exits with it); without, only the note depends on it, and it is a warning
+/// (then `Err(None)`).
+fn cni_chains_in(fw: &Iptables, cni: bool) -> std::result::Result<bool, Option<Error>> {
+    ipt_cni::present(fw).map_err(|e| {
+        let e = e.context(format!(
+            "{} {}: cannot tell whether CNI mode's chains ve-nat-cni-* are there",
+            fw.family, fw.kind
+        ));
+        if cni {
+            Some(e)
+        } else {
+            log::warn!("{e}");
+            None
+        }
+    })
+}
+
 /// After `down`: CNI mode's mappings are removed with `--cni`, else they stay (CNI
 /// containers keep their port mappings; DEL and GC remove them) and a note says so.
 /// `seen` is what nf_tables shows; legacy tables are asked only when loaded.
 fn down_cni(cni: bool, seen: Seen, nl: Option<&mut nfnl::Nfnl>) -> Vec<Error> {
     let mut errors = Vec::new();
     let mut fws = Vec::new();
+    let mut unknown = false;
     for (family, there) in [Family::Ipv4, Family::Ipv6].into_iter().zip(seen.cni_ipt) {
         if there {
             if let Ok(Some(fw)) = Iptables::open_optional(Some(Backend::Nft), family) {
@@ -780,14 +827,19 @@ fn down_cni(cni: bool, seen: Seen, nl: Option<&mut nfnl::Nfnl>) -> Vec<Error> {
     for family in [Family::Ipv4, Family::Ipv6] {
         if legacy_table_loaded(family) {
             if let Ok(Some(fw)) = Iptables::open_optional(Some(Backend::Legacy), family) {
-                if ipt_cni::present(&fw).unwrap_or(false) {
-                    fws.push(fw);
+                match cni_chains_in(&fw, cni) {
+                    Ok(true) => fws.push(fw),
+                    Ok(false) => {}
+                    Err(e) => {
+                        unknown = true;
+                        errors.extend(e);
+                    }
                 }
             }
         }
     }
     if !cni {
-        if seen.cni_nft || !fws.is_empty() {
+        if seen.cni_nft || !fws.is_empty() || unknown {
             log::warn!(
                 "CNI mode's port mappings stay (table inet {} or chains ve-nat-cni-*): CNI \
                  DEL or GC removes a container's, `ve-nat down --cni` all; CNI containers \
@@ -879,8 +931,9 @@ fn down_nftables(cni: bool) -> Result<()> {
             (Seen::of_ruleset(&rs), nft_table::internal_patterns(&rs))
         }
     };
-    let holders = iptables_holding(seen.shell);
-    let mut errors = Vec::new();
+    // A legacy table that cannot be listed may hold ours: an error, once the rest is
+    // done (down is best effort).
+    let (holders, mut errors) = iptables_holding(seen.shell);
     if localnet {
         for fw in &holders {
             pats.extend(localnet_patterns(apply::installed(fw).ok().as_deref()));
@@ -955,7 +1008,9 @@ fn down_iptables(backend: Option<Backend>, cni: bool) -> Result<()> {
             );
         }
     }
-    for fw in others_holding_ours(&v4) {
+    let (others, failed) = others_holding_ours(&v4);
+    errors.extend(failed);
+    for fw in others {
         log::info!(
             "{}: removing ve-nat's rules from the {} backend too",
             fw.family,
@@ -969,7 +1024,13 @@ fn down_iptables(backend: Option<Backend>, cni: bool) -> Result<()> {
     let mut seen = rs.as_deref().map(Seen::of_ruleset).unwrap_or_default();
     // Without nft, iptables-nft's CNI chains are asked for through iptables-save.
     if rs.is_none() && v4.kind == "nf_tables" {
-        seen.cni_ipt[0] = ipt_cni::present(&v4).unwrap_or(false);
+        seen.cni_ipt[0] = match cni_chains_in(&v4, cni) {
+            Ok(there) => there,
+            Err(e) => {
+                errors.extend(e);
+                false
+            }
+        };
     }
     errors.extend(down_cni(cni, seen, nfnl::Nfnl::open().ok().as_mut()));
     joined(errors)
@@ -1053,7 +1114,7 @@ fn check_iptables(req: &Request, backend: Option<Backend>) -> Result<Vec<String>
             diffs.push(format!("IPv6: {d}"));
         }
     }
-    for fw in others_holding_ours(&fws[0]) {
+    for fw in others_holding_ours_warned(&fws[0]) {
         diffs.push(format!(
             "{}: ve-nat's chains are in the {} backend too, and both backends apply \
              (`ve-nat up` or `down` removes them)",

@@ -10,10 +10,11 @@
 //! in `inet ve-nat`) for mappings on every local address, `hfwdF`/`hportF` (`HOST_IP .
 //! PROTO . HOST_PORT`) for those with a `hostIP`, and the set `dstF` of destinations for
 //! the forward accept. The rules are fixed: a mapping adds elements, never a rule.
-//! Elements exist twice here: as nft JSON objects (the first ADD, which installs the
-//! table through nft, and the listing when netlink cannot be used) and as nf_tables'
-//! bytes for `nfnl` (`raw_elements`, `installed_raw`), laid out exactly as nft lays
-//! them out, so each reads and deletes what the other wrote.
+//! Which elements a mapping writes is chosen once (`per_set`) and written two ways: as
+//! nft JSON objects (the first ADD, which installs the table through nft, and the
+//! listing when netlink cannot be used) and as nf_tables' bytes for `nfnl`
+//! (`raw_elements`, `installed_raw`), laid out exactly as nft lays them out, so each
+//! reads and deletes what the other wrote.
 
 use std::{
     borrow::Cow,
@@ -340,18 +341,42 @@ pub fn elements(owner: &Owner, mappings: &[Mapping]) -> Vec<NfListObject<'static
 
 /// As [`elements`], with the comment as listed (`installed`); `dst`: with the `dstF`
 /// elements (an add), or without (a deletion: those are `deletion`'s to choose).
-/// Each element appears once: mappings to one container port share their `dst`
-/// element, and nft fails a whole transaction that deletes an element twice.
 fn elements_of(owner: &str, mappings: &[Mapping], dst: bool) -> Vec<NfListObject<'static>> {
-    let mut by_set: Vec<(&'static str, Vec<Expression<'static>>)> = Vec::new();
-    let mut push = |name: &'static str, e: Expression<'static>| match by_set
-        .iter_mut()
-        .find(|(n, _)| *n == name)
-    {
-        Some((_, v)) if v.contains(&e) => {}
-        Some((_, v)) => v.push(e),
-        None => by_set.push((name, vec![e])),
-    };
+    per_set(mappings, dst, |part, m| {
+        let k = || commented(m.key(), owner);
+        match part {
+            Part::Addr => Expression::List(vec![k(), addr(&m.fwd.addr)]),
+            Part::Port => {
+                Expression::List(vec![k(), Expression::Number(u32::from(m.fwd.ports.first))])
+            }
+            Part::Dst => commented(m.dst_key(), owner),
+        }
+    })
+    .into_iter()
+    .map(|(name, elem)| element(name, elem))
+    .collect()
+}
+
+/// One of a mapping's elements: in its address map, its port map, its `dstF` set.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Addr,
+    Port,
+    Dst,
+}
+
+/// The elements of `mappings` per set, each once (by set and key), made by `make`: the
+/// one choice of what a mapping writes, for nft's JSON (`elements_of`) and nf_tables'
+/// bytes (`raw_elements_of`) alike. `dst`: with the `dstF` elements. Mappings to one
+/// container port share their `dst` element, and nf_tables fails a whole transaction
+/// that adds or deletes an element twice.
+fn per_set<E>(
+    mappings: &[Mapping],
+    dst: bool,
+    mut make: impl FnMut(Part, &Mapping) -> E,
+) -> Vec<(&'static str, Vec<E>)> {
+    let mut by_set: Vec<(&'static str, Vec<E>)> = Vec::new();
+    let mut seen = HashSet::new();
     for m in mappings {
         let [fwd, port, hfwd, hport, dst_set] = names(m.family());
         let (a, p) = if m.host_ip.is_some() {
@@ -359,20 +384,25 @@ fn elements_of(owner: &str, mappings: &[Mapping], dst: bool) -> Vec<NfListObject
         } else {
             (fwd, port)
         };
-        let k = || commented(m.key(), owner);
-        push(a, Expression::List(vec![k(), addr(&m.fwd.addr)]));
-        push(
-            p,
-            Expression::List(vec![k(), Expression::Number(u32::from(m.fwd.ports.first))]),
-        );
+        let mut parts = vec![
+            (a, Part::Addr, m.key_bytes()),
+            (p, Part::Port, m.key_bytes()),
+        ];
         if dst {
-            push(dst_set, commented(m.dst_key(), owner));
+            parts.push((dst_set, Part::Dst, m.dst_bytes()));
+        }
+        for (set, part, key) in parts {
+            if !seen.insert((set, key)) {
+                continue;
+            }
+            let e = make(part, m);
+            match by_set.iter_mut().find(|(n, _)| *n == set) {
+                Some((_, v)) => v.push(e),
+                None => by_set.push((set, vec![e])),
+            }
         }
     }
     by_set
-        .into_iter()
-        .map(|(name, elem)| element(name, elem))
-        .collect()
 }
 
 fn element(name: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
@@ -579,8 +609,8 @@ impl Mapping {
     }
 }
 
-/// As [`elements_of`], in nf_tables' layout for `nfnl`: per set, its elements (each
-/// once), commented with `owner`. Fails only for a comment too long for nftables.
+/// As [`elements`], in nf_tables' layout for `nfnl`: per set, its elements (each
+/// once, `per_set`), commented with `owner`. Fails only for a comment too long for nftables.
 pub(crate) fn raw_elements(
     owner: &str,
     mappings: &[Mapping],
@@ -595,38 +625,21 @@ fn raw_elements_of(
 ) -> Result<Vec<(&'static str, Vec<SetElem>)>> {
     let udata = nfnl::comment_udata(owner)
         .ok_or_else(|| Error::internal(format!("element comment {owner:?} is too long")))?;
-    let mut by_set: Vec<(&'static str, Vec<SetElem>)> = Vec::new();
-    let mut push =
-        |name: &'static str, e: SetElem| match by_set.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, v)) if v.iter().any(|x| x.key == e.key) => {}
-            Some((_, v)) => v.push(e),
-            None => by_set.push((name, vec![e])),
-        };
-    for m in mappings {
-        let [fwd, port, hfwd, hport, dst_set] = names(m.family());
-        let (a, p) = if m.host_ip.is_some() {
-            (hfwd, hport)
-        } else {
-            (fwd, port)
-        };
-        let elem = |key: Vec<u8>, data: Option<Vec<u8>>| SetElem {
-            key,
-            data,
-            userdata: Some(udata.clone()),
-        };
-        push(a, elem(m.key_bytes(), Some(addr_bytes(&m.fwd.addr))));
-        push(
-            p,
-            elem(
+    Ok(per_set(mappings, dst, |part, m| {
+        let (key, data) = match part {
+            Part::Addr => (m.key_bytes(), Some(addr_bytes(&m.fwd.addr))),
+            Part::Port => (
                 m.key_bytes(),
                 Some(m.fwd.ports.first.to_be_bytes().to_vec()),
             ),
-        );
-        if dst {
-            push(dst_set, elem(m.dst_bytes(), None));
+            Part::Dst => (m.dst_bytes(), None),
+        };
+        SetElem {
+            key,
+            data,
+            userdata: Some(udata.clone()),
         }
-    }
-    Ok(by_set)
+    }))
 }
 
 /// A key in nf_tables' layout split into its fields: `[ADDR .] PROTO . PORT`, with an
@@ -938,6 +951,21 @@ mod tests {
                 assert_eq!(elems.len(), 1, "{v}");
             }
         }
+        // nf_tables' bytes: the same sets, the same elements.
+        let json: Vec<(String, usize)> = elements_of("net/ctr/eth0", &maps, true)
+            .iter()
+            .map(|o| {
+                let v = serde_json::to_value(o).unwrap();
+                let n = v["element"]["elem"].as_array().map_or(0, Vec::len);
+                (v["element"]["name"].as_str().unwrap().to_string(), n)
+            })
+            .collect();
+        let raw: Vec<(String, usize)> = raw_elements("net/ctr/eth0", &maps)
+            .unwrap()
+            .iter()
+            .map(|(n, e)| (n.to_string(), e.len()))
+            .collect();
+        assert_eq!(json, raw);
     }
 
     #[test]
@@ -1032,21 +1060,14 @@ mod tests {
             .into_iter()
             .map(|(o, x)| (o.to_string(), x.clone()))
             .collect();
-        // The same keys from nft's listing and from nf_tables' bytes.
+        // The keys as nf_tables' bytes (nft's listing of real elements: the test
+        // `the_fallback_reads_dst_elements_from_real_nft_listings`).
         let mut raw = Vec::new();
-        let mut listing = Vec::new();
         for (o, x) in &installed[..3] {
             raw.extend(raw_elements(o, std::slice::from_ref(x)).unwrap());
-            for obj in elements_of(o, std::slice::from_ref(x), true) {
-                let v = serde_json::to_value(&obj).unwrap()["element"].clone();
-                let kind = if v["name"] == "dst4" { "set" } else { "map" };
-                listing.push(serde_json::json!({kind: {"family": "inet", "table": TABLE,
-                    "name": v["name"], "elem": v["elem"]}}));
-            }
         }
         let present = dsts_raw(&raw);
         assert_eq!(present.len(), 2);
-        assert_eq!(dsts(&listing), present);
 
         let del = Deletion::new(&installed, &present, &|o| o == "a", &[]);
         assert_eq!(del.owners, [("a".to_string(), vec![a.clone()])]);
@@ -1089,6 +1110,143 @@ mod tests {
             .flat_map(|(_, e)| e)
             .collect();
         assert_eq!(keys.len(), 1);
+    }
+
+    /// The nft fallback (`dsts`, `installed`) on what the real `nft -j list` prints of
+    /// real elements: some written from our JSON, one in nft's own syntax, one `dst`
+    /// element shared by two mappings, one missing. It reads what netlink reads of the
+    /// same kernel, and the deletion it chooses is one real nft accepts.
+    #[test]
+    fn the_fallback_reads_dst_elements_from_real_nft_listings() {
+        if !testbed::privileged(
+            "the_fallback_reads_dst_elements_from_real_nft_listings",
+            &["ip", "nft"],
+        ) {
+            return;
+        }
+        let mut sb = testbed::Sandbox::new();
+        let ns = sb.netns("host");
+        let nft = |args: &[&str], input: Option<String>| -> String {
+            use std::io::Write;
+            let mut c = ns.command("nft");
+            c.args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(input.unwrap_or_default().as_bytes())
+                .unwrap();
+            drop(stdin);
+            let o = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "nft {args:?}: {err}");
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let batch = |add: bool, objs: Vec<NfListObject<'static>>| {
+            let mut b = nftables::batch::Batch::new();
+            for o in objs {
+                if add {
+                    b.add(o);
+                } else {
+                    b.delete(o);
+                }
+            }
+            Some(serde_json::to_string(&b.to_nftables()).unwrap())
+        };
+        let ve: IfPattern = "ve-*".parse().unwrap();
+        nft(&["-j", "-f", "-"], batch(true, skeleton(&[ve], 0x2000)));
+        // A and B share one destination (B with a hostIP); D's `dst` element is gone.
+        let a = m("tcp", 8001, "10.233.0.11", 80, None);
+        let b = m("tcp", 8002, "10.233.0.11", 80, Some("192.0.2.1"));
+        let c = m("udp", 53, "fd42::13", 5353, None);
+        let d = m("tcp", 8004, "10.233.0.14", 80, None);
+        let owner = |o: &str| Owner::new("net", o, "eth0").unwrap();
+        for (o, x) in [("a", &a), ("b", &b), ("d", &d)] {
+            nft(
+                &["-j", "-f", "-"],
+                batch(true, elements(&owner(o), std::slice::from_ref(x))),
+            );
+        }
+        // C's map elements in our JSON, its `dst6` element in nft's own syntax.
+        nft(
+            &["-j", "-f", "-"],
+            batch(
+                true,
+                elements_of(owner("c").as_str(), std::slice::from_ref(&c), false),
+            ),
+        );
+        let c_dst = format!(
+            "{{ udp . fd42::13 . 5353 comment \"{}\" }}",
+            owner("c").as_str()
+        );
+        nft(&["add", "element", "inet", TABLE, "dst6", &c_dst], None);
+        nft(
+            &[
+                "delete",
+                "element",
+                "inet",
+                TABLE,
+                "dst4",
+                "{ tcp . 10.233.0.14 . 80 }",
+            ],
+            None,
+        );
+        let list = || -> Vec<Value> {
+            let text = nft(&["-j", "list", "table", "inet", TABLE], None);
+            let v: Value = serde_json::from_str(&text).unwrap();
+            v["nftables"].as_array().cloned().unwrap()
+        };
+        let listing = list();
+        let present = dsts(&listing);
+        let want: HashSet<Vec<u8>> = [&a, &c].into_iter().map(Mapping::dst_bytes).collect();
+        assert_eq!(present, want, "{listing:?}");
+        let mut found = installed(&listing);
+        found.sort_by(|x, y| x.0.cmp(&y.0));
+        let owners: Vec<&str> = found.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(
+            owners,
+            ["net/a/eth0", "net/b/eth0", "net/c/eth0", "net/d/eth0"]
+        );
+        assert_eq!(found[1].1, b);
+        // Netlink reads the same of the same kernel.
+        let (raw_dsts, mut raw_found) = testbed::netns::in_netns(&ns.path(), || {
+            let mut nl = nfnl::Nfnl::open().unwrap();
+            let maps: Vec<(&str, Vec<SetElem>)> = MAPS
+                .iter()
+                .map(|n| {
+                    let e = nl.set_elements(
+                        netlink_packet_netfilter::NetfilterProtoFamily::Inet,
+                        TABLE,
+                        n,
+                    );
+                    (*n, e.unwrap().unwrap_or_default())
+                })
+                .collect();
+            (dsts_raw(&maps), installed_raw(&maps))
+        })
+        .unwrap();
+        raw_found.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(raw_dsts, present);
+        assert_eq!(raw_found, found);
+
+        // A's DEL keeps B's destination; D's deletes none (it is not there).
+        let gone = |who: &'static [&'static str]| {
+            move |o: &str| who.iter().any(|w| o == owner(w).as_str())
+        };
+        let del = Deletion::new(&found, &present, &gone(&["a"]), &[]);
+        assert!(del.dsts.is_empty(), "B needs it: {del:?}");
+        let del = Deletion::new(&found, &present, &gone(&["d"]), &[]);
+        assert!(del.dsts.is_empty(), "D's is not there: {del:?}");
+        // A, B and D at once (a GC keeping C): real nft takes the deletion as a whole.
+        let del = Deletion::new(&found, &present, &gone(&["a", "b", "d"]), &[]);
+        assert_eq!(del.dsts, std::slice::from_ref(&a));
+        nft(&["-j", "-f", "-"], batch(false, del.objects()));
+        let left = list();
+        assert_eq!(dsts(&left), [c.dst_bytes()].into_iter().collect());
+        let owners: Vec<String> = installed(&left).into_iter().map(|(o, _)| o).collect();
+        assert_eq!(owners, ["net/c/eth0"]);
     }
 
     #[test]

@@ -370,3 +370,130 @@ fn cni_mode_with_iptables_ipv6() {
     assert!(!v6.contains("vecni-"), "{v6}");
     drop(outside);
 }
+
+/// A refused ADD changes nothing with an iptables backend: container 1's mapping
+/// stays after `ve-nat down` (which removes ve-nat's own chains), and container 2's ADD
+/// of the same host port is refused (173) without installing ve-nat's chains again
+/// first; iptables-save shows exactly what it showed before. Then the usual ADD
+/// still works, the shared chains with it.
+fn refused_add_installs_nothing(backend: &'static str) {
+    let t = Topo::new(backend, 2, false);
+    let _srv = Server::start(&t.ctrs[1], "10.233.2.2:80");
+    let _outside = Server::start(&t.out, "192.0.2.2:9000");
+    ok(&t, "ADD", &conf(&t, 1, &[(8080, 80)], NET), &id(1));
+    assert!(t.nat_cmd(&["down"]).output().unwrap().status.success());
+    assert!(chain(&t, "nat", "ve-nat-post").is_empty(), "down left ours");
+    assert_eq!(chain(&t, "nat", "ve-nat-cni-pre").len(), 1);
+    let before = save(&t, "nat") + &save(&t, "filter");
+    let r = call(&t, "ADD", &conf(&t, 2, &[(8080, 80)], NET), &id(2));
+    assert!(!r.ok && r.stdout["code"] == 173, "{}", r.stdout);
+    let after = save(&t, "nat") + &save(&t, "filter");
+    assert_eq!(after, before, "a refused ADD changed iptables");
+    ok(&t, "ADD", &conf(&t, 2, &[(8081, 80)], NET), &id(2));
+    assert!(!chain(&t, "nat", "ve-nat-post").is_empty(), "no shared NAT");
+    assert_eq!(seen(&t.out, "192.0.2.1:8081"), "192.0.2.2");
+    assert_eq!(
+        seen(&t.ctrs[1], "192.0.2.2:9000"),
+        "192.0.2.1",
+        "masquerade"
+    );
+}
+
+#[test]
+fn refused_add_installs_nothing_iptables_nft() {
+    if gate("refused_add_installs_nothing_iptables_nft") {
+        refused_add_installs_nothing("iptables-nft");
+    }
+}
+
+#[test]
+fn refused_add_installs_nothing_iptables_legacy() {
+    if gate("refused_add_installs_nothing_iptables_legacy") {
+        refused_add_installs_nothing("iptables-legacy");
+    }
+}
+
+/// `ve-nat down` when iptables-legacy-save fails (a wrapper first on PATH that fails)
+/// while ve-nat's chains and CNI mode's are in iptables-legacy: a listing that fails
+/// is not "nothing there". What `down` was asked to remove and could not list is an
+/// error (down does the rest, then exits 71): ve-nat's own chains always, CNI mode's
+/// with --cni; without --cni only the note depends on those, and it is a warning.
+#[test]
+fn down_reports_a_failed_iptables_listing() {
+    if !gate("down_reports_a_failed_iptables_listing") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let t = Topo::new("iptables-legacy", 1, false);
+    ok(&t, "ADD", &conf(&t, 1, &[(8080, 80)], NET), &id(1));
+    let dir = testbed::TempDir::new("ve-nat-failing-save");
+    for name in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            "#!/bin/sh\necho \"$0: cannot list (test)\" >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Its exit code, and its error and warning lines that name the failed listing.
+    let down = |args: &[&str], failing: bool| {
+        let mut c = t.nat_cmd_with("nftables", args);
+        if failing {
+            c.env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.path().display()),
+            );
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        eprintln!("down {args:?} (failing {failing}): {:?} {err}", o.status);
+        let lines = |kind: &str| -> Vec<String> {
+            err.lines()
+                .filter(|l| l.starts_with(&format!("ve-nat: {kind}:")))
+                .filter(|l| l.contains("cannot list (test)"))
+                .map(str::to_string)
+                .collect()
+        };
+        (o.status.code(), lines("error"), lines("warning"))
+    };
+    let ours = |c: &str| chain(&t, "nat", c).len();
+    // ve-nat's own chains cannot be listed: an error, and they are still there.
+    let (code, errors, warnings) = down(&["down"], true);
+    assert_eq!(code, Some(71));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("ve-nat's chains"), "{errors:?}");
+    assert!(!errors[0].contains("CNI mode's"), "{errors:?}");
+    // A warning line per legacy family (IPv4, and IPv6 since the ADD listed it).
+    assert!(!warnings.is_empty(), "nothing said of CNI mode's chains");
+    assert!(
+        warnings.iter().all(|w| w.contains("CNI mode's chains")),
+        "{warnings:?}"
+    );
+    assert_eq!(ours("ve-nat-post"), 1, "ve-nat's chains");
+    // The same with iptables-nft chosen (legacy is the other backend then).
+    let failing = |backend: &str, args: &[&str]| {
+        let mut c = t.nat_cmd_with(backend, args);
+        c.env(
+            "PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.path().display()),
+        );
+        c.output().unwrap()
+    };
+    let o = failing("iptables-nft", &["down"]);
+    assert_eq!(o.status.code(), Some(71), "{o:?}");
+    assert_eq!(ours("ve-nat-post"), 1, "ve-nat's chains");
+    // They go with the real iptables-legacy-save; CNI mode's stay.
+    assert_eq!(down(&["down"], false).0, Some(0));
+    assert_eq!(ours("ve-nat-post"), 0);
+    assert_eq!(ours("ve-nat-cni-pre"), 1);
+    // With --cni, CNI mode's chains were asked for: an error too.
+    let (code, errors, _) = down(&["down", "--cni"], true);
+    assert_eq!(code, Some(71));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("CNI mode's chains"), "{errors:?}");
+    assert_eq!(ours("ve-nat-cni-pre"), 1);
+    assert_eq!(down(&["down", "--cni"], false).0, Some(0));
+    let all = save(&t, "nat") + &save(&t, "filter");
+    assert!(!all.contains("ve-nat"), "{all}");
+}

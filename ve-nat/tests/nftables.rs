@@ -14,7 +14,7 @@ use std::{
 
 use testbed::{
     nat::{
-        blocked, fetch, route_loopback_to_host, seen, udp_ask, PeerServer as Server,
+        blocked, fetch, route_loopback_to_host, seen, udp_ask, EchoServer, PeerServer as Server,
         UdpPeerServer as UdpServer,
     },
     privileged, spawn_in, TempDir,
@@ -316,46 +316,6 @@ fn idempotent_up_and_down_leaves_foreign_tables() {
     assert_eq!(t.nft(&["-a", "list", "ruleset"]), before);
 }
 
-/// A TCP server in `ns` that echoes every byte back until the peer closes; stops
-/// (with the namespace's sandbox) when dropped.
-struct Echo(Arc<AtomicBool>);
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-fn echo_server(ns: &testbed::Netns, addr: &'static str) -> Echo {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    spawn_in(&ns.path(), move || {
-        let l = std::net::TcpListener::bind(addr).unwrap();
-        l.set_nonblocking(true).unwrap();
-        tx.send(()).unwrap();
-        while !flag.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    std::thread::spawn(move || {
-                        let mut b = [0u8; 64];
-                        while let Ok(n) = s.read(&mut b) {
-                            if n == 0 || s.write_all(&b[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("echo server did not start");
-    Echo(stop)
-}
-
 #[test]
 fn replace_under_traffic() {
     if !gate("replace_under_traffic") {
@@ -419,7 +379,7 @@ fn replace_under_traffic() {
     let in_client = client(&t.out, "192.0.2.1:8080");
     // And one connection through the forward kept open the whole time: a byte every
     // few milliseconds must come back (conntrack keeps its DNAT through the swaps).
-    let _echo = echo_server(&t.ctrs[0], "10.233.1.2:81");
+    let _echo = EchoServer::start(&t.ctrs[0], "10.233.1.2:81");
     let flag = stop.clone();
     let kept = spawn_in(&t.out.path(), move || -> Result<usize, String> {
         let addr: SocketAddr = "192.0.2.1:8081".parse().unwrap();
