@@ -293,6 +293,12 @@ pub fn command() -> clap::Command {
     doc::MANUAL.attach(Cli::command())
 }
 
+/// The parsed command line. `run` needs the matches themselves (where --durability came
+/// from), so it converts them here: a clap error is a usage error like any other.
+fn cli_from(matches: &clap::ArgMatches) -> Result<Cli> {
+    Cli::from_arg_matches(matches).map_err(common::cli::clap_error)
+}
+
 /// Run `ve-alloc` with `args` (the program name first).
 pub fn run(args: Vec<OsString>) -> Result<()> {
     // CNI_COMMAND set: a CNI IPAM plugin (stdin config, result on stdout), not the shell tool.
@@ -300,7 +306,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         return cni::run();
     }
     let matches = common::cli::parse_matches(command(), args)?;
-    let cli = Cli::from_arg_matches(&matches).map_err(|e| Error::internal(e.to_string()))?;
+    let cli = cli_from(&matches)?;
     cli.verbosity.init_logging("ve-alloc");
     let durability_flag =
         matches.value_source("durability") == Some(clap::parser::ValueSource::CommandLine);
@@ -1010,3 +1016,24 @@ const CONFIG_KEYS: [&str; 13] = [
     "ETCD_CERT",
     "ETCD_KEY",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Matches that `Cli` cannot be built from (no subcommand, which the real
+    /// definition requires, so only reachable by changing it) are a usage error on one
+    /// line with clap's words, not an internal one.
+    #[test]
+    fn a_clap_error_converting_the_matches_is_a_usage_error_on_one_line() {
+        let matches = command()
+            .subcommand_required(false)
+            .arg_required_else_help(false)
+            .try_get_matches_from(["ve-alloc", "--json"])
+            .unwrap();
+        let e = cli_from(&matches).unwrap_err();
+        assert_eq!((e.kind(), e.code()), (Kind::Usage, 64), "{e}");
+        assert!(!e.message().contains('\n'), "{e:?}");
+        assert!(e.message().contains("subcommand"), "{e}");
+    }
+}
