@@ -45,7 +45,7 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::NoPerm,
-            "no permission to read or write the store or a TLS file; etcd refused --etcd-user or its password, or the client certificate (--etcd-cert) or its absence",
+            "no permission to read or write the store or a TLS file; etcd refused --etcd-user or its password, wants a user and none was given, or refused the client certificate (--etcd-cert) or its absence",
         ),
         exit(
             Exit::Config,

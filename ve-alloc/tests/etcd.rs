@@ -907,11 +907,17 @@ fn etcd_authentication_with_user_and_password_file() {
         );
         assert!(o.stdout.is_empty());
     }
-    // No credentials: etcd's "user name is empty" carries the same gRPC code as any
-    // other refused argument, so it is the store's 74, with etcd's words.
+    // No credentials: etcd's "user name is empty" carries the code of any refused
+    // argument; an anonymous login's code tells that authentication is on: 77, on one
+    // line naming the flags that mend it.
     let o = run(None, "");
-    assert_eq!(o.status.code(), Some(74), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("user name is empty"));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(77), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--etcd-user") && err.contains("--etcd-password-file"),
+        "{err}"
+    );
     assert!(o.stdout.is_empty());
     let o = run(Some("root"), "pw");
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -31,8 +31,13 @@ const RETRY_CODES: [i64; 4] = [4, 8, 10, 14];
 /// token), PERMISSION_DENIED.
 const UNAUTHENTICATED: i64 = 16;
 const PERMISSION_DENIED: i64 = 7;
-/// What etcd answers an authentication with an unknown user or a wrong password.
+/// What etcd answers an authentication with an unknown user or a wrong password, and
+/// any request without a token when authentication is enabled ("user name is empty"),
+/// as well as requests that are simply malformed.
 const INVALID_ARGUMENT: i64 = 3;
+const AUTHENTICATE: &str = "/v3/auth/authenticate";
+/// The flags a refused identity is mended with.
+const AUTH_FLAGS: &str = "--etcd-user and --etcd-password-file";
 
 /// A user name and password for etcd's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,14 +182,17 @@ impl Client {
         };
         let v = self
             .call_inner(
-                "/v3/auth/authenticate",
+                AUTHENTICATE,
                 &serde_json::json!({"name": c.user, "password": c.password}),
             )
             .map_err(|e| {
                 if self.last_code == INVALID_ARGUMENT {
                     Error::new(
                         Kind::Permission,
-                        format!("etcd refused the user {:?}: {e}", c.user),
+                        format!(
+                            "etcd refused the user {:?} (check {AUTH_FLAGS}): {e}",
+                            c.user
+                        ),
                     )
                 } else {
                     e
@@ -196,6 +204,21 @@ impl Client {
             .ok_or_else(|| Error::new(Kind::Io, "etcd authentication answered without a token"))?;
         self.token = Some(token.to_string());
         Ok(())
+    }
+
+    /// Whether etcd has authentication enabled: a login with no name is refused as an
+    /// invalid argument then, and as a failed precondition (9) when it is not enabled.
+    fn auth_enabled(&mut self) -> bool {
+        let r = self.call_inner(
+            AUTHENTICATE,
+            &serde_json::json!({"name": "", "password": ""}),
+        );
+        let enabled = r.is_err() && self.last_code == INVALID_ARGUMENT;
+        log::debug!(
+            "etcd authentication enabled: {enabled} (an anonymous login got code {})",
+            self.last_code
+        );
+        enabled
     }
 
     fn call_inner(&mut self, path: &str, body: &Value) -> Result<Value> {
@@ -262,7 +285,26 @@ impl Client {
                     if matches!(code, UNAUTHENTICATED | PERMISSION_DENIED) {
                         return Err(Error::new(
                             Kind::Permission,
-                            format!("etcd refused the request: {last}"),
+                            format!(
+                                "etcd refused the request (check {AUTH_FLAGS}, and the \
+                                 user's roles): {last}"
+                            ),
+                        ));
+                    }
+                    // "User name is empty" has the code of a malformed request: ask etcd
+                    // whether it wants credentials, by the code of an anonymous login.
+                    if code == INVALID_ARGUMENT
+                        && self.auth.is_none()
+                        && path != AUTHENTICATE
+                        && self.auth_enabled()
+                    {
+                        self.last_code = code;
+                        return Err(Error::new(
+                            Kind::Permission,
+                            format!(
+                                "etcd has authentication enabled and no user was given: give \
+                                 {AUTH_FLAGS} ({last})"
+                            ),
                         ));
                     }
                     if !(RETRY_CODES.contains(&code) || status == 503) {
