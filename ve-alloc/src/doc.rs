@@ -139,7 +139,9 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-alloc --store etcd://10.0.0.1:2379/fleet node release old-host",
             "A host of the fleet is gone for good: release its dynamic leases and free its \
-             blocks for the other nodes (a directory store has no nodes: exit 64)",
+             blocks for the other nodes (a directory store has no nodes: exit 64). Each \
+             released lease is printed as it goes, so one that fails partway has printed \
+             what it freed; run it again to finish",
         ),
         entry(
             "ve-alloc --store etcd://10.0.0.1:2379/fleet routes",

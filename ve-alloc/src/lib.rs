@@ -501,13 +501,20 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
                      has no nodes",
                 ));
             };
-            let gone = etcd.release_node(name)?;
-            if cli.json {
-                print_json_lines(&gone)
-            } else {
-                let text: String = gone.iter().map(|l| format!("{}\n", l.name)).collect();
-                output::print(&text)
-            }
+            // Each lease is printed once its release is committed, so that a failure
+            // later still tells which are gone. A reader gone or a full disk on stdout
+            // does not stop the release: its error comes after.
+            let mut printed: Result<()> = Ok(());
+            etcd.release_node(name, |l| {
+                if printed.is_ok() {
+                    printed = if cli.json {
+                        output::json_line(l).and_then(|line| output::print(&line))
+                    } else {
+                        output::print(&format!("{}\n", l.name))
+                    };
+                }
+            })?;
+            printed
         }
     }
 }
