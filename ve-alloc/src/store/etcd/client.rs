@@ -362,7 +362,11 @@ impl Client {
         req.extend_from_slice(body);
         conn.get_mut().write_all(&req)?;
         conn.get_mut().flush()?;
-        let (status, body) = read_response(conn)?;
+        let (status, body, keep) = read_response(conn)?;
+        if !keep {
+            // The answer ended the connection: the next request opens a new one.
+            self.conn = None;
+        }
         if (400..500).contains(&status) && serde_json::from_slice::<Value>(&body).is_err() {
             // Not the gateway's answer: etcd's TLS listener answering plain HTTP, say.
             self.conn = None;
@@ -407,8 +411,11 @@ fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Status and body of one HTTP/1.1 response (Content-Length or chunked).
-fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
+/// Status and body of one HTTP/1.1 response (Content-Length or chunked), and whether
+/// the connection may carry another request: not after `Connection: close`, an
+/// HTTP/1.0 answer without `Connection: keep-alive`, or a body that ended with the
+/// connection.
+fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>, bool)> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(
@@ -421,6 +428,7 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("bad HTTP status line"))?;
+    let mut keep = !line.starts_with("HTTP/1.0");
     let (mut length, mut chunked) = (None, false);
     loop {
         line.clear();
@@ -435,6 +443,14 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
                 length = Some(v.parse::<usize>().map_err(|_| bad("bad Content-Length"))?);
             } else if k.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = v.eq_ignore_ascii_case("chunked");
+            } else if k.eq_ignore_ascii_case("connection") {
+                for token in v.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") {
+                        keep = false;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        keep = true;
+                    }
+                }
             }
         }
     }
@@ -460,8 +476,9 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
     } else {
         // HTTP/1.0 style: the body ends where the connection does.
         r.read_to_end(&mut body)?;
+        keep = false;
     }
-    Ok((status, body))
+    Ok((status, body, keep))
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -527,15 +544,103 @@ mod tests {
     #[test]
     fn responses_with_length_or_chunks() {
         let mut r = &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"[..];
-        assert_eq!(read_response(&mut r).unwrap(), (200, b"{}".to_vec()));
+        assert_eq!(read_response(&mut r).unwrap(), (200, b"{}".to_vec(), true));
         let mut r =
             &b"HTTP/1.1 503 x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n"[..];
-        assert_eq!(read_response(&mut r).unwrap(), (503, b"{\"a\":1}".to_vec()));
+        assert_eq!(
+            read_response(&mut r).unwrap(),
+            (503, b"{\"a\":1}".to_vec(), true)
+        );
         // No length: the body ends with the connection (an HTTP/1.0 answer).
         let mut r = &b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request\n"[..];
         assert_eq!(
             read_response(&mut r).unwrap(),
-            (400, b"Client sent an HTTP request\n".to_vec())
+            (400, b"Client sent an HTTP request\n".to_vec(), false)
         );
+        let mut r = &b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 2\r\n\r\n{}"[..];
+        assert!(!read_response(&mut r).unwrap().2);
+        let mut r =
+            &b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n{}"[..];
+        assert!(read_response(&mut r).unwrap().2);
+        let mut r = &b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}"[..];
+        assert!(!read_response(&mut r).unwrap().2);
+    }
+
+    /// A gateway stand-in on loopback that answers the first request on each of three
+    /// connections: with `Connection: close`, then with a body that ends with the
+    /// connection, then kept alive. After answering it shuts its sending side but goes
+    /// on reading, and returns how many requests each connection carried.
+    fn one_shot_server(l: std::net::TcpListener) -> Vec<usize> {
+        use std::io::Read;
+        let mut counts = Vec::new();
+        for mode in 0..3 {
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut n = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let mut length = 0;
+                loop {
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                r.read_exact(&mut body).unwrap();
+                n += 1;
+                let answer: &[u8] = match (mode, n) {
+                    (0, 1) => b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 8\r\n\r\n{\"n\":10}",
+                    (1, 1) => b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"n\":11}",
+                    (2, _) => b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"n\":12}",
+                    _ => continue,
+                };
+                w.write_all(answer).unwrap();
+                if mode < 2 {
+                    w.shutdown(std::net::Shutdown::Write).unwrap();
+                }
+            }
+            counts.push(n);
+        }
+        counts
+    }
+
+    /// A response that ends the connection (`Connection: close`, or a body read up to
+    /// the end of the connection) is the last on that connection: the next request
+    /// goes on a new one, without a failed attempt first.
+    #[test]
+    fn a_connection_the_answer_ended_is_not_used_again() {
+        if !testbed::privileged("a_connection_the_answer_ended_is_not_used_again", &["ip"]) {
+            return;
+        }
+        let mut sandbox = testbed::Sandbox::new();
+        let ns = sandbox.netns("conn");
+        let (counts, answers, closed) = testbed::in_netns(&ns.path(), || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let endpoint = l.local_addr().unwrap().to_string();
+            let server = std::thread::spawn(move || one_shot_server(l));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut c = Client::new(vec![endpoint], None, None, deadline);
+            let answers: Vec<Value> = (0..3)
+                .map(|_| c.call("/v3/kv/range", &serde_json::json!({})).unwrap())
+                .collect();
+            let closed = c.closed_unanswered;
+            drop(c);
+            (server.join().unwrap(), answers, closed)
+        })
+        .unwrap();
+        let n: Vec<i64> = answers.iter().map(|v| v["n"].as_i64().unwrap()).collect();
+        assert_eq!(n, [10, 11, 12]);
+        assert_eq!(counts, [1, 1, 1], "requests per connection");
+        assert!(!closed, "a request met a closed connection");
     }
 }
