@@ -149,9 +149,11 @@ struct Cli {
 enum Cmd {
     /// Lease an address pair to each NAME (its existing lease if it has one) and print it
     ///
-    /// Several names are leased in one transaction (all or none) and need --json: one
+    /// Several names are leased in one transaction (all or none; on an etcd store in as
+    /// many as etcd's 128 operations per transaction need, each all or none, and a
+    /// failure partway keeps the leases committed before it) and need --json: one
     /// lease per line (JSON Lines), in the order given, a repeated name once; that is
-    /// what `ve-link up --from -` reads.
+    /// what `ve-link up --from -` reads. Running it again prints them all.
     Alloc {
         /// Container names: 1-63 bytes of letters, digits, '-', '_', '.'
         #[arg(required = true, value_name = "NAME")]
@@ -455,12 +457,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         }
         Cmd::Import { dir } => {
             let leases = import::read_dir(dir)?;
-            let done = store.write(|tx| {
-                leases
-                    .iter()
-                    .map(|l| alloc::put_checked(tx, l).map_err(|e| e.context(&l.name)))
-                    .collect::<Result<Vec<_>>>()
-            })?;
+            let done = store.import(&leases)?;
             print_leases(&done, cli.json)
         }
         Cmd::Routes { watch } => {

@@ -1265,3 +1265,119 @@ fn a_node_release_that_fails_partway_prints_the_leases_it_released() {
         // request once it went.
     }
 }
+
+/// `alloc` of 200 names and `import` of 200 files, far more than one etcd transaction
+/// takes (128 compares or writes), work on etcd as on SQLite, with the same output and
+/// exit codes: again (idempotent), with long names and an IPv6 pool (the most
+/// operations per name), and an import whose last file conflicts, which records
+/// nothing on either store.
+#[test]
+fn alloc_and_import_of_200_names_match_the_sqlite_store() {
+    let Some(c) = cluster("alloc_and_import_of_200_names_match_the_sqlite_store") else {
+        return;
+    };
+    let dir = TempDir::new("va-etcd-many");
+    let conf = |name: &str, files: &[(String, String, String)]| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        for (f, h, l) in files {
+            std::fs::write(
+                d.join(format!("{f}.conf")),
+                format!("HOST_ADDRESS={h}\nLOCAL_ADDRESS={l}\n"),
+            )
+            .unwrap();
+        }
+        d.display().to_string()
+    };
+    let pair = |net: u32, k: u32| {
+        let h = format!("10.233.{}.{}", net + k / 100, 2 * (k % 100) + 2);
+        let l = format!("10.233.{}.{}", net + k / 100, 2 * (k % 100) + 3);
+        (h, l)
+    };
+    let files: Vec<(String, String, String)> = (0..200)
+        .map(|k| {
+            let (h, l) = pair(100, k);
+            (format!("imp{k:03}"), h, l)
+        })
+        .collect();
+    let imp = conf("imp", &files);
+    // 199 good files, then one whose host address big000 holds.
+    let mut files: Vec<(String, String, String)> = (0..199)
+        .map(|k| {
+            let (h, l) = pair(120, k);
+            (format!("bad{k:03}"), h, l)
+        })
+        .collect();
+    files.push(("zz".into(), "10.233.0.2".into(), "10.233.130.3".into()));
+    let bad = conf("bad", &files);
+    let names = |tag: &str| -> Vec<String> { (0..200).map(|k| format!("{tag}{k:03}")).collect() };
+    let (big, long) = (names("big"), names("a-rather-long-name-"));
+    let mut alloc = vec!["alloc", "--json"];
+    alloc.extend(big.iter().map(String::as_str));
+    let mut alloc6 = vec!["--pool6", "fd42:ee::/64", "alloc", "--json"];
+    alloc6.extend(long.iter().map(String::as_str));
+    let steps: Vec<Vec<&str>> = vec![
+        alloc.clone(),
+        alloc,
+        alloc6.clone(),
+        alloc6,
+        vec!["list"],
+        vec!["import", &imp],
+        vec!["import", &imp],
+        vec!["import", &bad],
+        vec!["list", "--json"],
+    ];
+    let t = Instant::now();
+    compare(&c, &dir.path().join("store"), "many200", &steps);
+    eprintln!("{} steps on both stores in {:?}", steps.len(), t.elapsed());
+    assert_eq!(list(&c, 0, "many200").len(), 600);
+}
+
+/// `alloc NAME...` cut off partway on etcd (every request about one name dropped on
+/// the wire, after the first transaction committed) fails with nothing printed and
+/// keeps the leases of the committed transaction; the same command again leases the
+/// rest and prints what the SQLite store prints for it in one go.
+#[test]
+fn alloc_of_many_names_failing_partway_is_finished_by_running_it_again() {
+    let Some(c) = cluster("alloc_of_many_names_failing_partway_is_finished_by_running_it_again")
+    else {
+        return;
+    };
+    let p = "again";
+    let names: Vec<String> = (0..60).map(|k| format!("x{k:02}")).collect();
+    let mut args = vec!["--wait", "3", "alloc", "--json"];
+    args.extend(names.iter().map(String::as_str));
+    let key = format!("\"{}\"", b64(format!("/{p}/lease/x50").as_bytes()));
+    let cut = Cut::new(&c, 0, &key);
+    let o = va(&c, 0, p, &args).output().unwrap();
+    assert!(
+        matches!(o.status.code(), Some(69 | 75)),
+        "{:?}: {}",
+        o.status,
+        text(&o.stderr)
+    );
+    assert!(o.stdout.is_empty(), "{}", text(&o.stdout));
+    assert!(cut.dropped() > 0, "the cut dropped nothing");
+    let kept = names_of(&list(&c, 1, p));
+    assert!(
+        !kept.is_empty() && kept.len() < 50 && kept == names[..kept.len()],
+        "kept {kept:?}"
+    );
+    // What was dropped was a read: nothing arrives late that could change the store.
+    cut.heal();
+    let o = va(&c, 0, p, &args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let dir = TempDir::new("va-etcd-again");
+    let sq = c.nodes[0]
+        .command(BIN)
+        .env("VE_ALLOC_STORE", dir.path().join("store"))
+        .env("VE_ALLOC_CONFIG", "/dev/null")
+        .env_remove("VE_ALLOC_POOL")
+        .env_remove("VE_ALLOC_POOL6")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(sq.status.success(), "{}", text(&sq.stderr));
+    assert_eq!(text(&o.stdout), text(&sq.stdout));
+    assert_eq!(names_of(&list(&c, 1, p)), names);
+}

@@ -456,6 +456,23 @@ impl EtcdStore {
     }
 }
 
+/// etcd's default `--max-txn-ops`: the most compares, and the most writes, one
+/// transaction may carry.
+pub const MAX_TXN_OPS: usize = 128;
+
+impl EtcdTxn<'_> {
+    /// The operations of the larger side of the commit as it stands (its compares or
+    /// its writes, with the node record a first write adds), to keep a transaction of
+    /// many names within [`MAX_TXN_OPS`].
+    pub fn ops(&self) -> usize {
+        let hint = self.store.key(&format!("cursor/{}/", self.store.node));
+        let compares = self.reads.keys().filter(|k| !k.starts_with(&hint)).count()
+            + self.value_checks.len()
+            + self.range_reads.len();
+        compares.max(self.writes.len() + 1)
+    }
+}
+
 /// A block of another node and where to route it (`ve-alloc routes`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Route {
