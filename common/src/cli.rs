@@ -64,8 +64,9 @@ pub fn parse_matches(cmd: Command, args: Vec<OsString>) -> Result<ArgMatches> {
     cmd.try_get_matches_from(args).map_err(clap_error)
 }
 
-/// Help and version requests are "errors" in clap: they print and exit 0.
-fn clap_error(err: clap::Error) -> Error {
+/// A clap error as ours: help and version requests are "errors" in clap, they print
+/// and exit 0; every other one is a one-line usage error (64).
+pub fn clap_error(err: clap::Error) -> Error {
     use clap::error::ErrorKind;
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {

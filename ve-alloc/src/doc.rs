@@ -45,7 +45,7 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::NoPerm,
-            "no permission to read or write the store or a TLS file; etcd refused --etcd-user or its password, or the client certificate (--etcd-cert) or its absence",
+            "no permission to read or write the store or a TLS file; etcd refused --etcd-user or its password, wants a user and none was given, or refused the client certificate (--etcd-cert) or its absence",
         ),
         exit(
             Exit::Config,
@@ -121,7 +121,10 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-alloc alloc c1 c2 c3 --json | ve-link up --from -",
             "Lease several containers in one transaction (one JSON line each) and bring them \
-             all up in one ve-link process",
+             all up in one ve-link process. On an etcd store any number of names is split \
+             into transactions within etcd's 128 operations (about 20 to 40 names each), each \
+             all or none: one that fails partway prints nothing and keeps the leases of the \
+             transactions committed before it; the same command again prints every lease",
         ),
         entry(
             "ve-alloc --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/fleet --node-address 10.0.0.11 alloc web",
@@ -139,7 +142,9 @@ pub const MANUAL: Manual = Manual {
         entry(
             "ve-alloc --store etcd://10.0.0.1:2379/fleet node release old-host",
             "A host of the fleet is gone for good: release its dynamic leases and free its \
-             blocks for the other nodes (a directory store has no nodes: exit 64)",
+             blocks for the other nodes (a directory store has no nodes: exit 64). Each \
+             released lease is printed as it goes, so one that fails partway has printed \
+             what it freed; run it again to finish",
         ),
         entry(
             "ve-alloc --store etcd://10.0.0.1:2379/fleet routes",
@@ -171,7 +176,12 @@ pub const MANUAL: Manual = Manual {
         ),
         entry(
             "ve-alloc import /etc/nixos-containers",
-            "Turn NixOS container conf files into static leases",
+            "Turn NixOS container conf files into static leases, all or none. On an etcd \
+             store every file is checked against the store first (a conflict records \
+             nothing), then they are recorded in transactions within etcd's 128 operations: \
+             only etcd trouble or another writer meanwhile can stop it partway, with the \
+             files of the committed transactions recorded; importing again records the \
+             rest (a lease already there is a no-op)",
         ),
     ],
 };

@@ -149,9 +149,11 @@ struct Cli {
 enum Cmd {
     /// Lease an address pair to each NAME (its existing lease if it has one) and print it
     ///
-    /// Several names are leased in one transaction (all or none) and need --json: one
+    /// Several names are leased in one transaction (all or none; on an etcd store in as
+    /// many as etcd's 128 operations per transaction need, each all or none, and a
+    /// failure partway keeps the leases committed before it) and need --json: one
     /// lease per line (JSON Lines), in the order given, a repeated name once; that is
-    /// what `ve-link up --from -` reads.
+    /// what `ve-link up --from -` reads. Running it again prints them all.
     Alloc {
         /// Container names: 1-63 bytes of letters, digits, '-', '_', '.'
         #[arg(required = true, value_name = "NAME")]
@@ -293,6 +295,12 @@ pub fn command() -> clap::Command {
     doc::MANUAL.attach(Cli::command())
 }
 
+/// The parsed command line. `run` needs the matches themselves (where --durability came
+/// from), so it converts them here: a clap error is a usage error like any other.
+fn cli_from(matches: &clap::ArgMatches) -> Result<Cli> {
+    Cli::from_arg_matches(matches).map_err(common::cli::clap_error)
+}
+
 /// Run `ve-alloc` with `args` (the program name first).
 pub fn run(args: Vec<OsString>) -> Result<()> {
     // CNI_COMMAND set: a CNI IPAM plugin (stdin config, result on stdout), not the shell tool.
@@ -300,7 +308,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         return cni::run();
     }
     let matches = common::cli::parse_matches(command(), args)?;
-    let cli = Cli::from_arg_matches(&matches).map_err(|e| Error::internal(e.to_string()))?;
+    let cli = cli_from(&matches)?;
     cli.verbosity.init_logging("ve-alloc");
     let durability_flag =
         matches.value_source("durability") == Some(clap::parser::ValueSource::CommandLine);
@@ -449,12 +457,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
         }
         Cmd::Import { dir } => {
             let leases = import::read_dir(dir)?;
-            let done = store.write(|tx| {
-                leases
-                    .iter()
-                    .map(|l| alloc::put_checked(tx, l).map_err(|e| e.context(&l.name)))
-                    .collect::<Result<Vec<_>>>()
-            })?;
+            let done = store.import(&leases)?;
             print_leases(&done, cli.json)
         }
         Cmd::Routes { watch } => {
@@ -495,13 +498,20 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
                      has no nodes",
                 ));
             };
-            let gone = etcd.release_node(name)?;
-            if cli.json {
-                print_json_lines(&gone)
-            } else {
-                let text: String = gone.iter().map(|l| format!("{}\n", l.name)).collect();
-                output::print(&text)
-            }
+            // Each lease is printed once its release is committed, so that a failure
+            // later still tells which are gone. A reader gone or a full disk on stdout
+            // does not stop the release: its error comes after.
+            let mut printed: Result<()> = Ok(());
+            etcd.release_node(name, |l| {
+                if printed.is_ok() {
+                    printed = if cli.json {
+                        output::json_line(l).and_then(|line| output::print(&line))
+                    } else {
+                        output::print(&format!("{}\n", l.name))
+                    };
+                }
+            })?;
+            printed
         }
     }
 }
@@ -1010,3 +1020,24 @@ const CONFIG_KEYS: [&str; 13] = [
     "ETCD_CERT",
     "ETCD_KEY",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Matches that `Cli` cannot be built from (no subcommand, which the real
+    /// definition requires, so only reachable by changing it) are a usage error on one
+    /// line with clap's words, not an internal one.
+    #[test]
+    fn a_clap_error_converting_the_matches_is_a_usage_error_on_one_line() {
+        let matches = command()
+            .subcommand_required(false)
+            .arg_required_else_help(false)
+            .try_get_matches_from(["ve-alloc", "--json"])
+            .unwrap();
+        let e = cli_from(&matches).unwrap_err();
+        assert_eq!((e.kind(), e.code()), (Kind::Usage, 64), "{e}");
+        assert!(!e.message().contains('\n'), "{e:?}");
+        assert!(e.message().contains("subcommand"), "{e}");
+    }
+}

@@ -7,13 +7,66 @@ use std::collections::HashSet;
 use common::Result;
 
 use super::{
-    etcd::{self, EtcdStore},
+    etcd::{self, EtcdStore, EtcdTxn},
     SqliteStore, Store, Txn,
 };
 use crate::{
     alloc::{self, Pools},
     lease::Lease,
 };
+
+/// The most compares or writes one name of `alloc NAME...` adds to an etcd
+/// transaction: its lease key, two IPv4 and two IPv6 addresses, the names sharing a
+/// long name's interface prefix, and a block of each family.
+const ALLOC_OPS: usize = 8;
+/// The same for one lease of `import`: its lease key, up to four addresses and the
+/// interface-prefix range.
+const IMPORT_OPS: usize = 6;
+/// Names whose leases one round trip reads ahead.
+const WINDOW: usize = 8;
+
+/// `each` over `items` in as many etcd transactions as etcd's limit of operations per
+/// transaction ([`etcd::MAX_TXN_OPS`]) needs, each all or none and run again on a lost
+/// race like any write: a transaction takes the next item while its `per_item`
+/// operations at most still fit (the first always). `prefetch` reads the next
+/// [`WINDOW`] items ahead in one round trip.
+fn in_txns<I, T>(
+    s: &mut EtcdStore,
+    items: &[I],
+    per_item: usize,
+    mut prefetch: impl FnMut(&mut EtcdTxn, &[I]) -> Result<()>,
+    mut each: impl FnMut(&mut EtcdTxn, &I) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(items.len());
+    while out.len() < items.len() {
+        let rest = &items[out.len()..];
+        let done = s.write(|tx| {
+            let mut done = Vec::new();
+            for (i, item) in rest.iter().enumerate() {
+                let ahead = if i % WINDOW == 0 { WINDOW } else { 0 };
+                if i > 0 && tx.ops() + ahead + per_item > etcd::MAX_TXN_OPS {
+                    break;
+                }
+                if ahead > 0 {
+                    prefetch(tx, &rest[i..(i + WINDOW).min(rest.len())])?;
+                }
+                done.push(each(tx, item)?);
+            }
+            Ok(done)
+        })?;
+        if done.len() < rest.len() {
+            log::debug!(
+                "etcd: {} of {} committed in one transaction (etcd's limit of {} \
+                 operations)",
+                done.len(),
+                rest.len(),
+                etcd::MAX_TXN_OPS
+            );
+        }
+        out.extend(done);
+    }
+    Ok(out)
+}
 
 pub enum AnyStore {
     Sqlite(SqliteStore),
@@ -46,15 +99,38 @@ impl AnyStore {
                     .map(|n| alloc::allocate(tx, pools, n).map_err(|e| ctx(n, e)))
                     .collect()
             }),
-            AnyStore::Etcd(s) => s.write(|tx| {
-                // Every name's lease in one round trip, not one each.
-                let all: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-                tx.prefetch_for_alloc(&all)?;
-                names
+            // The leases of a window of names are read in one round trip, not one each.
+            AnyStore::Etcd(s) => in_txns(
+                s,
+                names,
+                ALLOC_OPS,
+                |tx, window| {
+                    let window: Vec<&str> = window.iter().map(|n| n.as_str()).collect();
+                    tx.prefetch_for_alloc(&window)
+                },
+                |tx, n| etcd::allocate(tx, pools, n).map_err(|e| ctx(n, e)),
+            ),
+        }
+    }
+
+    /// `import`: record `leases` as static ones, checked as `reserve` checks them. On
+    /// SQLite in one transaction; on etcd all are checked first in one read-only view
+    /// (a conflict found there changes nothing), then recorded in as many transactions
+    /// as etcd's limit needs.
+    pub fn import(&mut self, leases: &[Lease]) -> Result<Vec<Lease>> {
+        let put =
+            |tx: &mut dyn Txn, l: &Lease| alloc::put_checked(tx, l).map_err(|e| e.context(&l.name));
+        match self {
+            AnyStore::Sqlite(s) => s.write(|tx| {
+                leases
                     .iter()
-                    .map(|n| etcd::allocate(tx, pools, n).map_err(|e| ctx(n, e)))
-                    .collect()
+                    .map(|l| put(tx, l))
+                    .collect::<Result<Vec<_>>>()
             }),
+            AnyStore::Etcd(s) => {
+                s.read(|tx| leases.iter().try_for_each(|l| put(tx, l).map(drop)))?;
+                in_txns(s, leases, IMPORT_OPS, |_, _| Ok(()), |tx, l| put(tx, l))
+            }
         }
     }
 

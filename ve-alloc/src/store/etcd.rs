@@ -388,10 +388,11 @@ impl EtcdStore {
 impl EtcdStore {
     /// `node release NAME`: release the node's dynamic leases (one transaction each),
     /// delete its blocks (each only while still its own), then its record and cursors.
-    /// Returns the released leases.
-    pub fn release_node(&mut self, node: &str) -> Result<Vec<Lease>> {
+    /// `released` is called with each lease as soon as its release is committed, so a
+    /// failure later still reports it.
+    pub fn release_node(&mut self, node: &str, mut released: impl FnMut(&Lease)) -> Result<()> {
         let leases = self.read(|tx| tx.all_with_nodes())?;
-        let mut gone = Vec::new();
+        let mut gone = 0usize;
         for (l, n) in leases {
             if n != node || l.fixed {
                 continue;
@@ -401,7 +402,8 @@ impl EtcdStore {
                 _ => Ok(false),
             })?;
             if removed {
-                gone.push(l);
+                released(&l);
+                gone += 1;
             }
         }
         let mut blocks = Vec::new();
@@ -447,11 +449,27 @@ impl EtcdStore {
             ], "failure": []}),
         )?;
         log::info!(
-            "node {node}: released {} leases and {} blocks",
-            gone.len(),
+            "node {node}: released {gone} leases and {} blocks",
             blocks.len()
         );
-        Ok(gone)
+        Ok(())
+    }
+}
+
+/// etcd's default `--max-txn-ops`: the most compares, and the most writes, one
+/// transaction may carry.
+pub const MAX_TXN_OPS: usize = 128;
+
+impl EtcdTxn<'_> {
+    /// The operations of the larger side of the commit as it stands (its compares or
+    /// its writes, with the node record a first write adds), to keep a transaction of
+    /// many names within [`MAX_TXN_OPS`].
+    pub fn ops(&self) -> usize {
+        let hint = self.store.key(&format!("cursor/{}/", self.store.node));
+        let compares = self.reads.keys().filter(|k| !k.starts_with(&hint)).count()
+            + self.value_checks.len()
+            + self.range_reads.len();
+        compares.max(self.writes.len() + 1)
     }
 }
 

@@ -31,8 +31,13 @@ const RETRY_CODES: [i64; 4] = [4, 8, 10, 14];
 /// token), PERMISSION_DENIED.
 const UNAUTHENTICATED: i64 = 16;
 const PERMISSION_DENIED: i64 = 7;
-/// What etcd answers an authentication with an unknown user or a wrong password.
+/// What etcd answers an authentication with an unknown user or a wrong password, and
+/// any request without a token when authentication is enabled ("user name is empty"),
+/// as well as requests that are simply malformed.
 const INVALID_ARGUMENT: i64 = 3;
+const AUTHENTICATE: &str = "/v3/auth/authenticate";
+/// The flags a refused identity is mended with.
+const AUTH_FLAGS: &str = "--etcd-user and --etcd-password-file";
 
 /// A user name and password for etcd's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,14 +182,17 @@ impl Client {
         };
         let v = self
             .call_inner(
-                "/v3/auth/authenticate",
+                AUTHENTICATE,
                 &serde_json::json!({"name": c.user, "password": c.password}),
             )
             .map_err(|e| {
                 if self.last_code == INVALID_ARGUMENT {
                     Error::new(
                         Kind::Permission,
-                        format!("etcd refused the user {:?}: {e}", c.user),
+                        format!(
+                            "etcd refused the user {:?} (check {AUTH_FLAGS}): {e}",
+                            c.user
+                        ),
                     )
                 } else {
                     e
@@ -196,6 +204,21 @@ impl Client {
             .ok_or_else(|| Error::new(Kind::Io, "etcd authentication answered without a token"))?;
         self.token = Some(token.to_string());
         Ok(())
+    }
+
+    /// Whether etcd has authentication enabled: a login with no name is refused as an
+    /// invalid argument then, and as a failed precondition (9) when it is not enabled.
+    fn auth_enabled(&mut self) -> bool {
+        let r = self.call_inner(
+            AUTHENTICATE,
+            &serde_json::json!({"name": "", "password": ""}),
+        );
+        let enabled = r.is_err() && self.last_code == INVALID_ARGUMENT;
+        log::debug!(
+            "etcd authentication enabled: {enabled} (an anonymous login got code {})",
+            self.last_code
+        );
+        enabled
     }
 
     fn call_inner(&mut self, path: &str, body: &Value) -> Result<Value> {
@@ -262,7 +285,26 @@ impl Client {
                     if matches!(code, UNAUTHENTICATED | PERMISSION_DENIED) {
                         return Err(Error::new(
                             Kind::Permission,
-                            format!("etcd refused the request: {last}"),
+                            format!(
+                                "etcd refused the request (check {AUTH_FLAGS}, and the \
+                                 user's roles): {last}"
+                            ),
+                        ));
+                    }
+                    // "User name is empty" has the code of a malformed request: ask etcd
+                    // whether it wants credentials, by the code of an anonymous login.
+                    if code == INVALID_ARGUMENT
+                        && self.auth.is_none()
+                        && path != AUTHENTICATE
+                        && self.auth_enabled()
+                    {
+                        self.last_code = code;
+                        return Err(Error::new(
+                            Kind::Permission,
+                            format!(
+                                "etcd has authentication enabled and no user was given: give \
+                                 {AUTH_FLAGS} ({last})"
+                            ),
                         ));
                     }
                     if !(RETRY_CODES.contains(&code) || status == 503) {
@@ -320,7 +362,11 @@ impl Client {
         req.extend_from_slice(body);
         conn.get_mut().write_all(&req)?;
         conn.get_mut().flush()?;
-        let (status, body) = read_response(conn)?;
+        let (status, body, keep) = read_response(conn)?;
+        if !keep {
+            // The answer ended the connection: the next request opens a new one.
+            self.conn = None;
+        }
         if (400..500).contains(&status) && serde_json::from_slice::<Value>(&body).is_err() {
             // Not the gateway's answer: etcd's TLS listener answering plain HTTP, say.
             self.conn = None;
@@ -365,8 +411,11 @@ fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Status and body of one HTTP/1.1 response (Content-Length or chunked).
-fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
+/// Status and body of one HTTP/1.1 response (Content-Length or chunked), and whether
+/// the connection may carry another request: not after `Connection: close`, an
+/// HTTP/1.0 answer without `Connection: keep-alive`, or a body that ended with the
+/// connection.
+fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>, bool)> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(
@@ -379,6 +428,7 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("bad HTTP status line"))?;
+    let mut keep = !line.starts_with("HTTP/1.0");
     let (mut length, mut chunked) = (None, false);
     loop {
         line.clear();
@@ -393,6 +443,14 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
                 length = Some(v.parse::<usize>().map_err(|_| bad("bad Content-Length"))?);
             } else if k.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = v.eq_ignore_ascii_case("chunked");
+            } else if k.eq_ignore_ascii_case("connection") {
+                for token in v.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") {
+                        keep = false;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        keep = true;
+                    }
+                }
             }
         }
     }
@@ -418,8 +476,9 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
     } else {
         // HTTP/1.0 style: the body ends where the connection does.
         r.read_to_end(&mut body)?;
+        keep = false;
     }
-    Ok((status, body))
+    Ok((status, body, keep))
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -485,15 +544,103 @@ mod tests {
     #[test]
     fn responses_with_length_or_chunks() {
         let mut r = &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"[..];
-        assert_eq!(read_response(&mut r).unwrap(), (200, b"{}".to_vec()));
+        assert_eq!(read_response(&mut r).unwrap(), (200, b"{}".to_vec(), true));
         let mut r =
             &b"HTTP/1.1 503 x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n"[..];
-        assert_eq!(read_response(&mut r).unwrap(), (503, b"{\"a\":1}".to_vec()));
+        assert_eq!(
+            read_response(&mut r).unwrap(),
+            (503, b"{\"a\":1}".to_vec(), true)
+        );
         // No length: the body ends with the connection (an HTTP/1.0 answer).
         let mut r = &b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request\n"[..];
         assert_eq!(
             read_response(&mut r).unwrap(),
-            (400, b"Client sent an HTTP request\n".to_vec())
+            (400, b"Client sent an HTTP request\n".to_vec(), false)
         );
+        let mut r = &b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 2\r\n\r\n{}"[..];
+        assert!(!read_response(&mut r).unwrap().2);
+        let mut r =
+            &b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n{}"[..];
+        assert!(read_response(&mut r).unwrap().2);
+        let mut r = &b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}"[..];
+        assert!(!read_response(&mut r).unwrap().2);
+    }
+
+    /// A gateway stand-in on loopback that answers the first request on each of three
+    /// connections: with `Connection: close`, then with a body that ends with the
+    /// connection, then kept alive. After answering it shuts its sending side but goes
+    /// on reading, and returns how many requests each connection carried.
+    fn one_shot_server(l: std::net::TcpListener) -> Vec<usize> {
+        use std::io::Read;
+        let mut counts = Vec::new();
+        for mode in 0..3 {
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut n = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let mut length = 0;
+                loop {
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                r.read_exact(&mut body).unwrap();
+                n += 1;
+                let answer: &[u8] = match (mode, n) {
+                    (0, 1) => b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 8\r\n\r\n{\"n\":10}",
+                    (1, 1) => b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"n\":11}",
+                    (2, _) => b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"n\":12}",
+                    _ => continue,
+                };
+                w.write_all(answer).unwrap();
+                if mode < 2 {
+                    w.shutdown(std::net::Shutdown::Write).unwrap();
+                }
+            }
+            counts.push(n);
+        }
+        counts
+    }
+
+    /// A response that ends the connection (`Connection: close`, or a body read up to
+    /// the end of the connection) is the last on that connection: the next request
+    /// goes on a new one, without a failed attempt first.
+    #[test]
+    fn a_connection_the_answer_ended_is_not_used_again() {
+        if !testbed::privileged("a_connection_the_answer_ended_is_not_used_again", &["ip"]) {
+            return;
+        }
+        let mut sandbox = testbed::Sandbox::new();
+        let ns = sandbox.netns("conn");
+        let (counts, answers, closed) = testbed::in_netns(&ns.path(), || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let endpoint = l.local_addr().unwrap().to_string();
+            let server = std::thread::spawn(move || one_shot_server(l));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut c = Client::new(vec![endpoint], None, None, deadline);
+            let answers: Vec<Value> = (0..3)
+                .map(|_| c.call("/v3/kv/range", &serde_json::json!({})).unwrap())
+                .collect();
+            let closed = c.closed_unanswered;
+            drop(c);
+            (server.join().unwrap(), answers, closed)
+        })
+        .unwrap();
+        let n: Vec<i64> = answers.iter().map(|v| v["n"].as_i64().unwrap()).collect();
+        assert_eq!(n, [10, 11, 12]);
+        assert_eq!(counts, [1, 1, 1], "requests per connection");
+        assert!(!closed, "a request met a closed connection");
     }
 }
