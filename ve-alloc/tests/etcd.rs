@@ -1219,7 +1219,9 @@ fn sum(m: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
 /// at once (a linearizable read would wait for the leader: the member's range counter
 /// would not move), chooses `c`'s pair from its stale view, loses that commit on the
 /// compare and, reading linearizably, commits the next free pair: unique and the one
-/// SQLite's round robin gives.
+/// SQLite's round robin gives. Then `a` is released through the leader while the member
+/// lags again: `alloc a` through it must not print the stale lease (its first attempt
+/// has nothing to write, so it reads again linearizably) but a new, committed one.
 #[test]
 fn a_write_reads_from_a_lagging_member_and_still_commits_a_free_unique_pair() {
     let Some(c) =
@@ -1246,10 +1248,10 @@ fn a_write_reads_from_a_lagging_member_and_still_commits_a_free_unique_pair() {
     let ok = |mut cmd: Command| {
         let o = cmd.output().unwrap();
         assert!(o.status.success(), "{cmd:?}: {}", text(&o.stderr));
-        env(&text(&o.stdout))
+        text(&o.stdout)
     };
     let lagging_first = [lag, leader, other];
-    ok(via(&lagging_first, &["alloc", "a"]));
+    let a = env(&ok(via(&lagging_first, &["alloc", "a"])));
     ok(via(&lagging_first, &["alloc", "b"]));
     let hold = |op: &str| {
         let o = c.members[lag]
@@ -1260,53 +1262,58 @@ fn a_write_reads_from_a_lagging_member_and_still_commits_a_free_unique_pair() {
             .unwrap();
         assert!(o.status.success(), "iptables {op}: {o:?}");
     };
-    // The hold must stay well under etcd's election timeout (1 s): the lagging member
-    // would stand for election.
-    hold("-I");
-    let held = Instant::now();
-    let lc = ok(via(&[leader], &["alloc", "c"]));
-    let (m0, p0) = (metrics(&c, lag), metrics(&c, leader));
-    let d = via(&lagging_first, &["--wait", "10", "alloc", "d"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the lagging member holds one request of d's unanswered.
     let in_flight = |m: &HashMap<String, f64>| {
         sum(m, "grpc_server_started_total", "grpc_method=\"Txn\"")
             - sum(m, "grpc_server_handled_total", "grpc_method=\"Txn\"")
     };
-    let m1 = loop {
-        let m = metrics(&c, lag);
-        if in_flight(&m) >= 1.0 {
-            break m;
-        }
-        if held.elapsed() > Duration::from_millis(900) {
-            hold("-D");
-            panic!("d sent nothing the lagging member kept waiting");
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    // `first` through the leader while the lagging member hears nothing from it, then
+    // `args` through the lagging member until that member keeps one of its requests
+    // waiting (or it exits); then the member hears the leader again. Returns the
+    // outputs of both, the ranges the lagging member served `args` meanwhile and the
+    // quorum writes `args` made. The hold must stay well under etcd's election timeout
+    // (1 s), or the lagging member would stand for election.
+    let lagging = |first: &[&str], args: &[&str]| {
+        hold("-I");
+        let held = Instant::now();
+        let before = env(&ok(via(&[leader], first)));
+        let (m0, p0) = (metrics(&c, lag), metrics(&c, leader));
+        let mut child = via(&lagging_first, &[&["--wait", "10"], args].concat())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let m1 = loop {
+            let m = metrics(&c, lag);
+            if in_flight(&m) >= 1.0 || child.try_wait().unwrap().is_some() {
+                break m;
+            }
+            if held.elapsed() > Duration::from_millis(900) {
+                hold("-D");
+                panic!("{args:?} sent nothing the lagging member kept waiting");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        hold("-D");
+        let held = held.elapsed();
+        let ranges = m1["etcd_mvcc_range_total"] - m0["etcd_mvcc_range_total"];
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        let writes = metrics(&c, leader)["etcd_server_proposals_committed_total"]
+            - p0["etcd_server_proposals_committed_total"];
+        eprintln!(
+            "{args:?}: held {held:?}; the lagging member served {ranges} ranges before \
+             the leader was heard again; {writes} quorum writes"
+        );
+        (before, env(&text(&o.stdout)), ranges, writes)
     };
-    hold("-D");
-    let held = held.elapsed();
-    let ranges = m1["etcd_mvcc_range_total"] - m0["etcd_mvcc_range_total"];
-    let o = d.wait_with_output().unwrap();
-    assert!(o.status.success(), "d: {}", text(&o.stderr));
-    let ld = env(&text(&o.stdout));
-    let p1 = metrics(&c, leader);
-    let proposals =
-        p1["etcd_server_proposals_committed_total"] - p0["etcd_server_proposals_committed_total"];
-    eprintln!(
-        "held {held:?}; the lagging member served {ranges} ranges before d's commit; \
-         d took {proposals} quorum writes"
-    );
+    let (lc, ld, ranges, writes) = lagging(&["alloc", "c"], &["alloc", "d"]);
     assert!(
         ranges >= 2.0,
         "the lagging member served d's reads only through the leader ({ranges} ranges)"
     );
     assert!(
-        proposals >= 2.0,
-        "d's first commit did not lose: its read was not stale ({proposals} quorum writes)"
+        writes >= 2.0,
+        "d's first commit did not lose: its read was not stale ({writes} quorum writes)"
     );
     let next = |a: &str| {
         let a: std::net::Ipv4Addr = a.parse().unwrap();
@@ -1318,12 +1325,29 @@ fn a_write_reads_from_a_lagging_member_and_still_commits_a_free_unique_pair() {
         "d: {ld:?}, c: {lc:?}"
     );
     assert_eq!(ld["LOCAL_ADDRESS"], next(&lc["LOCAL_ADDRESS"]), "d: {ld:?}");
+    // a's lease is released through the leader; the lagging member still holds it.
+    let (_, la, _, _) = lagging(&["release", "a"], &["alloc", "a"]);
+    assert_ne!(
+        la["HOST_ADDRESS"], a["HOST_ADDRESS"],
+        "alloc a printed the released lease"
+    );
+    assert_eq!(
+        la["HOST_ADDRESS"],
+        next(&ld["HOST_ADDRESS"]),
+        "a: {la:?}, d: {ld:?}"
+    );
     let leases = list(&c, 2, p);
     assert_eq!(leases.len(), 4, "{leases:?}");
     assert_unique(&leases);
-    let d_listed = leases.iter().find(|l| l["name"] == "d").unwrap();
-    assert_eq!(
-        d_listed["host_address"].as_str(),
-        Some(ld["HOST_ADDRESS"].as_str())
-    );
+    for (name, l) in [("d", &ld), ("a", &la)] {
+        let listed = leases.iter().find(|x| x["name"] == name).unwrap();
+        assert_eq!(
+            listed["host_address"].as_str(),
+            Some(l["HOST_ADDRESS"].as_str())
+        );
+        assert_eq!(
+            listed["local_address"].as_str(),
+            Some(l["LOCAL_ADDRESS"].as_str())
+        );
+    }
 }
