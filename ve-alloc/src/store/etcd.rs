@@ -385,7 +385,8 @@ impl EtcdStore {
     /// mod revision of every key read (an address chosen, absent; the lease; the node
     /// record), each lease range listed, and the owner of each block allocated from. An
     /// attempt that would end otherwise (an error, nothing to write, a block to claim)
-    /// starts again reading linearizably, as does one whose commit lost. What a stale
+    /// starts again reading linearizably, as does one whose commit lost (after a block
+    /// claimed, serializably again: the member asked applied the claim). What a stale
     /// first attempt reads without a compare only steers the choice: the cursor (which
     /// free pair comes next), the held addresses and counts of the node's blocks (a
     /// pair wrongly held is skipped; one wrongly free fails its compare). A node's
@@ -407,7 +408,7 @@ impl EtcdStore {
             self.failed = false;
             let mut tx = EtcdTxn::new(self, conflicts);
             let r = f(&mut tx);
-            let (failed, nothing) = (tx.store.failed, tx.writes.is_empty());
+            let (failed, nothing, claimed) = (tx.store.failed, tx.writes.is_empty(), tx.claimed);
             match r {
                 _ if tx.restart => {}
                 // Decided on a view that may be stale: ask again.
@@ -427,7 +428,7 @@ impl EtcdStore {
                     }
                 }
             }
-            serializable = false;
+            serializable = claimed;
             if Instant::now() >= self.deadline {
                 return Err(Error::new(
                     Kind::TempFail,
@@ -699,6 +700,9 @@ pub struct EtcdTxn<'a> {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Run the closure again from the start (a block was claimed meanwhile).
     restart: bool,
+    /// This attempt claimed a block, through the member asked, which answered once it
+    /// applied the claim: the next attempt may read serializably again.
+    claimed: bool,
     attempt: u32,
     /// `all` returns only this node's leases (`gc`).
     only_this_node: bool,
@@ -716,6 +720,7 @@ impl<'a> EtcdTxn<'a> {
             blocks_full: HashSet::new(),
             writes: BTreeMap::new(),
             restart: false,
+            claimed: false,
             attempt,
             only_this_node: false,
         }

@@ -405,6 +405,7 @@ impl EtcdTxn<'_> {
         let v = self.store.call("/v3/kv/txn", &body)?;
         if v.get("succeeded").and_then(serde_json::Value::as_bool) == Some(true) {
             self.store.registered = true;
+            self.claimed = true;
             log::info!(
                 "node {} claimed block {}/{}",
                 self.store.node,
