@@ -392,7 +392,15 @@ impl EtcdStore {
     /// pair wrongly held is skipped; one wrongly free fails its compare). A node's
     /// processes ask the members in the same order and a member answers a write once it
     /// applied it, so the first attempt normally sees the node's own last write.
-    pub fn write<T>(&mut self, mut f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
+    pub fn write<T>(&mut self, f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
+        let r = self.attempts(f);
+        // Reads outside a write (`node release` lists the blocks) are linearizable.
+        self.serializable = false;
+        r
+    }
+
+    /// [`Self::write`]'s attempts.
+    fn attempts<T>(&mut self, mut f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
         let now = Instant::now();
         let left = self.deadline.saturating_duration_since(now);
         let _turn = lock::acquire(
