@@ -1381,3 +1381,176 @@ fn alloc_of_many_names_failing_partway_is_finished_by_running_it_again() {
     assert_eq!(text(&o.stdout), text(&sq.stdout));
     assert_eq!(names_of(&list(&c, 1, p)), names);
 }
+
+/// Member `m`'s metrics (`GET /metrics`, asked from node 1): each sample's value by its
+/// name with labels.
+fn metrics(c: &Cluster, m: usize) -> HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let ep = c.members[m].endpoint();
+    let text = testbed::in_netns(&c.nodes[0].ns.path(), move || {
+        let mut s = std::net::TcpStream::connect(&ep)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {ep}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        std::io::Result::Ok(text)
+    })
+    .unwrap()
+    .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0.0)))
+        .collect()
+}
+
+/// The sum of the samples of metric `name` whose labels contain `label`.
+fn sum(m: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// The first attempt of a write reads serializably: the member asked answers from what
+/// it applied, without the leader. Here that member lags: a filter in its namespace
+/// holds back everything the leader sends it while the node leases `c` through the
+/// leader. The node's next allocation, through the lagging member, is served its reads
+/// at once (a linearizable read would wait for the leader: the member's range counter
+/// would not move), chooses `c`'s pair from its stale view, loses that commit on the
+/// compare and, reading linearizably, commits the next free pair: unique and the one
+/// SQLite's round robin gives. Then `a` is released through the leader while the member
+/// lags again: `alloc a` through it must not print the stale lease (its first attempt
+/// has nothing to write, so it reads again linearizably) but a new, committed one.
+#[test]
+fn a_write_reads_from_a_lagging_member_and_still_commits_a_free_unique_pair() {
+    let Some(c) =
+        cluster("a_write_reads_from_a_lagging_member_and_still_commits_a_free_unique_pair")
+    else {
+        return;
+    };
+    let p = "lag";
+    let t = Instant::now();
+    let leader = loop {
+        if let Some(l) = c.leader() {
+            break l;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (lag, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let via = |order: &[usize], args: &[&str]| {
+        let eps: Vec<String> = order.iter().map(|m| c.members[*m].endpoint()).collect();
+        let mut cmd = va(&c, 0, p, args);
+        cmd.env("VE_ALLOC_STORE", format!("etcd://{}/{p}", eps.join(",")));
+        cmd
+    };
+    let ok = |mut cmd: Command| {
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{cmd:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let lagging_first = [lag, leader, other];
+    let a = env(&ok(via(&lagging_first, &["alloc", "a"])));
+    ok(via(&lagging_first, &["alloc", "b"]));
+    let hold = |op: &str| {
+        let o = c.members[lag]
+            .ns
+            .command("iptables")
+            .args([op, "INPUT", "-s", &c.members[leader].addr, "-j", "DROP"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "iptables {op}: {o:?}");
+    };
+    let in_flight = |m: &HashMap<String, f64>| {
+        sum(m, "grpc_server_started_total", "grpc_method=\"Txn\"")
+            - sum(m, "grpc_server_handled_total", "grpc_method=\"Txn\"")
+    };
+    // `first` through the leader while the lagging member hears nothing from it, then
+    // `args` through the lagging member until that member keeps one of its requests
+    // waiting (or it exits); then the member hears the leader again. Returns the
+    // outputs of both, the ranges the lagging member served `args` meanwhile and the
+    // quorum writes `args` made. The hold must stay well under etcd's election timeout
+    // (1 s), or the lagging member would stand for election.
+    let lagging = |first: &[&str], args: &[&str]| {
+        hold("-I");
+        let held = Instant::now();
+        let before = env(&ok(via(&[leader], first)));
+        let (m0, p0) = (metrics(&c, lag), metrics(&c, leader));
+        let mut child = via(&lagging_first, &[&["--wait", "10"], args].concat())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let m1 = loop {
+            let m = metrics(&c, lag);
+            if in_flight(&m) >= 1.0 || child.try_wait().unwrap().is_some() {
+                break m;
+            }
+            if held.elapsed() > Duration::from_millis(900) {
+                hold("-D");
+                panic!("{args:?} sent nothing the lagging member kept waiting");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        hold("-D");
+        let held = held.elapsed();
+        let ranges = m1["etcd_mvcc_range_total"] - m0["etcd_mvcc_range_total"];
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        let writes = metrics(&c, leader)["etcd_server_proposals_committed_total"]
+            - p0["etcd_server_proposals_committed_total"];
+        eprintln!(
+            "{args:?}: held {held:?}; the lagging member served {ranges} ranges before \
+             the leader was heard again; {writes} quorum writes"
+        );
+        (before, env(&text(&o.stdout)), ranges, writes)
+    };
+    let (lc, ld, ranges, writes) = lagging(&["alloc", "c"], &["alloc", "d"]);
+    assert!(
+        ranges >= 2.0,
+        "the lagging member served d's reads only through the leader ({ranges} ranges)"
+    );
+    assert!(
+        writes >= 2.0,
+        "d's first commit did not lose: its read was not stale ({writes} quorum writes)"
+    );
+    let next = |a: &str| {
+        let a: std::net::Ipv4Addr = a.parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(a) + 2).to_string()
+    };
+    assert_eq!(
+        ld["HOST_ADDRESS"],
+        next(&lc["HOST_ADDRESS"]),
+        "d: {ld:?}, c: {lc:?}"
+    );
+    assert_eq!(ld["LOCAL_ADDRESS"], next(&lc["LOCAL_ADDRESS"]), "d: {ld:?}");
+    // a's lease is released through the leader; the lagging member still holds it.
+    let (_, la, _, _) = lagging(&["release", "a"], &["alloc", "a"]);
+    assert_ne!(
+        la["HOST_ADDRESS"], a["HOST_ADDRESS"],
+        "alloc a printed the released lease"
+    );
+    assert_eq!(
+        la["HOST_ADDRESS"],
+        next(&ld["HOST_ADDRESS"]),
+        "a: {la:?}, d: {ld:?}"
+    );
+    let leases = list(&c, 2, p);
+    assert_eq!(leases.len(), 4, "{leases:?}");
+    assert_unique(&leases);
+    for (name, l) in [("d", &ld), ("a", &la)] {
+        let listed = leases.iter().find(|x| x["name"] == name).unwrap();
+        assert_eq!(
+            listed["host_address"].as_str(),
+            Some(l["HOST_ADDRESS"].as_str())
+        );
+        assert_eq!(
+            listed["local_address"].as_str(),
+            Some(l["LOCAL_ADDRESS"].as_str())
+        );
+    }
+}

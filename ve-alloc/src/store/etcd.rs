@@ -185,6 +185,12 @@ pub struct EtcdStore {
     registered: bool,
     /// The name of this node's write lock on this host ([`lock`]).
     lock_name: String,
+    /// Reads are served by the member asked, from what it applied so far, without
+    /// asking the leader (etcd's serializable reads): the first attempt of a write
+    /// ([`EtcdStore::write`]).
+    serializable: bool,
+    /// A request of this attempt failed (etcd's answer, not a decision on what was read).
+    failed: bool,
 }
 
 impl EtcdStore {
@@ -209,6 +215,8 @@ impl EtcdStore {
             deadline,
             registered: false,
             lock_name: lock::name(&spec.endpoints, &spec.prefix, node),
+            serializable: false,
+            failed: false,
         }
     }
 
@@ -229,12 +237,27 @@ impl EtcdStore {
         self.key(&format!("addr/{fam}/{hex}"))
     }
 
+    /// A gateway request; a failure is noted for [`EtcdStore::write`].
+    fn call(&mut self, path: &str, body: &Value) -> Result<Value> {
+        let r = self.client.call(path, body);
+        self.failed |= r.is_err();
+        r
+    }
+
+    /// `req`, a range request, served as [`EtcdStore::serializable`] says.
+    fn range_request(&self, mut req: Value) -> Value {
+        if self.serializable {
+            req["serializable"] = Value::Bool(true);
+        }
+        req
+    }
+
     fn range(&mut self, key: &[u8], end: Option<&[u8]>) -> Result<(i64, Vec<Kv>)> {
         let mut req = json!({ "key": b64(key) });
         if let Some(end) = end {
             req["range_end"] = json!(b64(end));
         }
-        let v = self.client.call("/v3/kv/range", &req)?;
+        let v = self.call("/v3/kv/range", &self.range_request(req))?;
         Ok((revision(&v), kvs(&v)?))
     }
 
@@ -249,14 +272,14 @@ impl EtcdStore {
     fn keys_page(&mut self, key: &[u8], end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
         let req =
             json!({"key": b64(key), "range_end": b64(end), "limit": limit, "keys_only": true});
-        let v = self.client.call("/v3/kv/range", &req)?;
+        let v = self.call("/v3/kv/range", &self.range_request(req))?;
         Ok(kvs(&v)?.into_iter().map(|kv| kv.key).collect())
     }
 
     /// How many keys there are from `key` up to `end`.
     fn count(&mut self, key: &[u8], end: &[u8]) -> Result<i64> {
         let req = json!({"key": b64(key), "range_end": b64(end), "count_only": true});
-        let v = self.client.call("/v3/kv/range", &req)?;
+        let v = self.call("/v3/kv/range", &self.range_request(req))?;
         Ok(int(v.get("count")))
     }
 
@@ -314,12 +337,12 @@ impl EtcdStore {
                         }
                         _ => {}
                     }
-                    json!({ "request_range": r })
+                    // etcd serves a read-only txn without the leader only when every
+                    // range in it is serializable.
+                    json!({ "request_range": self.range_request(r) })
                 })
                 .collect();
-            let v = self
-                .client
-                .call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
+            let v = self.call("/v3/kv/txn", &json!({"compare": [], "success": ops}))?;
             let empty = vec![];
             let resp = v
                 .get("responses")
@@ -339,8 +362,10 @@ impl EtcdStore {
         Ok(out)
     }
 
-    /// Run `f` in a read-only view (each read linearizable).
+    /// Run `f` in a read-only view (each read linearizable: `show`, `list`, `routes`
+    /// never print what a lagging member still believes).
     pub fn read<T>(&mut self, f: impl FnOnce(&mut EtcdTxn) -> Result<T>) -> Result<T> {
+        self.serializable = false;
         let mut tx = EtcdTxn::new(self, 0);
         f(&mut tx)
     }
@@ -352,28 +377,66 @@ impl EtcdStore {
     /// for their turn at most one request timeout and half the time left; lost races
     /// are retried after a random pause that grows with each loss, so that racing
     /// writers drift apart.
-    pub fn write<T>(&mut self, mut f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
+    ///
+    /// The first attempt reads serializably: the member asked answers from what it has
+    /// applied, without a round to the followers (a linearizable read costs etcd about
+    /// as much CPU as the commit). Its view may be stale, so it counts only when its
+    /// commit succeeds, and that commit compares everything the outcome rests on: the
+    /// mod revision of every key read (an address chosen, absent; the lease; the node
+    /// record), each lease range listed, and the owner of each block allocated from. An
+    /// attempt that would end otherwise (an error, nothing to write, a block to claim)
+    /// starts again reading linearizably, as does one whose commit lost (after a block
+    /// claimed, serializably again: the member asked applied the claim). What a stale
+    /// first attempt reads without a compare only steers the choice: the cursor (which
+    /// free pair comes next), the held addresses and counts of the node's blocks (a
+    /// pair wrongly held is skipped; one wrongly free fails its compare). A node's
+    /// processes ask the members in the same order and a member answers a write once it
+    /// applied it, so the first attempt normally sees the node's own last write.
+    pub fn write<T>(&mut self, f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
+        let r = self.attempts(f);
+        // Reads outside a write (`node release` lists the blocks) are linearizable.
+        self.serializable = false;
+        r
+    }
+
+    /// [`Self::write`]'s attempts.
+    fn attempts<T>(&mut self, mut f: impl FnMut(&mut EtcdTxn) -> Result<T>) -> Result<T> {
         let now = Instant::now();
         let left = self.deadline.saturating_duration_since(now);
         let _turn = lock::acquire(
             &self.lock_name,
             now + self.client.request_timeout().min(left / 2),
         );
-        // Only lost races count: a restart after claiming a block is no conflict.
+        // Only lost races count: a restart after claiming a block is no conflict, nor
+        // is a loss on a serializable read (the member may have lagged).
         let mut conflicts = 0u32;
+        let mut serializable = true;
         loop {
+            self.serializable = serializable;
+            self.failed = false;
             let mut tx = EtcdTxn::new(self, conflicts);
             let r = f(&mut tx);
-            if !tx.restart {
-                let v = r?;
-                if tx.commit()? {
-                    return Ok(v);
+            let (failed, nothing, claimed) = (tx.store.failed, tx.writes.is_empty(), tx.claimed);
+            match r {
+                _ if tx.restart => {}
+                // Decided on a view that may be stale: ask again.
+                Err(_) if serializable && !failed => {}
+                Ok(_) if serializable && nothing => {}
+                Err(e) => return Err(e),
+                Ok(v) => {
+                    if tx.commit()? {
+                        return Ok(v);
+                    }
+                    if !serializable {
+                        conflicts += 1;
+                        std::thread::sleep(
+                            backoff(conflicts)
+                                .min(self.deadline.saturating_duration_since(Instant::now())),
+                        );
+                    }
                 }
-                conflicts += 1;
-                std::thread::sleep(
-                    backoff(conflicts).min(self.deadline.saturating_duration_since(Instant::now())),
-                );
             }
+            serializable = claimed;
             if Instant::now() >= self.deadline {
                 return Err(Error::new(
                     Kind::TempFail,
@@ -663,6 +726,9 @@ pub struct EtcdTxn<'a> {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Run the closure again from the start (a block was claimed meanwhile).
     restart: bool,
+    /// This attempt claimed a block, through the member asked, which answered once it
+    /// applied the claim: the next attempt may read serializably again.
+    claimed: bool,
     attempt: u32,
     /// `all` returns only this node's leases (`gc`).
     only_this_node: bool,
@@ -680,6 +746,7 @@ impl<'a> EtcdTxn<'a> {
             blocks_full: HashSet::new(),
             writes: BTreeMap::new(),
             restart: false,
+            claimed: false,
             attempt,
             only_this_node: false,
         }
@@ -825,7 +892,7 @@ impl<'a> EtcdTxn<'a> {
                 None => json!({"request_delete_range": {"key": b64(k)}}),
             })
             .collect();
-        let v = self.store.client.call(
+        let v = self.store.call(
             "/v3/kv/txn",
             &json!({"compare": compare, "success": success, "failure": []}),
         )?;

@@ -191,6 +191,14 @@ impl EtcdTxn<'_> {
             let owners = got.split_off(unread.len());
             for ((start, kvs), owner) in unread.iter().zip(got).zip(owners) {
                 if owner.first().map(|kv| &kv.value) != Some(&me) {
+                    // Dropping it from the record rests on this owner: compared at
+                    // commit (the block may have been read at an older revision than
+                    // the record, from another member after a failover).
+                    let key = block_key(self, *start);
+                    match owner.first() {
+                        Some(kv) => self.saw(&key, Some(kv.value.clone()), kv.mod_revision),
+                        None => self.saw(&key, None, 0),
+                    }
                     log::warn!(
                         "node {}: block {}/{} is listed as its own but is {}; not using it",
                         self.store.node,
@@ -258,7 +266,11 @@ impl EtcdTxn<'_> {
             self.writes.insert(nkey, Some(v));
         }
         if free.is_empty() {
-            self.claim(pool, &record, is6, size)?;
+            // A claim is a write of its own, not part of the commit: it is decided on a
+            // linearizable view only (a stale one may show a block full that is not).
+            if !self.store.serializable {
+                self.claim(pool, &record, is6, size)?;
+            }
             self.restart = true;
             return Err(Error::new(
                 Kind::Raced,
@@ -390,9 +402,10 @@ impl EtcdTxn<'_> {
             ],
             "failure": [],
         });
-        let v = self.store.client.call("/v3/kv/txn", &body)?;
+        let v = self.store.call("/v3/kv/txn", &body)?;
         if v.get("succeeded").and_then(serde_json::Value::as_bool) == Some(true) {
             self.store.registered = true;
+            self.claimed = true;
             log::info!(
                 "node {} claimed block {}/{}",
                 self.store.node,

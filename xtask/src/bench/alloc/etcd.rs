@@ -162,11 +162,16 @@ impl Fleet {
         })
     }
 
-    /// One linearizable read-only transaction of three ranges per request (as the
-    /// first of an allocation's two reads is), as [`Self::gateway_put`] does its puts.
-    pub fn gateway_read(&self, runs: usize) -> Result<Vec<Duration>> {
+    /// One read-only transaction of three ranges per request, as [`Self::gateway_put`]
+    /// does its puts: linearizable (as `show` and `list` read), or serializable (as
+    /// the first attempt of an allocation reads: the member answers without the leader).
+    pub fn gateway_read(&self, runs: usize, serializable: bool) -> Result<Vec<Duration>> {
         // Three ranges of "/floor/gateway".
-        let range = r#"{"request_range":{"key":"L2Zsb29yL2dhdGV3YXk="}}"#;
+        let range = if serializable {
+            r#"{"request_range":{"key":"L2Zsb29yL2dhdGV3YXk=","serializable":true}}"#
+        } else {
+            r#"{"request_range":{"key":"L2Zsb29yL2dhdGV3YXk="}}"#
+        };
         self.gateway_calls(runs, "/v3/kv/txn", move |_| {
             format!(r#"{{"compare":[],"success":[{range},{range},{range}]}}"#)
         })
