@@ -428,11 +428,16 @@ pub fn run(args: &[String]) -> Result {
         let _ = writeln!(
             table,
             "  the 1-node round used {:.0}% of this machine's {cores} cores (ve-alloc and the \
-             members; the machine was {:.0}% busy with other work counted): 3 nodes on the \
+             members; the machine was {:.0}% busy, other work included{}): 3 nodes on the \
              same cores can run at most 1/{share:.2} = {:.2}x it, whatever the design (the \
              target needs 3x: nodes and members on hosts of their own, see --node-cpu)",
             share * 100.0,
             one.machine_busy * 100.0,
+            if one.machine_busy > share + 0.1 {
+                ", which squeezed the round: quiet, the bound is tighter"
+            } else {
+                ""
+            },
             1.0 / share.max(1e-9)
         );
         let floor = one.alloc_cpu + gw_cpu + rd_cpu * 2;
@@ -711,6 +716,7 @@ fn hosts_rounds(
             .collect();
         let over = t.node_cores.iter().flatten().any(|&c| c > cores + margin);
         held &= !over;
+        let bound = node_bound(t, cores);
         let (periods, throttled) = t
             .throttled
             .iter()
@@ -726,6 +732,17 @@ fn hosts_rounds(
                 format!("OVER the quota + {margin:.2}: not a model of {cores}-core hosts")
             } else {
                 format!("quota held, <= {cores} + {margin:.2}")
+            }
+        );
+        let _ = writeln!(
+            table,
+            "  {what}: {}",
+            if bound {
+                "every node used at least 90% of its quota: bound by its own CPU, as a host \
+                 of that size would be"
+            } else {
+                "a node used less than 90% of its quota: something else (the members, other \
+                 work) held it back, so the ratio understates what separate hosts do"
             }
         );
     }
@@ -746,14 +763,8 @@ fn hosts_rounds(
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         format!("{:.1}", n as f64 * 100.0 / (p.max(1)) as f64)
     };
-    let kept = |t: &etcd::Throughput| {
-        (if t.machine_busy < KEPT_UP_BUSY {
-            "yes"
-        } else {
-            "no"
-        })
-        .to_string()
-    };
+    let yes = |b: bool| (if b { "yes" } else { "no" }).to_string();
+    let kept = |t: &etcd::Throughput| yes(t.machine_busy < KEPT_UP_BUSY);
     for (metric, v, unit) in [
         ("hosts_node_cpu", format!("{cores}"), "cores"),
         (
@@ -791,6 +802,16 @@ fn hosts_rounds(
         ),
         ("hosts_members_kept_up_1_node", kept(&one), "yes/no"),
         ("hosts_members_kept_up_3_nodes", kept(&three), "yes/no"),
+        (
+            "hosts_node_bound_1_node",
+            yes(node_bound(&one, cores)),
+            "yes/no",
+        ),
+        (
+            "hosts_node_bound_3_nodes",
+            yes(node_bound(&three, cores)),
+            "yes/no",
+        ),
         ("hosts_node_cores_max_1_node", max_cores(&one), "cores"),
         ("hosts_node_cores_max_3_nodes", max_cores(&three), "cores"),
         ("hosts_throttled_periods_1_node", throttled_share(&one), "%"),
@@ -803,6 +824,15 @@ fn hosts_rounds(
         let _ = writeln!(csv, "{metric},{v},{unit}");
     }
     Ok(())
+}
+
+/// Whether every node of a capped round used at least 90% of its `cores`: the round was
+/// bound by the nodes' own CPU, as the model means it to be.
+fn node_bound(t: &etcd::Throughput, cores: f64) -> bool {
+    !t.node_cores.is_empty()
+        && t.node_cores
+            .iter()
+            .all(|c| c.is_some_and(|c| c >= 0.9 * cores))
 }
 
 /// A per-allocation figure with two decimals, `-` when it was not measured.

@@ -738,8 +738,8 @@ mod tests {
         assert_eq!(cpu_cgroup_of("0::/\n"), "");
     }
 
-    /// Real cgroups: the quota holds a busy child of a joined thread to its cores, and
-    /// every group is gone after the drop.
+    /// Real cgroups: a killed run's empty group is swept, the quota holds a busy child
+    /// of a joined thread to its cores, and every group is gone after the drop.
     #[test]
     fn node_cgroups_cap_children_and_go() {
         if !crate::util::is_root() || NodeCpu::check().is_err() {
@@ -750,7 +750,14 @@ mod tests {
             eprintln!("skipping: needs root and cgroup v1's cpu controller");
             return;
         }
+        // What a killed run leaves: an empty group named for a pid that is gone.
+        let mut gone = Command::new("true").spawn().expect("true");
+        let dead = gone.id();
+        gone.wait().expect("true");
+        let stale = Path::new(CPU_CGROUP).join(format!("{CGROUP_NAME}-{dead}"));
+        std::fs::create_dir_all(stale.join("node-1")).expect("stale group");
         let caps = NodeCpu::new(2, 0.1).expect("cgroups");
+        assert!(!stale.exists(), "{} left", stale.display());
         let made = caps.made.clone();
         assert!(made.iter().all(|d| d.is_dir()));
         let q = std::fs::read_to_string(Path::new(CPU_CGROUP).join(format!(
