@@ -23,7 +23,7 @@ type Stat = (Duration, Duration);
 pub(super) const USAGE: &str = "\
 usage: cargo xtask bench alloc [--runs K] [--sizes N,N,...] [--host-local-sizes N,...]
                                [--etcd on|off] [--fleet-leases N,...] [--parallel P]
-                               [--per-node N]
+                               [--per-node N] [--node-cpu F]
 
   --runs K                 timed allocations per point (default 100)
   --sizes N,...            lease counts ve-alloc is measured at (default 100,1000,10000,30000)
@@ -36,6 +36,11 @@ usage: cargo xtask bench alloc [--runs K] [--sizes N,N,...] [--host-local-sizes 
                            (default 100,1000,30000)
   --parallel P             allocators per node in the throughput rounds (default 16)
   --per-node N             allocations per node in each throughput round (default 160)
+  --node-cpu F             then the same two throughput rounds again with each node's
+                           allocators and their ve-alloc processes in a CPU cgroup of F
+                           cores (cgroup v1, as root; 0.01 to the number of cores, e.g.
+                           0.1), the etcd members unconfined: a model of nodes on hosts
+                           of their own, next to the rounds above (default off)
 
 Installs containernetworking-plugins (and etcd-server, etcd-client for the etcd rows)
 when missing (as root). Writes target/bench/alloc.csv, alloc-etcd.csv and alloc.txt.
@@ -49,6 +54,7 @@ pub(super) struct Opts {
     fleet: Vec<usize>,
     parallel: usize,
     per_node: usize,
+    node_cpu: Option<f64>,
 }
 
 /// The options, or `None` for `--help`; unknown options are refused.
@@ -64,6 +70,7 @@ pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
             "--fleet-leases",
             "--parallel",
             "--per-node",
+            "--node-cpu",
         ],
         USAGE,
     )? {
@@ -84,6 +91,18 @@ pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
             n => Ok(n),
         }
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let node_cpu = match opt::<f64>(args, "--node-cpu")? {
+        Some(f) if !(0.01..=cores).contains(&f) => {
+            return Err(format!(
+                "bench alloc: --node-cpu takes cores per node from 0.01 to {cores}, not {f}"
+            ))
+        }
+        Some(_) if !etcd => {
+            return Err("bench alloc: --node-cpu needs the etcd rows (not --etcd off)".into())
+        }
+        f => f,
+    };
     Ok(Some(Opts {
         runs: positive("--runs", 100)?,
         sizes: list_opt(args, "--sizes", &[100, 1000, 10_000, 30_000])?,
@@ -92,6 +111,7 @@ pub(super) fn parse(args: &[String]) -> Result<Option<Opts>> {
         fleet: list_opt(args, "--fleet-leases", &[100, 1000, 30_000])?,
         parallel: positive("--parallel", 16)?,
         per_node: positive("--per-node", 160)?,
+        node_cpu,
     }))
 }
 
@@ -121,12 +141,19 @@ pub fn run(args: &[String]) -> Result {
         fleet: fleet_sizes,
         parallel,
         per_node,
+        node_cpu,
     }) = parse(args)?
     else {
         crate::out::print(USAGE);
         return Ok(());
     };
     let root = util::is_root();
+    if node_cpu.is_some() {
+        if !root {
+            return Err("bench alloc: --node-cpu needs root (the etcd rows and cgroups)".into());
+        }
+        etcd::NodeCpu::check()?;
+    }
     if root {
         let mut want = vec!["containernetworking-plugins"];
         if etcd {
@@ -361,8 +388,8 @@ pub fn run(args: &[String]) -> Result {
             ms(sr_cpu),
             ms(gw_cpu + sr_cpu * 2)
         );
-        let one = f.throughput("tput-1", 1, parallel, per_node)?;
-        let three = f.throughput("tput-3", 3, parallel, per_node)?;
+        let one = f.throughput("tput-1", 1, parallel, per_node, None)?;
+        let three = f.throughput("tput-3", 3, parallel, per_node, None)?;
         let _ = writeln!(
             table,
             "throughput: 1 node x {parallel} allocators {:.0} allocs/s, 3 nodes x {parallel} \
@@ -401,6 +428,25 @@ pub fn run(args: &[String]) -> Result {
             ms(cpu),
             cap / one.per_second.max(1e-9)
         );
+        // The 1-node round's own share of the machine: its ve-alloc processes' and the
+        // members' CPU over what the cores had (the machine's busy share also counts
+        // other work).
+        let share = (one.alloc_cpu + one.etcd_cpu).as_secs_f64() * one.per_second / cores as f64;
+        let _ = writeln!(
+            table,
+            "  the 1-node round used {:.0}% of this machine's {cores} cores (ve-alloc and the \
+             members; the machine was {:.0}% busy, other work included{}): 3 nodes on the \
+             same cores can run at most 1/{share:.2} = {:.2}x it, whatever the design (the \
+             target needs 3x: nodes and members on hosts of their own, see --node-cpu)",
+            share * 100.0,
+            one.machine_busy * 100.0,
+            if one.machine_busy > share + 0.1 {
+                ", which squeezed the round: quiet, the bound is tighter"
+            } else {
+                ""
+            },
+            1.0 / share.max(1e-9)
+        );
         let floor = one.alloc_cpu + gw_cpu + sr_cpu * 2;
         let _ = writeln!(
             table,
@@ -430,6 +476,22 @@ pub fn run(args: &[String]) -> Result {
                 "allocs/s",
             ),
             ("cpu_ceiling", format!("{cap:.1}"), "allocs/s"),
+            (
+                "machine_busy_1_node",
+                format!("{:.1}", one.machine_busy * 100.0),
+                "%",
+            ),
+            (
+                "machine_busy_3_nodes",
+                format!("{:.1}", three.machine_busy * 100.0),
+                "%",
+            ),
+            ("share_1_node", format!("{:.1}", share * 100.0), "%"),
+            (
+                "share_bound_ratio",
+                format!("{:.2}", 1.0 / share.max(1e-9)),
+                "x",
+            ),
             ("cpu_per_alloc_1_node_ve_alloc", ms(one.alloc_cpu), "ms"),
             ("cpu_per_alloc_1_node_etcd", ms(one.etcd_cpu), "ms"),
             ("cpu_per_alloc_3_nodes_ve_alloc", ms(three.alloc_cpu), "ms"),
@@ -452,6 +514,9 @@ pub fn run(args: &[String]) -> Result {
             ),
         ] {
             let _ = writeln!(fleet_csv, "{metric},{v},{unit}");
+        }
+        if let Some(cores) = node_cpu {
+            hosts_rounds(f, cores, parallel, per_node, &mut table, &mut fleet_csv)?;
         }
     }
     drop(fleet);
@@ -602,6 +667,181 @@ impl Point {
             Point::Etcd { p, .. } => p.sample(&name),
         }
     }
+}
+
+/// The machine share above which the etcd members may not have had the CPU they needed.
+const KEPT_UP_BUSY: f64 = 0.95;
+
+/// The throughput rounds again with each node in a CPU cgroup of `cores` cores (the
+/// same for a node in both rounds), the members unconfined: what the design does when
+/// every node has a host of its own. Printed to `table`, written to `csv`.
+fn hosts_rounds(
+    f: &etcd::Fleet,
+    cores: f64,
+    parallel: usize,
+    per_node: usize,
+    table: &mut String,
+    csv: &mut String,
+) -> Result {
+    let caps = etcd::NodeCpu::new(3, cores)?;
+    let one = f.throughput("hosts-1", 1, parallel, per_node, Some(&caps))?;
+    let three = f.throughput("hosts-3", 3, parallel, per_node, Some(&caps))?;
+    drop(caps);
+    let ratio = three.per_second / one.per_second.max(1e-9);
+    let _ = writeln!(
+        table,
+        "separate hosts, modelled (--node-cpu {cores}): each node's allocators and their \
+         ve-alloc processes in a CPU cgroup of {cores} cores, the etcd members unconfined \
+         (they get what is left of the machine); not the target's own round above"
+    );
+    let _ = writeln!(
+        table,
+        "  throughput: 1 node x {parallel} allocators {:.0} allocs/s, 3 nodes x {parallel} \
+         {:.0} allocs/s: {ratio:.2}x ({per_node} allocations per node)",
+        one.per_second, three.per_second
+    );
+    let margin = (cores * 0.1).max(0.02);
+    let mut held = true;
+    for (what, t) in [("1 node ", &one), ("3 nodes", &three)] {
+        let kept_up = t.machine_busy < KEPT_UP_BUSY;
+        let _ = writeln!(
+            table,
+            "  {what}: CPU per allocation {} ms in ve-alloc + {} ms in etcd; machine CPU \
+             {:.0}% busy: the members {} (machine < {:.0}% busy)",
+            ms(t.alloc_cpu),
+            ms(t.etcd_cpu),
+            t.machine_busy * 100.0,
+            if kept_up {
+                "kept up"
+            } else {
+                "may NOT have kept up"
+            },
+            KEPT_UP_BUSY * 100.0
+        );
+        let used: Vec<String> = t
+            .node_cores
+            .iter()
+            .map(|c| c.map_or("-".into(), |c| format!("{c:.3}")))
+            .collect();
+        let over = t.node_cores.iter().flatten().any(|&c| c > cores + margin);
+        held &= !over;
+        let bound = node_bound(t, cores);
+        let (periods, throttled) = t
+            .throttled
+            .iter()
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let _ = writeln!(
+            table,
+            "  {what}: each node used {} cores of its {cores} over the round ({}), throttled \
+             in {throttled} of {periods} CFS periods",
+            used.join(", "),
+            if t.node_cores.iter().any(Option::is_none) {
+                "quota unchecked: no cpuacct".to_string()
+            } else if over {
+                format!("OVER the quota + {margin:.2}: not a model of {cores}-core hosts")
+            } else {
+                format!("quota held, <= {cores} + {margin:.2}")
+            }
+        );
+        let _ = writeln!(
+            table,
+            "  {what}: {}",
+            if bound {
+                "every node used at least 90% of its quota: bound by its own CPU, as a host \
+                 of that size would be"
+            } else {
+                "a node used less than 90% of its quota: something else (the members, other \
+                 work) held it back, so the ratio understates what separate hosts do"
+            }
+        );
+    }
+    if !held {
+        eprintln!("bench alloc: warning: a node used more CPU than its --node-cpu quota");
+    }
+    let max_cores = |t: &etcd::Throughput| {
+        t.node_cores
+            .iter()
+            .flatten()
+            .fold(None, |m: Option<f64>, &c| Some(m.map_or(c, |m| m.max(c))))
+            .map_or("-".into(), |c| format!("{c:.3}"))
+    };
+    let throttled_share = |t: &etcd::Throughput| {
+        let (p, n) = t
+            .throttled
+            .iter()
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        format!("{:.1}", n as f64 * 100.0 / (p.max(1)) as f64)
+    };
+    let yes = |b: bool| (if b { "yes" } else { "no" }).to_string();
+    let kept = |t: &etcd::Throughput| yes(t.machine_busy < KEPT_UP_BUSY);
+    for (metric, v, unit) in [
+        ("hosts_node_cpu", format!("{cores}"), "cores"),
+        (
+            "hosts_throughput_1_node",
+            format!("{:.1}", one.per_second),
+            "allocs/s",
+        ),
+        (
+            "hosts_throughput_3_nodes",
+            format!("{:.1}", three.per_second),
+            "allocs/s",
+        ),
+        ("hosts_ratio", format!("{ratio:.2}"), "x"),
+        (
+            "hosts_cpu_per_alloc_1_node_ve_alloc",
+            ms(one.alloc_cpu),
+            "ms",
+        ),
+        ("hosts_cpu_per_alloc_1_node_etcd", ms(one.etcd_cpu), "ms"),
+        (
+            "hosts_cpu_per_alloc_3_nodes_ve_alloc",
+            ms(three.alloc_cpu),
+            "ms",
+        ),
+        ("hosts_cpu_per_alloc_3_nodes_etcd", ms(three.etcd_cpu), "ms"),
+        (
+            "hosts_machine_busy_1_node",
+            format!("{:.1}", one.machine_busy * 100.0),
+            "%",
+        ),
+        (
+            "hosts_machine_busy_3_nodes",
+            format!("{:.1}", three.machine_busy * 100.0),
+            "%",
+        ),
+        ("hosts_members_kept_up_1_node", kept(&one), "yes/no"),
+        ("hosts_members_kept_up_3_nodes", kept(&three), "yes/no"),
+        (
+            "hosts_node_bound_1_node",
+            yes(node_bound(&one, cores)),
+            "yes/no",
+        ),
+        (
+            "hosts_node_bound_3_nodes",
+            yes(node_bound(&three, cores)),
+            "yes/no",
+        ),
+        ("hosts_node_cores_max_1_node", max_cores(&one), "cores"),
+        ("hosts_node_cores_max_3_nodes", max_cores(&three), "cores"),
+        ("hosts_throttled_periods_1_node", throttled_share(&one), "%"),
+        (
+            "hosts_throttled_periods_3_nodes",
+            throttled_share(&three),
+            "%",
+        ),
+    ] {
+        let _ = writeln!(csv, "{metric},{v},{unit}");
+    }
+    Ok(())
+}
+
+/// Whether every node of a capped round used at least 90% of its `cores`: the round was
+/// bound by the nodes' own CPU, as the model means it to be.
+fn node_bound(t: &etcd::Throughput, cores: f64) -> bool {
+    !t.node_cores.is_empty()
+        && t.node_cores
+            .iter()
+            .all(|c| c.is_some_and(|c| c >= 0.9 * cores))
 }
 
 /// A per-allocation figure with two decimals, `-` when it was not measured.

@@ -239,40 +239,58 @@ impl Fleet {
     /// Allocations per second of `nodes` nodes (prefix `prefix`, empty at the start),
     /// `parallel` allocator threads per node, `per_node` allocations per node, all at
     /// once; each allocation is one `ve-alloc alloc NAME` process. With the CPU time
-    /// the allocations and the etcd members used, to tell a CPU-bound run.
+    /// the allocations and the etcd members used, to tell a CPU-bound run. With `caps`,
+    /// node `i`'s allocators (and so their processes) run in its CPU cgroup.
     pub fn throughput(
         &self,
         prefix: &str,
         nodes: usize,
         parallel: usize,
         per_node: usize,
+        caps: Option<&NodeCpu>,
     ) -> Result<Throughput> {
         let url = self.url(prefix);
         let counters0 = self.counters();
+        let usage = || -> Vec<Option<Duration>> {
+            (0..nodes).map(|i| caps.and_then(|c| c.usage(i))).collect()
+        };
+        let throttled = || -> Vec<(u64, u64)> {
+            (0..nodes)
+                .filter_map(|i| caps.map(|c| c.throttled(i)))
+                .collect()
+        };
+        let (usage0, throttled0) = (usage(), throttled());
         let (etcd0, children0, machine0) = (self.members_cpu(), children_cpu(), machine_cpu());
         let t = Instant::now();
         let results: Vec<Result> = std::thread::scope(|s| {
             let mut handles = Vec::new();
-            for node in &self.cluster.nodes[..nodes] {
+            for (i, node) in self.cluster.nodes[..nodes].iter().enumerate() {
                 let next = Arc::new(AtomicUsize::new(0));
+                let tasks = caps.map(|c| c.tasks(i));
                 for _ in 0..parallel {
                     let (next, url, bin) = (next.clone(), url.clone(), self.bin.clone());
                     let (ns, name, addr) = (node.ns.path(), node.name.clone(), node.addr.clone());
+                    let tasks = tasks.clone();
                     handles.push(s.spawn(move || {
-                        in_ns(&ns, move || loop {
-                            let k = next.fetch_add(1, Ordering::SeqCst);
-                            if k >= per_node {
-                                return Ok(());
+                        in_ns(&ns, move || {
+                            if let Some(t) = &tasks {
+                                join_cgroup(t)?;
                             }
-                            timed(
-                                va(&bin, &url, &name, &addr).args([
-                                    "--wait",
-                                    "30",
-                                    "alloc",
-                                    &format!("{name}-{k}"),
-                                ]),
-                                None,
-                            )?;
+                            loop {
+                                let k = next.fetch_add(1, Ordering::SeqCst);
+                                if k >= per_node {
+                                    return Ok(());
+                                }
+                                timed(
+                                    va(&bin, &url, &name, &addr).args([
+                                        "--wait",
+                                        "30",
+                                        "alloc",
+                                        &format!("{name}-{k}"),
+                                    ]),
+                                    None,
+                                )?;
+                            }
                         })
                     }));
                 }
@@ -286,6 +304,16 @@ impl Fleet {
                 .collect()
         });
         let took = t.elapsed();
+        let node_cores = usage0
+            .iter()
+            .zip(usage())
+            .map(|(a, b)| Some(b?.saturating_sub((*a)?).as_secs_f64() / took.as_secs_f64()))
+            .collect();
+        let throttled = throttled0
+            .iter()
+            .zip(throttled())
+            .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)))
+            .collect();
         let n = (nodes * per_node) as u32;
         let (busy, total) = machine_cpu();
         let per_alloc = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / f64::from(n);
@@ -300,6 +328,8 @@ impl Fleet {
             machine_busy: (busy - machine0.0) as f64 / ((total - machine0.1).max(1)) as f64,
             requests: counts.map(|c| c.0),
             quorum_writes: counts.map(|c| c.1),
+            node_cores,
+            throttled,
         };
         results.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(tp)
@@ -321,6 +351,11 @@ pub struct Throughput {
     /// Quorum writes per allocation (one when no commit is lost: a commit that loses
     /// its compare is a quorum write too, plus one per block claimed).
     pub quorum_writes: Option<f64>,
+    /// With CPU cgroups: each node's CPU time over the round's wall time, in cores
+    /// (None without cpuacct); empty without.
+    pub node_cores: Vec<Option<f64>>,
+    /// With CPU cgroups: each node's CFS periods in the round and how many throttled.
+    pub throttled: Vec<(u64, u64)>,
 }
 
 /// The processes in network namespace `ns`.
@@ -463,4 +498,305 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<u16> {
 /// Read and drop `n` bytes.
 fn skip(r: &mut impl BufRead, n: usize) -> std::io::Result<()> {
     std::io::copy(&mut r.by_ref().take(n as u64), &mut std::io::sink()).map(|_| ())
+}
+
+/// Where cgroup v1 mounts its cpu controller (quotas) and its cpuacct controller (CPU
+/// time used); on systems that mount the two together both name the same directory.
+const CPU_CGROUP: &str = "/sys/fs/cgroup/cpu";
+const CPUACCT_CGROUP: &str = "/sys/fs/cgroup/cpuacct";
+/// The bench's cgroups are `NAME-PID/node-N` under each hierarchy, nothing else.
+const CGROUP_NAME: &str = "xtask-bench-alloc";
+/// The CFS period the quotas are set against.
+const PERIOD_US: u64 = 100_000;
+
+/// A host of its own for each node: one cgroup v1 CPU cgroup per node with a quota of
+/// `cores` cores. A node's allocator threads move themselves in (`tasks` takes a thread
+/// id), so the ve-alloc processes they start are in it too; the rest of the bench and
+/// the etcd members stay where they were. Removed on drop (empty by then: the threads
+/// have been joined and their children waited for); a run killed before it drops
+/// leaves empty groups, which the next run removes.
+pub struct NodeCpu {
+    /// Every directory this run made, in the order made (removed in reverse).
+    made: Vec<PathBuf>,
+    nodes: Vec<NodeGroup>,
+}
+
+struct NodeGroup {
+    /// The `tasks` files a thread writes its id to (cpu, and cpuacct when apart).
+    tasks: Vec<PathBuf>,
+    /// `cpu.stat` (throttling counts) and `cpuacct.usage` (nanoseconds used).
+    stat: PathBuf,
+    usage: Option<PathBuf>,
+}
+
+fn write(path: &Path, v: &str) -> Result {
+    std::fs::write(path, v).map_err(|e| format!("writing {v} to {}: {e}", path.display()))
+}
+
+impl NodeCpu {
+    /// Whether cgroup v1's cpu controller is there to set quotas in (an error saying
+    /// what is missing otherwise).
+    pub fn check() -> Result {
+        if Path::new(CPU_CGROUP).join("cpu.cfs_quota_us").is_file() {
+            Ok(())
+        } else {
+            Err(format!(
+                "bench alloc: --node-cpu needs cgroup v1's cpu controller at {CPU_CGROUP} \
+                 (no cpu.cfs_quota_us there)"
+            ))
+        }
+    }
+
+    /// `nodes` cgroups of `cores` cores each, the quota read back and a child of a
+    /// joined thread seen inside.
+    pub fn new(nodes: usize, cores: f64) -> Result<NodeCpu> {
+        Self::check()?;
+        let cpu_root = PathBuf::from(CPU_CGROUP);
+        // cpuacct apart, together with cpu, or missing (then no usage figure).
+        let acct_root = if cpu_root.join("cpuacct.usage").is_file() {
+            None
+        } else if Path::new(CPUACCT_CGROUP).join("cpuacct.usage").is_file() {
+            Some(PathBuf::from(CPUACCT_CGROUP))
+        } else {
+            None
+        };
+        let together = cpu_root.join("cpuacct.usage").is_file();
+        let name = format!("{CGROUP_NAME}-{}", std::process::id());
+        for r in std::iter::once(&cpu_root).chain(acct_root.as_ref()) {
+            remove_stale(r);
+        }
+        let mut me = NodeCpu {
+            made: Vec::new(),
+            nodes: Vec::new(),
+        };
+        let mkdir = |me: &mut NodeCpu, d: PathBuf| -> Result<PathBuf> {
+            std::fs::create_dir(&d).map_err(|e| format!("creating cgroup {}: {e}", d.display()))?;
+            me.made.push(d.clone());
+            Ok(d)
+        };
+        let cpu_dir = mkdir(&mut me, cpu_root.join(&name))?;
+        let acct_dir = match &acct_root {
+            Some(r) => Some(mkdir(&mut me, r.join(&name))?),
+            None => None,
+        };
+        let quota = ((cores * PERIOD_US as f64).round() as u64).max(1000);
+        for i in 1..=nodes {
+            let d = mkdir(&mut me, cpu_dir.join(format!("node-{i}")))?;
+            write(&d.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+            write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            let got = std::fs::read_to_string(d.join("cpu.cfs_quota_us")).unwrap_or_default();
+            if got.trim() != quota.to_string() {
+                return Err(format!(
+                    "cgroup {}: quota {quota} us written, {:?} read back",
+                    d.display(),
+                    got.trim()
+                ));
+            }
+            let mut tasks = vec![d.join("tasks")];
+            let usage = if together {
+                Some(d.join("cpuacct.usage"))
+            } else if let Some(a) = &acct_dir {
+                let ad = mkdir(&mut me, a.join(format!("node-{i}")))?;
+                tasks.push(ad.join("tasks"));
+                Some(ad.join("cpuacct.usage"))
+            } else {
+                None
+            };
+            me.nodes.push(NodeGroup {
+                tasks,
+                stat: d.join("cpu.stat"),
+                usage,
+            });
+        }
+        // A child of a thread that joined node 1 must be in node 1's cpu cgroup.
+        let tasks = me.tasks(0);
+        let want = format!("/{name}/node-1");
+        let seen = std::thread::spawn(move || -> Result<String> {
+            join_cgroup(&tasks)?;
+            let out = Command::new("cat")
+                .arg("/proc/self/cgroup")
+                .output()
+                .map_err(|e| format!("cat /proc/self/cgroup: {e}"))?;
+            Ok(cpu_cgroup_of(&String::from_utf8_lossy(&out.stdout)))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("cgroup check thread panicked".into()))?;
+        if seen != want {
+            return Err(format!(
+                "a child of a thread in cgroup {want} is in {seen:?}: quotas would not apply"
+            ));
+        }
+        Ok(me)
+    }
+
+    /// The `tasks` files of node `i` (from 0), for [`join_cgroup`].
+    pub fn tasks(&self, i: usize) -> Vec<PathBuf> {
+        self.nodes[i].tasks.clone()
+    }
+
+    /// CPU time node `i` has used so far (None without cpuacct).
+    pub fn usage(&self, i: usize) -> Option<Duration> {
+        let p = self.nodes[i].usage.as_ref()?;
+        let ns: u64 = std::fs::read_to_string(p).ok()?.trim().parse().ok()?;
+        Some(Duration::from_nanos(ns))
+    }
+
+    /// Node `i`'s CFS periods so far and how many of them it was throttled in.
+    pub fn throttled(&self, i: usize) -> (u64, u64) {
+        let s = std::fs::read_to_string(&self.nodes[i].stat).unwrap_or_default();
+        let field = |k: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("nr_periods "), field("nr_throttled "))
+    }
+}
+
+impl Drop for NodeCpu {
+    fn drop(&mut self) {
+        for d in self.made.iter().rev() {
+            if let Err(e) = rmdir_waiting(d) {
+                eprintln!("bench alloc: warning: removing cgroup {}: {e}", d.display());
+            }
+        }
+    }
+}
+
+/// rmdir a cgroup, waiting up to 2 s for exiting tasks to leave it (EBUSY).
+fn rmdir_waiting(d: &Path) -> std::io::Result<()> {
+    for _ in 0..200 {
+        match std::fs::remove_dir(d) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            r => return r,
+        }
+    }
+    std::fs::remove_dir(d)
+}
+
+/// Remove `root/NAME-PID` groups left by runs whose process is gone (killed before
+/// their drop ran); only empty groups can go, and only ours are looked at.
+fn remove_stale(root: &Path) {
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let n = e.file_name();
+        let Some(pid) = n
+            .to_str()
+            .and_then(|n| n.strip_prefix(CGROUP_NAME)?.strip_prefix('-'))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(sub) = std::fs::read_dir(e.path()) {
+            for s in sub.flatten() {
+                if s.file_name()
+                    .to_str()
+                    .is_some_and(|s| s.starts_with("node-"))
+                {
+                    let _ = std::fs::remove_dir(s.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(e.path());
+    }
+}
+
+/// Move the calling thread into the cgroups whose `tasks` files are given; the
+/// processes it starts from then on are born there.
+pub fn join_cgroup(tasks: &[PathBuf]) -> Result {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    for t in tasks {
+        write(t, &tid.to_string())?;
+    }
+    Ok(())
+}
+
+/// The cpu controller's path in a /proc/PID/cgroup text (v1 lines `ID:CONTROLLERS:PATH`).
+fn cpu_cgroup_of(text: &str) -> String {
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            ctl.split(',').any(|c| c == "cpu").then(|| path.to_string())
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_cgroup_line() {
+        let text = "4:memory:/x\n2:cpuacct:/a\n1:cpu:/xtask-bench-alloc-7/node-1\n0::/\n";
+        assert_eq!(cpu_cgroup_of(text), "/xtask-bench-alloc-7/node-1");
+        assert_eq!(cpu_cgroup_of("3:cpu,cpuacct:/b\n"), "/b");
+        assert_eq!(cpu_cgroup_of("0::/\n"), "");
+    }
+
+    /// Real cgroups: a killed run's empty group is swept, the quota holds a busy child
+    /// of a joined thread to its cores, and every group is gone after the drop.
+    #[test]
+    fn node_cgroups_cap_children_and_go() {
+        if !crate::util::is_root() || NodeCpu::check().is_err() {
+            assert!(
+                std::env::var_os(testbed::REQUIRE_PRIVILEGED).is_none(),
+                "needs root and cgroup v1's cpu controller"
+            );
+            eprintln!("skipping: needs root and cgroup v1's cpu controller");
+            return;
+        }
+        // What a killed run leaves: an empty group named for a pid that is gone.
+        let mut gone = Command::new("true").spawn().expect("true");
+        let dead = gone.id();
+        gone.wait().expect("true");
+        let stale = Path::new(CPU_CGROUP).join(format!("{CGROUP_NAME}-{dead}"));
+        std::fs::create_dir_all(stale.join("node-1")).expect("stale group");
+        let caps = NodeCpu::new(2, 0.1).expect("cgroups");
+        assert!(!stale.exists(), "{} left", stale.display());
+        let made = caps.made.clone();
+        assert!(made.iter().all(|d| d.is_dir()));
+        let q = std::fs::read_to_string(Path::new(CPU_CGROUP).join(format!(
+            "{CGROUP_NAME}-{}/node-2/cpu.cfs_quota_us",
+            std::process::id()
+        )))
+        .expect("quota");
+        assert_eq!(q.trim(), "10000");
+        let (u0, tasks) = (caps.usage(1), caps.tasks(1));
+        let t = Instant::now();
+        std::thread::spawn(move || {
+            join_cgroup(&tasks).expect("join");
+            let ok = Command::new("timeout")
+                .args(["1", "sh", "-c", "while :; do :; done"])
+                .status()
+                .expect("busy loop");
+            assert_eq!(ok.code(), Some(124));
+        })
+        .join()
+        .expect("thread");
+        let wall = t.elapsed().as_secs_f64();
+        if let (Some(a), Some(b)) = (u0, caps.usage(1)) {
+            let used = (b - a).as_secs_f64() / wall;
+            assert!(used <= 0.13, "node 2 used {used:.3} cores of its 0.1");
+            assert!(
+                used >= 0.03,
+                "node 2 used {used:.3} cores: the child ran elsewhere"
+            );
+        }
+        assert!(caps.throttled(1).1 >= 5, "{:?}", caps.throttled(1));
+        assert_eq!(caps.throttled(0).1, 0);
+        drop(caps);
+        for d in &made {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+    }
 }
