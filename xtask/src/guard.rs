@@ -2,7 +2,8 @@
 //! stop the task after removing what it registered here: every namespace under
 //! /run/netns with a registered prefix (with every process inside it killed first,
 //! since a process still in it, or a mount namespace it holds, keeps it alive), the
-//! registered processes and the registered scratch directories.
+//! registered processes, the registered scratch directories and the registered (empty
+//! by then) cgroups.
 //!
 //! The signal handler only writes the signal number to a pipe (async-signal-safe); a
 //! thread of ours reads it and cleans up, whatever the main thread is blocked on, then
@@ -30,12 +31,14 @@ struct Registered {
     prefixes: Vec<String>,
     dirs: Vec<PathBuf>,
     pids: Vec<i32>,
+    cgroups: Vec<PathBuf>,
 }
 
 static REGISTERED: Mutex<Registered> = Mutex::new(Registered {
     prefixes: Vec::new(),
     dirs: Vec::new(),
     pids: Vec::new(),
+    cgroups: Vec::new(),
 });
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
@@ -52,6 +55,12 @@ pub fn namespaces(prefix: &str) {
 /// A scratch directory of this run, removed on interruption.
 pub fn dir(path: &Path) {
     registered().dirs.push(path.to_path_buf());
+}
+
+/// A cgroup directory of this run, removed (rmdir, the last registered first) on
+/// interruption once the processes killed have gone.
+pub fn cgroup(path: &Path) {
+    registered().cgroups.push(path.to_path_buf());
 }
 
 /// A process of this run (a daemon, a holder), killed on interruption.
@@ -173,6 +182,23 @@ fn clean(reg: &Registered) {
             break;
         }
         thread::sleep(Duration::from_millis(10));
+    }
+    // A cgroup goes only empty: our own threads that joined it (the bench's node
+    // allocators) move up to its parent first; killed tasks may take a moment to leave.
+    for d in reg.cgroups.iter().rev() {
+        if let (Ok(tids), Some(parent)) = (fs::read_to_string(d.join("tasks")), d.parent()) {
+            for tid in tids.lines() {
+                let _ = fs::write(parent.join("tasks"), tid);
+            }
+        }
+        for _ in 0..100 {
+            match fs::remove_dir(d) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                _ => break,
+            }
+        }
     }
 }
 

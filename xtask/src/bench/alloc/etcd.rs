@@ -513,8 +513,9 @@ const PERIOD_US: u64 = 100_000;
 /// `cores` cores. A node's allocator threads move themselves in (`tasks` takes a thread
 /// id), so the ve-alloc processes they start are in it too; the rest of the bench and
 /// the etcd members stay where they were. Removed on drop (empty by then: the threads
-/// have been joined and their children waited for); a run killed before it drops
-/// leaves empty groups, which the next run removes.
+/// have been joined and their children waited for), and by the interrupt cleanup
+/// ([`crate::guard`]); a run killed with SIGKILL leaves empty groups, which the next run
+/// removes.
 pub struct NodeCpu {
     /// Every directory this run made, in the order made (removed in reverse).
     made: Vec<PathBuf>,
@@ -571,6 +572,7 @@ impl NodeCpu {
         };
         let mkdir = |me: &mut NodeCpu, d: PathBuf| -> Result<PathBuf> {
             std::fs::create_dir(&d).map_err(|e| format!("creating cgroup {}: {e}", d.display()))?;
+            crate::guard::cgroup(&d);
             me.made.push(d.clone());
             Ok(d)
         };
