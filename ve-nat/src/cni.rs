@@ -97,12 +97,15 @@ fn handle(req: &Cni) -> Handled {
         Chosen::Iptables(b) => {
             let fws = firewalls(b, shared.ipv6)?;
             let tag = ipt_cni::tag(&net, &owner);
-            // A refused ADD changes nothing: the clashes of every family are looked
-            // for before the shared chains or any mapping is written (and again by
-            // `ipt_cni::add`, under the lock), as on nftables.
-            for fw in &fws {
-                ipt_cni::refuse_clashes(fw, fw.family, &mappings, &tag)?;
-            }
+            // A refused ADD changes nothing, as on nftables: the clashes of every
+            // family are looked for before the shared chains are installed, and
+            // again under the lock before any family's mapping is written (a
+            // concurrent ADD may have taken a port in between).
+            let refuse_clashes = || {
+                fws.iter()
+                    .try_for_each(|fw| ipt_cni::refuse_clashes(fw, fw.family, &mappings, &tag))
+            };
+            refuse_clashes()?;
             // The shared NAT once, as for nftables (checked again under the lock).
             if !apply::holds_ours(&fws[0])? {
                 let shared = shared_resolved(shared)?;
@@ -112,6 +115,7 @@ fn handle(req: &Cni) -> Handled {
                 }
             }
             let _lock = lock::acquire(LOCK_WAIT)?;
+            refuse_clashes()?;
             for fw in &fws {
                 if ipt_cni::add(fw, fw.family, &mappings, &tag, &internal[0], mark)? {
                     log::info!("{}: port mappings of {} set", fw.family, owner.as_str());

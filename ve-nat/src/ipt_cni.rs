@@ -131,6 +131,8 @@ fn check_safe(rules: &[(CniChain, String)]) -> Result<()> {
 
 /// ADD on one family's firewall: the chains once, then exactly `mappings` for `tag`
 /// (its earlier rules deleted in the same transaction). Returns whether it changed.
+/// Its caller holds the lock and has run `refuse_clashes` on every family first, so a
+/// clash in a later family never leaves an earlier one's mappings written.
 pub fn add(
     fw: &dyn Firewall,
     family: Family,
@@ -143,7 +145,7 @@ pub fn add(
     check_safe(&want)?;
     let nat = fw.save(NAT)?;
     let filter = fw.save(FILTER)?;
-    // Again under the lock: `refuse_clashes` looked before anything was installed.
+    // The caller looked already; this family's own listing has the last word.
     clashes(&nat, &want, tag)?;
     let have: Vec<(CniChain, String)> = tagged(&nat, &filter)
         .into_iter()
@@ -171,8 +173,8 @@ pub fn add(
     Ok(changed)
 }
 
-/// ADD's look before it installs anything (ve-nat's chains, or another family's
-/// mappings): a host port of `mappings` (those of `family`) that another attachment's
+/// ADD's look, for each family before it installs anything (ve-nat's chains, or
+/// any family's mappings): a host port of `mappings` (those of `family`) that another attachment's
 /// rules map or `ve-nat up --forward` forwards is refused, with nothing changed.
 pub fn refuse_clashes(
     fw: &dyn Firewall,

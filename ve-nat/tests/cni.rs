@@ -4,7 +4,10 @@
 //! real iptables and kernel with real traffic, in sandbox namespaces (testbed::nat:
 //! ctr -- host -- out). And `ve-nat down` next to CNI mode's mappings.
 
-use std::{io::Write, process::Stdio};
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, Command, Stdio},
+};
 
 use serde_json::{json, Value};
 use testbed::{
@@ -59,9 +62,10 @@ struct Reply {
     stdout: Value,
 }
 
-/// One plugin call in the host namespace: the runtime's environment (nothing
-/// inherited but PATH, plus the topology's scratch lock and state directories).
-fn call(t: &Topo, verb: &str, conf: &Value, container: &str) -> Reply {
+/// One plugin call in the host namespace, not started yet: the runtime's environment
+/// (nothing inherited but PATH, plus the topology's scratch lock and state
+/// directories).
+fn plugin(t: &Topo, verb: &str, container: &str) -> Command {
     let mut c = t.host.command(BIN);
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -74,6 +78,11 @@ fn call(t: &Topo, verb: &str, conf: &Value, container: &str) -> Reply {
     c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    c
+}
+
+/// Start `plugin`, its configuration written to its stdin.
+fn start(mut c: Command, conf: &Value) -> Child {
     let mut child = c.spawn().unwrap();
     child
         .stdin
@@ -81,6 +90,15 @@ fn call(t: &Topo, verb: &str, conf: &Value, container: &str) -> Reply {
         .unwrap()
         .write_all(conf.to_string().as_bytes())
         .unwrap();
+    child
+}
+
+/// One plugin call (see `plugin`).
+fn call(t: &Topo, verb: &str, conf: &Value, container: &str) -> Reply {
+    reply(verb, start(plugin(t, verb, container), conf))
+}
+
+fn reply(verb: &str, child: Child) -> Reply {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let stdout = if text.trim().is_empty() {
@@ -113,6 +131,27 @@ fn save(t: &Topo, table: &str) -> String {
         .filter(|l| !l.starts_with('#'))
         .map(|l| format!("{}\n", l.split(" [").next().unwrap_or(l)))
         .collect()
+}
+
+/// Both families' nat and filter tables as their save commands list them, without
+/// the comment lines and the chains' counters (an IPv6 rule's `[addr]:port` kept).
+fn save_both(t: &Topo) -> String {
+    let b = backend_suffix(t);
+    let mut out = String::new();
+    for fam in ["iptables", "ip6tables"] {
+        for table in ["nat", "filter"] {
+            out += &format!("== {fam} {table}\n");
+            for l in t.host.sh(&format!("{fam}-{b}-save -t {table}")).lines() {
+                if l.starts_with(':') {
+                    out += l.split(" [").next().unwrap_or(l);
+                } else if !l.starts_with('#') {
+                    out += l;
+                }
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn backend_suffix(t: &Topo) -> &'static str {
@@ -410,6 +449,108 @@ fn refused_add_installs_nothing_iptables_nft() {
 fn refused_add_installs_nothing_iptables_legacy() {
     if gate("refused_add_installs_nothing_iptables_legacy") {
         refused_add_installs_nothing("iptables-legacy");
+    }
+}
+
+/// Container `i`'s configuration with `"ipv6": true`, its addresses 10.233.i.2 (with
+/// `v4`) and fd00:i::2.
+fn conf6(t: &Topo, i: usize, ports: &[(u16, u16)], v4: bool) -> Value {
+    let mut c = conf(t, i, ports, NET);
+    c["ipv6"] = json!(true);
+    let mut ips = vec![json!({"address": format!("fd00:{i}::2/64"), "interface": 1})];
+    if v4 {
+        ips.insert(
+            0,
+            json!({"address": format!("10.233.{i}.2/24"), "interface": 1}),
+        );
+    }
+    c["prevResult"]["ips"] = json!(ips);
+    c
+}
+
+/// A refused ADD changes nothing when only its IPv6 mapping clashes: no IPv4 rule is
+/// written first. Once with the clash there from the start, once with it appearing
+/// while the ADD waits for ve-nat's lock, after its first look found the port free
+/// (the rules a concurrent ADD would have written, restored by the test while it holds
+/// the lock). Both families' iptables-save stay byte-identical.
+fn refused_add_with_an_ipv6_clash(backend: &'static str) {
+    let t = Topo::new(backend, 2, true);
+    // Container 1 maps 8080 over IPv6 only (it has no IPv4 address); the shared
+    // chains of both families come with it.
+    let c1 = conf6(&t, 1, &[(8080, 80)], false);
+    ok(&t, "ADD", &c1, &id(1));
+    let c2 = conf6(&t, 2, &[(8080, 80)], true);
+    let before = save_both(&t);
+    let r = call(&t, "ADD", &c2, &id(2));
+    assert!(!r.ok && r.stdout["code"] == 173, "{}", r.stdout);
+    assert_eq!(save_both(&t), before, "a refused ADD changed iptables");
+
+    // Container 1's rules as restore input, then gone: the port is free again.
+    let b = backend_suffix(&t);
+    let mut rules = String::new();
+    for table in ["nat", "filter"] {
+        rules += &format!("*{table}\n");
+        for l in t.host.sh(&format!("ip6tables-{b}-save -t {table}")).lines() {
+            if l.starts_with("-A ") && l.contains("vecni-") {
+                rules += &format!("{l}\n");
+            }
+        }
+        rules += "COMMIT\n";
+    }
+    assert_eq!(rules.matches("vecni-").count(), 3, "{rules}");
+    ok(&t, "DEL", &c1, &id(1));
+    // Container 2's ADD waits for the lock the test holds.
+    let lock = std::fs::File::open(t.lock_dir().join("lock")).unwrap();
+    lock.lock().unwrap();
+    let mut c = plugin(&t, "ADD", &id(2));
+    c.env("RUST_LOG", "debug");
+    let mut child = start(c, &c2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for l in stderr.lines().map_while(Result::ok) {
+            if l.contains("waiting for another ve-nat") {
+                let _ = tx.send(());
+            }
+            all += &l;
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the ADD never waited for the lock");
+    // A concurrent ADD's IPv6 mapping of 8080, there before the waiting ADD writes.
+    t.host.sh(&format!(
+        "ip6tables-{b}-restore --noflush <<'EOF'\n{rules}EOF\n"
+    ));
+    let before = save_both(&t);
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    let log = log.join().unwrap();
+    let stdout: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        !out.status.success() && stdout["code"] == 173,
+        "{stdout} / {log}"
+    );
+    assert_eq!(save_both(&t), before, "a refused ADD changed iptables");
+    // With the port free, container 2 gets it in both families.
+    ok(&t, "DEL", &c1, &id(1));
+    ok(&t, "ADD", &c2, &id(2));
+    ok(&t, "CHECK", &c2, &id(2));
+}
+
+#[test]
+fn refused_add_with_an_ipv6_clash_iptables_nft() {
+    if gate("refused_add_with_an_ipv6_clash_iptables_nft") {
+        refused_add_with_an_ipv6_clash("iptables-nft");
+    }
+}
+
+#[test]
+fn refused_add_with_an_ipv6_clash_iptables_legacy() {
+    if gate("refused_add_with_an_ipv6_clash_iptables_legacy") {
+        refused_add_with_an_ipv6_clash("iptables-legacy");
     }
 }
 
