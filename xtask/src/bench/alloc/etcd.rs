@@ -745,16 +745,25 @@ mod tests {
         assert_eq!(cpu_cgroup_of("0::/\n"), "");
     }
 
-    /// Real cgroups: a killed run's empty group is swept, the quota holds a busy child
-    /// of a joined thread to its cores, and every group is gone after the drop.
+    /// Real cgroups: a killed run's empty group is swept, a busy child of a joined
+    /// thread runs in its node's group and its quota holds it to its cores, and every
+    /// group is gone after the drop. Only what holds however loaded the machine is
+    /// (CI runs it on 2 busy cores): a busy child may get less than its 0.1 core, never
+    /// more.
     #[test]
     fn node_cgroups_cap_children_and_go() {
-        if !crate::util::is_root() || NodeCpu::check().is_err() {
-            assert!(
-                std::env::var_os(testbed::REQUIRE_PRIVILEGED).is_none(),
-                "needs root and cgroup v1's cpu controller"
+        const TEST: &str = "node_cgroups_cap_children_and_go";
+        if !testbed::privileged(TEST, &["timeout"]) {
+            return;
+        }
+        // A kernel without the v1 cpu controller (a cgroup v2 only host) lacks a
+        // feature, not a privilege: a skip, even under cargo xtask test.
+        if let Err(e) = NodeCpu::check() {
+            eprintln!(
+                "SKIPPED: {TEST} needs cgroup v1's cpu controller, which this host does \
+                 not have ({e}); skipped even with {} set",
+                testbed::REQUIRE_PRIVILEGED
             );
-            eprintln!("skipping: needs root and cgroup v1's cpu controller");
             return;
         }
         // What a killed run leaves: an empty group named for a pid that is gone.
@@ -767,35 +776,35 @@ mod tests {
         assert!(!stale.exists(), "{} left", stale.display());
         let made = caps.made.clone();
         assert!(made.iter().all(|d| d.is_dir()));
-        let q = std::fs::read_to_string(Path::new(CPU_CGROUP).join(format!(
-            "{CGROUP_NAME}-{}/node-2/cpu.cfs_quota_us",
-            std::process::id()
-        )))
-        .expect("quota");
+        let node2 = format!("/{CGROUP_NAME}-{}/node-2", std::process::id());
+        let q = std::fs::read_to_string(format!("{CPU_CGROUP}{node2}/cpu.cfs_quota_us"))
+            .expect("quota");
         assert_eq!(q.trim(), "10000");
         let (u0, tasks) = (caps.usage(1), caps.tasks(1));
         let t = Instant::now();
-        std::thread::spawn(move || {
+        let seen = std::thread::spawn(move || {
             join_cgroup(&tasks).expect("join");
-            let ok = Command::new("timeout")
+            let mut busy = Command::new("timeout")
                 .args(["1", "sh", "-c", "while :; do :; done"])
-                .status()
+                .spawn()
                 .expect("busy loop");
-            assert_eq!(ok.code(), Some(124));
+            // Its group, fixed when it was forked.
+            let seen = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.id()))
+                .expect("the child's cgroups");
+            assert_eq!(busy.wait().expect("busy loop").code(), Some(124));
+            cpu_cgroup_of(&seen)
         })
         .join()
         .expect("thread");
         let wall = t.elapsed().as_secs_f64();
+        assert_eq!(seen, node2, "the child of a joined thread");
         if let (Some(a), Some(b)) = (u0, caps.usage(1)) {
+            assert!(b > a, "node 2's group counted none of the child's CPU time");
+            // At most a period's burst over the quota, however loaded the machine is.
             let used = (b - a).as_secs_f64() / wall;
             assert!(used <= 0.13, "node 2 used {used:.3} cores of its 0.1");
-            assert!(
-                used >= 0.03,
-                "node 2 used {used:.3} cores: the child ran elsewhere"
-            );
         }
-        assert!(caps.throttled(1).1 >= 5, "{:?}", caps.throttled(1));
-        assert_eq!(caps.throttled(0).1, 0);
+        assert_eq!(caps.throttled(0).1, 0, "node 1 ran nothing");
         drop(caps);
         for d in &made {
             assert!(!d.exists(), "{} left", d.display());
