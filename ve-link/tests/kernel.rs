@@ -216,7 +216,9 @@ fn up_from_a_pipe_follows_a_namespace_made_again_while_it_waited() {
     let Some((_sb, host, ctr)) = setup("up_pipe_renewed") else {
         return;
     };
-    let old = std::fs::metadata(ctr.path()).unwrap().ino();
+    // A namespace is its (device, inode) pair on nsfs.
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let old = id(std::fs::metadata(ctr.path()).unwrap());
     let mut child = bounded(&host, BIN)
         .args(["up", "foo", "--netns", ctr.name(), "--addresses", "-"])
         .stdin(Stdio::piped())
@@ -230,7 +232,7 @@ fn up_from_a_pipe_follows_a_namespace_made_again_while_it_waited() {
             std::fs::read_link(p.path().join("exe")).is_ok_and(|e| e == std::path::Path::new(BIN))
                 && std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
                     fds.flatten()
-                        .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.ino() == old))
+                        .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| id(m) == old))
                 })
         })
     };
@@ -248,7 +250,7 @@ fn up_from_a_pipe_follows_a_namespace_made_again_while_it_waited() {
     };
     run(&["netns", "del", ctr.name()]);
     run(&["netns", "add", ctr.name()]);
-    let new = std::fs::metadata(ctr.path()).unwrap().ino();
+    let new = id(std::fs::metadata(ctr.path()).unwrap());
     assert_ne!(old, new, "the namespace was not made again");
     child
         .stdin
