@@ -1554,3 +1554,33 @@ fn a_write_reads_from_a_lagging_member_and_still_commits_a_free_unique_pair() {
         );
     }
 }
+
+/// `--wait 0` bounds waiting for other writers, not the recheck of a first attempt
+/// that read serializably: an existing lease, a release of nothing and an interface-name
+/// clash end as on SQLite (0, 0, 65), not with 75.
+#[test]
+fn wait_0_rechecks_what_a_serializable_attempt_decided_and_matches_sqlite() {
+    let Some(c) = cluster("wait_0_rechecks_what_a_serializable_attempt_decided_and_matches_sqlite")
+    else {
+        return;
+    };
+    let dir = TempDir::new("va-etcd-wait0");
+    // These two shorten to the same interface name (common::name pins the pair).
+    let (x, y) = ("abc10eeb871e86d1243", "abcf567240c36315443");
+    let w = |args: &[&'static str]| [&["--wait", "0"], args].concat();
+    let steps: Vec<Vec<&str>> = vec![
+        w(&["alloc", "a"]),
+        w(&["alloc", "a"]),
+        w(&["alloc", "a", "--json"]),
+        w(&["release", "nothere"]),
+        w(&["alloc", x]),
+        w(&["alloc", y]),
+        w(&["alloc", "b", y]),
+        w(&["release", "a"]),
+        w(&["release", "a"]),
+        vec!["list", "--json"],
+    ];
+    compare(&c, &dir.path().join("store"), "wait0", &steps);
+    let o = va(&c, 0, "wait0", &w(&["alloc", y])).output().unwrap();
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o.stderr));
+}

@@ -371,7 +371,9 @@ impl EtcdStore {
     }
 
     /// Run `f` in a transaction, again while another writer changed what it read, until
-    /// `--wait` has passed (then exit 75).
+    /// `--wait` has passed (then exit 75). The time is checked only after a race lost on
+    /// a linearizable view: a serializable first attempt is always followed by a
+    /// linearizable one when it did not commit, so `--wait 0` decides as SQLite does.
     ///
     /// The writes of one node's processes on this host take turns ([`lock`]), waiting
     /// for their turn at most one request timeout and half the time left; lost races
@@ -436,8 +438,13 @@ impl EtcdStore {
                     }
                 }
             }
+            // `--wait` bounds the wait for other writers: an attempt on a view that may
+            // be stale is always rechecked linearizably, and a block this node won is
+            // progress; only a race lost on a linearizable view (a commit or a claim)
+            // ends the command once the time is up.
+            let lost = !serializable && !claimed;
             serializable = claimed;
-            if Instant::now() >= self.deadline {
+            if lost && Instant::now() >= self.deadline {
                 return Err(Error::new(
                     Kind::TempFail,
                     "etcd: other writers kept changing the same keys for longer than --wait",
