@@ -847,13 +847,20 @@ impl<'a> EtcdTxn<'a> {
 
     /// Read the lease names that could share an interface name with each of `names`
     /// (see `alloc::check_ifname`) in one round trip (one per 100 ranges), for
-    /// [`Txn::names_with_prefix`] to use.
+    /// [`Txn::names_with_prefix`] to use; not for a name whose lease was read ahead and
+    /// exists (no new lease, no check).
     pub fn prefetch_ifname_prefixes(&mut self, names: &[&str]) -> Result<()> {
         let mut want: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for n in names {
             let Some(kept) = common::name::kept_prefix(common::name::HOST_PREFIX, n) else {
                 continue;
             };
+            let lease = self.store.lease_key(n);
+            if matches!(self.ahead.get(&lease), Some((Some(_), _)))
+                || matches!(self.cache.get(&lease), Some(Some(_)))
+            {
+                continue;
+            }
             let start = self.store.lease_key(kept);
             if !self.prefixes.contains_key(&start) && !want.iter().any(|(k, _)| *k == start) {
                 let end = prefix_end(&start);
