@@ -421,4 +421,18 @@ mod tests {
         let left: Vec<String> = tx.all().unwrap().into_iter().map(|l| l.name).collect();
         assert_eq!(left, ["b", "s"]);
     }
+
+    #[test]
+    fn names_sharing_an_interface_name_are_refused_among_themselves() {
+        // These two shorten to the same interface name (common::name pins the pair).
+        let (a, b) = (
+            "abc10eeb871e86d1243".to_string(),
+            "abcf567240c36315443".to_string(),
+        );
+        let other = "abc-another-long-name".to_string();
+        assert!(check_ifnames_among(&[&a, &other, &a]).is_ok());
+        let e = check_ifnames_among(&[&a, &other, &b]).unwrap_err();
+        assert_eq!(e.kind(), Kind::Data);
+        assert!(e.to_string().starts_with(&format!("{b} would get")), "{e}");
+    }
 }
