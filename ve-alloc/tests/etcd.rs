@@ -1630,3 +1630,100 @@ fn alloc_of_many_names_with_an_interface_name_clash_at_the_end_keeps_nothing() {
     }
     assert_eq!(names_of(&list(&c, 1, "clash")), [x]);
 }
+
+/// A node whose record lists many blocks another node owns (as after `node release`
+/// cut off, then the blocks claimed by others) still allocates: the owner of each block
+/// a transaction drops from the record is compared at its commit, and etcd allows 128
+/// compares per transaction, so it drops 8 per transaction (the later ones start from
+/// its cursor, in its own block, and drop none); a claim (which compares the record
+/// instead) drops them all.
+#[test]
+fn a_record_listing_many_blocks_given_away_drops_them_within_etcds_limit() {
+    let Some(c) = cluster("a_record_listing_many_blocks_given_away_drops_them_within_etcds_limit")
+    else {
+        return;
+    };
+    // Under `p`: 150 blocks n2 owns, then (with `own`) one n1 owns; n1's record lists
+    // them all.
+    let seed = |p: &str, own: bool| {
+        let blocks: Vec<String> = (0..151u32)
+            .map(|k| {
+                format!(
+                    "{:08x}",
+                    u32::from(std::net::Ipv4Addr::new(10, 233, 0, 0)) + 64 * k
+                )
+            })
+            .collect();
+        for (n, chunk) in blocks.chunks(76).enumerate() {
+            let mut input = String::from("\n");
+            for (k, b) in chunk.iter().enumerate() {
+                let owner = if own && n * 76 + k == 150 { "n1" } else { "n2" };
+                if owner == "n1" || n * 76 + k < 150 {
+                    input.push_str(&format!("put /{p}/block/4/{b} {owner}\n"));
+                }
+            }
+            input.push_str("\n\n");
+            let mut child = c
+                .etcdctl(&["txn"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            let o = child.wait_with_output().unwrap();
+            assert!(
+                o.status.success() && text(&o.stdout).starts_with("SUCCESS"),
+                "etcdctl txn: {o:?}"
+            );
+        }
+        let listed: Vec<String> = blocks[..if own { 151 } else { 150 }]
+            .iter()
+            .map(|b| format!("\"4/{b}\""))
+            .collect();
+        let record = format!(
+            "{{\"address\":\"{}\",\"blocks\":[{}]}}",
+            c.nodes[0].addr,
+            listed.join(",")
+        );
+        for (k, v) in [
+            (format!("/{p}/node/n1"), record),
+            (format!("/{p}/meta/block-bits/4"), "6".to_string()),
+        ] {
+            let o = c.etcdctl(&["put", &k, &v]).output().unwrap();
+            assert!(o.status.success(), "etcdctl put: {o:?}");
+        }
+    };
+    let listed = |p: &str| {
+        let o = c
+            .etcdctl(&["get", "--print-value-only", &format!("/{p}/node/n1")])
+            .output()
+            .unwrap();
+        let record: Value = serde_json::from_slice(&o.stdout).unwrap();
+        record["blocks"].as_array().unwrap().len()
+    };
+    for (p, own, left) in [("ownlast", true, 151 - 8), ("claims", false, 1)] {
+        seed(p, own);
+        let o = va(&c, 0, p, &["--wait", "20", "alloc", "x"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{p}: {}", text(&o.stderr));
+        // The first pair of the block after the 150 n2 owns.
+        assert_eq!(
+            env(&text(&o.stdout))["HOST_ADDRESS"],
+            "10.233.37.128",
+            "{p}"
+        );
+        let o = va(&c, 0, p, &["--wait", "20", "alloc", "--json", "y", "z"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{p}: {}", text(&o.stderr));
+        assert_eq!(listed(p), left, "{p}: blocks left in n1's record");
+        assert_unique(&list(&c, 1, p));
+    }
+}
