@@ -41,7 +41,7 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::TempFail,
-            "another process held the store locked longer than --wait; etcd answered but did not commit within --wait (no quorum: nothing printed)",
+            "another process held the store locked longer than --wait; etcd answered but did not commit within --wait (no quorum: nothing printed), or other writers kept winning the race for the same keys past --wait (a lost race is only counted on a linearizable view: --wait 0 still decides as SQLite does)",
         ),
         exit(
             Exit::NoPerm,
