@@ -202,16 +202,32 @@ impl Cluster {
     /// Start `members` etcd members and create `nodes` node namespaces; waits until the
     /// cluster is healthy.
     pub fn start(members: usize, node_count: usize) -> Result<Cluster, String> {
-        Self::start_with(members, node_count, false)
+        Self::start_with(members, node_count, false, &[])
+    }
+
+    /// [`Cluster::start`] with `args` added to every member's command line (say
+    /// `--heartbeat-interval 100 --election-timeout 5000` for a test that holds a
+    /// member's traffic back longer than the default 1 s election timeout).
+    pub fn start_with_args(
+        members: usize,
+        node_count: usize,
+        args: &[&str],
+    ) -> Result<Cluster, String> {
+        Self::start_with(members, node_count, false, args)
     }
 
     /// [`Cluster::start`] with clients served over TLS only, each presenting a client
     /// certificate the cluster's CA signed (`--client-cert-auth`); needs `openssl`.
     pub fn start_tls(members: usize, node_count: usize) -> Result<Cluster, String> {
-        Self::start_with(members, node_count, true)
+        Self::start_with(members, node_count, true, &[])
     }
 
-    fn start_with(members: usize, node_count: usize, tls: bool) -> Result<Cluster, String> {
+    fn start_with(
+        members: usize,
+        node_count: usize,
+        tls: bool,
+        args: &[&str],
+    ) -> Result<Cluster, String> {
         // Locals drop in reverse order: on an early return the sandbox (killing the
         // members) goes before the directory they write in.
         let dir = TempDir::new("etcd");
@@ -290,6 +306,7 @@ impl Cluster {
                 .args(["--initial-cluster", &initial.join(",")])
                 .args(["--initial-cluster-token", &token])
                 .args(["--initial-cluster-state", "new"])
+                .args(args)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

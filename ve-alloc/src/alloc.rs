@@ -2,7 +2,7 @@
 //! next free pair, reservations, release and garbage collection.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -129,6 +129,34 @@ pub fn reserve(tx: &mut dyn Txn, pools: &Pools, want: &Lease) -> Result<Lease> {
     let mut lease = want.clone();
     lease.fixed = true;
     put_checked(tx, &lease)
+}
+
+/// Refuse `alloc NAME...` of two names that would get one interface name, before any
+/// store is opened: on SQLite that is the check each lease makes against the earlier
+/// ones of its transaction, on etcd (several transactions) the same answer with nothing
+/// committed. Which of them holds a lease already does not matter: one is new, and the
+/// other holds the interface name by then.
+pub fn check_ifnames_among(names: &[&String]) -> Result<()> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for n in names {
+        if name::kept_prefix(name::HOST_PREFIX, n).is_none() {
+            continue;
+        }
+        let mine = name::host_ifname(n);
+        match seen.get(&mine) {
+            Some(other) if *other != n.as_str() => {
+                return Err(Error::data(format!(
+                    "{n} would get the interface name {mine}, which {other} gets too \
+                     (long names are shortened to their first bytes and a hash); \
+                     choose another name"
+                )));
+            }
+            _ => {
+                seen.insert(mine, n);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuse a new lease for `name` when its interface name is already another leased
@@ -392,5 +420,19 @@ mod tests {
         gc(&mut tx, &keep, false).unwrap();
         let left: Vec<String> = tx.all().unwrap().into_iter().map(|l| l.name).collect();
         assert_eq!(left, ["b", "s"]);
+    }
+
+    #[test]
+    fn names_sharing_an_interface_name_are_refused_among_themselves() {
+        // These two shorten to the same interface name (common::name pins the pair).
+        let (a, b) = (
+            "abc10eeb871e86d1243".to_string(),
+            "abcf567240c36315443".to_string(),
+        );
+        let other = "abc-another-long-name".to_string();
+        assert!(check_ifnames_among(&[&a, &other, &a]).is_ok());
+        let e = check_ifnames_among(&[&a, &other, &b]).unwrap_err();
+        assert_eq!(e.kind(), Kind::Data);
+        assert!(e.to_string().starts_with(&format!("{b} would get")), "{e}");
     }
 }

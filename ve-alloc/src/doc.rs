@@ -41,7 +41,7 @@ pub const MANUAL: Manual = Manual {
         ),
         exit(
             Exit::TempFail,
-            "another process held the store locked longer than --wait; etcd answered but did not commit within --wait (no quorum: nothing printed)",
+            "another process held the store locked longer than --wait; etcd answered but did not commit within --wait (no quorum: nothing printed), or other writers kept winning the race for the same keys past --wait (a lost race is only counted on a linearizable view: --wait 0 still decides as SQLite does)",
         ),
         exit(
             Exit::NoPerm,
@@ -122,9 +122,11 @@ pub const MANUAL: Manual = Manual {
             "ve-alloc alloc c1 c2 c3 --json | ve-link up --from -",
             "Lease several containers in one transaction (one JSON line each) and bring them \
              all up in one ve-link process. On an etcd store any number of names is split \
-             into transactions within etcd's 128 operations (about 20 to 40 names each), each \
-             all or none: one that fails partway prints nothing and keeps the leases of the \
-             transactions committed before it; the same command again prints every lease",
+             into transactions within etcd's 128 operations (22 long names with IPv6 to 37 \
+             short ones each), each all or none; an interface-name clash is found before the \
+             first (nothing kept). One that fails partway (etcd trouble, an exhausted pool) \
+             prints nothing and keeps the leases of the transactions committed before it; \
+             the same command again prints every lease",
         ),
         entry(
             "ve-alloc --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/fleet --node-address 10.0.0.11 alloc web",

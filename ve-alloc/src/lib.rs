@@ -335,6 +335,9 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
             ));
         }
     }
+    if let Cmd::Alloc { names } = &cli.cmd {
+        alloc::check_ifnames_among(&names.iter().collect::<Vec<_>>())?;
+    }
     let mut store = match &settings.etcd {
         Some(e) => AnyStore::Etcd(EtcdStore::new(
             &e.spec,

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use common::Result;
+use common::{name, Result};
 
 use super::{
     etcd::{self, EtcdStore, EtcdTxn},
@@ -29,7 +29,8 @@ const WINDOW: usize = 8;
 /// transaction ([`etcd::MAX_TXN_OPS`]) needs, each all or none and run again on a lost
 /// race like any write: a transaction takes the next item while its `per_item`
 /// operations at most still fit (the first always). `prefetch` reads the next
-/// [`WINDOW`] items ahead in one round trip.
+/// [`WINDOW`] items ahead in one round trip; what it read for items the transaction
+/// leaves out is not compared at its commit.
 fn in_txns<I, T>(
     s: &mut EtcdStore,
     items: &[I],
@@ -43,11 +44,10 @@ fn in_txns<I, T>(
         let done = s.write(|tx| {
             let mut done = Vec::new();
             for (i, item) in rest.iter().enumerate() {
-                let ahead = if i % WINDOW == 0 { WINDOW } else { 0 };
-                if i > 0 && tx.ops() + ahead + per_item > etcd::MAX_TXN_OPS {
+                if i > 0 && tx.ops() + per_item > etcd::MAX_TXN_OPS {
                     break;
                 }
-                if ahead > 0 {
+                if i % WINDOW == 0 {
                     prefetch(tx, &rest[i..(i + WINDOW).min(rest.len())])?;
                 }
                 done.push(each(tx, item)?);
@@ -88,7 +88,9 @@ impl AnyStore {
         }
     }
 
-    /// Lease each of `names` in one transaction (on etcd from this node's blocks).
+    /// Lease each of `names` in one transaction (on etcd from this node's blocks, in as
+    /// many transactions as etcd's limit needs, after the interface name of every new
+    /// name was checked in one read-only view: a clash found there changes nothing).
     pub fn allocate(&mut self, pools: &Pools, names: &[&String]) -> Result<Vec<Lease>> {
         let several = names.len() > 1;
         let ctx = |n: &str, e: common::Error| if several { e.context(n) } else { e };
@@ -100,16 +102,38 @@ impl AnyStore {
                     .collect()
             }),
             // The leases of a window of names are read in one round trip, not one each.
-            AnyStore::Etcd(s) => in_txns(
-                s,
-                names,
-                ALLOC_OPS,
-                |tx, window| {
-                    let window: Vec<&str> = window.iter().map(|n| n.as_str()).collect();
-                    tx.prefetch_for_alloc(&window)
-                },
-                |tx, n| etcd::allocate(tx, pools, n).map_err(|e| ctx(n, e)),
-            ),
+            AnyStore::Etcd(s) => {
+                // Only long names can clash (`alloc::check_ifname`).
+                let long: Vec<&str> = names
+                    .iter()
+                    .map(|n| n.as_str())
+                    .filter(|n| name::kept_prefix(name::HOST_PREFIX, n).is_some())
+                    .collect();
+                if several && !long.is_empty() {
+                    s.read(|tx| {
+                        tx.prefetch_for_alloc(&long)?;
+                        tx.prefetch_ifname_prefixes(&long)?;
+                        for n in &long {
+                            if tx.get(n)?.is_none() {
+                                alloc::check_ifname(tx, n, name::host_ifname)
+                                    .map_err(|e| ctx(n, e))?;
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+                in_txns(
+                    s,
+                    names,
+                    ALLOC_OPS,
+                    |tx, window| {
+                        let window: Vec<&str> = window.iter().map(|n| n.as_str()).collect();
+                        tx.prefetch_for_alloc(&window)?;
+                        tx.prefetch_ifname_prefixes(&window)
+                    },
+                    |tx, n| etcd::allocate(tx, pools, n).map_err(|e| ctx(n, e)),
+                )
+            }
         }
     }
 
@@ -128,8 +152,17 @@ impl AnyStore {
                     .collect::<Result<Vec<_>>>()
             }),
             AnyStore::Etcd(s) => {
-                s.read(|tx| leases.iter().try_for_each(|l| put(tx, l).map(drop)))?;
-                in_txns(s, leases, IMPORT_OPS, |_, _| Ok(()), |tx, l| put(tx, l))
+                s.read(|tx| {
+                    tx.prefetch_for_import(leases)?;
+                    leases.iter().try_for_each(|l| put(tx, l).map(drop))
+                })?;
+                in_txns(
+                    s,
+                    leases,
+                    IMPORT_OPS,
+                    |tx, window| tx.prefetch_for_import(window),
+                    |tx, l| put(tx, l),
+                )
             }
         }
     }

@@ -288,7 +288,7 @@ impl EtcdStore {
         Ok(self
             .range_txns(ranges, Only::Count, 0)?
             .iter()
-            .map(|r| int(r.get("count")))
+            .map(|(_, r)| int(r.get("count")))
             .collect())
     }
 
@@ -297,7 +297,7 @@ impl EtcdStore {
     fn ranges(&mut self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Vec<Kv>>> {
         self.range_txns(ranges, Only::Values, 0)?
             .iter()
-            .map(kvs)
+            .map(|(_, r)| kvs(r))
             .collect()
     }
 
@@ -310,7 +310,7 @@ impl EtcdStore {
     ) -> Result<Vec<Vec<Kv>>> {
         self.range_txns(ranges, Only::Keys, keys_only)?
             .iter()
-            .map(kvs)
+            .map(|(_, r)| kvs(r))
             .collect()
     }
 
@@ -322,7 +322,7 @@ impl EtcdStore {
         ranges: &[(Vec<u8>, Vec<u8>)],
         only: Only,
         first: usize,
-    ) -> Result<Vec<Value>> {
+    ) -> Result<Vec<(i64, Value)>> {
         let mut out = Vec::with_capacity(ranges.len());
         for (c, chunk) in ranges.chunks(100).enumerate() {
             let ops: Vec<Value> = chunk
@@ -354,9 +354,10 @@ impl EtcdStore {
                     "etcd answered a different number of ranges",
                 ));
             }
+            let rev = revision(&v);
             out.extend(
                 resp.iter()
-                    .map(|r| r.get("response_range").cloned().unwrap_or(Value::Null)),
+                    .map(|r| (rev, r.get("response_range").cloned().unwrap_or(Value::Null))),
             );
         }
         Ok(out)
@@ -371,7 +372,9 @@ impl EtcdStore {
     }
 
     /// Run `f` in a transaction, again while another writer changed what it read, until
-    /// `--wait` has passed (then exit 75).
+    /// `--wait` has passed (then exit 75). The time is checked only after a race lost on
+    /// a linearizable view: a serializable first attempt is always followed by a
+    /// linearizable one when it did not commit, so `--wait 0` decides as SQLite does.
     ///
     /// The writes of one node's processes on this host take turns ([`lock`]), waiting
     /// for their turn at most one request timeout and half the time left; lost races
@@ -436,8 +439,13 @@ impl EtcdStore {
                     }
                 }
             }
+            // `--wait` bounds the wait for other writers: an attempt on a view that may
+            // be stale is always rechecked linearizably, and a block this node won is
+            // progress; only a race lost on a linearizable view (a commit or a claim)
+            // ends the command once the time is up.
+            let lost = !serializable && !claimed;
             serializable = claimed;
-            if Instant::now() >= self.deadline {
+            if lost && Instant::now() >= self.deadline {
                 return Err(Error::new(
                     Kind::TempFail,
                     "etcd: other writers kept changing the same keys for longer than --wait",
@@ -522,16 +530,22 @@ impl EtcdStore {
 /// etcd's default `--max-txn-ops`: the most compares, and the most writes, one
 /// transaction may carry.
 pub const MAX_TXN_OPS: usize = 128;
+/// The most blocks one transaction drops from the node's record because another node
+/// owns them now (each adds a compare); more are skipped unused and dropped by a later
+/// transaction.
+pub const MAX_LOST_BLOCKS: usize = 8;
 
 impl EtcdTxn<'_> {
-    /// The operations of the larger side of the commit as it stands (its compares or
-    /// its writes, with the node record a first write adds), to keep a transaction of
-    /// many names within [`MAX_TXN_OPS`].
+    /// The operations of the larger side of the commit as it stands (its compares, with
+    /// room for the owners of the lost blocks it may still find, or its writes, with the
+    /// node record a first write adds), to keep a transaction of many names within
+    /// [`MAX_TXN_OPS`].
     pub fn ops(&self) -> usize {
         let hint = self.store.key(&format!("cursor/{}/", self.store.node));
         let compares = self.reads.keys().filter(|k| !k.starts_with(&hint)).count()
             + self.value_checks.len()
-            + self.range_reads.len();
+            + self.range_reads.len()
+            + MAX_LOST_BLOCKS.saturating_sub(self.lost_blocks);
         compares.max(self.writes.len() + 1)
     }
 }
@@ -715,6 +729,16 @@ pub struct EtcdTxn<'a> {
     value_checks: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Values read (None: absent).
     cache: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Values read ahead ([`Self::prefetch`]) with their revision, not yet used: a key
+    /// moves to `cache` and `reads` (compared at commit) only once the transaction reads
+    /// it, so names a transaction leaves out add no compares.
+    ahead: HashMap<Vec<u8>, (Option<Vec<u8>>, i64)>,
+    /// Lease-name ranges read ahead ([`Self::prefetch_ifname_prefixes`]) by start key:
+    /// the revision and the keys; compared only once used.
+    prefixes: HashMap<Vec<u8>, (i64, Vec<Vec<u8>>)>,
+    /// Blocks found listed in the record but not this node's, whose owner is compared at
+    /// commit (at most [`MAX_LOST_BLOCKS`] per transaction).
+    pub(super) lost_blocks: usize,
     /// The held address keys of each block read (by family and start), so that the
     /// names of one `alloc NAME...` read a block once; this transaction's own writes
     /// are laid over them where used.
@@ -742,6 +766,9 @@ impl<'a> EtcdTxn<'a> {
             range_reads: Vec::new(),
             value_checks: BTreeMap::new(),
             cache: HashMap::new(),
+            ahead: HashMap::new(),
+            prefixes: HashMap::new(),
+            lost_blocks: 0,
             blocks_read: HashMap::new(),
             blocks_full: HashSet::new(),
             writes: BTreeMap::new(),
@@ -764,6 +791,10 @@ impl<'a> EtcdTxn<'a> {
         if let Some(v) = self.cache.get(key) {
             return Ok(v.clone());
         }
+        if let Some((v, rev)) = self.ahead.remove(key) {
+            self.saw(key, v.clone(), rev);
+            return Ok(v);
+        }
         let (_, kvs) = self.store.range(key, None)?;
         let found = kvs.into_iter().find(|kv| kv.key == key);
         self.reads
@@ -773,11 +804,16 @@ impl<'a> EtcdTxn<'a> {
         Ok(v)
     }
 
-    /// Read `keys` in one round trip (those not read yet), as [`Self::read_key`] would.
+    /// Read `keys` in one round trip (one per 100; those not read yet), for
+    /// [`Self::read_key`] to use.
     fn prefetch(&mut self, keys: &[Vec<u8>]) -> Result<()> {
         let want: Vec<(Vec<u8>, Vec<u8>)> = keys
             .iter()
-            .filter(|k| !self.cache.contains_key(*k) && !self.writes.contains_key(*k))
+            .filter(|k| {
+                !self.cache.contains_key(*k)
+                    && !self.writes.contains_key(*k)
+                    && !self.ahead.contains_key(*k)
+            })
             .map(|k| {
                 let mut end = k.clone();
                 end.push(0);
@@ -785,11 +821,56 @@ impl<'a> EtcdTxn<'a> {
             })
             .collect();
         let got = self.store.ranges(&want)?;
-        for ((k, _), kvs) in want.iter().zip(got) {
-            match kvs.into_iter().find(|kv| kv.key == *k) {
-                Some(kv) => self.saw(k, Some(kv.value), kv.mod_revision),
-                None => self.saw(k, None, 0),
+        for ((k, _), kvs) in want.into_iter().zip(got) {
+            let v = match kvs.into_iter().find(|kv| kv.key == k) {
+                Some(kv) => (Some(kv.value), kv.mod_revision),
+                None => (None, 0),
+            };
+            self.ahead.insert(k, v);
+        }
+        Ok(())
+    }
+
+    /// Read what `alloc::put_checked` reads of each of `leases` (its lease and its
+    /// addresses' holders) in one round trip per 100 keys, and the names that could share
+    /// its interface name in one more.
+    pub fn prefetch_for_import(&mut self, leases: &[Lease]) -> Result<()> {
+        let mut keys = Vec::with_capacity(leases.len() * 5);
+        for l in leases {
+            keys.push(self.store.lease_key(&l.name));
+            keys.extend(l.addresses().into_iter().map(|a| self.store.addr_key(a)));
+        }
+        self.prefetch(&keys)?;
+        let names: Vec<&str> = leases.iter().map(|l| l.name.as_str()).collect();
+        self.prefetch_ifname_prefixes(&names)
+    }
+
+    /// Read the lease names that could share an interface name with each of `names`
+    /// (see `alloc::check_ifname`) in one round trip (one per 100 ranges), for
+    /// [`Txn::names_with_prefix`] to use; not for a name whose lease was read ahead and
+    /// exists (no new lease, no check).
+    pub fn prefetch_ifname_prefixes(&mut self, names: &[&str]) -> Result<()> {
+        let mut want: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for n in names {
+            let Some(kept) = common::name::kept_prefix(common::name::HOST_PREFIX, n) else {
+                continue;
+            };
+            let lease = self.store.lease_key(n);
+            if matches!(self.ahead.get(&lease), Some((Some(_), _)))
+                || matches!(self.cache.get(&lease), Some(Some(_)))
+            {
+                continue;
             }
+            let start = self.store.lease_key(kept);
+            if !self.prefixes.contains_key(&start) && !want.iter().any(|(k, _)| *k == start) {
+                let end = prefix_end(&start);
+                want.push((start, end));
+            }
+        }
+        let got = self.store.range_txns(&want, Only::Keys, want.len())?;
+        for ((start, _), (rev, r)) in want.into_iter().zip(got) {
+            let keys = kvs(&r)?.into_iter().map(|kv| kv.key).collect();
+            self.prefixes.insert(start, (rev, keys));
         }
         Ok(())
     }
@@ -917,9 +998,21 @@ impl Txn for EtcdTxn<'_> {
         let base = self.store.key("lease/");
         let start = self.store.lease_key(prefix);
         let end = prefix_end(&start);
-        let (rev, kvs) = self.store.range(&start, Some(&end))?;
-        self.range_reads.push((start.clone(), end.clone(), rev));
-        let mut keys: BTreeMap<Vec<u8>, ()> = kvs.into_iter().map(|kv| (kv.key, ())).collect();
+        let (rev, stored) = match self.prefixes.get(&start) {
+            Some((rev, keys)) => (*rev, keys.clone()),
+            None => {
+                let (rev, kvs) = self.store.range(&start, Some(&end))?;
+                (rev, kvs.into_iter().map(|kv| kv.key).collect())
+            }
+        };
+        if !self
+            .range_reads
+            .iter()
+            .any(|(k, e, r)| *k == start && *e == end && *r == rev)
+        {
+            self.range_reads.push((start.clone(), end.clone(), rev));
+        }
+        let mut keys: BTreeMap<Vec<u8>, ()> = stored.into_iter().map(|k| (k, ())).collect();
         for (k, w) in self.writes.range(start..end) {
             match w {
                 Some(_) => keys.insert(k.clone(), ()),

@@ -137,6 +137,9 @@ impl EtcdTxn<'_> {
         };
         let me = self.store.node.clone().into_bytes();
         let mut lost: HashSet<u128> = HashSet::new();
+        // Lost too, but past the transaction's budget of compares: dropped from the
+        // record only by a claim (which needs no compare of them, see below).
+        let mut skipped: HashSet<u128> = HashSet::new();
         let mut free = Vec::new();
         let mut next = 0;
         let mut batch = 1;
@@ -190,7 +193,17 @@ impl EtcdTxn<'_> {
             let mut got = self.store.ranges_keys_first(&ranges, unread.len())?;
             let owners = got.split_off(unread.len());
             for ((start, kvs), owner) in unread.iter().zip(got).zip(owners) {
+                if owner.first().map(|kv| &kv.value) != Some(&me)
+                    && self.lost_blocks >= super::MAX_LOST_BLOCKS
+                {
+                    // Not used; dropped from the record by a later transaction, so that
+                    // this one stays within etcd's limit of compares.
+                    self.blocks_full.insert((is6, *start));
+                    skipped.insert(*start);
+                    continue;
+                }
                 if owner.first().map(|kv| &kv.value) != Some(&me) {
+                    self.lost_blocks += 1;
                     // Dropping it from the record rests on this owner: compared at
                     // commit (the block may have been read at an older revision than
                     // the record, from another member after a failover).
@@ -269,6 +282,12 @@ impl EtcdTxn<'_> {
             // A claim is a write of its own, not part of the commit: it is decided on a
             // linearizable view only (a stale one may show a block full that is not).
             if !self.store.serializable {
+                // The claim compares the node's record, not the owners: every block
+                // found lost on this linearizable view goes, as only this node's own
+                // claim (which changes the record) could make one its own again.
+                let fam_hex = |start: u128| format!("{fam}/{}", hex_of(from_u128(start, is6)).1);
+                let gone: HashSet<String> = skipped.iter().map(|s| fam_hex(*s)).collect();
+                record.blocks.retain(|b| !gone.contains(b));
                 self.claim(pool, &record, is6, size)?;
             }
             self.restart = true;
