@@ -252,8 +252,15 @@ impl Client {
                     ),
                 ));
             }
+            // A request's first try gets at least 1 s, even past `--wait` (so `--wait 0`
+            // still answers, and a command overruns by 1 s at most); a failover to the
+            // next member only what is left.
+            let timeout = if first {
+                self.timeout.min(left.max(Duration::from_secs(1)))
+            } else {
+                self.timeout.min(left).max(Duration::from_millis(100))
+            };
             first = false;
-            let timeout = self.timeout.min(left).max(Duration::from_millis(100));
             let endpoint = self.endpoints[self.current].clone();
             match self.once(&endpoint, path, &body, timeout) {
                 Ok(Answer::Foreign(status, text)) => {
