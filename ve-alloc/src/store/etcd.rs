@@ -414,6 +414,9 @@ impl EtcdStore {
         // is a loss on a serializable read (the member may have lagged).
         let mut conflicts = 0u32;
         let mut serializable = true;
+        // Blocks won in this write: one per family is progress; more means writers of
+        // this node racing without their turn, which `--wait` bounds like a lost race.
+        let mut claims = 0u32;
         loop {
             self.serializable = serializable;
             self.failed = false;
@@ -443,7 +446,8 @@ impl EtcdStore {
             // be stale is always rechecked linearizably, and a block this node won is
             // progress; only a race lost on a linearizable view (a commit or a claim)
             // ends the command once the time is up.
-            let lost = !serializable && !claimed;
+            claims += u32::from(claimed);
+            let lost = !serializable && (!claimed || claims > 2);
             serializable = claimed;
             if lost && Instant::now() >= self.deadline {
                 return Err(Error::new(
