@@ -139,17 +139,14 @@ pub fn reserve(tx: &mut dyn Txn, pools: &Pools, want: &Lease) -> Result<Lease> {
 pub fn check_ifnames_among(names: &[&String]) -> Result<()> {
     let mut seen: HashMap<String, &str> = HashMap::new();
     for n in names {
-        if name::kept_prefix(name::HOST_PREFIX, n).is_none() {
+        let Some(kept) = name::kept_prefix(name::HOST_PREFIX, n) else {
             continue;
-        }
+        };
         let mine = name::host_ifname(n);
         match seen.get(&mine) {
+            // What SQLite's one transaction says of the later name, in its context.
             Some(other) if *other != n.as_str() => {
-                return Err(Error::data(format!(
-                    "{n} would get the interface name {mine}, which {other} gets too \
-                     (long names are shortened to their first bytes and a hash); \
-                     choose another name"
-                )));
+                return Err(ifname_clash(n, &mine, other, kept.len()).context(n.as_str()));
             }
             _ => {
                 seen.insert(mine, n);
@@ -169,15 +166,17 @@ pub(crate) fn check_ifname(tx: &mut dyn Txn, new: &str, ifname: IfName) -> Resul
     let mine = ifname(new);
     for other in tx.names_with_prefix(kept)? {
         if other != new && ifname(&other) == mine {
-            return Err(Error::data(format!(
-                "{new} would get the interface name {mine}, which {other} already has \
-                 (long names are shortened to their first {} bytes and a hash); \
-                 choose another name",
-                kept.len()
-            )));
+            return Err(ifname_clash(new, &mine, &other, kept.len()));
         }
     }
     Ok(())
+}
+
+fn ifname_clash(new: &str, mine: &str, other: &str, kept: usize) -> Error {
+    Error::data(format!(
+        "{new} would get the interface name {mine}, which {other} already has (long names \
+         are shortened to their first {kept} bytes and a hash); choose another name"
+    ))
 }
 
 /// Record `lease` unless its name holds other addresses, an address is held by another
@@ -433,6 +432,9 @@ mod tests {
         assert!(check_ifnames_among(&[&a, &other, &a]).is_ok());
         let e = check_ifnames_among(&[&a, &other, &b]).unwrap_err();
         assert_eq!(e.kind(), Kind::Data);
-        assert!(e.to_string().starts_with(&format!("{b} would get")), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("{b}: {b} would get")),
+            "{e}"
+        );
     }
 }
