@@ -186,12 +186,13 @@ fn clean(reg: &Registered) {
     // A cgroup goes only empty: our own threads that joined it (the bench's node
     // allocators) move up to its parent first; killed tasks may take a moment to leave.
     for d in reg.cgroups.iter().rev() {
-        if let (Ok(tids), Some(parent)) = (fs::read_to_string(d.join("tasks")), d.parent()) {
-            for tid in tids.lines() {
-                let _ = fs::write(parent.join("tasks"), tid);
-            }
-        }
         for _ in 0..100 {
+            // Again each time: a thread still starting a process may have joined since.
+            if let (Ok(tids), Some(parent)) = (fs::read_to_string(d.join("tasks")), d.parent()) {
+                for tid in tids.lines() {
+                    let _ = fs::write(parent.join("tasks"), tid);
+                }
+            }
             match fs::remove_dir(d) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     thread::sleep(Duration::from_millis(10));
