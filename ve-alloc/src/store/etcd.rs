@@ -414,8 +414,9 @@ impl EtcdStore {
         // is a loss on a serializable read (the member may have lagged).
         let mut conflicts = 0u32;
         let mut serializable = true;
-        // Blocks won in this write: one per family is progress; more means writers of
-        // this node racing without their turn, which `--wait` bounds like a lost race.
+        // Blocks won in this write: two (one per family) are progress; a third means
+        // writers of this node racing without their turn, which `--wait` bounds like a
+        // lost race.
         let mut claims = 0u32;
         loop {
             self.serializable = serializable;
