@@ -38,5 +38,5 @@ pub use http::{http_get, http_get_within, HttpServer};
 pub use netns::{enter, enter_fd, in_netns, spawn_in};
 pub use nm::{nm_command, nm_conf, NetworkManager};
 pub use privilege::{have_command, privileged, REQUIRE_PRIVILEGED};
-pub use process::{stop, wait_for};
+pub use process::{output_with_stdin, stop, wait_for};
 pub use sandbox::{run_ok, sweep_stale, Netns, Sandbox, TempDir};

@@ -1,10 +1,27 @@
 //! Child processes and polling.
 
 use std::{
-    process::Child,
+    io::Write,
+    process::{Child, Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
+
+/// Run `cmd` with `input` on its stdin (then closed), its stdout and stderr captured.
+/// Panics when it cannot be started: for tests.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    // A child that exits without reading closes the pipe: its output still tells.
+    let _ = child.stdin.take().map(|mut i| i.write_all(input));
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"))
+}
 
 /// Stop a child: SIGTERM, then SIGKILL after 5 s.
 pub fn stop(mut child: Child) {

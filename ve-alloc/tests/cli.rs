@@ -1,10 +1,7 @@
 //! The real `ve-alloc` binary against scratch stores: every command, output shapes,
 //! exit codes for bad input, idempotency, and "bad input changes nothing".
 
-use std::{
-    io::Write,
-    process::{Command, Output, Stdio},
-};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 use testbed::TempDir;
@@ -52,20 +49,7 @@ impl Va {
     }
 
     fn run_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        testbed::output_with_stdin(&mut self.cmd(args), input.as_bytes())
     }
 
     /// Run and expect success; return stdout.

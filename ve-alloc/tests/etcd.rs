@@ -1663,20 +1663,7 @@ fn a_record_listing_many_blocks_given_away_drops_them_within_etcds_limit() {
                 }
             }
             input.push_str("\n\n");
-            let mut child = c
-                .etcdctl(&["txn"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-            let o = child.wait_with_output().unwrap();
+            let o = testbed::output_with_stdin(&mut c.etcdctl(&["txn"]), input.as_bytes());
             assert!(
                 o.status.success() && text(&o.stdout).starts_with("SUCCESS"),
                 "etcdctl txn: {o:?}"

@@ -1499,20 +1499,10 @@ fn bulk_up_refuses_a_malformed_line_and_rolls_back_a_failed_one_alone() {
         ctr.name(),
         ctr3.name()
     );
-    let mut child = bounded(&host, BIN)
-        .args(["up", "--from", "-", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = testbed::output_with_stdin(
+        bounded(&host, BIN).args(["up", "--from", "-", "--json"]),
+        input.as_bytes(),
+    );
     assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -23,19 +23,7 @@ fn routes_cmd(host: &Netns, args: &[&str]) -> Command {
 
 /// `ve-link routes --from -` with `input` on stdin.
 fn converge(host: &Netns, input: &str) -> Output {
-    let mut child = routes_cmd(host, &["--from", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    testbed::output_with_stdin(&mut routes_cmd(host, &["--from", "-"]), input.as_bytes())
 }
 
 /// Every route of the host's main table, as `ip route` prints it (both families).

@@ -258,15 +258,8 @@ fn others_holding_ours(used: &Iptables) -> (Vec<Iptables>, Vec<Error>) {
     let mut out = Vec::new();
     let mut failed = Vec::new();
     for family in [Family::Ipv4, Family::Ipv6] {
-        if b == Backend::Legacy {
-            let names = match family {
-                Family::Ipv4 => "/proc/net/ip_tables_names",
-                Family::Ipv6 => "/proc/net/ip6_tables_names",
-            };
-            let t = std::fs::read_to_string(names).unwrap_or_default();
-            if !t.lines().any(|l| l == rules::NAT || l == rules::FILTER) {
-                continue;
-            }
+        if b == Backend::Legacy && !legacy_table_loaded(family) {
+            continue;
         }
         let fw = match Iptables::open_optional(Some(b), family) {
             Ok(Some(fw)) => fw,
@@ -276,16 +269,22 @@ fn others_holding_ours(used: &Iptables) -> (Vec<Iptables>, Vec<Error>) {
                 continue;
             }
         };
-        match apply::holds_ours(&fw) {
-            Ok(true) => out.push(fw),
-            Ok(false) => {}
-            Err(e) => failed.push(e.context(format!(
-                "{family} {}: cannot tell whether ve-nat's chains are there",
-                fw.kind
-            ))),
-        }
+        keep_if_ours(fw, &mut out, &mut failed);
     }
     (out, failed)
+}
+
+/// Keep `fw` in `out` when it holds ve-nat's chains; a listing that fails goes to
+/// `failed` (unknown, not "nothing there").
+fn keep_if_ours(fw: Iptables, out: &mut Vec<Iptables>, failed: &mut Vec<Error>) {
+    match apply::holds_ours(&fw) {
+        Ok(true) => out.push(fw),
+        Ok(false) => {}
+        Err(e) => failed.push(e.context(format!(
+            "{} {}: cannot tell whether ve-nat's chains are there",
+            fw.family, fw.kind
+        ))),
+    }
 }
 
 /// `others_holding_ours` where a firewall that cannot be listed is only a warning.
@@ -393,14 +392,7 @@ fn iptables_holding(in_nft: [bool; 2]) -> (Vec<Iptables>, Vec<Error>) {
             continue;
         }
         if let Ok(Some(fw)) = Iptables::open_optional(Some(Backend::Legacy), family) {
-            match apply::holds_ours(&fw) {
-                Ok(true) => out.push(fw),
-                Ok(false) => {}
-                Err(e) => failed.push(e.context(format!(
-                    "{family} {}: cannot tell whether ve-nat's chains are there",
-                    fw.kind
-                ))),
-            }
+            keep_if_ours(fw, &mut out, &mut failed);
         }
     }
     (out, failed)

@@ -4,7 +4,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Output, Stdio},
+    process::Output,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -35,21 +35,10 @@ impl Topo {
 
     /// `nft -f -` with `script` in the host namespace; must succeed.
     fn nft_script(&self, script: &str) {
-        let mut child = self
-            .host
-            .command("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = testbed::output_with_stdin(
+            self.host.command("nft").args(["-f", "-"]),
+            script.as_bytes(),
+        );
         assert!(out.status.success(), "nft -f: {}", stderr(&out));
     }
 
