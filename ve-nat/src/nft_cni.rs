@@ -1127,19 +1127,10 @@ mod tests {
         let mut sb = testbed::Sandbox::new();
         let ns = sb.netns("host");
         let nft = |args: &[&str], input: Option<String>| -> String {
-            use std::io::Write;
-            let mut c = ns.command("nft");
-            c.args(args)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(input.unwrap_or_default().as_bytes())
-                .unwrap();
-            drop(stdin);
-            let o = child.wait_with_output().unwrap();
+            let o = testbed::output_with_stdin(
+                ns.command("nft").args(args),
+                input.unwrap_or_default().as_bytes(),
+            );
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(o.status.success(), "nft {args:?}: {err}");
             String::from_utf8_lossy(&o.stdout).into_owned()

@@ -142,17 +142,10 @@ impl Host {
     }
 
     fn nft(&self, args: &[&str], input: Option<&str>) -> String {
-        use std::io::Write;
-        let mut c = self.ns.command("nft");
-        c.args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input.unwrap_or("").as_bytes()).unwrap();
-        drop(stdin);
-        let o = child.wait_with_output().unwrap();
+        let o = testbed::output_with_stdin(
+            self.ns.command("nft").args(args),
+            input.unwrap_or("").as_bytes(),
+        );
         assert!(
             o.status.success(),
             "nft {args:?}: {}",
